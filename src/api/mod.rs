@@ -1,0 +1,105 @@
+//! The HTTP side: the REST API on API_PORT and `/metrics` on METRICS_PORT, both
+//! actix-web, both reading only. The API queries through its own read pool and
+//! never touches the writer's connection.
+
+pub mod health;
+pub mod problem;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use deadpool_postgres::Pool;
+
+use crate::metrics::Metrics;
+use crate::source::amqp::BrokerStatus;
+
+/// Where the process is in its life, for `/ready`.
+#[derive(Debug, Default)]
+pub struct Lifecycle(AtomicU8);
+
+impl Lifecycle {
+    const STARTING: u8 = 0;
+    const SERVING: u8 = 1;
+    const STOPPING: u8 = 2;
+
+    pub fn set_serving(&self) {
+        self.0.store(Self::SERVING, Ordering::SeqCst);
+    }
+
+    pub fn set_stopping(&self) {
+        self.0.store(Self::STOPPING, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::SERVING
+    }
+
+    pub fn phase(&self) -> &'static str {
+        match self.0.load(Ordering::SeqCst) {
+            Self::STARTING => "starting",
+            Self::SERVING => "serving",
+            _ => "shutting down",
+        }
+    }
+}
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub pool: Pool,
+    pub broker: Arc<BrokerStatus>,
+    pub lifecycle: Arc<Lifecycle>,
+    /// DATABASE_URL with its password removed.
+    pub database_display: String,
+}
+
+/// Binds the REST API. Returns the server (not yet polled) and the bound address.
+pub fn serve_api(addr: SocketAddr, state: ApiState) -> std::io::Result<(Server, SocketAddr)> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .route("/health", web::get().to(health::health))
+            .route("/ready", web::get().to(health::ready))
+            .default_service(web::to(problem::not_found))
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(addr)?;
+    let bound = server.addrs()[0];
+    Ok((server.run(), bound))
+}
+
+/// Binds the Prometheus endpoint.
+pub fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>, pool: Pool, writer_connected: Arc<crate::sink::SinkStatus>) -> std::io::Result<(Server, SocketAddr)> {
+    let server = HttpServer::new(move || {
+        let metrics = metrics.clone();
+        let pool = pool.clone();
+        let writer = writer_connected.clone();
+        App::new()
+            .route(
+                "/metrics",
+                web::get().to(move || {
+                    let metrics = metrics.clone();
+                    let size = pool.status().size as i64;
+                    let writer = i64::from(writer.writer_connected.load(Ordering::Relaxed));
+                    async move {
+                        metrics.database_connections.set(size + writer);
+                        HttpResponse::Ok()
+                            .content_type("text/plain; version=0.0.4; charset=utf-8")
+                            .body(metrics.render())
+                    }
+                }),
+            )
+            .default_service(web::to(problem::not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .bind(addr)?;
+    let bound = server.addrs()[0];
+    Ok((server.run(), bound))
+}

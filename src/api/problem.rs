@@ -1,0 +1,65 @@
+//! RFC 9457 problem details: every error answer of the API is
+//! `application/problem+json`. 4xx answers explain; 5xx answers are opaque and the
+//! cause is logged once where it happened.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameter: Option<&'static str>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: detail.into(),
+            parameter: None,
+        }
+    }
+
+    /// A 400 naming the query parameter at fault.
+    pub fn bad_parameter(name: &'static str, detail: impl std::fmt::Display) -> Self {
+        Self {
+            parameter: Some(name),
+            ..Self::new(StatusCode::BAD_REQUEST, format!("invalid parameter {name}: {detail}"))
+        }
+    }
+
+    pub fn response(&self) -> HttpResponse {
+        HttpResponse::build(StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+            .content_type("application/problem+json")
+            .json(self)
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.detail)
+    }
+}
+
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.response()
+    }
+}
+
+/// The answer for a path no route serves.
+pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
+    Problem::new(StatusCode::NOT_FOUND, format!("no resource at {}", req.path())).response()
+}

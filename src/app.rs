@@ -1,0 +1,164 @@
+//! Wiring and start-up order: schema check, pools, metrics, the bounded channel,
+//! the sink, the source, the HTTP servers. And the shutdown order, intake first:
+//! not ready → cancel the consumer → the sink flushes, commits, acks → close the
+//! broker connection → stop the HTTP servers, all within SHUTDOWN_TIMEOUT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState, Lifecycle};
+use crate::batch::Limits;
+use crate::config::{Settings, redact_url};
+use crate::db;
+use crate::metrics::Metrics;
+use crate::sink::{self, SinkOptions, SinkStatus, Writer};
+use crate::source::amqp::{self, BrokerLink, BrokerStatus, SourceConfig};
+
+/// Start-up choices that are not settings (tests use them).
+#[derive(Clone, Debug, Default)]
+pub struct AppOptions {
+    /// Commit batches but never ack them, as if the process died between the two.
+    pub skip_acks: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    #[error("shutdown took longer than {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("a pipeline task failed: {0}")]
+    Task(String),
+}
+
+/// A started service.
+pub struct Running {
+    pub api_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    settings: Settings,
+    lifecycle: Arc<Lifecycle>,
+    stop_intake: CancellationToken,
+    source: JoinHandle<Option<BrokerLink>>,
+    sink: JoinHandle<()>,
+    servers: Vec<(ServerHandle, JoinHandle<std::io::Result<()>>)>,
+}
+
+/// Starts every part of `candystore serve` and returns once it is consuming.
+pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Running> {
+    for (name, value) in settings.redacted() {
+        tracing::info!(setting = name, value = %value, "setting");
+    }
+    let pg = db::pg_config(&settings.database_url)?;
+    {
+        let client = db::connect(&pg).await.context("cannot connect to DATABASE_URL")?;
+        db::check_schema(&client).await?;
+    }
+    let pool = db::read_pool(pg.clone(), settings.database_read_pool_size)?;
+    let metrics = Arc::new(Metrics::new());
+    let broker = Arc::new(BrokerStatus::default());
+    let sink_status = Arc::new(SinkStatus::default());
+    let lifecycle = Arc::new(Lifecycle::default());
+
+    if settings.batch_size > settings.batch_rows() {
+        tracing::warn!(
+            batch_size = settings.batch_size,
+            prefetch_count = settings.prefetch_count,
+            "BATCH_SIZE is above PREFETCH_COUNT; batches are capped at PREFETCH_COUNT rows"
+        );
+    }
+    // The channel never needs more room than the broker may have unacked with us.
+    let (tx, rx) = mpsc::channel(usize::from(settings.prefetch_count));
+    let sink_opts = SinkOptions {
+        limits: Limits {
+            rows: settings.batch_rows(),
+            bytes: settings.max_batch_bytes,
+            age: settings.flush_interval,
+        },
+        retry_max_backoff: settings.retry_max_backoff,
+        skip_acks: opts.skip_acks,
+    };
+    let sink = tokio::spawn(sink::run(rx, Writer::new(pg.clone()), sink_opts, metrics.clone(), sink_status.clone()));
+
+    let stop_intake = CancellationToken::new();
+    let source_cfg = SourceConfig {
+        url: settings.rabbit_url.clone(),
+        exchange: settings.rabbit_exchange.clone(),
+        queue: settings.rabbit_queue.clone(),
+        bindings: settings.rabbit_bindings.clone(),
+        prefetch_count: settings.prefetch_count,
+        retry_max_backoff: settings.retry_max_backoff,
+    };
+    let source = tokio::spawn(amqp::run(source_cfg, tx, metrics.clone(), broker.clone(), stop_intake.clone()));
+
+    let mut servers = Vec::new();
+    let state = ApiState {
+        pool: pool.clone(),
+        broker,
+        lifecycle: lifecycle.clone(),
+        database_display: redact_url(&settings.database_url),
+    };
+    let (api_server, api_addr) = api::serve_api(SocketAddr::new(settings.api_host, settings.api_port), state)
+        .with_context(|| format!("cannot listen on API_HOST:API_PORT {}:{}", settings.api_host, settings.api_port))?;
+    servers.push((api_server.handle(), tokio::spawn(api_server)));
+    let metrics_addr = if settings.metrics_enabled {
+        let (server, addr) = api::serve_metrics(
+            SocketAddr::new(settings.api_host, settings.metrics_port),
+            metrics.clone(),
+            pool,
+            sink_status,
+        )
+        .with_context(|| format!("cannot listen on METRICS_PORT {}", settings.metrics_port))?;
+        servers.push((server.handle(), tokio::spawn(server)));
+        Some(addr)
+    } else {
+        None
+    };
+    lifecycle.set_serving();
+    tracing::info!(api = %api_addr, metrics = ?metrics_addr, "candystore serving");
+    Ok(Running { api_addr, metrics_addr, metrics, settings, lifecycle, stop_intake, source, sink, servers })
+}
+
+impl Running {
+    /// Stops in order and waits, at most SHUTDOWN_TIMEOUT. On timeout whatever was
+    /// not committed stays unacked, and the broker redelivers it.
+    pub async fn shutdown(self) -> Result<(), ShutdownError> {
+        let limit = self.settings.shutdown_timeout;
+        let Running { lifecycle, stop_intake, source, sink, servers, .. } = self;
+        lifecycle.set_stopping();
+        let ordered = async {
+            stop_intake.cancel();
+            let link = source.await.map_err(|e| ShutdownError::Task(e.to_string()))?;
+            sink.await.map_err(|e| ShutdownError::Task(e.to_string()))?;
+            if let Some(link) = link {
+                link.close().await;
+            }
+            for (handle, join) in servers {
+                handle.stop(true).await;
+                let _ = join.await;
+            }
+            Ok(())
+        };
+        let result = tokio::time::timeout(limit, ordered).await.unwrap_or(Err(ShutdownError::Timeout(limit)));
+        if result.is_ok() {
+            tracing::info!("shutdown complete");
+        }
+        result
+    }
+
+    /// Stops at once, like a crash: nothing is flushed or acked.
+    pub async fn abort(self) {
+        self.source.abort();
+        self.sink.abort();
+        let _ = self.source.await;
+        let _ = self.sink.await;
+        for (handle, join) in self.servers {
+            handle.stop(false).await;
+            let _ = join.await;
+        }
+    }
+}

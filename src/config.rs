@@ -1,0 +1,457 @@
+//! Settings: named defaults, an optional TOML file, the environment, and validation.
+//!
+//! This is the only module that reads the process environment. Every setting is
+//! parsed from text with one rule, so a bad value is always reported the same way:
+//! one line naming the variable and the value. The environment wins over the file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Every variable this service reads, with its default. The TOML file uses the
+/// same names in lower case (`batch_size = 500`).
+pub const VARIABLES: &[(&str, &str)] = &[
+    ("RABBIT_URL", "amqp://guest:guest@localhost:5672/%2f"),
+    ("RABBIT_EXCHANGE", "events"),
+    ("RABBIT_QUEUE", "candystore"),
+    ("RABBIT_BINDING", "#"),
+    ("DATABASE_URL", "postgres://postgres@localhost:5432/candystore"),
+    ("API_HOST", "0.0.0.0"),
+    ("API_PORT", "8683"),
+    ("METRICS_ENABLED", "true"),
+    ("METRICS_PORT", "9090"),
+    ("LOG_LEVEL", "info"),
+    ("LOG_FORMAT", "json"),
+    ("PREFETCH_COUNT", "100"),
+    ("BATCH_SIZE", "50"),
+    ("FLUSH_INTERVAL", "50ms"),
+    ("MAX_BATCH_BYTES", "16777216"),
+    ("DATABASE_READ_POOL_SIZE", "8"),
+    ("RETRY_MAX_BACKOFF", "10s"),
+    ("SHUTDOWN_TIMEOUT", "30s"),
+];
+
+/// A setting that could not be used. The message is the one line start-up prints.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {name}={value:?}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("unknown setting {key:?} in config file {path}")]
+    UnknownKey { path: String, key: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Console,
+}
+
+/// The validated settings of one process.
+#[derive(Clone)]
+pub struct Settings {
+    pub rabbit_url: String,
+    pub rabbit_exchange: String,
+    pub rabbit_queue: String,
+    pub rabbit_bindings: Vec<String>,
+    pub database_url: String,
+    pub api_host: IpAddr,
+    pub api_port: u16,
+    pub metrics_enabled: bool,
+    pub metrics_port: u16,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// AMQP QoS: the most unacknowledged deliveries the broker hands us.
+    pub prefetch_count: u16,
+    /// Rows per COPY batch at most (capped at `prefetch_count`, see [`Settings::batch_rows`]).
+    pub batch_size: usize,
+    /// The longest an event waits for its batch to fill.
+    pub flush_interval: Duration,
+    /// A batch is flushed once its events hold this many bytes.
+    pub max_batch_bytes: usize,
+    pub database_read_pool_size: usize,
+    /// The longest pause between two attempts at a failing write or connection.
+    pub retry_max_backoff: Duration,
+    /// How long shutdown may take before the process gives up and exits non-zero.
+    pub shutdown_timeout: Duration,
+}
+
+impl Settings {
+    /// Loads settings from the optional TOML file and the process environment.
+    pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = match config_file {
+            Some(path) => Some(read_file(path)?),
+            None => None,
+        };
+        Self::from_sources(file, std::env::vars())
+    }
+
+    /// Builds settings from `(VARIABLE, value)` pairs over the defaults, without the
+    /// environment. Tests use this.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let env = pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned()));
+        Self::from_sources(None, env).expect("test settings are valid")
+    }
+
+    fn from_sources(
+        file: Option<BTreeMap<String, String>>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut raw: BTreeMap<&'static str, String> = VARIABLES
+            .iter()
+            .map(|(name, default)| (*name, (*default).to_owned()))
+            .collect();
+        if let Some(file) = file {
+            for (key, value) in file {
+                let name = VARIABLES
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(&key))
+                    .map(|(name, _)| *name)
+                    .ok_or_else(|| ConfigError::UnknownKey {
+                        path: "(file)".into(),
+                        key: key.clone(),
+                    })?;
+                raw.insert(name, value);
+            }
+        }
+        for (key, value) in env {
+            if let Some((name, _)) = VARIABLES.iter().find(|(name, _)| *name == key) {
+                raw.insert(name, value);
+            }
+        }
+        let r = Raw(raw);
+        let settings = Settings {
+            rabbit_url: r.url("RABBIT_URL", &["amqp://", "amqps://"])?,
+            rabbit_exchange: r.name("RABBIT_EXCHANGE", true)?,
+            rabbit_queue: r.name("RABBIT_QUEUE", false)?,
+            rabbit_bindings: r.bindings("RABBIT_BINDING")?,
+            database_url: r.database_url("DATABASE_URL")?,
+            api_host: r.parse("API_HOST", "an IP address")?,
+            api_port: r.parse("API_PORT", "a port number from 0 to 65535")?,
+            metrics_enabled: r.boolean("METRICS_ENABLED")?,
+            metrics_port: r.parse("METRICS_PORT", "a port number from 0 to 65535")?,
+            log_level: r.log_level("LOG_LEVEL")?,
+            log_format: r.log_format("LOG_FORMAT")?,
+            prefetch_count: r.positive("PREFETCH_COUNT", 65_535)? as u16,
+            batch_size: r.positive("BATCH_SIZE", 100_000)?,
+            flush_interval: r.duration("FLUSH_INTERVAL")?,
+            max_batch_bytes: r.positive("MAX_BATCH_BYTES", 1 << 30)?,
+            database_read_pool_size: r.positive("DATABASE_READ_POOL_SIZE", 1_000)?,
+            retry_max_backoff: r.duration("RETRY_MAX_BACKOFF")?,
+            shutdown_timeout: r.duration("SHUTDOWN_TIMEOUT")?,
+        };
+        Ok(settings)
+    }
+
+    /// The row limit the batcher really uses: `BATCH_SIZE`, but never more than
+    /// `PREFETCH_COUNT`. The broker stops delivering once `PREFETCH_COUNT` deliveries
+    /// are unacknowledged, so a larger batch could only ever be closed by its age.
+    pub fn batch_rows(&self) -> usize {
+        self.batch_size.min(usize::from(self.prefetch_count))
+    }
+
+    /// The settings as `NAME=value` pairs with passwords replaced, for the start-up log.
+    pub fn redacted(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("RABBIT_URL", redact_url(&self.rabbit_url)),
+            ("RABBIT_EXCHANGE", self.rabbit_exchange.clone()),
+            ("RABBIT_QUEUE", self.rabbit_queue.clone()),
+            ("RABBIT_BINDING", self.rabbit_bindings.join(",")),
+            ("DATABASE_URL", redact_url(&self.database_url)),
+            ("API_HOST", self.api_host.to_string()),
+            ("API_PORT", self.api_port.to_string()),
+            ("METRICS_ENABLED", self.metrics_enabled.to_string()),
+            ("METRICS_PORT", self.metrics_port.to_string()),
+            ("LOG_LEVEL", self.log_level.clone()),
+            ("LOG_FORMAT", format!("{:?}", self.log_format).to_lowercase()),
+            ("PREFETCH_COUNT", self.prefetch_count.to_string()),
+            ("BATCH_SIZE", self.batch_size.to_string()),
+            (
+                "FLUSH_INTERVAL",
+                humantime::format_duration(self.flush_interval).to_string(),
+            ),
+            ("MAX_BATCH_BYTES", self.max_batch_bytes.to_string()),
+            (
+                "DATABASE_READ_POOL_SIZE",
+                self.database_read_pool_size.to_string(),
+            ),
+            (
+                "RETRY_MAX_BACKOFF",
+                humantime::format_duration(self.retry_max_backoff).to_string(),
+            ),
+            (
+                "SHUTDOWN_TIMEOUT",
+                humantime::format_duration(self.shutdown_timeout).to_string(),
+            ),
+        ]
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (name, value) in self.redacted() {
+            map.entry(&name, &value);
+        }
+        map.finish()
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host` URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
+        path: shown.clone(),
+        reason: e.message().to_owned(),
+    })?;
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        if !VARIABLES.iter().any(|(n, _)| n.eq_ignore_ascii_case(&key)) {
+            return Err(ConfigError::UnknownKey { path: shown, key });
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        out.insert(key, text);
+    }
+    Ok(out)
+}
+
+struct Raw(BTreeMap<&'static str, String>);
+
+impl Raw {
+    fn get(&self, name: &'static str) -> &str {
+        self.0.get(name).map(String::as_str).unwrap_or_default()
+    }
+
+    fn invalid(&self, name: &'static str, reason: impl Into<String>) -> ConfigError {
+        let value = self.get(name);
+        let value = if name.ends_with("_URL") {
+            redact_url(value)
+        } else {
+            value.to_owned()
+        };
+        ConfigError::Invalid {
+            name,
+            value,
+            reason: reason.into(),
+        }
+    }
+
+    fn parse<T: std::str::FromStr>(&self, name: &'static str, what: &str) -> Result<T, ConfigError> {
+        self.get(name)
+            .trim()
+            .parse()
+            .map_err(|_| self.invalid(name, format!("expected {what}")))
+    }
+
+    fn positive(&self, name: &'static str, max: usize) -> Result<usize, ConfigError> {
+        let what = format!("a whole number from 1 to {max}");
+        let n: usize = self.parse(name, &what)?;
+        if n == 0 || n > max {
+            return Err(self.invalid(name, format!("expected {what}")));
+        }
+        Ok(n)
+    }
+
+    fn boolean(&self, name: &'static str) -> Result<bool, ConfigError> {
+        match self.get(name).trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(self.invalid(name, "expected true or false")),
+        }
+    }
+
+    fn duration(&self, name: &'static str) -> Result<Duration, ConfigError> {
+        let d = humantime::parse_duration(self.get(name).trim()).map_err(|e| {
+            self.invalid(name, format!("expected a duration such as 50ms or 2s ({e})"))
+        })?;
+        if d.is_zero() {
+            return Err(self.invalid(name, "expected a duration above zero"));
+        }
+        Ok(d)
+    }
+
+    fn url(&self, name: &'static str, schemes: &[&str]) -> Result<String, ConfigError> {
+        let v = self.get(name).trim();
+        if !schemes.iter().any(|s| v.starts_with(s)) || v.len() <= 8 {
+            return Err(self.invalid(name, format!("expected a URL starting with {}", schemes.join(" or "))));
+        }
+        Ok(v.to_owned())
+    }
+
+    fn database_url(&self, name: &'static str) -> Result<String, ConfigError> {
+        let v = self.url(name, &["postgres://", "postgresql://"])?;
+        v.parse::<tokio_postgres::Config>()
+            .map_err(|e| self.invalid(name, format!("not a PostgreSQL URL ({e})")))?;
+        Ok(v)
+    }
+
+    fn name(&self, name: &'static str, allow_empty: bool) -> Result<String, ConfigError> {
+        let v = self.get(name);
+        if (!allow_empty && v.is_empty()) || v.len() > 255 {
+            return Err(self.invalid(name, "expected a name of 1 to 255 bytes"));
+        }
+        Ok(v.to_owned())
+    }
+
+    fn bindings(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
+        let keys: Vec<String> = self
+            .get(name)
+            .split(',')
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect();
+        if keys.is_empty() || keys.iter().any(|k| k.len() > 255) {
+            return Err(self.invalid(name, "expected one or more comma-separated binding keys"));
+        }
+        Ok(keys)
+    }
+
+    fn log_level(&self, name: &'static str) -> Result<String, ConfigError> {
+        let v = self.get(name).trim().to_ascii_lowercase();
+        v.parse::<tracing_subscriber::EnvFilter>()
+            .map_err(|e| self.invalid(name, format!("expected trace, debug, info, warn, error or a filter ({e})")))?;
+        Ok(v)
+    }
+
+    fn log_format(&self, name: &'static str) -> Result<LogFormat, ConfigError> {
+        match self.get(name).trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(LogFormat::Json),
+            "console" | "text" | "pretty" => Ok(LogFormat::Console),
+            _ => Err(self.invalid(name, "expected json or console")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_interface_contract() {
+        let s = Settings::from_sources(None, env(&[])).unwrap();
+        assert_eq!(s.rabbit_exchange, "events");
+        assert_eq!(s.rabbit_queue, "candystore");
+        assert_eq!(s.rabbit_bindings, vec!["#"]);
+        assert_eq!(s.api_port, 8683);
+        assert_eq!(s.metrics_port, 9090);
+        assert_eq!(s.prefetch_count, 100);
+        assert_eq!(s.batch_size, 50);
+        assert_eq!(s.flush_interval, Duration::from_millis(50));
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let file = BTreeMap::from([
+            ("batch_size".to_string(), "10".to_string()),
+            ("prefetch_count".to_string(), "20".to_string()),
+        ]);
+        let s = Settings::from_sources(Some(file), env(&[("BATCH_SIZE", "7")])).unwrap();
+        assert_eq!(s.batch_size, 7);
+        assert_eq!(s.prefetch_count, 20);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable_and_the_value() {
+        let err = Settings::from_sources(None, env(&[("FLUSH_INTERVAL", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid FLUSH_INTERVAL=\"soon\""), "{err}");
+        let err = Settings::from_sources(None, env(&[("BATCH_SIZE", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BATCH_SIZE=\"0\""), "{err}");
+        let err = Settings::from_sources(None, env(&[("METRICS_ENABLED", "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("METRICS_ENABLED"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_url_is_reported_without_its_password() {
+        let err = Settings::from_sources(None, env(&[("DATABASE_URL", "mysql://u:secret@h/db")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DATABASE_URL"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn bindings_are_comma_separated() {
+        let s = Settings::from_sources(None, env(&[("RABBIT_BINDING", "a.#, b.* ,")])).unwrap();
+        assert_eq!(s.rabbit_bindings, vec!["a.#", "b.*"]);
+    }
+
+    #[test]
+    fn batch_rows_never_exceed_the_prefetch() {
+        let s = Settings::from_pairs([("BATCH_SIZE", "500"), ("PREFETCH_COUNT", "100")]);
+        assert_eq!(s.batch_rows(), 100);
+        let s = Settings::from_pairs([("BATCH_SIZE", "50"), ("PREFETCH_COUNT", "100")]);
+        assert_eq!(s.batch_rows(), 50);
+    }
+
+    #[test]
+    fn redaction_hides_passwords_only() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@localhost:5672/%2f"),
+            "amqp://guest:***@localhost:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@localhost/db"),
+            "postgres://postgres@localhost/db"
+        );
+        let s = Settings::from_pairs([("DATABASE_URL", "postgres://u:hunter2@h/db")]);
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let file = BTreeMap::from([("batchsize".to_string(), "10".to_string())]);
+        assert!(matches!(
+            Settings::from_sources(Some(file), env(&[])),
+            Err(ConfigError::UnknownKey { .. })
+        ));
+    }
+}

@@ -1,0 +1,204 @@
+//! PostgreSQL plumbing: connection settings, the API's read pool, and the
+//! migrations runner with its ledger.
+//!
+//! Migrations are the files in `sql/`, embedded at build time, applied in name
+//! order, each in its own transaction and recorded in `schema_migrations`
+//! (version, name, checksum, time). A session advisory lock serialises concurrent
+//! runners, so two processes migrating at once both succeed. An applied file whose
+//! text changed is refused: history is not rewritten under a running audit trail.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use sha2::{Digest, Sha256};
+use tokio_postgres::{Client, NoTls};
+
+include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// Key of the advisory lock held while migrating ("candystr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6361_6e64_7973_7472;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid DATABASE_URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    #[error("cannot connect to the database")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("migration {name} failed")]
+    Migration {
+        name: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "migration {name} was edited after it was applied (applied checksum {applied}, file checksum {file}); add a new migration instead"
+    )]
+    Edited { name: String, applied: String, file: String },
+    #[error("migration file name {0} does not start with a number")]
+    BadName(String),
+    #[error("the database schema is not up to date ({0} migration(s) pending): run `candystore migrate`")]
+    Pending(usize),
+    #[error("database query failed")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("cannot build the read pool: {0}")]
+    Pool(String),
+}
+
+/// Parses DATABASE_URL and sets the timeouts every connection of ours uses.
+pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(DbError::Url)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    config.keepalives(true).keepalives_idle(Duration::from_secs(30));
+    if config.get_application_name().is_none() {
+        config.application_name("candystore");
+    }
+    Ok(config)
+}
+
+/// Opens one connection whose driver task runs in the background.
+pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError> {
+    let (client, connection) = config.connect(NoTls).await.map_err(DbError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The read pool the API queries from. It never writes.
+pub fn read_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// One embedded migration.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+    pub checksum: String,
+}
+
+/// The embedded migrations, in order.
+pub fn migrations() -> Result<Vec<Migration>, DbError> {
+    MIGRATIONS
+        .iter()
+        .map(|(name, sql)| {
+            let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
+            let version = digits.parse().map_err(|_| DbError::BadName((*name).to_owned()))?;
+            Ok(Migration { version, name, sql, checksum: checksum(sql) })
+        })
+        .collect()
+}
+
+fn checksum(sql: &str) -> String {
+    crate::source::decode::hex(&Sha256::digest(sql.as_bytes()))
+}
+
+const LEDGER: &str = r#"
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    bigint PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"#;
+
+/// Applies pending migrations. Returns the names applied by this call.
+pub async fn migrate(client: &mut Client) -> Result<Vec<&'static str>, DbError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    let result = migrate_locked(client, &migrations()?).await;
+    // The lock also ends with the session; unlocking keeps a shared connection clean.
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    result
+}
+
+async fn migrate_locked(client: &mut Client, all: &[Migration]) -> Result<Vec<&'static str>, DbError> {
+    client.batch_execute(LEDGER).await?;
+    let applied = applied(client).await?;
+    verify_checksums(all, &applied)?;
+    let mut done = Vec::new();
+    for m in all.iter().filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version)) {
+        let tx = client.transaction().await?;
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(|source| DbError::Migration { name: m.name.to_owned(), source })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &m.checksum],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(migration = m.name, "migration applied");
+        done.push(m.name);
+    }
+    Ok(done)
+}
+
+async fn applied(client: &Client) -> Result<Vec<(i64, String, String)>, DbError> {
+    let rows = client
+        .query("SELECT version, name, checksum FROM schema_migrations ORDER BY version", &[])
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+}
+
+fn verify_checksums(all: &[Migration], applied: &[(i64, String, String)]) -> Result<(), DbError> {
+    for (version, name, sum) in applied {
+        if let Some(m) = all.iter().find(|m| m.version == *version)
+            && m.checksum != *sum
+        {
+            return Err(DbError::Edited { name: name.clone(), applied: sum.clone(), file: m.checksum.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// Checks, without changing anything, that every migration is applied unedited.
+pub async fn check_schema(client: &Client) -> Result<(), DbError> {
+    let all = migrations()?;
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Err(DbError::Pending(all.len()));
+    }
+    let applied = applied(client).await?;
+    verify_checksums(&all, &applied)?;
+    let pending = all.iter().filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version)).count();
+    if pending > 0 {
+        return Err(DbError::Pending(pending));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_and_in_order() {
+        let all = migrations().unwrap();
+        assert!(all.len() >= 2);
+        assert!(all.windows(2).all(|w| w[0].version < w[1].version));
+        assert_eq!(all[0].name, "0001_events.sql");
+    }
+
+    #[test]
+    fn an_edited_migration_is_refused() {
+        let all = migrations().unwrap();
+        let applied = vec![(all[0].version, all[0].name.to_owned(), "0000".to_owned())];
+        let err = verify_checksums(&all, &applied).unwrap_err();
+        assert!(err.to_string().contains("was edited after it was applied"), "{err}");
+    }
+}

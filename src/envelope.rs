@@ -1,0 +1,146 @@
+//! What the pipeline carries: a stored event, a dead letter, and why a delivery was
+//! rejected. Pure data; the projection rules that fill these live in `source::decode`.
+//!
+//! Every text field here is free of NUL characters and is valid UTF-8: that is the
+//! promise decode makes, and the reason COPY never sees text PostgreSQL refuses.
+
+use chrono::{DateTime, Utc};
+
+/// Which Bloodbank envelope a delivery used (see `shared/spec/envelopes.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generation {
+    /// The original envelope: `id`, `event_type`, `data`.
+    Original = 1,
+    /// The typed envelope: `event_id`, `source` object, `payload`.
+    Typed = 2,
+    /// CloudEvents 1.0 structured mode: `specversion`, `type`, `data`.
+    CloudEvents = 3,
+}
+
+impl Generation {
+    pub fn as_i16(self) -> i16 {
+        self as i16
+    }
+
+    /// The member of the envelope that holds the payload.
+    pub fn payload_member(self) -> &'static str {
+        match self {
+            Generation::Typed => "payload",
+            Generation::Original | Generation::CloudEvents => "data",
+        }
+    }
+}
+
+/// One event, projected onto the stored columns.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub id: String,
+    pub event_type: String,
+    pub source: String,
+    pub target: Option<String>,
+    pub routing_key: String,
+    pub exchange: String,
+    pub timestamp: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    /// The payload as JSON text (`{}` when the envelope had none).
+    pub payload: Vec<u8>,
+    pub session_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub generation: Generation,
+    /// The published envelope without its payload member, as JSON text. Together
+    /// with `payload` and `payload_member` it rebuilds the original document.
+    pub envelope: Vec<u8>,
+    /// The envelope member the payload came from; `None` when there was none.
+    pub payload_member: Option<&'static str>,
+    /// The AMQP properties and headers as a JSON object.
+    pub properties: Vec<u8>,
+    /// True when text PostgreSQL cannot hold (NUL) was removed from the body, the
+    /// routing key or the properties. The original body is then kept beside it.
+    pub sanitized: bool,
+    /// The delivery body exactly as received. Stored only when `sanitized`, but
+    /// always held until commit so a row PostgreSQL refuses can be dead-lettered whole.
+    pub body: Vec<u8>,
+}
+
+/// Why a delivery is not an event. The label values of the dead-letter metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    EmptyBody,
+    InvalidUtf8,
+    InvalidJson,
+    NotAnObject,
+    UnrecognisedEnvelope,
+    MissingEventType,
+    FieldTooLong,
+    RejectedByDatabase,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::EmptyBody,
+        RejectReason::InvalidUtf8,
+        RejectReason::InvalidJson,
+        RejectReason::NotAnObject,
+        RejectReason::UnrecognisedEnvelope,
+        RejectReason::MissingEventType,
+        RejectReason::FieldTooLong,
+        RejectReason::RejectedByDatabase,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::EmptyBody => "empty_body",
+            RejectReason::InvalidUtf8 => "invalid_utf8",
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::NotAnObject => "not_an_object",
+            RejectReason::UnrecognisedEnvelope => "unrecognised_envelope",
+            RejectReason::MissingEventType => "missing_event_type",
+            RejectReason::FieldTooLong => "field_too_long",
+            RejectReason::RejectedByDatabase => "rejected_by_database",
+        }
+    }
+}
+
+/// A delivery that cannot be stored as an event, kept whole.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// SHA-256 over exchange, routing key, message id and body: a redelivery of the
+    /// same delivery maps to the same row.
+    pub fingerprint: [u8; 32],
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: Vec<u8>,
+    pub body: Vec<u8>,
+    pub reason: RejectReason,
+    pub detail: String,
+    pub received_at: DateTime<Utc>,
+    /// The event type, when the body got far enough to tell (for metric labels).
+    pub event_type: Option<String>,
+}
+
+/// What the sink writes for one delivery.
+#[derive(Clone, Debug)]
+pub enum Record {
+    Event(Box<Event>),
+    DeadLetter(Box<DeadLetter>),
+}
+
+impl Record {
+    /// Bytes this record holds in memory, for the batch byte limit.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Record::Event(e) => {
+                e.payload.len()
+                    + e.envelope.len()
+                    + e.properties.len()
+                    + e.body.len()
+                    + e.id.len()
+                    + e.event_type.len()
+                    + e.source.len()
+                    + e.routing_key.len()
+                    + 128
+            }
+            Record::DeadLetter(d) => d.body.len() + d.properties.len() + d.detail.len() + 128,
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Candystore: the event store and audit trail of the 33GOD ecosystem.
+//!
+//! Data flows `source` (RabbitMQ deliveries → decoded records) → `batch` (size, bytes
+//! or age) → `sink` (COPY in one transaction, then ack). `api` serves what was
+//! stored from a separate read pool; `config`, `metrics` and `telemetry` sit beside.
+//! ARCHITECTURE.md has the map and the invariants.
+
+pub mod api;
+pub mod app;
+pub mod batch;
+pub mod config;
+pub mod db;
+pub mod envelope;
+pub mod metrics;
+pub mod sink;
+pub mod source;
+pub mod telemetry;

@@ -1,0 +1,204 @@
+//! Every metric, in one struct that owns its registry.
+//!
+//! Names follow `shared/spec/interface.md`: `candystore_` prefix, `_total`
+//! counters, base units. Labels carry bounded values only (event types and sources
+//! are the contract's labels; no id ever becomes a label).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::envelope::Record;
+
+/// Storage latency spans 1 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_received: IntCounterVec,
+    pub events_stored: IntCounterVec,
+    pub events_failed: IntCounterVec,
+    pub storage_latency: Histogram,
+    pub consumer_connected: IntGauge,
+    pub database_connections: IntGauge,
+    pub deliveries_received: IntCounter,
+    pub duplicates: IntCounter,
+    pub dead_letters: IntCounterVec,
+    pub sanitized: IntCounter,
+    pub write_retries: IntCounterVec,
+    pub batches_committed: IntCounter,
+    pub batch_rows: Histogram,
+    pub batch_bytes: Histogram,
+    pub batch_age: Histogram,
+    pub batch_duration: HistogramVec,
+    pub batch_splits: IntCounter,
+    pub acks: IntCounter,
+    pub ack_frames: IntCounter,
+    pub ack_failures: IntCounter,
+    pub reconnects: IntCounter,
+    pub channel_sent: IntCounter,
+    pub channel_received: IntCounter,
+    pub in_flight: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definition is valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        };
+        let rows_buckets = prometheus::exponential_buckets(1.0, 2.0, 15).expect("valid buckets");
+        let bytes_buckets = prometheus::exponential_buckets(1024.0, 4.0, 10).expect("valid buckets");
+        Metrics {
+            events_received: reg!(IntCounterVec::new(
+                Opts::new("candystore_events_received_total", "Events received from Bloodbank"),
+                &["event_type", "source"]
+            )),
+            events_stored: reg!(IntCounterVec::new(
+                Opts::new("candystore_events_stored_total", "Events stored (new rows committed)"),
+                &["event_type"]
+            )),
+            events_failed: reg!(IntCounterVec::new(
+                Opts::new(
+                    "candystore_events_failed_total",
+                    "Deliveries that could not be stored as events (dead-lettered)"
+                ),
+                &["event_type", "error_type"]
+            )),
+            storage_latency: reg!(histogram(
+                "candystore_storage_latency_seconds",
+                "From delivery to the commit that stored it",
+                LATENCY_BUCKETS
+            )),
+            consumer_connected: reg!(IntGauge::new(
+                "candystore_consumer_connected",
+                "1 while consuming from the broker, else 0"
+            )),
+            database_connections: reg!(IntGauge::new(
+                "candystore_database_connections",
+                "Open PostgreSQL connections (writer and read pool)"
+            )),
+            deliveries_received: reg!(IntCounter::new(
+                "candystore_deliveries_received_total",
+                "Deliveries taken from the broker, events or not"
+            )),
+            duplicates: reg!(IntCounter::new(
+                "candystore_events_duplicate_total",
+                "Deliveries whose event was already stored (redeliveries and repeats)"
+            )),
+            dead_letters: reg!(IntCounterVec::new(
+                Opts::new("candystore_dead_letters_total", "Rows written to dead_letter, by reason"),
+                &["reason"]
+            )),
+            sanitized: reg!(IntCounter::new(
+                "candystore_events_sanitized_total",
+                "Events stored with text PostgreSQL refuses removed"
+            )),
+            write_retries: reg!(IntCounterVec::new(
+                Opts::new("candystore_write_retries_total", "Batch writes retried, by cause"),
+                &["cause"]
+            )),
+            batches_committed: reg!(IntCounter::new(
+                "candystore_batches_committed_total",
+                "Batch transactions committed"
+            )),
+            batch_rows: reg!(histogram(
+                "candystore_batch_rows",
+                "Deliveries per committed batch",
+                &rows_buckets
+            )),
+            batch_bytes: reg!(histogram(
+                "candystore_batch_bytes",
+                "Bytes held by a batch at flush",
+                &bytes_buckets
+            )),
+            batch_age: reg!(histogram(
+                "candystore_batch_age_seconds",
+                "Age of a batch's oldest delivery at flush",
+                LATENCY_BUCKETS
+            )),
+            batch_duration: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "candystore_batch_duration_seconds",
+                    "Time spent in each step of a batch write"
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["step"]
+            )),
+            batch_splits: reg!(IntCounter::new(
+                "candystore_batch_splits_total",
+                "Batches split to isolate a row PostgreSQL refused"
+            )),
+            acks: reg!(IntCounter::new(
+                "candystore_acks_total",
+                "Deliveries acknowledged after commit"
+            )),
+            ack_frames: reg!(IntCounter::new(
+                "candystore_ack_frames_total",
+                "basic.ack frames sent (multiple-acks cover many deliveries)"
+            )),
+            ack_failures: reg!(IntCounter::new(
+                "candystore_ack_failures_total",
+                "Acks that failed because their channel was gone (redelivered later)"
+            )),
+            reconnects: reg!(IntCounter::new(
+                "candystore_reconnects_total",
+                "Broker connections re-established after a failure"
+            )),
+            channel_sent: reg!(IntCounter::new(
+                "candystore_channel_sent_total",
+                "Records the consumer put into the batch channel"
+            )),
+            channel_received: reg!(IntCounter::new(
+                "candystore_channel_received_total",
+                "Records the writer took from the batch channel"
+            )),
+            in_flight: reg!(IntGauge::new(
+                "candystore_events_in_flight",
+                "Deliveries received and not yet settled (channel, batch, write)"
+            )),
+            registry,
+        }
+    }
+
+    /// Counts one delivery as received.
+    pub fn observe_received(&self, record: &Record) {
+        self.deliveries_received.inc();
+        self.in_flight.inc();
+        if let Record::Event(e) = record {
+            self.events_received
+                .with_label_values(&[e.event_type.as_str(), e.source.as_str()])
+                .inc();
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec only fails on invalid metric families, which `new` rules out.
+        let _ = encoder.encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,207 @@
+//! The sink: drains the bounded channel into batches, writes each batch in one
+//! transaction, and settles the batch's acks only after that COMMIT returned.
+//!
+//! It is the only place acks are settled. Retryable failures are retried with
+//! back-off forever (the channel and the prefetch stop intake meanwhile); a batch
+//! PostgreSQL refuses is split until the refused row is alone, and that row goes to
+//! `dead_letter` while the rest is stored.
+
+pub mod copy;
+pub mod write;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::batch::{Batch, Batcher, Limits};
+use crate::envelope::{DeadLetter, Record, RejectReason};
+use crate::metrics::Metrics;
+use crate::source::{self, AckToken, Inbound};
+pub use write::{WriteError, Written, Writer};
+
+/// Knobs of the sink that are not settings.
+#[derive(Clone, Debug)]
+pub struct SinkOptions {
+    pub limits: Limits,
+    pub retry_max_backoff: Duration,
+    /// Test-only: commit but never ack, as if the process died between the two.
+    pub skip_acks: bool,
+}
+
+/// Shared view of the writer's connection, for health and metrics.
+#[derive(Debug, Default)]
+pub struct SinkStatus {
+    pub writer_connected: AtomicBool,
+}
+
+/// Runs until the channel is closed and everything it held is committed and acked.
+pub async fn run(
+    mut rx: mpsc::Receiver<Inbound>,
+    mut writer: Writer,
+    opts: SinkOptions,
+    metrics: Arc<Metrics>,
+    status: Arc<SinkStatus>,
+) {
+    let mut batcher = Batcher::new(opts.limits);
+    while let Some(batch) = batcher.next_batch(&mut rx, |i| i.record.size_bytes()).await {
+        flush(batch, &mut writer, &opts, &metrics, &status).await;
+    }
+    status.writer_connected.store(false, Ordering::Relaxed);
+    tracing::debug!("sink drained");
+}
+
+async fn flush(batch: Batch<Inbound>, writer: &mut Writer, opts: &SinkOptions, metrics: &Metrics, status: &SinkStatus) {
+    let n = batch.items.len();
+    metrics.channel_received.inc_by(n as u64);
+    metrics.batch_rows.observe(n as f64);
+    metrics.batch_bytes.observe(batch.bytes as f64);
+    metrics.batch_age.observe(batch.opened.elapsed().as_secs_f64());
+    let started = Instant::now();
+    let mut records = Vec::with_capacity(n);
+    let mut tokens: Vec<AckToken> = Vec::with_capacity(n);
+    let mut received = Vec::with_capacity(n);
+    for item in batch.items {
+        records.push(item.record);
+        tokens.push(item.ack);
+        received.push(item.received);
+    }
+
+    let written = write_all(&mut records, writer, opts, metrics, status).await;
+    let committed = Instant::now();
+    for r in &received {
+        metrics.storage_latency.observe((committed - *r).as_secs_f64());
+    }
+    record_written(&written, &records, metrics);
+    metrics.batches_committed.inc();
+
+    if opts.skip_acks {
+        // Dropping the tokens leaves the deliveries unacked for the broker to redeliver.
+        drop(tokens);
+    } else {
+        let settled = source::ack::settle(tokens).await;
+        metrics.acks.inc_by(settled.acked as u64);
+        metrics.ack_frames.inc_by(settled.frames as u64);
+        metrics.ack_failures.inc_by(settled.failed as u64);
+    }
+    metrics.in_flight.sub(n as i64);
+    tracing::debug!(
+        rows = n,
+        bytes = batch.bytes,
+        reason = batch.reason.as_str(),
+        stored = written.stored_total(),
+        duplicates = written.duplicates,
+        dead_letters = written.dead_letters,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "batch committed"
+    );
+}
+
+fn record_written(w: &Written, records: &[Record], metrics: &Metrics) {
+    for (event_type, n) in &w.stored {
+        metrics.events_stored.with_label_values(&[event_type.as_str()]).inc_by(*n);
+    }
+    metrics.duplicates.inc_by(w.duplicates + w.dead_letter_duplicates);
+    for r in records {
+        match r {
+            Record::DeadLetter(d) => {
+                metrics.dead_letters.with_label_values(&[d.reason.as_str()]).inc();
+                metrics
+                    .events_failed
+                    .with_label_values(&[d.event_type.as_deref().unwrap_or("unknown"), d.reason.as_str()])
+                    .inc();
+            }
+            Record::Event(e) if e.sanitized => metrics.sanitized.inc(),
+            Record::Event(_) => {}
+        }
+    }
+}
+
+/// Writes every record, retrying what the database could not take now and
+/// splitting what it refused. Returns only once all of it is committed.
+/// A record PostgreSQL refuses on its own is replaced, in `records`, by its dead letter.
+async fn write_all(
+    records: &mut [Record],
+    writer: &mut Writer,
+    opts: &SinkOptions,
+    metrics: &Metrics,
+    status: &SinkStatus,
+) -> Written {
+    let mut total = Written::default();
+    let mut backoff = Duration::from_millis(50);
+    // Ranges of `records` still to write, last one first.
+    let mut todo = vec![0..records.len()];
+    while let Some(range) = todo.pop() {
+        let part: Vec<&Record> = records[range.clone()].iter().collect();
+        let result = writer.write(&part, metrics).await;
+        status.writer_connected.store(writer.is_connected(), Ordering::Relaxed);
+        match result {
+            Ok(w) => {
+                total.absorb(w);
+                backoff = Duration::from_millis(50);
+            }
+            Err(e) if e.is_retryable() || matches!(part[..], [Record::DeadLetter(_)]) => {
+                metrics.write_retries.with_label_values(&[e.cause()]).inc();
+                log_retry(&e, backoff, part.len());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(opts.retry_max_backoff);
+                todo.push(range);
+            }
+            Err(e) if range.len() == 1 => {
+                let detail = error_chain(&e);
+                tracing::warn!(error = %detail, "database refused one event; dead-lettering it");
+                if let Record::Event(ev) = &records[range.start] {
+                    records[range.start] = Record::DeadLetter(Box::new(refused(ev, detail)));
+                }
+                todo.push(range);
+            }
+            Err(_) => {
+                metrics.batch_splits.inc();
+                let mid = range.start + range.len() / 2;
+                todo.push(mid..range.end);
+                todo.push(range.start..mid);
+            }
+        }
+    }
+    total
+}
+
+fn refused(e: &crate::envelope::Event, detail: String) -> DeadLetter {
+    let message_id = serde_json::from_slice::<serde_json::Value>(&e.properties)
+        .ok()
+        .and_then(|p| p.get("message_id").and_then(|v| v.as_str()).map(str::to_owned));
+    DeadLetter {
+        fingerprint: source::decode::fingerprint(&e.exchange, &e.routing_key, message_id.as_deref(), &e.body),
+        exchange: e.exchange.clone(),
+        routing_key: e.routing_key.clone(),
+        properties: e.properties.clone(),
+        body: e.body.clone(),
+        reason: RejectReason::RejectedByDatabase,
+        detail,
+        received_at: e.received_at,
+        event_type: Some(e.event_type.clone()),
+    }
+}
+
+fn log_retry(e: &WriteError, backoff: Duration, rows: usize) {
+    let chain = error_chain(e);
+    if backoff >= Duration::from_secs(1) {
+        tracing::error!(error = %chain, rows, retry_in_ms = backoff.as_millis() as u64, "batch write failed; retrying");
+    } else {
+        tracing::warn!(error = %chain, rows, retry_in_ms = backoff.as_millis() as u64, "batch write failed; retrying");
+    }
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

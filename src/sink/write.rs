@@ -1,0 +1,267 @@
+//! One batch, one transaction: COPY events into the staging table, move them into
+//! `events` with `ON CONFLICT DO NOTHING`, insert the dead letters, COMMIT.
+//!
+//! The writer owns one dedicated connection (never the API's read pool). Errors
+//! come back classified: retryable ones leave nothing behind (the transaction is
+//! rolled back by the server), data errors name no row; the caller splits.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::SinkExt;
+use tokio::time::Instant;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::copy;
+use crate::envelope::{DeadLetter, Event, Record};
+use crate::metrics::Metrics;
+
+/// Moves staged rows into `events`; duplicates of a stored (id, source) and repeats
+/// inside the batch are skipped. Returns how many rows of each type were new.
+const MOVE_STAGED: &str = r#"
+WITH inserted AS (
+    INSERT INTO events (id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
+                        stored_at, payload, session_id, correlation_id, storage_latency_ms, generation,
+                        envelope, payload_member, properties, sanitized, original_body)
+    SELECT id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
+           clock_timestamp(), payload, session_id, correlation_id,
+           extract(epoch FROM clock_timestamp() - received_at) * 1000, generation,
+           envelope, payload_member, properties, sanitized, original_body
+    FROM events_staging
+    ORDER BY ord
+    ON CONFLICT (id, source) DO NOTHING
+    RETURNING event_type
+)
+SELECT event_type, count(*) FROM inserted GROUP BY event_type"#;
+
+const INSERT_DEAD_LETTER: &str = r#"
+INSERT INTO dead_letter (fingerprint, received_at, exchange, routing_key, properties, body, reason, detail)
+VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8)
+ON CONFLICT (fingerprint) DO NOTHING"#;
+
+/// Every write is bounded: a server that stops answering is treated like one that
+/// closed the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The database could not take the batch now; the same batch will succeed later.
+    #[error("database unavailable ({cause})")]
+    Unavailable {
+        cause: &'static str,
+        #[source]
+        source: Option<tokio_postgres::Error>,
+    },
+    /// PostgreSQL refused something in the data: retrying the same rows fails again.
+    #[error("database refused the batch")]
+    Refused(#[source] tokio_postgres::Error),
+}
+
+impl WriteError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, WriteError::Unavailable { .. })
+    }
+
+    /// A bounded label for the retries metric.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            WriteError::Unavailable { cause, .. } => cause,
+            WriteError::Refused(_) => "refused",
+        }
+    }
+
+    fn from_pg(e: tokio_postgres::Error) -> Self {
+        let Some(code) = e.code() else {
+            let cause = if e.is_closed() { "connection_closed" } else { "connection" };
+            return WriteError::Unavailable { cause, source: Some(e) };
+        };
+        // Data exception, integrity violation, program limit (e.g. index row size):
+        // something in the rows. Everything else (connection, shutdown, resources,
+        // serialization, missing schema) is a state of the server that can change.
+        let cause = match &code.code()[..2] {
+            "22" | "23" | "54" => return WriteError::Refused(e),
+            "08" => "connection",
+            "40" => "serialization",
+            "53" => "resources",
+            "57" => "server_shutdown",
+            "42" => "schema",
+            _ => "server",
+        };
+        WriteError::Unavailable { cause, source: Some(e) }
+    }
+}
+
+/// What one committed transaction did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// New event rows, by event type.
+    pub stored: Vec<(String, u64)>,
+    /// Events whose (id, source) was already stored or repeated in the batch.
+    pub duplicates: u64,
+    /// New dead-letter rows.
+    pub dead_letters: u64,
+    /// Dead letters already stored (redeliveries).
+    pub dead_letter_duplicates: u64,
+}
+
+impl Written {
+    pub fn stored_total(&self) -> u64 {
+        self.stored.iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn absorb(&mut self, other: Written) {
+        for (t, n) in other.stored {
+            match self.stored.iter_mut().find(|(s, _)| *s == t) {
+                Some((_, m)) => *m += n,
+                None => self.stored.push((t, n)),
+            }
+        }
+        self.duplicates += other.duplicates;
+        self.dead_letters += other.dead_letters;
+        self.dead_letter_duplicates += other.dead_letter_duplicates;
+    }
+}
+
+struct Conn {
+    client: Client,
+    move_staged: Statement,
+    insert_dead_letter: Statement,
+}
+
+/// The batch writer's connection and statements.
+pub struct Writer {
+    config: tokio_postgres::Config,
+    conn: Option<Conn>,
+    buf: BytesMut,
+}
+
+impl Writer {
+    pub fn new(config: tokio_postgres::Config) -> Self {
+        Self { config, conn: None, buf: BytesMut::new() }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| !c.client.is_closed())
+    }
+
+    /// Forgets the connection; the next write opens a new one.
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+
+    async fn connect(&mut self) -> Result<&mut Conn, WriteError> {
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let (client, connection) = self.config.connect(NoTls).await.map_err(WriteError::from_pg)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "writer connection ended");
+                }
+            });
+            client
+                .batch_execute(&format!("SET statement_timeout = '{}s'; {}", WRITE_TIMEOUT.as_secs(), copy::CREATE_STAGING))
+                .await
+                .map_err(WriteError::from_pg)?;
+            let move_staged = client.prepare(MOVE_STAGED).await.map_err(WriteError::from_pg)?;
+            let insert_dead_letter = client.prepare(INSERT_DEAD_LETTER).await.map_err(WriteError::from_pg)?;
+            tracing::debug!("writer connected");
+            self.conn = Some(Conn { client, move_staged, insert_dead_letter });
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Writes `records` in one transaction. On any error nothing was committed.
+    pub async fn write(&mut self, records: &[&Record], metrics: &Metrics) -> Result<Written, WriteError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(records, metrics)).await {
+            Ok(Ok(w)) => Ok(w),
+            Ok(Err(e)) => {
+                if e.is_retryable() {
+                    self.reset();
+                }
+                Err(e)
+            }
+            Err(_) => {
+                self.reset();
+                Err(WriteError::Unavailable { cause: "timeout", source: None })
+            }
+        }
+    }
+
+    async fn write_inner(&mut self, records: &[&Record], metrics: &Metrics) -> Result<Written, WriteError> {
+        let events: Vec<&Event> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Event(e) => Some(e.as_ref()),
+                Record::DeadLetter(_) => None,
+            })
+            .collect();
+        let dead: Vec<&DeadLetter> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::DeadLetter(d) => Some(d.as_ref()),
+                Record::Event(_) => None,
+            })
+            .collect();
+        let mut buf = std::mem::take(&mut self.buf);
+        let conn = self.connect().await?;
+        let step = |name: &str, since: Instant| {
+            metrics
+                .batch_duration
+                .with_label_values(&[name])
+                .observe(since.elapsed().as_secs_f64())
+        };
+        let tx = conn.client.transaction().await.map_err(WriteError::from_pg)?;
+        let mut written = Written::default();
+        if !events.is_empty() {
+            let t = Instant::now();
+            buf.clear();
+            buf.reserve(copy::encoded_len_hint(events.iter().copied()));
+            copy::encode(events.iter().copied(), &mut buf);
+            let sink = tx.copy_in(copy::COPY_STAGING).await.map_err(WriteError::from_pg)?;
+            futures::pin_mut!(sink);
+            sink.send(buf.split().freeze()).await.map_err(WriteError::from_pg)?;
+            sink.finish().await.map_err(WriteError::from_pg)?;
+            step("copy", t);
+            let t = Instant::now();
+            let rows = tx.query(&conn.move_staged, &[]).await.map_err(WriteError::from_pg)?;
+            for row in rows {
+                let event_type: String = row.get(0);
+                let n: i64 = row.get(1);
+                written.stored.push((event_type, n as u64));
+            }
+            written.duplicates = events.len() as u64 - written.stored_total();
+            step("insert", t);
+        }
+        for d in dead {
+            let properties = String::from_utf8_lossy(&d.properties);
+            let n = tx
+                .execute(
+                    &conn.insert_dead_letter,
+                    &[
+                        &&d.fingerprint[..],
+                        &d.received_at,
+                        &d.exchange,
+                        &d.routing_key,
+                        &properties,
+                        &d.body,
+                        &d.reason.as_str(),
+                        &d.detail,
+                    ],
+                )
+                .await
+                .map_err(WriteError::from_pg)?;
+            if n == 1 {
+                written.dead_letters += 1;
+            } else {
+                written.dead_letter_duplicates += 1;
+            }
+        }
+        let t = Instant::now();
+        tx.commit().await.map_err(WriteError::from_pg)?;
+        step("commit", t);
+        self.buf = buf;
+        Ok(written)
+    }
+}

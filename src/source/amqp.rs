@@ -1,0 +1,333 @@
+//! The RabbitMQ consumer: the only lapin user besides the load publisher.
+//!
+//! Declares the durable topic exchange (if missing), the durable queue and its
+//! bindings, sets QoS, consumes with manual acks, decodes each delivery and sends it
+//! into the bounded channel. It never acks: the tokens it hands out are settled by
+//! the sink after COMMIT. When the connection drops it reconnects with back-off;
+//! tokens of the old channel then fail to ack and the broker redelivers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::ack::{AckChannel, AckError, AckToken, Acknowledge};
+use super::decode::{self, Properties, RawDelivery};
+use super::Inbound;
+use crate::metrics::Metrics;
+
+/// What the consumer needs to know.
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub url: String,
+    pub exchange: String,
+    pub queue: String,
+    pub bindings: Vec<String>,
+    pub prefetch_count: u16,
+    pub retry_max_backoff: Duration,
+}
+
+/// Whether the consumer is connected, for health checks.
+#[derive(Debug, Default)]
+pub struct BrokerStatus {
+    connected: AtomicBool,
+}
+
+impl BrokerStatus {
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// The broker connection left open after the consumer stopped, so the sink can
+/// still ack what it holds. Close it once the sink is done.
+pub struct BrokerLink {
+    connection: Arc<Connection>,
+}
+
+impl BrokerLink {
+    pub async fn close(self) {
+        if let Err(e) = self.connection.close(200, "candystore shutting down".into()).await {
+            tracing::debug!(error = %e, "broker connection already closed");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer")]
+    Cancelled,
+}
+
+enum Outcome {
+    /// Asked to stop; the connection stays open for the final acks.
+    Stopped(Arc<Connection>),
+    /// The writer is gone: nothing more to do.
+    WriterGone,
+}
+
+/// Consumes until `stop` fires, reconnecting with back-off on any broker failure.
+pub async fn run(
+    cfg: SourceConfig,
+    tx: mpsc::Sender<Inbound>,
+    metrics: Arc<Metrics>,
+    status: Arc<BrokerStatus>,
+    stop: CancellationToken,
+) -> Option<BrokerLink> {
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt: u64 = 0;
+    loop {
+        if stop.is_cancelled() {
+            return None;
+        }
+        if attempt > 0 {
+            metrics.reconnects.inc();
+        }
+        attempt += 1;
+        let result = session(&cfg, &tx, &metrics, &status, &stop, &mut backoff).await;
+        status.connected.store(false, Ordering::Relaxed);
+        metrics.consumer_connected.set(0);
+        match result {
+            Ok(Outcome::Stopped(connection)) => return Some(BrokerLink { connection }),
+            Ok(Outcome::WriterGone) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(cfg.retry_max_backoff);
+    }
+}
+
+async fn session(
+    cfg: &SourceConfig,
+    tx: &mpsc::Sender<Inbound>,
+    metrics: &Metrics,
+    status: &BrokerStatus,
+    stop: &CancellationToken,
+    backoff: &mut Duration,
+) -> Result<Outcome, SourceError> {
+    let props = ConnectionProperties::default().with_connection_name("candystore".into());
+    let connection = Arc::new(Connection::connect(&cfg.url, props).await?);
+    let channel = connection.create_channel().await?;
+    declare(&channel, cfg).await?;
+    channel.basic_qos(cfg.prefetch_count, BasicQosOptions::default()).await?;
+    let consumer_tag = format!("candystore-{}", uuid::Uuid::new_v4());
+    let mut consumer = channel
+        .basic_consume(
+            cfg.queue.as_str().into(),
+            consumer_tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let acks = AckChannel::new(LapinAcks {
+        channel: channel.clone(),
+        _connection: connection.clone(),
+    });
+    status.connected.store(true, Ordering::Relaxed);
+    metrics.consumer_connected.set(1);
+    *backoff = Duration::from_millis(100);
+    tracing::info!(queue = %cfg.queue, exchange = %cfg.exchange, prefetch = cfg.prefetch_count, "consuming");
+
+    let cancel = |channel: Channel, tag: String| async move {
+        if let Err(e) = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
+            tracing::debug!(error = %e, "basic.cancel failed");
+        }
+    };
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            _ = stop.cancelled() => {
+                cancel(channel, consumer_tag).await;
+                return Ok(Outcome::Stopped(connection));
+            }
+            next = consumer.next() => match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(SourceError::Cancelled),
+            },
+        };
+        let received = Instant::now();
+        let tag = delivery.delivery_tag;
+        let record = decode::decode(raw_delivery(delivery));
+        metrics.observe_received(&record);
+        let inbound = Inbound {
+            record,
+            ack: AckToken::new(acks.clone(), tag),
+            received,
+        };
+        tokio::select! {
+            biased;
+            sent = tx.send(inbound) => {
+                if sent.is_err() {
+                    return Ok(Outcome::WriterGone);
+                }
+                metrics.channel_sent.inc();
+            }
+            _ = stop.cancelled() => {
+                // The record in hand is dropped unacked: the broker redelivers it.
+                metrics.in_flight.dec();
+                cancel(channel, consumer_tag).await;
+                return Ok(Outcome::Stopped(connection));
+            }
+        }
+    }
+}
+
+async fn declare(channel: &Channel, cfg: &SourceConfig) -> Result<(), lapin::Error> {
+    if !cfg.exchange.is_empty() {
+        channel
+            .exchange_declare(
+                cfg.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .queue_declare(
+            cfg.queue.as_str().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    if !cfg.exchange.is_empty() {
+        for key in &cfg.bindings {
+            channel
+                .queue_bind(
+                    cfg.queue.as_str().into(),
+                    cfg.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+struct LapinAcks {
+    channel: Channel,
+    /// Keeps the connection open while any token of this channel is unsettled.
+    _connection: Arc<Connection>,
+}
+
+impl Acknowledge for LapinAcks {
+    fn ack(&self, tag: u64, multiple: bool) -> BoxFuture<'_, Result<(), AckError>> {
+        Box::pin(async move {
+            self.channel
+                .basic_ack(tag, BasicAckOptions { multiple })
+                .await
+                .map_err(|e| AckError { tag, reason: e.to_string() })
+        })
+    }
+}
+
+fn raw_delivery(d: lapin::message::Delivery) -> RawDelivery {
+    let p = &d.properties;
+    let s = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+    let mut headers_sanitized = false;
+    let headers = p
+        .headers()
+        .as_ref()
+        .map(|t| table_to_json(t, &mut headers_sanitized));
+    let properties = Properties {
+        message_id: s(p.message_id()),
+        timestamp: *p.timestamp(),
+        content_type: s(p.content_type()),
+        content_encoding: s(p.content_encoding()),
+        correlation_id: s(p.correlation_id()),
+        kind: s(p.kind()),
+        app_id: s(p.app_id()),
+        user_id: s(p.user_id()),
+        reply_to: s(p.reply_to()),
+        expiration: s(p.expiration()),
+        priority: *p.priority(),
+        delivery_mode: *p.delivery_mode(),
+        cluster_id: s(p.cluster_id()),
+        headers,
+        headers_sanitized,
+    };
+    RawDelivery {
+        exchange: d.exchange.as_str().to_owned(),
+        routing_key: d.routing_key.as_str().to_owned(),
+        received_at: chrono::Utc::now(),
+        properties,
+        body: d.data,
+    }
+}
+
+/// Converts AMQP headers to JSON. Byte strings that are not clean UTF-8 text are
+/// kept as `{"$hex": ...}`; NUL is removed from names and short strings. Either
+/// sets `sanitized`.
+pub fn table_to_json(t: &FieldTable, sanitized: &mut bool) -> serde_json::Map<String, serde_json::Value> {
+    t.inner()
+        .iter()
+        .map(|(k, v)| (clean(k.as_str(), sanitized), value_to_json(v, sanitized)))
+        .collect()
+}
+
+fn clean(s: &str, sanitized: &mut bool) -> String {
+    if s.contains('\0') {
+        *sanitized = true;
+        s.replace('\0', "")
+    } else {
+        s.to_owned()
+    }
+}
+
+fn value_to_json(v: &AMQPValue, sanitized: &mut bool) -> serde_json::Value {
+    use serde_json::Value as J;
+    let hex = |b: &[u8]| serde_json::json!({ "$hex": decode::hex(b) });
+    match v {
+        AMQPValue::Boolean(b) => J::Bool(*b),
+        AMQPValue::ShortShortInt(n) => (*n).into(),
+        AMQPValue::ShortShortUInt(n) => (*n).into(),
+        AMQPValue::ShortInt(n) => (*n).into(),
+        AMQPValue::ShortUInt(n) => (*n).into(),
+        AMQPValue::LongInt(n) => (*n).into(),
+        AMQPValue::LongUInt(n) => (*n).into(),
+        AMQPValue::LongLongInt(n) => (*n).into(),
+        AMQPValue::Float(f) => float(f64::from(*f)),
+        AMQPValue::Double(f) => float(*f),
+        AMQPValue::DecimalValue(d) => serde_json::json!({ "$decimal": { "scale": d.scale, "value": d.value } }),
+        AMQPValue::ShortString(s) => J::String(clean(s.as_str(), sanitized)),
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) if !text.contains('\0') => J::String(text.to_owned()),
+            _ => {
+                *sanitized = true;
+                hex(s.as_bytes())
+            }
+        },
+        AMQPValue::FieldArray(a) => J::Array(a.as_slice().iter().map(|v| value_to_json(v, sanitized)).collect()),
+        AMQPValue::Timestamp(t) => serde_json::json!({ "$timestamp": t }),
+        AMQPValue::FieldTable(t) => J::Object(table_to_json(t, sanitized)),
+        AMQPValue::ByteArray(b) => hex(b.as_slice()),
+        AMQPValue::Void => J::Null,
+    }
+}
+
+fn float(f: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(f)
+        .map(serde_json::Value::Number)
+        .unwrap_or_else(|| serde_json::Value::String(f.to_string()))
+}

@@ -1,0 +1,465 @@
+//! Bytes → [`Record`]: recognise the envelope generation and project it onto the
+//! stored columns, as `shared/spec/envelopes.md` says.
+//!
+//! Pure: no IO, no clock (the receive time comes in with the delivery), no lapin
+//! types, and it never panics on any input. Whatever it returns as an event is text
+//! PostgreSQL accepts: NUL is stripped (and flagged) everywhere, identifiers are
+//! bounded in length so they fit a btree index entry.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use simd_json::BorrowedValue as Value;
+use simd_json::prelude::*;
+
+use crate::envelope::{DeadLetter, Event, Generation, Record, RejectReason};
+
+/// Longest identifier (id, type, source, target, session, correlation) kept in an
+/// indexed column. PostgreSQL's btree entries top out near 2.7 kB.
+pub const MAX_IDENT_BYTES: usize = 1024;
+
+/// Namespace of the ids derived from a body that carried none (UUID v5).
+const DERIVED_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6361_6e64_7973_746f_7265_0000_0000_0001);
+
+/// The AMQP basic properties of a delivery, as plain data.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Properties {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Seconds since the Unix epoch, as AMQP sends it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_mode: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Headers already converted to JSON; byte strings that are not clean text
+    /// arrive here as `{"$hex": "..."}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Set by whoever converted the headers when one had to be rewritten.
+    #[serde(skip)]
+    pub headers_sanitized: bool,
+}
+
+/// One delivery as received, before projection.
+#[derive(Clone, Debug)]
+pub struct RawDelivery {
+    pub body: Vec<u8>,
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: Properties,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Decodes and projects one delivery. Never fails: what is not an event becomes a
+/// dead letter that keeps the raw bytes.
+pub fn decode(raw: RawDelivery) -> Record {
+    let RawDelivery {
+        body,
+        exchange,
+        routing_key,
+        mut properties,
+        received_at,
+    } = raw;
+    let mut sanitized = properties.headers_sanitized;
+    let mut props_json = serde_json::Map::new();
+    let exchange = strip_nul_owned(exchange, &mut sanitized);
+    if routing_key.contains('\0') {
+        props_json.insert("routing_key_hex".into(), hex(routing_key.as_bytes()).into());
+    }
+    let routing_key = strip_nul_owned(routing_key, &mut sanitized);
+    for field in [
+        &mut properties.message_id,
+        &mut properties.content_type,
+        &mut properties.content_encoding,
+        &mut properties.correlation_id,
+        &mut properties.kind,
+        &mut properties.app_id,
+        &mut properties.user_id,
+        &mut properties.reply_to,
+        &mut properties.expiration,
+        &mut properties.cluster_id,
+    ] {
+        if let Some(s) = field.take() {
+            *field = Some(strip_nul_owned(s, &mut sanitized));
+        }
+    }
+    let properties_bytes = properties_json(&properties, props_json);
+    let ctx = Context {
+        routing_key: &routing_key,
+        properties: &properties,
+        received_at,
+    };
+
+    match project(&body, &ctx) {
+        Ok(p) => Record::Event(Box::new(Event {
+            id: p.id,
+            event_type: p.event_type,
+            source: p.source,
+            target: p.target,
+            routing_key,
+            exchange,
+            timestamp: p.timestamp,
+            received_at,
+            payload: p.payload,
+            session_id: p.session_id,
+            correlation_id: p.correlation_id,
+            generation: p.generation,
+            envelope: p.envelope,
+            payload_member: p.payload_member,
+            properties: properties_bytes,
+            sanitized: sanitized || p.sanitized,
+            body,
+        })),
+        Err(r) => Record::DeadLetter(Box::new(DeadLetter {
+            fingerprint: fingerprint(&exchange, &routing_key, properties.message_id.as_deref(), &body),
+            exchange,
+            routing_key,
+            properties: properties_bytes,
+            body,
+            reason: r.reason,
+            detail: r.detail,
+            received_at,
+            event_type: r.event_type,
+        })),
+    }
+}
+
+/// The dead-letter key: a redelivery of the same delivery gives the same value.
+pub fn fingerprint(exchange: &str, routing_key: &str, message_id: Option<&str>, body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [exchange.as_bytes(), routing_key.as_bytes(), message_id.unwrap_or("").as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(body);
+    h.finalize().into()
+}
+
+fn properties_json(p: &Properties, extra: serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    let mut v = serde_json::to_value(p).unwrap_or_else(|_| serde_json::Value::Object(Default::default()));
+    if let serde_json::Value::Object(map) = &mut v {
+        map.extend(extra);
+    }
+    serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+struct Context<'a> {
+    routing_key: &'a str,
+    properties: &'a Properties,
+    received_at: DateTime<Utc>,
+}
+
+struct Projected {
+    id: String,
+    event_type: String,
+    source: String,
+    target: Option<String>,
+    timestamp: DateTime<Utc>,
+    payload: Vec<u8>,
+    session_id: Option<String>,
+    correlation_id: Option<String>,
+    generation: Generation,
+    envelope: Vec<u8>,
+    payload_member: Option<&'static str>,
+    sanitized: bool,
+}
+
+struct Rejection {
+    reason: RejectReason,
+    detail: String,
+    event_type: Option<String>,
+}
+
+fn reject(reason: RejectReason, detail: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        detail: detail.into(),
+        event_type: None,
+    }
+}
+
+fn project(body: &[u8], ctx: &Context<'_>) -> Result<Projected, Rejection> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(reject(RejectReason::EmptyBody, "the body is empty"));
+    }
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(reject(
+            RejectReason::InvalidUtf8,
+            format!("the body is not valid utf-8 (at byte {})", e.valid_up_to()),
+        ));
+    }
+    let mut buf = body.to_vec();
+    let mut value = simd_json::to_borrowed_value(&mut buf)
+        .map_err(|e| reject(RejectReason::InvalidJson, format!("the body is not json: {e}")))?;
+    let sanitized = memchr::memmem::find(body, b"\\u0000").is_some() && strip_nul(&mut value);
+    let Value::Object(obj) = &mut value else {
+        return Err(reject(
+            RejectReason::NotAnObject,
+            format!("the body is a json {}, not an object", type_name(&value)),
+        ));
+    };
+    let generation = detect(obj).ok_or_else(|| {
+        reject(
+            RejectReason::UnrecognisedEnvelope,
+            "the object has none of the members of a known envelope (specversion, event_id, event_type, id, data)",
+        )
+    })?;
+
+    let event_type = match generation {
+        Generation::CloudEvents => text(obj.get("type")),
+        _ => text(obj.get("event_type")),
+    }
+    .or_else(|| non_empty(ctx.routing_key))
+    .ok_or_else(|| reject(RejectReason::MissingEventType, "no event type in the envelope and no routing key"))?;
+
+    let id = match generation {
+        Generation::Typed => ident(obj.get("event_id")),
+        _ => ident(obj.get("id")),
+    }
+    .or_else(|| ctx.properties.message_id.as_deref().and_then(non_empty))
+    .unwrap_or_else(|| uuid::Uuid::new_v5(&DERIVED_ID_NAMESPACE, body).to_string());
+
+    let source = match (generation, obj.get("source")) {
+        (Generation::Typed, Some(Value::Object(src))) => text(src.get("app")).or_else(|| text(src.get("host"))),
+        (_, v) => ident(v),
+    }
+    .or_else(|| ctx.properties.app_id.as_deref().and_then(non_empty))
+    .unwrap_or_else(|| "unknown".to_owned());
+
+    let target = match generation {
+        Generation::Original => ident(obj.get("target")),
+        _ => None,
+    };
+
+    let time_member = if generation == Generation::CloudEvents { "time" } else { "timestamp" };
+    let timestamp = obj
+        .get(time_member)
+        .and_then(parse_time_value)
+        .or_else(|| ctx.properties.timestamp.and_then(|s| epoch_seconds(s as f64)))
+        .unwrap_or(ctx.received_at);
+
+    let member = generation.payload_member();
+    let payload_value = obj.remove(member);
+    let session_id = match generation {
+        Generation::Original => ident(obj.get("session_id")),
+        Generation::Typed => payload_value.as_ref().and_then(|p| p.get("session_id")).and_then(|v| v.as_str()).and_then(non_empty),
+        Generation::CloudEvents => ident(obj.get("sessionid")).or_else(|| {
+            payload_value.as_ref().and_then(|p| p.get("session_id")).and_then(|v| v.as_str()).and_then(non_empty)
+        }),
+    };
+    let correlation_id = match generation {
+        Generation::Original => ident(obj.get("correlation_id")),
+        Generation::Typed => obj.get("correlation_ids").and_then(|v| v.as_array()).and_then(|a| a.first()).and_then(|v| ident(Some(v))),
+        Generation::CloudEvents => ident(obj.get("correlationid")),
+    }
+    .or_else(|| ctx.properties.correlation_id.as_deref().and_then(non_empty));
+
+    for (name, v) in [
+        ("id", Some(&id)),
+        ("event_type", Some(&event_type)),
+        ("source", Some(&source)),
+        ("target", target.as_ref()),
+        ("session_id", session_id.as_ref()),
+        ("correlation_id", correlation_id.as_ref()),
+    ] {
+        if let Some(v) = v
+            && v.len() > MAX_IDENT_BYTES
+        {
+            return Err(Rejection {
+                reason: RejectReason::FieldTooLong,
+                detail: format!("{name} is {} bytes, more than {MAX_IDENT_BYTES}", v.len()),
+                event_type: (name != "event_type").then(|| event_type.clone()),
+            });
+        }
+    }
+
+    let payload_member = payload_value.as_ref().map(|_| member);
+    let payload = match &payload_value {
+        Some(v) => encode(v),
+        None => b"{}".to_vec(),
+    };
+    let envelope = encode(&value);
+    Ok(Projected {
+        id,
+        event_type,
+        source,
+        target,
+        timestamp,
+        payload,
+        session_id,
+        correlation_id,
+        generation,
+        envelope,
+        payload_member,
+        sanitized,
+    })
+}
+
+type Object<'v> = simd_json::borrowed::Object<'v>;
+
+/// Recognises the envelope generation from its distinctive members.
+fn detect(obj: &Object<'_>) -> Option<Generation> {
+    let has = |k: &str| obj.contains_key(k);
+    if has("specversion") || (has("type") && has("source") && !has("event_type")) {
+        Some(Generation::CloudEvents)
+    } else if has("event_id") || has("correlation_ids") || has("agent_context") || (has("payload") && !has("data")) {
+        Some(Generation::Typed)
+    } else if has("event_type") || has("data") || has("id") {
+        Some(Generation::Original)
+    } else {
+        None
+    }
+}
+
+fn type_name(v: &Value<'_>) -> &'static str {
+    match v {
+        Value::Array(_) => "array",
+        Value::String(_) => "string",
+        Value::Object(_) => "object",
+        Value::Static(s) if s.is_null() => "null",
+        Value::Static(s) if s.is_bool() => "boolean",
+        Value::Static(_) => "number",
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// A non-empty string member.
+fn text(v: Option<&Value<'_>>) -> Option<String> {
+    v.and_then(|v| v.as_str()).and_then(non_empty)
+}
+
+/// An identifier as sent: a non-empty string, or an integer written as text.
+fn ident(v: Option<&Value<'_>>) -> Option<String> {
+    match v? {
+        Value::String(s) => non_empty(s),
+        Value::Static(s) if s.is_i64() || s.is_u64() || s.is_i128() || s.is_u128() => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_time_value(v: &Value<'_>) -> Option<DateTime<Utc>> {
+    match v {
+        Value::String(s) => parse_time(s),
+        Value::Static(n) => n.cast_f64().and_then(epoch_seconds),
+        _ => None,
+    }
+}
+
+/// Numbers are Unix time: seconds, or milliseconds when too large to be seconds.
+fn epoch_seconds(n: f64) -> Option<DateTime<Utc>> {
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let micros = if n >= 1e11 { n * 1e3 } else { n * 1e6 };
+    in_range(Utc.timestamp_micros(micros as i64).single()?)
+}
+
+/// RFC 3339 with any offset; without an offset the time is read as UTC.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return in_range(t.with_timezone(&Utc));
+    }
+    if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z") {
+        return in_range(t.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return in_range(t.and_utc());
+        }
+    }
+    None
+}
+
+/// Years PostgreSQL and every client can hold; anything else falls back.
+fn in_range(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use chrono::Datelike;
+    (1..=9999).contains(&t.year()).then_some(t)
+}
+
+fn encode(v: &Value<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    // Writing into a Vec cannot fail.
+    let _ = v.write(&mut out);
+    out
+}
+
+/// Removes NUL from every string and key. Returns whether anything changed.
+fn strip_nul(v: &mut Value<'_>) -> bool {
+    match v {
+        Value::String(s) => {
+            if s.contains('\0') {
+                *s = Cow::Owned(s.replace('\0', ""));
+                true
+            } else {
+                false
+            }
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |changed, item| strip_nul(item) | changed),
+        Value::Object(obj) => {
+            let mut changed = false;
+            if obj.keys().any(|k| k.contains('\0')) {
+                let entries: Vec<_> = obj.drain().collect();
+                for (k, val) in entries {
+                    let k = if k.contains('\0') { Cow::Owned(k.replace('\0', "")) } else { k };
+                    obj.insert(k, val);
+                }
+                changed = true;
+            }
+            for val in obj.values_mut() {
+                changed |= strip_nul(val);
+            }
+            changed
+        }
+        Value::Static(_) => false,
+    }
+}
+
+fn strip_nul_owned(s: String, flag: &mut bool) -> String {
+    if s.contains('\0') {
+        *flag = true;
+        s.replace('\0', "")
+    } else {
+        s
+    }
+}
+
+/// Lower-case hex, for bytes that are kept but are not text.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+#[path = "decode_tests.rs"]
+mod tests;

@@ -1,0 +1,135 @@
+//! A load publisher: `candystore publish` and the ingest benchmarks use it to put
+//! realistic envelopes of all three generations onto the exchange, with publisher
+//! confirms so a count published is a count the broker holds.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::time::Instant;
+
+/// What to publish.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub count: u64,
+    /// Approximate body size in bytes.
+    pub size: usize,
+    /// Events per second; 0 publishes as fast as confirms allow.
+    pub rate: u64,
+    /// 1, 2 or 3 for one generation; 0 cycles through all three.
+    pub generation: u8,
+    /// Added to ids so runs do not collide.
+    pub run_id: String,
+}
+
+pub struct Publisher {
+    _connection: Connection,
+    channel: Channel,
+    exchange: String,
+}
+
+impl Publisher {
+    /// Connects and declares the exchange as the consumer does (durable topic).
+    pub async fn connect(url: &str, exchange: &str) -> Result<Self, lapin::Error> {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self { _connection: connection, channel, exchange: exchange.to_owned() })
+    }
+
+    /// Publishes one body (persistent) and waits for the broker's confirm.
+    pub async fn publish(&self, routing_key: &str, body: &[u8], props: BasicProperties) -> Result<(), lapin::Error> {
+        self.publish_nowait(routing_key, body, props).await?.await?;
+        Ok(())
+    }
+
+    async fn publish_nowait(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<lapin::PublisherConfirm, lapin::Error> {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props.with_delivery_mode(2).with_content_type("application/json".into()),
+            )
+            .await
+    }
+
+    /// Publishes `spec.count` sample events, pacing to `spec.rate`, with up to 1,000
+    /// confirms outstanding. Returns the elapsed time.
+    pub async fn publish_load(&self, spec: &LoadSpec) -> Result<Duration, lapin::Error> {
+        let start = Instant::now();
+        let mut pending = std::collections::VecDeque::new();
+        for i in 0..spec.count {
+            if spec.rate > 0 {
+                let due = start + Duration::from_secs_f64(i as f64 / spec.rate as f64);
+                tokio::time::sleep_until(due).await;
+            }
+            let generation = if spec.generation == 0 { (i % 3) as u8 + 1 } else { spec.generation };
+            let (routing_key, body) = sample_event(&spec.run_id, i, spec.size, generation);
+            pending.push_back(self.publish_nowait(&routing_key, &body, BasicProperties::default()).await?);
+            if pending.len() >= 1_000
+                && let Some(confirm) = pending.pop_front()
+            {
+                confirm.await?;
+            }
+        }
+        for confirm in pending {
+            confirm.await?;
+        }
+        Ok(start.elapsed())
+    }
+}
+
+/// A realistic envelope of the given generation, padded to about `size` bytes.
+/// Returns the routing key and the body.
+pub fn sample_event(run_id: &str, i: u64, size: usize, generation: u8) -> (String, Vec<u8>) {
+    let session = format!("session-{}", i % 97);
+    let kinds = ["transcription.segment.completed", "agent.task.started", "repo.decision.recorded", "calendar.sync.finished"];
+    let kind = kinds[(i % kinds.len() as u64) as usize];
+    let id = format!("{run_id}-{i:010}");
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut body = match generation {
+        1 => serde_json::json!({
+            "id": id, "event_type": kind, "source": "whisperlivekit", "target": "candybar",
+            "timestamp": now, "session_id": session, "correlation_id": format!("corr-{}", i % 1009),
+            "data": { "text": "", "confidence": 0.93, "seq": i }
+        }),
+        2 => serde_json::json!({
+            "event_id": id, "event_type": kind, "timestamp": now, "version": "1.0.0",
+            "source": { "host": "big-chungus", "type": "agent", "app": "n8n" },
+            "correlation_ids": [format!("corr-{}", i % 1009)],
+            "agent_context": { "type": "claude-code", "name": "loader", "instance_id": "1" },
+            "payload": { "session_id": session, "text": "", "seq": i }
+        }),
+        _ => serde_json::json!({
+            "specversion": "1.0", "id": id, "type": format!("bloodbank.v1.{kind}"),
+            "source": "hermes://agent/33god-pm", "subject": kind, "time": now,
+            "datacontenttype": "application/json", "correlationid": format!("corr-{}", i % 1009),
+            "producer": "loader", "service": "33god", "domain": "repo", "kind": "event",
+            "sessionid": session, "data": { "text": "", "seq": i }
+        }),
+    };
+    let base = serde_json::to_vec(&body).map(|b| b.len()).unwrap_or(0);
+    let pad = size.saturating_sub(base);
+    let member = if generation == 2 { "payload" } else { "data" };
+    if let Some(text) = body.get_mut(member).and_then(|d| d.get_mut("text")) {
+        *text = serde_json::Value::String("lorem ipsum dolor sit amet ".repeat(pad / 27 + 1)[..pad].to_owned());
+    }
+    let routing_key = kind.to_owned();
+    (routing_key, serde_json::to_vec(&body).unwrap_or_default())
+}
