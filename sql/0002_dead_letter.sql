@@ -7,7 +7,7 @@ CREATE TABLE dead_letter (
     stored_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     exchange     text NOT NULL,
     routing_key  text NOT NULL,
-    properties   jsonb NOT NULL,
+    properties   json NOT NULL,
     body         bytea NOT NULL,
     reason       text NOT NULL,
     detail       text NOT NULL

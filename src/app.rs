@@ -82,7 +82,8 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         retry_max_backoff: settings.retry_max_backoff,
         skip_acks: opts.skip_acks,
     };
-    let sink = tokio::spawn(sink::run(rx, Writer::new(pg.clone()), sink_opts, metrics.clone(), sink_status.clone()));
+    let writers = (0..settings.write_concurrency).map(|_| Writer::new(pg.clone())).collect();
+    let sink = tokio::spawn(sink::run(rx, writers, sink_opts, metrics.clone(), sink_status.clone()));
 
     let stop_intake = CancellationToken::new();
     let source_cfg = SourceConfig {

@@ -26,9 +26,9 @@ CREATE TEMP TABLE IF NOT EXISTS events_staging (
     session_id     text,
     correlation_id text,
     generation     int2        NOT NULL,
-    envelope       jsonb       NOT NULL,
+    envelope       json        NOT NULL,
     payload_member text,
-    properties     jsonb       NOT NULL,
+    properties     json        NOT NULL,
     sanitized      bool        NOT NULL,
     original_body  bytea
 ) ON COMMIT DELETE ROWS"#;
@@ -61,9 +61,9 @@ pub fn encode<'a>(events: impl IntoIterator<Item = &'a Event>, out: &mut BytesMu
         opt_text(out, e.correlation_id.as_deref());
         out.put_i32(2);
         out.put_i16(e.generation.as_i16());
-        jsonb(out, &e.envelope);
+        bytes(out, &e.envelope);
         opt_text(out, e.payload_member);
-        jsonb(out, &e.properties);
+        bytes(out, &e.properties);
         out.put_i32(1);
         out.put_u8(u8::from(e.sanitized));
         if e.sanitized {
@@ -115,7 +115,7 @@ fn timestamptz(out: &mut BytesMut, t: DateTime<Utc>) {
     out.put_i64(t.timestamp_micros() - PG_EPOCH_MICROS);
 }
 
-/// jsonb's binary format is a version byte (1) and the JSON text.
+/// `json`'s binary format is its text (see `bytes`); jsonb's binary format is a version byte (1) and the JSON text.
 fn jsonb(out: &mut BytesMut, json: &[u8]) {
     len(out, json.len() + 1);
     out.put_u8(1);

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -38,22 +40,61 @@ pub struct SinkStatus {
 }
 
 /// Runs until the channel is closed and everything it held is committed and acked.
+///
+/// Up to `writers.len()` batches are written at once, each on its own connection,
+/// so one batch's COPY overlaps another's COMMIT. Batches are settled strictly in
+/// the order they were closed, whatever order their commits finish in, so acks stay
+/// in delivery-tag order and one multiple-ack covers each batch.
 pub async fn run(
     mut rx: mpsc::Receiver<Inbound>,
-    mut writer: Writer,
+    writers: Vec<Writer>,
     opts: SinkOptions,
     metrics: Arc<Metrics>,
     status: Arc<SinkStatus>,
 ) {
+    assert!(!writers.is_empty(), "the sink needs at least one writer");
     let mut batcher = Batcher::new(opts.limits);
-    while let Some(batch) = batcher.next_batch(&mut rx, |i| i.record.size_bytes()).await {
-        flush(batch, &mut writer, &opts, &metrics, &status).await;
+    let mut idle = writers;
+    let mut in_flight = FuturesOrdered::new();
+    let mut closed = false;
+    while !(closed && in_flight.is_empty()) {
+        tokio::select! {
+            batch = batcher.next_batch(&mut rx, |i: &Inbound| i.record.size_bytes()), if !closed && !idle.is_empty() => {
+                match batch {
+                    Some(batch) => {
+                        let writer = idle.pop().expect("guarded by the branch condition");
+                        in_flight.push_back(write_batch(batch, writer, opts.clone(), metrics.clone(), status.clone()));
+                    }
+                    None => closed = true,
+                }
+            }
+            Some((writer, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                settle(done, &opts, &metrics).await;
+                idle.push(writer);
+            }
+        }
     }
     status.writer_connected.store(false, Ordering::Relaxed);
     tracing::debug!("sink drained");
 }
 
-async fn flush(batch: Batch<Inbound>, writer: &mut Writer, opts: &SinkOptions, metrics: &Metrics, status: &SinkStatus) {
+/// A committed batch waiting for its acks.
+struct Committed {
+    tokens: Vec<AckToken>,
+    written: Written,
+    rows: usize,
+    bytes: usize,
+    reason: &'static str,
+    started: Instant,
+}
+
+async fn write_batch(
+    batch: Batch<Inbound>,
+    mut writer: Writer,
+    opts: SinkOptions,
+    metrics: Arc<Metrics>,
+    status: Arc<SinkStatus>,
+) -> (Writer, Committed) {
     let n = batch.items.len();
     metrics.channel_received.inc_by(n as u64);
     metrics.batch_rows.observe(n as f64);
@@ -61,40 +102,44 @@ async fn flush(batch: Batch<Inbound>, writer: &mut Writer, opts: &SinkOptions, m
     metrics.batch_age.observe(batch.opened.elapsed().as_secs_f64());
     let started = Instant::now();
     let mut records = Vec::with_capacity(n);
-    let mut tokens: Vec<AckToken> = Vec::with_capacity(n);
+    let mut tokens = Vec::with_capacity(n);
     let mut received = Vec::with_capacity(n);
     for item in batch.items {
         records.push(item.record);
         tokens.push(item.ack);
         received.push(item.received);
     }
-
-    let written = write_all(&mut records, writer, opts, metrics, status).await;
+    let written = write_all(&mut records, &mut writer, &opts, &metrics, &status).await;
     let committed = Instant::now();
-    for r in &received {
-        metrics.storage_latency.observe((committed - *r).as_secs_f64());
+    for r in received {
+        metrics.storage_latency.observe((committed - r).as_secs_f64());
     }
-    record_written(&written, &records, metrics);
+    record_written(&written, &records, &metrics);
     metrics.batches_committed.inc();
+    let done = Committed { tokens, written, rows: n, bytes: batch.bytes, reason: batch.reason.as_str(), started };
+    (writer, done)
+}
 
+/// Acks a committed batch. The only place the pipeline acks anything.
+async fn settle(done: Committed, opts: &SinkOptions, metrics: &Metrics) {
     if opts.skip_acks {
         // Dropping the tokens leaves the deliveries unacked for the broker to redeliver.
-        drop(tokens);
+        drop(done.tokens);
     } else {
-        let settled = source::ack::settle(tokens).await;
+        let settled = source::ack::settle(done.tokens).await;
         metrics.acks.inc_by(settled.acked as u64);
         metrics.ack_frames.inc_by(settled.frames as u64);
         metrics.ack_failures.inc_by(settled.failed as u64);
     }
-    metrics.in_flight.sub(n as i64);
+    metrics.in_flight.sub(done.rows as i64);
     tracing::debug!(
-        rows = n,
-        bytes = batch.bytes,
-        reason = batch.reason.as_str(),
-        stored = written.stored_total(),
-        duplicates = written.duplicates,
-        dead_letters = written.dead_letters,
-        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        rows = done.rows,
+        bytes = done.bytes,
+        reason = done.reason,
+        stored = done.written.stored_total(),
+        duplicates = done.written.duplicates,
+        dead_letters = done.written.dead_letters,
+        elapsed_ms = done.started.elapsed().as_secs_f64() * 1e3,
         "batch committed"
     );
 }

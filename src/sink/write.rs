@@ -36,7 +36,7 @@ SELECT event_type, count(*) FROM inserted GROUP BY event_type"#;
 
 const INSERT_DEAD_LETTER: &str = r#"
 INSERT INTO dead_letter (fingerprint, received_at, exchange, routing_key, properties, body, reason, detail)
-VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8)
+VALUES ($1, $2, $3, $4, $5::text::json, $6, $7, $8)
 ON CONFLICT (fingerprint) DO NOTHING"#;
 
 /// Every write is bounded: a server that stops answering is treated like one that
