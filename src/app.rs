@@ -151,6 +151,18 @@ impl Running {
         result
     }
 
+    /// Stops at once without waiting, from synchronous code (a test's `Drop`): the
+    /// tasks end when the runtime next polls them or shuts down.
+    pub fn abort_now(self) {
+        self.source.abort();
+        self.sink.abort();
+        for (handle, join) in self.servers {
+            // The stop command is sent before the returned future is first polled.
+            drop(handle.stop(false));
+            join.abort();
+        }
+    }
+
     /// Stops at once, like a crash: nothing is flushed or acked.
     pub async fn abort(self) {
         self.source.abort();

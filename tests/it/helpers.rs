@@ -1,0 +1,315 @@
+//! `spawn_app()`: the real service, in process, on port 0, with its own database,
+//! exchange and queue, against the real PostgreSQL and RabbitMQ. Dropping the
+//! handle removes the database, the exchange and the queue.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use candystore::app::{self, AppOptions, Running};
+use candystore::config::Settings;
+use candystore::db;
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+pub struct TestApp {
+    pub name: String,
+    pub db_url: String,
+    pub exchange: String,
+    pub queue: String,
+    pub db: Client,
+    pub http: reqwest::Client,
+    pub running: Option<Running>,
+    pub publisher: candystore::source::publish::Publisher,
+    extra: Vec<(String, String)>,
+}
+
+/// Starts the service with default settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[], AppOptions::default()).await
+}
+
+/// Starts the service with some settings changed.
+pub async fn spawn_app_with(settings: &[(&str, &str)], opts: AppOptions) -> TestApp {
+    if let Ok(level) = std::env::var("TEST_LOG") {
+        candystore::telemetry::init(&level, candystore::config::LogFormat::Console);
+    }
+    let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
+    let db_url = format!("{PG}/{name}");
+    let admin = connect(&format!("{PG}/postgres")).await;
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+    let mut db = connect(&db_url).await;
+    db::migrate(&mut db).await.expect("migrate test database");
+    let exchange = format!("{name}_x");
+    let queue = format!("{name}_q");
+    let publisher = candystore::source::publish::Publisher::connect(AMQP, &exchange)
+        .await
+        .expect("connect publisher");
+    let mut app = TestApp {
+        name,
+        db_url,
+        exchange,
+        queue,
+        db,
+        http: reqwest::Client::new(),
+        running: None,
+        publisher,
+        extra: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
+    app.start(opts).await;
+    app
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+impl TestApp {
+    /// The settings this app runs with; `extra` overrides the test defaults.
+    pub fn settings(&self) -> Settings {
+        let mut pairs: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), self.db_url.clone()),
+            ("RABBIT_URL".into(), AMQP.into()),
+            ("RABBIT_EXCHANGE".into(), self.exchange.clone()),
+            ("RABBIT_QUEUE".into(), self.queue.clone()),
+            ("API_HOST".into(), "127.0.0.1".into()),
+            ("API_PORT".into(), "0".into()),
+            ("METRICS_PORT".into(), "0".into()),
+            ("FLUSH_INTERVAL".into(), "20ms".into()),
+            ("RETRY_MAX_BACKOFF".into(), "500ms".into()),
+            ("SHUTDOWN_TIMEOUT".into(), "20s".into()),
+        ];
+        // `{db}` in an override stands for this test's database name.
+        pairs.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.replace("{db}", &self.name))));
+        Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    /// Starts (or restarts) the service and waits until it consumes.
+    pub async fn start(&mut self, opts: AppOptions) {
+        assert!(self.running.is_none(), "already running");
+        let running = app::start(self.settings(), opts).await.expect("start candystore");
+        self.running = Some(running);
+        self.wait_until(Duration::from_secs(10), || async {
+            self.metric("candystore_consumer_connected").await == 1.0
+        })
+        .await;
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("the app is running")
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("http://{}{}", self.running().api_addr, path)
+    }
+
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(&mut self) {
+        let running = self.running.take().expect("the app is running");
+        running.shutdown().await.expect("clean shutdown");
+    }
+
+    /// Abrupt stop, as on a crash: nothing flushed, nothing acked.
+    pub async fn crash(&mut self) {
+        let running = self.running.take().expect("the app is running");
+        running.abort().await;
+    }
+
+    pub async fn publish(&self, routing_key: &str, body: &[u8]) {
+        self.publish_with(routing_key, body, BasicProperties::default()).await;
+    }
+
+    pub async fn publish_with(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
+        self.publisher.publish(routing_key, body, props).await.expect("publish");
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        self.db
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("count rows")
+            .get(0)
+    }
+
+    /// Waits until `table` holds at least `n` rows; returns the count.
+    pub async fn wait_for_rows(&self, table: &str, n: i64) -> i64 {
+        let mut last = 0;
+        for _ in 0..600 {
+            last = self.count(table).await;
+            if last >= n {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{table} holds {last} rows after 30s, expected {n}");
+    }
+
+    pub async fn wait_until<F, Fut>(&self, limit: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !check().await {
+            assert!(tokio::time::Instant::now() < deadline, "condition not met within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The value of an unlabelled metric, or the sum of a labelled one's series.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let body = self.metrics_text().await;
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.running().metrics_addr.expect("metrics enabled");
+        self.http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Messages ready in the queue and consumers on it (a passive declare).
+    pub async fn queue_state(&self) -> (u32, u32) {
+        let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        let state = (q.message_count(), q.consumer_count());
+        let _ = conn.close(200, "bye".into()).await;
+        state
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let exchange = self.exchange.clone();
+        let queue = self.queue.clone();
+        if let Some(running) = self.running.take() {
+            running.abort_now();
+        }
+        // Cleanup needs async IO, and Drop may run on a runtime thread that is
+        // unwinding: do it on a thread of its own.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
+                    && let Ok(ch) = conn.create_channel().await
+                {
+                    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                    let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+                    let _ = conn.close(200, "bye".into()).await;
+                }
+                if let Ok((admin, conn)) = tokio_postgres::connect(&format!("{PG}/postgres"), NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// A TCP proxy that can cut every connection through it and refuse new ones,
+/// to take PostgreSQL or RabbitMQ away from the service mid-stream.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    epoch: Arc<std::sync::Mutex<CancellationToken>>,
+    stop: CancellationToken,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let upstream = upstream.to_owned();
+        let cut = Arc::new(AtomicBool::new(false));
+        let epoch = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let stop = CancellationToken::new();
+        let (c, e, s) = (cut.clone(), epoch.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = tokio::select! {
+                    _ = s.cancelled() => return,
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                };
+                if c.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let token = e.lock().unwrap().clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = token.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut, epoch, stop }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        let mut epoch = self.epoch.lock().unwrap();
+        epoch.cancel();
+        *epoch = CancellationToken::new();
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.epoch.lock().unwrap().cancel();
+    }
+}
+
+/// A generation-1 envelope with the given id.
+pub fn gen1(id: &str, event_type: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": id,
+        "event_type": event_type,
+        "source": "whisperlivekit",
+        "target": "candybar",
+        "timestamp": "2026-11-20T14:03:11.482Z",
+        "session_id": "abc-123",
+        "correlation_id": "7c4d58ac-4a34-4261-b7a7-a99cdf62813a",
+        "data": { "text": "hello", "confidence": 0.93 }
+    }))
+    .unwrap()
+}

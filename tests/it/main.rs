@@ -1,0 +1,8 @@
+//! Integration tests against the real PostgreSQL and RabbitMQ. Each test has its
+//! own database, exchange and queue, so they run in parallel and leave nothing.
+
+mod failures;
+mod helpers;
+mod ingest;
+mod migrate;
+mod writer;
