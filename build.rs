@@ -11,13 +11,25 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "sql"))
         .collect();
     files.sort();
-    let mut out = String::from("/// The migrations in `sql/`, in order: (file name, text).\npub const MIGRATIONS: &[(&str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// The migrations in `sql/`, in order: (file name, text).\npub const MIGRATIONS: &[(&str, &str)] = &[\n",
+    );
     for f in files {
         println!("cargo:rerun-if-changed={}", f.display());
-        let name = f.file_name().expect("a file").to_string_lossy().into_owned();
-        out.push_str(&format!("    ({name:?}, include_str!({:?})),\n", f.display().to_string()));
+        let name = f
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
+        out.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            f.display().to_string()
+        ));
     }
     out.push_str("];\n");
-    fs::write(PathBuf::from(env::var("OUT_DIR").expect("set by cargo")).join("migrations.rs"), out)
-        .expect("OUT_DIR is writable");
+    fs::write(
+        PathBuf::from(env::var("OUT_DIR").expect("set by cargo")).join("migrations.rs"),
+        out,
+    )
+    .expect("OUT_DIR is writable");
 }

@@ -55,7 +55,9 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     }
     let pg = db::pg_config(&settings.database_url)?;
     {
-        let client = db::connect(&pg).await.context("cannot connect to DATABASE_URL")?;
+        let client = db::connect(&pg)
+            .await
+            .context("cannot connect to DATABASE_URL")?;
         db::check_schema(&client).await?;
     }
     let pool = db::read_pool(pg.clone(), settings.database_read_pool_size)?;
@@ -82,8 +84,16 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         retry_max_backoff: settings.retry_max_backoff,
         skip_acks: opts.skip_acks,
     };
-    let writers = (0..settings.write_concurrency).map(|_| Writer::new(pg.clone())).collect();
-    let sink = tokio::spawn(sink::run(rx, writers, sink_opts, metrics.clone(), sink_status.clone()));
+    let writers = (0..settings.write_concurrency)
+        .map(|_| Writer::new(pg.clone()))
+        .collect();
+    let sink = tokio::spawn(sink::run(
+        rx,
+        writers,
+        sink_opts,
+        metrics.clone(),
+        sink_status.clone(),
+    ));
 
     let stop_intake = CancellationToken::new();
     let source_cfg = SourceConfig {
@@ -94,7 +104,13 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         prefetch_count: settings.prefetch_count,
         retry_max_backoff: settings.retry_max_backoff,
     };
-    let source = tokio::spawn(amqp::run(source_cfg, tx, metrics.clone(), broker.clone(), stop_intake.clone()));
+    let source = tokio::spawn(amqp::run(
+        source_cfg,
+        tx,
+        metrics.clone(),
+        broker.clone(),
+        stop_intake.clone(),
+    ));
 
     let mut servers = Vec::new();
     let state = ApiState {
@@ -103,8 +119,15 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         lifecycle: lifecycle.clone(),
         database_display: redact_url(&settings.database_url),
     };
-    let (api_server, api_addr) = api::serve_api(SocketAddr::new(settings.api_host, settings.api_port), state)
-        .with_context(|| format!("cannot listen on API_HOST:API_PORT {}:{}", settings.api_host, settings.api_port))?;
+    let (api_server, api_addr) =
+        api::serve_api(SocketAddr::new(settings.api_host, settings.api_port), state).with_context(
+            || {
+                format!(
+                    "cannot listen on API_HOST:API_PORT {}:{}",
+                    settings.api_host, settings.api_port
+                )
+            },
+        )?;
     servers.push((api_server.handle(), tokio::spawn(api_server)));
     let metrics_addr = if settings.metrics_enabled {
         let (server, addr) = api::serve_metrics(
@@ -121,7 +144,17 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     };
     lifecycle.set_serving();
     tracing::info!(api = %api_addr, metrics = ?metrics_addr, "candystore serving");
-    Ok(Running { api_addr, metrics_addr, metrics, settings, lifecycle, stop_intake, source, sink, servers })
+    Ok(Running {
+        api_addr,
+        metrics_addr,
+        metrics,
+        settings,
+        lifecycle,
+        stop_intake,
+        source,
+        sink,
+        servers,
+    })
 }
 
 impl Running {
@@ -129,11 +162,20 @@ impl Running {
     /// not committed stays unacked, and the broker redelivers it.
     pub async fn shutdown(self) -> Result<(), ShutdownError> {
         let limit = self.settings.shutdown_timeout;
-        let Running { lifecycle, stop_intake, source, sink, servers, .. } = self;
+        let Running {
+            lifecycle,
+            stop_intake,
+            source,
+            sink,
+            servers,
+            ..
+        } = self;
         lifecycle.set_stopping();
         let ordered = async {
             stop_intake.cancel();
-            let link = source.await.map_err(|e| ShutdownError::Task(e.to_string()))?;
+            let link = source
+                .await
+                .map_err(|e| ShutdownError::Task(e.to_string()))?;
             sink.await.map_err(|e| ShutdownError::Task(e.to_string()))?;
             if let Some(link) = link {
                 link.close().await;
@@ -144,7 +186,9 @@ impl Running {
             }
             Ok(())
         };
-        let result = tokio::time::timeout(limit, ordered).await.unwrap_or(Err(ShutdownError::Timeout(limit)));
+        let result = tokio::time::timeout(limit, ordered)
+            .await
+            .unwrap_or(Err(ShutdownError::Timeout(limit)));
         if result.is_ok() {
             tracing::info!("shutdown complete");
         }

@@ -141,7 +141,11 @@ mod tests {
     use super::*;
 
     fn limits(rows: usize, bytes: usize, age_ms: u64) -> Limits {
-        Limits { rows, bytes, age: Duration::from_millis(age_ms) }
+        Limits {
+            rows,
+            bytes,
+            age: Duration::from_millis(age_ms),
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -205,7 +209,8 @@ mod tests {
     async fn an_idle_batcher_waits_without_flushing_nothing() {
         let (tx, mut rx) = mpsc::channel::<u32>(1);
         let mut b = Batcher::new(limits(10, usize::MAX, 50));
-        let waited = tokio::time::timeout(Duration::from_secs(3600), b.next_batch(&mut rx, |_| 1)).await;
+        let waited =
+            tokio::time::timeout(Duration::from_secs(3600), b.next_batch(&mut rx, |_| 1)).await;
         assert!(waited.is_err(), "an empty batcher must not produce a batch");
         drop(tx);
     }

@@ -17,7 +17,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("RABBIT_EXCHANGE", "events"),
     ("RABBIT_QUEUE", "candystore"),
     ("RABBIT_BINDING", "#"),
-    ("DATABASE_URL", "postgres://postgres@localhost:5432/candystore"),
+    (
+        "DATABASE_URL",
+        "postgres://postgres@localhost:5432/candystore",
+    ),
     ("API_HOST", "0.0.0.0"),
     ("API_PORT", "8683"),
     ("METRICS_ENABLED", "true"),
@@ -174,7 +177,10 @@ impl Settings {
             ("METRICS_ENABLED", self.metrics_enabled.to_string()),
             ("METRICS_PORT", self.metrics_port.to_string()),
             ("LOG_LEVEL", self.log_level.clone()),
-            ("LOG_FORMAT", format!("{:?}", self.log_format).to_lowercase()),
+            (
+                "LOG_FORMAT",
+                format!("{:?}", self.log_format).to_lowercase(),
+            ),
             ("PREFETCH_COUNT", self.prefetch_count.to_string()),
             ("BATCH_SIZE", self.batch_size.to_string()),
             (
@@ -235,10 +241,12 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
         path: shown.clone(),
         reason: e.to_string(),
     })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
-        path: shown.clone(),
-        reason: e.message().to_owned(),
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::File {
+            path: shown.clone(),
+            reason: e.message().to_owned(),
+        })?;
     let mut out = BTreeMap::new();
     for (key, value) in table {
         if !VARIABLES.iter().any(|(n, _)| n.eq_ignore_ascii_case(&key)) {
@@ -248,7 +256,11 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
             toml::Value::String(s) => s,
             toml::Value::Array(items) => items
                 .iter()
-                .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string())
+                })
                 .collect::<Vec<_>>()
                 .join(","),
             other => other.to_string(),
@@ -279,7 +291,11 @@ impl Raw {
         }
     }
 
-    fn parse<T: std::str::FromStr>(&self, name: &'static str, what: &str) -> Result<T, ConfigError> {
+    fn parse<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        what: &str,
+    ) -> Result<T, ConfigError> {
         self.get(name)
             .trim()
             .parse()
@@ -305,7 +321,10 @@ impl Raw {
 
     fn duration(&self, name: &'static str) -> Result<Duration, ConfigError> {
         let d = humantime::parse_duration(self.get(name).trim()).map_err(|e| {
-            self.invalid(name, format!("expected a duration such as 50ms or 2s ({e})"))
+            self.invalid(
+                name,
+                format!("expected a duration such as 50ms or 2s ({e})"),
+            )
         })?;
         if d.is_zero() {
             return Err(self.invalid(name, "expected a duration above zero"));
@@ -316,7 +335,10 @@ impl Raw {
     fn url(&self, name: &'static str, schemes: &[&str]) -> Result<String, ConfigError> {
         let v = self.get(name).trim();
         if !schemes.iter().any(|s| v.starts_with(s)) || v.len() <= 8 {
-            return Err(self.invalid(name, format!("expected a URL starting with {}", schemes.join(" or "))));
+            return Err(self.invalid(
+                name,
+                format!("expected a URL starting with {}", schemes.join(" or ")),
+            ));
         }
         Ok(v.to_owned())
     }
@@ -351,8 +373,12 @@ impl Raw {
 
     fn log_level(&self, name: &'static str) -> Result<String, ConfigError> {
         let v = self.get(name).trim().to_ascii_lowercase();
-        v.parse::<tracing_subscriber::EnvFilter>()
-            .map_err(|e| self.invalid(name, format!("expected trace, debug, info, warn, error or a filter ({e})")))?;
+        v.parse::<tracing_subscriber::EnvFilter>().map_err(|e| {
+            self.invalid(
+                name,
+                format!("expected trace, debug, info, warn, error or a filter ({e})"),
+            )
+        })?;
         Ok(v)
     }
 
@@ -370,7 +396,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -33,10 +33,16 @@ pub enum DbError {
     #[error(
         "migration {name} was edited after it was applied (applied checksum {applied}, file checksum {file}); add a new migration instead"
     )]
-    Edited { name: String, applied: String, file: String },
+    Edited {
+        name: String,
+        applied: String,
+        file: String,
+    },
     #[error("migration file name {0} does not start with a number")]
     BadName(String),
-    #[error("the database schema is not up to date ({0} migration(s) pending): run `candystore migrate`")]
+    #[error(
+        "the database schema is not up to date ({0} migration(s) pending): run `candystore migrate`"
+    )]
     Pending(usize),
     #[error("database query failed")]
     Query(#[from] tokio_postgres::Error),
@@ -50,7 +56,9 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
-    config.keepalives(true).keepalives_idle(Duration::from_secs(30));
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
     if config.get_application_name().is_none() {
         config.application_name("candystore");
     }
@@ -70,7 +78,13 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError>
 
 /// The read pool the API queries from. It never writes.
 pub fn read_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
     Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
@@ -96,8 +110,15 @@ pub fn migrations() -> Result<Vec<Migration>, DbError> {
         .iter()
         .map(|(name, sql)| {
             let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
-            let version = digits.parse().map_err(|_| DbError::BadName((*name).to_owned()))?;
-            Ok(Migration { version, name, sql, checksum: checksum(sql) })
+            let version = digits
+                .parse()
+                .map_err(|_| DbError::BadName((*name).to_owned()))?;
+            Ok(Migration {
+                version,
+                name,
+                sql,
+                checksum: checksum(sql),
+            })
         })
         .collect()
 }
@@ -116,23 +137,36 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 /// Applies pending migrations. Returns the names applied by this call.
 pub async fn migrate(client: &mut Client) -> Result<Vec<&'static str>, DbError> {
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     let result = migrate_locked(client, &migrations()?).await;
     // The lock also ends with the session; unlocking keeps a shared connection clean.
-    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
     result
 }
 
-async fn migrate_locked(client: &mut Client, all: &[Migration]) -> Result<Vec<&'static str>, DbError> {
+async fn migrate_locked(
+    client: &mut Client,
+    all: &[Migration],
+) -> Result<Vec<&'static str>, DbError> {
     client.batch_execute(LEDGER).await?;
     let applied = applied(client).await?;
     verify_checksums(all, &applied)?;
     let mut done = Vec::new();
-    for m in all.iter().filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version)) {
+    for m in all
+        .iter()
+        .filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version))
+    {
         let tx = client.transaction().await?;
         tx.batch_execute(m.sql)
             .await
-            .map_err(|source| DbError::Migration { name: m.name.to_owned(), source })?;
+            .map_err(|source| DbError::Migration {
+                name: m.name.to_owned(),
+                source,
+            })?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
             &[&m.version, &m.name, &m.checksum],
@@ -147,9 +181,15 @@ async fn migrate_locked(client: &mut Client, all: &[Migration]) -> Result<Vec<&'
 
 async fn applied(client: &Client) -> Result<Vec<(i64, String, String)>, DbError> {
     let rows = client
-        .query("SELECT version, name, checksum FROM schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version, name, checksum FROM schema_migrations ORDER BY version",
+            &[],
+        )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 fn verify_checksums(all: &[Migration], applied: &[(i64, String, String)]) -> Result<(), DbError> {
@@ -157,7 +197,11 @@ fn verify_checksums(all: &[Migration], applied: &[(i64, String, String)]) -> Res
         if let Some(m) = all.iter().find(|m| m.version == *version)
             && m.checksum != *sum
         {
-            return Err(DbError::Edited { name: name.clone(), applied: sum.clone(), file: m.checksum.clone() });
+            return Err(DbError::Edited {
+                name: name.clone(),
+                applied: sum.clone(),
+                file: m.checksum.clone(),
+            });
         }
     }
     Ok(())
@@ -175,7 +219,10 @@ pub async fn check_schema(client: &Client) -> Result<(), DbError> {
     }
     let applied = applied(client).await?;
     verify_checksums(&all, &applied)?;
-    let pending = all.iter().filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version)).count();
+    let pending = all
+        .iter()
+        .filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version))
+        .count();
     if pending > 0 {
         return Err(DbError::Pending(pending));
     }
@@ -199,6 +246,9 @@ mod tests {
         let all = migrations().unwrap();
         let applied = vec![(all[0].version, all[0].name.to_owned(), "0000".to_owned())];
         let err = verify_checksums(&all, &applied).unwrap_err();
-        assert!(err.to_string().contains("was edited after it was applied"), "{err}");
+        assert!(
+            err.to_string().contains("was edited after it was applied"),
+            "{err}"
+        );
     }
 }

@@ -144,3 +144,18 @@ impl Record {
         }
     }
 }
+
+/// Rebuilds the published envelope from the stored columns: the envelope without
+/// its payload member, the payload, and the member's name. Equal as JSON to what
+/// was published (for a sanitised event: to what was stored).
+pub fn rebuild(
+    envelope: &[u8],
+    payload: &[u8],
+    payload_member: Option<&str>,
+) -> Result<serde_json::Value, serde_json::Error> {
+    let mut doc: serde_json::Value = serde_json::from_slice(envelope)?;
+    if let (Some(member), serde_json::Value::Object(map)) = (payload_member, &mut doc) {
+        map.insert(member.to_owned(), serde_json::from_slice(payload)?);
+    }
+    Ok(doc)
+}

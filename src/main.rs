@@ -55,7 +55,10 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings.log_level, settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("candystore: cannot start the runtime: {e}");
@@ -66,8 +69,23 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve(settings).await,
             Command::Migrate => migrate(&settings).await,
-            Command::Publish { count, size, rate, generation } => {
-                publish(&settings, LoadSpec { count, size, rate, generation, run_id: uuid::Uuid::new_v4().to_string() }).await
+            Command::Publish {
+                count,
+                size,
+                rate,
+                generation,
+            } => {
+                publish(
+                    &settings,
+                    LoadSpec {
+                        count,
+                        size,
+                        rate,
+                        generation,
+                        run_id: uuid::Uuid::new_v4().to_string(),
+                    },
+                )
+                .await
             }
         }
     });
@@ -122,7 +140,10 @@ async fn publish(settings: &Settings, spec: LoadSpec) -> anyhow::Result<ExitCode
     let publisher = Publisher::connect(&settings.rabbit_url, &settings.rabbit_exchange)
         .await
         .context("cannot connect to the broker")?;
-    let elapsed = publisher.publish_load(&spec).await.context("publishing failed")?;
+    let elapsed = publisher
+        .publish_load(&spec)
+        .await
+        .context("publishing failed")?;
     println!(
         "published {} events of ~{} bytes in {:.2}s ({:.0}/s)",
         spec.count,

@@ -63,14 +63,21 @@ impl Metrics {
             Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
         };
         let rows_buckets = prometheus::exponential_buckets(1.0, 2.0, 15).expect("valid buckets");
-        let bytes_buckets = prometheus::exponential_buckets(1024.0, 4.0, 10).expect("valid buckets");
+        let bytes_buckets =
+            prometheus::exponential_buckets(1024.0, 4.0, 10).expect("valid buckets");
         Metrics {
             events_received: reg!(IntCounterVec::new(
-                Opts::new("candystore_events_received_total", "Events received from Bloodbank"),
+                Opts::new(
+                    "candystore_events_received_total",
+                    "Events received from Bloodbank"
+                ),
                 &["event_type", "source"]
             )),
             events_stored: reg!(IntCounterVec::new(
-                Opts::new("candystore_events_stored_total", "Events stored (new rows committed)"),
+                Opts::new(
+                    "candystore_events_stored_total",
+                    "Events stored (new rows committed)"
+                ),
                 &["event_type"]
             )),
             events_failed: reg!(IntCounterVec::new(
@@ -102,7 +109,10 @@ impl Metrics {
                 "Deliveries whose event was already stored (redeliveries and repeats)"
             )),
             dead_letters: reg!(IntCounterVec::new(
-                Opts::new("candystore_dead_letters_total", "Rows written to dead_letter, by reason"),
+                Opts::new(
+                    "candystore_dead_letters_total",
+                    "Rows written to dead_letter, by reason"
+                ),
                 &["reason"]
             )),
             sanitized: reg!(IntCounter::new(
@@ -110,7 +120,10 @@ impl Metrics {
                 "Events stored with text PostgreSQL refuses removed"
             )),
             write_retries: reg!(IntCounterVec::new(
-                Opts::new("candystore_write_retries_total", "Batch writes retried, by cause"),
+                Opts::new(
+                    "candystore_write_retries_total",
+                    "Batch writes retried, by cause"
+                ),
                 &["cause"]
             )),
             batches_committed: reg!(IntCounter::new(

@@ -4,16 +4,23 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-const QUIET_DEPENDENCIES: &str = "tokio_postgres=warn,lapin=warn,actix_server=warn,actix_web=warn,amq_protocol=warn";
+const QUIET_DEPENDENCIES: &str =
+    "tokio_postgres=warn,lapin=warn,actix_server=warn,actix_web=warn,amq_protocol=warn";
 
 /// Installs the global subscriber. A second call (tests) is a no-op.
 pub fn init(level: &str, format: LogFormat) {
     // Dependencies speak at warn unless LOG_LEVEL names them (`info,lapin=debug`).
     let directives = format!("{QUIET_DEPENDENCIES},{level}");
     let filter = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Console => builder.try_init(),
     };
 }

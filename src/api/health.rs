@@ -12,8 +12,15 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn database_ok(state: &ApiState) -> Result<(), String> {
     let check = async {
-        let client = state.pool.get().await.map_err(|e| format!("no database connection: {e}"))?;
-        client.simple_query("SELECT 1").await.map_err(|e| format!("database query failed: {e}"))?;
+        let client = state
+            .pool
+            .get()
+            .await
+            .map_err(|e| format!("no database connection: {e}"))?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| format!("database query failed: {e}"))?;
         Ok(())
     };
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
@@ -38,15 +45,17 @@ pub async fn health(state: web::Data<ApiState>) -> HttpResponse {
     match (&db, broker) {
         (Ok(()), true) => HttpResponse::Ok().json(body("healthy", None)),
         (Err(e), _) => HttpResponse::ServiceUnavailable().json(body("unhealthy", Some(e.clone()))),
-        (Ok(()), false) => {
-            HttpResponse::ServiceUnavailable().json(body("unhealthy", Some("not connected to the broker".into())))
-        }
+        (Ok(()), false) => HttpResponse::ServiceUnavailable().json(body(
+            "unhealthy",
+            Some("not connected to the broker".into()),
+        )),
     }
 }
 
 pub async fn ready(state: web::Data<ApiState>) -> HttpResponse {
     if !state.lifecycle.is_ready() {
-        return HttpResponse::ServiceUnavailable().json(json!({ "ready": false, "reason": state.lifecycle.phase() }));
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({ "ready": false, "reason": state.lifecycle.phase() }));
     }
     match database_ok(&state).await {
         Ok(()) => HttpResponse::Ok().json(json!({ "ready": true })),

@@ -74,7 +74,12 @@ pub fn serve_api(addr: SocketAddr, state: ApiState) -> std::io::Result<(Server, 
 }
 
 /// Binds the Prometheus endpoint.
-pub fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>, pool: Pool, writer_connected: Arc<crate::sink::SinkStatus>) -> std::io::Result<(Server, SocketAddr)> {
+pub fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    pool: Pool,
+    writer_connected: Arc<crate::sink::SinkStatus>,
+) -> std::io::Result<(Server, SocketAddr)> {
     let server = HttpServer::new(move || {
         let metrics = metrics.clone();
         let pool = pool.clone();

@@ -32,14 +32,19 @@ impl Problem {
     pub fn bad_parameter(name: &'static str, detail: impl std::fmt::Display) -> Self {
         Self {
             parameter: Some(name),
-            ..Self::new(StatusCode::BAD_REQUEST, format!("invalid parameter {name}: {detail}"))
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid parameter {name}: {detail}"),
+            )
         }
     }
 
     pub fn response(&self) -> HttpResponse {
-        HttpResponse::build(StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-            .content_type("application/problem+json")
-            .json(self)
+        HttpResponse::build(
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        )
+        .content_type("application/problem+json")
+        .json(self)
     }
 }
 
@@ -61,5 +66,9 @@ impl ResponseError for Problem {
 
 /// The answer for a path no route serves.
 pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
-    Problem::new(StatusCode::NOT_FOUND, format!("no resource at {}", req.path())).response()
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        format!("no resource at {}", req.path()),
+    )
+    .response()
 }

@@ -79,7 +79,12 @@ pub fn encode<'a>(events: impl IntoIterator<Item = &'a Event>, out: &mut BytesMu
 pub fn encoded_len_hint<'a>(events: impl IntoIterator<Item = &'a Event>) -> usize {
     events
         .into_iter()
-        .map(|e| 200 + e.payload.len() + e.envelope.len() + e.properties.len() + if e.sanitized { e.body.len() } else { 0 })
+        .map(|e| {
+            200 + e.payload.len()
+                + e.envelope.len()
+                + e.properties.len()
+                + if e.sanitized { e.body.len() } else { 0 }
+        })
         .sum::<usize>()
         + 32
 }
@@ -135,8 +140,12 @@ mod tests {
             target: None,
             routing_key: "r".into(),
             exchange: "x".into(),
-            timestamp: DateTime::parse_from_rfc3339("2000-01-01T00:00:01Z").unwrap().with_timezone(&Utc),
-            received_at: DateTime::parse_from_rfc3339("2000-01-01T00:00:00Z").unwrap().with_timezone(&Utc),
+            timestamp: DateTime::parse_from_rfc3339("2000-01-01T00:00:01Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            received_at: DateTime::parse_from_rfc3339("2000-01-01T00:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
             payload: b"{}".to_vec(),
             session_id: None,
             correlation_id: None,

@@ -22,7 +22,7 @@ use crate::batch::{Batch, Batcher, Limits};
 use crate::envelope::{DeadLetter, Record, RejectReason};
 use crate::metrics::Metrics;
 use crate::source::{self, AckToken, Inbound};
-pub use write::{WriteError, Written, Writer};
+pub use write::{WriteError, Writer, Written};
 
 /// Knobs of the sink that are not settings.
 #[derive(Clone, Debug)]
@@ -99,7 +99,9 @@ async fn write_batch(
     metrics.channel_received.inc_by(n as u64);
     metrics.batch_rows.observe(n as f64);
     metrics.batch_bytes.observe(batch.bytes as f64);
-    metrics.batch_age.observe(batch.opened.elapsed().as_secs_f64());
+    metrics
+        .batch_age
+        .observe(batch.opened.elapsed().as_secs_f64());
     let started = Instant::now();
     let mut records = Vec::with_capacity(n);
     let mut tokens = Vec::with_capacity(n);
@@ -112,11 +114,20 @@ async fn write_batch(
     let written = write_all(&mut records, &mut writer, &opts, &metrics, &status).await;
     let committed = Instant::now();
     for r in received {
-        metrics.storage_latency.observe((committed - r).as_secs_f64());
+        metrics
+            .storage_latency
+            .observe((committed - r).as_secs_f64());
     }
     record_written(&written, &records, &metrics);
     metrics.batches_committed.inc();
-    let done = Committed { tokens, written, rows: n, bytes: batch.bytes, reason: batch.reason.as_str(), started };
+    let done = Committed {
+        tokens,
+        written,
+        rows: n,
+        bytes: batch.bytes,
+        reason: batch.reason.as_str(),
+        started,
+    };
     (writer, done)
 }
 
@@ -146,16 +157,27 @@ async fn settle(done: Committed, opts: &SinkOptions, metrics: &Metrics) {
 
 fn record_written(w: &Written, records: &[Record], metrics: &Metrics) {
     for (event_type, n) in &w.stored {
-        metrics.events_stored.with_label_values(&[event_type.as_str()]).inc_by(*n);
+        metrics
+            .events_stored
+            .with_label_values(&[event_type.as_str()])
+            .inc_by(*n);
     }
-    metrics.duplicates.inc_by(w.duplicates + w.dead_letter_duplicates);
+    metrics
+        .duplicates
+        .inc_by(w.duplicates + w.dead_letter_duplicates);
     for r in records {
         match r {
             Record::DeadLetter(d) => {
-                metrics.dead_letters.with_label_values(&[d.reason.as_str()]).inc();
+                metrics
+                    .dead_letters
+                    .with_label_values(&[d.reason.as_str()])
+                    .inc();
                 metrics
                     .events_failed
-                    .with_label_values(&[d.event_type.as_deref().unwrap_or("unknown"), d.reason.as_str()])
+                    .with_label_values(&[
+                        d.event_type.as_deref().unwrap_or("unknown"),
+                        d.reason.as_str(),
+                    ])
                     .inc();
             }
             Record::Event(e) if e.sanitized => metrics.sanitized.inc(),
@@ -177,11 +199,14 @@ async fn write_all(
     let mut total = Written::default();
     let mut backoff = Duration::from_millis(50);
     // Ranges of `records` still to write, last one first.
-    let mut todo = vec![0..records.len()];
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
+    todo.push(0..records.len());
     while let Some(range) = todo.pop() {
         let part: Vec<&Record> = records[range.clone()].iter().collect();
         let result = writer.write(&part, metrics).await;
-        status.writer_connected.store(writer.is_connected(), Ordering::Relaxed);
+        status
+            .writer_connected
+            .store(writer.is_connected(), Ordering::Relaxed);
         match result {
             Ok(w) => {
                 total.absorb(w);
@@ -216,9 +241,18 @@ async fn write_all(
 fn refused(e: &crate::envelope::Event, detail: String) -> DeadLetter {
     let message_id = serde_json::from_slice::<serde_json::Value>(&e.properties)
         .ok()
-        .and_then(|p| p.get("message_id").and_then(|v| v.as_str()).map(str::to_owned));
+        .and_then(|p| {
+            p.get("message_id")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        });
     DeadLetter {
-        fingerprint: source::decode::fingerprint(&e.exchange, &e.routing_key, message_id.as_deref(), &e.body),
+        fingerprint: source::decode::fingerprint(
+            &e.exchange,
+            &e.routing_key,
+            message_id.as_deref(),
+            &e.body,
+        ),
         exchange: e.exchange.clone(),
         routing_key: e.routing_key.clone(),
         properties: e.properties.clone(),

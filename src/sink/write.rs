@@ -72,8 +72,15 @@ impl WriteError {
 
     fn from_pg(e: tokio_postgres::Error) -> Self {
         let Some(code) = e.code() else {
-            let cause = if e.is_closed() { "connection_closed" } else { "connection" };
-            return WriteError::Unavailable { cause, source: Some(e) };
+            let cause = if e.is_closed() {
+                "connection_closed"
+            } else {
+                "connection"
+            };
+            return WriteError::Unavailable {
+                cause,
+                source: Some(e),
+            };
         };
         // Data exception, integrity violation, program limit (e.g. index row size):
         // something in the rows. Everything else (connection, shutdown, resources,
@@ -87,7 +94,10 @@ impl WriteError {
             "42" => "schema",
             _ => "server",
         };
-        WriteError::Unavailable { cause, source: Some(e) }
+        WriteError::Unavailable {
+            cause,
+            source: Some(e),
+        }
     }
 }
 
@@ -137,7 +147,11 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(config: tokio_postgres::Config) -> Self {
-        Self { config, conn: None, buf: BytesMut::new() }
+        Self {
+            config,
+            conn: None,
+            buf: BytesMut::new(),
+        }
     }
 
     pub fn is_connected(&self) -> bool {
@@ -154,26 +168,48 @@ impl Writer {
             self.conn = None;
         }
         if self.conn.is_none() {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(WriteError::from_pg)?;
+            let (client, connection) = self
+                .config
+                .connect(NoTls)
+                .await
+                .map_err(WriteError::from_pg)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "writer connection ended");
                 }
             });
             client
-                .batch_execute(&format!("SET statement_timeout = '{}s'; {}", WRITE_TIMEOUT.as_secs(), copy::CREATE_STAGING))
+                .batch_execute(&format!(
+                    "SET statement_timeout = '{}s'; {}",
+                    WRITE_TIMEOUT.as_secs(),
+                    copy::CREATE_STAGING
+                ))
                 .await
                 .map_err(WriteError::from_pg)?;
-            let move_staged = client.prepare(MOVE_STAGED).await.map_err(WriteError::from_pg)?;
-            let insert_dead_letter = client.prepare(INSERT_DEAD_LETTER).await.map_err(WriteError::from_pg)?;
+            let move_staged = client
+                .prepare(MOVE_STAGED)
+                .await
+                .map_err(WriteError::from_pg)?;
+            let insert_dead_letter = client
+                .prepare(INSERT_DEAD_LETTER)
+                .await
+                .map_err(WriteError::from_pg)?;
             tracing::debug!("writer connected");
-            self.conn = Some(Conn { client, move_staged, insert_dead_letter });
+            self.conn = Some(Conn {
+                client,
+                move_staged,
+                insert_dead_letter,
+            });
         }
         Ok(self.conn.as_mut().expect("connected above"))
     }
 
     /// Writes `records` in one transaction. On any error nothing was committed.
-    pub async fn write(&mut self, records: &[&Record], metrics: &Metrics) -> Result<Written, WriteError> {
+    pub async fn write(
+        &mut self,
+        records: &[&Record],
+        metrics: &Metrics,
+    ) -> Result<Written, WriteError> {
         match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(records, metrics)).await {
             Ok(Ok(w)) => Ok(w),
             Ok(Err(e)) => {
@@ -184,12 +220,19 @@ impl Writer {
             }
             Err(_) => {
                 self.reset();
-                Err(WriteError::Unavailable { cause: "timeout", source: None })
+                Err(WriteError::Unavailable {
+                    cause: "timeout",
+                    source: None,
+                })
             }
         }
     }
 
-    async fn write_inner(&mut self, records: &[&Record], metrics: &Metrics) -> Result<Written, WriteError> {
+    async fn write_inner(
+        &mut self,
+        records: &[&Record],
+        metrics: &Metrics,
+    ) -> Result<Written, WriteError> {
         let events: Vec<&Event> = records
             .iter()
             .filter_map(|r| match r {
@@ -212,20 +255,32 @@ impl Writer {
                 .with_label_values(&[name])
                 .observe(since.elapsed().as_secs_f64())
         };
-        let tx = conn.client.transaction().await.map_err(WriteError::from_pg)?;
+        let tx = conn
+            .client
+            .transaction()
+            .await
+            .map_err(WriteError::from_pg)?;
         let mut written = Written::default();
         if !events.is_empty() {
             let t = Instant::now();
             buf.clear();
             buf.reserve(copy::encoded_len_hint(events.iter().copied()));
             copy::encode(events.iter().copied(), &mut buf);
-            let sink = tx.copy_in(copy::COPY_STAGING).await.map_err(WriteError::from_pg)?;
+            let sink = tx
+                .copy_in(copy::COPY_STAGING)
+                .await
+                .map_err(WriteError::from_pg)?;
             futures::pin_mut!(sink);
-            sink.send(buf.split().freeze()).await.map_err(WriteError::from_pg)?;
+            sink.send(buf.split().freeze())
+                .await
+                .map_err(WriteError::from_pg)?;
             sink.finish().await.map_err(WriteError::from_pg)?;
             step("copy", t);
             let t = Instant::now();
-            let rows = tx.query(&conn.move_staged, &[]).await.map_err(WriteError::from_pg)?;
+            let rows = tx
+                .query(&conn.move_staged, &[])
+                .await
+                .map_err(WriteError::from_pg)?;
             for row in rows {
                 let event_type: String = row.get(0);
                 let n: i64 = row.get(1);

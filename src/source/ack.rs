@@ -170,7 +170,10 @@ impl Acknowledge for RecordingAcks {
                     reason: "channel closed".into(),
                 });
             }
-            self.calls.lock().expect("lock poisoned").push((tag, multiple));
+            self.calls
+                .lock()
+                .expect("lock poisoned")
+                .push((tag, multiple));
             Ok(())
         })
     }
@@ -181,7 +184,9 @@ mod tests {
     use super::*;
 
     fn tokens(channel: &Arc<AckChannel>, tags: impl IntoIterator<Item = u64>) -> Vec<AckToken> {
-        tags.into_iter().map(|t| AckToken::new(channel.clone(), t)).collect()
+        tags.into_iter()
+            .map(|t| AckToken::new(channel.clone(), t))
+            .collect()
     }
 
     #[tokio::test]
@@ -189,7 +194,14 @@ mod tests {
         let rec = RecordingAcks::default();
         let ch = AckChannel::new(rec.clone());
         let s = settle(tokens(&ch, 1..=50)).await;
-        assert_eq!(s, Settled { acked: 50, frames: 1, failed: 0 });
+        assert_eq!(
+            s,
+            Settled {
+                acked: 50,
+                frames: 1,
+                failed: 0
+            }
+        );
         let s = settle(tokens(&ch, 51..=60)).await;
         assert_eq!(s.frames, 1);
         assert_eq!(*rec.calls.lock().unwrap(), vec![(50, true), (60, true)]);
@@ -202,14 +214,30 @@ mod tests {
         let ch = AckChannel::new(rec.clone());
         // Tag 1 is still held elsewhere: a multiple-ack of 4 would cover it.
         let s = settle(tokens(&ch, [2, 3, 4])).await;
-        assert_eq!(s, Settled { acked: 3, frames: 3, failed: 0 });
-        assert!(rec.calls.lock().unwrap().iter().all(|(_, multiple)| !multiple));
+        assert_eq!(
+            s,
+            Settled {
+                acked: 3,
+                frames: 3,
+                failed: 0
+            }
+        );
+        assert!(
+            rec.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|(_, multiple)| !multiple)
+        );
         assert_eq!(rec.acked_tags(), vec![2, 3, 4]);
     }
 
     #[tokio::test]
     async fn tokens_of_a_dead_channel_fail_without_touching_the_new_one() {
-        let old = AckChannel::new(RecordingAcks { fail: true, ..Default::default() });
+        let old = AckChannel::new(RecordingAcks {
+            fail: true,
+            ..Default::default()
+        });
         let rec = RecordingAcks::default();
         let new = AckChannel::new(rec.clone());
         let mut all = tokens(&old, [7, 8]);

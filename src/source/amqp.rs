@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -22,9 +22,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Inbound;
 use super::ack::{AckChannel, AckError, AckToken, Acknowledge};
 use super::decode::{self, Properties, RawDelivery};
-use super::Inbound;
 use crate::metrics::Metrics;
 
 /// What the consumer needs to know.
@@ -58,7 +58,11 @@ pub struct BrokerLink {
 
 impl BrokerLink {
     pub async fn close(self) {
-        if let Err(e) = self.connection.close(200, "candystore shutting down".into()).await {
+        if let Err(e) = self
+            .connection
+            .close(200, "candystore shutting down".into())
+            .await
+        {
             tracing::debug!(error = %e, "broker connection already closed");
         }
     }
@@ -127,7 +131,9 @@ async fn session(
     let connection = Arc::new(Connection::connect(&cfg.url, props).await?);
     let channel = connection.create_channel().await?;
     declare(&channel, cfg).await?;
-    channel.basic_qos(cfg.prefetch_count, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(cfg.prefetch_count, BasicQosOptions::default())
+        .await?;
     let consumer_tag = format!("candystore-{}", uuid::Uuid::new_v4());
     let mut consumer = channel
         .basic_consume(
@@ -147,7 +153,10 @@ async fn session(
     tracing::info!(queue = %cfg.queue, exchange = %cfg.exchange, prefetch = cfg.prefetch_count, "consuming");
 
     let cancel = |channel: Channel, tag: String| async move {
-        if let Err(e) = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
+        if let Err(e) = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await
+        {
             tracing::debug!(error = %e, "basic.cancel failed");
         }
     };
@@ -197,7 +206,10 @@ async fn declare(channel: &Channel, cfg: &SourceConfig) -> Result<(), lapin::Err
             .exchange_declare(
                 cfg.exchange.as_str().into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -205,7 +217,10 @@ async fn declare(channel: &Channel, cfg: &SourceConfig) -> Result<(), lapin::Err
     channel
         .queue_declare(
             cfg.queue.as_str().into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
@@ -237,7 +252,10 @@ impl Acknowledge for LapinAcks {
             self.channel
                 .basic_ack(tag, BasicAckOptions { multiple })
                 .await
-                .map_err(|e| AckError { tag, reason: e.to_string() })
+                .map_err(|e| AckError {
+                    tag,
+                    reason: e.to_string(),
+                })
         })
     }
 }
@@ -279,7 +297,10 @@ fn raw_delivery(d: lapin::message::Delivery) -> RawDelivery {
 /// Converts AMQP headers to JSON. Byte strings that are not clean UTF-8 text are
 /// kept as `{"$hex": ...}`; NUL is removed from names and short strings. Either
 /// sets `sanitized`.
-pub fn table_to_json(t: &FieldTable, sanitized: &mut bool) -> serde_json::Map<String, serde_json::Value> {
+pub fn table_to_json(
+    t: &FieldTable,
+    sanitized: &mut bool,
+) -> serde_json::Map<String, serde_json::Value> {
     t.inner()
         .iter()
         .map(|(k, v)| (clean(k.as_str(), sanitized), value_to_json(v, sanitized)))
@@ -309,7 +330,9 @@ fn value_to_json(v: &AMQPValue, sanitized: &mut bool) -> serde_json::Value {
         AMQPValue::LongLongInt(n) => (*n).into(),
         AMQPValue::Float(f) => float(f64::from(*f)),
         AMQPValue::Double(f) => float(*f),
-        AMQPValue::DecimalValue(d) => serde_json::json!({ "$decimal": { "scale": d.scale, "value": d.value } }),
+        AMQPValue::DecimalValue(d) => {
+            serde_json::json!({ "$decimal": { "scale": d.scale, "value": d.value } })
+        }
         AMQPValue::ShortString(s) => J::String(clean(s.as_str(), sanitized)),
         AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
             Ok(text) if !text.contains('\0') => J::String(text.to_owned()),
@@ -318,7 +341,12 @@ fn value_to_json(v: &AMQPValue, sanitized: &mut bool) -> serde_json::Value {
                 hex(s.as_bytes())
             }
         },
-        AMQPValue::FieldArray(a) => J::Array(a.as_slice().iter().map(|v| value_to_json(v, sanitized)).collect()),
+        AMQPValue::FieldArray(a) => J::Array(
+            a.as_slice()
+                .iter()
+                .map(|v| value_to_json(v, sanitized))
+                .collect(),
+        ),
         AMQPValue::Timestamp(t) => serde_json::json!({ "$timestamp": t }),
         AMQPValue::FieldTable(t) => J::Object(table_to_json(t, sanitized)),
         AMQPValue::ByteArray(b) => hex(b.as_slice()),

@@ -21,7 +21,8 @@ use crate::envelope::{DeadLetter, Event, Generation, Record, RejectReason};
 pub const MAX_IDENT_BYTES: usize = 1024;
 
 /// Namespace of the ids derived from a body that carried none (UUID v5).
-const DERIVED_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6361_6e64_7973_746f_7265_0000_0000_0001);
+const DERIVED_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6361_6e64_7973_746f_7265_0000_0000_0001);
 
 /// The AMQP basic properties of a delivery, as plain data.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -133,7 +134,12 @@ pub fn decode(raw: RawDelivery) -> Record {
             body,
         })),
         Err(r) => Record::DeadLetter(Box::new(DeadLetter {
-            fingerprint: fingerprint(&exchange, &routing_key, properties.message_id.as_deref(), &body),
+            fingerprint: fingerprint(
+                &exchange,
+                &routing_key,
+                properties.message_id.as_deref(),
+                &body,
+            ),
             exchange,
             routing_key,
             properties: properties_bytes,
@@ -147,9 +153,18 @@ pub fn decode(raw: RawDelivery) -> Record {
 }
 
 /// The dead-letter key: a redelivery of the same delivery gives the same value.
-pub fn fingerprint(exchange: &str, routing_key: &str, message_id: Option<&str>, body: &[u8]) -> [u8; 32] {
+pub fn fingerprint(
+    exchange: &str,
+    routing_key: &str,
+    message_id: Option<&str>,
+    body: &[u8],
+) -> [u8; 32] {
     let mut h = Sha256::new();
-    for part in [exchange.as_bytes(), routing_key.as_bytes(), message_id.unwrap_or("").as_bytes()] {
+    for part in [
+        exchange.as_bytes(),
+        routing_key.as_bytes(),
+        message_id.unwrap_or("").as_bytes(),
+    ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
@@ -158,7 +173,8 @@ pub fn fingerprint(exchange: &str, routing_key: &str, message_id: Option<&str>, 
 }
 
 fn properties_json(p: &Properties, extra: serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
-    let mut v = serde_json::to_value(p).unwrap_or_else(|_| serde_json::Value::Object(Default::default()));
+    let mut v =
+        serde_json::to_value(p).unwrap_or_else(|_| serde_json::Value::Object(Default::default()));
     if let serde_json::Value::Object(map) = &mut v {
         map.extend(extra);
     }
@@ -211,8 +227,12 @@ fn project(body: &[u8], ctx: &Context<'_>) -> Result<Projected, Rejection> {
         ));
     }
     let mut buf = body.to_vec();
-    let mut value = simd_json::to_borrowed_value(&mut buf)
-        .map_err(|e| reject(RejectReason::InvalidJson, format!("the body is not json: {e}")))?;
+    let mut value = simd_json::to_borrowed_value(&mut buf).map_err(|e| {
+        reject(
+            RejectReason::InvalidJson,
+            format!("the body is not json: {e}"),
+        )
+    })?;
     let sanitized = memchr::memmem::find(body, b"\\u0000").is_some() && strip_nul(&mut value);
     let Value::Object(obj) = &mut value else {
         return Err(reject(
@@ -232,7 +252,12 @@ fn project(body: &[u8], ctx: &Context<'_>) -> Result<Projected, Rejection> {
         _ => text(obj.get("event_type")),
     }
     .or_else(|| non_empty(ctx.routing_key))
-    .ok_or_else(|| reject(RejectReason::MissingEventType, "no event type in the envelope and no routing key"))?;
+    .ok_or_else(|| {
+        reject(
+            RejectReason::MissingEventType,
+            "no event type in the envelope and no routing key",
+        )
+    })?;
 
     let id = match generation {
         Generation::Typed => ident(obj.get("event_id")),
@@ -242,7 +267,9 @@ fn project(body: &[u8], ctx: &Context<'_>) -> Result<Projected, Rejection> {
     .unwrap_or_else(|| uuid::Uuid::new_v5(&DERIVED_ID_NAMESPACE, body).to_string());
 
     let source = match (generation, obj.get("source")) {
-        (Generation::Typed, Some(Value::Object(src))) => text(src.get("app")).or_else(|| text(src.get("host"))),
+        (Generation::Typed, Some(Value::Object(src))) => {
+            text(src.get("app")).or_else(|| text(src.get("host")))
+        }
         (_, v) => ident(v),
     }
     .or_else(|| ctx.properties.app_id.as_deref().and_then(non_empty))
@@ -253,25 +280,45 @@ fn project(body: &[u8], ctx: &Context<'_>) -> Result<Projected, Rejection> {
         _ => None,
     };
 
-    let time_member = if generation == Generation::CloudEvents { "time" } else { "timestamp" };
+    let time_member = if generation == Generation::CloudEvents {
+        "time"
+    } else {
+        "timestamp"
+    };
     let timestamp = obj
         .get(time_member)
         .and_then(parse_time_value)
-        .or_else(|| ctx.properties.timestamp.and_then(|s| epoch_seconds(s as f64)))
+        .or_else(|| {
+            ctx.properties
+                .timestamp
+                .and_then(|s| epoch_seconds(s as f64))
+        })
         .unwrap_or(ctx.received_at);
 
     let member = generation.payload_member();
     let payload_value = obj.remove(member);
     let session_id = match generation {
         Generation::Original => ident(obj.get("session_id")),
-        Generation::Typed => payload_value.as_ref().and_then(|p| p.get("session_id")).and_then(|v| v.as_str()).and_then(non_empty),
+        Generation::Typed => payload_value
+            .as_ref()
+            .and_then(|p| p.get("session_id"))
+            .and_then(|v| v.as_str())
+            .and_then(non_empty),
         Generation::CloudEvents => ident(obj.get("sessionid")).or_else(|| {
-            payload_value.as_ref().and_then(|p| p.get("session_id")).and_then(|v| v.as_str()).and_then(non_empty)
+            payload_value
+                .as_ref()
+                .and_then(|p| p.get("session_id"))
+                .and_then(|v| v.as_str())
+                .and_then(non_empty)
         }),
     };
     let correlation_id = match generation {
         Generation::Original => ident(obj.get("correlation_id")),
-        Generation::Typed => obj.get("correlation_ids").and_then(|v| v.as_array()).and_then(|a| a.first()).and_then(|v| ident(Some(v))),
+        Generation::Typed => obj
+            .get("correlation_ids")
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.first())
+            .and_then(|v| ident(Some(v))),
         Generation::CloudEvents => ident(obj.get("correlationid")),
     }
     .or_else(|| ctx.properties.correlation_id.as_deref().and_then(non_empty));
@@ -324,7 +371,11 @@ fn detect(obj: &Object<'_>) -> Option<Generation> {
     let has = |k: &str| obj.contains_key(k);
     if has("specversion") || (has("type") && has("source") && !has("event_type")) {
         Some(Generation::CloudEvents)
-    } else if has("event_id") || has("correlation_ids") || has("agent_context") || (has("payload") && !has("data")) {
+    } else if has("event_id")
+        || has("correlation_ids")
+        || has("agent_context")
+        || (has("payload") && !has("data"))
+    {
         Some(Generation::Typed)
     } else if has("event_type") || has("data") || has("id") {
         Some(Generation::Original)
@@ -357,7 +408,9 @@ fn text(v: Option<&Value<'_>>) -> Option<String> {
 fn ident(v: Option<&Value<'_>>) -> Option<String> {
     match v? {
         Value::String(s) => non_empty(s),
-        Value::Static(s) if s.is_i64() || s.is_u64() || s.is_i128() || s.is_u128() => Some(s.to_string()),
+        Value::Static(s) if s.is_i64() || s.is_u64() || s.is_i128() || s.is_u128() => {
+            Some(s.to_string())
+        }
         _ => None,
     }
 }
@@ -388,7 +441,11 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z") {
         return in_range(t.with_timezone(&Utc));
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
             return in_range(t.and_utc());
         }
@@ -420,13 +477,19 @@ fn strip_nul(v: &mut Value<'_>) -> bool {
                 false
             }
         }
-        Value::Array(items) => items.iter_mut().fold(false, |changed, item| strip_nul(item) | changed),
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |changed, item| strip_nul(item) | changed),
         Value::Object(obj) => {
             let mut changed = false;
             if obj.keys().any(|k| k.contains('\0')) {
                 let entries: Vec<_> = obj.drain().collect();
                 for (k, val) in entries {
-                    let k = if k.contains('\0') { Cow::Owned(k.replace('\0', "")) } else { k };
+                    let k = if k.contains('\0') {
+                        Cow::Owned(k.replace('\0', ""))
+                    } else {
+                        k
+                    };
                     obj.insert(k, val);
                 }
                 changed = true;

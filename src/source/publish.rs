@@ -34,20 +34,34 @@ impl Publisher {
     pub async fn connect(url: &str, exchange: &str) -> Result<Self, lapin::Error> {
         let connection = Connection::connect(url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         channel
             .exchange_declare(
                 exchange.into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
-        Ok(Self { _connection: connection, channel, exchange: exchange.to_owned() })
+        Ok(Self {
+            _connection: connection,
+            channel,
+            exchange: exchange.to_owned(),
+        })
     }
 
     /// Publishes one body (persistent) and waits for the broker's confirm.
-    pub async fn publish(&self, routing_key: &str, body: &[u8], props: BasicProperties) -> Result<(), lapin::Error> {
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), lapin::Error> {
         self.publish_nowait(routing_key, body, props).await?.await?;
         Ok(())
     }
@@ -64,7 +78,9 @@ impl Publisher {
                 routing_key.into(),
                 BasicPublishOptions::default(),
                 body,
-                props.with_delivery_mode(2).with_content_type("application/json".into()),
+                props
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
             )
             .await
     }
@@ -79,9 +95,16 @@ impl Publisher {
                 let due = start + Duration::from_secs_f64(i as f64 / spec.rate as f64);
                 tokio::time::sleep_until(due).await;
             }
-            let generation = if spec.generation == 0 { (i % 3) as u8 + 1 } else { spec.generation };
+            let generation = if spec.generation == 0 {
+                (i % 3) as u8 + 1
+            } else {
+                spec.generation
+            };
             let (routing_key, body) = sample_event(&spec.run_id, i, spec.size, generation);
-            pending.push_back(self.publish_nowait(&routing_key, &body, BasicProperties::default()).await?);
+            pending.push_back(
+                self.publish_nowait(&routing_key, &body, BasicProperties::default())
+                    .await?,
+            );
             if pending.len() >= 1_000
                 && let Some(confirm) = pending.pop_front()
             {
@@ -99,7 +122,12 @@ impl Publisher {
 /// Returns the routing key and the body.
 pub fn sample_event(run_id: &str, i: u64, size: usize, generation: u8) -> (String, Vec<u8>) {
     let session = format!("session-{}", i % 97);
-    let kinds = ["transcription.segment.completed", "agent.task.started", "repo.decision.recorded", "calendar.sync.finished"];
+    let kinds = [
+        "transcription.segment.completed",
+        "agent.task.started",
+        "repo.decision.recorded",
+        "calendar.sync.finished",
+    ];
     let kind = kinds[(i % kinds.len() as u64) as usize];
     let id = format!("{run_id}-{i:010}");
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -128,7 +156,9 @@ pub fn sample_event(run_id: &str, i: u64, size: usize, generation: u8) -> (Strin
     let pad = size.saturating_sub(base);
     let member = if generation == 2 { "payload" } else { "data" };
     if let Some(text) = body.get_mut(member).and_then(|d| d.get_mut("text")) {
-        *text = serde_json::Value::String("lorem ipsum dolor sit amet ".repeat(pad / 27 + 1)[..pad].to_owned());
+        *text = serde_json::Value::String(
+            "lorem ipsum dolor sit amet ".repeat(pad / 27 + 1)[..pad].to_owned(),
+        );
     }
     let routing_key = kind.to_owned();
     (routing_key, serde_json::to_vec(&body).unwrap_or_default())

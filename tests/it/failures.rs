@@ -25,7 +25,10 @@ async fn a_consumer_stopped_between_commit_and_ack_gives_one_row_after_restart()
     })
     .await;
     assert_eq!(app.count("events").await, n);
-    assert_eq!(app.metric("candystore_events_duplicate_total").await, n as f64);
+    assert_eq!(
+        app.metric("candystore_events_duplicate_total").await,
+        n as f64
+    );
     assert_eq!(app.metric("candystore_events_stored_total").await, 0.0);
     assert_eq!(app.queue_state().await.0, 0);
 }
@@ -34,17 +37,25 @@ async fn a_consumer_stopped_between_commit_and_ack_gives_one_row_after_restart()
 async fn the_database_unreachable_mid_stream_loses_nothing_and_acks_nothing() {
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let url = format!("postgres://postgres@{}/{{db}}", proxy.addr);
-    let app = spawn_app_with(&[("DATABASE_URL", &url), ("PREFETCH_COUNT", "20")], AppOptions::default()).await;
+    let app = spawn_app_with(
+        &[("DATABASE_URL", &url), ("PREFETCH_COUNT", "20")],
+        AppOptions::default(),
+    )
+    .await;
     for i in 0..20 {
-        app.publish("d.b", &gen1(&format!("before-{i}"), "d.b")).await;
+        app.publish("d.b", &gen1(&format!("before-{i}"), "d.b"))
+            .await;
     }
     app.wait_for_rows("events", 20).await;
-    app.wait_until(Duration::from_secs(5), || async { app.metric("candystore_acks_total").await == 20.0 })
-        .await;
+    app.wait_until(Duration::from_secs(5), || async {
+        app.metric("candystore_acks_total").await == 20.0
+    })
+    .await;
 
     proxy.cut();
     for i in 0..100 {
-        app.publish("d.b", &gen1(&format!("during-{i}"), "d.b")).await;
+        app.publish("d.b", &gen1(&format!("during-{i}"), "d.b"))
+            .await;
     }
     // While the database is away nothing more is stored, acked or dead-lettered,
     // and intake stops at the prefetch: the rest waits in the queue.
@@ -54,14 +65,19 @@ async fn the_database_unreachable_mid_stream_loses_nothing_and_acks_nothing() {
     assert_eq!(app.metric("candystore_acks_total").await, 20.0);
     assert!(app.metric("candystore_write_retries_total").await >= 1.0);
     let (ready, _) = app.queue_state().await;
-    assert!(ready >= 80, "at most PREFETCH_COUNT deliveries leave the queue, {ready} ready");
+    assert!(
+        ready >= 80,
+        "at most PREFETCH_COUNT deliveries leave the queue, {ready} ready"
+    );
     let health = app.http.get(app.api("/health")).send().await.unwrap();
     assert_eq!(health.status(), 503);
 
     proxy.restore();
     assert_eq!(app.wait_for_rows("events", 120).await, 120);
-    app.wait_until(Duration::from_secs(10), || async { app.metric("candystore_acks_total").await == 120.0 })
-        .await;
+    app.wait_until(Duration::from_secs(10), || async {
+        app.metric("candystore_acks_total").await == 120.0
+    })
+    .await;
     assert_eq!(app.count("dead_letter").await, 0);
 }
 
@@ -90,7 +106,10 @@ async fn a_broker_connection_drop_reconnects_and_resumes() {
     .await;
     assert_eq!(app.wait_for_rows("events", 60).await, 60);
     assert!(app.metric("candystore_reconnects_total").await >= 1.0);
-    app.wait_until(Duration::from_secs(10), || async { app.queue_state().await.0 == 0 }).await;
+    app.wait_until(Duration::from_secs(10), || async {
+        app.queue_state().await.0 == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -125,10 +144,19 @@ async fn sigterm_mid_stream_exits_zero_and_loses_nothing() {
         // Signal once storage is under way, while publishing continues.
         app.wait_for_rows("events", 200).await;
         let pid = child.id().expect("running") as i32;
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
     };
     tokio::join!(publisher, terminator);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits in time").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
     let mut stderr = String::new();
     if let Some(mut e) = child.stderr.take() {
         use tokio::io::AsyncReadExt;
@@ -136,12 +164,18 @@ async fn sigterm_mid_stream_exits_zero_and_loses_nothing() {
     }
     assert!(status.success(), "exit status {status:?}; stderr: {stderr}");
     let stored_by_child = app.count("events").await;
-    assert!(stored_by_child >= 200 && stored_by_child <= n, "{stored_by_child}");
+    assert!(
+        stored_by_child >= 200 && stored_by_child <= n,
+        "{stored_by_child}"
+    );
 
     // Whatever the child did not store is still in the queue: restart and drain.
     app.start(AppOptions::default()).await;
     assert_eq!(app.wait_for_rows("events", n).await, n);
-    app.wait_until(Duration::from_secs(10), || async { app.queue_state().await.0 == 0 }).await;
+    app.wait_until(Duration::from_secs(10), || async {
+        app.queue_state().await.0 == 0
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.count("events").await, n);
 }
@@ -164,9 +198,14 @@ async fn a_bad_setting_stops_start_up_with_a_line_naming_the_variable() {
 #[tokio::test]
 async fn serve_refuses_to_start_on_an_unmigrated_database() {
     let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
-    let (admin, conn) = tokio_postgres::connect(&format!("{PG}/postgres"), tokio_postgres::NoTls).await.unwrap();
+    let (admin, conn) = tokio_postgres::connect(&format!("{PG}/postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
         .arg("serve")
         .env_clear()
@@ -175,7 +214,10 @@ async fn serve_refuses_to_start_on_an_unmigrated_database() {
         .output()
         .await
         .unwrap();
-    admin.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("candystore migrate"), "{stderr}");

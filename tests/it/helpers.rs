@@ -45,7 +45,10 @@ pub async fn spawn_app_with(settings: &[(&str, &str)], opts: AppOptions) -> Test
     let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
     let db_url = format!("{PG}/{name}");
     let admin = connect(&format!("{PG}/postgres")).await;
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
     let mut db = connect(&db_url).await;
     db::migrate(&mut db).await.expect("migrate test database");
     let exchange = format!("{name}_x");
@@ -62,14 +65,19 @@ pub async fn spawn_app_with(settings: &[(&str, &str)], opts: AppOptions) -> Test
         http: reqwest::Client::new(),
         running: None,
         publisher,
-        extra: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        extra: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     };
     app.start(opts).await;
     app
 }
 
 async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect to PostgreSQL");
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect to PostgreSQL");
     tokio::spawn(conn);
     client
 }
@@ -90,14 +98,20 @@ impl TestApp {
             ("SHUTDOWN_TIMEOUT".into(), "20s".into()),
         ];
         // `{db}` in an override stands for this test's database name.
-        pairs.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.replace("{db}", &self.name))));
+        pairs.extend(
+            self.extra
+                .iter()
+                .map(|(k, v)| (k.clone(), v.replace("{db}", &self.name))),
+        );
         Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 
     /// Starts (or restarts) the service and waits until it consumes.
     pub async fn start(&mut self, opts: AppOptions) {
         assert!(self.running.is_none(), "already running");
-        let running = app::start(self.settings(), opts).await.expect("start candystore");
+        let running = app::start(self.settings(), opts)
+            .await
+            .expect("start candystore");
         self.running = Some(running);
         self.wait_until(Duration::from_secs(10), || async {
             self.metric("candystore_consumer_connected").await == 1.0
@@ -126,11 +140,15 @@ impl TestApp {
     }
 
     pub async fn publish(&self, routing_key: &str, body: &[u8]) {
-        self.publish_with(routing_key, body, BasicProperties::default()).await;
+        self.publish_with(routing_key, body, BasicProperties::default())
+            .await;
     }
 
     pub async fn publish_with(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
-        self.publisher.publish(routing_key, body, props).await.expect("publish");
+        self.publisher
+            .publish(routing_key, body, props)
+            .await
+            .expect("publish");
     }
 
     pub async fn count(&self, table: &str) -> i64 {
@@ -161,7 +179,10 @@ impl TestApp {
     {
         let deadline = tokio::time::Instant::now() + limit;
         while !check().await {
-            assert!(tokio::time::Instant::now() < deadline, "condition not met within {limit:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not met within {limit:?}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -190,12 +211,17 @@ impl TestApp {
 
     /// Messages ready in the queue and consumers on it (a passive declare).
     pub async fn queue_state(&self) -> (u32, u32) {
-        let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.expect("connect");
+        let conn = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .expect("connect");
         let ch = conn.create_channel().await.expect("channel");
         let q = ch
             .queue_declare(
                 self.queue.as_str().into(),
-                QueueDeclareOptions { passive: true, ..Default::default() },
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -217,18 +243,29 @@ impl Drop for TestApp {
         // Cleanup needs async IO, and Drop may run on a runtime thread that is
         // unwinding: do it on a thread of its own.
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
                     && let Ok(ch) = conn.create_channel().await
                 {
-                    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-                    let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+                    let _ = ch
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                    let _ = ch
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
                     let _ = conn.close(200, "bye".into()).await;
                 }
-                if let Ok((admin, conn)) = tokio_postgres::connect(&format!("{PG}/postgres"), NoTls).await {
+                if let Ok((admin, conn)) =
+                    tokio_postgres::connect(&format!("{PG}/postgres"), NoTls).await
+                {
                     tokio::spawn(conn);
-                    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                    let _ = admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
                 }
             });
         })
@@ -268,7 +305,9 @@ impl Proxy {
                 let token = e.lock().unwrap().clone();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = token.cancelled() => {}
@@ -276,7 +315,12 @@ impl Proxy {
                 });
             }
         });
-        Proxy { addr, cut, epoch, stop }
+        Proxy {
+            addr,
+            cut,
+            epoch,
+            stop,
+        }
     }
 
     /// Drops every open connection and refuses new ones.

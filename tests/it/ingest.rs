@@ -20,11 +20,18 @@ async fn every_published_event_is_stored_exactly_once() {
     }
     assert_eq!(app.wait_for_rows("events", n as i64).await, n as i64);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.count("events").await, n as i64, "no event is stored twice");
+    assert_eq!(
+        app.count("events").await,
+        n as i64,
+        "no event is stored twice"
+    );
     assert_eq!(app.count("dead_letter").await, 0);
     let generations: Vec<(i16, i64)> = app
         .db
-        .query("SELECT generation, count(*) FROM events GROUP BY 1 ORDER BY 1", &[])
+        .query(
+            "SELECT generation, count(*) FROM events GROUP BY 1 ORDER BY 1",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -32,19 +39,33 @@ async fn every_published_event_is_stored_exactly_once() {
         .collect();
     assert_eq!(generations, vec![(1, 100), (2, 100), (3, 100)]);
     // Everything committed was acked: the queue is empty and the books balance.
-    app.wait_until(Duration::from_secs(5), || async { app.metric("candystore_acks_total").await == n as f64 })
-        .await;
+    app.wait_until(Duration::from_secs(5), || async {
+        app.metric("candystore_acks_total").await == n as f64
+    })
+    .await;
     assert_eq!(app.queue_state().await.0, 0);
     assert_eq!(app.metric("candystore_events_stored_total").await, n as f64);
-    assert_eq!(app.metric("candystore_events_received_total").await, n as f64);
-    assert_eq!(app.metric("candystore_storage_latency_seconds_count").await, n as f64);
+    assert_eq!(
+        app.metric("candystore_events_received_total").await,
+        n as f64
+    );
+    assert_eq!(
+        app.metric("candystore_storage_latency_seconds_count").await,
+        n as f64
+    );
 }
 
 #[tokio::test]
 async fn each_generation_is_projected_onto_the_columns() {
     let app = spawn_app().await;
-    app.publish("transcription.segment.completed", &gen1("2f0d6a3e-2b7c-4a7e-9e0b-5f1f2f3a4b5c", "transcription.segment.completed"))
-        .await;
+    app.publish(
+        "transcription.segment.completed",
+        &gen1(
+            "2f0d6a3e-2b7c-4a7e-9e0b-5f1f2f3a4b5c",
+            "transcription.segment.completed",
+        ),
+    )
+    .await;
     let typed = json!({
         "event_id": "5af3fbd6-c28f-45d5-8b83-54287f5c5ca1",
         "event_type": "fireflies.transcript.ready",
@@ -54,14 +75,22 @@ async fn each_generation_is_projected_onto_the_columns() {
         "correlation_ids": ["a28a87c4-7b72-41a3-9ecc-d21e136aefb2", "other"],
         "payload": { "session_id": "sess-2", "words": 12 }
     });
-    app.publish("fireflies.transcript.ready", &serde_json::to_vec(&typed).unwrap()).await;
+    app.publish(
+        "fireflies.transcript.ready",
+        &serde_json::to_vec(&typed).unwrap(),
+    )
+    .await;
     let cloud = json!({
         "specversion": "1.0", "id": "not-a-uuid-42", "type": "bloodbank.v1.repo.decision.recorded",
         "source": "hermes://agent/33god-pm", "time": "2026-08-04T05:32:12Z",
         "correlationid": "corr-3", "sessionid": "sess-3", "ordering_key": "repo:33god",
         "data": { "decision": "ship" }
     });
-    app.publish("bloodbank.evt.v1.repo.decision.recorded", &serde_json::to_vec(&cloud).unwrap()).await;
+    app.publish(
+        "bloodbank.evt.v1.repo.decision.recorded",
+        &serde_json::to_vec(&cloud).unwrap(),
+    )
+    .await;
     app.wait_for_rows("events", 3).await;
 
     let rows = app
@@ -74,7 +103,9 @@ async fn each_generation_is_projected_onto_the_columns() {
         .await
         .unwrap();
     let row = |i: usize| -> Vec<Option<String>> {
-        (1..10).map(|c| rows[i].get::<_, Option<String>>(c)).collect()
+        (1..10)
+            .map(|c| rows[i].get::<_, Option<String>>(c))
+            .collect()
     };
     assert_eq!(
         row(0),
@@ -128,7 +159,10 @@ async fn missing_members_fall_back_to_amqp_properties() {
     let app = spawn_app().await;
     let body = br#"{"event_type": "legacy.thing", "data": {"x": 1}}"#;
     let mut headers = FieldTable::default();
-    headers.insert(ShortString::from("trace"), AMQPValue::LongString(LongString::from("t-1")));
+    headers.insert(
+        ShortString::from("trace"),
+        AMQPValue::LongString(LongString::from("t-1")),
+    );
     let props = BasicProperties::default()
         .with_message_id("msg-77".into())
         .with_app_id("legacy-app".into())
@@ -137,11 +171,17 @@ async fn missing_members_fall_back_to_amqp_properties() {
         .with_headers(headers);
     app.publish_with("legacy.thing", body, props).await;
     // No id and no message id: the id is derived from the body, the same each time.
-    app.publish("legacy.other", br#"{"event_type": "legacy.other"}"#).await;
-    app.publish("legacy.other", br#"{"event_type": "legacy.other"}"#).await;
+    app.publish("legacy.other", br#"{"event_type": "legacy.other"}"#)
+        .await;
+    app.publish("legacy.other", br#"{"event_type": "legacy.other"}"#)
+        .await;
     app.wait_for_rows("events", 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.count("events").await, 2, "a repeated body without an id is one event");
+    assert_eq!(
+        app.count("events").await,
+        2,
+        "a repeated body without an id is one event"
+    );
 
     let r = app
         .db
@@ -155,11 +195,17 @@ async fn missing_members_fall_back_to_amqp_properties() {
     assert_eq!(r.get::<_, String>(0), "msg-77");
     assert_eq!(r.get::<_, String>(1), "legacy-app");
     assert_eq!(r.get::<_, String>(2), "corr-77");
-    assert!(r.get::<_, bool>(3), "the AMQP timestamp is used when the envelope has none");
+    assert!(
+        r.get::<_, bool>(3),
+        "the AMQP timestamp is used when the envelope has none"
+    );
     assert_eq!(r.get::<_, String>(4), "t-1");
     let r = app
         .db
-        .query_one("SELECT source, length(id) FROM events WHERE event_type = 'legacy.other'", &[])
+        .query_one(
+            "SELECT source, length(id) FROM events WHERE event_type = 'legacy.other'",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(r.get::<_, String>(0), "unknown");
@@ -174,7 +220,8 @@ async fn the_same_event_published_twice_gives_one_row() {
     app.publish("a.b", &body).await;
     // The same CloudEvents id from two sources is two events.
     for source in ["svc://one", "svc://two", "svc://one"] {
-        let ce = json!({"specversion": "1.0", "id": "7", "type": "c.d", "source": source, "data": {}});
+        let ce =
+            json!({"specversion": "1.0", "id": "7", "type": "c.d", "source": source, "data": {}});
         app.publish("c.d", &serde_json::to_vec(&ce).unwrap()).await;
     }
     app.wait_until(Duration::from_secs(10), || async {
@@ -198,7 +245,8 @@ async fn poison_bodies_land_in_dead_letter_while_everything_else_is_stored() {
     ];
     for (i, (key, body)) in poison.iter().enumerate() {
         app.publish(key, body).await;
-        app.publish("good.event", &gen1(&format!("good-{i}"), "good.event")).await;
+        app.publish("good.event", &gen1(&format!("good-{i}"), "good.event"))
+            .await;
     }
     // NUL inside JSON strings and keys: stored sanitised, the original kept.
     let nul = br#"{"id": "nul-1", "event_type": "has.nul", "data": {"te\u0000xt": "a\u0000b"}}"#;
@@ -208,22 +256,42 @@ async fn poison_bodies_land_in_dead_letter_while_everything_else_is_stored() {
     app.wait_for_rows("dead_letter", 6).await;
     let rows = app
         .db
-        .query("SELECT routing_key, reason, body, detail FROM dead_letter ORDER BY seq", &[])
+        .query(
+            "SELECT routing_key, reason, body, detail FROM dead_letter ORDER BY seq",
+            &[],
+        )
         .await
         .unwrap();
-    let got: Vec<(String, String, Vec<u8>)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-    let reasons = ["invalid_json", "invalid_utf8", "not_an_object", "empty_body", "unrecognised_envelope", "invalid_json"];
+    let got: Vec<(String, String, Vec<u8>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let reasons = [
+        "invalid_json",
+        "invalid_utf8",
+        "not_an_object",
+        "empty_body",
+        "unrecognised_envelope",
+        "invalid_json",
+    ];
     for ((key, body), reason) in poison.iter().zip(reasons) {
         assert!(
-            got.iter().any(|(k, r, b)| k == key && r == reason && b == body),
+            got.iter()
+                .any(|(k, r, b)| k == key && r == reason && b == body),
             "{key} must be dead-lettered as {reason} with its raw bytes; got {got:?}"
         );
     }
-    assert!(rows.iter().all(|r| !r.get::<_, String>(3).is_empty()), "every dead letter says why");
+    assert!(
+        rows.iter().all(|r| !r.get::<_, String>(3).is_empty()),
+        "every dead letter says why"
+    );
 
     let r = app
         .db
-        .query_one("SELECT sanitized, payload::text, original_body FROM events WHERE id = 'nul-1'", &[])
+        .query_one(
+            "SELECT sanitized, payload::text, original_body FROM events WHERE id = 'nul-1'",
+            &[],
+        )
         .await
         .unwrap();
     assert!(r.get::<_, bool>(0));
@@ -235,7 +303,11 @@ async fn poison_bodies_land_in_dead_letter_while_everything_else_is_stored() {
 
 #[tokio::test]
 async fn a_row_postgres_refuses_goes_to_dead_letter_and_the_rest_is_stored() {
-    let app = spawn_app_with(&[("FLUSH_INTERVAL", "500ms"), ("BATCH_SIZE", "40")], AppOptions::default()).await;
+    let app = spawn_app_with(
+        &[("FLUSH_INTERVAL", "500ms"), ("BATCH_SIZE", "40")],
+        AppOptions::default(),
+    )
+    .await;
     // A rule PostgreSQL enforces that decode cannot know about.
     app.db
         .batch_execute(
@@ -252,20 +324,34 @@ async fn a_row_postgres_refuses_goes_to_dead_letter_and_the_rest_is_stored() {
     }
     app.wait_for_rows("events", 39).await;
     app.wait_for_rows("dead_letter", 1).await;
-    let r = app.db.query_one("SELECT reason, detail, body FROM dead_letter", &[]).await.unwrap();
+    let r = app
+        .db
+        .query_one("SELECT reason, detail, body FROM dead_letter", &[])
+        .await
+        .unwrap();
     assert_eq!(r.get::<_, String>(0), "rejected_by_database");
-    assert!(r.get::<_, String>(1).contains("refused by test"), "{}", r.get::<_, String>(1));
+    assert!(
+        r.get::<_, String>(1).contains("refused by test"),
+        "{}",
+        r.get::<_, String>(1)
+    );
     assert_eq!(r.get::<_, Vec<u8>>(2), gen1("r-17", "refused"));
     assert!(app.metric("candystore_batch_splits_total").await >= 1.0);
-    app.wait_until(Duration::from_secs(5), || async { app.metric("candystore_acks_total").await == 40.0 })
-        .await;
+    app.wait_until(Duration::from_secs(5), || async {
+        app.metric("candystore_acks_total").await == 40.0
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_batch_size_larger_than_the_prefetch_does_not_stall() {
     // Were batches not capped at the prefetch, each 10 events would wait 30s.
     let app = spawn_app_with(
-        &[("BATCH_SIZE", "1000"), ("PREFETCH_COUNT", "10"), ("FLUSH_INTERVAL", "30s")],
+        &[
+            ("BATCH_SIZE", "1000"),
+            ("PREFETCH_COUNT", "10"),
+            ("FLUSH_INTERVAL", "30s"),
+        ],
         AppOptions::default(),
     )
     .await;
@@ -277,7 +363,14 @@ async fn a_batch_size_larger_than_the_prefetch_does_not_stall() {
 
 #[tokio::test]
 async fn health_reports_database_and_broker_without_credentials() {
-    let app = spawn_app_with(&[("DATABASE_URL", "postgres://postgres:sekret@127.0.0.1:5432/{db}")], AppOptions::default()).await;
+    let app = spawn_app_with(
+        &[(
+            "DATABASE_URL",
+            "postgres://postgres:sekret@127.0.0.1:5432/{db}",
+        )],
+        AppOptions::default(),
+    )
+    .await;
     let res = app.http.get(app.api("/health")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
@@ -289,5 +382,8 @@ async fn health_reports_database_and_broker_without_credentials() {
     assert_eq!(ready.status(), 200);
     let missing = app.http.get(app.api("/nope")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
-    assert_eq!(missing.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
 }

@@ -14,7 +14,10 @@ impl TempDb {
     async fn new() -> Self {
         let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
         let admin = client(&format!("{PG}/postgres")).await;
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
         Self { name, admin }
     }
 
@@ -23,7 +26,10 @@ impl TempDb {
     }
 
     async fn drop_it(self) {
-        self.admin.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name)).await.unwrap();
+        self.admin
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .await
+            .unwrap();
     }
 }
 
@@ -40,8 +46,16 @@ async fn two_processes_migrating_at_once_both_succeed() {
     let (ra, rb) = tokio::join!(db::migrate(&mut a), db::migrate(&mut b));
     let (ra, rb) = (ra.expect("first runner"), rb.expect("second runner"));
     let total = db::migrations().unwrap().len();
-    assert_eq!(ra.len() + rb.len(), total, "each migration is applied exactly once");
-    let n: i64 = a.query_one("SELECT count(*) FROM schema_migrations", &[]).await.unwrap().get(0);
+    assert_eq!(
+        ra.len() + rb.len(),
+        total,
+        "each migration is applied exactly once"
+    );
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n as usize, total);
     db::check_schema(&a).await.expect("schema is current");
     // A second run is a no-op.
@@ -54,9 +68,14 @@ async fn an_applied_migration_that_was_edited_is_refused() {
     let db = TempDb::new().await;
     let mut c = db.client().await;
     db::migrate(&mut c).await.unwrap();
-    c.batch_execute("UPDATE schema_migrations SET checksum = 'abc' WHERE version = 1").await.unwrap();
+    c.batch_execute("UPDATE schema_migrations SET checksum = 'abc' WHERE version = 1")
+        .await
+        .unwrap();
     let err = db::migrate(&mut c).await.unwrap_err().to_string();
-    assert!(err.contains("0001_events.sql") && err.contains("edited"), "{err}");
+    assert!(
+        err.contains("0001_events.sql") && err.contains("edited"),
+        "{err}"
+    );
     assert!(db::check_schema(&c).await.is_err());
     db.drop_it().await;
 }
@@ -67,12 +86,25 @@ async fn the_schema_has_the_indexes_the_query_api_needs() {
     let mut c = db.client().await;
     db::migrate(&mut c).await.unwrap();
     let rows = c
-        .query("SELECT indexdef FROM pg_indexes WHERE tablename = 'events'", &[])
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'events'",
+            &[],
+        )
         .await
         .unwrap();
     let defs: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    for leading in ["(session_id, \"timestamp\" DESC", "(event_type, \"timestamp\" DESC", "(source, \"timestamp\" DESC", "(correlation_id, \"timestamp\" DESC", "(\"timestamp\" DESC, seq DESC)", "(id, source)"] {
-        assert!(defs.iter().any(|d| d.contains(leading)), "no index on {leading}: {defs:#?}");
+    for leading in [
+        "(session_id, \"timestamp\" DESC",
+        "(event_type, \"timestamp\" DESC",
+        "(source, \"timestamp\" DESC",
+        "(correlation_id, \"timestamp\" DESC",
+        "(\"timestamp\" DESC, seq DESC)",
+        "(id, source)",
+    ] {
+        assert!(
+            defs.iter().any(|d| d.contains(leading)),
+            "no index on {leading}: {defs:#?}"
+        );
     }
     db.drop_it().await;
 }

@@ -31,9 +31,14 @@ struct Db {
 
 async fn temp_db() -> Db {
     let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
-    let (admin, conn) = tokio_postgres::connect(&format!("{PG}/postgres"), NoTls).await.unwrap();
+    let (admin, conn) = tokio_postgres::connect(&format!("{PG}/postgres"), NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
     let url = format!("{PG}/{name}");
     let (mut c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(conn);
@@ -42,9 +47,14 @@ async fn temp_db() -> Db {
 }
 
 async fn drop_db(db: &Db) {
-    let (admin, conn) = tokio_postgres::connect(&format!("{PG}/postgres"), NoTls).await.unwrap();
+    let (admin, conn) = tokio_postgres::connect(&format!("{PG}/postgres"), NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    admin.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.name)).await.unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.name))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -52,7 +62,9 @@ async fn repeats_inside_one_batch_leave_one_row_and_are_counted() {
     let db = temp_db().await;
     let mut writer = Writer::new(db.url.parse().unwrap());
     let metrics = Metrics::new();
-    let body = serde_json::to_vec(&json!({"id": "same", "event_type": "t", "source": "s", "data": {}})).unwrap();
+    let body =
+        serde_json::to_vec(&json!({"id": "same", "event_type": "t", "source": "s", "data": {}}))
+            .unwrap();
     let records: Vec<Record> = (0..3).map(|_| decode(raw(body.clone(), "t"))).collect();
     let refs: Vec<&Record> = records.iter().collect();
     let w = writer.write(&refs, &metrics).await.unwrap();
@@ -82,13 +94,16 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
         text().prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 24, 5, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::hash_map(text(), inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::hash_map(text(), inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -105,7 +120,16 @@ fn envelope() -> impl Strategy<Value = Vec<u8>> {
         Just(json!(-5)),
         json_value(),
     ];
-    (0..3u8, member.clone(), member.clone(), member.clone(), member.clone(), time, json_value(), prop::collection::hash_map(text(), json_value(), 0..4))
+    (
+        0..3u8,
+        member.clone(),
+        member.clone(),
+        member.clone(),
+        member.clone(),
+        time,
+        json_value(),
+        prop::collection::hash_map(text(), json_value(), 0..4),
+    )
         .prop_map(|(generation, id, kind, source, sid, time, data, extra)| {
             let mut obj: serde_json::Map<String, Value> = extra.into_iter().collect();
             match generation {
@@ -145,33 +169,57 @@ fn whatever_decode_accepts_postgresql_accepts() {
     let db = rt.block_on(temp_db());
     let writer = std::cell::RefCell::new(Writer::new(db.url.parse().unwrap()));
     let metrics = Metrics::new();
-    let mut runner = TestRunner::new(Config { cases: 48, failure_persistence: None, ..Config::default() });
-    let routing_key = prop_oneof![Just(String::new()), text()];
-    let result = runner.run(&prop::collection::vec((envelope(), routing_key), 1..40), |deliveries| {
-        let records: Vec<Record> = deliveries
-            .into_iter()
-            .map(|(body, key)| decode(raw(body, &key.chars().take(200).collect::<String>())))
-            .collect();
-        let refs: Vec<&Record> = records.iter().collect();
-        let written = rt
-            .block_on(writer.borrow_mut().write(&refs, &metrics))
-            .map_err(|e| TestCaseError::fail(format!("PostgreSQL refused a decoded batch: {}", candystore::sink::error_chain(&e))))?;
-        let events = records.iter().filter(|r| matches!(r, Record::Event(_))).count() as u64;
-        let dead = records.len() as u64 - events;
-        prop_assert_eq!(written.stored_total() + written.duplicates, events);
-        prop_assert_eq!(written.dead_letters + written.dead_letter_duplicates, dead);
-        Ok(())
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
     });
+    let routing_key = prop_oneof![Just(String::new()), text()];
+    let result = runner.run(
+        &prop::collection::vec((envelope(), routing_key), 1..40),
+        |deliveries| {
+            let records: Vec<Record> = deliveries
+                .into_iter()
+                .map(|(body, key)| decode(raw(body, &key.chars().take(200).collect::<String>())))
+                .collect();
+            let refs: Vec<&Record> = records.iter().collect();
+            let written = rt
+                .block_on(writer.borrow_mut().write(&refs, &metrics))
+                .map_err(|e| {
+                    TestCaseError::fail(format!(
+                        "PostgreSQL refused a decoded batch: {}",
+                        candystore::sink::error_chain(&e)
+                    ))
+                })?;
+            let events = records
+                .iter()
+                .filter(|r| matches!(r, Record::Event(_)))
+                .count() as u64;
+            let dead = records.len() as u64 - events;
+            prop_assert_eq!(written.stored_total() + written.duplicates, events);
+            prop_assert_eq!(written.dead_letters + written.dead_letter_duplicates, dead);
+            Ok(())
+        },
+    );
     let counts: HashMap<&str, i64> = rt.block_on(async {
         let (c, conn) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
         tokio::spawn(conn);
         let mut m = HashMap::new();
         for t in ["events", "dead_letter"] {
-            m.insert(t, c.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0));
+            m.insert(
+                t,
+                c.query_one(&format!("SELECT count(*) FROM {t}"), &[])
+                    .await
+                    .unwrap()
+                    .get(0),
+            );
         }
         m
     });
     rt.block_on(drop_db(&db));
     result.unwrap();
-    assert!(counts["events"] > 0, "the generator produced storable events");
+    assert!(
+        counts["events"] > 0,
+        "the generator produced storable events"
+    );
 }
