@@ -27,21 +27,35 @@ fn bench_decode(c: &mut Criterion) {
         });
     }
     let (_, body) = sample_event("bench", 1, 1024, 1);
-    let text = String::from_utf8(body).unwrap().replacen("lorem", "lo\\u0000rem", 1);
+    let text = String::from_utf8(body)
+        .unwrap()
+        .replacen("lorem", "lo\\u0000rem", 1);
     group.bench_function("sanitised_1kb", |b| {
-        b.iter_batched(|| delivery(text.clone().into_bytes()), decode, BatchSize::SmallInput)
+        b.iter_batched(
+            || delivery(text.clone().into_bytes()),
+            decode,
+            BatchSize::SmallInput,
+        )
     });
     group.bench_function("poison_not_json", |b| {
-        b.iter_batched(|| delivery(b"definitely not json".to_vec()), decode, BatchSize::SmallInput)
+        b.iter_batched(
+            || delivery(b"definitely not json".to_vec()),
+            decode,
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }
 
 fn bench_copy(c: &mut Criterion) {
     let events: Vec<Event> = (0..500)
-        .map(|i| match decode(delivery(sample_event("bench", i, 1024, (i % 3) as u8 + 1).1)) {
-            Record::Event(e) => *e,
-            Record::DeadLetter(_) => unreachable!("sample events are events"),
+        .map(|i| {
+            match decode(delivery(
+                sample_event("bench", i, 1024, (i % 3) as u8 + 1).1,
+            )) {
+                Record::Event(e) => *e,
+                Record::DeadLetter(_) => unreachable!("sample events are events"),
+            }
         })
         .collect();
     let mut group = c.benchmark_group("copy");

@@ -27,7 +27,10 @@ const PG: &str = "postgres://postgres@127.0.0.1:5432";
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Env {
@@ -41,21 +44,44 @@ impl Env {
     async fn new(tag: &str) -> Self {
         let name = format!("cs_bench_{tag}_{}", uuid::Uuid::new_v4().simple());
         let admin = connect(&format!("{PG}/postgres")).await;
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
         let mut db = connect(&format!("{PG}/{name}")).await;
         db::migrate(&mut db).await.unwrap();
-        let amqp = Connection::connect(AMQP, ConnectionProperties::default()).await.unwrap();
-        let env = Env { name, db, admin, amqp };
+        let amqp = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let env = Env {
+            name,
+            db,
+            admin,
+            amqp,
+        };
         // Declare and bind the queue first, so what is published before the
         // consumer starts is kept.
         let ch = env.amqp.create_channel().await.unwrap();
         Publisher::connect(AMQP, &env.exchange()).await.unwrap();
-        ch.queue_declare(env.queue().as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
-            .await
-            .unwrap();
-        ch.queue_bind(env.queue().as_str().into(), env.exchange().as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
-            .await
-            .unwrap();
+        ch.queue_declare(
+            env.queue().as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            env.queue().as_str().into(),
+            env.exchange().as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
         env
     }
 
@@ -84,20 +110,40 @@ impl Env {
 
     async fn fill(&self, count: u64) -> Duration {
         let publisher = Publisher::connect(AMQP, &self.exchange()).await.unwrap();
-        let spec = LoadSpec { count, size: 1024, rate: 0, generation: 0, run_id: self.name.clone() };
+        let spec = LoadSpec {
+            count,
+            size: 1024,
+            rate: 0,
+            generation: 0,
+            run_id: self.name.clone(),
+        };
         publisher.publish_load(&spec).await.unwrap()
     }
 
     async fn count(&self) -> i64 {
-        self.db.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0)
+        self.db
+            .query_one("SELECT count(*) FROM events", &[])
+            .await
+            .unwrap()
+            .get(0)
     }
 
     async fn drop_all(self) {
         let ch = self.amqp.create_channel().await.unwrap();
-        let _ = ch.queue_delete(self.queue().as_str().into(), QueueDeleteOptions::default()).await;
-        let _ = ch.exchange_delete(self.exchange().as_str().into(), ExchangeDeleteOptions::default()).await;
+        let _ = ch
+            .queue_delete(self.queue().as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = ch
+            .exchange_delete(
+                self.exchange().as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
         drop(self.db);
-        self.admin.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name)).await.unwrap();
+        self.admin
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .await
+            .unwrap();
     }
 }
 
@@ -112,9 +158,16 @@ async fn broker_ceiling(events: u64) -> f64 {
     let env = Env::new("ceiling").await;
     env.fill(events).await;
     let ch = env.amqp.create_channel().await.unwrap();
-    ch.basic_qos(2000, BasicQosOptions::default()).await.unwrap();
+    ch.basic_qos(2000, BasicQosOptions::default())
+        .await
+        .unwrap();
     let mut consumer = ch
-        .basic_consume(env.queue().as_str().into(), "ceiling".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            env.queue().as_str().into(),
+            "ceiling".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let start = Instant::now();
@@ -122,7 +175,9 @@ async fn broker_ceiling(events: u64) -> f64 {
     while let Some(Ok(d)) = consumer.next().await {
         n += 1;
         if n % 500 == 0 || n == events {
-            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true }).await.unwrap();
+            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
+                .await
+                .unwrap();
         }
         if n == events {
             break;
@@ -142,16 +197,25 @@ struct Drain {
 async fn drain(events: u64, tuning: &[(&str, String)]) -> Drain {
     let env = Env::new("drain").await;
     let published = env.fill(events).await;
-    let running = app::start(env.settings(tuning), AppOptions::default()).await.unwrap();
+    let running = app::start(env.settings(tuning), AppOptions::default())
+        .await
+        .unwrap();
     let start = Instant::now();
     while env.count().await < events as i64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = events as f64 / start.elapsed().as_secs_f64();
     running.shutdown().await.unwrap();
-    assert_eq!(env.count().await, events as i64, "every event stored exactly once");
+    assert_eq!(
+        env.count().await,
+        events as i64,
+        "every event stored exactly once"
+    );
     env.drop_all().await;
-    Drain { rate, publish_rate: events as f64 / published.as_secs_f64() }
+    Drain {
+        rate,
+        publish_rate: events as f64 / published.as_secs_f64(),
+    }
 }
 
 struct Steady {
@@ -164,10 +228,18 @@ struct Steady {
 
 async fn steady(rate: u64, secs: u64) -> Steady {
     let env = Env::new("steady").await;
-    let running = app::start(env.settings(&[]), AppOptions::default()).await.unwrap();
+    let running = app::start(env.settings(&[]), AppOptions::default())
+        .await
+        .unwrap();
     let metrics = running.metrics.clone();
     let publisher = Publisher::connect(AMQP, &env.exchange()).await.unwrap();
-    let spec = LoadSpec { count: rate * secs, size: 1024, rate, generation: 0, run_id: env.name.clone() };
+    let spec = LoadSpec {
+        count: rate * secs,
+        size: 1024,
+        rate,
+        generation: 0,
+        run_id: env.name.clone(),
+    };
     publisher.publish_load(&spec).await.unwrap();
     while env.count().await < spec.count as i64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -193,7 +265,13 @@ async fn steady(rate: u64, secs: u64) -> Steady {
             (n >= 0.99 * total).then_some(le)
         })
         .unwrap_or_else(|| "?".into());
-    let s = Steady { stored: row.get(0), p50: row.get(1), p99: row.get(2), max: row.get(3), hist_p99_bucket };
+    let s = Steady {
+        stored: row.get(0),
+        p50: row.get(1),
+        p99: row.get(2),
+        max: row.get(3),
+        hist_p99_bucket,
+    };
     env.drop_all().await;
     s
 }
@@ -218,10 +296,16 @@ async fn main() {
     println!("  {ceiling:.0} events/s");
     println!("drain: Candystore draining {events} pre-published ~1 KB events...");
     let d = drain(events, &tuning).await;
-    println!("  {:.0} events/s (published at {:.0}/s)", d.rate, d.publish_rate);
+    println!(
+        "  {:.0} events/s (published at {:.0}/s)",
+        d.rate, d.publish_rate
+    );
     println!("steady: {rate} events/s for {secs}s with the default settings...");
     let s = steady(rate, secs).await;
-    println!("  stored {}, storage latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", s.stored, s.p50, s.p99, s.max);
+    println!(
+        "  stored {}, storage latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        s.stored, s.p50, s.p99, s.max
+    );
 
     let tuning_text: Vec<String> = tuning.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let report = format!(
@@ -238,7 +322,9 @@ async fn main() {
          | same: histogram bucket holding the p99 (`candystore_storage_latency_seconds`) | le={bucket} s |\n\n\
          Storage latency is delivery to the INSERT that stored the row, from the `storage_latency_ms` column; \
          the histogram measures delivery to COMMIT.\n",
-        cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         date = chrono::Utc::now().format("%Y-%m-%d"),
         tuning = tuning_text.join(" "),
         drain = d.rate,

@@ -481,6 +481,20 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_examples_are_valid() {
+        for name in ["candystore.toml", "high-throughput.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("config")
+                .join(name);
+            let file = read_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            Settings::from_sources(Some(file), env(&[])).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/high-throughput.toml");
+        let s = Settings::from_sources(Some(read_file(&path).unwrap()), env(&[])).unwrap();
+        assert_eq!((s.batch_size, s.prefetch_count), (500, 2000));
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let file = BTreeMap::from([("batchsize".to_string(), "10".to_string())]);
         assert!(matches!(

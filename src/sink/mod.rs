@@ -258,7 +258,7 @@ fn refused(e: &crate::envelope::Event, detail: String) -> DeadLetter {
         properties: e.properties.clone(),
         body: e.body.clone(),
         reason: RejectReason::RejectedByDatabase,
-        detail,
+        detail: detail.replace('\0', "\\0"),
         received_at: e.received_at,
         event_type: Some(e.event_type.clone()),
     }

@@ -211,7 +211,8 @@ struct Rejection {
 fn reject(reason: RejectReason, detail: impl Into<String>) -> Rejection {
     Rejection {
         reason,
-        detail: detail.into(),
+        // Parser messages quote the offending character, which may be NUL.
+        detail: detail.into().replace('\0', "\\0"),
         event_type: None,
     }
 }

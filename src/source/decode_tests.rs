@@ -232,6 +232,9 @@ fn what_is_not_an_event_is_dead_lettered_with_its_reason_and_bytes() {
         assert_eq!(d.routing_key, "rk.default");
         assert!(!d.detail.is_empty());
     }
+    let raw_nul = dead(decode(delivery(b"{\"a\": \0}")));
+    assert_eq!(raw_nul.reason, RejectReason::InvalidJson);
+    assert!(!raw_nul.detail.contains('\0'), "{:?}", raw_nul.detail);
     let mut no_key = delivery(br#"{"data": {}}"#);
     no_key.routing_key = String::new();
     assert_eq!(dead(decode(no_key)).reason, RejectReason::MissingEventType);
@@ -307,7 +310,11 @@ proptest! {
     fn decode_never_panics_on_any_bytes(body in prop::collection::vec(any::<u8>(), 0..512), key in ".{0,40}") {
         let mut d = delivery(&body);
         d.routing_key = key;
-        let _ = decode(d);
+        if let Record::DeadLetter(d) = decode(d) {
+            for text in [&d.detail, &d.routing_key, &d.exchange] {
+                prop_assert!(!text.contains('\0'), "dead-letter text must be storable: {:?}", text);
+            }
+        }
     }
 
     #[test]
