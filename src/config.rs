@@ -216,6 +216,12 @@ impl fmt::Debug for Settings {
 }
 
 /// Replaces the password of a `scheme://user:password@host` URL with `***`.
+///
+/// ```
+/// use candystore::config::redact_url;
+/// assert_eq!(redact_url("amqp://guest:guest@localhost:5672/%2f"), "amqp://guest:***@localhost:5672/%2f");
+/// assert_eq!(redact_url("postgres://postgres@db/candystore"), "postgres://postgres@db/candystore");
+/// ```
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();

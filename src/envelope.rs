@@ -148,6 +148,15 @@ impl Record {
 /// Rebuilds the published envelope from the stored columns: the envelope without
 /// its payload member, the payload, and the member's name. Equal as JSON to what
 /// was published (for a sanitised event: to what was stored).
+///
+/// ```
+/// use candystore::envelope::rebuild;
+/// let doc = rebuild(br#"{"id":"1","type":"t"}"#, br#"{"k":[1,2]}"#, Some("data")).unwrap();
+/// assert_eq!(doc, serde_json::json!({"id": "1", "type": "t", "data": {"k": [1, 2]}}));
+/// // An envelope that had no payload member gets none back.
+/// let doc = rebuild(br#"{"id":"1"}"#, b"{}", None).unwrap();
+/// assert_eq!(doc, serde_json::json!({"id": "1"}));
+/// ```
 pub fn rebuild(
     envelope: &[u8],
     payload: &[u8],
