@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgres://$(PGUSER)@$(PGHOST):5432/$(DB_NAME)
 export LOG_FORMAT ?= console
 BIN := target/release/candystore
 
-.PHONY: run build services db migrate test lint unit bench loadtest clean-test-leftovers
+.PHONY: run build services db migrate test lint ops-check bench loadtest
 
 ## build, create the database if missing, migrate, serve (Ctrl-C stops cleanly)
 run: build services db migrate
@@ -26,9 +26,16 @@ db: services
 migrate: build db
 	$(BIN) migrate
 
-## everything CI checks: format, lints, unit, integration and property tests
-test: services lint
+## everything CI checks: format, lints, ops files, unit, integration and property tests
+test: services lint ops-check
 	cargo test --locked
+
+## alert rules (promtool check + rule unit tests) and the dashboard's JSON
+ops-check:
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	promtool check rules ops/prometheus/alerts.yml
+	cd ops/prometheus && promtool test rules alerts_test.yml
+	python3 -m json.tool ops/grafana/candystore.json >/dev/null
 
 lint:
 	cargo fmt --all -- --check

@@ -17,7 +17,7 @@ use crate::batch::Limits;
 use crate::config::{Settings, redact_url};
 use crate::db;
 use crate::metrics::Metrics;
-use crate::sink::{self, SinkOptions, SinkStatus, Writer};
+use crate::sink::{self, SinkOptions, Writer};
 use crate::source::amqp::{self, BrokerLink, BrokerStatus, SourceConfig};
 
 /// Start-up choices that are not settings (tests use them).
@@ -63,7 +63,6 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     let pool = db::read_pool(pg.clone(), settings.database_read_pool_size)?;
     let metrics = Arc::new(Metrics::new());
     let broker = Arc::new(BrokerStatus::default());
-    let sink_status = Arc::new(SinkStatus::default());
     let lifecycle = Arc::new(Lifecycle::default());
 
     if settings.batch_size > settings.batch_rows() {
@@ -87,13 +86,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     let writers = (0..settings.write_concurrency)
         .map(|_| Writer::new(pg.clone()))
         .collect();
-    let sink = tokio::spawn(sink::run(
-        rx,
-        writers,
-        sink_opts,
-        metrics.clone(),
-        sink_status.clone(),
-    ));
+    let sink = tokio::spawn(sink::run(rx, writers, sink_opts, metrics.clone()));
 
     let stop_intake = CancellationToken::new();
     let source_cfg = SourceConfig {
@@ -103,6 +96,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         bindings: settings.rabbit_bindings.clone(),
         prefetch_count: settings.prefetch_count,
         retry_max_backoff: settings.retry_max_backoff,
+        queue_depth_interval: settings.queue_depth_interval,
     };
     let source = tokio::spawn(amqp::run(
         source_cfg,
@@ -119,22 +113,23 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         lifecycle: lifecycle.clone(),
         database_display: redact_url(&settings.database_url),
     };
-    let (api_server, api_addr) =
-        api::serve_api(SocketAddr::new(settings.api_host, settings.api_port), state).with_context(
-            || {
-                format!(
-                    "cannot listen on API_HOST:API_PORT {}:{}",
-                    settings.api_host, settings.api_port
-                )
-            },
-        )?;
+    let (api_server, api_addr) = api::serve_api(
+        SocketAddr::new(settings.api_host, settings.api_port),
+        state,
+        metrics.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot listen on API_HOST:API_PORT {}:{}",
+            settings.api_host, settings.api_port
+        )
+    })?;
     servers.push((api_server.handle(), tokio::spawn(api_server)));
     let metrics_addr = if settings.metrics_enabled {
         let (server, addr) = api::serve_metrics(
             SocketAddr::new(settings.api_host, settings.metrics_port),
             metrics.clone(),
             pool,
-            sink_status,
         )
         .with_context(|| format!("cannot listen on METRICS_PORT {}", settings.metrics_port))?;
         servers.push((server.handle(), tokio::spawn(server)));

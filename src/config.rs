@@ -35,6 +35,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("DATABASE_READ_POOL_SIZE", "8"),
     ("RETRY_MAX_BACKOFF", "10s"),
     ("SHUTDOWN_TIMEOUT", "30s"),
+    ("QUEUE_DEPTH_INTERVAL", "15s"),
 ];
 
 /// A setting that could not be used. The message is the one line start-up prints.
@@ -87,6 +88,8 @@ pub struct Settings {
     pub retry_max_backoff: Duration,
     /// How long shutdown may take before the process gives up and exits non-zero.
     pub shutdown_timeout: Duration,
+    /// How often the queue depth (ingest lag) is read from the broker.
+    pub queue_depth_interval: Duration,
 }
 
 impl Settings {
@@ -153,6 +156,7 @@ impl Settings {
             database_read_pool_size: r.positive("DATABASE_READ_POOL_SIZE", 1_000)?,
             retry_max_backoff: r.duration("RETRY_MAX_BACKOFF")?,
             shutdown_timeout: r.duration("SHUTDOWN_TIMEOUT")?,
+            queue_depth_interval: r.duration("QUEUE_DEPTH_INTERVAL")?,
         };
         Ok(settings)
     }
@@ -200,6 +204,10 @@ impl Settings {
             (
                 "SHUTDOWN_TIMEOUT",
                 humantime::format_duration(self.shutdown_timeout).to_string(),
+            ),
+            (
+                "QUEUE_DEPTH_INTERVAL",
+                humantime::format_duration(self.queue_depth_interval).to_string(),
             ),
         ]
     }

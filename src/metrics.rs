@@ -9,7 +9,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::envelope::Record;
+use crate::envelope::{Record, RejectReason};
 
 /// Storage latency spans 1 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -45,6 +45,16 @@ pub struct Metrics {
     pub channel_sent: IntCounter,
     pub channel_received: IntCounter,
     pub in_flight: IntGauge,
+    pub events_decoded: IntCounter,
+    pub nacks: IntCounter,
+    pub queue_depth: IntGauge,
+    pub queue_consumers: IntGauge,
+    pub writers_connected: IntGauge,
+    pub pool_size: IntGauge,
+    pub pool_available: IntGauge,
+    pub pool_waiting: IntGauge,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -185,8 +195,74 @@ impl Metrics {
                 "candystore_events_in_flight",
                 "Deliveries received and not yet settled (channel, batch, write)"
             )),
+            events_decoded: reg!(IntCounter::new(
+                "candystore_events_decoded_total",
+                "Deliveries decoded into events (the rest are dead-lettered)"
+            )),
+            nacks: reg!(IntCounter::new(
+                "candystore_nacks_total",
+                "Deliveries nacked; Candystore never nacks (unsettled deliveries are redelivered), so this stays 0"
+            )),
+            queue_depth: reg!(IntGauge::new(
+                "candystore_queue_depth",
+                "Messages ready in RABBIT_QUEUE, read from the broker at an interval: the ingest lag"
+            )),
+            queue_consumers: reg!(IntGauge::new(
+                "candystore_queue_consumers",
+                "Consumers on RABBIT_QUEUE, read with the depth"
+            )),
+            writers_connected: reg!(IntGauge::new(
+                "candystore_writer_connections",
+                "Open connections of the batch writers"
+            )),
+            pool_size: reg!(IntGauge::new(
+                "candystore_database_pool_size",
+                "Connections open in the API's read pool"
+            )),
+            pool_available: reg!(IntGauge::new(
+                "candystore_database_pool_available",
+                "Idle connections in the API's read pool"
+            )),
+            pool_waiting: reg!(IntGauge::new(
+                "candystore_database_pool_waiting",
+                "Requests waiting for a read-pool connection"
+            )),
+            http_requests: reg!(IntCounterVec::new(
+                Opts::new("candystore_http_requests_total", "HTTP requests served, by route, method and status"),
+                &["route", "method", "status"]
+            )),
+            http_duration: reg!(HistogramVec::new(
+                HistogramOpts::new("candystore_http_request_duration_seconds", "HTTP request latency by route")
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                &["route"]
+            )),
             registry,
         }
+        .with_bounded_labels()
+    }
+
+    /// Creates every series whose label values are known in advance, so they are
+    /// exported (at 0) before anything happens and dashboards show 0, not "no data".
+    fn with_bounded_labels(self) -> Self {
+        for r in RejectReason::ALL {
+            self.dead_letters.with_label_values(&[r.as_str()]);
+        }
+        for cause in crate::sink::WriteError::CAUSES {
+            self.write_retries.with_label_values(&[cause]);
+        }
+        for step in ["copy", "insert", "commit"] {
+            self.batch_duration.with_label_values(&[step]);
+        }
+        self
+    }
+
+    /// Sets the gauges that are read rather than counted, just before a scrape.
+    pub fn observe_pool(&self, status: deadpool_postgres::Status) {
+        self.pool_size.set(status.size as i64);
+        self.pool_available.set(status.available as i64);
+        self.pool_waiting.set(status.waiting as i64);
+        self.database_connections
+            .set(status.size as i64 + self.writers_connected.get());
     }
 
     /// Counts one delivery as received.
@@ -194,6 +270,7 @@ impl Metrics {
         self.deliveries_received.inc();
         self.in_flight.inc();
         if let Record::Event(e) = record {
+            self.events_decoded.inc();
             self.events_received
                 .with_label_values(&[e.event_type.as_str(), e.source.as_str()])
                 .inc();

@@ -24,3 +24,15 @@ pub fn init(level: &str, format: LogFormat) {
         LogFormat::Console => builder.try_init(),
     };
 }
+
+/// The error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

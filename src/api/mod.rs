@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, Service};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use deadpool_postgres::Pool;
 
@@ -57,10 +57,39 @@ pub struct ApiState {
 }
 
 /// Binds the REST API. Returns the server (not yet polled) and the bound address.
-pub fn serve_api(addr: SocketAddr, state: ApiState) -> std::io::Result<(Server, SocketAddr)> {
+pub fn serve_api(
+    addr: SocketAddr,
+    state: ApiState,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(Server, SocketAddr)> {
     let server = HttpServer::new(move || {
+        let metrics = metrics.clone();
         App::new()
             .app_data(web::Data::new(state.clone()))
+            .wrap_fn(move |req, srv| {
+                let started = std::time::Instant::now();
+                let method = req.method().as_str().to_owned();
+                let metrics = metrics.clone();
+                let response = srv.call(req);
+                async move {
+                    let res = response.await?;
+                    // The route pattern, never the raw path: label values stay bounded.
+                    let route = res
+                        .request()
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    let status = res.status().as_u16().to_string();
+                    metrics
+                        .http_requests
+                        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+                        .inc();
+                    metrics
+                        .http_duration
+                        .with_label_values(&[route.as_str()])
+                        .observe(started.elapsed().as_secs_f64());
+                    Ok(res)
+                }
+            })
             .route("/health", web::get().to(health::health))
             .route("/ready", web::get().to(health::ready))
             .default_service(web::to(problem::not_found))
@@ -78,27 +107,12 @@ pub fn serve_metrics(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     pool: Pool,
-    writer_connected: Arc<crate::sink::SinkStatus>,
 ) -> std::io::Result<(Server, SocketAddr)> {
     let server = HttpServer::new(move || {
-        let metrics = metrics.clone();
-        let pool = pool.clone();
-        let writer = writer_connected.clone();
         App::new()
-            .route(
-                "/metrics",
-                web::get().to(move || {
-                    let metrics = metrics.clone();
-                    let size = pool.status().size as i64;
-                    let writer = i64::from(writer.writer_connected.load(Ordering::Relaxed));
-                    async move {
-                        metrics.database_connections.set(size + writer);
-                        HttpResponse::Ok()
-                            .content_type("text/plain; version=0.0.4; charset=utf-8")
-                            .body(metrics.render())
-                    }
-                }),
-            )
+            .app_data(web::Data::new(metrics.clone()))
+            .app_data(web::Data::new(pool.clone()))
+            .route("/metrics", web::get().to(scrape))
             .default_service(web::to(problem::not_found))
     })
     .workers(1)
@@ -107,4 +121,11 @@ pub fn serve_metrics(
     .bind(addr)?;
     let bound = server.addrs()[0];
     Ok((server.run(), bound))
+}
+
+async fn scrape(metrics: web::Data<Arc<Metrics>>, pool: web::Data<Pool>) -> HttpResponse {
+    metrics.observe_pool(pool.status());
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics.render())
 }

@@ -10,7 +10,6 @@ pub mod copy;
 pub mod write;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -33,12 +32,6 @@ pub struct SinkOptions {
     pub skip_acks: bool,
 }
 
-/// Shared view of the writer's connection, for health and metrics.
-#[derive(Debug, Default)]
-pub struct SinkStatus {
-    pub writer_connected: AtomicBool,
-}
-
 /// Runs until the channel is closed and everything it held is committed and acked.
 ///
 /// Up to `writers.len()` batches are written at once, each on its own connection,
@@ -50,7 +43,6 @@ pub async fn run(
     writers: Vec<Writer>,
     opts: SinkOptions,
     metrics: Arc<Metrics>,
-    status: Arc<SinkStatus>,
 ) {
     assert!(!writers.is_empty(), "the sink needs at least one writer");
     let mut batcher = Batcher::new(opts.limits);
@@ -63,7 +55,7 @@ pub async fn run(
                 match batch {
                     Some(batch) => {
                         let writer = idle.pop().expect("guarded by the branch condition");
-                        in_flight.push_back(write_batch(batch, writer, opts.clone(), metrics.clone(), status.clone()));
+                        in_flight.push_back(write_batch(batch, writer, opts.clone(), metrics.clone()));
                     }
                     None => closed = true,
                 }
@@ -74,7 +66,6 @@ pub async fn run(
             }
         }
     }
-    status.writer_connected.store(false, Ordering::Relaxed);
     tracing::debug!("sink drained");
 }
 
@@ -93,7 +84,6 @@ async fn write_batch(
     mut writer: Writer,
     opts: SinkOptions,
     metrics: Arc<Metrics>,
-    status: Arc<SinkStatus>,
 ) -> (Writer, Committed) {
     let n = batch.items.len();
     metrics.channel_received.inc_by(n as u64);
@@ -111,7 +101,7 @@ async fn write_batch(
         tokens.push(item.ack);
         received.push(item.received);
     }
-    let written = write_all(&mut records, &mut writer, &opts, &metrics, &status).await;
+    let written = write_all(&mut records, &mut writer, &opts, &metrics).await;
     let committed = Instant::now();
     for r in received {
         metrics
@@ -162,9 +152,9 @@ fn record_written(w: &Written, records: &[Record], metrics: &Metrics) {
             .with_label_values(&[event_type.as_str()])
             .inc_by(*n);
     }
-    metrics
-        .duplicates
-        .inc_by(w.duplicates + w.dead_letter_duplicates);
+    // Books: every delivery is stored, a duplicate, or dead-lettered. A redelivered
+    // dead letter counts as dead-lettered again (the table keeps one row).
+    metrics.duplicates.inc_by(w.duplicates);
     for r in records {
         match r {
             Record::DeadLetter(d) => {
@@ -194,7 +184,6 @@ async fn write_all(
     writer: &mut Writer,
     opts: &SinkOptions,
     metrics: &Metrics,
-    status: &SinkStatus,
 ) -> Written {
     let mut total = Written::default();
     let mut backoff = Duration::from_millis(50);
@@ -204,9 +193,6 @@ async fn write_all(
     while let Some(range) = todo.pop() {
         let part: Vec<&Record> = records[range.clone()].iter().collect();
         let result = writer.write(&part, metrics).await;
-        status
-            .writer_connected
-            .store(writer.is_connected(), Ordering::Relaxed);
         match result {
             Ok(w) => {
                 total.absorb(w);
@@ -220,7 +206,7 @@ async fn write_all(
                 todo.push(range);
             }
             Err(e) if range.len() == 1 => {
-                let detail = error_chain(&e);
+                let detail = crate::telemetry::error_chain(&e);
                 tracing::warn!(error = %detail, "database refused one event; dead-lettering it");
                 if let Record::Event(ev) = &records[range.start] {
                     records[range.start] = Record::DeadLetter(Box::new(refused(ev, detail)));
@@ -265,22 +251,10 @@ fn refused(e: &crate::envelope::Event, detail: String) -> DeadLetter {
 }
 
 fn log_retry(e: &WriteError, backoff: Duration, rows: usize) {
-    let chain = error_chain(e);
+    let chain = crate::telemetry::error_chain(e);
     if backoff >= Duration::from_secs(1) {
         tracing::error!(error = %chain, rows, retry_in_ms = backoff.as_millis() as u64, "batch write failed; retrying");
     } else {
         tracing::warn!(error = %chain, rows, retry_in_ms = backoff.as_millis() as u64, "batch write failed; retrying");
     }
-}
-
-/// The error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -58,6 +58,19 @@ pub enum WriteError {
 }
 
 impl WriteError {
+    /// Every value `cause()` can take.
+    pub const CAUSES: [&'static str; 9] = [
+        "connection_closed",
+        "connection",
+        "serialization",
+        "resources",
+        "server_shutdown",
+        "schema",
+        "server",
+        "timeout",
+        "refused",
+    ];
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, WriteError::Unavailable { .. })
     }
@@ -154,18 +167,16 @@ impl Writer {
         }
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| !c.client.is_closed())
-    }
-
     /// Forgets the connection; the next write opens a new one.
-    pub fn reset(&mut self) {
-        self.conn = None;
+    fn reset(&mut self, metrics: &Metrics) {
+        if self.conn.take().is_some() {
+            metrics.writers_connected.dec();
+        }
     }
 
-    async fn connect(&mut self) -> Result<&mut Conn, WriteError> {
+    async fn connect(&mut self, metrics: &Metrics) -> Result<&mut Conn, WriteError> {
         if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
-            self.conn = None;
+            self.reset(metrics);
         }
         if self.conn.is_none() {
             let (client, connection) = self
@@ -214,12 +225,12 @@ impl Writer {
             Ok(Ok(w)) => Ok(w),
             Ok(Err(e)) => {
                 if e.is_retryable() {
-                    self.reset();
+                    self.reset(metrics);
                 }
                 Err(e)
             }
             Err(_) => {
-                self.reset();
+                self.reset(metrics);
                 Err(WriteError::Unavailable {
                     cause: "timeout",
                     source: None,
@@ -248,7 +259,7 @@ impl Writer {
             })
             .collect();
         let mut buf = std::mem::take(&mut self.buf);
-        let conn = self.connect().await?;
+        let conn = self.connect(metrics).await?;
         let step = |name: &str, since: Instant| {
             metrics
                 .batch_duration

@@ -36,6 +36,8 @@ pub struct SourceConfig {
     pub bindings: Vec<String>,
     pub prefetch_count: u16,
     pub retry_max_backoff: Duration,
+    /// How often the queue's depth is read from the broker.
+    pub queue_depth_interval: Duration,
 }
 
 /// Whether the consumer is connected, for health checks.
@@ -108,7 +110,8 @@ pub async fn run(
             Ok(Outcome::Stopped(connection)) => return Some(BrokerLink { connection }),
             Ok(Outcome::WriterGone) => return None,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
+                let error = crate::telemetry::error_chain(&e);
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
             }
         }
         tokio::select! {
@@ -122,7 +125,7 @@ pub async fn run(
 async fn session(
     cfg: &SourceConfig,
     tx: &mpsc::Sender<Inbound>,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     status: &BrokerStatus,
     stop: &CancellationToken,
     backoff: &mut Duration,
@@ -147,6 +150,12 @@ async fn session(
         channel: channel.clone(),
         _connection: connection.clone(),
     });
+    let _depth = AbortOnDrop(tokio::spawn(poll_depth(
+        connection.clone(),
+        cfg.queue.clone(),
+        cfg.queue_depth_interval,
+        metrics.clone(),
+    )));
     status.connected.store(true, Ordering::Relaxed);
     metrics.consumer_connected.set(1);
     *backoff = Duration::from_millis(100);
@@ -175,6 +184,7 @@ async fn session(
         };
         let received = Instant::now();
         let tag = delivery.delivery_tag;
+        tracing::trace!(tag, routing_key = %delivery.routing_key, bytes = delivery.data.len(), "delivery received");
         let record = decode::decode(raw_delivery(delivery));
         metrics.observe_received(&record);
         let inbound = Inbound {
@@ -186,6 +196,7 @@ async fn session(
             biased;
             sent = tx.send(inbound) => {
                 if sent.is_err() {
+                    metrics.in_flight.dec();
                     return Ok(Outcome::WriterGone);
                 }
                 metrics.channel_sent.inc();
@@ -195,6 +206,49 @@ async fn session(
                 metrics.in_flight.dec();
                 cancel(channel, consumer_tag).await;
                 return Ok(Outcome::Stopped(connection));
+            }
+        }
+    }
+}
+
+/// Aborts a background task when the session that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the queue's depth (ready messages) and consumer count at an interval, on
+/// a channel of its own: the lag operators watch.
+async fn poll_depth(
+    connection: Arc<Connection>,
+    queue: String,
+    every: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(q) => {
+                metrics.queue_depth.set(i64::from(q.message_count()));
+                metrics.queue_consumers.set(i64::from(q.consumer_count()));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the queue depth");
+                return;
             }
         }
     }

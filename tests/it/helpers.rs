@@ -113,10 +113,18 @@ impl TestApp {
             .await
             .expect("start candystore");
         self.running = Some(running);
-        self.wait_until(Duration::from_secs(10), || async {
-            self.metric("candystore_consumer_connected").await == 1.0
-        })
-        .await;
+        if self.running().metrics_addr.is_some() {
+            self.wait_until(Duration::from_secs(10), || async {
+                self.metric("candystore_consumer_connected").await == 1.0
+            })
+            .await;
+        } else {
+            self.wait_until(Duration::from_secs(10), || async {
+                let r = self.http.get(self.api("/health")).send().await;
+                r.is_ok_and(|r| r.status() == 200)
+            })
+            .await;
+        }
     }
 
     pub fn running(&self) -> &Running {

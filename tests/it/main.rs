@@ -5,4 +5,5 @@ mod failures;
 mod helpers;
 mod ingest;
 mod migrate;
+mod observability;
 mod writer;

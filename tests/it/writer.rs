@@ -188,7 +188,7 @@ fn whatever_decode_accepts_postgresql_accepts() {
                 .map_err(|e| {
                     TestCaseError::fail(format!(
                         "PostgreSQL refused a decoded batch: {}",
-                        candystore::sink::error_chain(&e)
+                        candystore::telemetry::error_chain(&e)
                     ))
                 })?;
             let events = records

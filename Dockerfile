@@ -1,0 +1,13 @@
+# Candystore container image (used by ops/compose.yaml).
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin candystore
+
+FROM debian:bookworm-slim
+RUN useradd --system --no-create-home candystore
+COPY --from=build /src/target/release/candystore /usr/local/bin/candystore
+USER candystore
+EXPOSE 8683 9090
+ENTRYPOINT ["/usr/local/bin/candystore"]
+CMD ["serve"]

@@ -1,0 +1,169 @@
+//! What operators see: metrics that balance, and a dashboard and alert rules that
+//! only query metrics the service exports.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use candystore::app::AppOptions;
+
+use crate::helpers::{gen1, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn the_books_balance_after_a_mixed_stream() {
+    let app = spawn_app().await;
+    let mut published = 0.0;
+    for i in 0..60 {
+        app.publish("m.x", &gen1(&format!("m-{i}"), "m.x")).await;
+        published += 1.0;
+        if i % 5 == 0 {
+            app.publish("m.x", &gen1(&format!("m-{i}"), "m.x")).await; // a repeat
+            app.publish("m.bad", format!("not json {i}").as_bytes())
+                .await; // a poison body
+            published += 2.0;
+        }
+    }
+    app.wait_until(Duration::from_secs(15), || async {
+        app.metric("candystore_acks_total").await == published
+    })
+    .await;
+    let received = app.metric("candystore_deliveries_received_total").await;
+    let stored = app.metric("candystore_events_stored_total").await;
+    let duplicates = app.metric("candystore_events_duplicate_total").await;
+    let dead = app.metric("candystore_dead_letters_total").await;
+    let in_flight = app.metric("candystore_events_in_flight").await;
+    assert_eq!(received, published);
+    assert_eq!(
+        (stored, duplicates, dead, in_flight),
+        (60.0, 12.0, 12.0, 0.0)
+    );
+    assert_eq!(
+        received,
+        stored + duplicates + dead + in_flight,
+        "received = stored + duplicates + dead-lettered + in flight"
+    );
+    assert_eq!(app.metric("candystore_events_decoded_total").await, 72.0);
+    assert_eq!(app.metric("candystore_channel_sent_total").await, published);
+    assert_eq!(
+        app.metric("candystore_channel_received_total").await,
+        published
+    );
+    assert_eq!(app.count("events").await as f64, stored);
+    assert_eq!(app.count("dead_letter").await as f64, dead);
+}
+
+#[tokio::test]
+async fn the_queue_depth_and_consumers_are_read_from_the_broker() {
+    let app = spawn_app_with(&[("QUEUE_DEPTH_INTERVAL", "100ms")], AppOptions::default()).await;
+    app.wait_until(Duration::from_secs(5), || async {
+        app.metric("candystore_queue_consumers").await == 1.0
+    })
+    .await;
+    assert_eq!(app.metric("candystore_queue_depth").await, 0.0);
+}
+
+#[tokio::test]
+async fn api_requests_are_counted_by_route_pattern_and_status() {
+    let app = spawn_app().await;
+    for path in ["/health", "/health", "/no/such/thing"] {
+        app.http.get(app.api(path)).send().await.unwrap();
+    }
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains(
+            r#"candystore_http_requests_total{method="GET",route="/health",status="200"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"candystore_http_requests_total{method="GET",route="unmatched",status="404"} 1"#
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_enabled_false_turns_the_endpoint_off() {
+    let app = spawn_app_with(&[("METRICS_ENABLED", "false")], AppOptions::default()).await;
+    assert!(app.running().metrics_addr.is_none());
+    app.publish("off.x", &gen1("off-1", "off.x")).await;
+    assert_eq!(
+        app.wait_for_rows("events", 1).await,
+        1,
+        "ingest runs without metrics"
+    );
+}
+
+/// Metric names a PromQL text mentions, histogram suffixes removed.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("candystore_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let name = &text[start..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        names.insert(base.to_owned());
+        i = end;
+    }
+    names
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_and_the_alert_rules_query_is_exported() {
+    let app = spawn_app().await;
+    app.publish("d.x", &gen1("d-1", "d.x")).await;
+    app.publish("d.bad", b"nope").await;
+    app.http.get(app.api("/health")).send().await.unwrap();
+    app.wait_for_rows("dead_letter", 1).await;
+    app.wait_until(Duration::from_secs(5), || async {
+        app.metric("candystore_acks_total").await == 2.0
+    })
+    .await;
+    let exported: BTreeSet<String> = app
+        .metrics_text()
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in ["ops/grafana/candystore.json", "ops/prometheus/alerts.yml"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let queried = metric_names(&text);
+        assert!(queried.len() >= 5, "{file} queries {queried:?}");
+        let missing: Vec<_> = queried.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} queries metrics that are not exported: {missing:?}"
+        );
+    }
+    // The dashboard has the panels operators asked for.
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/ops/grafana/candystore.json")).unwrap(),
+    )
+    .unwrap();
+    let titles: Vec<&str> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    for want in [
+        "Ingest rate",
+        "Batch latency percentiles by step",
+        "Storage latency (delivery → commit)",
+        "Failures by reason",
+        "Queue lag and in-flight",
+        "API latency",
+    ] {
+        assert!(titles.contains(&want), "no panel {want:?} in {titles:?}");
+    }
+}
