@@ -51,7 +51,7 @@ pub struct Metrics {
     pub queue_consumers: IntGauge,
     pub writers_connected: IntGauge,
     pub pool_size: IntGauge,
-    pub pool_available: IntGauge,
+    pub pool_in_use: IntGauge,
     pub pool_waiting: IntGauge,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
@@ -219,9 +219,9 @@ impl Metrics {
                 "candystore_database_pool_size",
                 "Connections open in the API's read pool"
             )),
-            pool_available: reg!(IntGauge::new(
-                "candystore_database_pool_available",
-                "Idle connections in the API's read pool"
+            pool_in_use: reg!(IntGauge::new(
+                "candystore_database_pool_in_use",
+                "Read-pool connections lent to requests right now"
             )),
             pool_waiting: reg!(IntGauge::new(
                 "candystore_database_pool_waiting",
@@ -259,7 +259,8 @@ impl Metrics {
     /// Sets the gauges that are read rather than counted, just before a scrape.
     pub fn observe_pool(&self, status: deadpool_postgres::Status) {
         self.pool_size.set(status.size as i64);
-        self.pool_available.set(status.available as i64);
+        self.pool_in_use
+            .set(status.size.saturating_sub(status.available) as i64);
         self.pool_waiting.set(status.waiting as i64);
         self.database_connections
             .set(status.size as i64 + self.writers_connected.get());

@@ -206,6 +206,7 @@ impl Writer {
                 .await
                 .map_err(WriteError::from_pg)?;
             tracing::debug!("writer connected");
+            metrics.writers_connected.inc();
             self.conn = Some(Conn {
                 client,
                 move_staged,
