@@ -256,17 +256,7 @@ async fn poll_depth(
 
 async fn declare(channel: &Channel, cfg: &SourceConfig) -> Result<(), lapin::Error> {
     if !cfg.exchange.is_empty() {
-        channel
-            .exchange_declare(
-                cfg.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        declare_exchange(channel, &cfg.exchange).await?;
     }
     channel
         .queue_declare(
@@ -292,6 +282,24 @@ async fn declare(channel: &Channel, cfg: &SourceConfig) -> Result<(), lapin::Err
         }
     }
     Ok(())
+}
+
+/// Declares the durable topic exchange Bloodbank publishes to, if it is missing.
+pub(crate) async fn declare_exchange(
+    channel: &Channel,
+    exchange: &str,
+) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 struct LapinAcks {

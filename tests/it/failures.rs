@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use candystore::app::AppOptions;
 
-use crate::helpers::{AMQP, PG, Proxy, gen1, spawn_app, spawn_app_with};
+use crate::helpers::{AMQP, Proxy, TempDb, gen1, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_consumer_stopped_between_commit_and_ack_gives_one_row_after_restart() {
@@ -197,27 +197,16 @@ async fn a_bad_setting_stops_start_up_with_a_line_naming_the_variable() {
 
 #[tokio::test]
 async fn serve_refuses_to_start_on_an_unmigrated_database() {
-    let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
-    let (admin, conn) = tokio_postgres::connect(&format!("{PG}/postgres"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
+    let db = TempDb::new(false).await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
         .arg("serve")
         .env_clear()
-        .env("DATABASE_URL", format!("{PG}/{name}"))
+        .env("DATABASE_URL", &db.url)
         .env("LOG_LEVEL", "off")
         .output()
         .await
         .unwrap();
-    admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await
-        .unwrap();
+    db.drop_it().await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("candystore migrate"), "{stderr}");

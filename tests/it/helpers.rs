@@ -74,7 +74,7 @@ pub async fn spawn_app_with(settings: &[(&str, &str)], opts: AppOptions) -> Test
     app
 }
 
-async fn connect(url: &str) -> Client {
+pub async fn connect(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
         .expect("connect to PostgreSQL");
@@ -279,6 +279,43 @@ impl Drop for TestApp {
         })
         .join()
         .ok();
+    }
+}
+
+/// A database of its own for a test that does not need the whole service.
+pub struct TempDb {
+    pub name: String,
+    pub url: String,
+    admin: Client,
+}
+
+impl TempDb {
+    /// Creates the database; migrates it when `migrated`.
+    pub async fn new(migrated: bool) -> Self {
+        let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = connect(&format!("{PG}/postgres")).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let url = format!("{PG}/{name}");
+        if migrated {
+            db::migrate(&mut connect(&url).await)
+                .await
+                .expect("migrate test database");
+        }
+        Self { name, url, admin }
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+
+    pub async fn drop_it(self) {
+        self.admin
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .await
+            .expect("drop test database");
     }
 }
 

@@ -1,47 +1,11 @@
 //! The migrations runner against a real PostgreSQL.
 
+use crate::helpers::TempDb;
 use candystore::db;
-use tokio_postgres::{Client, NoTls};
-
-use crate::helpers::PG;
-
-struct TempDb {
-    name: String,
-    admin: Client,
-}
-
-impl TempDb {
-    async fn new() -> Self {
-        let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = client(&format!("{PG}/postgres")).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        Self { name, admin }
-    }
-
-    async fn client(&self) -> Client {
-        client(&format!("{PG}/{}", self.name)).await
-    }
-
-    async fn drop_it(self) {
-        self.admin
-            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
-            .await
-            .unwrap();
-    }
-}
-
-async fn client(url: &str) -> Client {
-    let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c
-}
 
 #[tokio::test]
 async fn two_processes_migrating_at_once_both_succeed() {
-    let db = TempDb::new().await;
+    let db = TempDb::new(false).await;
     let (mut a, mut b) = (db.client().await, db.client().await);
     let (ra, rb) = tokio::join!(db::migrate(&mut a), db::migrate(&mut b));
     let (ra, rb) = (ra.expect("first runner"), rb.expect("second runner"));
@@ -65,7 +29,7 @@ async fn two_processes_migrating_at_once_both_succeed() {
 
 #[tokio::test]
 async fn an_applied_migration_that_was_edited_is_refused() {
-    let db = TempDb::new().await;
+    let db = TempDb::new(false).await;
     let mut c = db.client().await;
     db::migrate(&mut c).await.unwrap();
     c.batch_execute("UPDATE schema_migrations SET checksum = 'abc' WHERE version = 1")
@@ -82,7 +46,7 @@ async fn an_applied_migration_that_was_edited_is_refused() {
 
 #[tokio::test]
 async fn the_schema_has_the_indexes_the_query_api_needs() {
-    let db = TempDb::new().await;
+    let db = TempDb::new(false).await;
     let mut c = db.client().await;
     db::migrate(&mut c).await.unwrap();
     let rows = c

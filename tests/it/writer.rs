@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 
-use candystore::db;
 use candystore::envelope::Record;
 use candystore::metrics::Metrics;
 use candystore::sink::Writer;
@@ -10,9 +9,8 @@ use candystore::source::decode::{Properties, RawDelivery, decode};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
-use tokio_postgres::NoTls;
 
-use crate::helpers::PG;
+use crate::helpers::TempDb;
 
 fn raw(body: Vec<u8>, routing_key: &str) -> RawDelivery {
     RawDelivery {
@@ -24,42 +22,9 @@ fn raw(body: Vec<u8>, routing_key: &str) -> RawDelivery {
     }
 }
 
-struct Db {
-    name: String,
-    url: String,
-}
-
-async fn temp_db() -> Db {
-    let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
-    let (admin, conn) = tokio_postgres::connect(&format!("{PG}/postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let url = format!("{PG}/{name}");
-    let (mut c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    db::migrate(&mut c).await.unwrap();
-    Db { name, url }
-}
-
-async fn drop_db(db: &Db) {
-    let (admin, conn) = tokio_postgres::connect(&format!("{PG}/postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.name))
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn repeats_inside_one_batch_leave_one_row_and_are_counted() {
-    let db = temp_db().await;
+    let db = TempDb::new(true).await;
     let mut writer = Writer::new(db.url.parse().unwrap());
     let metrics = Metrics::new();
     let body =
@@ -73,7 +38,7 @@ async fn repeats_inside_one_batch_leave_one_row_and_are_counted() {
     // A redelivery in a later batch is a duplicate too.
     let w = writer.write(&refs[..1], &metrics).await.unwrap();
     assert_eq!((w.stored_total(), w.duplicates), (0, 1));
-    drop_db(&db).await;
+    db.drop_it().await;
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -166,7 +131,7 @@ fn envelope() -> impl Strategy<Value = Vec<u8>> {
 #[test]
 fn whatever_decode_accepts_postgresql_accepts() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let db = rt.block_on(temp_db());
+    let db = rt.block_on(TempDb::new(true));
     let writer = std::cell::RefCell::new(Writer::new(db.url.parse().unwrap()));
     let metrics = Metrics::new();
     let mut runner = TestRunner::new(Config {
@@ -202,8 +167,7 @@ fn whatever_decode_accepts_postgresql_accepts() {
         },
     );
     let counts: HashMap<&str, i64> = rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
-        tokio::spawn(conn);
+        let c = db.client().await;
         let mut m = HashMap::new();
         for t in ["events", "dead_letter"] {
             m.insert(
@@ -216,7 +180,7 @@ fn whatever_decode_accepts_postgresql_accepts() {
         }
         m
     });
-    rt.block_on(drop_db(&db));
+    rt.block_on(db.drop_it());
     result.unwrap();
     assert!(
         counts["events"] > 0,
