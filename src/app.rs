@@ -166,6 +166,8 @@ impl Running {
             ..
         } = self;
         lifecycle.set_stopping();
+        let aborts = [source.abort_handle(), sink.abort_handle()];
+        let handles: Vec<ServerHandle> = servers.iter().map(|(h, _)| h.clone()).collect();
         let ordered = async {
             stop_intake.cancel();
             let link = source
@@ -184,8 +186,17 @@ impl Running {
         let result = tokio::time::timeout(limit, ordered)
             .await
             .unwrap_or(Err(ShutdownError::Timeout(limit)));
-        if result.is_ok() {
-            tracing::info!("shutdown complete");
+        match &result {
+            Ok(()) => tracing::info!("shutdown complete"),
+            Err(_) => {
+                // Whatever is still held is dropped unacked; the broker redelivers it.
+                for a in aborts {
+                    a.abort();
+                }
+                for h in handles {
+                    h.stop(false).await;
+                }
+            }
         }
         result
     }

@@ -211,3 +211,72 @@ async fn serve_refuses_to_start_on_an_unmigrated_database() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("candystore migrate"), "{stderr}");
 }
+
+#[tokio::test]
+async fn shutdown_with_the_database_away_gives_up_in_bounded_time_and_acks_nothing() {
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let url = format!("postgres://postgres@{}/{{db}}", proxy.addr);
+    let mut app = spawn_app_with(
+        &[("DATABASE_URL", &url), ("SHUTDOWN_TIMEOUT", "2s")],
+        AppOptions::default(),
+    )
+    .await;
+    proxy.cut();
+    for i in 0..10 {
+        app.publish("g.u", &gen1(&format!("gu-{i}"), "g.u")).await;
+    }
+    app.wait_until(Duration::from_secs(5), || async {
+        app.metric("candystore_write_retries_total").await >= 1.0
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let result = app.running.take().unwrap().shutdown().await;
+    assert!(
+        matches!(result, Err(candystore::app::ShutdownError::Timeout(_))),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "bounded by SHUTDOWN_TIMEOUT"
+    );
+
+    // Nothing is written or acked after giving up, even once the database is back;
+    // a new instance then stores all ten.
+    proxy.restore();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.count("events").await, 0);
+    app.start(AppOptions::default()).await;
+    assert_eq!(app.wait_for_rows("events", 10).await, 10);
+}
+
+#[tokio::test]
+async fn a_header_that_is_not_text_is_kept_as_hex_and_the_event_flagged() {
+    use lapin::BasicProperties;
+    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+    let app = spawn_app().await;
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from("blob"),
+        AMQPValue::LongString(LongString::from(vec![0xff_u8, 0x00, 0x41])),
+    );
+    headers.insert(
+        ShortString::from("fine"),
+        AMQPValue::LongString(LongString::from("ok")),
+    );
+    app.publish_with(
+        "h.x",
+        &gen1("h-1", "h.x"),
+        BasicProperties::default().with_headers(headers),
+    )
+    .await;
+    app.wait_for_rows("events", 1).await;
+    let r = app
+        .db
+        .query_one("SELECT sanitized, properties::jsonb -> 'headers' ->> 'fine', properties::jsonb -> 'headers' -> 'blob' ->> '$hex', original_body FROM events", &[])
+        .await
+        .unwrap();
+    assert!(r.get::<_, bool>(0));
+    assert_eq!(r.get::<_, String>(1), "ok");
+    assert_eq!(r.get::<_, String>(2), "ff0041");
+    assert_eq!(r.get::<_, Vec<u8>>(3), gen1("h-1", "h.x"));
+}

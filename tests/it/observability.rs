@@ -193,7 +193,10 @@ async fn start_up_logs_every_effective_setting_with_secrets_redacted() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
         .arg("serve")
         .env_clear()
-        .env("DATABASE_URL", "postgres://postgres:hunter2@127.0.0.1:1/candystore")
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres:hunter2@127.0.0.1:1/candystore",
+        )
         .env("RABBIT_URL", "amqp://guest:rabbitpw@127.0.0.1:1/%2f")
         .env("LOG_FORMAT", "json")
         .output()
@@ -201,17 +204,33 @@ async fn start_up_logs_every_effective_setting_with_secrets_redacted() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("hunter2") && !stderr.contains("rabbitpw"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2") && !stderr.contains("rabbitpw"),
+        "{stderr}"
+    );
     let settings: Vec<serde_json::Value> = stderr
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["message"] == "setting")
         .collect();
-    assert_eq!(settings.len(), candystore::config::VARIABLES.len(), "{stderr}");
-    let db = settings.iter().find(|v| v["setting"] == "DATABASE_URL").unwrap();
-    assert_eq!(db["value"], "postgres://postgres:***@127.0.0.1:1/candystore");
+    assert_eq!(
+        settings.len(),
+        candystore::config::VARIABLES.len(),
+        "{stderr}"
+    );
+    let db = settings
+        .iter()
+        .find(|v| v["setting"] == "DATABASE_URL")
+        .unwrap();
+    assert_eq!(
+        db["value"],
+        "postgres://postgres:***@127.0.0.1:1/candystore"
+    );
     // The failure is logged once, with its cause.
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("\"level\":\"ERROR\"")).collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("cannot connect"), "{}", errors[0]);
 }
