@@ -76,8 +76,17 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError>
     Ok(client)
 }
 
-/// The read pool the API queries from. It never writes.
-pub fn read_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
+/// Bounds every API query: no request can hold a connection longer than this.
+pub const READ_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The read pool the API queries from. It never writes: its sessions are read-only.
+pub fn read_pool(mut config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
+    let options = format!(
+        "{} -c statement_timeout={} -c default_transaction_read_only=on",
+        config.get_options().unwrap_or_default(),
+        READ_STATEMENT_TIMEOUT.as_millis()
+    );
+    config.options(options.trim_start());
     let manager = Manager::from_config(
         config,
         NoTls,

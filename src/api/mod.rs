@@ -2,6 +2,7 @@
 //! actix-web, both reading only. The API queries through its own read pool and
 //! never touches the writer's connection.
 
+pub mod events;
 pub mod health;
 pub mod problem;
 
@@ -92,6 +93,9 @@ pub fn serve_api(
             })
             .route("/health", web::get().to(health::health))
             .route("/ready", web::get().to(health::ready))
+            .route("/events", web::get().to(events::list))
+            .route("/events/{id}", web::get().to(events::one))
+            .route("/events/{id}/raw", web::get().to(events::raw))
             .default_service(web::to(problem::not_found))
     })
     .workers(2)

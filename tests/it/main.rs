@@ -1,6 +1,7 @@
 //! Integration tests against the real PostgreSQL and RabbitMQ. Each test has its
 //! own database, exchange and queue, so they run in parallel and leave nothing.
 
+mod api;
 mod failures;
 mod helpers;
 mod ingest;

@@ -1,0 +1,421 @@
+//! `GET /events`, `GET /events/{id}` and `GET /events/{id}/raw`: the original REST
+//! contract, served from the read pool.
+//!
+//! Every parameter is validated before any query runs; a bad one gets a 400
+//! problem that names it. Ordering is newest `timestamp` first, ties broken by
+//! `seq` (newest stored first), so offsets and cursors are stable.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::ApiState;
+use super::problem::Problem;
+use crate::source::decode::{hex, parse_time};
+
+pub const MAX_LIMIT: i64 = 1000;
+const DEFAULT_LIMIT: i64 = 100;
+/// Up to this many matching rows `total` is an exact count; past it, the planner's
+/// estimate (and `total_is_estimate: true`), so no request ever counts the table.
+pub const EXACT_TOTAL_UP_TO: i64 = 10_000;
+
+const COLUMNS: &str = "seq, id, event_type, source, target, routing_key, \"timestamp\", stored_at, payload, session_id, correlation_id, storage_latency_ms";
+
+/// One event as the API shows it (the contract's fields, in its order).
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub id: String,
+    pub event_type: String,
+    pub source: String,
+    pub target: Option<String>,
+    pub routing_key: String,
+    pub timestamp: String,
+    pub stored_at: String,
+    pub payload: serde_json::Value,
+    pub session_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub storage_latency_ms: Option<f64>,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn view(row: &Row) -> EventView {
+    EventView {
+        id: row.get("id"),
+        event_type: row.get("event_type"),
+        source: row.get("source"),
+        target: row.get("target"),
+        routing_key: row.get("routing_key"),
+        timestamp: rfc3339(row.get("timestamp")),
+        stored_at: rfc3339(row.get("stored_at")),
+        payload: row.get("payload"),
+        session_id: row.get("session_id"),
+        correlation_id: row.get("correlation_id"),
+        storage_latency_ms: row.get("storage_latency_ms"),
+    }
+}
+
+/// A position in the (timestamp DESC, seq DESC) order, opaque to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub timestamp_micros: i64,
+    pub seq: i64,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.timestamp_micros.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.seq.to_be_bytes());
+        hex(&bytes)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Cursor {
+            timestamp_micros: i64::from_be_bytes(bytes[..8].try_into().ok()?),
+            seq: i64::from_be_bytes(bytes[8..].try_into().ok()?),
+        })
+    }
+}
+
+/// The validated parameters of `GET /events`.
+#[derive(Debug, Default)]
+pub struct EventQuery {
+    pub filters: Vec<(&'static str, String)>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub limit: i64,
+    pub offset: i64,
+    pub cursor: Option<Cursor>,
+}
+
+const FILTERS: [&str; 5] = [
+    "session_id",
+    "event_type",
+    "source",
+    "target",
+    "correlation_id",
+];
+
+impl EventQuery {
+    /// Parses and validates a query string.
+    pub fn parse(query: &str) -> Result<Self, Problem> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("the query string is malformed: {e}"),
+            )
+        })?;
+        let mut q = EventQuery {
+            limit: DEFAULT_LIMIT,
+            ..Default::default()
+        };
+        let mut seen: Vec<&'static str> = Vec::new();
+        for (key, value) in pairs {
+            let name = FILTERS
+                .iter()
+                .chain(["start_time", "end_time", "limit", "offset", "cursor"].iter())
+                .find(|n| **n == key)
+                .copied()
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown parameter {key:?}"),
+                    )
+                })?;
+            if seen.contains(&name) {
+                return Err(Problem::bad_parameter(name, "given more than once"));
+            }
+            seen.push(name);
+            match name {
+                "start_time" | "end_time" => {
+                    let t = parse_time(&value).ok_or_else(|| {
+                        Problem::bad_parameter(name, format!("{value:?} is not an RFC 3339 time"))
+                    })?;
+                    if name == "start_time" {
+                        q.start_time = Some(t);
+                    } else {
+                        q.end_time = Some(t);
+                    }
+                }
+                "limit" => {
+                    q.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            Problem::bad_parameter(
+                                name,
+                                format!("{value:?} is not a whole number from 1 to {MAX_LIMIT}"),
+                            )
+                        })?;
+                }
+                "offset" => {
+                    q.offset = value.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                        Problem::bad_parameter(
+                            name,
+                            format!("{value:?} is not a whole number of 0 or more"),
+                        )
+                    })?;
+                }
+                "cursor" => {
+                    q.cursor = Some(Cursor::decode(&value).ok_or_else(|| {
+                        Problem::bad_parameter(name, "not a cursor this API returned")
+                    })?);
+                }
+                _ => {
+                    if value.is_empty() || value.contains('\0') {
+                        return Err(Problem::bad_parameter(name, "must be non-empty text"));
+                    }
+                    q.filters.push((name, value));
+                }
+            }
+        }
+        if let (Some(s), Some(e)) = (q.start_time, q.end_time)
+            && s > e
+        {
+            return Err(Problem::bad_parameter("end_time", "is before start_time"));
+        }
+        if q.cursor.is_some() && q.offset > 0 {
+            return Err(Problem::bad_parameter(
+                "offset",
+                "cannot be combined with cursor",
+            ));
+        }
+        Ok(q)
+    }
+
+    /// The WHERE clause (without the cursor) and its parameters.
+    fn conditions(&self) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+        let mut clauses = Vec::new();
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        for (name, value) in &self.filters {
+            params.push(Box::new(value.clone()));
+            clauses.push(format!("{name} = ${}", params.len()));
+        }
+        if let Some(t) = self.start_time {
+            params.push(Box::new(t));
+            clauses.push(format!("\"timestamp\" >= ${}", params.len()));
+        }
+        if let Some(t) = self.end_time {
+            params.push(Box::new(t));
+            clauses.push(format!("\"timestamp\" <= ${}", params.len()));
+        }
+        let sql = if clauses.is_empty() {
+            "TRUE".to_owned()
+        } else {
+            clauses.join(" AND ")
+        };
+        (sql, params)
+    }
+}
+
+/// A database failure: logged here once, answered with an opaque 503.
+fn unavailable(e: impl std::fmt::Display) -> Problem {
+    tracing::error!(error = %e, "query failed");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the event store cannot answer right now",
+    )
+}
+
+#[derive(Serialize)]
+struct Page {
+    events: Vec<EventView>,
+    total: i64,
+    total_is_estimate: bool,
+    limit: i64,
+    offset: i64,
+    has_more: bool,
+    next_cursor: Option<String>,
+}
+
+pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
+    let q = EventQuery::parse(req.query_string())?;
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let (filter, mut params) = q.conditions();
+    let mut page_filter = filter.clone();
+    if let Some(c) = q.cursor {
+        let ts = DateTime::<Utc>::from_timestamp_micros(c.timestamp_micros)
+            .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))?;
+        params.push(Box::new(ts));
+        params.push(Box::new(c.seq));
+        page_filter.push_str(&format!(
+            " AND (\"timestamp\", seq) < (${}, ${})",
+            params.len() - 1,
+            params.len()
+        ));
+    }
+    params.push(Box::new(q.limit + 1));
+    params.push(Box::new(q.offset));
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events WHERE {page_filter} ORDER BY \"timestamp\" DESC, seq DESC LIMIT ${} OFFSET ${}",
+        params.len() - 1,
+        params.len()
+    );
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let mut rows = client.query(&sql, &refs).await.map_err(unavailable)?;
+    let has_more = rows.len() as i64 > q.limit;
+    rows.truncate(q.limit as usize);
+    let next_cursor = if has_more {
+        rows.last().map(|r| {
+            let t: DateTime<Utc> = r.get("timestamp");
+            Cursor {
+                timestamp_micros: t.timestamp_micros(),
+                seq: r.get("seq"),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+
+    // total: exact up to EXACT_TOTAL_UP_TO matching rows, the planner's estimate past it.
+    let filter_params = &refs[..refs.len() - 2 - if q.cursor.is_some() { 2 } else { 0 }];
+    let capped = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
+        EXACT_TOTAL_UP_TO + 1
+    );
+    let exact: i64 = client
+        .query_one(&capped, filter_params)
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    let (total, total_is_estimate) = if exact <= EXACT_TOTAL_UP_TO {
+        (exact, false)
+    } else {
+        let explain = format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM events WHERE {filter}");
+        let plan: serde_json::Value = client
+            .query_one(&explain, filter_params)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        let estimate = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0) as i64;
+        (estimate.max(exact), true)
+    };
+    Ok(HttpResponse::Ok().json(Page {
+        events: rows.iter().map(view).collect(),
+        total,
+        total_is_estimate,
+        limit: q.limit,
+        offset: q.offset,
+        has_more,
+        next_cursor,
+    }))
+}
+
+fn not_found(id: &str) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, format!("no event with id {id:?}"))
+}
+
+/// The event with this id; when sources share an id, the first one stored.
+async fn find(state: &ApiState, id: &str, extra: &str) -> Result<Row, Problem> {
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let sql = format!("SELECT {COLUMNS}{extra} FROM events WHERE id = $1 ORDER BY seq LIMIT 1");
+    client
+        .query_opt(&sql, &[&id])
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| not_found(id))
+}
+
+pub async fn one(
+    path: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, Problem> {
+    let row = find(&state, &path, "").await?;
+    Ok(HttpResponse::Ok().json(view(&row)))
+}
+
+/// The envelope as it was published (equal as JSON), rebuilt from the stored columns.
+pub async fn raw(
+    path: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, Problem> {
+    let row = find(
+        &state,
+        &path,
+        ", envelope::text AS envelope_text, payload::text AS payload_text, payload_member",
+    )
+    .await?;
+    let envelope: String = row.get("envelope_text");
+    let payload: String = row.get("payload_text");
+    let member: Option<String> = row.get("payload_member");
+    let doc = crate::envelope::rebuild(envelope.as_bytes(), payload.as_bytes(), member.as_deref())
+        .map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(doc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips_and_garbage_is_refused() {
+        let c = Cursor {
+            timestamp_micros: 1_764_000_000_123_456,
+            seq: 42,
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        for bad in ["", "zz", "00", &"g".repeat(32)] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_bad_parameter_is_named() {
+        for (query, name) in [
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("limit=ten", "limit"),
+            ("offset=-1", "offset"),
+            ("start_time=yesterday", "start_time"),
+            ("end_time=2026-13-01T00:00:00Z", "end_time"),
+            (
+                "start_time=2026-02-01T00:00:00Z&end_time=2026-01-01T00:00:00Z",
+                "end_time",
+            ),
+            ("cursor=abc", "cursor"),
+            ("session_id=", "session_id"),
+            ("source=a&source=b", "source"),
+            ("cursor=00000000000000000000000000000001&offset=5", "offset"),
+        ] {
+            let p = EventQuery::parse(query).unwrap_err();
+            assert_eq!(p.status, 400, "{query}");
+            assert_eq!(p.parameter, Some(name), "{query}: {}", p.detail);
+            assert!(p.detail.contains(name), "{query}: {}", p.detail);
+        }
+        let p = EventQuery::parse("sesion_id=x").unwrap_err();
+        assert!(p.detail.contains("sesion_id"), "{}", p.detail);
+    }
+
+    #[test]
+    fn defaults_and_filters_are_read() {
+        let q = EventQuery::parse("").unwrap();
+        assert_eq!((q.limit, q.offset), (100, 0));
+        let q =
+            EventQuery::parse("session_id=abc-123&start_time=2026-11-20T14:00:00%2B02:00&limit=5")
+                .unwrap();
+        assert_eq!(q.filters, vec![("session_id", "abc-123".to_owned())]);
+        assert_eq!(
+            q.start_time.unwrap().to_rfc3339(),
+            "2026-11-20T12:00:00+00:00"
+        );
+        assert_eq!(q.limit, 5);
+    }
+}
