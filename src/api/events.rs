@@ -22,7 +22,7 @@ const DEFAULT_LIMIT: i64 = 100;
 /// estimate (and `total_is_estimate: true`), so no request ever counts the table.
 pub const EXACT_TOTAL_UP_TO: i64 = 10_000;
 
-const COLUMNS: &str = "seq, id, event_type, source, target, routing_key, \"timestamp\", stored_at, payload, session_id, correlation_id, storage_latency_ms";
+pub(crate) const COLUMNS: &str = "seq, id, event_type, source, target, routing_key, \"timestamp\", stored_at, payload, session_id, correlation_id, storage_latency_ms";
 
 /// One event as the API shows it (the contract's fields, in its order).
 #[derive(Debug, Serialize)]
@@ -40,11 +40,11 @@ pub struct EventView {
     pub storage_latency_ms: Option<f64>,
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
-fn view(row: &Row) -> EventView {
+pub(crate) fn view(row: &Row) -> EventView {
     EventView {
         id: row.get("id"),
         event_type: row.get("event_type"),
@@ -223,7 +223,7 @@ impl EventQuery {
 }
 
 /// A database failure: logged here once, answered with an opaque 503.
-fn unavailable(e: impl std::fmt::Display) -> Problem {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %e, "query failed");
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -5,6 +5,7 @@
 pub mod events;
 pub mod health;
 pub mod problem;
+pub mod timeline;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,6 +97,11 @@ pub fn serve_api(
             .route("/events", web::get().to(events::list))
             .route("/events/{id}", web::get().to(events::one))
             .route("/events/{id}/raw", web::get().to(events::raw))
+            .route("/sessions/{session_id}", web::get().to(timeline::sessions))
+            .route(
+                "/correlations/{correlation_id}",
+                web::get().to(timeline::correlations),
+            )
             .default_service(web::to(problem::not_found))
     })
     .workers(2)

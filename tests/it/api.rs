@@ -251,3 +251,42 @@ async fn every_bad_parameter_gets_a_problem_naming_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_session_timeline_is_in_time_order_with_a_summary_and_pages() {
+    let app = spawn_app().await;
+    seed(&app, 30).await;
+    let (status, t, _) = get(&app, "/sessions/s1?limit=4").await;
+    assert_eq!(status, 200);
+    let summary = &t["summary"];
+    assert_eq!(summary["count"], 10);
+    assert_eq!(summary["first_timestamp"], "2026-11-20T14:00:00Z");
+    assert_eq!(summary["last_timestamp"], "2026-11-20T14:00:14Z");
+    assert_eq!(summary["by_event_type"], json!({"t0": 5, "t1": 5}));
+    assert_eq!(summary["by_source"], json!({"svc-a": 8, "svc-b": 2}));
+    // Oldest first; walking the cursors visits the ten events once, in order.
+    let mut walked = ids(&t);
+    let mut cursor = t["next_cursor"].as_str().map(str::to_owned);
+    while let Some(c) = cursor {
+        let (_, page, _) = get(&app, &format!("/sessions/s1?limit=4&cursor={c}")).await;
+        walked.extend(ids(&page));
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+    }
+    let expected: Vec<String> = (0..30)
+        .filter(|i| i % 3 == 1)
+        .map(|i| format!("e-{i:03}"))
+        .collect();
+    assert_eq!(walked, expected);
+
+    let (status, c, _) = get(&app, "/correlations/c3").await;
+    assert_eq!(status, 200);
+    assert_eq!(c["summary"]["count"], 4);
+    let (status, problem, content_type) = get(&app, "/sessions/nobody").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (404, "application/problem+json")
+    );
+    assert!(problem["detail"].as_str().unwrap().contains("nobody"));
+    let (status, _, _) = get(&app, "/sessions/s1?limit=0").await;
+    assert_eq!(status, 400);
+}

@@ -1,0 +1,225 @@
+//! `GET /sessions/{session_id}` and `GET /correlations/{correlation_id}`: one
+//! session's (or correlation's) events in time order, oldest first, paged, with a
+//! summary: count, first and last time, counts by event type and by source.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::ApiState;
+use super::events::{COLUMNS, Cursor, EventView, MAX_LIMIT, rfc3339, unavailable, view};
+use super::problem::Problem;
+
+/// Which column groups the timeline.
+#[derive(Clone, Copy)]
+pub enum Key {
+    Session,
+    Correlation,
+}
+
+impl Key {
+    fn column(self) -> &'static str {
+        match self {
+            Key::Session => "session_id",
+            Key::Correlation => "correlation_id",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Summary {
+    count: i64,
+    first_timestamp: String,
+    last_timestamp: String,
+    by_event_type: BTreeMap<String, i64>,
+    by_source: BTreeMap<String, i64>,
+}
+
+#[derive(Serialize)]
+struct Timeline {
+    key: &'static str,
+    value: String,
+    summary: Summary,
+    events: Vec<EventView>,
+    limit: i64,
+    offset: i64,
+    has_more: bool,
+    next_cursor: Option<String>,
+}
+
+struct Paging {
+    limit: i64,
+    offset: i64,
+    cursor: Option<Cursor>,
+}
+
+fn paging(query: &str) -> Result<Paging, Problem> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the query string is malformed: {e}"),
+        )
+    })?;
+    let mut p = Paging {
+        limit: 100,
+        offset: 0,
+        cursor: None,
+    };
+    for (key, value) in pairs {
+        match key.as_str() {
+            "limit" => {
+                p.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        Problem::bad_parameter(
+                            "limit",
+                            format!("{value:?} is not a whole number from 1 to {MAX_LIMIT}"),
+                        )
+                    })?
+            }
+            "offset" => {
+                p.offset = value.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    Problem::bad_parameter(
+                        "offset",
+                        format!("{value:?} is not a whole number of 0 or more"),
+                    )
+                })?
+            }
+            "cursor" => {
+                p.cursor = Some(Cursor::decode(&value).ok_or_else(|| {
+                    Problem::bad_parameter("cursor", "not a cursor this API returned")
+                })?)
+            }
+            other => {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {other:?}"),
+                ));
+            }
+        }
+    }
+    if p.cursor.is_some() && p.offset > 0 {
+        return Err(Problem::bad_parameter(
+            "offset",
+            "cannot be combined with cursor",
+        ));
+    }
+    Ok(p)
+}
+
+pub async fn sessions(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, Problem> {
+    timeline(Key::Session, req, path.into_inner(), state).await
+}
+
+pub async fn correlations(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, Problem> {
+    timeline(Key::Correlation, req, path.into_inner(), state).await
+}
+
+async fn timeline(
+    key: Key,
+    req: HttpRequest,
+    value: String,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, Problem> {
+    let p = paging(req.query_string())?;
+    let column = key.column();
+    let client = state.pool.get().await.map_err(unavailable)?;
+
+    let groups = client
+        .query(
+            &format!(
+                "SELECT event_type, source, count(*), min(\"timestamp\"), max(\"timestamp\") \
+                 FROM events WHERE {column} = $1 GROUP BY event_type, source"
+            ),
+            &[&value],
+        )
+        .await
+        .map_err(unavailable)?;
+    if groups.is_empty() {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no events with {column} {value:?}"),
+        ));
+    }
+    let mut by_event_type = BTreeMap::new();
+    let mut by_source = BTreeMap::new();
+    let (mut count, mut first, mut last): (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        (0, None, None);
+    for g in &groups {
+        let n: i64 = g.get(2);
+        *by_event_type.entry(g.get::<_, String>(0)).or_insert(0) += n;
+        *by_source.entry(g.get::<_, String>(1)).or_insert(0) += n;
+        count += n;
+        let (lo, hi): (DateTime<Utc>, DateTime<Utc>) = (g.get(3), g.get(4));
+        first = Some(first.map_or(lo, |f| f.min(lo)));
+        last = Some(last.map_or(hi, |l| l.max(hi)));
+    }
+
+    let rows = match p.cursor {
+        Some(c) => {
+            let ts = DateTime::<Utc>::from_timestamp_micros(c.timestamp_micros)
+                .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))?;
+            client
+                .query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM events WHERE {column} = $1 AND (\"timestamp\", seq) > ($2, $3) \
+                         ORDER BY \"timestamp\", seq LIMIT $4"
+                    ),
+                    &[&value, &ts, &c.seq, &(p.limit + 1)],
+                )
+                .await
+        }
+        None => {
+            client
+                .query(
+                    &format!("SELECT {COLUMNS} FROM events WHERE {column} = $1 ORDER BY \"timestamp\", seq LIMIT $2 OFFSET $3"),
+                    &[&value, &(p.limit + 1), &p.offset],
+                )
+                .await
+        }
+    }
+    .map_err(unavailable)?;
+    let has_more = rows.len() as i64 > p.limit;
+    let rows = &rows[..rows.len().min(p.limit as usize)];
+    let next_cursor = if has_more {
+        rows.last().map(|r| {
+            let t: DateTime<Utc> = r.get("timestamp");
+            Cursor {
+                timestamp_micros: t.timestamp_micros(),
+                seq: r.get("seq"),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(Timeline {
+        key: column,
+        value,
+        summary: Summary {
+            count,
+            first_timestamp: first.map(rfc3339).unwrap_or_default(),
+            last_timestamp: last.map(rfc3339).unwrap_or_default(),
+            by_event_type,
+            by_source,
+        },
+        events: rows.iter().map(view).collect(),
+        limit: p.limit,
+        offset: p.offset,
+        has_more,
+        next_cursor,
+    }))
+}
