@@ -117,6 +117,8 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         SocketAddr::new(settings.api_host, settings.api_port),
         state,
         metrics.clone(),
+        api::auth::Auth::new(&settings.api_tokens),
+        settings.cors_allowed_origins.clone(),
     )
     .with_context(|| {
         format!(

@@ -36,6 +36,8 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("RETRY_MAX_BACKOFF", "10s"),
     ("SHUTDOWN_TIMEOUT", "30s"),
     ("QUEUE_DEPTH_INTERVAL", "15s"),
+    ("API_TOKEN", ""),
+    ("CORS_ALLOWED_ORIGINS", ""),
 ];
 
 /// A setting that could not be used. The message is the one line start-up prints.
@@ -90,6 +92,10 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// How often the queue depth (ingest lag) is read from the broker.
     pub queue_depth_interval: Duration,
+    /// Bearer tokens the API accepts; empty means the API is open.
+    pub api_tokens: Vec<String>,
+    /// Origins allowed to call the API from a browser (`*` for any); empty means none.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Settings {
@@ -157,6 +163,8 @@ impl Settings {
             retry_max_backoff: r.duration("RETRY_MAX_BACKOFF")?,
             shutdown_timeout: r.duration("SHUTDOWN_TIMEOUT")?,
             queue_depth_interval: r.duration("QUEUE_DEPTH_INTERVAL")?,
+            api_tokens: r.tokens("API_TOKEN")?,
+            cors_allowed_origins: r.origins("CORS_ALLOWED_ORIGINS")?,
         };
         Ok(settings)
     }
@@ -209,6 +217,14 @@ impl Settings {
                 "QUEUE_DEPTH_INTERVAL",
                 humantime::format_duration(self.queue_depth_interval).to_string(),
             ),
+            (
+                "API_TOKEN",
+                match self.api_tokens.len() {
+                    0 => "(unset: the API is open)".to_owned(),
+                    n => format!("({n} token(s), redacted)"),
+                },
+            ),
+            ("CORS_ALLOWED_ORIGINS", self.cors_allowed_origins.join(",")),
         ]
     }
 }
@@ -293,7 +309,9 @@ impl Raw {
 
     fn invalid(&self, name: &'static str, reason: impl Into<String>) -> ConfigError {
         let value = self.get(name);
-        let value = if name.ends_with("_URL") {
+        let value = if name == "API_TOKEN" {
+            "***".to_owned()
+        } else if name.ends_with("_URL") {
             redact_url(value)
         } else {
             value.to_owned()
@@ -383,6 +401,42 @@ impl Raw {
             return Err(self.invalid(name, "expected one or more comma-separated binding keys"));
         }
         Ok(keys)
+    }
+
+    fn list(&self, name: &'static str) -> Vec<String> {
+        self.get(name)
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    fn tokens(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
+        let tokens = self.list(name);
+        if tokens
+            .iter()
+            .any(|t| t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(self.invalid(
+                name,
+                "expected comma-separated tokens of at least 16 characters, without spaces",
+            ));
+        }
+        Ok(tokens)
+    }
+
+    fn origins(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
+        let origins = self.list(name);
+        for o in &origins {
+            let scheme_ok = o.starts_with("http://") || o.starts_with("https://");
+            if o != "*" && (!scheme_ok || o.ends_with('/')) {
+                return Err(self.invalid(
+                    name,
+                    "expected * or origins such as https://candybar.example:3000",
+                ));
+            }
+        }
+        Ok(origins)
     }
 
     fn log_level(&self, name: &'static str) -> Result<String, ConfigError> {
@@ -506,6 +560,28 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/high-throughput.toml");
         let s = Settings::from_sources(Some(read_file(&path).unwrap()), env(&[])).unwrap();
         assert_eq!((s.batch_size, s.prefetch_count), (500, 2000));
+    }
+
+    #[test]
+    fn api_tokens_are_validated_and_never_printed() {
+        let err = Settings::from_sources(None, env(&[("API_TOKEN", "short-secret")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("API_TOKEN") && !err.contains("short-secret"),
+            "{err}"
+        );
+        let s = Settings::from_sources(
+            None,
+            env(&[("API_TOKEN", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb")]),
+        )
+        .unwrap();
+        assert_eq!(s.api_tokens.len(), 2);
+        assert!(!format!("{s:?}").contains("aaaaaaaaaaaaaaaa"));
+        let err = Settings::from_sources(None, env(&[("CORS_ALLOWED_ORIGINS", "candybar.local")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CORS_ALLOWED_ORIGINS"), "{err}");
     }
 
     #[test]

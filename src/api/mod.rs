@@ -2,6 +2,7 @@
 //! actix-web, both reading only. The API queries through its own read pool and
 //! never touches the writer's connection.
 
+pub mod auth;
 pub mod events;
 pub mod health;
 pub mod problem;
@@ -63,11 +64,18 @@ pub fn serve_api(
     addr: SocketAddr,
     state: ApiState,
     metrics: Arc<Metrics>,
+    auth: auth::Auth,
+    cors_origins: Vec<String>,
 ) -> std::io::Result<(Server, SocketAddr)> {
     let server = HttpServer::new(move || {
         let metrics = metrics.clone();
+        // Middleware runs outermost last-wrapped first: metrics see every answer,
+        // CORS answers preflights, then authentication.
         App::new()
             .app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::new(auth.clone()))
+            .wrap(actix_web::middleware::from_fn(auth::require_token))
+            .wrap(cors(&cors_origins))
             .wrap_fn(move |req, srv| {
                 let started = std::time::Instant::now();
                 let method = req.method().as_str().to_owned();
@@ -110,6 +118,27 @@ pub fn serve_api(
     .bind(addr)?;
     let bound = server.addrs()[0];
     Ok((server.run(), bound))
+}
+
+/// CORS for Candybar: the configured origins may call the API from a browser
+/// (with the Authorization header); with none configured, no CORS headers at all.
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "OPTIONS"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::ACCEPT,
+            actix_web::http::header::HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(3600);
+    for origin in origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin().send_wildcard()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
 }
 
 /// Binds the Prometheus endpoint.

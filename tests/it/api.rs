@@ -290,3 +290,117 @@ async fn a_session_timeline_is_in_time_order_with_a_summary_and_pages() {
     let (status, _, _) = get(&app, "/sessions/s1?limit=0").await;
     assert_eq!(status, 400);
 }
+
+const TOKEN: &str = "candybar-token-0123456789";
+
+#[tokio::test]
+async fn with_api_token_set_everything_but_the_probes_needs_the_bearer_token() {
+    use candystore::app::AppOptions;
+    let app = crate::helpers::spawn_app_with(
+        &[("API_TOKEN", &format!("other-token-9876543210,{TOKEN}"))],
+        AppOptions::default(),
+    )
+    .await;
+    seed(&app, 2).await;
+    for path in ["/health", "/ready"] {
+        assert_eq!(get(&app, path).await.0, 200, "{path} stays open");
+    }
+    for path in [
+        "/events",
+        "/events/e-000",
+        "/events/e-000/raw",
+        "/sessions/s0",
+        "/correlations/c0",
+        "/no/such/route",
+    ] {
+        let res = app.http.get(app.api(path)).send().await.unwrap();
+        assert_eq!(res.status(), 401, "{path}");
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert!(
+            res.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        let wrong = app
+            .http
+            .get(app.api(path))
+            .bearer_auth("candybar-token-012345678X")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path} with a wrong token");
+    }
+    let ok = app
+        .http
+        .get(app.api("/events"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let ok = app
+        .http
+        .get(app.api("/events/e-000"))
+        .header("authorization", "bearer other-token-9876543210")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn without_api_token_the_api_is_open() {
+    let app = spawn_app().await;
+    assert_eq!(get(&app, "/events").await.0, 200);
+}
+
+#[tokio::test]
+async fn cors_allows_the_configured_origins_only() {
+    use candystore::app::AppOptions;
+    let app = crate::helpers::spawn_app_with(
+        &[
+            ("CORS_ALLOWED_ORIGINS", "http://candybar.local:3000"),
+            ("API_TOKEN", TOKEN),
+        ],
+        AppOptions::default(),
+    )
+    .await;
+    // A preflight needs no token and names what may follow.
+    let pre = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.api("/events"))
+        .header("origin", "http://candybar.local:3000")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(pre.status().is_success(), "{}", pre.status());
+    assert_eq!(
+        pre.headers()["access-control-allow-origin"],
+        "http://candybar.local:3000"
+    );
+    let res = app
+        .http
+        .get(app.api("/events"))
+        .header("origin", "http://candybar.local:3000")
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "http://candybar.local:3000"
+    );
+    let other = app
+        .http
+        .get(app.api("/events"))
+        .header("origin", "http://evil.example")
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
