@@ -198,7 +198,7 @@ impl EventQuery {
     }
 
     /// The WHERE clause (without the cursor) and its parameters.
-    fn conditions(&self) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+    pub(crate) fn conditions(&self) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
         let mut clauses = Vec::new();
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
         for (name, value) in &self.filters {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod events;
 pub mod health;
 pub mod problem;
+pub mod stream;
 pub mod timeline;
 
 use std::net::SocketAddr;
@@ -103,6 +104,7 @@ pub fn serve_api(
             .route("/health", web::get().to(health::health))
             .route("/ready", web::get().to(health::ready))
             .route("/events", web::get().to(events::list))
+            .route("/events/stream", web::get().to(stream::stream))
             .route("/events/{id}", web::get().to(events::one))
             .route("/events/{id}/raw", web::get().to(events::raw))
             .route("/sessions/{session_id}", web::get().to(timeline::sessions))

@@ -39,6 +39,12 @@ INSERT INTO dead_letter (fingerprint, received_at, exchange, routing_key, proper
 VALUES ($1, $2, $3, $4, $5::text::json, $6, $7, $8)
 ON CONFLICT (fingerprint) DO NOTHING"#;
 
+/// Held from the INSERT into `events` until COMMIT, so writers insert one at a
+/// time and `seq` grows in commit order: a reader that has seen `seq = n` has seen
+/// every committed row below it (the live tail relies on this). The COPY steps of
+/// concurrent batches still overlap.
+const COMMIT_ORDER_LOCK: &str = "SELECT pg_advisory_xact_lock(7236828094530679666)";
+
 /// Every write is bounded: a server that stops answering is treated like one that
 /// closed the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -148,6 +154,7 @@ impl Written {
 struct Conn {
     client: Client,
     move_staged: Statement,
+    commit_order_lock: Statement,
     insert_dead_letter: Statement,
 }
 
@@ -197,6 +204,10 @@ impl Writer {
                 ))
                 .await
                 .map_err(WriteError::from_pg)?;
+            let commit_order_lock = client
+                .prepare(COMMIT_ORDER_LOCK)
+                .await
+                .map_err(WriteError::from_pg)?;
             let move_staged = client
                 .prepare(MOVE_STAGED)
                 .await
@@ -210,6 +221,7 @@ impl Writer {
             self.conn = Some(Conn {
                 client,
                 move_staged,
+                commit_order_lock,
                 insert_dead_letter,
             });
         }
@@ -289,6 +301,9 @@ impl Writer {
             sink.finish().await.map_err(WriteError::from_pg)?;
             step("copy", t);
             let t = Instant::now();
+            tx.execute(&conn.commit_order_lock, &[])
+                .await
+                .map_err(WriteError::from_pg)?;
             let rows = tx
                 .query(&conn.move_staged, &[])
                 .await
