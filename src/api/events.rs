@@ -25,7 +25,7 @@ pub const EXACT_TOTAL_UP_TO: i64 = 10_000;
 pub(crate) const COLUMNS: &str = "seq, id, event_type, source, target, routing_key, \"timestamp\", stored_at, payload, session_id, correlation_id, storage_latency_ms";
 
 /// One event as the API shows it (the contract's fields, in its order).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     pub id: String,
     pub event_type: String,
@@ -231,8 +231,9 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> Problem {
     )
 }
 
-#[derive(Serialize)]
-struct Page {
+/// One page of `GET /events`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Page {
     events: Vec<EventView>,
     total: i64,
     total_is_estimate: bool,
@@ -242,6 +243,26 @@ struct Page {
     next_cursor: Option<String>,
 }
 
+/// Events matching the filters, newest first.
+///
+/// `total` is exact up to 10,000 matches, then PostgreSQL's estimate (`total_is_estimate`).
+/// `next_cursor` continues the walk with `cursor=`; it visits every event once.
+#[utoipa::path(get, path = "/events", tag = "events", params(
+        ("session_id" = Option<String>, Query, description = "only this session"),
+        ("event_type" = Option<String>, Query, description = "only this event type"),
+        ("source" = Option<String>, Query, description = "only this source"),
+        ("target" = Option<String>, Query, description = "only this target"),
+        ("correlation_id" = Option<String>, Query, description = "only this correlation id"),
+        ("start_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("end_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"),
+        ("offset" = Option<i64>, Query, description = "0 or more, default 0"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+), responses(
+    (status = 200, description = "a page of events", body = Page),
+    (status = 400, description = "a bad parameter, named in the problem", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "a bearer token is required", body = Problem, content_type = "application/problem+json"),
+))]
 pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
     let q = EventQuery::parse(req.query_string())?;
     let client = state.pool.get().await.map_err(unavailable)?;
@@ -334,6 +355,11 @@ async fn find(state: &ApiState, id: &str, extra: &str) -> Result<Row, Problem> {
         .ok_or_else(|| not_found(id))
 }
 
+/// One event; when several sources used the id, the first stored.
+#[utoipa::path(get, path = "/events/{id}", tag = "events", params(("id" = String, Path, description = "the event id, as sent")), responses(
+    (status = 200, description = "the event", body = EventView),
+    (status = 404, description = "no such event", body = Problem, content_type = "application/problem+json"),
+))]
 pub async fn one(
     path: web::Path<String>,
     state: web::Data<ApiState>,
@@ -343,6 +369,10 @@ pub async fn one(
 }
 
 /// The envelope as it was published (equal as JSON), rebuilt from the stored columns.
+#[utoipa::path(get, path = "/events/{id}/raw", tag = "events", params(("id" = String, Path, description = "the event id, as sent")), responses(
+    (status = 200, description = "the envelope as published (equal as JSON)", body = Object),
+    (status = 404, description = "no such event", body = Problem, content_type = "application/problem+json"),
+))]
 pub async fn raw(
     path: web::Path<String>,
     state: web::Data<ApiState>,

@@ -29,6 +29,8 @@ async fn database_ok(state: &ApiState) -> Result<(), String> {
     }
 }
 
+/// Process, database and broker state; 503 with a reason when either is down.
+#[utoipa::path(get, path = "/health", tag = "probes", responses((status = 200, description = "healthy"), (status = 503, description = "unhealthy, with a reason")))]
 pub async fn health(state: web::Data<ApiState>) -> HttpResponse {
     let db = database_ok(&state).await;
     let broker = state.broker.is_connected();
@@ -52,6 +54,8 @@ pub async fn health(state: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
+/// Whether this instance should get traffic: 503 while starting, stopping, or without a database.
+#[utoipa::path(get, path = "/ready", tag = "probes", responses((status = 200, description = "ready"), (status = 503, description = "not ready, with a reason")))]
 pub async fn ready(state: web::Data<ApiState>) -> HttpResponse {
     if !state.lifecycle.is_ready() {
         return HttpResponse::ServiceUnavailable()

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod events;
 pub mod health;
+pub mod openapi;
 pub mod problem;
 pub mod stream;
 pub mod timeline;
@@ -103,6 +104,8 @@ pub fn serve_api(
             })
             .route("/health", web::get().to(health::health))
             .route("/ready", web::get().to(health::ready))
+            .route("/openapi.json", web::get().to(openapi::spec))
+            .route("/docs", web::get().to(openapi::docs))
             .route("/events", web::get().to(events::list))
             .route("/events/stream", web::get().to(stream::stream))
             .route("/events/{id}", web::get().to(events::one))

@@ -133,6 +133,21 @@ impl Tail {
     }
 }
 
+/// A live tail of newly stored events (Server-Sent Events; the SSE id is the storage sequence).
+#[utoipa::path(get, path = "/events/stream", tag = "events", params(
+        ("session_id" = Option<String>, Query, description = "only this session"),
+        ("event_type" = Option<String>, Query, description = "only this event type"),
+        ("source" = Option<String>, Query, description = "only this source"),
+        ("target" = Option<String>, Query, description = "only this target"),
+        ("correlation_id" = Option<String>, Query, description = "only this correlation id"),
+        ("start_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("end_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
+    ("last_event_id" = Option<i64>, Query, description = "resume after this event id (the Last-Event-ID header wins)"),
+    ("Last-Event-ID" = Option<i64>, Header, description = "resume after this event id"),
+), responses(
+    (status = 200, description = "text/event-stream of `event` events", content_type = "text/event-stream"),
+    (status = 400, description = "a bad parameter, named in the problem", body = Problem, content_type = "application/problem+json"),
+))]
 pub async fn stream(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
     let (q, resume) = parse(&req)?;
     let (filter, params) = q.conditions();

@@ -29,8 +29,8 @@ impl Key {
     }
 }
 
-#[derive(Serialize)]
-struct Summary {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Summary {
     count: i64,
     first_timestamp: String,
     last_timestamp: String,
@@ -38,8 +38,8 @@ struct Summary {
     by_source: BTreeMap<String, i64>,
 }
 
-#[derive(Serialize)]
-struct Timeline {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Timeline {
     key: &'static str,
     value: String,
     summary: Summary,
@@ -112,6 +112,16 @@ fn paging(query: &str) -> Result<Paging, Problem> {
     Ok(p)
 }
 
+/// A session's events, oldest first, with a summary.
+#[utoipa::path(get, path = "/sessions/{session_id}", tag = "timelines", params(
+    ("session_id" = String, Path, description = "the session id, as sent"),
+        ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"),
+        ("offset" = Option<i64>, Query, description = "0 or more, default 0"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+), responses(
+    (status = 200, description = "the timeline", body = Timeline),
+    (status = 404, description = "no events in this session", body = Problem, content_type = "application/problem+json"),
+))]
 pub async fn sessions(
     req: HttpRequest,
     path: web::Path<String>,
@@ -120,6 +130,16 @@ pub async fn sessions(
     timeline(Key::Session, req, path.into_inner(), state).await
 }
 
+/// A correlation's events, oldest first, with a summary.
+#[utoipa::path(get, path = "/correlations/{correlation_id}", tag = "timelines", params(
+    ("correlation_id" = String, Path, description = "the correlation id, as sent"),
+        ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"),
+        ("offset" = Option<i64>, Query, description = "0 or more, default 0"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+), responses(
+    (status = 200, description = "the timeline", body = Timeline),
+    (status = 404, description = "no events with this correlation id", body = Problem, content_type = "application/problem+json"),
+))]
 pub async fn correlations(
     req: HttpRequest,
     path: web::Path<String>,

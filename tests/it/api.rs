@@ -516,3 +516,82 @@ async fn the_live_tail_applies_the_filters() {
         .unwrap();
     assert_eq!(res.status(), 400);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_the_docs_page_is_self_contained() {
+    let app = spawn_app().await;
+    seed(&app, 1).await;
+    let (status, spec, _) = get(&app, "/openapi.json").await;
+    assert_eq!(status, 200);
+    let documented: HashSet<&str> = spec["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let served = [
+        ("/health", "/health"),
+        ("/ready", "/ready"),
+        ("/events", "/events"),
+        ("/events/{id}", "/events/e-000"),
+        ("/events/{id}/raw", "/events/e-000/raw"),
+        ("/sessions/{session_id}", "/sessions/s0"),
+        ("/correlations/{correlation_id}", "/correlations/c0"),
+        ("/openapi.json", "/openapi.json"),
+        ("/docs", "/docs"),
+    ];
+    for (pattern, example) in served {
+        assert!(
+            documented.contains(pattern),
+            "{pattern} is not documented: {documented:?}"
+        );
+        let res = app.http.get(app.api(example)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{example}");
+    }
+    assert!(documented.contains("/events/stream"));
+    assert_eq!(
+        documented.len(),
+        served.len() + 1,
+        "every documented path is served: {documented:?}"
+    );
+    let list_params: Vec<&str> = spec["paths"]["/events"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in [
+        "session_id",
+        "event_type",
+        "source",
+        "target",
+        "correlation_id",
+        "start_time",
+        "end_time",
+        "limit",
+        "offset",
+        "cursor",
+    ] {
+        assert!(
+            list_params.contains(&p),
+            "GET /events does not document {p}"
+        );
+    }
+
+    let page = app
+        .http
+        .get(app.api("/docs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("openapi.json"));
+    for external in ["http://", "https://", "src=\"//", "cdn"] {
+        assert!(
+            !page.contains(external),
+            "the docs page must not load anything from elsewhere ({external})"
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! `GET /openapi.json` (generated with utoipa from the handlers' annotations) and
+//! `GET /docs`, a page that renders it. Everything is compiled into the binary:
+//! no CDN, nothing fetched at build or run time.
+
+use actix_web::HttpResponse;
+use utoipa::OpenApi;
+
+use super::{events, health, stream, timeline};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Candystore",
+        description = "The event store and audit trail of the 33GOD ecosystem. Errors are application/problem+json. With API_TOKEN set, every route but /health and /ready needs `Authorization: Bearer <token>`."
+    ),
+    paths(
+        health::health,
+        health::ready,
+        events::list,
+        events::one,
+        events::raw,
+        stream::stream,
+        timeline::sessions,
+        timeline::correlations,
+        spec,
+        docs
+    ),
+    components(schemas(
+        events::EventView,
+        events::Page,
+        timeline::Timeline,
+        timeline::Summary,
+        super::problem::Problem
+    ))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "docs", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn spec() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(ApiDoc::openapi().to_pretty_json().unwrap_or_default())
+}
+
+/// A page that renders the OpenAPI document, served from the binary.
+#[utoipa::path(get, path = "/docs", tag = "docs", responses((status = 200, description = "HTML page")))]
+pub async fn docs() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("docs/index.html"))
+}
