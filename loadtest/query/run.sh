@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Fills a database of its own with ROWS events (once), serves it, and runs the
+# query k6 script against it. ROWS=1000000 by default; 10000000 for the issue's target.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROWS=${ROWS:-1000000}
+DB=cs_loadtest_${ROWS}
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
+export RABBIT_EXCHANGE=cs_loadtest RABBIT_QUEUE=cs_loadtest
+export API_HOST=127.0.0.1 API_PORT=18684 METRICS_PORT=19092 LOG_LEVEL=warn DATABASE_READ_POOL_SIZE=16
+BIN=target/release/candystore
+psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1 || createdb -h 127.0.0.1 -U postgres "$DB"
+$BIN migrate >/dev/null
+have=$(psql -h 127.0.0.1 -U postgres -d "$DB" -tAc "SELECT count(*) FROM events")
+if [ "$have" -lt "$ROWS" ]; then
+  echo "filling $DB with $((ROWS - have)) rows"
+  time psql -q -h 127.0.0.1 -U postgres -d "$DB" -v rows=$((ROWS - have)) -f loadtest/fill.sql
+fi
+$BIN serve & pid=$!
+trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$API_PORT/ready" >/dev/null && break; sleep 0.2; done
+k6 run -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" loadtest/query/query.js
