@@ -90,6 +90,52 @@ impl Cursor {
     }
 }
 
+/// `limit`: 1 to MAX_LIMIT.
+pub(crate) fn parse_limit(value: &str) -> Result<i64, Problem> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            Problem::bad_parameter(
+                "limit",
+                format!("{value:?} is not a whole number from 1 to {MAX_LIMIT}"),
+            )
+        })
+}
+
+/// `offset`: 0 or more.
+pub(crate) fn parse_offset(value: &str) -> Result<i64, Problem> {
+    value.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        Problem::bad_parameter(
+            "offset",
+            format!("{value:?} is not a whole number of 0 or more"),
+        )
+    })
+}
+
+/// `cursor`: a `next_cursor` this API returned.
+pub(crate) fn parse_cursor(value: &str) -> Result<Cursor, Problem> {
+    Cursor::decode(value)
+        .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))
+}
+
+/// Cuts a page fetched with `limit + 1` rows to `limit`; returns whether more
+/// follow and, if so, the cursor of the last row kept.
+pub(crate) fn finish_page(rows: &mut Vec<Row>, limit: i64) -> (bool, Option<String>) {
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = has_more.then(|| rows.last()).flatten().map(|r| {
+        let t: DateTime<Utc> = r.get("timestamp");
+        Cursor {
+            timestamp_micros: t.timestamp_micros(),
+            seq: r.get("seq"),
+        }
+        .encode()
+    });
+    (has_more, next_cursor)
+}
+
 /// The validated parameters of `GET /events`.
 #[derive(Debug, Default)]
 pub struct EventQuery {
@@ -150,31 +196,9 @@ impl EventQuery {
                         q.end_time = Some(t);
                     }
                 }
-                "limit" => {
-                    q.limit = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=MAX_LIMIT).contains(n))
-                        .ok_or_else(|| {
-                            Problem::bad_parameter(
-                                name,
-                                format!("{value:?} is not a whole number from 1 to {MAX_LIMIT}"),
-                            )
-                        })?;
-                }
-                "offset" => {
-                    q.offset = value.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                        Problem::bad_parameter(
-                            name,
-                            format!("{value:?} is not a whole number of 0 or more"),
-                        )
-                    })?;
-                }
-                "cursor" => {
-                    q.cursor = Some(Cursor::decode(&value).ok_or_else(|| {
-                        Problem::bad_parameter(name, "not a cursor this API returned")
-                    })?);
-                }
+                "limit" => q.limit = parse_limit(&value)?,
+                "offset" => q.offset = parse_offset(&value)?,
+                "cursor" => q.cursor = Some(parse_cursor(&value)?),
                 _ => {
                     if value.is_empty() || value.contains('\0') {
                         return Err(Problem::bad_parameter(name, "must be non-empty text"));
@@ -291,20 +315,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
     let mut rows = client.query(&sql, &refs).await.map_err(unavailable)?;
-    let has_more = rows.len() as i64 > q.limit;
-    rows.truncate(q.limit as usize);
-    let next_cursor = if has_more {
-        rows.last().map(|r| {
-            let t: DateTime<Utc> = r.get("timestamp");
-            Cursor {
-                timestamp_micros: t.timestamp_micros(),
-                seq: r.get("seq"),
-            }
-            .encode()
-        })
-    } else {
-        None
-    };
+    let (has_more, next_cursor) = finish_page(&mut rows, q.limit);
 
     // total: exact up to EXACT_TOTAL_UP_TO matching rows, the planner's estimate past it.
     let filter_params = &refs[..refs.len() - 2 - if q.cursor.is_some() { 2 } else { 0 }];

@@ -10,7 +10,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::ApiState;
-use super::events::{COLUMNS, Cursor, EventView, MAX_LIMIT, rfc3339, unavailable, view};
+use super::events::{
+    COLUMNS, Cursor, EventView, finish_page, parse_cursor, parse_limit, parse_offset, rfc3339,
+    unavailable, view,
+};
 use super::problem::Problem;
 
 /// Which column groups the timeline.
@@ -70,31 +73,9 @@ fn paging(query: &str) -> Result<Paging, Problem> {
     };
     for (key, value) in pairs {
         match key.as_str() {
-            "limit" => {
-                p.limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        Problem::bad_parameter(
-                            "limit",
-                            format!("{value:?} is not a whole number from 1 to {MAX_LIMIT}"),
-                        )
-                    })?
-            }
-            "offset" => {
-                p.offset = value.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                    Problem::bad_parameter(
-                        "offset",
-                        format!("{value:?} is not a whole number of 0 or more"),
-                    )
-                })?
-            }
-            "cursor" => {
-                p.cursor = Some(Cursor::decode(&value).ok_or_else(|| {
-                    Problem::bad_parameter("cursor", "not a cursor this API returned")
-                })?)
-            }
+            "limit" => p.limit = parse_limit(&value)?,
+            "offset" => p.offset = parse_offset(&value)?,
+            "cursor" => p.cursor = Some(parse_cursor(&value)?),
             other => {
                 return Err(Problem::new(
                     StatusCode::BAD_REQUEST,
@@ -188,7 +169,7 @@ async fn timeline(
         last = Some(last.map_or(hi, |l| l.max(hi)));
     }
 
-    let rows = match p.cursor {
+    let mut rows = match p.cursor {
         Some(c) => {
             let ts = DateTime::<Utc>::from_timestamp_micros(c.timestamp_micros)
                 .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))?;
@@ -212,20 +193,7 @@ async fn timeline(
         }
     }
     .map_err(unavailable)?;
-    let has_more = rows.len() as i64 > p.limit;
-    let rows = &rows[..rows.len().min(p.limit as usize)];
-    let next_cursor = if has_more {
-        rows.last().map(|r| {
-            let t: DateTime<Utc> = r.get("timestamp");
-            Cursor {
-                timestamp_micros: t.timestamp_micros(),
-                seq: r.get("seq"),
-            }
-            .encode()
-        })
-    } else {
-        None
-    };
+    let (has_more, next_cursor) = finish_page(&mut rows, p.limit);
     Ok(HttpResponse::Ok().json(Timeline {
         key: column,
         value,
