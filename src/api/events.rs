@@ -17,7 +17,7 @@ use super::problem::Problem;
 use crate::source::decode::{hex, parse_time};
 
 pub const MAX_LIMIT: i64 = 1000;
-const DEFAULT_LIMIT: i64 = 100;
+pub(crate) const DEFAULT_LIMIT: i64 = 100;
 /// Up to this many matching rows `total` is an exact count; past it, the planner's
 /// estimate (and `total_is_estimate: true`), so no request ever counts the table.
 pub const EXACT_TOTAL_UP_TO: i64 = 10_000;
@@ -90,6 +90,16 @@ impl Cursor {
     }
 }
 
+/// The query string as name/value pairs; a malformed one is a 400 problem.
+pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, Problem> {
+    serde_urlencoded::from_str(query).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the query string is malformed: {e}"),
+        )
+    })
+}
+
 /// `limit`: 1 to MAX_LIMIT.
 pub(crate) fn parse_limit(value: &str) -> Result<i64, Problem> {
     value
@@ -158,12 +168,7 @@ const FILTERS: [&str; 5] = [
 impl EventQuery {
     /// Parses and validates a query string.
     pub fn parse(query: &str) -> Result<Self, Problem> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                format!("the query string is malformed: {e}"),
-            )
-        })?;
+        let pairs = query_pairs(query)?;
         let mut q = EventQuery {
             limit: DEFAULT_LIMIT,
             ..Default::default()

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 
 use super::ApiState;
-use super::events::{COLUMNS, EventQuery, unavailable, view};
+use super::events::{COLUMNS, EventQuery, query_pairs, unavailable, view};
 use super::problem::Problem;
 
 const POLL_EVERY: Duration = Duration::from_millis(200);
@@ -27,13 +27,7 @@ const PAGE: i64 = 500;
 /// Parses the stream's parameters: the filters of `GET /events` (and its time
 /// range), plus where to resume.
 fn parse(req: &HttpRequest) -> Result<(EventQuery, Option<i64>), Problem> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(req.query_string()).map_err(|e| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                format!("the query string is malformed: {e}"),
-            )
-        })?;
+    let pairs = query_pairs(req.query_string())?;
     let mut resume = None;
     let mut rest = Vec::new();
     for (k, v) in pairs {

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::ApiState;
 use super::events::{
-    COLUMNS, Cursor, EventView, finish_page, parse_cursor, parse_limit, parse_offset, rfc3339,
-    unavailable, view,
+    COLUMNS, Cursor, DEFAULT_LIMIT, EventView, finish_page, parse_cursor, parse_limit,
+    parse_offset, query_pairs, rfc3339, unavailable, view,
 };
 use super::problem::Problem;
 
@@ -60,14 +60,9 @@ struct Paging {
 }
 
 fn paging(query: &str) -> Result<Paging, Problem> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("the query string is malformed: {e}"),
-        )
-    })?;
+    let pairs = query_pairs(query)?;
     let mut p = Paging {
-        limit: 100,
+        limit: DEFAULT_LIMIT,
         offset: 0,
         cursor: None,
     };
