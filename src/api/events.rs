@@ -146,6 +146,33 @@ pub(crate) fn finish_page(rows: &mut Vec<Row>, limit: i64) -> (bool, Option<Stri
     (has_more, next_cursor)
 }
 
+/// `payload_contains`: a JSON object, matched by jsonb containment. PostgreSQL's
+/// jsonb cannot hold `\u0000`, so a document with one could match nothing: it is
+/// refused here rather than failing in the database.
+pub(crate) fn parse_containment(value: &str) -> Result<serde_json::Value, Problem> {
+    const NAME: &str = "payload_contains";
+    let doc: serde_json::Value = serde_json::from_str(value)
+        .map_err(|e| Problem::bad_parameter(NAME, format!("is not JSON: {e}")))?;
+    if !doc.is_object() {
+        return Err(Problem::bad_parameter(NAME, "must be a JSON object"));
+    }
+    fn has_nul(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(a) => a.iter().any(has_nul),
+            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    if has_nul(&doc) {
+        return Err(Problem::bad_parameter(
+            NAME,
+            "contains \\u0000, which no stored payload can hold",
+        ));
+    }
+    Ok(doc)
+}
+
 /// The validated parameters of `GET /events`.
 #[derive(Debug, Default)]
 pub struct EventQuery {
@@ -155,6 +182,8 @@ pub struct EventQuery {
     pub limit: i64,
     pub offset: i64,
     pub cursor: Option<Cursor>,
+    /// A JSON object the payload must contain (jsonb `@>`).
+    pub payload_contains: Option<serde_json::Value>,
 }
 
 const FILTERS: [&str; 5] = [
@@ -177,7 +206,17 @@ impl EventQuery {
         for (key, value) in pairs {
             let name = FILTERS
                 .iter()
-                .chain(["start_time", "end_time", "limit", "offset", "cursor"].iter())
+                .chain(
+                    [
+                        "start_time",
+                        "end_time",
+                        "limit",
+                        "offset",
+                        "cursor",
+                        "payload_contains",
+                    ]
+                    .iter(),
+                )
                 .find(|n| **n == key)
                 .copied()
                 .ok_or_else(|| {
@@ -204,6 +243,7 @@ impl EventQuery {
                 "limit" => q.limit = parse_limit(&value)?,
                 "offset" => q.offset = parse_offset(&value)?,
                 "cursor" => q.cursor = Some(parse_cursor(&value)?),
+                "payload_contains" => q.payload_contains = Some(parse_containment(&value)?),
                 _ => {
                     if value.is_empty() || value.contains('\0') {
                         return Err(Problem::bad_parameter(name, "must be non-empty text"));
@@ -233,6 +273,10 @@ impl EventQuery {
         for (name, value) in &self.filters {
             params.push(Box::new(value.clone()));
             clauses.push(format!("{name} = ${}", params.len()));
+        }
+        if let Some(doc) = &self.payload_contains {
+            params.push(Box::new(doc.clone()));
+            clauses.push(format!("payload @> ${}", params.len()));
         }
         if let Some(t) = self.start_time {
             params.push(Box::new(t));
@@ -284,6 +328,7 @@ pub struct Page {
         ("correlation_id" = Option<String>, Query, description = "only this correlation id"),
         ("start_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
         ("end_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("payload_contains" = Option<String>, Query, description = "a JSON object the payload contains (jsonb @>), e.g. {\"status\":\"failed\"}"),
         ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"),
         ("offset" = Option<i64>, Query, description = "0 or more, default 0"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
@@ -440,6 +485,13 @@ mod tests {
             ("session_id=", "session_id"),
             ("source=a&source=b", "source"),
             ("cursor=00000000000000000000000000000001&offset=5", "offset"),
+            ("payload_contains=%7Bnope", "payload_contains"),
+            ("payload_contains=%5B1%2C2%5D", "payload_contains"),
+            ("payload_contains=42", "payload_contains"),
+            (
+                "payload_contains=%7B%22a%22%3A%22x%5Cu0000%22%7D",
+                "payload_contains",
+            ),
         ] {
             let p = EventQuery::parse(query).unwrap_err();
             assert_eq!(p.status, 400, "{query}");

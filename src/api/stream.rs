@@ -136,6 +136,7 @@ impl Tail {
         ("correlation_id" = Option<String>, Query, description = "only this correlation id"),
         ("start_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
         ("end_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("payload_contains" = Option<String>, Query, description = "a JSON object the payload contains (jsonb @>)"),
     ("last_event_id" = Option<i64>, Query, description = "resume after this event id (the Last-Event-ID header wins)"),
     ("Last-Event-ID" = Option<i64>, Header, description = "resume after this event id"),
 ), responses(
