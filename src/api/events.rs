@@ -340,7 +340,9 @@ pub struct Page {
 pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
     let q = EventQuery::parse(req.query_string())?;
     let client = state.pool.get().await.map_err(unavailable)?;
-    let (filter, mut params) = q.conditions();
+    let (filter, filter_params) = q.conditions();
+    let n_filter = filter_params.len();
+    let mut params = filter_params;
     let mut page_filter = filter.clone();
     if let Some(c) = q.cursor {
         let ts = DateTime::<Utc>::from_timestamp_micros(c.timestamp_micros)
@@ -354,42 +356,40 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         ));
     }
     params.push(Box::new(q.limit + 1));
-    params.push(Box::new(q.offset));
-    let sql = format!(
-        "SELECT {COLUMNS} FROM events WHERE {page_filter} ORDER BY \"timestamp\" DESC, seq DESC LIMIT ${} OFFSET ${}",
-        params.len() - 1,
-        params.len()
-    );
+    let sql = if q.offset == 0 {
+        format!(
+            "SELECT {COLUMNS} FROM events WHERE {page_filter} ORDER BY \"timestamp\" DESC, seq DESC LIMIT ${}",
+            params.len()
+        )
+    } else {
+        // Deferred join: skip the offset on the index alone (an index-only scan
+        // where the visibility map allows), then fetch only the page's rows.
+        params.push(Box::new(q.offset));
+        format!(
+            "SELECT {COLUMNS} FROM events JOIN (SELECT seq FROM events WHERE {page_filter} \
+             ORDER BY \"timestamp\" DESC, seq DESC LIMIT ${} OFFSET ${}) page USING (seq) \
+             ORDER BY \"timestamp\" DESC, seq DESC",
+            params.len() - 1,
+            params.len()
+        )
+    };
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
     let mut rows = client.query(&sql, &refs).await.map_err(unavailable)?;
     let (has_more, next_cursor) = finish_page(&mut rows, q.limit);
-
-    // total: exact up to EXACT_TOTAL_UP_TO matching rows, the planner's estimate past it.
-    let filter_params = &refs[..refs.len() - 2 - if q.cursor.is_some() { 2 } else { 0 }];
-    let capped = format!(
-        "SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
-        EXACT_TOTAL_UP_TO + 1
-    );
-    let exact: i64 = client
-        .query_one(&capped, filter_params)
-        .await
-        .map_err(unavailable)?
-        .get(0);
-    let (total, total_is_estimate) = if exact <= EXACT_TOTAL_UP_TO {
-        (exact, false)
-    } else {
-        let explain = format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM events WHERE {filter}");
-        let plan: serde_json::Value = client
-            .query_one(&explain, filter_params)
-            .await
-            .map_err(unavailable)?
-            .get(0);
-        let estimate = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0) as i64;
-        (estimate.max(exact), true)
-    };
+    let (total, total_is_estimate) = total(
+        &client,
+        &filter,
+        &refs[..n_filter],
+        Seen {
+            through: q.offset + rows.len() as i64,
+            has_more,
+            whole_prefix: q.cursor.is_none() && (q.offset == 0 || !rows.is_empty()),
+        },
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(Page {
         events: rows.iter().map(view).collect(),
         total,
@@ -399,6 +399,58 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         has_more,
         next_cursor,
     }))
+}
+
+/// What a page already tells about the number of matching events.
+struct Seen {
+    /// offset + rows on the page
+    through: i64,
+    has_more: bool,
+    /// the page began at a known position in the whole result (no cursor, and not
+    /// past the end), so `through` matching events are known to exist
+    whole_prefix: bool,
+}
+
+/// `total` for `GET /events`: exact up to [`EXACT_TOTAL_UP_TO`] matching events,
+/// otherwise the planner's estimate. Costs nothing when the page itself settles it
+/// (the last page, or an offset already past the cap), at most a count stopped at
+/// `EXACT_TOTAL_UP_TO + 1` rows of an index otherwise, and never a scan of the table.
+async fn total(
+    client: &deadpool_postgres::Client,
+    filter: &str,
+    params: &[&(dyn ToSql + Sync)],
+    seen: Seen,
+) -> Result<(i64, bool), Problem> {
+    if seen.whole_prefix && !seen.has_more {
+        return Ok((seen.through, false));
+    }
+    let at_least = if seen.whole_prefix {
+        seen.through + 1
+    } else {
+        0
+    };
+    if at_least <= EXACT_TOTAL_UP_TO {
+        let capped = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
+            EXACT_TOTAL_UP_TO + 1
+        );
+        let exact: i64 = client
+            .query_one(&capped, params)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        if exact <= EXACT_TOTAL_UP_TO {
+            return Ok((exact, false));
+        }
+    }
+    let explain = format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM events WHERE {filter}");
+    let plan: serde_json::Value = client
+        .query_one(&explain, params)
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    let estimate = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0) as i64;
+    Ok((estimate.max(at_least).max(EXACT_TOTAL_UP_TO + 1), true))
 }
 
 fn not_found(id: &str) -> Problem {

@@ -288,6 +288,91 @@ fn url_encode(s: &str) -> String {
     serde_urlencoded::to_string([("", s)]).unwrap()[1..].to_owned()
 }
 
+/// Inserts `n` events straight into the table (the pipeline is tested elsewhere):
+/// ids `bulk-1..=n`, one per second, session `big` for all but every 1000th.
+async fn bulk_insert(app: &TestApp, n: i64) {
+    app.db
+        .execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, session_id, generation, envelope, properties) \
+             SELECT 'bulk-' || g, 'bulk', 'svc', 'bulk', 'events', \
+                    timestamptz '2026-11-01T00:00:00Z' + g * interval '1 second', now(), \
+                    jsonb_build_object('g', g), CASE WHEN g % 1000 = 0 THEN 'small' ELSE 'big' END, \
+                    1, '{}', '{}' \
+             FROM generate_series(1, $1::bigint) g",
+            &[&n],
+        )
+        .await
+        .unwrap();
+    app.db.batch_execute("ANALYZE events").await.unwrap();
+}
+
+#[tokio::test]
+async fn total_is_exact_up_to_ten_thousand_and_past_that_an_estimate_that_says_so() {
+    let app = spawn_app().await;
+    bulk_insert(&app, 10_050).await;
+    let total = |q: &'static str| {
+        let app = &app;
+        async move {
+            let (status, page, _) = get(app, &format!("/events?{q}")).await;
+            assert_eq!(status, 200, "{q}: {page}");
+            (
+                page["total"].as_i64().unwrap(),
+                page["total_is_estimate"].as_bool().unwrap(),
+            )
+        }
+    };
+    let (n, estimated) = total("limit=10").await;
+    assert!(estimated, "10,050 matches are past the exact cap");
+    assert!(
+        n > 10_000,
+        "an estimate is never below what is known to exist: {n}"
+    );
+    for q in ["offset=9000&limit=100", "offset=9950&limit=60"] {
+        let (n, estimated) = total(q).await;
+        assert!(estimated && n > 10_000, "{q}: {n}");
+    }
+    assert_eq!(
+        total("offset=10000&limit=100").await,
+        (10_050, false),
+        "the last page knows the exact total"
+    );
+    assert_eq!(total("session_id=small").await, (10, false));
+    assert_eq!(
+        total("session_id=small&offset=5&limit=2").await,
+        (10, false)
+    );
+    assert_eq!(
+        total("session_id=small&offset=50").await,
+        (10, false),
+        "past the end"
+    );
+    assert_eq!(total("session_id=nobody&offset=50").await, (0, false));
+    assert_eq!(
+        total("start_time=2026-11-01T01:00:00Z&end_time=2026-11-01T01:59:59Z&limit=1").await,
+        (3_600, false),
+        "counted exactly below the cap"
+    );
+    let (_, page, _) = get(&app, "/events?session_id=small&limit=3").await;
+    let cursor = page["next_cursor"].as_str().unwrap();
+    assert_eq!(
+        get(
+            &app,
+            &format!("/events?session_id=small&limit=3&cursor={cursor}")
+        )
+        .await
+        .1["total"],
+        10,
+        "with a cursor, total still counts every match"
+    );
+    // Offset pages are served by the deferred join: same rows as a direct walk.
+    let (_, deep, _) = get(&app, "/events?offset=9990&limit=5").await;
+    assert_eq!(
+        ids(&deep),
+        ["bulk-60", "bulk-59", "bulk-58", "bulk-57", "bulk-56"]
+    );
+}
+
 #[tokio::test]
 async fn one_event_by_id_and_a_problem_when_unknown() {
     let app = spawn_app().await;
