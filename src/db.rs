@@ -80,9 +80,13 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError>
 pub const READ_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The read pool the API queries from. It never writes: its sessions are read-only.
+///
+/// API queries are short index walks. JIT compilation (tens of milliseconds, spent
+/// when the planner guesses a query is big) and parallel workers (one request
+/// taking every core from the others) only add latency to them, so both are off.
 pub fn read_pool(mut config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
     let options = format!(
-        "{} -c statement_timeout={} -c default_transaction_read_only=on",
+        "{} -c statement_timeout={} -c default_transaction_read_only=on -c jit=off -c max_parallel_workers_per_gather=0",
         config.get_options().unwrap_or_default(),
         READ_STATEMENT_TIMEOUT.as_millis()
     );

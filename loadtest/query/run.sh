@@ -19,4 +19,4 @@ fi
 $BIN serve & pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$API_PORT/ready" >/dev/null && break; sleep 0.2; done
-k6 run -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" loadtest/query/query.js
+k6 run -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" loadtest/query/query.js "$@"

@@ -20,7 +20,7 @@ pub const MAX_LIMIT: i64 = 1000;
 pub(crate) const DEFAULT_LIMIT: i64 = 100;
 /// Up to this many matching rows `total` is an exact count; past it, the planner's
 /// estimate (and `total_is_estimate: true`), so no request ever counts the table.
-pub const EXACT_TOTAL_UP_TO: i64 = 10_000;
+pub const EXACT_TOTAL_UP_TO: i64 = 1_000;
 
 pub(crate) const COLUMNS: &str = "seq, id, event_type, source, target, routing_key, \"timestamp\", stored_at, payload, session_id, correlation_id, storage_latency_ms";
 
@@ -318,7 +318,7 @@ pub struct Page {
 
 /// Events matching the filters, newest first.
 ///
-/// `total` is exact up to 10,000 matches, then PostgreSQL's estimate (`total_is_estimate`).
+/// `total` is exact up to 1,000 matches, then PostgreSQL's estimate (`total_is_estimate`).
 /// `next_cursor` continues the walk with `cursor=`; it visits every event once.
 #[utoipa::path(get, path = "/events", tag = "events", params(
         ("session_id" = Option<String>, Query, description = "only this session"),
