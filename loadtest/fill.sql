@@ -1,6 +1,9 @@
 -- Fills `events` with :rows synthetic events, server-side, in one statement per
--- million rows: 1,000 sessions, 40 event types, 20 sources, a correlation id per
--- 10 events, timestamps spread over the last 30 days, ~400-byte payloads.
+-- million rows: 1,000 sessions, 40 event types, 20 sources, a quarter with a target,
+-- a correlation id per 10 events, ~400-byte payloads. As in a live event log,
+-- timestamps rise with insertion order (spread over the 30 days before now, with
+-- up to a second of jitter so neighbours arrive slightly out of order), so heap
+-- order follows time order while sessions, types and sources interleave.
 -- Usage: psql -v rows=1000000 -f loadtest/fill.sql "$DATABASE_URL"
 \set ON_ERROR_STOP on
 -- psql does not substitute variables inside the DO body: pass them as settings.
@@ -23,7 +26,8 @@ BEGIN
            CASE WHEN g % 4 = 0 THEN 'candybar' END,
            'load.type.' || (g % 40),
            'events',
-           now() - ((g * 2591) % 2592000) * interval '1 second' - (g % 1000) * interval '1 millisecond',
+           now() - interval '30 days' + (base + done + g) * (interval '30 days' / (base + total))
+             + ((g * 7919) % 2000 - 1000) * interval '1 millisecond',
            now(), now(),
            jsonb_build_object('seq', g, 'text', repeat('lorem ipsum ', 30), 'n', g % 97, 'flag', g % 2 = 0,
                               'tags', jsonb_build_array('t' || (g % 7), 't' || (g % 11))),

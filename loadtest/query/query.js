@@ -17,12 +17,15 @@ const scenario = (exec, i, n) => ({
   startTime: `${Math.floor((1000 / RATE) * i / n)}ms`, preAllocatedVUs: 2, maxVUs: 20, exec,
 });
 const names = ['first_page', 'by_session', 'by_type', 'by_source', 'by_correlation', 'by_target', 'by_time',
-  'by_payload_few', 'by_payload_broad', 'cursor_page', 'cursor_page_by_type', 'offset_10000', 'by_id'];
+  'by_payload_few', 'by_payload_broad', 'cursor_page', 'cursor_page_by_type', 'offset_10000', 'by_id', 'session_timeline'];
+// The issue's targets; session_timeline (whose summary aggregates the whole session) has
+// no target there, and 50 ms is ours.
+const target = (n) => (n === 'offset_10000' || n === 'session_timeline' ? 'p(95)<50' : 'p(95)<10');
 // ONLY=by_id,first_page runs a subset.
 const chosen = __ENV.ONLY ? names.filter((n) => __ENV.ONLY.split(',').includes(n)) : names;
 export const options = {
   scenarios: Object.fromEntries(chosen.map((n, i) => [n, scenario(n, i, chosen.length)])),
-  thresholds: Object.fromEntries(chosen.map((n) => [`http_req_duration{scenario:${n}}`, [n === 'offset_10000' ? 'p(95)<50' : 'p(95)<10']])),
+  thresholds: Object.fromEntries(chosen.map((n) => [`http_req_duration{scenario:${n}}`, [target(n)]])),
   summaryTrendStats: ['avg', 'p(50)', 'p(95)', 'p(99)', 'max'],
 };
 
@@ -59,3 +62,4 @@ export function cursor_page_by_type() {
 }
 export function offset_10000() { ok(http.get(`${BASE}/events?limit=100&offset=10000`)); }
 export function by_id() { ok(http.get(`${BASE}/events/load-${1 + pick(ROWS)}`, { tags: { name: 'by_id' } })); }
+export function session_timeline() { ok(http.get(`${BASE}/sessions/sess-${pick(1000)}`, { tags: { name: 'session' } })); }

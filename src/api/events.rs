@@ -21,6 +21,9 @@ pub(crate) const DEFAULT_LIMIT: i64 = 100;
 /// Up to this many matching rows `total` is an exact count; past it, the planner's
 /// estimate (and `total_is_estimate: true`), so no request ever counts the table.
 pub const EXACT_TOTAL_UP_TO: i64 = 1_000;
+/// A planner estimate above this is taken as "past the cap" without counting: the
+/// count would only confirm it, and for a broad `payload_contains` it is the costly part.
+const ESTIMATE_TRUSTED_ABOVE: i64 = 10 * EXACT_TOTAL_UP_TO;
 
 pub(crate) const COLUMNS: &str = "seq, id, event_type, source, target, routing_key, \"timestamp\", stored_at, payload, session_id, correlation_id, storage_latency_ms";
 
@@ -412,9 +415,11 @@ struct Seen {
 }
 
 /// `total` for `GET /events`: exact up to [`EXACT_TOTAL_UP_TO`] matching events,
-/// otherwise the planner's estimate. Costs nothing when the page itself settles it
-/// (the last page, or an offset already past the cap), at most a count stopped at
-/// `EXACT_TOTAL_UP_TO + 1` rows of an index otherwise, and never a scan of the table.
+/// otherwise the planner's estimate, flagged. Free when the page settles it (the last
+/// page, or an offset already past the cap). Otherwise the plan's row estimate comes
+/// first (planning only); when it expects far more than the cap, the estimate is the
+/// answer, and only when it does not is there a count, stopped at `EXACT_TOTAL_UP_TO + 1`
+/// rows. No request ever counts more.
 async fn total(
     client: &deadpool_postgres::Client,
     filter: &str,
@@ -429,20 +434,6 @@ async fn total(
     } else {
         0
     };
-    if at_least <= EXACT_TOTAL_UP_TO {
-        let capped = format!(
-            "SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
-            EXACT_TOTAL_UP_TO + 1
-        );
-        let exact: i64 = client
-            .query_one(&capped, params)
-            .await
-            .map_err(unavailable)?
-            .get(0);
-        if exact <= EXACT_TOTAL_UP_TO {
-            return Ok((exact, false));
-        }
-    }
     let explain = format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM events WHERE {filter}");
     let plan: serde_json::Value = client
         .query_one(&explain, params)
@@ -450,7 +441,23 @@ async fn total(
         .map_err(unavailable)?
         .get(0);
     let estimate = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0) as i64;
-    Ok((estimate.max(at_least).max(EXACT_TOTAL_UP_TO + 1), true))
+    if at_least > EXACT_TOTAL_UP_TO || estimate > ESTIMATE_TRUSTED_ABOVE {
+        return Ok((estimate.max(at_least), true));
+    }
+    let capped = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
+        EXACT_TOTAL_UP_TO + 1
+    );
+    let exact: i64 = client
+        .query_one(&capped, params)
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    if exact <= EXACT_TOTAL_UP_TO {
+        Ok((exact, false))
+    } else {
+        Ok((estimate.max(exact).max(at_least), true))
+    }
 }
 
 fn not_found(id: &str) -> Problem {

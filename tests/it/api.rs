@@ -310,7 +310,7 @@ async fn bulk_insert(app: &TestApp, n: i64) {
 #[tokio::test]
 async fn total_is_exact_up_to_a_thousand_and_past_that_an_estimate_that_says_so() {
     let app = spawn_app().await;
-    bulk_insert(&app, 2_050).await;
+    bulk_insert(&app, 12_000).await;
     let total = |q: &'static str| {
         let app = &app;
         async move {
@@ -323,29 +323,33 @@ async fn total_is_exact_up_to_a_thousand_and_past_that_an_estimate_that_says_so(
         }
     };
     let (n, estimated) = total("limit=10").await;
-    assert!(estimated, "2,050 matches are past the exact cap");
+    assert!(estimated, "12,000 matches are past the exact cap");
     assert!(
         n > 1_000,
         "an estimate is never below what is known to exist: {n}"
     );
-    // Counted past the cap, and known to be past it from the offset alone.
-    for q in ["offset=900&limit=50", "offset=990&limit=60"] {
+    // Past the cap by the planner's estimate, by a count, and by the offset alone.
+    for q in [
+        "offset=900&limit=50",
+        "start_time=2026-11-01T00:10:00Z&end_time=2026-11-01T01:33:19Z",
+        "offset=990&limit=60",
+    ] {
         let (n, estimated) = total(q).await;
         assert!(estimated && n > 1_000, "{q}: {n}");
     }
     assert_eq!(
-        total("offset=2000&limit=100").await,
-        (2_050, false),
+        total("offset=11950&limit=100").await,
+        (12_000, false),
         "the last page knows the exact total"
     );
-    assert_eq!(total("session_id=small").await, (20, false));
+    assert_eq!(total("session_id=small").await, (120, false));
     assert_eq!(
         total("session_id=small&offset=5&limit=2").await,
-        (20, false)
+        (120, false)
     );
     assert_eq!(
-        total("session_id=small&offset=50").await,
-        (20, false),
+        total("session_id=small&offset=500").await,
+        (120, false),
         "past the end"
     );
     assert_eq!(total("session_id=nobody&offset=50").await, (0, false));
@@ -363,14 +367,20 @@ async fn total_is_exact_up_to_a_thousand_and_past_that_an_estimate_that_says_so(
         )
         .await
         .1["total"],
-        20,
+        120,
         "with a cursor, total still counts every match"
     );
     // Offset pages are served by the deferred join: same rows as a direct walk.
     let (_, deep, _) = get(&app, "/events?offset=1990&limit=5").await;
     assert_eq!(
         ids(&deep),
-        ["bulk-60", "bulk-59", "bulk-58", "bulk-57", "bulk-56"]
+        [
+            "bulk-10010",
+            "bulk-10009",
+            "bulk-10008",
+            "bulk-10007",
+            "bulk-10006"
+        ]
     );
 }
 
