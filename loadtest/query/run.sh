@@ -22,4 +22,13 @@ for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$API_PORT/ready" >/dev/null 
 # A 10 s pass first, so the figures are those of a server that has been serving, not
 # of the first reads after the fill.
 k6 run --quiet -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" -e DURATION=10s loadtest/query/query.js >/dev/null 2>&1 || true
+# INGEST_RATE=1000 measures while events are being stored at that rate, as in production.
+if [ "${INGEST_RATE:-0}" -gt 0 ]; then
+  $BIN publish --count 1000000000 --rate "$INGEST_RATE" >/dev/null & pub=$!
+  trap 'kill $pub 2>/dev/null; kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+  sleep 2
+fi
 k6 run -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" loadtest/query/query.js "$@"
+if [ "${INGEST_RATE:-0}" -gt 0 ]; then
+  curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^candystore_(storage_latency_seconds_(count|sum)|events_stored_total|queue_depth)'
+fi
