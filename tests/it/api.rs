@@ -385,6 +385,36 @@ async fn total_is_exact_up_to_a_thousand_and_past_that_an_estimate_that_says_so(
 }
 
 #[tokio::test]
+async fn a_query_the_database_cannot_answer_ends_at_the_statement_timeout_with_an_opaque_problem() {
+    let app = spawn_app().await;
+    seed(&app, 3).await;
+    // Another session holds the table: every read of it waits.
+    app.db
+        .batch_execute("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, problem, content_type) = get(&app, "/events?session_id=s1").await;
+    let waited = started.elapsed();
+    app.db.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(content_type, "application/problem+json");
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "bounded by the 5 s statement timeout, took {waited:?}"
+    );
+    let detail = problem["detail"].as_str().unwrap();
+    for internal in ["statement", "timeout", "events", "lock", "postgres", "SQL"] {
+        assert!(
+            !detail.to_lowercase().contains(&internal.to_lowercase()),
+            "opaque: {detail}"
+        );
+    }
+    // The service answers again as soon as the database does.
+    assert_eq!(get(&app, "/events?session_id=s1").await.0, 200);
+}
+
+#[tokio::test]
 async fn one_event_by_id_and_a_problem_when_unknown() {
     let app = spawn_app().await;
     seed(&app, 3).await;
