@@ -178,10 +178,15 @@ async fn timeline(
                 )
                 .await
         }
+        // Offsets skip on the index alone (deferred join), as in `GET /events`.
         None => {
             client
                 .query(
-                    &format!("SELECT {COLUMNS} FROM events WHERE {column} = $1 ORDER BY \"timestamp\", seq LIMIT $2 OFFSET $3"),
+                    &format!(
+                        "SELECT {COLUMNS} FROM events JOIN (SELECT seq FROM events WHERE {column} = $1 \
+                         ORDER BY \"timestamp\", seq LIMIT $2 OFFSET $3) page USING (seq) \
+                         ORDER BY \"timestamp\", seq"
+                    ),
                     &[&value, &(p.limit + 1), &p.offset],
                 )
                 .await

@@ -503,6 +503,14 @@ async fn a_session_timeline_is_in_time_order_with_a_summary_and_pages() {
         .map(|i| format!("e-{i:03}"))
         .collect();
     assert_eq!(walked, expected);
+    // The same walk by offsets.
+    let mut by_offset = Vec::new();
+    for offset in (0..10).step_by(3) {
+        let (_, page, _) = get(&app, &format!("/sessions/s1?limit=3&offset={offset}")).await;
+        assert_eq!(page["has_more"], offset + 3 < 10, "offset {offset}");
+        by_offset.extend(ids(&page));
+    }
+    assert_eq!(by_offset, expected);
 
     let (status, c, _) = get(&app, "/correlations/c3").await;
     assert_eq!(status, 200);
