@@ -16,7 +16,7 @@ const scenario = (exec, i, n) => ({
   executor: 'constant-arrival-rate', rate: RATE, timeUnit: '1s', duration: DURATION,
   startTime: `${Math.floor((1000 / RATE) * i / n)}ms`, preAllocatedVUs: 2, maxVUs: 20, exec,
 });
-const names = ['first_page', 'by_session', 'by_type', 'by_source', 'by_correlation', 'by_target', 'by_time',
+const names = ['first_page', 'by_session', 'by_type', 'by_source', 'by_correlation', 'by_target', 'by_target_rare', 'by_time',
   'by_payload_few', 'by_payload_broad', 'cursor_page', 'cursor_page_by_type', 'offset_10000', 'by_id', 'session_timeline'];
 // The issue's targets; session_timeline (whose summary aggregates the whole session) has
 // no target there, and 50 ms is ours.
@@ -38,6 +38,8 @@ export function by_type() { ok(http.get(`${BASE}/events?event_type=load.type.${p
 export function by_source() { ok(http.get(`${BASE}/events?source=svc-${pick(20)}`)); }
 export function by_correlation() { ok(http.get(`${BASE}/events?correlation_id=corr-${pick(ROWS / 10)}`)); }
 export function by_target() { ok(http.get(`${BASE}/events?target=candybar`)); }
+// A target no event has: the answer is empty, and must not cost a scan to find out.
+export function by_target_rare() { ok(http.get(`${BASE}/events?target=svc-${pick(20)}`, { tags: { name: 'target_rare' } })); }
 export function by_time() {
   const end = new Date(Date.now() - pick(29) * 86400000);
   const start = new Date(end.getTime() - 3600000);

@@ -28,7 +28,9 @@ if [ "${INGEST_RATE:-0}" -gt 0 ]; then
   trap 'kill $pub 2>/dev/null; kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
   sleep 2
 fi
-k6 run -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" loadtest/query/query.js "$@"
+status=0
+k6 run -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" loadtest/query/query.js "$@" || status=$?
 if [ "${INGEST_RATE:-0}" -gt 0 ]; then
-  curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^candystore_(storage_latency_seconds_(count|sum)|events_stored_total|queue_depth)'
+  curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^candystore_(storage_latency_seconds_(count|sum)|events_stored_total|queue_depth)' || true
 fi
+exit $status
