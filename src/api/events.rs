@@ -8,7 +8,10 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures::{TryStreamExt, pin_mut};
+use postgres_types::{FromSql, Type, accepts};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -24,6 +27,12 @@ pub const EXACT_TOTAL_UP_TO: i64 = 1_000;
 /// A planner estimate above this is taken as "past the cap" without counting: the
 /// count would only confirm it, and for a broad `payload_contains` it is the costly part.
 const ESTIMATE_TRUSTED_ABOVE: i64 = 10 * EXACT_TOTAL_UP_TO;
+/// The most payload a page (or a live-tail chunk) holds. A page stops short of
+/// `limit` rather than pass it, so a page of large events cannot exhaust memory;
+/// `has_more` and `next_cursor` stay exact.
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
+/// Counted per event beside its payload, for its other fields.
+const EVENT_OVERHEAD_BYTES: usize = 512;
 
 pub(crate) const COLUMNS: &str = "seq, id, event_type, source, target, routing_key, \"timestamp\", stored_at, payload, session_id, correlation_id, storage_latency_ms";
 
@@ -37,7 +46,9 @@ pub struct EventView {
     pub routing_key: String,
     pub timestamp: String,
     pub stored_at: String,
-    pub payload: serde_json::Value,
+    /// The payload as stored, passed through without being parsed into a tree.
+    #[schema(value_type = Object)]
+    pub payload: Box<RawValue>,
     pub session_id: Option<String>,
     pub correlation_id: Option<String>,
     pub storage_latency_ms: Option<f64>,
@@ -47,8 +58,34 @@ pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
-pub(crate) fn view(row: &Row) -> EventView {
-    EventView {
+/// A `json` or `jsonb` column as its JSON text, borrowed from the row.
+pub(crate) struct JsonText<'a>(pub &'a [u8]);
+
+impl<'a> FromSql<'a> for JsonText<'a> {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            // jsonb's binary form is a version byte (1) and the text.
+            match raw.split_first() {
+                Some((1, text)) => Ok(JsonText(text)),
+                _ => Err("unsupported jsonb version".into()),
+            }
+        } else {
+            Ok(JsonText(raw))
+        }
+    }
+
+    accepts!(JSON, JSONB);
+}
+
+pub(crate) fn view(row: &Row) -> Result<EventView, Problem> {
+    let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
+    let payload = std::str::from_utf8(payload)
+        .map_err(unavailable)
+        .and_then(|text| RawValue::from_string(text.to_owned()).map_err(unavailable))?;
+    Ok(EventView {
         id: row.get("id"),
         event_type: row.get("event_type"),
         source: row.get("source"),
@@ -56,11 +93,16 @@ pub(crate) fn view(row: &Row) -> EventView {
         routing_key: row.get("routing_key"),
         timestamp: rfc3339(row.get("timestamp")),
         stored_at: rfc3339(row.get("stored_at")),
-        payload: row.get("payload"),
+        payload,
         session_id: row.get("session_id"),
         correlation_id: row.get("correlation_id"),
         storage_latency_ms: row.get("storage_latency_ms"),
-    }
+    })
+}
+
+/// Events as the API shows them.
+pub(crate) fn views(rows: &[Row]) -> Result<Vec<EventView>, Problem> {
+    rows.iter().map(view).collect()
 }
 
 /// A position in the (timestamp DESC, seq DESC) order, opaque to clients.
@@ -133,11 +175,41 @@ pub(crate) fn parse_cursor(value: &str) -> Result<Cursor, Problem> {
         .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))
 }
 
-/// Cuts a page fetched with `limit + 1` rows to `limit`; returns whether more
-/// follow and, if so, the cursor of the last row kept.
-pub(crate) fn finish_page(rows: &mut Vec<Row>, limit: i64) -> (bool, Option<String>) {
-    let has_more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
+/// One page of rows, with whether more follow and, if so, the cursor to continue.
+pub(crate) struct FetchedPage {
+    pub rows: Vec<Row>,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
+/// Runs a page query that asks for up to `limit + 1` rows, reading them as they
+/// arrive, and keeps up to `limit` of them and up to [`MAX_PAGE_BYTES`] of payload
+/// (always at least one row). A row seen past the page is what makes `has_more` true,
+/// so it is exact in both cases. Rows past the page are never held.
+pub(crate) async fn fetch_page(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    limit: i64,
+) -> Result<FetchedPage, Problem> {
+    let stream = client
+        .query_raw(sql, params.iter().copied())
+        .await
+        .map_err(unavailable)?;
+    pin_mut!(stream);
+    let mut rows = Vec::new();
+    let mut bytes = 0;
+    let mut has_more = false;
+    while let Some(row) = stream.try_next().await.map_err(unavailable)? {
+        let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
+        let size = payload.len() + EVENT_OVERHEAD_BYTES;
+        if rows.len() as i64 >= limit || (!rows.is_empty() && bytes + size > MAX_PAGE_BYTES) {
+            has_more = true;
+            break;
+        }
+        bytes += size;
+        rows.push(row);
+    }
     let next_cursor = has_more.then(|| rows.last()).flatten().map(|r| {
         let t: DateTime<Utc> = r.get("timestamp");
         Cursor {
@@ -146,7 +218,11 @@ pub(crate) fn finish_page(rows: &mut Vec<Row>, limit: i64) -> (bool, Option<Stri
         }
         .encode()
     });
-    (has_more, next_cursor)
+    Ok(FetchedPage {
+        rows,
+        has_more,
+        next_cursor,
+    })
 }
 
 /// `payload_contains`: a JSON object, matched by jsonb containment. PostgreSQL's
@@ -323,6 +399,8 @@ pub struct Page {
 ///
 /// `total` is exact up to 1,000 matches, then PostgreSQL's estimate (`total_is_estimate`).
 /// `next_cursor` continues the walk with `cursor=`; it visits every event once.
+/// A page holds fewer than `limit` events when their payloads would pass 8 MiB
+/// (`has_more` stays exact): advance an offset by the events received.
 #[utoipa::path(get, path = "/events", tag = "events", params(
         ("session_id" = Option<String>, Query, description = "only this session"),
         ("event_type" = Option<String>, Query, description = "only this event type"),
@@ -380,8 +458,11 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
-    let mut rows = client.query(&sql, &refs).await.map_err(unavailable)?;
-    let (has_more, next_cursor) = finish_page(&mut rows, q.limit);
+    let FetchedPage {
+        rows,
+        has_more,
+        next_cursor,
+    } = fetch_page(&client, &sql, &refs, q.limit).await?;
     let (total, total_is_estimate) = total(
         &client,
         &filter,
@@ -394,7 +475,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
     )
     .await?;
     Ok(HttpResponse::Ok().json(Page {
-        events: rows.iter().map(view).collect(),
+        events: views(&rows)?,
         total,
         total_is_estimate,
         limit: q.limit,
@@ -485,7 +566,7 @@ pub async fn one(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, Problem> {
     let row = find(&state, &path, "").await?;
-    Ok(HttpResponse::Ok().json(view(&row)))
+    Ok(HttpResponse::Ok().json(view(&row)?))
 }
 
 /// The envelope as it was published (equal as JSON), rebuilt from the stored columns.

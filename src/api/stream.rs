@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 
 use super::ApiState;
-use super::events::{COLUMNS, EventQuery, query_pairs, unavailable, view};
+use super::events::{COLUMNS, EventQuery, fetch_page, query_pairs, unavailable, view};
 use super::problem::Problem;
 
 const POLL_EVERY: Duration = Duration::from_millis(200);
@@ -102,9 +102,10 @@ impl Tail {
         let client = self.state.pool.get().await.map_err(unavailable)?;
         let n = self.params.len();
         let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE {} AND seq > ${} ORDER BY seq LIMIT {PAGE}",
+            "SELECT {COLUMNS} FROM events WHERE {} AND seq > ${} ORDER BY seq LIMIT {}",
             self.filter,
-            n + 1
+            n + 1,
+            PAGE + 1
         );
         let mut refs: Vec<&(dyn ToSql + Sync)> = self
             .params
@@ -112,14 +113,16 @@ impl Tail {
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
             .collect();
         refs.push(&self.last);
-        let rows = client.query(&sql, &refs).await.map_err(unavailable)?;
+        // At most PAGE events and MAX_PAGE_BYTES per chunk; the rest comes with the
+        // next poll, which follows at once.
+        let rows = fetch_page(&client, &sql, &refs, PAGE).await?.rows;
         if rows.is_empty() {
             return Ok(None);
         }
         let mut out = Vec::with_capacity(rows.len() * 512);
         for row in &rows {
             let seq: i64 = row.get("seq");
-            let data = serde_json::to_string(&view(row)).map_err(unavailable)?;
+            let data = serde_json::to_string(&view(row)?).map_err(unavailable)?;
             out.extend_from_slice(format!("id: {seq}\nevent: event\ndata: {data}\n\n").as_bytes());
             self.last = seq;
         }

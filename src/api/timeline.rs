@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::ApiState;
 use super::events::{
-    COLUMNS, Cursor, DEFAULT_LIMIT, EventView, finish_page, parse_cursor, parse_limit,
-    parse_offset, query_pairs, rfc3339, unavailable, view,
+    COLUMNS, Cursor, DEFAULT_LIMIT, EventView, FetchedPage, fetch_page, parse_cursor, parse_limit,
+    parse_offset, query_pairs, rfc3339, unavailable, views,
 };
 use super::problem::Problem;
 
@@ -164,36 +164,34 @@ async fn timeline(
         last = Some(last.map_or(hi, |l| l.max(hi)));
     }
 
-    let mut rows = match p.cursor {
+    let limit = p.limit + 1;
+    let page = match p.cursor {
         Some(c) => {
-            let ts = DateTime::<Utc>::from_timestamp_micros(c.timestamp_micros)
-                .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))?;
-            client
-                .query(
-                    &format!(
-                        "SELECT {COLUMNS} FROM events WHERE {column} = $1 AND (\"timestamp\", seq) > ($2, $3) \
-                         ORDER BY \"timestamp\", seq LIMIT $4"
-                    ),
-                    &[&value, &ts, &c.seq, &(p.limit + 1)],
-                )
-                .await
+            let ts =
+                DateTime::<Utc>::from_timestamp_micros(c.timestamp_micros).ok_or_else(|| {
+                    Problem::bad_parameter("cursor", "not a cursor this API returned")
+                })?;
+            let sql = format!(
+                "SELECT {COLUMNS} FROM events WHERE {column} = $1 AND (\"timestamp\", seq) > ($2, $3) \
+                 ORDER BY \"timestamp\", seq LIMIT $4"
+            );
+            fetch_page(&client, &sql, &[&value, &ts, &c.seq, &limit], p.limit).await?
         }
         // Offsets skip on the index alone (deferred join), as in `GET /events`.
         None => {
-            client
-                .query(
-                    &format!(
-                        "SELECT {COLUMNS} FROM events JOIN (SELECT seq FROM events WHERE {column} = $1 \
-                         ORDER BY \"timestamp\", seq LIMIT $2 OFFSET $3) page USING (seq) \
-                         ORDER BY \"timestamp\", seq"
-                    ),
-                    &[&value, &(p.limit + 1), &p.offset],
-                )
-                .await
+            let sql = format!(
+                "SELECT {COLUMNS} FROM events JOIN (SELECT seq FROM events WHERE {column} = $1 \
+                 ORDER BY \"timestamp\", seq LIMIT $2 OFFSET $3) page USING (seq) \
+                 ORDER BY \"timestamp\", seq"
+            );
+            fetch_page(&client, &sql, &[&value, &limit, &p.offset], p.limit).await?
         }
-    }
-    .map_err(unavailable)?;
-    let (has_more, next_cursor) = finish_page(&mut rows, p.limit);
+    };
+    let FetchedPage {
+        rows,
+        has_more,
+        next_cursor,
+    } = page;
     Ok(HttpResponse::Ok().json(Timeline {
         key: column,
         value,
@@ -204,7 +202,7 @@ async fn timeline(
             by_event_type,
             by_source,
         },
-        events: rows.iter().map(view).collect(),
+        events: views(&rows)?,
         limit: p.limit,
         offset: p.offset,
         has_more,

@@ -415,6 +415,74 @@ async fn a_query_the_database_cannot_answer_ends_at_the_statement_timeout_with_a
 }
 
 #[tokio::test]
+async fn a_page_of_large_events_stops_at_the_byte_cap_and_the_walk_still_visits_every_event_once() {
+    use candystore::api::events::MAX_PAGE_BYTES;
+    let app = spawn_app().await;
+    // 30 events of about 1 MB each, in one session.
+    app.db
+        .execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, session_id, generation, envelope, properties) \
+             SELECT 'big-' || g, 'big', 'svc', 'big', 'events', \
+                    timestamptz '2026-11-01T00:00:00Z' + g * interval '1 second', now(), \
+                    jsonb_build_object('g', g, 'blob', repeat('x', 1000000)), 'heavy', 1, '{}', '{}' \
+             FROM generate_series(1, 30) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (status, page, _) = get(&app, "/events?limit=1000").await;
+    assert_eq!(status, 200);
+    let n = page["events"].as_array().unwrap().len();
+    assert!((1..30).contains(&n), "a page under the cap, got {n}");
+    assert!(n * 1_000_000 <= MAX_PAGE_BYTES, "{n} events of 1 MB");
+    assert_eq!(page["has_more"], true);
+    assert_eq!(page["total"], 30, "total is not cut by the cap");
+    assert_eq!(page["events"][0]["payload"]["g"], 30);
+
+    // Cursor walk, offset walk (advancing by what came back), timeline and live tail:
+    // every event once.
+    let expected: Vec<String> = (1..=30).rev().map(|g| format!("big-{g}")).collect();
+    let mut walked = ids(&page);
+    let mut cursor = page["next_cursor"].as_str().map(str::to_owned);
+    while let Some(c) = cursor {
+        let (_, page, _) = get(&app, &format!("/events?limit=1000&cursor={c}")).await;
+        walked.extend(ids(&page));
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+    }
+    assert_eq!(walked, expected);
+    let mut by_offset = Vec::new();
+    loop {
+        let (_, page, _) = get(
+            &app,
+            &format!("/events?limit=1000&offset={}", by_offset.len()),
+        )
+        .await;
+        by_offset.extend(ids(&page));
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    assert_eq!(by_offset, expected);
+    let (_, timeline, _) = get(&app, "/sessions/heavy?limit=1000").await;
+    assert_eq!(timeline["summary"]["count"], 30);
+    assert!(timeline["events"].as_array().unwrap().len() < 30);
+    assert_eq!(timeline["has_more"], true);
+    let res = app
+        .http
+        .get(app.api("/events/stream?last_event_id=0"))
+        .send()
+        .await
+        .unwrap();
+    let tail: Vec<String> = read_sse(res, 30)
+        .await
+        .iter()
+        .map(|(_, e)| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(tail, expected.iter().rev().cloned().collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn one_event_by_id_and_a_problem_when_unknown() {
     let app = spawn_app().await;
     seed(&app, 3).await;
