@@ -56,10 +56,20 @@ impl BrokerStatus {
 /// still ack what it holds. Close it once the sink is done.
 pub struct BrokerLink {
     connection: Arc<Connection>,
+    channel: Channel,
 }
 
 impl BrokerLink {
+    /// Closes the consuming channel, then the connection, each waiting for the
+    /// broker's close-ok, so nothing is left closing when the connection goes.
     pub async fn close(self) {
+        if let Err(e) = self
+            .channel
+            .close(200, "candystore shutting down".into())
+            .await
+        {
+            tracing::debug!(error = %e, "consuming channel already closed");
+        }
         if let Err(e) = self
             .connection
             .close(200, "candystore shutting down".into())
@@ -79,8 +89,9 @@ pub enum SourceError {
 }
 
 enum Outcome {
-    /// Asked to stop; the connection stays open for the final acks.
-    Stopped(Arc<Connection>),
+    /// Asked to stop; the connection and the consuming channel stay open for the
+    /// final acks.
+    Stopped(Arc<Connection>, Channel),
     /// The writer is gone: nothing more to do.
     WriterGone,
 }
@@ -107,7 +118,12 @@ pub async fn run(
         status.connected.store(false, Ordering::Relaxed);
         metrics.consumer_connected.set(0);
         match result {
-            Ok(Outcome::Stopped(connection)) => return Some(BrokerLink { connection }),
+            Ok(Outcome::Stopped(connection, channel)) => {
+                return Some(BrokerLink {
+                    connection,
+                    channel,
+                });
+            }
             Ok(Outcome::WriterGone) => return None,
             Err(e) => {
                 let error = crate::telemetry::error_chain(&e);
@@ -150,12 +166,13 @@ async fn session(
         channel: channel.clone(),
         _connection: connection.clone(),
     });
-    let _depth = AbortOnDrop(tokio::spawn(poll_depth(
+    let depth = AbortOnDrop(Some(tokio::spawn(poll_depth(
         connection.clone(),
         cfg.queue.clone(),
         cfg.queue_depth_interval,
         metrics.clone(),
-    )));
+        stop.clone(),
+    ))));
     status.connected.store(true, Ordering::Relaxed);
     metrics.consumer_connected.set(1);
     *backoff = Duration::from_millis(100);
@@ -173,8 +190,9 @@ async fn session(
         let delivery = tokio::select! {
             biased;
             _ = stop.cancelled() => {
-                cancel(channel, consumer_tag).await;
-                return Ok(Outcome::Stopped(connection));
+                cancel(channel.clone(), consumer_tag).await;
+                depth.finish(CHANNEL_CLOSE_WAIT).await;
+                return Ok(Outcome::Stopped(connection, channel));
             }
             next = consumer.next() => match next {
                 Some(Ok(d)) => d,
@@ -204,19 +222,39 @@ async fn session(
             _ = stop.cancelled() => {
                 // The record in hand is dropped unacked: the broker redelivers it.
                 metrics.in_flight.dec();
-                cancel(channel, consumer_tag).await;
-                return Ok(Outcome::Stopped(connection));
+                cancel(channel.clone(), consumer_tag).await;
+                depth.finish(CHANNEL_CLOSE_WAIT).await;
+                return Ok(Outcome::Stopped(connection, channel));
             }
         }
     }
 }
 
-/// Aborts a background task when the session that started it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// How long a stopping session waits for its side channel to close cleanly.
+const CHANNEL_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Aborts a background task when the session that started it ends (a lost
+/// connection); on a clean stop, `finish` lets it end on its own first.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    /// Waits up to `within` for the task to end by itself (it watches the same stop
+    /// token), then aborts it.
+    async fn finish(mut self, within: Duration) {
+        if let Some(handle) = self.0.take() {
+            let abort = handle.abort_handle();
+            if tokio::time::timeout(within, handle).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(handle) = &self.0 {
+            handle.abort();
+        }
     }
 }
 
@@ -227,13 +265,24 @@ async fn poll_depth(
     queue: String,
     every: Duration,
     metrics: Arc<Metrics>,
+    stop: CancellationToken,
 ) {
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
     let mut ticks = tokio::time::interval(every);
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = stop.cancelled() => {
+                // Closed here, not dropped: a channel still closing when the connection
+                // closes makes lapin log an error on every clean shutdown.
+                if let Err(e) = channel.close(200, "candystore shutting down".into()).await {
+                    tracing::debug!(error = %e, "closing the queue-depth channel");
+                }
+                return;
+            }
+            _ = ticks.tick() => {}
+        }
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()

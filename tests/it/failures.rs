@@ -163,6 +163,11 @@ async fn sigterm_mid_stream_exits_zero_and_loses_nothing() {
         let _ = e.read_to_string(&mut stderr).await;
     }
     assert!(status.success(), "exit status {status:?}; stderr: {stderr}");
+    // A clean shutdown logs no error, lapin's included (channels are closed in order).
+    assert!(
+        !stderr.lines().any(|l| l.contains("ERROR")),
+        "errors logged on a clean shutdown: {stderr}"
+    );
     let stored_by_child = app.count("events").await;
     assert!(
         stored_by_child >= 200 && stored_by_child <= n,
