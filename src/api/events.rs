@@ -120,6 +120,12 @@ impl Cursor {
         hex(&bytes)
     }
 
+    /// The cursor's timestamp; out of range only in a cursor this API did not make.
+    pub(crate) fn time(&self) -> Result<DateTime<Utc>, Problem> {
+        DateTime::<Utc>::from_timestamp_micros(self.timestamp_micros)
+            .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))
+    }
+
     pub fn decode(s: &str) -> Option<Self> {
         if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
@@ -421,14 +427,11 @@ pub struct Page {
 pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
     let q = EventQuery::parse(req.query_string())?;
     let client = state.pool.get().await.map_err(unavailable)?;
-    let (filter, filter_params) = q.conditions();
-    let n_filter = filter_params.len();
-    let mut params = filter_params;
+    let (filter, mut params) = q.conditions();
+    let n_filter = params.len();
     let mut page_filter = filter.clone();
     if let Some(c) = q.cursor {
-        let ts = DateTime::<Utc>::from_timestamp_micros(c.timestamp_micros)
-            .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))?;
-        params.push(Box::new(ts));
+        params.push(Box::new(c.time()?));
         params.push(Box::new(c.seq));
         page_filter.push_str(&format!(
             " AND (\"timestamp\", seq) < (${}, ${})",
@@ -502,7 +505,7 @@ struct Seen {
 /// answer, and only when it does not is there a count, stopped at `EXACT_TOTAL_UP_TO + 1`
 /// rows. No request ever counts more.
 async fn total(
-    client: &deadpool_postgres::Client,
+    client: &tokio_postgres::Client,
     filter: &str,
     params: &[&(dyn ToSql + Sync)],
     seen: Seen,
@@ -578,17 +581,11 @@ pub async fn raw(
     path: web::Path<String>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, Problem> {
-    let row = find(
-        &state,
-        &path,
-        ", envelope::text AS envelope_text, payload::text AS payload_text, payload_member",
-    )
-    .await?;
-    let envelope: String = row.get("envelope_text");
-    let payload: String = row.get("payload_text");
-    let member: Option<String> = row.get("payload_member");
-    let doc = crate::envelope::rebuild(envelope.as_bytes(), payload.as_bytes(), member.as_deref())
-        .map_err(unavailable)?;
+    let row = find(&state, &path, ", envelope, payload_member").await?;
+    let JsonText(envelope) = row.try_get("envelope").map_err(unavailable)?;
+    let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
+    let member: Option<&str> = row.get("payload_member");
+    let doc = crate::envelope::rebuild(envelope, payload, member).map_err(unavailable)?;
     Ok(HttpResponse::Ok().json(doc))
 }
 

@@ -165,12 +165,13 @@ async fn timeline(
     }
 
     let limit = p.limit + 1;
-    let page = match p.cursor {
+    let FetchedPage {
+        rows,
+        has_more,
+        next_cursor,
+    } = match p.cursor {
         Some(c) => {
-            let ts =
-                DateTime::<Utc>::from_timestamp_micros(c.timestamp_micros).ok_or_else(|| {
-                    Problem::bad_parameter("cursor", "not a cursor this API returned")
-                })?;
+            let ts = c.time()?;
             let sql = format!(
                 "SELECT {COLUMNS} FROM events WHERE {column} = $1 AND (\"timestamp\", seq) > ($2, $3) \
                  ORDER BY \"timestamp\", seq LIMIT $4"
@@ -187,11 +188,6 @@ async fn timeline(
             fetch_page(&client, &sql, &[&value, &limit, &p.offset], p.limit).await?
         }
     };
-    let FetchedPage {
-        rows,
-        has_more,
-        next_cursor,
-    } = page;
     Ok(HttpResponse::Ok().json(Timeline {
         key: column,
         value,
