@@ -178,22 +178,25 @@ async fn session(
     *backoff = Duration::from_millis(100);
     tracing::info!(queue = %cfg.queue, exchange = %cfg.exchange, prefetch = cfg.prefetch_count, "consuming");
 
-    let cancel = |channel: Channel, tag: String| async move {
+    // Asked to stop: cancel the consumer, let the queue-depth task close its channel,
+    // and hand back what the sink still acks on.
+    let stopped = |connection: Arc<Connection>,
+                   channel: Channel,
+                   tag: String,
+                   depth: AbortOnDrop| async move {
         if let Err(e) = channel
             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
             .await
         {
             tracing::debug!(error = %e, "basic.cancel failed");
         }
+        depth.finish(CHANNEL_CLOSE_WAIT).await;
+        Ok(Outcome::Stopped(connection, channel))
     };
     loop {
         let delivery = tokio::select! {
             biased;
-            _ = stop.cancelled() => {
-                cancel(channel.clone(), consumer_tag).await;
-                depth.finish(CHANNEL_CLOSE_WAIT).await;
-                return Ok(Outcome::Stopped(connection, channel));
-            }
+            _ = stop.cancelled() => return stopped(connection, channel, consumer_tag, depth).await,
             next = consumer.next() => match next {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => return Err(e.into()),
@@ -222,9 +225,7 @@ async fn session(
             _ = stop.cancelled() => {
                 // The record in hand is dropped unacked: the broker redelivers it.
                 metrics.in_flight.dec();
-                cancel(channel.clone(), consumer_tag).await;
-                depth.finish(CHANNEL_CLOSE_WAIT).await;
-                return Ok(Outcome::Stopped(connection, channel));
+                return stopped(connection, channel, consumer_tag, depth).await;
             }
         }
     }
