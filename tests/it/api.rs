@@ -42,6 +42,22 @@ async fn get(app: &TestApp, path: &str) -> (u16, Value, String) {
     )
 }
 
+/// Follows `path` (which has a query string) through its `next_cursor`s and returns
+/// the ids of every page, in order.
+async fn walk_cursors(app: &TestApp, path: &str) -> Vec<String> {
+    let mut walked = Vec::new();
+    let mut next = path.to_owned();
+    loop {
+        let (status, page, _) = get(app, &next).await;
+        assert_eq!(status, 200, "{next}: {page}");
+        walked.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => next = format!("{path}&cursor={c}"),
+            None => return walked,
+        }
+    }
+}
+
 fn ids(page: &Value) -> Vec<String> {
     page["events"]
         .as_array()
@@ -443,14 +459,7 @@ async fn a_page_of_large_events_stops_at_the_byte_cap_and_the_walk_still_visits_
     // Cursor walk, offset walk (advancing by what came back), timeline and live tail:
     // every event once.
     let expected: Vec<String> = (1..=30).rev().map(|g| format!("big-{g}")).collect();
-    let mut walked = ids(&page);
-    let mut cursor = page["next_cursor"].as_str().map(str::to_owned);
-    while let Some(c) = cursor {
-        let (_, page, _) = get(&app, &format!("/events?limit=1000&cursor={c}")).await;
-        walked.extend(ids(&page));
-        cursor = page["next_cursor"].as_str().map(str::to_owned);
-    }
-    assert_eq!(walked, expected);
+    assert_eq!(walk_cursors(&app, "/events?limit=1000").await, expected);
     let mut by_offset = Vec::new();
     loop {
         let (_, page, _) = get(
@@ -559,13 +568,7 @@ async fn a_session_timeline_is_in_time_order_with_a_summary_and_pages() {
     assert_eq!(summary["by_event_type"], json!({"t0": 5, "t1": 5}));
     assert_eq!(summary["by_source"], json!({"svc-a": 8, "svc-b": 2}));
     // Oldest first; walking the cursors visits the ten events once, in order.
-    let mut walked = ids(&t);
-    let mut cursor = t["next_cursor"].as_str().map(str::to_owned);
-    while let Some(c) = cursor {
-        let (_, page, _) = get(&app, &format!("/sessions/s1?limit=4&cursor={c}")).await;
-        walked.extend(ids(&page));
-        cursor = page["next_cursor"].as_str().map(str::to_owned);
-    }
+    let walked = walk_cursors(&app, "/sessions/s1?limit=4").await;
     let expected: Vec<String> = (0..30)
         .filter(|i| i % 3 == 1)
         .map(|i| format!("e-{i:03}"))
