@@ -50,17 +50,12 @@ export function by_time() {
 const contains = (doc) => encodeURIComponent(JSON.stringify(doc));
 export function by_payload_few() { ok(http.get(`${BASE}/events?payload_contains=${contains({ seq: 1 + pick(ROWS / 10) })}`, { tags: { name: 'payload_few' } })); }
 export function by_payload_broad() { ok(http.get(`${BASE}/events?payload_contains=${contains({ n: pick(97) })}`, { tags: { name: 'payload_broad' } })); }
-// A cursor deep in the walk: the cursor of a random recent timestamp.
-export function cursor_page() {
-  const ts = BigInt(Date.now() - pick(25 * 86400) * 1000) * 1000n;
-  const hex = (v) => v.toString(16).padStart(16, '0');
-  const cursor = hex(ts) + hex(BigInt(1 << 30));
-  ok(http.get(`${BASE}/events?limit=100&cursor=${cursor}`, { tags: { name: 'cursor' } }));
-}
+// A cursor deep in the walk: the position of a random time in the last 25 days.
+const hex = (v) => v.toString(16).padStart(16, '0');
+const randomCursor = () => hex(BigInt(Date.now() - pick(25 * 86400) * 1000) * 1000n) + hex(BigInt(1 << 30));
+export function cursor_page() { ok(http.get(`${BASE}/events?limit=100&cursor=${randomCursor()}`, { tags: { name: 'cursor' } })); }
 export function cursor_page_by_type() {
-  const ts = BigInt(Date.now() - pick(25 * 86400) * 1000) * 1000n;
-  const hex = (v) => v.toString(16).padStart(16, '0');
-  ok(http.get(`${BASE}/events?event_type=load.type.${pick(40)}&cursor=${hex(ts) + hex(BigInt(1 << 30))}`, { tags: { name: 'cursor_by_type' } }));
+  ok(http.get(`${BASE}/events?event_type=load.type.${pick(40)}&cursor=${randomCursor()}`, { tags: { name: 'cursor_by_type' } }));
 }
 export function offset_10000() { ok(http.get(`${BASE}/events?limit=100&offset=10000`)); }
 export function by_id() { ok(http.get(`${BASE}/events/load-${1 + pick(ROWS)}`, { tags: { name: 'by_id' } })); }
