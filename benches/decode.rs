@@ -10,6 +10,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 fn delivery(body: Vec<u8>) -> RawDelivery {
     RawDelivery {
         body,
+        repairs: Default::default(),
         exchange: "events".into(),
         routing_key: "bench.event".into(),
         properties: Properties::default(),

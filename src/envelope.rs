@@ -73,10 +73,17 @@ pub enum RejectReason {
     MissingEventType,
     FieldTooLong,
     RejectedByDatabase,
+    /// The body nests arrays and objects deeper than `decode::MAX_JSON_DEPTH`.
+    TooDeep,
+    /// An AMQP short string (routing key, exchange, a property, a header name)
+    /// was not UTF-8; the client library handed it over with U+FFFD in its place.
+    AmqpNotUtf8,
+    /// The AMQP headers nest tables or arrays deeper than the client decodes.
+    HeadersTooDeep,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::EmptyBody,
         RejectReason::InvalidUtf8,
         RejectReason::InvalidJson,
@@ -85,6 +92,9 @@ impl RejectReason {
         RejectReason::MissingEventType,
         RejectReason::FieldTooLong,
         RejectReason::RejectedByDatabase,
+        RejectReason::TooDeep,
+        RejectReason::AmqpNotUtf8,
+        RejectReason::HeadersTooDeep,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +107,9 @@ impl RejectReason {
             RejectReason::MissingEventType => "missing_event_type",
             RejectReason::FieldTooLong => "field_too_long",
             RejectReason::RejectedByDatabase => "rejected_by_database",
+            RejectReason::TooDeep => "too_deep",
+            RejectReason::AmqpNotUtf8 => "amqp_not_utf8",
+            RejectReason::HeadersTooDeep => "headers_too_deep",
         }
     }
 }

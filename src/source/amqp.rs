@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Inbound;
 use super::ack::{AckChannel, AckError, AckToken, Acknowledge};
-use super::decode::{self, Properties, RawDelivery};
+use super::decode::{self, FrameRepairs, Properties, RawDelivery};
 use crate::metrics::Metrics;
 
 /// What the consumer needs to know.
@@ -374,95 +374,141 @@ impl Acknowledge for LapinAcks {
 
 fn raw_delivery(d: lapin::message::Delivery) -> RawDelivery {
     let p = &d.properties;
-    let s = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
-    let mut headers_sanitized = false;
-    let headers = p
-        .headers()
-        .as_ref()
-        .map(|t| table_to_json(t, &mut headers_sanitized));
+    let mut repairs = FrameRepairs::default();
+    // The patched AMQP parser hands over short strings that were not UTF-8 with
+    // U+FFFD in place of the bad bytes (patches/README.md): note which ones.
+    let mut text = |field: &'static str, v: &str| {
+        if v.contains(char::REPLACEMENT_CHARACTER) && !repairs.not_utf8.contains(&field) {
+            repairs.not_utf8.push(field);
+        }
+        v.to_owned()
+    };
+    let exchange = text("exchange", d.exchange.as_str());
+    let routing_key = text("routing_key", d.routing_key.as_str());
+    let mut s = |field: &'static str, v: &Option<lapin::types::ShortString>| {
+        v.as_ref().map(|s| text(field, s.as_str()))
+    };
+    let message_id = s("message_id", p.message_id());
+    let content_type = s("content_type", p.content_type());
+    let content_encoding = s("content_encoding", p.content_encoding());
+    let correlation_id = s("correlation_id", p.correlation_id());
+    let kind = s("type", p.kind());
+    let app_id = s("app_id", p.app_id());
+    let user_id = s("user_id", p.user_id());
+    let reply_to = s("reply_to", p.reply_to());
+    let expiration = s("expiration", p.expiration());
+    let cluster_id = s("cluster_id", p.cluster_id());
+    let mut headers_json = HeadersJson::default();
+    let headers = p.headers().as_ref().map(|t| headers_json.table(t, 1));
+    if headers_json.replaced_text {
+        repairs.not_utf8.push("headers");
+    }
+    repairs.headers_too_deep = headers_json.too_deep;
     let properties = Properties {
-        message_id: s(p.message_id()),
+        message_id,
         timestamp: *p.timestamp(),
-        content_type: s(p.content_type()),
-        content_encoding: s(p.content_encoding()),
-        correlation_id: s(p.correlation_id()),
-        kind: s(p.kind()),
-        app_id: s(p.app_id()),
-        user_id: s(p.user_id()),
-        reply_to: s(p.reply_to()),
-        expiration: s(p.expiration()),
+        content_type,
+        content_encoding,
+        correlation_id,
+        kind,
+        app_id,
+        user_id,
+        reply_to,
+        expiration,
         priority: *p.priority(),
         delivery_mode: *p.delivery_mode(),
-        cluster_id: s(p.cluster_id()),
+        cluster_id,
         headers,
-        headers_sanitized,
+        headers_sanitized: headers_json.sanitized,
     };
     RawDelivery {
-        exchange: d.exchange.as_str().to_owned(),
-        routing_key: d.routing_key.as_str().to_owned(),
+        exchange,
+        routing_key,
         received_at: chrono::Utc::now(),
         properties,
+        repairs,
         body: d.data,
     }
 }
 
 /// Converts AMQP headers to JSON. Byte strings that are not clean UTF-8 text are
-/// kept as `{"$hex": ...}`; NUL is removed from names and short strings. Either
-/// sets `sanitized`.
-pub fn table_to_json(
-    t: &FieldTable,
-    sanitized: &mut bool,
-) -> serde_json::Map<String, serde_json::Value> {
-    t.inner()
-        .iter()
-        .map(|(k, v)| (clean(k.as_str(), sanitized), value_to_json(v, sanitized)))
-        .collect()
+/// kept as `{"$hex": ...}`; NUL is removed from names and short strings.
+#[derive(Debug, Default)]
+pub struct HeadersJson {
+    /// A name or value was rewritten (NUL removed, bytes kept as hex).
+    pub sanitized: bool,
+    /// A name or short string held U+FFFD: the parser replaced bytes that were not UTF-8.
+    pub replaced_text: bool,
+    /// A table or array sat deeper than the parser decodes (its content arrived as bytes).
+    pub too_deep: bool,
 }
 
-fn clean(s: &str, sanitized: &mut bool) -> String {
-    if s.contains('\0') {
-        *sanitized = true;
-        s.replace('\0', "")
-    } else {
-        s.to_owned()
+impl HeadersJson {
+    /// The table at nesting level `depth` (1 for the headers themselves).
+    pub fn table(
+        &mut self,
+        t: &FieldTable,
+        depth: usize,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        t.inner()
+            .iter()
+            .map(|(k, v)| (self.text(k.as_str()), self.value(v, depth + 1)))
+            .collect()
     }
-}
 
-fn value_to_json(v: &AMQPValue, sanitized: &mut bool) -> serde_json::Value {
-    use serde_json::Value as J;
-    let hex = |b: &[u8]| serde_json::json!({ "$hex": decode::hex(b) });
-    match v {
-        AMQPValue::Boolean(b) => J::Bool(*b),
-        AMQPValue::ShortShortInt(n) => (*n).into(),
-        AMQPValue::ShortShortUInt(n) => (*n).into(),
-        AMQPValue::ShortInt(n) => (*n).into(),
-        AMQPValue::ShortUInt(n) => (*n).into(),
-        AMQPValue::LongInt(n) => (*n).into(),
-        AMQPValue::LongUInt(n) => (*n).into(),
-        AMQPValue::LongLongInt(n) => (*n).into(),
-        AMQPValue::Float(f) => float(f64::from(*f)),
-        AMQPValue::Double(f) => float(*f),
-        AMQPValue::DecimalValue(d) => {
-            serde_json::json!({ "$decimal": { "scale": d.scale, "value": d.value } })
+    fn text(&mut self, s: &str) -> String {
+        if s.contains(char::REPLACEMENT_CHARACTER) {
+            self.replaced_text = true;
         }
-        AMQPValue::ShortString(s) => J::String(clean(s.as_str(), sanitized)),
-        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
-            Ok(text) if !text.contains('\0') => J::String(text.to_owned()),
-            _ => {
-                *sanitized = true;
-                hex(s.as_bytes())
+        if s.contains('\0') {
+            self.sanitized = true;
+            s.replace('\0', "")
+        } else {
+            s.to_owned()
+        }
+    }
+
+    fn value(&mut self, v: &AMQPValue, depth: usize) -> serde_json::Value {
+        use serde_json::Value as J;
+        let hex = |b: &[u8]| serde_json::json!({ "$hex": decode::hex(b) });
+        if depth > lapin::types::parsing::MAX_NESTING_DEPTH {
+            // Only a container cut off by the parser, or the innermost value of a
+            // publisher nesting this deep, can sit here.
+            self.too_deep = true;
+        }
+        match v {
+            AMQPValue::Boolean(b) => J::Bool(*b),
+            AMQPValue::ShortShortInt(n) => (*n).into(),
+            AMQPValue::ShortShortUInt(n) => (*n).into(),
+            AMQPValue::ShortInt(n) => (*n).into(),
+            AMQPValue::ShortUInt(n) => (*n).into(),
+            AMQPValue::LongInt(n) => (*n).into(),
+            AMQPValue::LongUInt(n) => (*n).into(),
+            AMQPValue::LongLongInt(n) => (*n).into(),
+            AMQPValue::Float(f) => float(f64::from(*f)),
+            AMQPValue::Double(f) => float(*f),
+            AMQPValue::DecimalValue(d) => {
+                serde_json::json!({ "$decimal": { "scale": d.scale, "value": d.value } })
             }
-        },
-        AMQPValue::FieldArray(a) => J::Array(
-            a.as_slice()
-                .iter()
-                .map(|v| value_to_json(v, sanitized))
-                .collect(),
-        ),
-        AMQPValue::Timestamp(t) => serde_json::json!({ "$timestamp": t }),
-        AMQPValue::FieldTable(t) => J::Object(table_to_json(t, sanitized)),
-        AMQPValue::ByteArray(b) => hex(b.as_slice()),
-        AMQPValue::Void => J::Null,
+            AMQPValue::ShortString(s) => J::String(self.text(s.as_str())),
+            AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+                Ok(text) if !text.contains('\0') => J::String(text.to_owned()),
+                _ => {
+                    self.sanitized = true;
+                    hex(s.as_bytes())
+                }
+            },
+            AMQPValue::FieldArray(a) => J::Array(
+                a.as_slice()
+                    .iter()
+                    .map(|v| self.value(v, depth + 1))
+                    .collect(),
+            ),
+            AMQPValue::Timestamp(t) => serde_json::json!({ "$timestamp": t }),
+            AMQPValue::FieldTable(t) => J::Object(self.table(t, depth)),
+            AMQPValue::ByteArray(b) => hex(b.as_slice()),
+            AMQPValue::Void => J::Null,
+        }
     }
 }
 

@@ -20,6 +20,12 @@ use crate::envelope::{DeadLetter, Event, Generation, Record, RejectReason};
 /// indexed column. PostgreSQL's btree entries top out near 2.7 kB.
 pub const MAX_IDENT_BYTES: usize = 1024;
 
+/// Deepest nesting of arrays and objects a body may have to be stored as an event.
+/// Deeper bodies are dead-lettered. The API passes payloads through as text but
+/// still validates them (serde_json stops at 128 levels), and recursive code
+/// anywhere (drop of a parsed tree, jsonb functions) must not meet unbounded depth.
+pub const MAX_JSON_DEPTH: usize = 128;
+
 /// Namespace of the ids derived from a body that carried none (UUID v5).
 const DERIVED_ID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x6361_6e64_7973_746f_7265_0000_0000_0001);
@@ -63,10 +69,49 @@ pub struct Properties {
     pub headers_sanitized: bool,
 }
 
+/// What the AMQP client had to repair to hand a delivery over at all. Such a
+/// delivery is dead-lettered: its metadata is not what the publisher sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrameRepairs {
+    /// Fields whose short string was not UTF-8 and arrived with U+FFFD in place of
+    /// the bad bytes (`routing_key`, `message_id`, `headers`, ...).
+    pub not_utf8: Vec<&'static str>,
+    /// Headers nested past the client's limit; the undecoded rest arrives as
+    /// `{"$hex": ...}` at the deepest level.
+    pub headers_too_deep: bool,
+}
+
+impl FrameRepairs {
+    pub fn is_empty(&self) -> bool {
+        self.not_utf8.is_empty() && !self.headers_too_deep
+    }
+
+    fn rejection(&self) -> Option<Rejection> {
+        if !self.not_utf8.is_empty() {
+            Some(reject(
+                RejectReason::AmqpNotUtf8,
+                format!(
+                    "amqp short strings that are not utf-8 (kept with U+FFFD in place of the bad bytes): {}",
+                    self.not_utf8.join(", ")
+                ),
+            ))
+        } else if self.headers_too_deep {
+            Some(reject(
+                RejectReason::HeadersTooDeep,
+                "amqp headers nest tables or arrays deeper than the client decodes; the rest is kept as hex",
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 /// One delivery as received, before projection.
 #[derive(Clone, Debug)]
 pub struct RawDelivery {
     pub body: Vec<u8>,
+    /// Repairs made while reading the frame; none for a well-formed delivery.
+    pub repairs: FrameRepairs,
     pub exchange: String,
     pub routing_key: String,
     pub properties: Properties,
@@ -78,6 +123,7 @@ pub struct RawDelivery {
 pub fn decode(raw: RawDelivery) -> Record {
     let RawDelivery {
         body,
+        repairs,
         exchange,
         routing_key,
         mut properties,
@@ -113,7 +159,11 @@ pub fn decode(raw: RawDelivery) -> Record {
         received_at,
     };
 
-    match project(&body, &ctx) {
+    let projected = match repairs.rejection() {
+        Some(r) => Err(r),
+        None => project(&body, &ctx),
+    };
+    match projected {
         Ok(p) => Record::Event(Box::new(Event {
             id: p.id,
             event_type: p.event_type,
@@ -202,6 +252,39 @@ struct Projected {
     sanitized: bool,
 }
 
+/// Whether arrays and objects in `json` nest deeper than `limit`, counted on the
+/// bytes without parsing (brackets inside strings do not count). Linear, no
+/// recursion, no allocation: safe on any input.
+pub fn json_depth_exceeds(json: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 struct Rejection {
     reason: RejectReason,
     detail: String,
@@ -225,6 +308,12 @@ fn project(body: &[u8], ctx: &Context<'_>) -> Result<Projected, Rejection> {
         return Err(reject(
             RejectReason::InvalidUtf8,
             format!("the body is not valid utf-8 (at byte {})", e.valid_up_to()),
+        ));
+    }
+    if json_depth_exceeds(body, MAX_JSON_DEPTH) {
+        return Err(reject(
+            RejectReason::TooDeep,
+            format!("the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
     let mut buf = body.to_vec();

@@ -14,6 +14,7 @@ fn received() -> DateTime<Utc> {
 fn delivery(body: &[u8]) -> RawDelivery {
     RawDelivery {
         body: body.to_vec(),
+        repairs: Default::default(),
         exchange: "events".into(),
         routing_key: "rk.default".into(),
         properties: Properties::default(),

@@ -4,7 +4,9 @@
 mod api;
 mod failures;
 mod helpers;
+mod hostile;
 mod ingest;
 mod migrate;
 mod observability;
+mod raw_amqp;
 mod writer;

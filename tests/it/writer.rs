@@ -15,6 +15,7 @@ use crate::helpers::TempDb;
 fn raw(body: Vec<u8>, routing_key: &str) -> RawDelivery {
     RawDelivery {
         body,
+        repairs: Default::default(),
         exchange: "events".into(),
         routing_key: routing_key.into(),
         properties: Properties::default(),

@@ -1,0 +1,178 @@
+//! Hostile deliveries, published to the real broker as a hostile publisher would
+//! (by hand-written frames where no client library would build them). For each:
+//! the service stays up and connected, the bad delivery ends as a dead letter
+//! with its bytes, and the good events published after it are stored.
+
+use crate::helpers::{TestApp, gen1, spawn_app};
+use crate::raw_amqp::{RawProps, RawPublisher, entry, long_string, nested_arrays};
+
+/// Publishes `good` well-formed events after the hostile ones and waits until
+/// they are stored and the dead letters have arrived.
+async fn good_events_behind(app: &TestApp, good: usize, dead_letters: i64) {
+    for i in 0..good {
+        app.publish("after.bad", &gen1(&format!("good-{i}"), "after.bad"))
+            .await;
+    }
+    app.wait_for_rows("events", good as i64).await;
+    app.wait_for_rows("dead_letter", dead_letters).await;
+}
+
+/// The consumer never lost its connection.
+async fn still_connected(app: &TestApp) {
+    assert_eq!(app.metric("candystore_reconnects_total").await, 0.0);
+    assert_eq!(app.metric("candystore_consumer_connected").await, 1.0);
+    let (ready, consumers) = app.queue_state().await;
+    assert_eq!((ready, consumers), (0, 1), "queue drained, still consuming");
+}
+
+async fn dead_letters(app: &TestApp) -> Vec<(String, String, serde_json::Value, Vec<u8>, String)> {
+    app.db
+        .query(
+            "SELECT reason, routing_key, properties, body, detail FROM dead_letter ORDER BY received_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+}
+
+#[tokio::test]
+async fn short_strings_that_are_not_utf8_are_dead_lettered_and_ingest_goes_on() {
+    let app = spawn_app().await;
+    let mut raw = RawPublisher::connect().await;
+    let body = gen1("bad-utf8", "hostile.text");
+    // A routing key, a message id and a header name, each with bytes that are not UTF-8.
+    raw.publish(
+        &app.exchange,
+        b"route.\xff\xfe",
+        &RawProps::default(),
+        &body,
+    )
+    .await;
+    let props = RawProps {
+        message_id: Some(b"id-\xc3\x28".to_vec()),
+        ..Default::default()
+    };
+    raw.publish(&app.exchange, b"route.ok", &props, &body).await;
+    let props = RawProps {
+        headers: Some(entry(b"name-\x80", &long_string(b"value"))),
+        ..Default::default()
+    };
+    raw.publish(&app.exchange, b"route.ok", &props, &body).await;
+    raw.close().await;
+
+    good_events_behind(&app, 5, 3).await;
+    still_connected(&app).await;
+    let dead = dead_letters(&app).await;
+    assert_eq!(dead.len(), 3);
+    for (reason, _, _, stored_body, _) in &dead {
+        assert_eq!(reason, "amqp_not_utf8");
+        assert_eq!(stored_body, &body, "the body is kept byte for byte");
+    }
+    let details: Vec<&str> = dead.iter().map(|d| d.4.as_str()).collect();
+    assert!(
+        details.iter().any(|d| d.ends_with("routing_key")),
+        "{details:?}"
+    );
+    assert!(
+        details.iter().any(|d| d.ends_with("message_id")),
+        "{details:?}"
+    );
+    assert!(
+        details.iter().any(|d| d.ends_with("headers")),
+        "{details:?}"
+    );
+    assert!(dead.iter().any(|d| d.1 == "route.\u{fffd}\u{fffd}"));
+    assert!(
+        dead.iter()
+            .any(|d| d.2["headers"]["name-\u{fffd}"] == "value"),
+        "header kept, its name repaired: {:?}",
+        dead.iter().map(|d| &d.2).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        app.count("events").await,
+        5,
+        "nothing hostile became an event"
+    );
+}
+
+#[tokio::test]
+async fn headers_nested_thousands_deep_do_not_crash_the_process() {
+    let app = spawn_app().await;
+    let mut raw = RawPublisher::connect().await;
+    let body = gen1("deep-headers", "hostile.nesting");
+    for depth in [3_000, 5_000] {
+        let props = RawProps {
+            headers: Some(entry(b"deep", &nested_arrays(depth))),
+            ..Default::default()
+        };
+        raw.publish(
+            &app.exchange,
+            format!("deep.{depth}").as_bytes(),
+            &props,
+            &body,
+        )
+        .await;
+    }
+    raw.close().await;
+
+    good_events_behind(&app, 5, 2).await;
+    still_connected(&app).await;
+    let dead = dead_letters(&app).await;
+    for (reason, _, properties, stored_body, _) in &dead {
+        assert_eq!(reason, "headers_too_deep");
+        assert_eq!(stored_body, &body);
+        // 64 levels decoded, then the undecoded rest as hex.
+        let mut v = &properties["headers"]["deep"];
+        let mut levels = 0;
+        while let Some(a) = v.as_array() {
+            v = &a[0];
+            levels += 1;
+        }
+        assert_eq!(levels, 63, "levels below the headers table");
+        assert!(v["$hex"].as_str().is_some_and(|h| h.len() > 1000), "{v}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_nested_past_the_depth_limit_is_dead_lettered_and_one_within_it_is_served() {
+    let app = spawn_app().await;
+    let nest = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    // The envelope is one level: the payload may nest 127 more.
+    let within = format!(
+        r#"{{"id":"deep-ok","event_type":"deep","data":{{"a":{}}}}}"#,
+        nest(125)
+    );
+    let past = format!(
+        r#"{{"id":"deep-bad","event_type":"deep","data":{}}}"#,
+        nest(1024)
+    );
+    app.publish("deep", within.as_bytes()).await;
+    app.publish("deep", past.as_bytes()).await;
+    good_events_behind(&app, 1, 1).await;
+    app.wait_for_rows("events", 2).await;
+    let dead = dead_letters(&app).await;
+    assert_eq!(dead[0].0, "too_deep");
+    assert_eq!(dead[0].3, past.as_bytes());
+
+    for path in [
+        "/events/deep-ok",
+        "/events/deep-ok/raw",
+        "/events?event_type=deep",
+    ] {
+        let r = app.http.get(app.api(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let raw: serde_json::Value = app
+        .http
+        .get(app.api("/events/deep-ok/raw"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(raw["id"], "deep-ok");
+}
