@@ -19,12 +19,22 @@ use crate::db;
 use crate::metrics::Metrics;
 use crate::sink::{self, SinkOptions, Writer};
 use crate::source::amqp::{self, BrokerLink, BrokerStatus, SourceConfig};
+use crate::supervise::Supervisor;
 
 /// Start-up choices that are not settings (tests use them).
 #[derive(Clone, Debug, Default)]
 pub struct AppOptions {
     /// Commit batches but never ack them, as if the process died between the two.
     pub skip_acks: bool,
+    /// A fault to inject, for the tests of supervision.
+    pub fault: Option<Fault>,
+}
+
+/// Faults the tests inject into a running pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The sink panics when its first record arrives (that record stays unacked).
+    SinkPanics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +52,10 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     settings: Settings,
     lifecycle: Arc<Lifecycle>,
+    supervisor: Arc<Supervisor>,
     stop_intake: CancellationToken,
-    source: JoinHandle<Option<BrokerLink>>,
-    sink: JoinHandle<()>,
+    source: JoinHandle<Option<Option<BrokerLink>>>,
+    sink: JoinHandle<Option<()>>,
     servers: Vec<(ServerHandle, JoinHandle<std::io::Result<()>>)>,
 }
 
@@ -86,7 +97,32 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     let writers = (0..settings.write_concurrency)
         .map(|_| Writer::new(pg.clone()))
         .collect();
-    let sink = tokio::spawn(sink::run(rx, writers, sink_opts, metrics.clone()));
+    let supervisor = Arc::new(Supervisor::default());
+    let sink = {
+        let supervisor = supervisor.clone();
+        let metrics = metrics.clone();
+        let fault = opts.fault;
+        tokio::spawn(async move {
+            supervisor
+                .watch("sink", async move {
+                    let mut rx = rx;
+                    if fault == Some(Fault::SinkPanics) {
+                        let _ = rx.recv().await;
+                        panic!("injected fault: the sink panicked");
+                    }
+                    sink::run(rx, writers, sink_opts, metrics).await
+                })
+                .await
+        })
+    };
+    {
+        // A failed pipeline makes this instance unready at once.
+        let (supervisor, lifecycle) = (supervisor.clone(), lifecycle.clone());
+        tokio::spawn(async move {
+            supervisor.failed().await;
+            lifecycle.set_failed();
+        });
+    }
 
     let stop_intake = CancellationToken::new();
     let source_cfg = SourceConfig {
@@ -94,17 +130,23 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         exchange: settings.rabbit_exchange.clone(),
         queue: settings.rabbit_queue.clone(),
         bindings: settings.rabbit_bindings.clone(),
+        queue_type: settings.rabbit_queue_type,
+        delivery_limit: settings.rabbit_delivery_limit,
         prefetch_count: settings.prefetch_count,
         retry_max_backoff: settings.retry_max_backoff,
         queue_depth_interval: settings.queue_depth_interval,
     };
-    let source = tokio::spawn(amqp::run(
-        source_cfg,
-        tx,
-        metrics.clone(),
-        broker.clone(),
-        stop_intake.clone(),
-    ));
+    let source = {
+        let supervisor = supervisor.clone();
+        let run = amqp::run(
+            source_cfg,
+            tx,
+            metrics.clone(),
+            broker.clone(),
+            stop_intake.clone(),
+        );
+        tokio::spawn(async move { supervisor.watch("source", run).await })
+    };
 
     let mut servers = Vec::new();
     let state = ApiState {
@@ -147,6 +189,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         metrics,
         settings,
         lifecycle,
+        supervisor,
         stop_intake,
         source,
         sink,
@@ -155,18 +198,26 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
 }
 
 impl Running {
+    /// The watcher of the pipeline tasks: `failed()` resolves when one of them
+    /// ended or panicked before shutdown.
+    pub fn supervisor(&self) -> Arc<Supervisor> {
+        self.supervisor.clone()
+    }
+
     /// Stops in order and waits, at most SHUTDOWN_TIMEOUT. On timeout whatever was
     /// not committed stays unacked, and the broker redelivers it.
     pub async fn shutdown(self) -> Result<(), ShutdownError> {
         let limit = self.settings.shutdown_timeout;
         let Running {
             lifecycle,
+            supervisor,
             stop_intake,
             source,
             sink,
             servers,
             ..
         } = self;
+        supervisor.stopping();
         lifecycle.set_stopping();
         let aborts = [source.abort_handle(), sink.abort_handle()];
         let handles: Vec<ServerHandle> = servers.iter().map(|(h, _)| h.clone()).collect();
@@ -174,7 +225,8 @@ impl Running {
             stop_intake.cancel();
             let link = source
                 .await
-                .map_err(|e| ShutdownError::Task(e.to_string()))?;
+                .map_err(|e| ShutdownError::Task(e.to_string()))?
+                .flatten();
             sink.await.map_err(|e| ShutdownError::Task(e.to_string()))?;
             if let Some(link) = link {
                 link.close().await;

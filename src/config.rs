@@ -17,6 +17,8 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("RABBIT_EXCHANGE", "events"),
     ("RABBIT_QUEUE", "candystore"),
     ("RABBIT_BINDING", "#"),
+    ("RABBIT_QUEUE_TYPE", "classic"),
+    ("RABBIT_DELIVERY_LIMIT", "5"),
     (
         "DATABASE_URL",
         "postgres://postgres@localhost:5432/candystore",
@@ -55,6 +57,16 @@ pub enum ConfigError {
     UnknownKey { path: String, key: String },
 }
 
+/// The kind of queue this service declares and consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueType {
+    Classic,
+    /// A quorum queue with a delivery limit: a message that has been delivered
+    /// RABBIT_DELIVERY_LIMIT times without an ack (because it killed the consumer,
+    /// say) is moved by the broker to `<queue>.parked` instead of looping forever.
+    Quorum,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -68,6 +80,9 @@ pub struct Settings {
     pub rabbit_exchange: String,
     pub rabbit_queue: String,
     pub rabbit_bindings: Vec<String>,
+    pub rabbit_queue_type: QueueType,
+    /// Quorum queues only: deliveries of one message before the broker parks it.
+    pub rabbit_delivery_limit: u32,
     pub database_url: String,
     pub api_host: IpAddr,
     pub api_port: u16,
@@ -147,6 +162,8 @@ impl Settings {
             rabbit_exchange: r.name("RABBIT_EXCHANGE", true)?,
             rabbit_queue: r.name("RABBIT_QUEUE", false)?,
             rabbit_bindings: r.bindings("RABBIT_BINDING")?,
+            rabbit_queue_type: r.queue_type("RABBIT_QUEUE_TYPE")?,
+            rabbit_delivery_limit: r.positive("RABBIT_DELIVERY_LIMIT", 1_000)? as u32,
             database_url: r.database_url("DATABASE_URL")?,
             api_host: r.parse("API_HOST", "an IP address")?,
             api_port: r.parse("API_PORT", "a port number from 0 to 65535")?,
@@ -183,6 +200,14 @@ impl Settings {
             ("RABBIT_EXCHANGE", self.rabbit_exchange.clone()),
             ("RABBIT_QUEUE", self.rabbit_queue.clone()),
             ("RABBIT_BINDING", self.rabbit_bindings.join(",")),
+            (
+                "RABBIT_QUEUE_TYPE",
+                format!("{:?}", self.rabbit_queue_type).to_lowercase(),
+            ),
+            (
+                "RABBIT_DELIVERY_LIMIT",
+                self.rabbit_delivery_limit.to_string(),
+            ),
             ("DATABASE_URL", redact_url(&self.database_url)),
             ("API_HOST", self.api_host.to_string()),
             ("API_PORT", self.api_port.to_string()),
@@ -343,6 +368,14 @@ impl Raw {
         Ok(n)
     }
 
+    fn queue_type(&self, name: &'static str) -> Result<QueueType, ConfigError> {
+        match self.get(name).trim().to_ascii_lowercase().as_str() {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            _ => Err(self.invalid(name, "expected classic or quorum")),
+        }
+    }
+
     fn boolean(&self, name: &'static str) -> Result<bool, ConfigError> {
         match self.get(name).trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => Ok(true),
@@ -482,6 +515,7 @@ mod tests {
         assert_eq!(s.batch_size, 50);
         assert_eq!(s.flush_interval, Duration::from_millis(50));
         assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.rabbit_queue_type, QueueType::Classic);
     }
 
     #[test]
@@ -509,6 +543,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("METRICS_ENABLED"), "{err}");
+        let err = Settings::from_sources(None, env(&[("RABBIT_QUEUE_TYPE", "stream")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid RABBIT_QUEUE_TYPE=\"stream\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,4 +14,5 @@ pub mod envelope;
 pub mod metrics;
 pub mod sink;
 pub mod source;
+pub mod supervise;
 pub mod telemetry;

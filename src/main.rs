@@ -16,7 +16,7 @@ use candystore::{db, telemetry};
 #[command(version, about)]
 struct Cli {
     /// A TOML file of settings (lower-case variable names); the environment wins.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", env = "CANDYSTORE_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -44,6 +44,9 @@ enum Command {
         generation: u8,
     },
 }
+
+/// Exit status when a pipeline task (consumer or writer) ended or panicked.
+const EXIT_PIPELINE_FAILED: u8 = 70;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -101,9 +104,20 @@ fn main() -> ExitCode {
 
 async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let running = app::start(settings, AppOptions::default()).await?;
-    wait_for_signal().await?;
-    tracing::info!("shutdown requested");
-    match running.shutdown().await {
+    let supervisor = running.supervisor();
+    tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            tracing::info!("shutdown requested");
+        }
+        _ = supervisor.failed() => {}
+    }
+    let shutdown = running.shutdown().await;
+    if supervisor.has_failed() {
+        // Logged once by the supervisor; exit for the process supervisor to restart us.
+        return Ok(ExitCode::from(EXIT_PIPELINE_FAILED));
+    }
+    match shutdown {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             tracing::error!(error = %e, "shutdown did not complete; unacknowledged deliveries stay with the broker");

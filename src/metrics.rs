@@ -48,6 +48,7 @@ pub struct Metrics {
     pub events_decoded: IntCounter,
     pub nacks: IntCounter,
     pub queue_depth: IntGauge,
+    pub parked_messages: IntGauge,
     pub queue_consumers: IntGauge,
     pub writers_connected: IntGauge,
     pub pool_size: IntGauge,
@@ -206,6 +207,10 @@ impl Metrics {
             queue_depth: reg!(IntGauge::new(
                 "candystore_queue_depth",
                 "Messages ready in RABBIT_QUEUE, read from the broker at an interval: the ingest lag"
+            )),
+            parked_messages: reg!(IntGauge::new(
+                "candystore_parked_messages",
+                "Messages the broker set aside in <RABBIT_QUEUE>.parked after RABBIT_DELIVERY_LIMIT unacked deliveries (quorum queues; always 0 for classic)"
             )),
             queue_consumers: reg!(IntGauge::new(
                 "candystore_queue_consumers",

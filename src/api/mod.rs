@@ -29,13 +29,20 @@ impl Lifecycle {
     const STARTING: u8 = 0;
     const SERVING: u8 = 1;
     const STOPPING: u8 = 2;
+    const FAILED: u8 = 3;
 
     pub fn set_serving(&self) {
         self.0.store(Self::SERVING, Ordering::SeqCst);
     }
 
     pub fn set_stopping(&self) {
-        self.0.store(Self::STOPPING, Ordering::SeqCst);
+        // A failure stays the reason shown, even while shutting down.
+        let _ = self.0.fetch_max(Self::STOPPING, Ordering::SeqCst);
+    }
+
+    /// A pipeline task failed: not ready again until the process restarts.
+    pub fn set_failed(&self) {
+        self.0.store(Self::FAILED, Ordering::SeqCst);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -46,7 +53,8 @@ impl Lifecycle {
         match self.0.load(Ordering::SeqCst) {
             Self::STARTING => "starting",
             Self::SERVING => "serving",
-            _ => "shutting down",
+            Self::STOPPING => "shutting down",
+            _ => "a pipeline task failed; the process is exiting to be restarted",
         }
     }
 }

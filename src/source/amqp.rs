@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::Inbound;
 use super::ack::{AckChannel, AckError, AckToken, Acknowledge};
 use super::decode::{self, FrameRepairs, Properties, RawDelivery};
+use crate::config::QueueType;
 use crate::metrics::Metrics;
 
 /// What the consumer needs to know.
@@ -34,6 +35,9 @@ pub struct SourceConfig {
     pub exchange: String,
     pub queue: String,
     pub bindings: Vec<String>,
+    pub queue_type: QueueType,
+    /// Quorum queues: deliveries of one message before the broker parks it.
+    pub delivery_limit: u32,
     pub prefetch_count: u16,
     pub retry_max_backoff: Duration,
     /// How often the queue's depth is read from the broker.
@@ -63,17 +67,14 @@ impl BrokerLink {
     /// Closes the consuming channel, then the connection, each waiting for the
     /// broker's close-ok, so nothing is left closing when the connection goes.
     pub async fn close(self) {
-        if let Err(e) = self
-            .channel
-            .close(200, "candystore shutting down".into())
-            .await
-        {
+        if let Err(e) = bounded(self.channel.close(200, "candystore shutting down".into())).await {
             tracing::debug!(error = %e, "consuming channel already closed");
         }
-        if let Err(e) = self
-            .connection
-            .close(200, "candystore shutting down".into())
-            .await
+        if let Err(e) = bounded(
+            self.connection
+                .close(200, "candystore shutting down".into()),
+        )
+        .await
         {
             tracing::debug!(error = %e, "broker connection already closed");
         }
@@ -86,6 +87,22 @@ pub enum SourceError {
     Broker(#[from] lapin::Error),
     #[error("the broker cancelled the consumer")]
     Cancelled,
+    #[error("the broker did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The longest any one call to the broker (connect, declare, QoS, consume, ack,
+/// close) may take. A broker that stops answering is treated as a lost connection.
+pub const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs one broker call within [`BROKER_CALL_TIMEOUT`].
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, SourceError> {
+    match tokio::time::timeout(BROKER_CALL_TIMEOUT, call).await {
+        Ok(r) => r.map_err(SourceError::Broker),
+        Err(_) => Err(SourceError::Timeout(BROKER_CALL_TIMEOUT)),
+    }
 }
 
 enum Outcome {
@@ -147,28 +164,27 @@ async fn session(
     backoff: &mut Duration,
 ) -> Result<Outcome, SourceError> {
     let props = ConnectionProperties::default().with_connection_name("candystore".into());
-    let connection = Arc::new(Connection::connect(&cfg.url, props).await?);
-    let channel = connection.create_channel().await?;
-    declare(&channel, cfg).await?;
-    channel
-        .basic_qos(cfg.prefetch_count, BasicQosOptions::default())
-        .await?;
+    let connection = Arc::new(bounded(Connection::connect(&cfg.url, props)).await?);
+    let channel = bounded(connection.create_channel()).await?;
+    bounded(declare(&channel, cfg)).await?;
+    bounded(channel.basic_qos(cfg.prefetch_count, BasicQosOptions::default())).await?;
     let consumer_tag = format!("candystore-{}", uuid::Uuid::new_v4());
-    let mut consumer = channel
-        .basic_consume(
-            cfg.queue.as_str().into(),
-            consumer_tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = bounded(channel.basic_consume(
+        cfg.queue.as_str().into(),
+        consumer_tag.as_str().into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    ))
+    .await?;
     let acks = AckChannel::new(LapinAcks {
         channel: channel.clone(),
         _connection: connection.clone(),
     });
+    let parked = (cfg.queue_type == QueueType::Quorum).then(|| parked_queue(&cfg.queue));
     let depth = AbortOnDrop(Some(tokio::spawn(poll_depth(
         connection.clone(),
         cfg.queue.clone(),
+        parked,
         cfg.queue_depth_interval,
         metrics.clone(),
         stop.clone(),
@@ -184,9 +200,8 @@ async fn session(
                    channel: Channel,
                    tag: String,
                    depth: AbortOnDrop| async move {
-        if let Err(e) = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await
+        if let Err(e) =
+            bounded(channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())).await
         {
             tracing::debug!(error = %e, "basic.cancel failed");
         }
@@ -264,11 +279,12 @@ impl Drop for AbortOnDrop {
 async fn poll_depth(
     connection: Arc<Connection>,
     queue: String,
+    parked: Option<String>,
     every: Duration,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let Ok(channel) = connection.create_channel().await else {
+    let Ok(channel) = bounded(connection.create_channel()).await else {
         return;
     };
     let mut ticks = tokio::time::interval(every);
@@ -288,10 +304,14 @@ async fn poll_depth(
             passive: true,
             ..Default::default()
         };
-        match channel
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-            .await
-        {
+        let read = |name: String| {
+            let channel = channel.clone();
+            async move {
+                bounded(channel.queue_declare(name.as_str().into(), passive, FieldTable::default()))
+                    .await
+            }
+        };
+        match read(queue.clone()).await {
             Ok(q) => {
                 metrics.queue_depth.set(i64::from(q.message_count()));
                 metrics.queue_consumers.set(i64::from(q.consumer_count()));
@@ -301,22 +321,60 @@ async fn poll_depth(
                 return;
             }
         }
+        if let Some(parked) = &parked {
+            match read(parked.clone()).await {
+                Ok(q) => metrics.parked_messages.set(i64::from(q.message_count())),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the parked queue's depth");
+                    return;
+                }
+            }
+        }
     }
+}
+
+/// The queue a quorum queue's broker moves a message to once it has been
+/// delivered RABBIT_DELIVERY_LIMIT times without an ack.
+pub fn parked_queue(queue: &str) -> String {
+    format!("{queue}.parked")
 }
 
 async fn declare(channel: &Channel, cfg: &SourceConfig) -> Result<(), lapin::Error> {
     if !cfg.exchange.is_empty() {
         declare_exchange(channel, &cfg.exchange).await?;
     }
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let mut args = FieldTable::default();
+    if cfg.queue_type == QueueType::Quorum {
+        // Second line of defence: a message that kills the process before its
+        // batch commits is redelivered at most `delivery_limit` times, then set
+        // aside by the broker (alerted on) instead of crashing every restart.
+        let parked = parked_queue(&cfg.queue);
+        channel
+            .queue_declare(parked.as_str().into(), durable, FieldTable::default())
+            .await?;
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(cfg.delivery_limit as i32),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(parked.as_str().into()),
+        );
+    }
     channel
-        .queue_declare(
-            cfg.queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare(cfg.queue.as_str().into(), durable, args)
         .await?;
     if !cfg.exchange.is_empty() {
         for key in &cfg.bindings {
@@ -361,8 +419,7 @@ struct LapinAcks {
 impl Acknowledge for LapinAcks {
     fn ack(&self, tag: u64, multiple: bool) -> BoxFuture<'_, Result<(), AckError>> {
         Box::pin(async move {
-            self.channel
-                .basic_ack(tag, BasicAckOptions { multiple })
+            bounded(self.channel.basic_ack(tag, BasicAckOptions { multiple }))
                 .await
                 .map_err(|e| AckError {
                     tag,

@@ -9,7 +9,14 @@ use crate::helpers::{AMQP, Proxy, TempDb, gen1, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_consumer_stopped_between_commit_and_ack_gives_one_row_after_restart() {
-    let mut app = spawn_app_with(&[], AppOptions { skip_acks: true }).await;
+    let mut app = spawn_app_with(
+        &[],
+        AppOptions {
+            skip_acks: true,
+            ..Default::default()
+        },
+    )
+    .await;
     let n = 50;
     for i in 0..n {
         app.publish("c.a", &gen1(&format!("ca-{i}"), "c.a")).await;
@@ -284,4 +291,46 @@ async fn a_header_that_is_not_text_is_kept_as_hex_and_the_event_flagged() {
     assert_eq!(r.get::<_, String>(1), "ok");
     assert_eq!(r.get::<_, String>(2), "ff0041");
     assert_eq!(r.get::<_, Vec<u8>>(3), gen1("h-1", "h.x"));
+}
+
+#[tokio::test]
+async fn a_sink_that_panics_makes_the_service_unready_and_loses_nothing() {
+    let opts = AppOptions {
+        fault: Some(candystore::app::Fault::SinkPanics),
+        ..Default::default()
+    };
+    let mut app = spawn_app_with(&[("SHUTDOWN_TIMEOUT", "10s")], opts).await;
+    app.publish("p.a", &gen1("p-1", "p.a")).await;
+    let supervisor = app.running().supervisor();
+    tokio::time::timeout(Duration::from_secs(10), supervisor.failed())
+        .await
+        .expect("the failure is noticed");
+    let cause = supervisor.cause().unwrap();
+    assert!(
+        cause.starts_with("sink: panicked: injected fault"),
+        "{cause}"
+    );
+
+    let r = app.http.get(app.api("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pipeline task failed"),
+        "{body}"
+    );
+
+    // What main does next: shut down within SHUTDOWN_TIMEOUT (then exit 70).
+    let running = app.running.take().unwrap();
+    let started = std::time::Instant::now();
+    let _ = running.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(11));
+    // The event the sink held was never acked: it is back in the queue.
+    app.wait_until(Duration::from_secs(10), || async {
+        app.queue_state().await == (1, 0)
+    })
+    .await;
+    assert_eq!(app.count("events").await, 0);
 }

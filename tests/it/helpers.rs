@@ -259,9 +259,11 @@ impl Drop for TestApp {
                 if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
                     && let Ok(ch) = conn.create_channel().await
                 {
-                    let _ = ch
-                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                        .await;
+                    for q in [queue.clone(), format!("{queue}.parked")] {
+                        let _ = ch
+                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
                     let _ = ch
                         .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                         .await;

@@ -3,6 +3,8 @@
 //! the service stays up and connected, the bad delivery ends as a dead letter
 //! with its bytes, and the good events published after it are stored.
 
+use std::time::Duration;
+
 use crate::helpers::{TestApp, gen1, spawn_app};
 use crate::raw_amqp::{RawProps, RawPublisher, entry, long_string, nested_arrays};
 
@@ -175,4 +177,68 @@ async fn a_body_nested_past_the_depth_limit_is_dead_lettered_and_one_within_it_i
         .await
         .unwrap();
     assert_eq!(raw["id"], "deep-ok");
+}
+
+#[tokio::test]
+async fn a_quorum_queue_parks_a_message_after_its_delivery_limit() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+    let mut app = crate::helpers::spawn_app_with(
+        &[
+            ("RABBIT_QUEUE_TYPE", "quorum"),
+            ("RABBIT_DELIVERY_LIMIT", "2"),
+            ("QUEUE_DEPTH_INTERVAL", "100ms"),
+        ],
+        Default::default(),
+    )
+    .await;
+    app.publish("q.good", &gen1("q-1", "q.good")).await;
+    app.wait_for_rows("events", 1).await;
+    app.stop().await;
+
+    // Stands in for a message that kills the consumer before its batch commits:
+    // delivered, never acked, delivered again.
+    app.publish("q.poison", &gen1("q-poison", "q.poison")).await;
+    let conn = lapin::Connection::connect(crate::helpers::AMQP, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut deliveries = 0;
+    while let Some(m) = ch
+        .basic_get(app.queue.as_str().into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
+        deliveries += 1;
+        assert!(deliveries <= 10, "the broker never parked the message");
+        m.delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    assert!(deliveries >= 2, "delivered {deliveries} times");
+    let parked = format!("{}.parked", app.queue);
+    let q = ch
+        .queue_declare(
+            parked.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 1, "the broker set the message aside");
+    let _ = conn.close(200, "bye".into()).await;
+
+    app.start(Default::default()).await;
+    app.wait_until(Duration::from_secs(10), || async {
+        app.metric("candystore_parked_messages").await == 1.0
+    })
+    .await;
+    assert_eq!(app.count("events").await, 1);
 }
