@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod metrics;
+pub mod retry;
 pub mod sink;
 pub mod source;
 pub mod supervise;

@@ -9,7 +9,49 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use std::collections::HashSet;
+use std::sync::RwLock;
+
 use crate::envelope::{Record, RejectReason};
+
+/// Longest label value taken from publishers' data; a longer one counts as `other`.
+pub const MAX_LABEL_BYTES: usize = 100;
+/// Distinct values one such label may take; later new values count as `other`.
+pub const MAX_LABEL_VALUES: usize = 500;
+/// The value that stands for every value past the bounds.
+pub const OTHER_LABEL: &str = "other";
+
+/// The values a label taken from publishers' data (event type, source) has
+/// shown so far, so that no publisher can grow the scrape without bound: a value
+/// longer than [`MAX_LABEL_BYTES`], or new once [`MAX_LABEL_VALUES`] are known,
+/// is reported as [`OTHER_LABEL`].
+#[derive(Debug, Default)]
+pub struct LabelValues {
+    known: RwLock<HashSet<Box<str>>>,
+}
+
+impl LabelValues {
+    /// The value to use as a label: `value` itself when within bounds.
+    pub fn admit<'a>(&self, value: &'a str) -> Option<&'a str> {
+        if value.len() > MAX_LABEL_BYTES || value == OTHER_LABEL {
+            return None;
+        }
+        if self
+            .known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(value)
+        {
+            return Some(value);
+        }
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= MAX_LABEL_VALUES && !known.contains(value) {
+            return None;
+        }
+        known.insert(value.into());
+        Some(value)
+    }
+}
 
 /// Storage latency spans 1 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -21,6 +63,9 @@ const DURATION_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     registry: Registry,
+    event_types: LabelValues,
+    sources: LabelValues,
+    pub labels_capped: IntCounter,
     pub events_received: IntCounterVec,
     pub events_stored: IntCounterVec,
     pub events_failed: IntCounterVec,
@@ -241,6 +286,12 @@ impl Metrics {
                     .buckets(DURATION_BUCKETS.to_vec()),
                 &["route"]
             )),
+            labels_capped: reg!(IntCounter::new(
+                "candystore_metric_labels_capped_total",
+                "Event types or sources counted as \"other\" because they were too long or too many distinct values were already known"
+            )),
+            event_types: LabelValues::default(),
+            sources: LabelValues::default(),
             registry,
         }
         .with_bounded_labels()
@@ -277,10 +328,27 @@ impl Metrics {
         self.in_flight.inc();
         if let Record::Event(e) = record {
             self.events_decoded.inc();
+            let source = self.source_label(&e.source);
             self.events_received
-                .with_label_values(&[e.event_type.as_str(), e.source.as_str()])
+                .with_label_values(&[self.event_type_label(&e.event_type), source])
                 .inc();
         }
+    }
+
+    /// An event type as a label value: itself, or `other` past the bounds.
+    pub fn event_type_label<'a>(&self, event_type: &'a str) -> &'a str {
+        self.event_types.admit(event_type).unwrap_or_else(|| {
+            self.labels_capped.inc();
+            OTHER_LABEL
+        })
+    }
+
+    /// A source as a label value: itself, or `other` past the bounds.
+    pub fn source_label<'a>(&self, source: &'a str) -> &'a str {
+        self.sources.admit(source).unwrap_or_else(|| {
+            self.labels_capped.inc();
+            OTHER_LABEL
+        })
     }
 
     /// The text exposition of every metric.
@@ -296,5 +364,31 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_and_surplus_label_values_count_as_other() {
+        let m = Metrics::new();
+        assert_eq!(m.event_type_label("user.created"), "user.created");
+        assert_eq!(
+            m.event_type_label(&"x".repeat(MAX_LABEL_BYTES + 1)),
+            OTHER_LABEL
+        );
+        for i in 1..MAX_LABEL_VALUES {
+            assert_eq!(m.event_type_label(&format!("t{i}")), format!("t{i}"));
+        }
+        assert_eq!(m.event_type_label("one.too.many"), OTHER_LABEL);
+        assert_eq!(
+            m.event_type_label("user.created"),
+            "user.created",
+            "known values stay"
+        );
+        assert_eq!(m.source_label("svc"), "svc", "each label has its own bound");
+        assert_eq!(m.labels_capped.get(), 2);
     }
 }

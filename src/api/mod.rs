@@ -88,7 +88,17 @@ pub fn serve_api(
             .wrap(cors(&cors_origins))
             .wrap_fn(move |req, srv| {
                 let started = std::time::Instant::now();
-                let method = req.method().as_str().to_owned();
+                // Known methods only: a client can send any token as a method.
+                let method: &'static str = match req.method().as_str() {
+                    "GET" => "GET",
+                    "HEAD" => "HEAD",
+                    "POST" => "POST",
+                    "PUT" => "PUT",
+                    "DELETE" => "DELETE",
+                    "PATCH" => "PATCH",
+                    "OPTIONS" => "OPTIONS",
+                    _ => "other",
+                };
                 let metrics = metrics.clone();
                 let response = srv.call(req);
                 async move {
@@ -101,7 +111,7 @@ pub fn serve_api(
                     let status = res.status().as_u16().to_string();
                     metrics
                         .http_requests
-                        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+                        .with_label_values(&[route.as_str(), method, status.as_str()])
                         .inc();
                     metrics
                         .http_duration

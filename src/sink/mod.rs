@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::batch::{Batch, Batcher, Limits};
 use crate::envelope::{DeadLetter, Record, RejectReason};
 use crate::metrics::Metrics;
+use crate::retry::Backoff;
 use crate::source::{self, AckToken, Inbound};
 pub use write::{WriteError, Writer, Written};
 
@@ -149,7 +150,7 @@ fn record_written(w: &Written, records: &[Record], metrics: &Metrics) {
     for (event_type, n) in &w.stored {
         metrics
             .events_stored
-            .with_label_values(&[event_type.as_str()])
+            .with_label_values(&[metrics.event_type_label(event_type)])
             .inc_by(*n);
     }
     // Books: every delivery is stored, a duplicate, or dead-lettered. A redelivered
@@ -165,7 +166,7 @@ fn record_written(w: &Written, records: &[Record], metrics: &Metrics) {
                 metrics
                     .events_failed
                     .with_label_values(&[
-                        d.event_type.as_deref().unwrap_or("unknown"),
+                        metrics.event_type_label(d.event_type.as_deref().unwrap_or("unknown")),
                         d.reason.as_str(),
                     ])
                     .inc();
@@ -186,7 +187,7 @@ async fn write_all(
     metrics: &Metrics,
 ) -> Written {
     let mut total = Written::default();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), opts.retry_max_backoff);
     // Ranges of `records` still to write, last one first.
     let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
     todo.push(0..records.len());
@@ -196,13 +197,13 @@ async fn write_all(
         match result {
             Ok(w) => {
                 total.absorb(w);
-                backoff = Duration::from_millis(50);
+                backoff.reset();
             }
             Err(e) if e.is_retryable() || matches!(part[..], [Record::DeadLetter(_)]) => {
                 metrics.write_retries.with_label_values(&[e.cause()]).inc();
-                log_retry(&e, backoff, part.len());
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(opts.retry_max_backoff);
+                let wait = backoff.next_wait();
+                log_retry(&e, wait, part.len());
+                tokio::time::sleep(wait).await;
                 todo.push(range);
             }
             Err(e) if range.len() == 1 => {

@@ -44,10 +44,22 @@ ON CONFLICT (fingerprint) DO NOTHING"#;
 /// every committed row below it (the live tail relies on this). The COPY steps of
 /// concurrent batches still overlap.
 const COMMIT_ORDER_LOCK: &str = "SELECT pg_advisory_xact_lock(7236828094530679666)";
+const COMMIT_ORDER_LOCK_KEY: i64 = 7_236_828_094_530_679_666;
 
-/// Every write is bounded: a server that stops answering is treated like one that
-/// closed the connection.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Server-side bounds of every writer session. No statement runs longer than
+/// this (a COPY of a full 16 MiB batch takes well under a second)...
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// ...no lock is waited for longer than this (the commit-order lock is held for
+/// milliseconds by a healthy writer; a session holding it longer is stuck or
+/// hostile, and the batch is retried with back-off rather than queued behind it)...
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// ...and a transaction left open by a writer that vanished releases its locks.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The client-side bound of one whole write: a server that stops answering is
+/// treated like one that closed the connection. The connection is dropped and the
+/// batch retried on a new one.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(45);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -65,7 +77,8 @@ pub enum WriteError {
 
 impl WriteError {
     /// Every value `cause()` can take.
-    pub const CAUSES: [&'static str; 9] = [
+    pub const CAUSES: [&'static str; 10] = [
+        "lock_timeout",
         "connection_closed",
         "connection",
         "serialization",
@@ -104,6 +117,20 @@ impl WriteError {
         // Data exception, integrity violation, program limit (e.g. index row size):
         // something in the rows. Everything else (connection, shutdown, resources,
         // serialization, missing schema) is a state of the server that can change.
+        // Lock and statement timeouts (ours) first: they say the server is busy
+        // or blocked, not that it is shutting down.
+        if *code == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE {
+            return WriteError::Unavailable {
+                cause: "lock_timeout",
+                source: Some(e),
+            };
+        }
+        if *code == tokio_postgres::error::SqlState::QUERY_CANCELED {
+            return WriteError::Unavailable {
+                cause: "timeout",
+                source: Some(e),
+            };
+        }
         let cause = match &code.code()[..2] {
             "22" | "23" | "54" => return WriteError::Refused(e),
             "08" => "connection",
@@ -198,8 +225,11 @@ impl Writer {
             });
             client
                 .batch_execute(&format!(
-                    "SET statement_timeout = '{}s'; {}",
-                    WRITE_TIMEOUT.as_secs(),
+                    "SET statement_timeout = '{}ms'; SET lock_timeout = '{}ms'; \
+                     SET idle_in_transaction_session_timeout = '{}ms'; {}",
+                    STATEMENT_TIMEOUT.as_millis(),
+                    LOCK_TIMEOUT.as_millis(),
+                    IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
                     copy::CREATE_STAGING
                 ))
                 .await
@@ -237,7 +267,9 @@ impl Writer {
         match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(records, metrics)).await {
             Ok(Ok(w)) => Ok(w),
             Ok(Err(e)) => {
-                if e.is_retryable() {
+                if e.cause() == "lock_timeout" {
+                    self.log_lock_holders().await;
+                } else if e.is_retryable() {
                     self.reset(metrics);
                 }
                 Err(e)
@@ -249,6 +281,31 @@ impl Writer {
                     source: None,
                 })
             }
+        }
+    }
+
+    /// Names the sessions holding the commit-order lock, once a writer gave up
+    /// waiting for it: that is what an operator must go and look at.
+    async fn log_lock_holders(&self) {
+        let Some(conn) = &self.conn else { return };
+        let query = conn.client.query(
+            "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.state, ''), \
+                    coalesce(extract(epoch FROM now() - a.xact_start)::float8, 0), left(coalesce(a.query, ''), 200) \
+             FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND ((l.classid::int8 << 32) | l.objid::int8) = $1",
+            &[&COMMIT_ORDER_LOCK_KEY],
+        );
+        match tokio::time::timeout(Duration::from_secs(2), query).await {
+            Ok(Ok(rows)) => {
+                for r in rows {
+                    let (pid, app, state, held_s, query): (i32, String, String, f64, String) =
+                        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+                    tracing::warn!(pid, application_name = %app, state = %state, transaction_age_s = held_s, query = %query, "the writers' commit-order lock is held by another session");
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the lock holders"),
+            Err(_) => tracing::debug!("reading the lock holders timed out"),
         }
     }
 

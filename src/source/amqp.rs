@@ -27,6 +27,7 @@ use super::ack::{AckChannel, AckError, AckToken, Acknowledge};
 use super::decode::{self, FrameRepairs, Properties, RawDelivery};
 use crate::config::QueueType;
 use crate::metrics::Metrics;
+use crate::retry::Backoff;
 
 /// What the consumer needs to know.
 #[derive(Clone, Debug)]
@@ -121,7 +122,7 @@ pub async fn run(
     status: Arc<BrokerStatus>,
     stop: CancellationToken,
 ) -> Option<BrokerLink> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), cfg.retry_max_backoff);
     let mut attempt: u64 = 0;
     loop {
         if stop.is_cancelled() {
@@ -142,16 +143,17 @@ pub async fn run(
                 });
             }
             Ok(Outcome::WriterGone) => return None,
-            Err(e) => {
-                let error = crate::telemetry::error_chain(&e);
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
-            }
+            Err(_) => {}
+        }
+        let wait = backoff.next_wait();
+        if let Err(e) = &result {
+            let error = crate::telemetry::error_chain(e);
+            tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "broker connection lost");
         }
         tokio::select! {
             _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(cfg.retry_max_backoff);
     }
 }
 
@@ -161,7 +163,7 @@ async fn session(
     metrics: &Arc<Metrics>,
     status: &BrokerStatus,
     stop: &CancellationToken,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Result<Outcome, SourceError> {
     let props = ConnectionProperties::default().with_connection_name("candystore".into());
     let connection = Arc::new(bounded(Connection::connect(&cfg.url, props)).await?);
@@ -191,7 +193,7 @@ async fn session(
     ))));
     status.connected.store(true, Ordering::Relaxed);
     metrics.consumer_connected.set(1);
-    *backoff = Duration::from_millis(100);
+    backoff.reset();
     tracing::info!(queue = %cfg.queue, exchange = %cfg.exchange, prefetch = cfg.prefetch_count, "consuming");
 
     // Asked to stop: cancel the consumer, let the queue-depth task close its channel,

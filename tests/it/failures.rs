@@ -334,3 +334,31 @@ async fn a_sink_that_panics_makes_the_service_unready_and_loses_nothing() {
     .await;
     assert_eq!(app.count("events").await, 0);
 }
+
+#[tokio::test]
+async fn a_session_holding_the_writers_lock_times_the_write_out_and_nothing_is_lost() {
+    let app = spawn_app().await;
+    let blocker = crate::helpers::connect(&app.db_url).await;
+    blocker
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7236828094530679666)")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        app.publish("l.a", &gen1(&format!("lock-{i}"), "l.a")).await;
+    }
+    // The writer gives up waiting after LOCK_TIMEOUT (5s) and retries.
+    app.wait_until(Duration::from_secs(20), || async {
+        app.metrics_text().await.lines().any(|l| {
+            l.starts_with("candystore_write_retries_total{cause=\"lock_timeout\"} ")
+                && !l.ends_with(" 0")
+        })
+    })
+    .await;
+    assert_eq!(app.count("events").await, 0);
+    let health = app.http.get(app.api("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the process serves while it waits");
+
+    blocker.batch_execute("COMMIT").await.unwrap();
+    app.wait_for_rows("events", 20).await;
+    assert_eq!(app.queue_state().await, (0, 1));
+}

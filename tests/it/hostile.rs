@@ -242,3 +242,39 @@ async fn a_quorum_queue_parks_a_message_after_its_delivery_limit() {
     .await;
     assert_eq!(app.count("events").await, 1);
 }
+
+#[tokio::test]
+async fn publishers_cannot_grow_the_metrics_scrape_without_bound() {
+    let app = spawn_app().await;
+    let before = app.metrics_text().await.len();
+    // 20,000 distinct event types, published with up to 500 confirms outstanding.
+    let n = 20_000;
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| gen1(&format!("type-{i}"), &format!("hostile.type.{i}")))
+        .collect();
+    for chunk in bodies.chunks(500) {
+        futures::future::join_all(chunk.iter().map(|b| app.publish("hostile.types", b))).await;
+    }
+    // And one dead letter whose event type is 5 MB.
+    let huge = gen1("huge-type", &"t".repeat(5 << 20));
+    app.publish("hostile.huge", &huge).await;
+    app.wait_for_rows("events", n as i64).await;
+    app.wait_for_rows("dead_letter", 1).await;
+
+    let text = app.metrics_text().await;
+    let series = |name: &str| text.lines().filter(|l| l.starts_with(name)).count();
+    assert!(
+        series("candystore_events_received_total{") <= 501,
+        "{}",
+        series("candystore_events_received_total{")
+    );
+    assert!(series("candystore_events_stored_total{") <= 501);
+    assert!(series("candystore_events_failed_total{") <= 2);
+    assert!(text.contains("candystore_events_stored_total{event_type=\"other\"}"));
+    assert!(
+        text.len() < before + 300_000,
+        "the scrape grew from {before} to {} bytes",
+        text.len()
+    );
+    assert!(app.metric("candystore_metric_labels_capped_total").await >= (n - 500) as f64);
+}
