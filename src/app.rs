@@ -21,6 +21,9 @@ use crate::sink::{self, SinkOptions, Writer};
 use crate::source::amqp::{self, BrokerLink, BrokerStatus, SourceConfig};
 use crate::supervise::Supervisor;
 
+/// Connections of the probes' own pool (`/health`, `/ready`).
+const PROBE_POOL_SIZE: usize = 2;
+
 /// Start-up choices that are not settings (tests use them).
 #[derive(Clone, Debug, Default)]
 pub struct AppOptions {
@@ -54,6 +57,8 @@ pub struct Running {
     lifecycle: Arc<Lifecycle>,
     supervisor: Arc<Supervisor>,
     stop_intake: CancellationToken,
+    /// Stops the live tail's poller.
+    tail_stop: CancellationToken,
     source: JoinHandle<Option<Option<BrokerLink>>>,
     sink: JoinHandle<Option<()>>,
     servers: Vec<(ServerHandle, JoinHandle<std::io::Result<()>>)>,
@@ -71,7 +76,13 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             .context("cannot connect to DATABASE_URL")?;
         db::check_schema(&client).await?;
     }
-    let pool = db::read_pool(pg.clone(), settings.database_read_pool_size)?;
+    // The API may read as another (read-only) role, or from a replica.
+    let read_pg = match &settings.read_database_url {
+        Some(url) => db::pg_config(url)?,
+        None => pg.clone(),
+    };
+    let pool = db::read_pool(read_pg.clone(), settings.database_read_pool_size)?;
+    let probe_pool = db::read_pool(read_pg, PROBE_POOL_SIZE)?;
     let metrics = Arc::new(Metrics::new());
     let broker = Arc::new(BrokerStatus::default());
     let lifecycle = Arc::new(Lifecycle::default());
@@ -149,7 +160,18 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     };
 
     let mut servers = Vec::new();
+    let tail_stop = CancellationToken::new();
     let state = ApiState {
+        tail: api::tail::TailHub::start(pool.clone(), tail_stop.clone()),
+        streams: Arc::new(api::stream::Streams::new(
+            api::stream::StreamLimits {
+                max_clients: settings.stream_max_clients,
+                write_timeout: settings.stream_write_timeout,
+                max_lifetime: settings.stream_max_lifetime,
+            },
+            metrics.streams_open.clone(),
+        )),
+        probe_pool: probe_pool.clone(),
         pool: pool.clone(),
         broker,
         lifecycle: lifecycle.clone(),
@@ -170,12 +192,22 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     })?;
     servers.push((api_server.handle(), tokio::spawn(api_server)));
     let metrics_addr = if settings.metrics_enabled {
+        let host = settings.metrics_host.unwrap_or(settings.api_host);
         let (server, addr) = api::serve_metrics(
-            SocketAddr::new(settings.api_host, settings.metrics_port),
+            SocketAddr::new(host, settings.metrics_port),
             metrics.clone(),
-            pool,
+            api::MetricsEndpoint {
+                read_pool: pool,
+                probe_pool,
+                auth: api::auth::Auth::new(&settings.metrics_tokens),
+            },
         )
-        .with_context(|| format!("cannot listen on METRICS_PORT {}", settings.metrics_port))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on METRICS_HOST:METRICS_PORT {host}:{}",
+                settings.metrics_port
+            )
+        })?;
         servers.push((server.handle(), tokio::spawn(server)));
         Some(addr)
     } else {
@@ -191,6 +223,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         lifecycle,
         supervisor,
         stop_intake,
+        tail_stop,
         source,
         sink,
         servers,
@@ -212,6 +245,7 @@ impl Running {
             lifecycle,
             supervisor,
             stop_intake,
+            tail_stop,
             source,
             sink,
             servers,
@@ -235,6 +269,7 @@ impl Running {
                 handle.stop(true).await;
                 let _ = join.await;
             }
+            tail_stop.cancel();
             Ok(())
         };
         let result = tokio::time::timeout(limit, ordered)
@@ -258,6 +293,7 @@ impl Running {
     /// Stops at once without waiting, from synchronous code (a test's `Drop`): the
     /// tasks end when the runtime next polls them or shuts down.
     pub fn abort_now(self) {
+        self.tail_stop.cancel();
         self.source.abort();
         self.sink.abort();
         for (handle, join) in self.servers {
@@ -269,6 +305,7 @@ impl Running {
 
     /// Stops at once, like a crash: nothing is flushed or acked.
     pub async fn abort(self) {
+        self.tail_stop.cancel();
         self.source.abort();
         self.sink.abort();
         let _ = self.source.await;

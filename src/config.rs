@@ -23,10 +23,13 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "DATABASE_URL",
         "postgres://postgres@localhost:5432/candystore",
     ),
+    ("READ_DATABASE_URL", ""),
     ("API_HOST", "0.0.0.0"),
     ("API_PORT", "8683"),
     ("METRICS_ENABLED", "true"),
     ("METRICS_PORT", "9090"),
+    ("METRICS_HOST", ""),
+    ("METRICS_TOKEN", ""),
     ("LOG_LEVEL", "info"),
     ("LOG_FORMAT", "json"),
     ("PREFETCH_COUNT", "100"),
@@ -38,6 +41,9 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("RETRY_MAX_BACKOFF", "10s"),
     ("SHUTDOWN_TIMEOUT", "30s"),
     ("QUEUE_DEPTH_INTERVAL", "15s"),
+    ("STREAM_MAX_CLIENTS", "100"),
+    ("STREAM_WRITE_TIMEOUT", "10s"),
+    ("STREAM_MAX_LIFETIME", "10m"),
     ("API_TOKEN", ""),
     ("CORS_ALLOWED_ORIGINS", ""),
 ];
@@ -84,10 +90,17 @@ pub struct Settings {
     /// Quorum queues only: deliveries of one message before the broker parks it.
     pub rabbit_delivery_limit: u32,
     pub database_url: String,
+    /// The API's read pool connects here (a read-only role, a replica); empty
+    /// means DATABASE_URL.
+    pub read_database_url: Option<String>,
     pub api_host: IpAddr,
     pub api_port: u16,
     pub metrics_enabled: bool,
     pub metrics_port: u16,
+    /// Where `/metrics` listens; unset means API_HOST.
+    pub metrics_host: Option<IpAddr>,
+    /// Bearer tokens `/metrics` requires; empty means it is open.
+    pub metrics_tokens: Vec<String>,
     pub log_level: String,
     pub log_format: LogFormat,
     /// AMQP QoS: the most unacknowledged deliveries the broker hands us.
@@ -107,6 +120,12 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// How often the queue depth (ingest lag) is read from the broker.
     pub queue_depth_interval: Duration,
+    /// Live-tail streams open at once; one more gets a 503.
+    pub stream_max_clients: usize,
+    /// A live-tail client that takes nothing for this long is cut.
+    pub stream_write_timeout: Duration,
+    /// A live-tail stream ends after this long (EventSource resumes).
+    pub stream_max_lifetime: Duration,
     /// Bearer tokens the API accepts; empty means the API is open.
     pub api_tokens: Vec<String>,
     /// Origins allowed to call the API from a browser (`*` for any); empty means none.
@@ -125,6 +144,14 @@ impl Settings {
 
     /// Builds settings from `(VARIABLE, value)` pairs over the defaults, without the
     /// environment. Tests use this.
+    /// As [`Settings::from_pairs`], reporting a bad value instead of panicking.
+    pub fn try_from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConfigError> {
+        let env = pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned()));
+        Self::from_sources(None, env)
+    }
+
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let env = pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned()));
         Self::from_sources(None, env).expect("test settings are valid")
@@ -165,10 +192,19 @@ impl Settings {
             rabbit_queue_type: r.queue_type("RABBIT_QUEUE_TYPE")?,
             rabbit_delivery_limit: r.positive("RABBIT_DELIVERY_LIMIT", 1_000)? as u32,
             database_url: r.database_url("DATABASE_URL")?,
+            read_database_url: match r.get("READ_DATABASE_URL").trim() {
+                "" => None,
+                _ => Some(r.database_url("READ_DATABASE_URL")?),
+            },
             api_host: r.parse("API_HOST", "an IP address")?,
             api_port: r.parse("API_PORT", "a port number from 0 to 65535")?,
             metrics_enabled: r.boolean("METRICS_ENABLED")?,
             metrics_port: r.parse("METRICS_PORT", "a port number from 0 to 65535")?,
+            metrics_host: match r.get("METRICS_HOST").trim() {
+                "" => None,
+                _ => Some(r.parse("METRICS_HOST", "an IP address")?),
+            },
+            metrics_tokens: r.tokens("METRICS_TOKEN")?,
             log_level: r.log_level("LOG_LEVEL")?,
             log_format: r.log_format("LOG_FORMAT")?,
             prefetch_count: r.positive("PREFETCH_COUNT", 65_535)? as u16,
@@ -180,6 +216,9 @@ impl Settings {
             retry_max_backoff: r.duration("RETRY_MAX_BACKOFF")?,
             shutdown_timeout: r.duration("SHUTDOWN_TIMEOUT")?,
             queue_depth_interval: r.duration("QUEUE_DEPTH_INTERVAL")?,
+            stream_max_clients: r.positive("STREAM_MAX_CLIENTS", 100_000)?,
+            stream_write_timeout: r.duration("STREAM_WRITE_TIMEOUT")?,
+            stream_max_lifetime: r.duration("STREAM_MAX_LIFETIME")?,
             api_tokens: r.tokens("API_TOKEN")?,
             cors_allowed_origins: r.origins("CORS_ALLOWED_ORIGINS")?,
         };
@@ -209,10 +248,30 @@ impl Settings {
                 self.rabbit_delivery_limit.to_string(),
             ),
             ("DATABASE_URL", redact_url(&self.database_url)),
+            (
+                "READ_DATABASE_URL",
+                self.read_database_url
+                    .as_deref()
+                    .map(redact_url)
+                    .unwrap_or_else(|| "(unset: DATABASE_URL)".into()),
+            ),
             ("API_HOST", self.api_host.to_string()),
             ("API_PORT", self.api_port.to_string()),
             ("METRICS_ENABLED", self.metrics_enabled.to_string()),
             ("METRICS_PORT", self.metrics_port.to_string()),
+            (
+                "METRICS_HOST",
+                self.metrics_host
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| "(unset: API_HOST)".into()),
+            ),
+            (
+                "METRICS_TOKEN",
+                match self.metrics_tokens.len() {
+                    0 => "(unset: /metrics is open)".to_owned(),
+                    n => format!("({n} token(s), redacted)"),
+                },
+            ),
             ("LOG_LEVEL", self.log_level.clone()),
             (
                 "LOG_FORMAT",
@@ -241,6 +300,15 @@ impl Settings {
             (
                 "QUEUE_DEPTH_INTERVAL",
                 humantime::format_duration(self.queue_depth_interval).to_string(),
+            ),
+            ("STREAM_MAX_CLIENTS", self.stream_max_clients.to_string()),
+            (
+                "STREAM_WRITE_TIMEOUT",
+                humantime::format_duration(self.stream_write_timeout).to_string(),
+            ),
+            (
+                "STREAM_MAX_LIFETIME",
+                humantime::format_duration(self.stream_max_lifetime).to_string(),
             ),
             (
                 "API_TOKEN",
@@ -334,7 +402,7 @@ impl Raw {
 
     fn invalid(&self, name: &'static str, reason: impl Into<String>) -> ConfigError {
         let value = self.get(name);
-        let value = if name == "API_TOKEN" {
+        let value = if name.ends_with("_TOKEN") {
             "***".to_owned()
         } else if name.ends_with("_URL") {
             redact_url(value)
@@ -410,8 +478,14 @@ impl Raw {
 
     fn database_url(&self, name: &'static str) -> Result<String, ConfigError> {
         let v = self.url(name, &["postgres://", "postgresql://"])?;
-        v.parse::<tokio_postgres::Config>()
-            .map_err(|e| self.invalid(name, format!("not a PostgreSQL URL ({e})")))?;
+        // The TLS parameters are ours (libpq's meanings); the rest is tokio-postgres's.
+        crate::db::pg_config(&v).map_err(|e| {
+            let reason = match &e {
+                crate::db::DbError::Url(e) => format!("not a PostgreSQL URL ({e})"),
+                other => crate::telemetry::error_chain(other),
+            };
+            self.invalid(name, reason)
+        })?;
         Ok(v)
     }
 

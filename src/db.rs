@@ -9,9 +9,12 @@
 
 use std::time::Duration;
 
+pub mod tls;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
@@ -22,6 +25,8 @@ const MIGRATION_LOCK: i64 = 0x6361_6e64_7973_7472;
 pub enum DbError {
     #[error("invalid DATABASE_URL: {0}")]
     Url(#[source] tokio_postgres::Error),
+    #[error("invalid TLS settings in the database URL: {0}")]
+    Tls(String),
     #[error("cannot connect to the database")]
     Connect(#[source] tokio_postgres::Error),
     #[error("migration {name} failed")]
@@ -50,9 +55,19 @@ pub enum DbError {
     Pool(String),
 }
 
-/// Parses DATABASE_URL and sets the timeouts every connection of ours uses.
-pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(DbError::Url)?;
+/// Where and how our connections reach PostgreSQL: the parsed URL and the TLS
+/// connector its `sslmode`/`sslrootcert` ask for (see [`tls`]).
+#[derive(Clone)]
+pub struct PgTarget {
+    pub config: tokio_postgres::Config,
+    pub tls: MakeRustlsConnect,
+}
+
+/// Parses a PostgreSQL URL (DATABASE_URL, READ_DATABASE_URL) and sets the
+/// timeouts every connection of ours uses.
+pub fn pg_config(url: &str) -> Result<PgTarget, DbError> {
+    let params = tls::split_url(url).map_err(DbError::Tls)?;
+    let mut config: tokio_postgres::Config = params.url.parse().map_err(DbError::Url)?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -62,12 +77,17 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
     if config.get_application_name().is_none() {
         config.application_name("candystore");
     }
-    Ok(config)
+    let tls = tls::connector(&params).map_err(DbError::Tls)?;
+    Ok(PgTarget { config, tls })
 }
 
 /// Opens one connection whose driver task runs in the background.
-pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError> {
-    let (client, connection) = config.connect(NoTls).await.map_err(DbError::Connect)?;
+pub async fn connect(target: &PgTarget) -> Result<Client, DbError> {
+    let (client, connection) = target
+        .config
+        .connect(target.tls.clone())
+        .await
+        .map_err(DbError::Connect)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection ended");
@@ -84,7 +104,8 @@ pub const READ_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// API queries are short index walks. JIT compilation (tens of milliseconds, spent
 /// when the planner guesses a query is big) and parallel workers (one request
 /// taking every core from the others) only add latency to them, so both are off.
-pub fn read_pool(mut config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
+pub fn read_pool(target: PgTarget, size: usize) -> Result<Pool, DbError> {
+    let PgTarget { mut config, tls } = target;
     let options = format!(
         "{} -c statement_timeout={} -c default_transaction_read_only=on -c jit=off -c max_parallel_workers_per_gather=0",
         config.get_options().unwrap_or_default(),
@@ -93,7 +114,7 @@ pub fn read_pool(mut config: tokio_postgres::Config, size: usize) -> Result<Pool
     config.options(options.trim_start());
     let manager = Manager::from_config(
         config,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

@@ -162,22 +162,34 @@ impl Record {
 /// its payload member, the payload, and the member's name. Equal as JSON to what
 /// was published (for a sanitised event: to what was stored).
 ///
+/// Spliced as text, never parsed: the cost is one copy, whatever the size or depth
+/// of the payload. `None` when `envelope` is not an object's text.
+///
 /// ```
 /// use candystore::envelope::rebuild;
-/// let doc = rebuild(br#"{"id":"1","type":"t"}"#, br#"{"k":[1,2]}"#, Some("data")).unwrap();
+/// let doc = rebuild(br#"{"id": "1", "type": "t"}"#, br#"{"k": [1, 2]}"#, Some("data")).unwrap();
+/// let doc: serde_json::Value = serde_json::from_slice(&doc).unwrap();
 /// assert_eq!(doc, serde_json::json!({"id": "1", "type": "t", "data": {"k": [1, 2]}}));
 /// // An envelope that had no payload member gets none back.
-/// let doc = rebuild(br#"{"id":"1"}"#, b"{}", None).unwrap();
-/// assert_eq!(doc, serde_json::json!({"id": "1"}));
+/// assert_eq!(rebuild(br#"{"id":"1"}"#, b"{}", None).unwrap(), br#"{"id":"1"}"#);
+/// assert_eq!(rebuild(b"{}", b"[1]", Some("data")).unwrap(), br#"{"data":[1]}"#);
 /// ```
-pub fn rebuild(
-    envelope: &[u8],
-    payload: &[u8],
-    payload_member: Option<&str>,
-) -> Result<serde_json::Value, serde_json::Error> {
-    let mut doc: serde_json::Value = serde_json::from_slice(envelope)?;
-    if let (Some(member), serde_json::Value::Object(map)) = (payload_member, &mut doc) {
-        map.insert(member.to_owned(), serde_json::from_slice(payload)?);
+pub fn rebuild(envelope: &[u8], payload: &[u8], payload_member: Option<&str>) -> Option<Vec<u8>> {
+    let trimmed = envelope.trim_ascii();
+    let inner = trimmed.strip_prefix(b"{")?.strip_suffix(b"}")?;
+    let Some(member) = payload_member else {
+        return Some(trimmed.to_vec());
+    };
+    let name = serde_json::to_string(member).ok()?;
+    let mut out = Vec::with_capacity(envelope.len() + payload.len() + name.len() + 4);
+    out.push(b'{');
+    out.extend_from_slice(name.as_bytes());
+    out.push(b':');
+    out.extend_from_slice(payload);
+    if !inner.trim_ascii().is_empty() {
+        out.push(b',');
+        out.extend_from_slice(inner);
     }
-    Ok(doc)
+    out.push(b'}');
+    Some(out)
 }

@@ -66,6 +66,7 @@ pub struct Metrics {
     event_types: LabelValues,
     sources: LabelValues,
     pub labels_capped: IntCounter,
+    pub streams_open: IntGauge,
     pub events_received: IntCounterVec,
     pub events_stored: IntCounterVec,
     pub events_failed: IntCounterVec,
@@ -290,6 +291,10 @@ impl Metrics {
                 "candystore_metric_labels_capped_total",
                 "Event types or sources counted as \"other\" because they were too long or too many distinct values were already known"
             )),
+            streams_open: reg!(IntGauge::new(
+                "candystore_streams_open",
+                "Live-tail (SSE) streams open now; at most STREAM_MAX_CLIENTS"
+            )),
             event_types: LabelValues::default(),
             sources: LabelValues::default(),
             registry,
@@ -313,13 +318,14 @@ impl Metrics {
     }
 
     /// Sets the gauges that are read rather than counted, just before a scrape.
-    pub fn observe_pool(&self, status: deadpool_postgres::Status) {
-        self.pool_size.set(status.size as i64);
+    /// `read` is the API's pool; `probe` the probes' own (counted in the total only).
+    pub fn observe_pool(&self, read: deadpool_postgres::Status, probe: deadpool_postgres::Status) {
+        self.pool_size.set(read.size as i64);
         self.pool_in_use
-            .set(status.size.saturating_sub(status.available) as i64);
-        self.pool_waiting.set(status.waiting as i64);
+            .set(read.size.saturating_sub(read.available) as i64);
+        self.pool_waiting.set(read.waiting as i64);
         self.database_connections
-            .set(status.size as i64 + self.writers_connected.get());
+            .set((read.size + probe.size) as i64 + self.writers_connected.get());
     }
 
     /// Counts one delivery as received.

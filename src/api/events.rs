@@ -120,9 +120,12 @@ impl Cursor {
         hex(&bytes)
     }
 
-    /// The cursor's timestamp; out of range only in a cursor this API did not make.
+    /// The cursor's timestamp. Stored times lie in years 1 to 9999 (decode's
+    /// rule), so a time outside them is in a cursor this API did not make.
     pub(crate) fn time(&self) -> Result<DateTime<Utc>, Problem> {
+        use chrono::Datelike;
         DateTime::<Utc>::from_timestamp_micros(self.timestamp_micros)
+            .filter(|t| (1..=9999).contains(&t.year()))
             .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))
     }
 
@@ -165,14 +168,25 @@ pub(crate) fn parse_limit(value: &str) -> Result<i64, Problem> {
         })
 }
 
-/// `offset`: 0 or more.
+/// The deepest `offset` served. An offset is skipped on an index, so its cost
+/// grows with it; deeper pages are reached with `cursor`, which costs the same at
+/// any depth.
+pub const MAX_OFFSET: i64 = 100_000;
+
+/// `offset`: 0 to [`MAX_OFFSET`].
 pub(crate) fn parse_offset(value: &str) -> Result<i64, Problem> {
-    value.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
-        Problem::bad_parameter(
-            "offset",
-            format!("{value:?} is not a whole number of 0 or more"),
-        )
-    })
+    value
+        .parse()
+        .ok()
+        .filter(|n| (0..=MAX_OFFSET).contains(n))
+        .ok_or_else(|| {
+            Problem::bad_parameter(
+                "offset",
+                format!(
+                    "{value:?} is not a whole number from 0 to {MAX_OFFSET} (walk further with cursor)"
+                ),
+            )
+        })
 }
 
 /// `cursor`: a `next_cursor` this API returned.
@@ -380,13 +394,44 @@ impl EventQuery {
     }
 }
 
-/// A database failure: logged here once, answered with an opaque 503.
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %e, "query failed");
+/// A failure to answer: logged here once with its cause chain and SQLSTATE (the
+/// request's span adds the route), answered with an opaque 503.
+///
+/// A data exception (SQLSTATE class 22) can only come from a value a client sent
+/// that validation let through: it is answered 400, never 503.
+pub(crate) fn unavailable(e: impl std::error::Error + 'static) -> Problem {
+    let error = crate::telemetry::error_chain(&e);
+    let sqlstate = sqlstate(&e);
+    if sqlstate.as_deref().is_some_and(|c| c.starts_with("22")) {
+        tracing::warn!(%error, sqlstate, "query refused a value from the request");
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "a value in the request is out of the range the event store can compare",
+        );
+    }
+    tracing::error!(%error, sqlstate, "query failed");
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "the event store cannot answer right now",
     )
+}
+
+/// The SQLSTATE of a PostgreSQL error, wherever it sits in the chain.
+fn sqlstate(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(pg) = err.downcast_ref::<tokio_postgres::Error>() {
+            return pg.code().map(|c| c.code().to_owned());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Whether `id` could name a stored row: stored identifiers hold no NUL and at
+/// most `MAX_IDENT_BYTES` (decode's rule), so anything else is a 404 without a query.
+pub(crate) fn could_be_stored(id: &str) -> bool {
+    !id.is_empty() && !id.contains('\0') && id.len() <= crate::source::decode::MAX_IDENT_BYTES
 }
 
 /// One page of `GET /events`.
@@ -550,6 +595,9 @@ fn not_found(id: &str) -> Problem {
 
 /// The event with this id; when sources share an id, the first one stored.
 async fn find(state: &ApiState, id: &str, extra: &str) -> Result<Row, Problem> {
+    if !could_be_stored(id) {
+        return Err(not_found(id));
+    }
     let client = state.pool.get().await.map_err(unavailable)?;
     let sql = format!("SELECT {COLUMNS}{extra} FROM events WHERE id = $1 ORDER BY seq LIMIT 1");
     client
@@ -585,9 +633,20 @@ pub async fn raw(
     let JsonText(envelope) = row.try_get("envelope").map_err(unavailable)?;
     let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
     let member: Option<&str> = row.get("payload_member");
-    let doc = crate::envelope::rebuild(envelope, payload, member).map_err(unavailable)?;
-    Ok(HttpResponse::Ok().json(doc))
+    let doc = crate::envelope::rebuild(envelope, payload, member).ok_or_else(|| {
+        unavailable(BadEnvelope(
+            String::from_utf8_lossy(&envelope[..envelope.len().min(40)]).into_owned(),
+        ))
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc))
 }
+
+/// A stored envelope that is not an object's text (never written by this service).
+#[derive(Debug, thiserror::Error)]
+#[error("stored envelope is not a json object: {0}")]
+struct BadEnvelope(String);
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 async fn database_ok(state: &ApiState) -> Result<(), String> {
     let check = async {
         let client = state
-            .pool
+            .probe_pool
             .get()
             .await
             .map_err(|e| format!("no database connection: {e}"))?;

@@ -8,6 +8,7 @@ pub mod health;
 pub mod openapi;
 pub mod problem;
 pub mod stream;
+pub mod tail;
 pub mod timeline;
 
 use std::net::SocketAddr;
@@ -63,6 +64,12 @@ impl Lifecycle {
 #[derive(Clone)]
 pub struct ApiState {
     pub pool: Pool,
+    /// A small pool of its own for `/health` and `/ready`, so probes never wait
+    /// behind API queries.
+    pub probe_pool: Pool,
+    /// The one poller behind every live-tail stream.
+    pub tail: tail::TailHub,
+    pub streams: Arc<stream::Streams>,
     pub broker: Arc<BrokerStatus>,
     pub lifecycle: Arc<Lifecycle>,
     /// DATABASE_URL with its password removed.
@@ -135,6 +142,17 @@ pub fn serve_api(
             )
             .default_service(web::to(problem::not_found))
     })
+    .on_connect(|conn, ext| {
+        // Kept so a live-tail stream can cut a client that stopped reading.
+        use std::os::fd::AsFd;
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+            && let Ok(fd) = tcp.as_fd().try_clone_to_owned()
+        {
+            ext.insert(stream::ClientSocket(Arc::new(std::net::TcpStream::from(
+                fd,
+            ))));
+        }
+    })
     .workers(2)
     .disable_signals()
     .shutdown_timeout(5)
@@ -164,16 +182,25 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
     cors
 }
 
+/// What the Prometheus endpoint reads: the pools whose sizes it reports, and
+/// the bearer token it may require (METRICS_TOKEN).
+#[derive(Clone)]
+pub struct MetricsEndpoint {
+    pub read_pool: Pool,
+    pub probe_pool: Pool,
+    pub auth: auth::Auth,
+}
+
 /// Binds the Prometheus endpoint.
 pub fn serve_metrics(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    pool: Pool,
+    endpoint: MetricsEndpoint,
 ) -> std::io::Result<(Server, SocketAddr)> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(metrics.clone()))
-            .app_data(web::Data::new(pool.clone()))
+            .app_data(web::Data::new(endpoint.clone()))
             .route("/metrics", web::get().to(scrape))
             .default_service(web::to(problem::not_found))
     })
@@ -185,8 +212,23 @@ pub fn serve_metrics(
     Ok((server.run(), bound))
 }
 
-async fn scrape(metrics: web::Data<Arc<Metrics>>, pool: web::Data<Pool>) -> HttpResponse {
-    metrics.observe_pool(pool.status());
+async fn scrape(
+    req: actix_web::HttpRequest,
+    metrics: web::Data<Arc<Metrics>>,
+    endpoint: web::Data<MetricsEndpoint>,
+) -> HttpResponse {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !endpoint.auth.allows(header) {
+        return problem::Problem::new(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "a bearer token (METRICS_TOKEN) is required",
+        )
+        .response();
+    }
+    metrics.observe_pool(endpoint.read_pool.status(), endpoint.probe_pool.status());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics.render())

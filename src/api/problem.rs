@@ -40,6 +40,16 @@ impl Problem {
         }
     }
 
+    /// The answer with a `Retry-After` header (seconds), for a 503 that will pass.
+    pub fn response_with_retry_after(&self, seconds: u32) -> HttpResponse {
+        let mut r = self.response();
+        r.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from(seconds),
+        );
+        r
+    }
+
     pub fn response(&self) -> HttpResponse {
         HttpResponse::build(
             StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

@@ -5,24 +5,29 @@
 //! advisory lock held until COMMIT (`sink::write`), so `seq` grows in commit order
 //! and "every row with seq > last" is exactly what a client has not seen yet:
 //! resuming with `Last-Event-ID` gives no gap and no repeat. Without it, the tail
-//! starts at the newest stored event. The stream polls the read pool (one short
-//! query per interval, no connection held) and ends when the service shuts down.
+//! starts at the newest stored event.
+//!
+//! Streams do not query on their own: one poller (`tail::TailHub`) reads new
+//! events for all of them, and a stream queries only to catch up when it is
+//! behind. Each stream is bounded: at most STREAM_MAX_CLIENTS at once (503 past
+//! it), a client that takes no chunk for STREAM_WRITE_TIMEOUT is cut, and a
+//! stream ends after STREAM_MAX_LIFETIME (EventSource resumes). It ends at shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
-use tokio_postgres::types::ToSql;
 
 use super::ApiState;
-use super::events::{COLUMNS, EventQuery, fetch_page, query_pairs, unavailable, view};
+use super::events::{EventQuery, query_pairs};
 use super::problem::Problem;
+use super::tail::{self, TailBatch, TailFilter, read_after};
 
-const POLL_EVERY: Duration = Duration::from_millis(200);
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
-const PAGE: i64 = 500;
 
 /// Parses the stream's parameters: the filters of `GET /events` (and its time
 /// range), plus where to resume.
@@ -67,66 +72,180 @@ fn parse(req: &HttpRequest) -> Result<(EventQuery, Option<i64>), Problem> {
     Ok((q, resume))
 }
 
-struct Tail {
-    state: web::Data<ApiState>,
-    filter: String,
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
-    last: i64,
-    last_sent: Instant,
+/// The live-tail streams' bounds and the slots they take.
+#[derive(Debug)]
+pub struct Streams {
+    pub slots: Arc<tokio::sync::Semaphore>,
+    pub max_clients: usize,
+    pub write_timeout: Duration,
+    pub max_lifetime: Duration,
+    /// Streams open now (`candystore_streams_open`).
+    pub open: prometheus::IntGauge,
 }
 
-impl Tail {
-    /// The next chunk to send: new events, a keep-alive, or `None` at shutdown.
-    async fn next_chunk(&mut self) -> Option<Result<Bytes, actix_web::Error>> {
-        loop {
-            if !self.state.lifecycle.is_ready() {
-                return None;
-            }
-            match self.poll().await {
-                Ok(Some(chunk)) => {
-                    self.last_sent = Instant::now();
-                    return Some(Ok(chunk));
-                }
-                Ok(None) => {}
-                Err(e) => return Some(Err(e.into())),
-            }
-            if self.last_sent.elapsed() >= KEEPALIVE_EVERY {
-                self.last_sent = Instant::now();
-                return Some(Ok(Bytes::from_static(b": keep-alive\n\n")));
-            }
-            tokio::time::sleep(POLL_EVERY).await;
+impl Streams {
+    pub fn new(limits: StreamLimits, open: prometheus::IntGauge) -> Self {
+        Streams {
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.max_clients)),
+            max_clients: limits.max_clients,
+            write_timeout: limits.write_timeout,
+            max_lifetime: limits.max_lifetime,
+            open,
         }
     }
+}
 
-    async fn poll(&mut self) -> Result<Option<Bytes>, Problem> {
-        let client = self.state.pool.get().await.map_err(unavailable)?;
-        let n = self.params.len();
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE {} AND seq > ${} ORDER BY seq LIMIT {}",
-            self.filter,
-            n + 1,
-            PAGE + 1
-        );
-        let mut refs: Vec<&(dyn ToSql + Sync)> = self
-            .params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect();
-        refs.push(&self.last);
-        // At most PAGE events and MAX_PAGE_BYTES per chunk; the rest comes with the
-        // next poll, which follows at once.
-        let rows = fetch_page(&client, &sql, &refs, PAGE).await?.rows;
-        if rows.is_empty() {
-            return Ok(None);
+/// Bounds of live-tail streams (settings STREAM_*).
+#[derive(Clone, Debug)]
+pub struct StreamLimits {
+    /// Streams open at once; one more gets a 503 problem.
+    pub max_clients: usize,
+    /// A stream whose client has not taken a chunk for this long is cut.
+    pub write_timeout: Duration,
+    /// A stream ends after this long; EventSource reconnects and resumes from
+    /// `Last-Event-ID`, so nothing is missed.
+    pub max_lifetime: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_clients: 100,
+            write_timeout: Duration::from_secs(10),
+            max_lifetime: Duration::from_secs(600),
         }
-        let mut out = Vec::with_capacity(rows.len() * 512);
-        for row in &rows {
-            let seq: i64 = row.get("seq");
-            let data = serde_json::to_string(&view(row)?).map_err(unavailable)?;
-            out.extend_from_slice(format!("id: {seq}\nevent: event\ndata: {data}\n\n").as_bytes());
-            self.last = seq;
+    }
+}
+
+/// A duplicate of the client's socket, taken when the connection opened, so a
+/// stream can cut a client that stopped reading: actix stops polling the body
+/// while its write buffer is full, and would otherwise hold the connection open.
+#[derive(Clone, Debug)]
+pub struct ClientSocket(pub Arc<std::net::TcpStream>);
+
+/// Why a stream ended early.
+enum Ended {
+    /// The client took nothing for `write_timeout` (or went away).
+    SlowReader,
+    /// A query failed (logged where it failed).
+    Database,
+}
+
+/// Feeds one client: from the hub's broadcasts, after catching up from the
+/// database when behind, through a one-chunk channel the response body drains.
+struct Feed {
+    state: web::Data<ApiState>,
+    query: EventQuery,
+    filter: TailFilter,
+    /// Every event with `seq <= last` has been considered for this client.
+    last: i64,
+    out: mpsc::Sender<Bytes>,
+    last_sent: Instant,
+    socket: Option<ClientSocket>,
+}
+
+impl ClientSocket {
+    /// Whether the client closed its side. The socket is non-blocking (it is a
+    /// duplicate of the server's), so this never waits.
+    fn closed_by_client(&self) -> bool {
+        matches!(self.0.peek(&mut [0u8; 1]), Ok(0))
+    }
+
+    fn cut(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Feed {
+    async fn send(&mut self, chunk: Bytes) -> Result<(), Ended> {
+        let timeout = self.state.streams.write_timeout;
+        self.out
+            .send_timeout(chunk, timeout)
+            .await
+            .map_err(|_| Ended::SlowReader)?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    /// Sends every matching event with `last < seq <= upto` from the database.
+    async fn catch_up(&mut self, upto: i64) -> Result<(), Ended> {
+        while self.last < upto {
+            let (events, cut_short) =
+                read_after(&self.state.pool, self.last, Some(upto), Some(&self.query))
+                    .await
+                    .map_err(|_| Ended::Database)?;
+            let next = match (cut_short, events.last()) {
+                (true, Some(e)) => e.seq,
+                _ => upto,
+            };
+            let mut chunk = Vec::new();
+            for e in &events {
+                chunk.extend_from_slice(&e.frame);
+            }
+            self.last = next;
+            if !chunk.is_empty() {
+                self.send(Bytes::from(chunk)).await?;
+            }
         }
-        Ok(Some(Bytes::from(out)))
+        Ok(())
+    }
+
+    async fn apply(&mut self, batch: &TailBatch) -> Result<(), Ended> {
+        if batch.upto <= self.last {
+            return Ok(());
+        }
+        if batch.after > self.last {
+            self.catch_up(batch.after).await?;
+        }
+        let mut chunk = Vec::new();
+        for e in batch.events.iter().filter(|e| e.seq > self.last) {
+            if self.filter.matches(e) {
+                chunk.extend_from_slice(&e.frame);
+            }
+        }
+        self.last = batch.upto;
+        if !chunk.is_empty() {
+            self.send(Bytes::from(chunk)).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(
+        mut self,
+        mut batches: broadcast::Receiver<Arc<TailBatch>>,
+        head: i64,
+    ) -> Result<(), Ended> {
+        let deadline = Instant::now() + self.state.streams.max_lifetime;
+        self.catch_up(head).await?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                // The client went away and actix dropped the body.
+                _ = self.out.closed() => return Ok(()),
+                batch = batches.recv() => match batch {
+                    Ok(batch) => self.apply(&batch).await?,
+                    // Fell behind the channel: the next batch starts past `last`,
+                    // and `apply` catches up from the database.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                _ = tick.tick() => {
+                    if !self.state.lifecycle.is_ready()
+                        || self.socket.as_ref().is_some_and(ClientSocket::closed_by_client)
+                    {
+                        return Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        // EventSource reconnects after `retry` ms with Last-Event-ID.
+                        let _ = self.send(Bytes::from_static(b": stream lifetime reached; reconnect to resume\nretry: 1000\n\n")).await;
+                        return Ok(());
+                    }
+                    if self.last_sent.elapsed() >= KEEPALIVE_EVERY {
+                        self.send(Bytes::from_static(b": keep-alive\n\n")).await?;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -147,28 +266,50 @@ impl Tail {
     (status = 400, description = "a bad parameter, named in the problem", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn stream(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
-    let (q, resume) = parse(&req)?;
-    let (filter, params) = q.conditions();
-    let last = match resume {
-        Some(id) => id,
-        None => {
-            let client = state.pool.get().await.map_err(unavailable)?;
-            client
-                .query_one("SELECT coalesce(max(seq), 0) FROM events", &[])
-                .await
-                .map_err(unavailable)?
-                .get(0)
-        }
+    let (query, resume) = parse(&req)?;
+    let Ok(permit) = state.streams.slots.clone().try_acquire_owned() else {
+        return Ok(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many live-tail streams are open (at most {}); retry later",
+                state.streams.max_clients
+            ),
+        )
+        .response_with_retry_after(5));
     };
-    let tail = Tail {
-        state,
-        filter,
-        params,
+    // Subscribe before reading the head, so no batch falls between the two.
+    let batches = state.tail.subscribe();
+    let head = tail::head(&state.pool).await?;
+    let last = resume.unwrap_or(head);
+    let socket = req.conn_data::<ClientSocket>().cloned();
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let feed = Feed {
+        filter: TailFilter::new(&query),
+        query,
+        state: state.clone(),
         last,
+        out: tx,
         last_sent: Instant::now(),
+        socket: socket.clone(),
     };
-    let body = futures::stream::unfold(tail, |mut tail| async move {
-        tail.next_chunk().await.map(|chunk| (chunk, tail))
+    let metrics = state.streams.open.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        metrics.inc();
+        if let Err(Ended::SlowReader) = feed.run(batches, head).await {
+            // The client stopped reading: close its socket, which makes actix
+            // drop the connection and its buffered chunks.
+            if let Some(socket) = socket {
+                socket.cut();
+            }
+            tracing::debug!("live-tail client cut: it took nothing within the write timeout");
+        }
+        metrics.dec();
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, actix_web::Error>(chunk), rx))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")

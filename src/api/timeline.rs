@@ -132,6 +132,12 @@ async fn timeline(
 ) -> Result<HttpResponse, Problem> {
     let p = paging(req.query_string())?;
     let column = key.column();
+    if !super::events::could_be_stored(&value) {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no events with {column} {value:?}"),
+        ));
+    }
     let client = state.pool.get().await.map_err(unavailable)?;
 
     let groups = client

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::SinkExt;
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::copy;
 use crate::envelope::{DeadLetter, Event, Record};
@@ -187,15 +187,15 @@ struct Conn {
 
 /// The batch writer's connection and statements.
 pub struct Writer {
-    config: tokio_postgres::Config,
+    target: crate::db::PgTarget,
     conn: Option<Conn>,
     buf: BytesMut,
 }
 
 impl Writer {
-    pub fn new(config: tokio_postgres::Config) -> Self {
+    pub fn new(target: crate::db::PgTarget) -> Self {
         Self {
-            config,
+            target,
             conn: None,
             buf: BytesMut::new(),
         }
@@ -214,8 +214,9 @@ impl Writer {
         }
         if self.conn.is_none() {
             let (client, connection) = self
+                .target
                 .config
-                .connect(NoTls)
+                .connect(self.target.tls.clone())
                 .await
                 .map_err(WriteError::from_pg)?;
             tokio::spawn(async move {

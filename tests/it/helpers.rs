@@ -207,8 +207,11 @@ impl TestApp {
 
     pub async fn metrics_text(&self) -> String {
         let addr = self.running().metrics_addr.expect("metrics enabled");
-        self.http
-            .get(format!("http://{addr}/metrics"))
+        let mut request = self.http.get(format!("http://{addr}/metrics"));
+        if let Some((_, token)) = self.extra.iter().find(|(k, _)| k == "METRICS_TOKEN") {
+            request = request.bearer_auth(token);
+        }
+        request
             .send()
             .await
             .expect("scrape")

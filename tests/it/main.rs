@@ -1,6 +1,7 @@
 //! Integration tests against the real PostgreSQL and RabbitMQ. Each test has its
 //! own database, exchange and queue, so they run in parallel and leave nothing.
 
+mod abuse;
 mod api;
 mod failures;
 mod helpers;
@@ -9,4 +10,5 @@ mod ingest;
 mod migrate;
 mod observability;
 mod raw_amqp;
+mod tls;
 mod writer;

@@ -173,17 +173,19 @@ async fn database_connections_count_the_writers_and_the_read_pool() {
     let app = spawn_app().await;
     app.publish("c.x", &gen1("c-1", "c.x")).await;
     app.wait_for_rows("events", 1).await;
-    app.http.get(app.api("/health")).send().await.unwrap(); // opens a read-pool connection
+    app.http.get(app.api("/events")).send().await.unwrap(); // opens a read-pool connection
+    app.http.get(app.api("/health")).send().await.unwrap(); // opens a probe connection
     let writers = app.metric("candystore_writer_connections").await;
     let pool = app.metric("candystore_database_pool_size").await;
     assert!(
         writers >= 1.0,
         "the writer that stored the event is connected"
     );
-    assert!(pool >= 1.0, "the health check used the read pool");
+    assert!(pool >= 1.0, "the query used the read pool");
     assert_eq!(
         app.metric("candystore_database_connections").await,
-        writers + pool
+        writers + pool + 1.0,
+        "writers, the read pool and the probes' connection"
     );
 }
 

@@ -26,7 +26,7 @@ fn raw(body: Vec<u8>, routing_key: &str) -> RawDelivery {
 #[tokio::test]
 async fn repeats_inside_one_batch_leave_one_row_and_are_counted() {
     let db = TempDb::new(true).await;
-    let mut writer = Writer::new(db.url.parse().unwrap());
+    let mut writer = Writer::new(candystore::db::pg_config(&db.url).unwrap());
     let metrics = Metrics::new();
     let body =
         serde_json::to_vec(&json!({"id": "same", "event_type": "t", "source": "s", "data": {}}))
@@ -133,7 +133,7 @@ fn envelope() -> impl Strategy<Value = Vec<u8>> {
 fn whatever_decode_accepts_postgresql_accepts() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(TempDb::new(true));
-    let writer = std::cell::RefCell::new(Writer::new(db.url.parse().unwrap()));
+    let writer = std::cell::RefCell::new(Writer::new(candystore::db::pg_config(&db.url).unwrap()));
     let metrics = Metrics::new();
     let mut runner = TestRunner::new(Config {
         cases: 48,

@@ -1,0 +1,325 @@
+//! The one poller behind every live-tail stream.
+//!
+//! A single task reads the newest stored events (`seq > last`, one short index
+//! walk on the `seq` btree every [`POLL_EVERY`]) while at least one stream
+//! listens, renders each event's SSE frame once, and broadcasts the batch. Streams
+//! filter batches in memory with [`TailFilter`], which matches exactly what the
+//! SQL filter of `GET /events` matches. So 150 open streams cost one query per
+//! interval, not 150, and never hold a read-pool connection.
+//!
+//! The broadcast channel is bounded ([`BROADCAST_BATCHES`] batches of at most
+//! [`BATCH_BYTES`]); a stream that falls behind it (a slow reader, a burst)
+//! catches up from the database, so nothing is skipped.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_postgres::Row;
+use tokio_util::sync::CancellationToken;
+
+use super::events::{COLUMNS, EventQuery, JsonText, view};
+
+/// How often the newest events are read while a stream listens.
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
+/// Events per broadcast batch at most.
+pub const BATCH_EVENTS: i64 = 500;
+/// Rendered bytes per broadcast batch at most (at least one event).
+pub const BATCH_BYTES: usize = 1 << 20;
+/// Batches the channel holds; a stream further behind catches up from the database.
+pub const BROADCAST_BATCHES: usize = 16;
+
+/// One stored event as the tail needs it: what filters look at, and its frame.
+#[derive(Debug)]
+pub struct TailEvent {
+    pub seq: i64,
+    pub event_type: String,
+    pub source: String,
+    pub target: Option<String>,
+    pub session_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub timestamp: DateTime<Utc>,
+    payload: Box<str>,
+    /// The payload parsed once, on the first `payload_contains` that needs it.
+    parsed: OnceLock<Option<Value>>,
+    /// `id: {seq}\nevent: event\ndata: {json}\n\n`
+    pub frame: Bytes,
+}
+
+impl TailEvent {
+    pub fn from_row(row: &Row) -> Result<Self, super::problem::Problem> {
+        let seq: i64 = row.get("seq");
+        let data = serde_json::to_string(&view(row)?).map_err(super::events::unavailable)?;
+        let JsonText(payload) = row.try_get("payload").map_err(super::events::unavailable)?;
+        Ok(TailEvent {
+            seq,
+            event_type: row.get("event_type"),
+            source: row.get("source"),
+            target: row.get("target"),
+            session_id: row.get("session_id"),
+            correlation_id: row.get("correlation_id"),
+            timestamp: row.get("timestamp"),
+            payload: String::from_utf8_lossy(payload).into(),
+            parsed: OnceLock::new(),
+            frame: Bytes::from(format!("id: {seq}\nevent: event\ndata: {data}\n\n")),
+        })
+    }
+
+    fn payload(&self) -> Option<&Value> {
+        self.parsed
+            .get_or_init(|| serde_json::from_str(&self.payload).ok())
+            .as_ref()
+    }
+}
+
+/// Every event with `after < seq <= upto`, in `seq` order.
+#[derive(Debug)]
+pub struct TailBatch {
+    pub after: i64,
+    pub upto: i64,
+    pub events: Vec<TailEvent>,
+}
+
+/// The filters of `GET /events`, evaluated in memory.
+#[derive(Debug)]
+pub struct TailFilter {
+    filters: Vec<(&'static str, String)>,
+    start_time: Option<DateTime<Utc>>,
+    end_time: Option<DateTime<Utc>>,
+    payload_contains: Option<Value>,
+}
+
+impl TailFilter {
+    pub fn new(q: &EventQuery) -> Self {
+        TailFilter {
+            filters: q.filters.clone(),
+            start_time: q.start_time,
+            end_time: q.end_time,
+            payload_contains: q.payload_contains.clone(),
+        }
+    }
+
+    pub fn matches(&self, e: &TailEvent) -> bool {
+        let column = |name: &str| -> Option<&str> {
+            match name {
+                "event_type" => Some(&e.event_type),
+                "source" => Some(&e.source),
+                "target" => e.target.as_deref(),
+                "session_id" => e.session_id.as_deref(),
+                "correlation_id" => e.correlation_id.as_deref(),
+                _ => None,
+            }
+        };
+        self.filters
+            .iter()
+            .all(|(name, value)| column(name) == Some(value.as_str()))
+            && self.start_time.is_none_or(|t| e.timestamp >= t)
+            && self.end_time.is_none_or(|t| e.timestamp <= t)
+            && self
+                .payload_contains
+                .as_ref()
+                .is_none_or(|pattern| e.payload().is_some_and(|doc| jsonb_contains(doc, pattern)))
+    }
+}
+
+/// PostgreSQL's jsonb `@>` for a pattern that is an object: objects contain
+/// every member of the pattern (recursively), arrays contain every element of the
+/// pattern's array somewhere, numbers compare by value, the rest by equality.
+pub fn jsonb_contains(doc: &Value, pattern: &Value) -> bool {
+    match (doc, pattern) {
+        (Value::Object(d), Value::Object(p)) => p
+            .iter()
+            .all(|(k, pv)| d.get(k).is_some_and(|dv| jsonb_contains(dv, pv))),
+        (Value::Array(d), Value::Array(p)) => {
+            p.iter().all(|pv| d.iter().any(|dv| jsonb_contains(dv, pv)))
+        }
+        (Value::Number(a), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => a.as_f64() == b.as_f64(),
+        },
+        (a, b) => a == b,
+    }
+}
+
+/// The newest `seq`: where a stream without `Last-Event-ID` starts.
+pub async fn head(pool: &Pool) -> Result<i64, super::problem::Problem> {
+    let client = pool.get().await.map_err(super::events::unavailable)?;
+    Ok(client
+        .query_one("SELECT coalesce(max(seq), 0) FROM events", &[])
+        .await
+        .map_err(super::events::unavailable)?
+        .get(0))
+}
+
+/// Reads events with `after < seq`, the filter's SQL applied, at most
+/// [`BATCH_EVENTS`] and [`BATCH_BYTES`]; `upto` bounds the range when given.
+/// The flag says whether a bound cut the read short (more may follow).
+pub async fn read_after(
+    pool: &Pool,
+    after: i64,
+    upto: Option<i64>,
+    filter: Option<&EventQuery>,
+) -> Result<(Vec<TailEvent>, bool), super::problem::Problem> {
+    let client = pool.get().await.map_err(super::events::unavailable)?;
+    let (clause, params) = match filter {
+        Some(q) => q.conditions(),
+        None => ("TRUE".to_owned(), Vec::new()),
+    };
+    let n = params.len();
+    let mut refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    refs.push(&after);
+    let upto_clause = match &upto {
+        Some(u) => {
+            refs.push(u);
+            format!(" AND seq <= ${}", n + 2)
+        }
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events WHERE {clause} AND seq > ${}{upto_clause} ORDER BY seq LIMIT {BATCH_EVENTS}",
+        n + 1
+    );
+    let rows = client
+        .query(&sql, &refs)
+        .await
+        .map_err(super::events::unavailable)?;
+    let mut events = Vec::with_capacity(rows.len());
+    let mut bytes = 0;
+    for row in &rows {
+        let e = TailEvent::from_row(row)?;
+        bytes += e.frame.len();
+        events.push(e);
+        if bytes >= BATCH_BYTES {
+            break;
+        }
+    }
+    let cut_short = rows.len() as i64 >= BATCH_EVENTS || events.len() < rows.len();
+    Ok((events, cut_short))
+}
+
+/// The broadcast side, shared by every stream.
+#[derive(Clone, Debug)]
+pub struct TailHub {
+    tx: broadcast::Sender<Arc<TailBatch>>,
+}
+
+impl TailHub {
+    /// Starts the poller; it stops with `stop`.
+    pub fn start(pool: Pool, stop: CancellationToken) -> Self {
+        let (tx, _) = broadcast::channel(BROADCAST_BATCHES);
+        let hub = TailHub { tx: tx.clone() };
+        tokio::spawn(poll(pool, tx, stop));
+        hub
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<TailBatch>> {
+        self.tx.subscribe()
+    }
+}
+
+/// The newest `seq`, for the poller (which logs failures itself, once per outage).
+async fn max_seq(pool: &Pool) -> Result<i64, String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    client
+        .query_one("SELECT coalesce(max(seq), 0) FROM events", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| crate::telemetry::error_chain(&e))
+}
+
+/// The poller. It follows the head even while nobody listens (one index probe
+/// per interval), so a stream, which reads the head after subscribing, is never
+/// behind the first batch it receives by more than it catches up from the
+/// database. Its first position is broadcast as an empty batch for the same reason.
+async fn poll(pool: Pool, tx: broadcast::Sender<Arc<TailBatch>>, stop: CancellationToken) {
+    let mut last: Option<i64> = None;
+    let mut failing = false;
+    let mut full = false;
+    loop {
+        if !full {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(POLL_EVERY) => {}
+            }
+        }
+        full = false;
+        let result = match last {
+            Some(after) if tx.receiver_count() > 0 => read_after_quiet(&pool, after).await,
+            _ => max_seq(&pool).await.map(|h| {
+                if last.is_none() {
+                    // The first position: streams that subscribed before it
+                    // learn where the batches will start, and catch up to it.
+                    let _ = tx.send(Arc::new(TailBatch {
+                        after: h,
+                        upto: h,
+                        events: Vec::new(),
+                    }));
+                }
+                last = Some(h);
+                (Vec::new(), false)
+            }),
+        };
+        match result {
+            Ok((events, cut_short)) => {
+                if failing {
+                    tracing::info!("live tail reading again");
+                    failing = false;
+                }
+                if let (Some(after), Some(newest)) = (last, events.last()) {
+                    let upto = newest.seq;
+                    full = cut_short;
+                    last = Some(upto);
+                    let _ = tx.send(Arc::new(TailBatch {
+                        after,
+                        upto,
+                        events,
+                    }));
+                }
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error, "live tail cannot read new events; retrying");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// [`read_after`] without a filter, its failure returned rather than logged.
+async fn read_after_quiet(pool: &Pool, after: i64) -> Result<(Vec<TailEvent>, bool), String> {
+    read_after(pool, after, None, None)
+        .await
+        .map_err(|p| p.detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn containment_follows_jsonb() {
+        let doc = json!({"a": {"b": [1, 2, {"c": "x"}], "n": 3}, "s": "t"});
+        for (pattern, expected) in [
+            (json!({}), true),
+            (json!({"s": "t"}), true),
+            (json!({"a": {"n": 3.0}}), true),
+            (json!({"a": {"b": [2]}}), true),
+            (json!({"a": {"b": [{"c": "x"}, 1]}}), true),
+            (json!({"a": {"b": 1}}), false),
+            (json!({"a": {"b": [3]}}), false),
+            (json!({"s": "u"}), false),
+            (json!({"missing": null}), false),
+        ] {
+            assert_eq!(jsonb_contains(&doc, &pattern), expected, "{pattern}");
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The API under abuse, as a hostile client would try it: too many live-tail
+//! streams, clients that never read, bad path ids and cursors.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{TestApp, gen1, spawn_app, spawn_app_with};
+
+async fn get(app: &TestApp, path: &str) -> (u16, Value) {
+    let res = app.http.get(app.api(path)).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_hundred_and_fifty_streams_share_one_poller_and_the_api_and_probes_still_answer() {
+    let app = spawn_app().await;
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..150 {
+        let res = app
+            .http
+            .get(app.api("/events/stream"))
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            200 => open.push(res),
+            503 => {
+                assert_eq!(res.headers()["content-type"], "application/problem+json");
+                assert!(res.headers().contains_key("retry-after"));
+                let p: Value = res.json().await.unwrap();
+                assert!(p["detail"].as_str().unwrap().contains("at most 100"), "{p}");
+                refused += 1;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!(
+        (open.len(), refused),
+        (100, 50),
+        "STREAM_MAX_CLIENTS defaults to 100"
+    );
+    assert_eq!(app.metric("candystore_streams_open").await, 100.0);
+
+    // The streams hold no read-pool connection between polls: the API answers
+    // (not after a 5 s statement timeout) and so do the probes.
+    for path in ["/health", "/ready", "/events?limit=5"] {
+        let started = std::time::Instant::now();
+        let (status, _) = get(&app, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{path} took {:?}",
+            started.elapsed()
+        );
+    }
+    // Every stream gets the new event.
+    app.publish("fan.out", &gen1("fan-1", "fan.out")).await;
+    let mut got = 0;
+    for res in open.iter_mut() {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), res.chunk())
+            .await
+            .expect("the event reaches every stream")
+            .unwrap()
+            .unwrap();
+        assert!(std::str::from_utf8(&chunk).unwrap().contains("fan-1"));
+        got += 1;
+    }
+    assert_eq!(got, 100);
+    drop(open);
+    app.wait_until(Duration::from_secs(10), || async {
+        app.metric("candystore_streams_open").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_client_that_never_reads_is_cut_after_the_write_timeout() {
+    let app = spawn_app_with(&[("STREAM_WRITE_TIMEOUT", "1s")], Default::default()).await;
+    let mut silent = tokio::net::TcpStream::connect(app.running().api_addr)
+        .await
+        .unwrap();
+    silent
+        .write_all(b"GET /events/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    app.wait_until(Duration::from_secs(5), || async {
+        app.metric("candystore_streams_open").await == 1.0
+    })
+    .await;
+    // 40 MB of events: far more than the socket buffers hold.
+    let filler = "x".repeat(200_000);
+    for i in 0..200 {
+        let body = serde_json::to_vec(&json!({
+            "id": format!("big-{i}"), "event_type": "big", "data": {"fill": filler}
+        }))
+        .unwrap();
+        app.publish("big", &body).await;
+    }
+    app.wait_for_rows("events", 200).await;
+    app.wait_until(Duration::from_secs(20), || async {
+        app.metric("candystore_streams_open").await == 0.0
+    })
+    .await;
+    // The server closed the socket: reading drains what was buffered, then ends.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0usize;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was closed by the server");
+    assert!(total < 40_000_000, "not everything was sent: {total} bytes");
+    // The service is fine, and other clients are served.
+    assert_eq!(get(&app, "/health").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_stream_ends_at_its_maximum_lifetime_and_the_client_resumes_without_loss() {
+    let app = spawn_app_with(&[("STREAM_MAX_LIFETIME", "2s")], Default::default()).await;
+    let res = app
+        .http
+        .get(app.api("/events/stream?last_event_id=0"))
+        .send()
+        .await
+        .unwrap();
+    app.publish("life", &gen1("life-1", "life")).await;
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(10), res.text())
+        .await
+        .expect("the stream ends by itself")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(body.contains("life-1"), "{body}");
+    assert!(body.contains("retry: 1000"), "{body}");
+    let last_id: i64 = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .next_back()
+        .unwrap()
+        .parse()
+        .unwrap();
+    app.publish("life", &gen1("life-2", "life")).await;
+    app.wait_for_rows("events", 2).await;
+    let mut res = app
+        .http
+        .get(app.api("/events/stream"))
+        .header("last-event-id", last_id.to_string())
+        .send()
+        .await
+        .unwrap();
+    let chunk = tokio::time::timeout(Duration::from_secs(10), res.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&chunk);
+    assert!(
+        text.contains("life-2") && !text.contains("life-1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn bad_path_ids_and_cursors_get_client_errors_not_503() {
+    let app = spawn_app().await;
+    app.publish("ok", &gen1("ok-1", "ok")).await;
+    app.wait_for_rows("events", 1).await;
+    for path in [
+        "/events/a%00b",
+        "/events/a%00b/raw",
+        "/sessions/a%00b",
+        "/correlations/a%00b",
+    ] {
+        let (status, problem) = get(&app, path).await;
+        assert_eq!(status, 404, "{path}: {problem}");
+    }
+    let long = "x".repeat(5000);
+    assert_eq!(get(&app, &format!("/events/{long}")).await.0, 404);
+
+    // A cursor dated year -100000, well-formed otherwise.
+    let micros: i64 = -100_000 * 31_556_952 * 1_000_000;
+    let cursor = candystore::api::events::Cursor {
+        timestamp_micros: micros,
+        seq: 1,
+    }
+    .encode();
+    let (status, problem) = get(&app, &format!("/events?cursor={cursor}")).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["parameter"], "cursor");
+
+    let (status, problem) = get(&app, "/events?offset=100001").await;
+    assert_eq!(status, 400);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("cursor"),
+        "{problem}"
+    );
+    assert_eq!(get(&app, "/events?offset=100000").await.0, 200);
+}
