@@ -316,7 +316,111 @@ fn project(body: &[u8], ctx: &Context<'_>) -> Result<Projected, Rejection> {
             format!("the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
-    let mut buf = body.to_vec();
+    if body.len() >= LARGE_BODY_BYTES
+        && memchr::memmem::find(body, b"\\u0000").is_none()
+        && let Some(shrunk) = shrink(body)
+    {
+        let projected = project_value(&shrunk.text, body, ctx)?;
+        return Ok(shrunk.restore(projected));
+    }
+    project_value(body, body, ctx)
+}
+
+/// Bodies from this size on are projected without a tree of their large members.
+const LARGE_BODY_BYTES: usize = 256 << 10;
+/// An array or object member at least this large (in a large body) is carried
+/// as text and never parsed into a tree: a tree takes dozens of times the size
+/// of its text (10 million integers: 20 MB of text, some 500 MB of tree).
+const LARGE_MEMBER_BYTES: usize = 16 << 10;
+
+/// A large body with its large members set aside as text.
+struct Shrunk<'b> {
+    /// The envelope with each large member replaced: the payload member by an
+    /// object holding only its `session_id` (what projection reads from it), any
+    /// other member by a marker string.
+    text: Vec<u8>,
+    /// `"marker"` (with its quotes) and the text it stands for.
+    swaps: Vec<(String, &'b str)>,
+    /// The payload member's name and text, when it was set aside.
+    payload: Option<(&'static str, &'b str)>,
+}
+
+/// Splits a large object body into a small envelope and the text of its large
+/// members, validating all of it. `None` when it is not an object of a known
+/// envelope (the tree path then gives the precise rejection).
+fn shrink(body: &[u8]) -> Option<Shrunk<'_>> {
+    use serde_json::value::RawValue;
+    use std::collections::BTreeMap;
+    let top: BTreeMap<String, &RawValue> = serde_json::from_slice(body).ok()?;
+    let generation = detect_by(|k| top.contains_key(k))?;
+    let payload_key = generation.payload_member();
+    let marker = format!("candystore-member-{}", uuid::Uuid::new_v4().simple());
+    let mut text = Vec::with_capacity(4096);
+    let mut swaps = Vec::new();
+    let mut payload = None;
+    text.push(b'{');
+    for (i, (key, raw)) in top.iter().enumerate() {
+        if i > 0 {
+            text.push(b',');
+        }
+        serde_json::to_writer(&mut text, key).ok()?;
+        text.push(b':');
+        let r = raw.get();
+        let container = r.starts_with('{') || r.starts_with('[');
+        // `source` and `correlation_ids` are read by projection: never set aside.
+        if !container
+            || r.len() < LARGE_MEMBER_BYTES
+            || matches!(key.as_str(), "source" | "correlation_ids")
+        {
+            text.extend_from_slice(r.as_bytes());
+        } else if key == payload_key {
+            let session = r
+                .starts_with('{')
+                .then(|| serde_json::from_str::<BTreeMap<String, &RawValue>>(r).ok())
+                .flatten()
+                .and_then(|m| m.get("session_id").map(|v| v.get()));
+            text.push(b'{');
+            if let Some(session) = session {
+                text.extend_from_slice(b"\"session_id\":");
+                text.extend_from_slice(session.as_bytes());
+            }
+            text.push(b'}');
+            payload = Some((payload_key, r));
+        } else {
+            let m = format!("\"{marker}-{i}\"");
+            text.extend_from_slice(m.as_bytes());
+            swaps.push((m, r));
+        }
+    }
+    text.push(b'}');
+    Some(Shrunk {
+        text,
+        swaps,
+        payload,
+    })
+}
+
+impl Shrunk<'_> {
+    /// Puts the set-aside text back into what projection made of the small envelope.
+    fn restore(self, mut p: Projected) -> Projected {
+        if let Some((member, text)) = self.payload
+            && p.payload_member == Some(member)
+        {
+            p.payload = text.as_bytes().to_vec();
+        }
+        for (marker, text) in self.swaps {
+            if let Some(at) = memchr::memmem::find(&p.envelope, marker.as_bytes()) {
+                p.envelope.splice(at..at + marker.len(), text.bytes());
+            }
+        }
+        p
+    }
+}
+
+/// Projects a JSON body. `json` is what is parsed (the body, or a large body's
+/// small envelope); `body` is the delivery as received (ids derive from it).
+fn project_value(json: &[u8], body: &[u8], ctx: &Context<'_>) -> Result<Projected, Rejection> {
+    let mut buf = json.to_vec();
     let mut value = simd_json::to_borrowed_value(&mut buf).map_err(|e| {
         reject(
             RejectReason::InvalidJson,
@@ -458,7 +562,10 @@ type Object<'v> = simd_json::borrowed::Object<'v>;
 
 /// Recognises the envelope generation from its distinctive members.
 fn detect(obj: &Object<'_>) -> Option<Generation> {
-    let has = |k: &str| obj.contains_key(k);
+    detect_by(|k| obj.contains_key(k))
+}
+
+fn detect_by(has: impl Fn(&str) -> bool) -> Option<Generation> {
     if has("specversion") || (has("type") && has("source") && !has("event_type")) {
         Some(Generation::CloudEvents)
     } else if has("event_id")

@@ -401,3 +401,80 @@ fn numbers_are_stored_exactly_or_not_at_all() {
         );
     }
 }
+
+/// Decodes through the tree path only, as bodies below `LARGE_BODY_BYTES` are.
+fn decode_as_tree(body: &[u8]) -> Projected {
+    let props = Properties::default();
+    let ctx = Context {
+        routing_key: "rk.default",
+        properties: &props,
+        received_at: received(),
+    };
+    match project_value(body, body, &ctx) {
+        Ok(p) => p,
+        Err(r) => panic!("tree path refused: {}", r.detail),
+    }
+}
+
+#[test]
+fn large_bodies_are_projected_exactly_as_small_ones_without_a_tree() {
+    let big: Vec<u64> = (0..100_000).collect();
+    let filler = json!({"rows": big, "session_id": "s-big"});
+    let mut bodies = Vec::new();
+    for template in [GEN1, GEN2, GEN3] {
+        let mut v: Value = serde_json::from_str(template).unwrap();
+        let member = if template == GEN2 { "payload" } else { "data" };
+        v[member] = filler.clone();
+        // A large member that is not the payload, and one projection reads.
+        v["extra"] = json!({"list": (0..20_000).collect::<Vec<u32>>()});
+        bodies.push(serde_json::to_vec(&v).unwrap());
+    }
+    // An array payload, and a payload member that is not an object.
+    bodies.push(
+        serde_json::to_vec(
+            &json!({"specversion": "1.0", "type": "t", "source": "s", "id": "a", "data": big}),
+        )
+        .unwrap(),
+    );
+    for body in &bodies {
+        assert!(body.len() >= LARGE_BODY_BYTES);
+        let fast = event(decode(delivery(body)));
+        let tree = decode_as_tree(body);
+        assert_eq!(fast.id, tree.id);
+        assert_eq!(fast.event_type, tree.event_type);
+        assert_eq!(fast.source, tree.source);
+        assert_eq!(fast.session_id, tree.session_id);
+        assert_eq!(fast.correlation_id, tree.correlation_id);
+        assert_eq!(fast.timestamp, tree.timestamp);
+        assert_eq!(fast.payload_member, tree.payload_member);
+        assert_eq!(json_of(&fast.payload), json_of(&tree.payload));
+        assert_eq!(json_of(&fast.envelope), json_of(&tree.envelope));
+        let rebuilt: Value = serde_json::from_slice(
+            &rebuild(&fast.envelope, &fast.payload, fast.payload_member).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(rebuilt, json_of(body));
+    }
+    let gen2 = event(decode(delivery(&bodies[1])));
+    assert_eq!(
+        gen2.session_id.as_deref(),
+        Some("s-big"),
+        "read from the set-aside payload"
+    );
+}
+
+#[test]
+fn a_large_body_that_is_not_json_or_not_an_envelope_is_refused_as_a_small_one_is() {
+    let mut broken =
+        serde_json::to_vec(&json!({"event_type": "t", "data": vec![1; 200_000]})).unwrap();
+    broken.pop();
+    assert_eq!(
+        dead(decode(delivery(&broken))).reason,
+        RejectReason::InvalidJson
+    );
+    let alien = serde_json::to_vec(&json!({"what": vec![1; 200_000]})).unwrap();
+    assert_eq!(
+        dead(decode(delivery(&alien))).reason,
+        RejectReason::UnrecognisedEnvelope
+    );
+}
