@@ -116,6 +116,7 @@ impl Env {
             rate: 0,
             generation: 0,
             run_id: self.name.clone(),
+            shape: Default::default(),
         };
         publisher.publish_load(&spec).await.unwrap()
     }
@@ -239,6 +240,7 @@ async fn steady(rate: u64, secs: u64, tuning: &[(&str, String)]) -> Steady {
         rate,
         generation: 0,
         run_id: env.name.clone(),
+        shape: Default::default(),
     };
     publisher.publish_load(&spec).await.unwrap();
     while env.count().await < spec.count as i64 {

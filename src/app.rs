@@ -146,6 +146,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         prefetch_count: settings.prefetch_count,
         retry_max_backoff: settings.retry_max_backoff,
         queue_depth_interval: settings.queue_depth_interval,
+        max_inflight_bytes: settings.max_inflight_bytes,
     };
     let source = {
         let supervisor = supervisor.clone();
@@ -172,6 +173,9 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             metrics.streams_open.clone(),
         )),
         probe_pool: probe_pool.clone(),
+        large_reads: Arc::new(tokio::sync::Semaphore::new(
+            api::events::LARGE_READS_AT_ONCE,
+        )),
         pool: pool.clone(),
         broker,
         lifecycle: lifecycle.clone(),

@@ -36,6 +36,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("BATCH_SIZE", "50"),
     ("FLUSH_INTERVAL", "50ms"),
     ("MAX_BATCH_BYTES", "16777216"),
+    ("MAX_INFLIGHT_BYTES", "268435456"),
     ("WRITE_CONCURRENCY", "2"),
     ("DATABASE_READ_POOL_SIZE", "8"),
     ("RETRY_MAX_BACKOFF", "10s"),
@@ -111,6 +112,8 @@ pub struct Settings {
     pub flush_interval: Duration,
     /// A batch is flushed once its events hold this many bytes.
     pub max_batch_bytes: usize,
+    /// Decoded records held between the consumer and COMMIT, in bytes at most.
+    pub max_inflight_bytes: usize,
     /// Batches written at once, each on its own connection.
     pub write_concurrency: usize,
     pub database_read_pool_size: usize,
@@ -211,6 +214,7 @@ impl Settings {
             batch_size: r.positive("BATCH_SIZE", 100_000)?,
             flush_interval: r.duration("FLUSH_INTERVAL")?,
             max_batch_bytes: r.positive("MAX_BATCH_BYTES", 1 << 30)?,
+            max_inflight_bytes: r.positive("MAX_INFLIGHT_BYTES", u32::MAX as usize)?,
             write_concurrency: r.positive("WRITE_CONCURRENCY", 16)?,
             database_read_pool_size: r.positive("DATABASE_READ_POOL_SIZE", 1_000)?,
             retry_max_backoff: r.duration("RETRY_MAX_BACKOFF")?,
@@ -284,6 +288,7 @@ impl Settings {
                 humantime::format_duration(self.flush_interval).to_string(),
             ),
             ("MAX_BATCH_BYTES", self.max_batch_bytes.to_string()),
+            ("MAX_INFLIGHT_BYTES", self.max_inflight_bytes.to_string()),
             ("WRITE_CONCURRENCY", self.write_concurrency.to_string()),
             (
                 "DATABASE_READ_POOL_SIZE",

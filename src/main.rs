@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use candystore::app::{self, AppOptions};
 use candystore::config::Settings;
-use candystore::source::publish::{LoadSpec, Publisher};
+use candystore::source::publish::{LoadSpec, Publisher, Shape};
 use candystore::{db, telemetry};
 
 /// Candystore: stores every Bloodbank event in PostgreSQL and serves them over REST.
@@ -42,6 +42,10 @@ enum Command {
         /// Envelope generation 1, 2 or 3; 0 mixes all three.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
         generation: u8,
+        /// What pads the body: `text`, or `int-array` (one array of integers, the
+        /// worst case for a JSON parser's memory).
+        #[arg(long, default_value = "text", value_parser = ["text", "int-array"])]
+        shape: String,
     },
 }
 
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
                 size,
                 rate,
                 generation,
+                shape,
             } => {
                 publish(
                     &settings,
@@ -86,6 +91,11 @@ fn main() -> ExitCode {
                         rate,
                         generation,
                         run_id: uuid::Uuid::new_v4().to_string(),
+                        shape: if shape == "int-array" {
+                            Shape::IntArray
+                        } else {
+                            Shape::Text
+                        },
                     },
                 )
                 .await

@@ -67,6 +67,7 @@ pub struct Metrics {
     sources: LabelValues,
     pub labels_capped: IntCounter,
     pub streams_open: IntGauge,
+    pub inflight_bytes: IntGauge,
     pub events_received: IntCounterVec,
     pub events_stored: IntCounterVec,
     pub events_failed: IntCounterVec,
@@ -294,6 +295,10 @@ impl Metrics {
             streams_open: reg!(IntGauge::new(
                 "candystore_streams_open",
                 "Live-tail (SSE) streams open now; at most STREAM_MAX_CLIENTS"
+            )),
+            inflight_bytes: reg!(IntGauge::new(
+                "candystore_inflight_bytes",
+                "Bytes of decoded records between the consumer and COMMIT, as last taken by the consumer; at most MAX_INFLIGHT_BYTES"
             )),
             event_types: LabelValues::default(),
             sources: LabelValues::default(),

@@ -593,18 +593,84 @@ fn not_found(id: &str) -> Problem {
     Problem::new(StatusCode::NOT_FOUND, format!("no event with id {id:?}"))
 }
 
-/// The event with this id; when sources share an id, the first one stored.
-async fn find(state: &ApiState, id: &str, extra: &str) -> Result<Row, Problem> {
+/// A single event whose payload is stored in more than this many bytes (after
+/// compression) is read under a permit of [`ApiState::large_reads`]: at most
+/// [`LARGE_READS_AT_ONCE`] such events are held in memory at once, however many
+/// clients ask for them.
+pub const LARGE_STORED_BYTES: i32 = 256 << 10;
+/// Large single-event reads at once (`/events/{id}`, `/events/{id}/raw`).
+pub const LARGE_READS_AT_ONCE: usize = 4;
+/// How long a large read waits for a permit before a 503.
+const LARGE_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The event with this id (when sources share an id, the first one stored), and
+/// the permit it was read under when it is large.
+async fn find(
+    state: &ApiState,
+    id: &str,
+    extra: &str,
+) -> Result<(Row, Option<tokio::sync::OwnedSemaphorePermit>), Problem> {
     if !could_be_stored(id) {
         return Err(not_found(id));
     }
     let client = state.pool.get().await.map_err(unavailable)?;
-    let sql = format!("SELECT {COLUMNS}{extra} FROM events WHERE id = $1 ORDER BY seq LIMIT 1");
-    client
-        .query_opt(&sql, &[&id])
+    let found = client
+        .query_opt(
+            "SELECT seq, pg_column_size(payload) FROM events WHERE id = $1 ORDER BY seq LIMIT 1",
+            &[&id],
+        )
         .await
         .map_err(unavailable)?
-        .ok_or_else(|| not_found(id))
+        .ok_or_else(|| not_found(id))?;
+    let (seq, stored): (i64, i32) = (found.get(0), found.get(1));
+    let permit = if stored > LARGE_STORED_BYTES {
+        // Give the connection back while waiting: the wait is for memory, not the pool.
+        drop(client);
+        let permit = tokio::time::timeout(
+            LARGE_READ_WAIT,
+            state.large_reads.clone().acquire_owned(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "too many large events are being read at once (at most {LARGE_READS_AT_ONCE}); retry later"
+                ),
+            )
+        })?;
+        Some(permit)
+    } else {
+        None
+    };
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let row = client
+        .query_opt(
+            &format!("SELECT {COLUMNS}{extra} FROM events WHERE seq = $1"),
+            &[&seq],
+        )
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| not_found(id))?;
+    Ok((row, permit))
+}
+
+/// A body that keeps the large-read permit until it has been handed to the client.
+fn body_under(
+    bytes: Vec<u8>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> actix_web::body::BoxBody {
+    match permit {
+        None => actix_web::body::BoxBody::new(bytes),
+        Some(permit) => actix_web::body::BoxBody::new(actix_web::body::BodyStream::new(
+            futures::stream::once(async move {
+                let _permit = permit;
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(bytes))
+            }),
+        )),
+    }
 }
 
 /// One event; when several sources used the id, the first stored.
@@ -616,8 +682,12 @@ pub async fn one(
     path: web::Path<String>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, Problem> {
-    let row = find(&state, &path, "").await?;
-    Ok(HttpResponse::Ok().json(view(&row)?))
+    let (row, permit) = find(&state, &path, "").await?;
+    let body = serde_json::to_vec(&view(&row)?).map_err(unavailable)?;
+    drop(row);
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body_under(body, permit)))
 }
 
 /// The envelope as it was published (equal as JSON), rebuilt from the stored columns.
@@ -629,7 +699,7 @@ pub async fn raw(
     path: web::Path<String>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, Problem> {
-    let row = find(&state, &path, ", envelope, payload_member").await?;
+    let (row, permit) = find(&state, &path, ", envelope, payload_member").await?;
     let JsonText(envelope) = row.try_get("envelope").map_err(unavailable)?;
     let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
     let member: Option<&str> = row.get("payload_member");
@@ -638,9 +708,10 @@ pub async fn raw(
             String::from_utf8_lossy(&envelope[..envelope.len().min(40)]).into_owned(),
         ))
     })?;
+    drop(row);
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(doc))
+        .body(body_under(doc, permit)))
 }
 
 /// A stored envelope that is not an object's text (never written by this service).

@@ -70,6 +70,8 @@ pub struct ApiState {
     /// The one poller behind every live-tail stream.
     pub tail: tail::TailHub,
     pub streams: Arc<stream::Streams>,
+    /// Permits for reading one large event (`events::LARGE_READS_AT_ONCE`).
+    pub large_reads: Arc<tokio::sync::Semaphore>,
     pub broker: Arc<BrokerStatus>,
     pub lifecycle: Arc<Lifecycle>,
     /// DATABASE_URL with its password removed.

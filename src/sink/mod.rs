@@ -97,10 +97,13 @@ async fn write_batch(
     let mut records = Vec::with_capacity(n);
     let mut tokens = Vec::with_capacity(n);
     let mut received = Vec::with_capacity(n);
+    // The records' share of MAX_INFLIGHT_BYTES is given back once they are written.
+    let mut memory = Vec::with_capacity(n);
     for item in batch.items {
         records.push(item.record);
         tokens.push(item.ack);
         received.push(item.received);
+        memory.push(item.memory);
     }
     let written = write_all(&mut records, &mut writer, &opts, &metrics).await;
     let committed = Instant::now();
@@ -110,6 +113,8 @@ async fn write_batch(
             .observe((committed - r).as_secs_f64());
     }
     record_written(&written, &records, &metrics);
+    drop(records);
+    drop(memory);
     metrics.batches_committed.inc();
     let done = Committed {
         tokens,

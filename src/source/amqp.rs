@@ -43,6 +43,8 @@ pub struct SourceConfig {
     pub retry_max_backoff: Duration,
     /// How often the queue's depth is read from the broker.
     pub queue_depth_interval: Duration,
+    /// Decoded records held between the consumer and COMMIT, in bytes at most.
+    pub max_inflight_bytes: usize,
 }
 
 /// Whether the consumer is connected, for health checks.
@@ -123,6 +125,8 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Option<BrokerLink> {
     let mut backoff = Backoff::new(Duration::from_millis(100), cfg.retry_max_backoff);
+    // Outlives reconnects: records of a lost session may still be in the pipeline.
+    let budget = Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight_bytes));
     let mut attempt: u64 = 0;
     loop {
         if stop.is_cancelled() {
@@ -132,7 +136,7 @@ pub async fn run(
             metrics.reconnects.inc();
         }
         attempt += 1;
-        let result = session(&cfg, &tx, &metrics, &status, &stop, &mut backoff).await;
+        let result = session(&cfg, &tx, &metrics, &status, &stop, &mut backoff, &budget).await;
         status.connected.store(false, Ordering::Relaxed);
         metrics.consumer_connected.set(0);
         match result {
@@ -164,6 +168,7 @@ async fn session(
     status: &BrokerStatus,
     stop: &CancellationToken,
     backoff: &mut Backoff,
+    budget: &Arc<tokio::sync::Semaphore>,
 ) -> Result<Outcome, SourceError> {
     let props = ConnectionProperties::default().with_connection_name("candystore".into());
     let connection = Arc::new(bounded(Connection::connect(&cfg.url, props)).await?);
@@ -225,10 +230,29 @@ async fn session(
         tracing::trace!(tag, routing_key = %delivery.routing_key, bytes = delivery.data.len(), "delivery received");
         let record = decode::decode(raw_delivery(delivery));
         metrics.observe_received(&record);
+        // Wait for room under MAX_INFLIGHT_BYTES (a record larger than the whole
+        // budget takes all of it). Meanwhile nothing is read, acks go on, and the
+        // broker stops at PREFETCH_COUNT unacked deliveries.
+        let share = record.size_bytes().clamp(1, cfg.max_inflight_bytes) as u32;
+        let memory = tokio::select! {
+            biased;
+            _ = stop.cancelled() => {
+                metrics.in_flight.dec();
+                return stopped(connection, channel, consumer_tag, depth).await;
+            }
+            permit = budget.clone().acquire_many_owned(share) => match permit {
+                Ok(p) => p,
+                Err(_) => return Ok(Outcome::WriterGone),
+            },
+        };
+        metrics
+            .inflight_bytes
+            .set((cfg.max_inflight_bytes - budget.available_permits()) as i64);
         let inbound = Inbound {
             record,
             ack: AckToken::new(acks.clone(), tag),
             received,
+            memory,
         };
         tokio::select! {
             biased;

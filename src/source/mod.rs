@@ -21,4 +21,7 @@ pub struct Inbound {
     pub ack: AckToken,
     /// When the delivery came off the socket: the start of its storage latency.
     pub received: Instant,
+    /// This record's share of MAX_INFLIGHT_BYTES, given back when it is dropped
+    /// (after its batch committed, or when it is abandoned unacked).
+    pub memory: tokio::sync::OwnedSemaphorePermit,
 }

@@ -20,6 +20,19 @@ pub struct LoadSpec {
     pub generation: u8,
     /// Added to ids so runs do not collide.
     pub run_id: String,
+    /// What fills the body up to `size`.
+    pub shape: Shape,
+}
+
+/// What pads a sample event to its size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Shape {
+    /// A text member (the realistic case).
+    #[default]
+    Text,
+    /// One array of single-digit integers as the payload (generation 1): the
+    /// worst case for a parser that builds a tree.
+    IntArray,
 }
 
 pub struct Publisher {
@@ -89,7 +102,10 @@ impl Publisher {
             } else {
                 spec.generation
             };
-            let (routing_key, body) = sample_event(&spec.run_id, i, spec.size, generation);
+            let (routing_key, body) = match spec.shape {
+                Shape::Text => sample_event(&spec.run_id, i, spec.size, generation),
+                Shape::IntArray => int_array_event(&spec.run_id, i, spec.size),
+            };
             pending.push_back(
                 self.publish_nowait(&routing_key, &body, BasicProperties::default())
                     .await?,
@@ -105,6 +121,25 @@ impl Publisher {
         }
         Ok(start.elapsed())
     }
+}
+
+/// A generation-1 envelope whose payload is one array of about `size / 2`
+/// single-digit integers.
+pub fn int_array_event(run_id: &str, i: u64, size: usize) -> (String, Vec<u8>) {
+    let head = format!(
+        r#"{{"id":"{run_id}-{i:010}","event_type":"load.int_array","source":"loader","data":["#
+    );
+    let n = (size.saturating_sub(head.len() + 2) / 2).max(1);
+    let mut body = Vec::with_capacity(head.len() + 2 * n + 2);
+    body.extend_from_slice(head.as_bytes());
+    for k in 0..n {
+        if k > 0 {
+            body.push(b',');
+        }
+        body.push(b'0' + (k % 10) as u8);
+    }
+    body.extend_from_slice(b"]}");
+    ("load.int_array".into(), body)
 }
 
 /// A realistic envelope of the given generation, padded to about `size` bytes.

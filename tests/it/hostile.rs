@@ -278,3 +278,19 @@ async fn publishers_cannot_grow_the_metrics_scrape_without_bound() {
     );
     assert!(app.metric("candystore_metric_labels_capped_total").await >= (n - 500) as f64);
 }
+
+#[tokio::test]
+async fn a_byte_budget_smaller_than_one_event_still_stores_everything() {
+    // Each event (~300 kB, held twice while decoded) is larger than the budget:
+    // they go through one at a time, and none is lost or stuck.
+    let app =
+        crate::helpers::spawn_app_with(&[("MAX_INFLIGHT_BYTES", "100000")], Default::default())
+            .await;
+    for i in 0..20 {
+        let (_, body) = candystore::source::publish::int_array_event("budget", i, 300_000);
+        app.publish("budget", &body).await;
+    }
+    app.wait_for_rows("events", 20).await;
+    assert!(app.metric("candystore_inflight_bytes").await <= 100_000.0);
+    assert_eq!(app.queue_state().await, (0, 1));
+}
