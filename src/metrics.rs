@@ -68,6 +68,7 @@ pub struct Metrics {
     pub labels_capped: IntCounter,
     pub streams_open: IntGauge,
     pub inflight_bytes: IntGauge,
+    pub prefetch: IntGauge,
     pub events_received: IntCounterVec,
     pub events_stored: IntCounterVec,
     pub events_failed: IntCounterVec,
@@ -299,6 +300,10 @@ impl Metrics {
             inflight_bytes: reg!(IntGauge::new(
                 "candystore_inflight_bytes",
                 "Bytes of decoded records between the consumer and COMMIT, as last taken by the consumer; at most MAX_INFLIGHT_BYTES"
+            )),
+            prefetch: reg!(IntGauge::new(
+                "candystore_prefetch",
+                "The consumer's prefetch now: PREFETCH_COUNT, or less while deliveries are so large that PREFETCH_COUNT of them would pass MAX_INFLIGHT_BYTES"
             )),
             event_types: LabelValues::default(),
             sources: LabelValues::default(),

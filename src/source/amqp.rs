@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::Inbound;
 use super::ack::{AckChannel, AckError, AckToken, Acknowledge};
 use super::decode::{self, FrameRepairs, Properties, RawDelivery};
+use super::prefetch::Prefetch;
 use crate::config::QueueType;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
@@ -175,14 +176,13 @@ async fn session(
     let channel = bounded(connection.create_channel()).await?;
     bounded(declare(&channel, cfg)).await?;
     bounded(channel.basic_qos(cfg.prefetch_count, BasicQosOptions::default())).await?;
-    let consumer_tag = format!("candystore-{}", uuid::Uuid::new_v4());
-    let mut consumer = bounded(channel.basic_consume(
-        cfg.queue.as_str().into(),
-        consumer_tag.as_str().into(),
-        BasicConsumeOptions::default(),
-        FieldTable::default(),
-    ))
-    .await?;
+    // Consumers in the order their deliveries are read: after a re-subscription
+    // (a new prefetch) the cancelled one is drained first, so delivery tags are
+    // read in the order the channel assigned them.
+    let mut consumers = std::collections::VecDeque::new();
+    consumers.push_back(subscribe(&channel, cfg).await?);
+    let mut prefetch = Prefetch::new(cfg.prefetch_count, cfg.max_inflight_bytes);
+    metrics.prefetch.set(i64::from(prefetch.current()));
     let acks = AckChannel::new(LapinAcks {
         channel: channel.clone(),
         _connection: connection.clone(),
@@ -216,17 +216,44 @@ async fn session(
         Ok(Outcome::Stopped(connection, channel))
     };
     loop {
+        let consumer_tag = consumers
+            .back()
+            .map(|c: &Subscription| c.tag.clone())
+            .unwrap_or_default();
+        let Some(current) = consumers.front_mut() else {
+            return Err(SourceError::Cancelled);
+        };
         let delivery = tokio::select! {
             biased;
             _ = stop.cancelled() => return stopped(connection, channel, consumer_tag, depth).await,
-            next = consumer.next() => match next {
+            next = current.consumer.next() => match next {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => return Err(e.into()),
+                // A consumer we cancelled to change the prefetch is drained: read the next.
+                None if consumers.len() > 1 => {
+                    consumers.pop_front();
+                    continue;
+                }
                 None => return Err(SourceError::Cancelled),
             },
         };
         let received = Instant::now();
         let tag = delivery.delivery_tag;
+        if let Some(n) = prefetch.observe(delivery.data.len()) {
+            tracing::info!(
+                prefetch = n,
+                bytes = delivery.data.len(),
+                "prefetch adapted to the size of deliveries"
+            );
+            bounded(
+                channel.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default()),
+            )
+            .await?;
+            bounded(channel.basic_qos(n, BasicQosOptions::default())).await?;
+            consumers.push_back(subscribe(&channel, cfg).await?);
+            metrics.prefetch.set(i64::from(n));
+        }
+        let consumer_tag = consumers.back().map(|c| c.tag.clone()).unwrap_or_default();
         tracing::trace!(tag, routing_key = %delivery.routing_key, bytes = delivery.data.len(), "delivery received");
         let record = decode::decode(raw_delivery(delivery));
         metrics.observe_received(&record);
@@ -270,6 +297,24 @@ async fn session(
             }
         }
     }
+}
+
+/// One `basic.consume` and its tag.
+struct Subscription {
+    tag: String,
+    consumer: lapin::Consumer,
+}
+
+async fn subscribe(channel: &Channel, cfg: &SourceConfig) -> Result<Subscription, SourceError> {
+    let tag = format!("candystore-{}", uuid::Uuid::new_v4());
+    let consumer = bounded(channel.basic_consume(
+        cfg.queue.as_str().into(),
+        tag.as_str().into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    ))
+    .await?;
+    Ok(Subscription { tag, consumer })
 }
 
 /// How long a stopping session waits for its side channel to close cleanly.

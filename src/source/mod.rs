@@ -7,6 +7,7 @@
 pub mod ack;
 pub mod amqp;
 pub mod decode;
+pub mod prefetch;
 pub mod publish;
 
 use tokio::time::Instant;

@@ -294,3 +294,32 @@ async fn a_byte_budget_smaller_than_one_event_still_stores_everything() {
     assert!(app.metric("candystore_inflight_bytes").await <= 100_000.0);
     assert_eq!(app.queue_state().await, (0, 1));
 }
+
+#[tokio::test]
+async fn large_deliveries_lower_the_prefetch_and_small_ones_raise_it_again() {
+    let app =
+        crate::helpers::spawn_app_with(&[("MAX_INFLIGHT_BYTES", "1000000")], Default::default())
+            .await;
+    assert_eq!(app.metric("candystore_prefetch").await, 100.0);
+    for i in 0..30 {
+        let (_, body) = candystore::source::publish::int_array_event("large", i, 300_000);
+        app.publish("large", &body).await;
+    }
+    app.wait_for_rows("events", 30).await;
+    assert_eq!(
+        app.metric("candystore_prefetch").await,
+        3.0,
+        "1 MB / 300 kB"
+    );
+    for i in 0..600 {
+        app.publish("small", &gen1(&format!("small-{i}"), "small"))
+            .await;
+    }
+    app.wait_for_rows("events", 630).await;
+    assert_eq!(app.metric("candystore_prefetch").await, 100.0);
+    assert_eq!(
+        app.queue_state().await,
+        (0, 1),
+        "nothing left behind by the re-subscriptions"
+    );
+}
