@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgres://$(PGUSER)@$(PGHOST):5432/$(DB_NAME)
 export LOG_FORMAT ?= console
 BIN := target/release/candystore
 
-.PHONY: run build services db migrate test lint ops-check bench loadtest loadtest-query
+.PHONY: run build services db migrate test lint ops-check bench loadtest loadtest-query test-faults fuzz schemathesis test-all loadtest-memory
 
 ## build, create the database if missing, migrate, serve (Ctrl-C stops cleanly)
 run: build services db migrate
@@ -29,6 +29,33 @@ migrate: build db
 ## everything CI checks: format, lints, ops files, unit, integration and property tests
 test: services lint ops-check
 	cargo test --locked
+
+## the fault suite: the real binary, the real broker and database, one fault each
+## (kill -9, SIGSTOP, broker restart, proxy stalls, ...); restarts the broker's app,
+## so it runs alone, one test at a time. About 6 minutes. docs/RELIABILITY.md.
+test-faults: services
+	cargo test --locked --test faults -- --test-threads=1
+
+## the fuzz targets (decode, the query-string parser, the AMQP table parser), each
+## for FUZZ_SECONDS (default 60) on the nightly toolchain, from fuzz/corpus
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	cd fuzz && for t in decode query amqp_table; do \
+	  cargo +nightly fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; \
+	done
+
+## schemathesis against /openapi.json with the bearer token: no 5xx, no schema violation
+schemathesis: build services
+	@command -v schemathesis >/dev/null || pip install --quiet schemathesis
+	bash scripts/schemathesis.sh
+
+## everything: make test, the fault suite, the fuzzers and schemathesis
+test-all: test test-faults fuzz schemathesis
+
+## peak RSS ingesting large bodies and serving /raw of the largest (reports/memory.md)
+loadtest-memory: build services
+	bash loadtest/memory/run.sh
 
 ## alert rules (promtool check + rule unit tests) and the dashboard's JSON
 ops-check:
