@@ -173,9 +173,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             metrics.streams_open.clone(),
         )),
         probe_pool: probe_pool.clone(),
-        large_reads: Arc::new(tokio::sync::Semaphore::new(
-            api::events::LARGE_READS_AT_ONCE,
-        )),
+        large_reads: Arc::new(api::large::LargeReads::default()),
         pool: pool.clone(),
         broker,
         lifecycle: lifecycle.clone(),

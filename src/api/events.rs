@@ -15,8 +15,8 @@ use serde_json::value::RawValue;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::ApiState;
 use super::problem::Problem;
+use super::{ApiState, large};
 use crate::source::decode::{hex, parse_time};
 
 pub const MAX_LIMIT: i64 = 1000;
@@ -593,23 +593,19 @@ fn not_found(id: &str) -> Problem {
     Problem::new(StatusCode::NOT_FOUND, format!("no event with id {id:?}"))
 }
 
-/// A single event whose payload is stored in more than this many bytes (after
-/// compression) is read under a permit of [`ApiState::large_reads`]: at most
-/// [`LARGE_READS_AT_ONCE`] such events are held in memory at once, however many
-/// clients ask for them.
-pub const LARGE_STORED_BYTES: i32 = 256 << 10;
-/// Large single-event reads at once (`/events/{id}`, `/events/{id}/raw`).
-pub const LARGE_READS_AT_ONCE: usize = 4;
-/// How long a large read waits for a permit before a 503.
-const LARGE_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The event with this id (when sources share an id, the first one stored), and
-/// the permit it was read under when it is large.
-async fn find(
+/// The event with this id (when sources share an id, the first one stored),
+/// rendered by `render` (the event view, or the raw envelope).
+///
+/// A large event (stored in more than [`large::LARGE_STORED_BYTES`]) is read once
+/// for all the clients asking for it at the same moment, under one of
+/// [`large::LARGE_READS_AT_ONCE`] permits, on a connection that is then closed (so
+/// its grown read buffer is freed): many clients fetching the largest event cost
+/// one copy of it, not one each.
+async fn find_rendered(
     state: &ApiState,
     id: &str,
-    extra: &str,
-) -> Result<(Row, Option<tokio::sync::OwnedSemaphorePermit>), Problem> {
+    raw_envelope: bool,
+) -> Result<bytes::Bytes, Problem> {
     if !could_be_stored(id) {
         return Err(not_found(id));
     }
@@ -623,95 +619,89 @@ async fn find(
         .map_err(unavailable)?
         .ok_or_else(|| not_found(id))?;
     let (seq, stored): (i64, i32) = (found.get(0), found.get(1));
-    let permit = if stored > LARGE_STORED_BYTES {
-        // Give the connection back while waiting: the wait is for memory, not the pool.
-        drop(client);
-        let permit = tokio::time::timeout(
-            LARGE_READ_WAIT,
-            state.large_reads.clone().acquire_owned(),
-        )
+    if stored <= large::LARGE_STORED_BYTES {
+        let row = fetch_by_seq(&client, seq, raw_envelope).await?;
+        return render(&row, raw_envelope).map(bytes::Bytes::from);
+    }
+    drop(client);
+    let pool = state.pool.clone();
+    state
+        .large_reads
+        .read((seq, raw_envelope), async move {
+            let client = pool.get().await.map_err(unavailable)?;
+            let row = fetch_by_seq(&client, seq, raw_envelope).await;
+            // Do not keep a connection whose buffer grew to this event's size.
+            drop(deadpool_postgres::Object::take(client));
+            render(&row?, raw_envelope).map(bytes::Bytes::from)
+        })
         .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "too many large events are being read at once (at most {LARGE_READS_AT_ONCE}); retry later"
-                ),
-            )
-        })?;
-        Some(permit)
+}
+
+async fn fetch_by_seq(
+    client: &tokio_postgres::Client,
+    seq: i64,
+    raw_envelope: bool,
+) -> Result<Row, Problem> {
+    let extra = if raw_envelope {
+        ", envelope, payload_member"
     } else {
-        None
+        ""
     };
-    let client = state.pool.get().await.map_err(unavailable)?;
-    let row = client
+    client
         .query_opt(
             &format!("SELECT {COLUMNS}{extra} FROM events WHERE seq = $1"),
             &[&seq],
         )
         .await
         .map_err(unavailable)?
-        .ok_or_else(|| not_found(id))?;
-    Ok((row, permit))
+        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "the event is gone"))
 }
 
-/// A body that keeps the large-read permit until it has been handed to the client.
-fn body_under(
-    bytes: Vec<u8>,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-) -> actix_web::body::BoxBody {
-    match permit {
-        None => actix_web::body::BoxBody::new(bytes),
-        Some(permit) => actix_web::body::BoxBody::new(actix_web::body::BodyStream::new(
-            futures::stream::once(async move {
-                let _permit = permit;
-                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(bytes))
-            }),
-        )),
+fn render(row: &Row, raw_envelope: bool) -> Result<Vec<u8>, Problem> {
+    if !raw_envelope {
+        return serde_json::to_vec(&view(row)?).map_err(unavailable);
     }
+    let JsonText(envelope) = row.try_get("envelope").map_err(unavailable)?;
+    let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
+    let member: Option<&str> = row.get("payload_member");
+    crate::envelope::rebuild(envelope, payload, member).ok_or_else(|| {
+        unavailable(BadEnvelope(
+            String::from_utf8_lossy(&envelope[..envelope.len().min(40)]).into_owned(),
+        ))
+    })
 }
 
 /// One event; when several sources used the id, the first stored.
 #[utoipa::path(get, path = "/events/{id}", tag = "events", params(("id" = String, Path, description = "the event id, as sent")), responses(
     (status = 200, description = "the event", body = EventView),
-    (status = 404, description = "no such event", body = Problem, content_type = "application/problem+json"),
+    (status = 404, description = "no such event (an id with NUL or over 1 KiB is never one)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "too many large events are being read at once, or the database cannot answer", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn one(
     path: web::Path<String>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, Problem> {
-    let (row, permit) = find(&state, &path, "").await?;
-    let body = serde_json::to_vec(&view(&row)?).map_err(unavailable)?;
-    drop(row);
+    let body = find_rendered(&state, &path, false).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(body_under(body, permit)))
+        .body(body))
 }
 
-/// The envelope as it was published (equal as JSON), rebuilt from the stored columns.
+/// The envelope as it was published (equal as JSON), rebuilt from the stored columns
+/// as text (never parsed).
 #[utoipa::path(get, path = "/events/{id}/raw", tag = "events", params(("id" = String, Path, description = "the event id, as sent")), responses(
     (status = 200, description = "the envelope as published (equal as JSON)", body = Object),
     (status = 404, description = "no such event", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "too many large events are being read at once, or the database cannot answer", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn raw(
     path: web::Path<String>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, Problem> {
-    let (row, permit) = find(&state, &path, ", envelope, payload_member").await?;
-    let JsonText(envelope) = row.try_get("envelope").map_err(unavailable)?;
-    let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
-    let member: Option<&str> = row.get("payload_member");
-    let doc = crate::envelope::rebuild(envelope, payload, member).ok_or_else(|| {
-        unavailable(BadEnvelope(
-            String::from_utf8_lossy(&envelope[..envelope.len().min(40)]).into_owned(),
-        ))
-    })?;
-    drop(row);
+    let body = find_rendered(&state, &path, true).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(body_under(doc, permit)))
+        .body(body))
 }
 
 /// A stored envelope that is not an object's text (never written by this service).

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod events;
 pub mod health;
+pub mod large;
 pub mod openapi;
 pub mod problem;
 pub mod stream;
@@ -70,8 +71,8 @@ pub struct ApiState {
     /// The one poller behind every live-tail stream.
     pub tail: tail::TailHub,
     pub streams: Arc<stream::Streams>,
-    /// Permits for reading one large event (`events::LARGE_READS_AT_ONCE`).
-    pub large_reads: Arc<tokio::sync::Semaphore>,
+    /// Reads of single large events: bounded, and shared by concurrent clients.
+    pub large_reads: Arc<large::LargeReads>,
     pub broker: Arc<BrokerStatus>,
     pub lifecycle: Arc<Lifecycle>,
     /// DATABASE_URL with its password removed.

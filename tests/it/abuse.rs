@@ -205,3 +205,57 @@ async fn bad_path_ids_and_cursors_get_client_errors_not_503() {
     );
     assert_eq!(get(&app, "/events?offset=100000").await.0, 200);
 }
+
+#[tokio::test]
+async fn many_clients_reading_one_large_event_share_one_read() {
+    let app = spawn_app().await;
+    // About 2 MB that compresses poorly, so it is stored large.
+    let noise: Vec<String> = (0..40_000)
+        .map(|i| {
+            format!(
+                "{:016x}{:016x}",
+                (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                i
+            )
+        })
+        .collect();
+    let body = serde_json::to_vec(
+        &json!({"id": "large-1", "event_type": "large", "data": {"noise": noise}}),
+    )
+    .unwrap();
+    app.publish("large", &body).await;
+    app.wait_for_rows("events", 1).await;
+    let stored: i32 = app
+        .db
+        .query_one("SELECT pg_column_size(payload) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        stored > 256 << 10,
+        "stored in {stored} bytes: the large path"
+    );
+    let fetches = (0..20).map(|i| {
+        let url = app.api(if i % 2 == 0 {
+            "/events/large-1/raw"
+        } else {
+            "/events/large-1"
+        });
+        let http = app.http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap())
+        }
+    });
+    let answers = futures::future::join_all(fetches).await;
+    let published: Value = serde_json::from_slice(&body).unwrap();
+    for (i, (status, bytes)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200);
+        let v: Value = serde_json::from_slice(bytes).unwrap();
+        if i % 2 == 0 {
+            assert_eq!(v, published, "raw is the envelope as published");
+        } else {
+            assert_eq!(v["payload"], published["data"]);
+        }
+    }
+}

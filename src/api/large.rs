@@ -1,0 +1,102 @@
+//! Reading one large event for many clients at once: a bounded number of such
+//! reads, and one read (one copy in memory) per event however many clients ask
+//! for it at the same moment.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use tokio::sync::Semaphore;
+
+use super::problem::Problem;
+
+/// A single event stored in more than this many bytes (after compression) is
+/// read through [`LargeReads`].
+pub const LARGE_STORED_BYTES: i32 = 256 << 10;
+/// Large single-event reads running at once (`/events/{id}`, `/events/{id}/raw`).
+pub const LARGE_READS_AT_ONCE: usize = 4;
+/// How long a large read waits for its turn before a 503.
+const LARGE_READ_WAIT: Duration = Duration::from_secs(30);
+
+/// A rendered answer, or the problem's status and detail (shared by all waiters).
+type Outcome = Result<Bytes, (u16, String)>;
+
+/// (storage sequence, raw envelope or event view)
+pub type Key = (i64, bool);
+
+#[derive(Debug)]
+pub struct LargeReads {
+    permits: Arc<Semaphore>,
+    inflight: Mutex<HashMap<Key, Shared<BoxFuture<'static, Outcome>>>>,
+}
+
+impl Default for LargeReads {
+    fn default() -> Self {
+        LargeReads {
+            permits: Arc::new(Semaphore::new(LARGE_READS_AT_ONCE)),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl LargeReads {
+    /// Runs `read` for `key`, or joins the read already running for it.
+    pub async fn read(
+        self: &Arc<Self>,
+        key: Key,
+        read: impl Future<Output = Result<Bytes, Problem>> + Send + 'static,
+    ) -> Result<Bytes, Problem> {
+        let shared = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match inflight.get(&key) {
+                Some(running) => running.clone(),
+                None => {
+                    // A task of its own: it runs to the end (and gives its permit and
+                    // its entry back) even if every client waiting for it goes away.
+                    let this = self.clone();
+                    let task = tokio::spawn(async move {
+                        let outcome = this.run(read).await;
+                        this.inflight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
+                        outcome
+                    });
+                    let fut = async move {
+                        task.await
+                            .unwrap_or_else(|_| Err((503, "the read was interrupted".into())))
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(key, fut.clone());
+                    fut
+                }
+            }
+        };
+        shared.await.map_err(|(status, detail)| {
+            Problem::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                detail,
+            )
+        })
+    }
+
+    async fn run(&self, read: impl Future<Output = Result<Bytes, Problem>>) -> Outcome {
+        let Ok(Ok(_permit)) =
+            tokio::time::timeout(LARGE_READ_WAIT, self.permits.clone().acquire_owned()).await
+        else {
+            return Err((
+                503,
+                format!(
+                    "too many large events are being read at once (at most {LARGE_READS_AT_ONCE}); retry later"
+                ),
+            ));
+        };
+        read.await.map_err(|p| (p.status, p.detail))
+    }
+}
