@@ -637,6 +637,24 @@ async fn find_rendered(
         .await
 }
 
+/// Hands a body to actix in 64 KiB slices of the same buffer (no copy), so a
+/// connection holds one slice in its write buffer at a time rather than a copy of
+/// the whole body: 100 clients of a 20 MB event share one 20 MB buffer.
+fn in_slices(body: bytes::Bytes) -> actix_web::body::BoxBody {
+    const SLICE: usize = 64 << 10;
+    if body.len() <= SLICE {
+        return actix_web::body::BoxBody::new(body);
+    }
+    let len = body.len();
+    let slices = (0..len)
+        .step_by(SLICE)
+        .map(move |at| Ok::<_, std::convert::Infallible>(body.slice(at..(at + SLICE).min(len))));
+    actix_web::body::BoxBody::new(actix_web::body::SizedStream::new(
+        len as u64,
+        futures::stream::iter(slices),
+    ))
+}
+
 async fn fetch_by_seq(
     client: &tokio_postgres::Client,
     seq: i64,
@@ -684,7 +702,7 @@ pub async fn one(
     let body = find_rendered(&state, &path, false).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(body))
+        .body(in_slices(body)))
 }
 
 /// The envelope as it was published (equal as JSON), rebuilt from the stored columns
@@ -701,7 +719,7 @@ pub async fn raw(
     let body = find_rendered(&state, &path, true).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(body))
+        .body(in_slices(body)))
 }
 
 /// A stored envelope that is not an object's text (never written by this service).
