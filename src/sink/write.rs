@@ -210,6 +210,9 @@ impl Writer {
 
     async fn connect(&mut self, metrics: &Metrics) -> Result<&mut Conn, WriteError> {
         if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            // Closed between batches (the server restarted, an operator terminated
+            // the backend): nothing was lost, but it is worth knowing.
+            tracing::warn!("writer connection closed by the server; reconnecting");
             self.reset(metrics);
         }
         if self.conn.is_none() {

@@ -29,6 +29,8 @@ struct Bench {
     name: String,
     db: Client,
     instances: Vec<Child>,
+    /// Every instance's log (warnings and errors), to show the fault was met.
+    log: std::path::PathBuf,
 }
 
 impl Bench {
@@ -41,10 +43,12 @@ impl Bench {
             .unwrap();
         let mut db = connect(&format!("{PG}/{name}")).await;
         candystore::db::migrate(&mut db).await.unwrap();
+        let log = std::env::temp_dir().join(format!("{name}.log"));
         Bench {
             name,
             db,
             instances: Vec::new(),
+            log,
         }
     }
 
@@ -73,21 +77,30 @@ impl Bench {
             .env("FLUSH_INTERVAL", "20ms")
             .env("RETRY_MAX_BACKOFF", "1s")
             .env("SHUTDOWN_TIMEOUT", "10s")
-            .env("LOG_FORMAT", "console")
-            .env(
-                "LOG_LEVEL",
-                std::env::var("FAULT_LOG").unwrap_or_else(|_| "error".into()),
-            )
+            .env("LOG_FORMAT", "json")
+            .env("LOG_LEVEL", "warn")
             .stdout(Stdio::null())
-            .stderr(if std::env::var("FAULT_LOG").is_ok() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .expect("open the instance log"),
+            )
             .spawn()
             .expect("start candystore serve");
         self.instances.push(child);
         self.instances.len() - 1
+    }
+
+    /// Asserts that some instance logged one of `messages` (the fault was met, and handled).
+    fn logged(&self, messages: &[&str]) {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(
+            messages.iter().any(|m| log.contains(m)),
+            "none of {messages:?} in the instances' log:\n{}",
+            log.lines().take(20).collect::<Vec<_>>().join("\n")
+        );
     }
 
     fn db_url(&self) -> String {
@@ -213,6 +226,9 @@ impl Drop for Bench {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if std::env::var("FAULT_KEEP_LOGS").is_err() {
+            let _ = std::fs::remove_file(&self.log);
+        }
         let (name, queue, exchange) = (self.name.clone(), self.queue(), self.exchange());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -325,6 +341,7 @@ async fn sigstop_past_the_broker_heartbeat_then_sigcont() {
     b.signal(i, "-CONT");
     let run_id = run.await.unwrap();
     b.check(&run_id, N as i64).await;
+    b.logged(&["broker connection lost"]);
 }
 
 #[tokio::test]
@@ -349,6 +366,7 @@ async fn broker_connections_closed() {
     assert!(closed >= 1, "found the service's connection: {list}");
     let run_id = run.await.unwrap();
     b.check(&run_id, N as i64).await;
+    b.logged(&["broker connection lost"]);
 }
 
 #[tokio::test]
@@ -363,6 +381,7 @@ async fn broker_restart() {
     rabbitmqctl(&["start_app"]);
     rabbitmqctl(&["await_startup"]);
     b.check(&run_id, N as i64).await;
+    b.logged(&["broker connection lost"]);
 }
 
 #[tokio::test]
@@ -378,6 +397,7 @@ async fn queue_deleted_under_the_consumer() {
     let run_id = b.publish(N, RATE).await.unwrap();
     b.check(&run_id, N as i64).await;
     assert_eq!(b.stored(&first).await, 1_000);
+    b.logged(&["broker connection lost"]);
 }
 
 #[tokio::test]
@@ -398,6 +418,10 @@ async fn postgresql_backends_terminated() {
     }
     let run_id = run.await.unwrap();
     b.check(&run_id, N as i64).await;
+    b.logged(&[
+        "writer connection closed by the server",
+        "batch write failed; retrying",
+    ]);
 }
 
 #[tokio::test]
@@ -416,6 +440,7 @@ async fn a_lock_held_on_events_for_30_seconds() {
     locker.batch_execute("COMMIT").await.unwrap();
     let run_id = run.await.unwrap();
     b.check(&run_id, N as i64).await;
+    b.logged(&["lock_timeout"]);
 }
 
 /// Runs one proxy fault on the link to `upstream` (the broker or the database).
@@ -447,6 +472,14 @@ async fn proxy_fault(to_broker: bool, mode: Mode, hold: Duration) {
     proxy.set(Mode::Pass);
     let run_id = run.await.unwrap();
     b.check(&run_id, N as i64).await;
+    b.logged(if to_broker {
+        &["broker connection lost"]
+    } else {
+        &[
+            "batch write failed; retrying",
+            "writer connection closed by the server",
+        ]
+    });
 }
 
 #[tokio::test]
