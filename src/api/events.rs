@@ -347,6 +347,12 @@ impl EventQuery {
                     if value.is_empty() || value.contains('\0') {
                         return Err(Problem::bad_parameter(name, "must be non-empty text"));
                     }
+                    if value.len() > crate::source::decode::MAX_IDENT_BYTES {
+                        return Err(Problem::bad_parameter(
+                            name,
+                            "is longer than 1024 bytes, which no stored value is",
+                        ));
+                    }
                     q.filters.push((name, value));
                 }
             }
@@ -453,21 +459,22 @@ pub struct Page {
 /// A page holds fewer than `limit` events when their payloads would pass 8 MiB
 /// (`has_more` stays exact): advance an offset by the events received.
 #[utoipa::path(get, path = "/events", tag = "events", params(
-        ("session_id" = Option<String>, Query, description = "only this session"),
-        ("event_type" = Option<String>, Query, description = "only this event type"),
-        ("source" = Option<String>, Query, description = "only this source"),
-        ("target" = Option<String>, Query, description = "only this target"),
-        ("correlation_id" = Option<String>, Query, description = "only this correlation id"),
-        ("start_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("end_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("payload_contains" = Option<String>, Query, description = "a JSON object the payload contains (jsonb @>), e.g. {\"status\":\"failed\"}"),
-        ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"),
-        ("offset" = Option<i64>, Query, description = "0 or more, default 0"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("session_id" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this session"),
+        ("event_type" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this event type"),
+        ("source" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this source"),
+        ("target" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this target"),
+        ("correlation_id" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this correlation id"),
+        ("start_time" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive"),
+        ("end_time" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive, not before start_time"),
+        ("payload_contains" = Option<String>, Query, min_length = 2, description = "a JSON object the payload contains (jsonb @>), e.g. {\"status\":\"failed\"}"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ("offset" = Option<i64>, Query, minimum = 0, maximum = 100000, description = "0 to 100,000, default 0 (walk further with cursor); not with cursor"),
+        ("cursor" = Option<String>, Query, pattern = "^[0-9a-fA-F]{32}$", description = "next_cursor of the previous page"),
 ), responses(
     (status = 200, description = "a page of events", body = Page),
     (status = 400, description = "a bad parameter, named in the problem", body = Problem, content_type = "application/problem+json"),
-    (status = 401, description = "a bearer token is required", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "the event store cannot answer now (opaque; the cause is logged)", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
     let q = EventQuery::parse(req.query_string())?;
@@ -690,10 +697,11 @@ fn render(row: &Row, raw_envelope: bool) -> Result<Vec<u8>, Problem> {
 }
 
 /// One event; when several sources used the id, the first stored.
-#[utoipa::path(get, path = "/events/{id}", tag = "events", params(("id" = String, Path, description = "the event id, as sent")), responses(
+#[utoipa::path(get, path = "/events/{id}", tag = "events", params(("id" = String, Path, min_length = 1, description = "the event id, as sent")), responses(
     (status = 200, description = "the event", body = EventView),
     (status = 404, description = "no such event (an id with NUL or over 1 KiB is never one)", body = Problem, content_type = "application/problem+json"),
-    (status = 503, description = "too many large events are being read at once, or the database cannot answer", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "too many large events are being read at once (at most 4, 30 s wait), or the database cannot answer", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn one(
     path: web::Path<String>,
@@ -707,10 +715,11 @@ pub async fn one(
 
 /// The envelope as it was published (equal as JSON), rebuilt from the stored columns
 /// as text (never parsed).
-#[utoipa::path(get, path = "/events/{id}/raw", tag = "events", params(("id" = String, Path, description = "the event id, as sent")), responses(
+#[utoipa::path(get, path = "/events/{id}/raw", tag = "events", params(("id" = String, Path, min_length = 1, description = "the event id, as sent")), responses(
     (status = 200, description = "the envelope as published (equal as JSON)", body = Object),
-    (status = 404, description = "no such event", body = Problem, content_type = "application/problem+json"),
-    (status = 503, description = "too many large events are being read at once, or the database cannot answer", body = Problem, content_type = "application/problem+json"),
+    (status = 404, description = "no such event (an id with NUL or over 1 KiB is never one)", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "too many large events are being read at once (at most 4, 30 s wait), or the database cannot answer", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn raw(
     path: web::Path<String>,
@@ -758,6 +767,7 @@ mod tests {
             ),
             ("cursor=abc", "cursor"),
             ("session_id=", "session_id"),
+            (&format!("target={}", "x".repeat(1025)), "target"),
             ("source=a&source=b", "source"),
             ("cursor=00000000000000000000000000000001&offset=5", "offset"),
             ("payload_contains=%7Bnope", "payload_contains"),

@@ -130,19 +130,19 @@ pub fn serve_api(
                     Ok(res)
                 }
             })
-            .route("/health", web::get().to(health::health))
-            .route("/ready", web::get().to(health::ready))
-            .route("/openapi.json", web::get().to(openapi::spec))
-            .route("/docs", web::get().to(openapi::docs))
-            .route("/events", web::get().to(events::list))
-            .route("/events/stream", web::get().to(stream::stream))
-            .route("/events/{id}", web::get().to(events::one))
-            .route("/events/{id}/raw", web::get().to(events::raw))
-            .route("/sessions/{session_id}", web::get().to(timeline::sessions))
-            .route(
+            .service(get("/health", health::health))
+            .service(get("/ready", health::ready))
+            .service(get("/openapi.json", openapi::spec))
+            .service(get("/docs", openapi::docs))
+            .service(get("/events", events::list))
+            .service(get("/events/stream", stream::stream))
+            .service(get("/events/{id}", events::one))
+            .service(get("/events/{id}/raw", events::raw))
+            .service(get("/sessions/{session_id}", timeline::sessions))
+            .service(get(
                 "/correlations/{correlation_id}",
-                web::get().to(timeline::correlations),
-            )
+                timeline::correlations,
+            ))
             .default_service(web::to(problem::not_found))
     })
     .on_connect(|conn, ext| {
@@ -162,6 +162,18 @@ pub fn serve_api(
     .bind(addr)?;
     let bound = server.addrs()[0];
     Ok((server.run(), bound))
+}
+
+/// A read-only resource: GET, and a 405 problem (with `Allow: GET`) for any other method.
+fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(web::to(problem::method_not_allowed))
 }
 
 /// CORS for Candybar: the configured origins may call the API from a browser

@@ -36,7 +36,7 @@ use super::{events, health, stream, timeline};
 pub struct ApiDoc;
 
 /// The OpenAPI document of this API.
-#[utoipa::path(get, path = "/openapi.json", tag = "docs", responses((status = 200, description = "OpenAPI 3.1 document")))]
+#[utoipa::path(get, path = "/openapi.json", tag = "docs", responses((status = 200, description = "OpenAPI 3.1 document"), (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn spec() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
@@ -44,7 +44,7 @@ pub async fn spec() -> HttpResponse {
 }
 
 /// A page that renders the OpenAPI document, served from the binary.
-#[utoipa::path(get, path = "/docs", tag = "docs", responses((status = 200, description = "HTML page")))]
+#[utoipa::path(get, path = "/docs", tag = "docs", responses((status = 200, description = "HTML page"), (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn docs() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")

@@ -54,21 +54,19 @@ fn parse(req: &HttpRequest) -> Result<(EventQuery, Option<i64>), Problem> {
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let resume = match header.or(resume) {
-        None => None,
-        Some(v) => Some(
-            v.trim()
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| {
-                    Problem::bad_parameter(
-                        "Last-Event-ID",
-                        format!("{v:?} is not an event id this stream sent"),
-                    )
-                })?,
-        ),
+    // Both are checked, so a bad value is never silently ignored.
+    let id = |name: &'static str, v: String| {
+        v.trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                Problem::bad_parameter(name, format!("{v:?} is not an event id this stream sent"))
+            })
     };
+    let from_param = resume.map(|v| id("last_event_id", v)).transpose()?;
+    let from_header = header.map(|v| id("Last-Event-ID", v)).transpose()?;
+    let resume = from_header.or(from_param);
     Ok((q, resume))
 }
 
@@ -251,19 +249,21 @@ impl Feed {
 
 /// A live tail of newly stored events (Server-Sent Events; the SSE id is the storage sequence).
 #[utoipa::path(get, path = "/events/stream", tag = "events", params(
-        ("session_id" = Option<String>, Query, description = "only this session"),
-        ("event_type" = Option<String>, Query, description = "only this event type"),
-        ("source" = Option<String>, Query, description = "only this source"),
-        ("target" = Option<String>, Query, description = "only this target"),
-        ("correlation_id" = Option<String>, Query, description = "only this correlation id"),
-        ("start_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("end_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("payload_contains" = Option<String>, Query, description = "a JSON object the payload contains (jsonb @>)"),
-    ("last_event_id" = Option<i64>, Query, description = "resume after this event id (the Last-Event-ID header wins)"),
-    ("Last-Event-ID" = Option<i64>, Header, description = "resume after this event id"),
+        ("session_id" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this session"),
+        ("event_type" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this event type"),
+        ("source" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this source"),
+        ("target" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this target"),
+        ("correlation_id" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this correlation id"),
+        ("start_time" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive"),
+        ("end_time" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive, not before start_time"),
+        ("payload_contains" = Option<String>, Query, min_length = 2, description = "a JSON object the payload contains (jsonb @>)"),
+    ("last_event_id" = Option<i64>, Query, minimum = 0, description = "resume after this event id (the Last-Event-ID header wins)"),
+    ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "resume after this event id"),
 ), responses(
     (status = 200, description = "text/event-stream of `event` events", content_type = "text/event-stream"),
     (status = 400, description = "a bad parameter, named in the problem", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "STREAM_MAX_CLIENTS streams are open (with Retry-After), or the event store cannot answer", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn stream(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
     let (query, resume) = parse(&req)?;

@@ -90,13 +90,16 @@ fn paging(query: &str) -> Result<Paging, Problem> {
 
 /// A session's events, oldest first, with a summary.
 #[utoipa::path(get, path = "/sessions/{session_id}", tag = "timelines", params(
-    ("session_id" = String, Path, description = "the session id, as sent"),
-        ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"),
-        ("offset" = Option<i64>, Query, description = "0 or more, default 0"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ("session_id" = String, Path, min_length = 1, description = "the session id, as sent"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ("offset" = Option<i64>, Query, minimum = 0, maximum = 100000, description = "0 to 100,000, default 0 (walk further with cursor); not with cursor"),
+        ("cursor" = Option<String>, Query, pattern = "^[0-9a-fA-F]{32}$", description = "next_cursor of the previous page"),
 ), responses(
     (status = 200, description = "the timeline", body = Timeline),
     (status = 404, description = "no events in this session", body = Problem, content_type = "application/problem+json"),
+    (status = 400, description = "a bad parameter, named in the problem", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "the event store cannot answer now (opaque; the cause is logged)", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn sessions(
     req: HttpRequest,
@@ -108,13 +111,16 @@ pub async fn sessions(
 
 /// A correlation's events, oldest first, with a summary.
 #[utoipa::path(get, path = "/correlations/{correlation_id}", tag = "timelines", params(
-    ("correlation_id" = String, Path, description = "the correlation id, as sent"),
-        ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"),
-        ("offset" = Option<i64>, Query, description = "0 or more, default 0"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ("correlation_id" = String, Path, min_length = 1, description = "the correlation id, as sent"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ("offset" = Option<i64>, Query, minimum = 0, maximum = 100000, description = "0 to 100,000, default 0 (walk further with cursor); not with cursor"),
+        ("cursor" = Option<String>, Query, pattern = "^[0-9a-fA-F]{32}$", description = "next_cursor of the previous page"),
 ), responses(
     (status = 200, description = "the timeline", body = Timeline),
     (status = 404, description = "no events with this correlation id", body = Problem, content_type = "application/problem+json"),
+    (status = 400, description = "a bad parameter, named in the problem", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "the event store cannot answer now (opaque; the cause is logged)", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn correlations(
     req: HttpRequest,
