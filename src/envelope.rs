@@ -158,6 +158,17 @@ impl Record {
     }
 }
 
+/// Whether any string or member name in `v` holds NUL, which PostgreSQL's text
+/// and jsonb cannot store.
+pub fn json_has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(json_has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        _ => false,
+    }
+}
+
 /// Rebuilds the published envelope from the stored columns: the envelope without
 /// its payload member, the payload, and the member's name. Equal as JSON to what
 /// was published (for a sanitised event: to what was stored).

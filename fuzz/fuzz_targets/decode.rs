@@ -3,18 +3,9 @@
 //! valid JSON within the depth rule that rebuild back into one object.
 #![no_main]
 
-use candystore::envelope::{Record, rebuild};
+use candystore::envelope::{Record, json_has_nul, rebuild};
 use candystore::source::decode::{MAX_IDENT_BYTES, MAX_JSON_DEPTH, Properties, RawDelivery, decode, json_depth_exceeds};
 use libfuzzer_sys::fuzz_target;
-
-fn has_nul(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(a) => a.iter().any(has_nul),
-        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     // The first byte (when there is one) picks a routing key, the rest is the body.
@@ -41,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
             for json in [&e.payload, &e.envelope, &e.properties] {
                 assert!(!json_depth_exceeds(json, MAX_JSON_DEPTH));
                 let v: serde_json::Value = serde_json::from_slice(json).expect("valid json");
-                assert!(!has_nul(&v), "no NUL in any string or key");
+                assert!(!json_has_nul(&v), "no NUL in any string or key");
             }
             let doc = rebuild(&e.envelope, &e.payload, e.payload_member).expect("an object");
             let _: serde_json::Value = serde_json::from_slice(&doc).expect("rebuilds to json");

@@ -255,21 +255,45 @@ pub(crate) fn parse_containment(value: &str) -> Result<serde_json::Value, Proble
     if !doc.is_object() {
         return Err(Problem::bad_parameter(NAME, "must be a JSON object"));
     }
-    fn has_nul(v: &serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::String(s) => s.contains('\0'),
-            serde_json::Value::Array(a) => a.iter().any(has_nul),
-            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-            _ => false,
-        }
-    }
-    if has_nul(&doc) {
+    if crate::envelope::json_has_nul(&doc) {
         return Err(Problem::bad_parameter(
             NAME,
             "contains \\u0000, which no stored payload can hold",
         ));
     }
     Ok(doc)
+}
+
+/// The filters of `GET /events` and of the live tail, as the OpenAPI document
+/// states them (one list for both). Parsing and validation are `EventQuery::parse`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct EventFilters {
+    /// only this session
+    #[param(min_length = 1, max_length = 1024)]
+    session_id: Option<String>,
+    /// only this event type
+    #[param(min_length = 1, max_length = 1024)]
+    event_type: Option<String>,
+    /// only this source
+    #[param(min_length = 1, max_length = 1024)]
+    source: Option<String>,
+    /// only this target
+    #[param(min_length = 1, max_length = 1024)]
+    target: Option<String>,
+    /// only this correlation id
+    #[param(min_length = 1, max_length = 1024)]
+    correlation_id: Option<String>,
+    /// RFC 3339, inclusive
+    #[param(format = DateTime)]
+    start_time: Option<String>,
+    /// RFC 3339, inclusive, not before start_time
+    #[param(format = DateTime)]
+    end_time: Option<String>,
+    /// a JSON object the payload contains (jsonb @>), e.g. {"status":"failed"}
+    #[param(min_length = 2)]
+    payload_contains: Option<String>,
 }
 
 /// The validated parameters of `GET /events`.
@@ -459,14 +483,7 @@ pub struct Page {
 /// A page holds fewer than `limit` events when their payloads would pass 8 MiB
 /// (`has_more` stays exact): advance an offset by the events received.
 #[utoipa::path(get, path = "/events", tag = "events", params(
-        ("session_id" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this session"),
-        ("event_type" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this event type"),
-        ("source" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this source"),
-        ("target" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this target"),
-        ("correlation_id" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this correlation id"),
-        ("start_time" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive"),
-        ("end_time" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive, not before start_time"),
-        ("payload_contains" = Option<String>, Query, min_length = 2, description = "a JSON object the payload contains (jsonb @>), e.g. {\"status\":\"failed\"}"),
+        EventFilters,
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
         ("offset" = Option<i64>, Query, minimum = 0, maximum = 100000, description = "0 to 100,000, default 0 (walk further with cursor); not with cursor"),
         ("cursor" = Option<String>, Query, pattern = "^[0-9a-fA-F]{32}$", description = "next_cursor of the previous page"),

@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use super::ApiState;
-use super::events::{EventQuery, query_pairs};
+use super::events::{EventFilters, EventQuery, query_pairs};
 use super::problem::Problem;
 use super::tail::{self, TailBatch, TailFilter, read_after};
 
@@ -249,14 +249,7 @@ impl Feed {
 
 /// A live tail of newly stored events (Server-Sent Events; the SSE id is the storage sequence).
 #[utoipa::path(get, path = "/events/stream", tag = "events", params(
-        ("session_id" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this session"),
-        ("event_type" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this event type"),
-        ("source" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this source"),
-        ("target" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this target"),
-        ("correlation_id" = Option<String>, Query, min_length = 1, max_length = 1024, description = "only this correlation id"),
-        ("start_time" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive"),
-        ("end_time" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive, not before start_time"),
-        ("payload_contains" = Option<String>, Query, min_length = 2, description = "a JSON object the payload contains (jsonb @>)"),
+        EventFilters,
     ("last_event_id" = Option<i64>, Query, minimum = 0, description = "resume after this event id (the Last-Event-ID header wins)"),
     ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "resume after this event id"),
 ), responses(

@@ -259,3 +259,43 @@ async fn many_clients_reading_one_large_event_share_one_read() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_states_the_bounds_and_error_answers() {
+    let app = spawn_app().await;
+    let (status, doc) = get(&app, "/openapi.json").await;
+    assert_eq!(status, 200);
+    let param = |path: &str, name: &str| -> Value {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} documents {name}"))["schema"]
+            .clone()
+    };
+    assert_eq!(param("/events", "limit")["maximum"], 1000);
+    assert_eq!(param("/events", "offset")["maximum"], 100000);
+    for path in ["/events", "/events/stream"] {
+        assert_eq!(param(path, "session_id")["maxLength"], 1024, "{path}");
+        assert_eq!(param(path, "start_time")["format"], "date-time", "{path}");
+    }
+    assert_eq!(param("/events/stream", "last_event_id")["minimum"], 0);
+    for (path, codes) in [
+        ("/events", &["200", "400", "401", "503"][..]),
+        ("/events/stream", &["200", "400", "401", "503"]),
+        ("/events/{id}", &["200", "401", "404", "503"]),
+        (
+            "/sessions/{session_id}",
+            &["200", "400", "401", "404", "503"],
+        ),
+    ] {
+        let documented = &doc["paths"][path]["get"]["responses"];
+        for code in codes {
+            assert!(documented.get(code).is_some(), "{path} documents {code}");
+        }
+    }
+    let r = app.http.delete(app.api("/events")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+}
