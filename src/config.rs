@@ -677,6 +677,23 @@ mod tests {
             let file = read_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
             Settings::from_sources(Some(file), env(&[])).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+        // Every variable is in the example file and in the README's table.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example = std::fs::read_to_string(root.join("config/candystore.toml")).unwrap();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        for (name, _) in VARIABLES {
+            let key = name.to_lowercase();
+            assert!(
+                example
+                    .lines()
+                    .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} ="))),
+                "config/candystore.toml lists {key}"
+            );
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "README documents {name}"
+            );
+        }
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/high-throughput.toml");
         let s = Settings::from_sources(Some(read_file(&path).unwrap()), env(&[])).unwrap();
         assert_eq!((s.batch_size, s.prefetch_count), (500, 2000));
