@@ -28,6 +28,8 @@ use super::problem::Problem;
 use super::tail::{self, TailBatch, TailFilter, read_after};
 
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
+/// The most a stream hands actix at once (one frame may be larger, and goes alone).
+const CHUNK_BYTES: usize = 64 << 10;
 
 /// Parses the stream's parameters: the filters of `GET /events` (and its time
 /// range), plus where to resume.
@@ -176,14 +178,30 @@ impl Feed {
                 (true, Some(e)) => e.seq,
                 _ => upto,
             };
-            let mut chunk = Vec::new();
-            for e in &events {
-                chunk.extend_from_slice(&e.frame);
-            }
+            let frames: Vec<Bytes> = events.iter().map(|e| e.frame.clone()).collect();
             self.last = next;
-            if !chunk.is_empty() {
-                self.send(Bytes::from(chunk)).await?;
+            self.send_frames(&frames).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends frames in chunks of about [`CHUNK_BYTES`] (a larger frame alone, not
+    /// copied), each waiting for the client: one that stops reading holds a chunk or
+    /// two besides the socket's own buffers, not a whole batch.
+    async fn send_frames(&mut self, frames: &[Bytes]) -> Result<(), Ended> {
+        let mut chunk = bytes::BytesMut::new();
+        for frame in frames {
+            if !chunk.is_empty() && chunk.len() + frame.len() > CHUNK_BYTES {
+                self.send(chunk.split().freeze()).await?;
             }
+            if chunk.is_empty() && frame.len() >= CHUNK_BYTES {
+                self.send(frame.clone()).await?;
+            } else {
+                chunk.extend_from_slice(frame);
+            }
+        }
+        if !chunk.is_empty() {
+            self.send(chunk.freeze()).await?;
         }
         Ok(())
     }
@@ -195,17 +213,14 @@ impl Feed {
         if batch.after > self.last {
             self.catch_up(batch.after).await?;
         }
-        let mut chunk = Vec::new();
-        for e in batch.events.iter().filter(|e| e.seq > self.last) {
-            if self.filter.matches(e) {
-                chunk.extend_from_slice(&e.frame);
-            }
-        }
+        let frames: Vec<Bytes> = batch
+            .events
+            .iter()
+            .filter(|e| e.seq > self.last && self.filter.matches(e))
+            .map(|e| e.frame.clone())
+            .collect();
         self.last = batch.upto;
-        if !chunk.is_empty() {
-            self.send(Bytes::from(chunk)).await?;
-        }
-        Ok(())
+        self.send_frames(&frames).await
     }
 
     async fn run(

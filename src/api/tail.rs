@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use futures::TryStreamExt;
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_postgres::Row;
@@ -186,21 +187,26 @@ pub async fn read_after(
         "SELECT {COLUMNS} FROM events WHERE {clause} AND seq > ${}{upto_clause} ORDER BY seq LIMIT {BATCH_EVENTS}",
         n + 1
     );
+    // Rows are read as they arrive and the read stops at BATCH_BYTES: a batch of
+    // large events is never held whole (500 events of 100 kB would be 50 MB).
     let rows = client
-        .query(&sql, &refs)
+        .query_raw(&sql, refs.iter().copied())
         .await
         .map_err(super::events::unavailable)?;
-    let mut events = Vec::with_capacity(rows.len());
+    futures::pin_mut!(rows);
+    let mut events = Vec::new();
     let mut bytes = 0;
-    for row in &rows {
-        let e = TailEvent::from_row(row)?;
-        bytes += e.frame.len();
-        events.push(e);
+    let mut cut_short = false;
+    while let Some(row) = rows.try_next().await.map_err(super::events::unavailable)? {
         if bytes >= BATCH_BYTES {
+            cut_short = true;
             break;
         }
+        let e = TailEvent::from_row(&row)?;
+        bytes += e.frame.len();
+        events.push(e);
     }
-    let cut_short = rows.len() as i64 >= BATCH_EVENTS || events.len() < rows.len();
+    let cut_short = cut_short || events.len() as i64 >= BATCH_EVENTS;
     Ok((events, cut_short))
 }
 
