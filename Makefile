@@ -53,9 +53,11 @@ schemathesis: build services
 ## everything: make test, the fault suite, the fuzzers and schemathesis
 test-all: test test-faults fuzz schemathesis
 
-## peak RSS ingesting large bodies and serving /raw of the largest (reports/memory.md)
+## peak RSS ingesting large bodies and serving /raw of the largest (reports/memory.md),
+## and with live-tail clients that never read (reports/memory-streams.md)
 loadtest-memory: build services
 	bash loadtest/memory/run.sh
+	bash loadtest/memory/stalled-streams.sh
 
 ## alert rules (promtool check + rule unit tests) and the dashboard's JSON
 ops-check:
