@@ -11,23 +11,10 @@
 # get 400 problems naming the parameter, as documented.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/release/candystore
-DB=candystore_schemathesis
 TOKEN=schemathesis-token-0123456789
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" API_TOKEN=$TOKEN
-export RABBIT_EXCHANGE=candystore_schemathesis RABBIT_QUEUE=candystore_schemathesis
-export API_HOST=127.0.0.1 API_PORT=18685 METRICS_PORT=19092 LOG_LEVEL=error
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-createdb -h 127.0.0.1 -U postgres "$DB"
-$BIN migrate >/dev/null
-$BIN serve & pid=$!
-cleanup() {
-  kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true
-  rabbitmqctl -q delete_queue candystore_schemathesis >/dev/null 2>&1 || true
-  psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$API_PORT/health" >/dev/null && break; sleep 0.2; done
+export API_TOKEN=$TOKEN LOG_LEVEL=error
+. scripts/serve-throwaway.sh
+serve_throwaway candystore_schemathesis 18685 19092
 # Some events, so that lookups and timelines find something.
 $BIN publish --count 300 >/dev/null
 schemathesis run "http://127.0.0.1:$API_PORT/openapi.json" \

@@ -7,22 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 COUNT=${COUNT:-1000} SIZE=${SIZE:-20000000} CLIENTS=${CLIENTS:-100}
-BIN=target/release/candystore
-DB=candystore_memory
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
-export RABBIT_EXCHANGE=candystore_memory RABBIT_QUEUE=candystore_memory
-export API_HOST=127.0.0.1 API_PORT=18684 METRICS_PORT=19091 LOG_LEVEL=warn
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
-createdb -h 127.0.0.1 -U postgres "$DB"
-$BIN migrate >/dev/null
-$BIN serve & pid=$!
-cleanup() {
-  kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true
-  rabbitmqctl -q delete_queue candystore_memory >/dev/null 2>&1 || true
-  psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null || true
-}
-trap cleanup EXIT
-for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$API_PORT/ready" >/dev/null && break; sleep 0.2; done
+. scripts/serve-throwaway.sh
+serve_throwaway candystore_memory 18684 19091
 hwm() { awk '/VmHWM/ {print $2}' /proc/$pid/status; }   # kB
 rss() { awk '/VmRSS/ {print $2}' /proc/$pid/status; }
 idle=$(rss)

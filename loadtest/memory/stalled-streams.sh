@@ -5,22 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLIENTS=${CLIENTS:-20} COUNT=${COUNT:-2000} SIZE=${SIZE:-100000}
-BIN=target/release/candystore
-DB=candystore_streams
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
-export RABBIT_EXCHANGE=candystore_streams RABBIT_QUEUE=candystore_streams
-export API_HOST=127.0.0.1 API_PORT=18686 METRICS_PORT=19093 LOG_LEVEL=warn
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-createdb -h 127.0.0.1 -U postgres "$DB"
-$BIN migrate >/dev/null
-$BIN serve & pid=$!
-cleanup() {
-  kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true
-  rabbitmqctl -q delete_queue candystore_streams >/dev/null 2>&1 || true
-  psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$API_PORT/ready" >/dev/null && break; sleep 0.2; done
+. scripts/serve-throwaway.sh
+serve_throwaway candystore_streams 18686 19093
 metric() { curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 idle=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
 # Clients that send their request and never read a byte.

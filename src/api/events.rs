@@ -633,20 +633,31 @@ async fn find_rendered(
     if !could_be_stored(id) {
         return Err(not_found(id));
     }
-    let client = state.pool.get().await.map_err(unavailable)?;
-    let found = client
-        .query_opt(
-            "SELECT seq, pg_column_size(payload) FROM events WHERE id = $1 ORDER BY seq LIMIT 1",
-            &[&id],
+    // One query: the whole row when it is small (the common case), only its
+    // place and size when it is large.
+    let (size, extra) = if raw_envelope {
+        (
+            "pg_column_size(payload) + pg_column_size(envelope)",
+            ", CASE WHEN small THEN envelope END AS envelope, payload_member",
         )
+    } else {
+        ("pg_column_size(payload)", "")
+    };
+    let columns = COLUMNS.replace("payload", "CASE WHEN small THEN payload END AS payload");
+    let sql = format!(
+        "SELECT {columns}{extra}, small FROM (SELECT *, {size} <= $2 AS small FROM events \
+         WHERE id = $1 ORDER BY seq LIMIT 1) e"
+    );
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let row = client
+        .query_opt(&sql, &[&id, &large::LARGE_STORED_BYTES])
         .await
         .map_err(unavailable)?
         .ok_or_else(|| not_found(id))?;
-    let (seq, stored): (i64, i32) = (found.get(0), found.get(1));
-    if stored <= large::LARGE_STORED_BYTES {
-        let row = fetch_by_seq(&client, seq, raw_envelope).await?;
+    if row.get::<_, bool>("small") {
         return render(&row, raw_envelope).map(bytes::Bytes::from);
     }
+    let seq: i64 = row.get("seq");
     drop(client);
     let pool = state.pool.clone();
     state

@@ -256,6 +256,11 @@ struct Projected {
 /// bytes without parsing (brackets inside strings do not count). Linear, no
 /// recursion, no allocation: safe on any input.
 pub fn json_depth_exceeds(json: &[u8], limit: usize) -> bool {
+    // Most bodies hold fewer opening brackets than the limit in all: no nesting
+    // can pass it then, and counting them is a vectorised search.
+    if memchr::memchr2_iter(b'[', b'{', json).nth(limit).is_none() {
+        return false;
+    }
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;

@@ -478,3 +478,16 @@ fn a_large_body_that_is_not_json_or_not_an_envelope_is_refused_as_a_small_one_is
         RejectReason::UnrecognisedEnvelope
     );
 }
+
+#[test]
+fn depth_is_counted_on_the_bytes_outside_strings() {
+    let nest = |d: usize| format!("{}1{}", "[".repeat(d), "]".repeat(d));
+    assert!(!json_depth_exceeds(nest(128).as_bytes(), 128));
+    assert!(json_depth_exceeds(nest(129).as_bytes(), 128));
+    // Many brackets side by side are not depth.
+    let wide = format!("[{}]", vec!["[1]"; 1000].join(","));
+    assert!(!json_depth_exceeds(wide.as_bytes(), 128));
+    // Brackets inside strings (also after an escaped quote) do not count.
+    let quoted = format!(r#"{{"s": "\"{}"}}"#, "[".repeat(500));
+    assert!(!json_depth_exceeds(quoted.as_bytes(), 128));
+}
