@@ -57,7 +57,7 @@ pub struct Running {
     lifecycle: Arc<Lifecycle>,
     supervisor: Arc<Supervisor>,
     stop_intake: CancellationToken,
-    /// Stops the live tail's poller.
+    /// Stops the live tail's poller and the maintenance job.
     tail_stop: CancellationToken,
     source: JoinHandle<Option<Option<BrokerLink>>>,
     sink: JoinHandle<Option<()>>,
@@ -162,6 +162,18 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
 
     let mut servers = Vec::new();
     let tail_stop = CancellationToken::new();
+    // Partitions ahead, the default partition drained, RETENTION: now and on schedule.
+    tokio::spawn(crate::storage::maintain::run_forever(
+        pg.clone(),
+        crate::storage::maintain::Options {
+            interval: settings.partition_interval,
+            retention: settings.retention,
+            archive_dir: settings.archive_dir.clone(),
+        },
+        settings.maintenance_interval,
+        metrics.clone(),
+        tail_stop.child_token(),
+    ));
     let state = ApiState {
         tail: api::tail::TailHub::start(pool.clone(), tail_stop.clone()),
         streams: Arc::new(api::stream::Streams::new(

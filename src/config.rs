@@ -4,6 +4,7 @@
 //! parsed from text with one rule, so a bad value is always reported the same way:
 //! one line naming the variable and the value. The environment wins over the file.
 
+use crate::storage::PartitionInterval;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -47,6 +48,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("STREAM_MAX_LIFETIME", "10m"),
     ("API_TOKEN", ""),
     ("CORS_ALLOWED_ORIGINS", ""),
+    ("PARTITION_INTERVAL", "1 day"),
+    ("RETENTION", ""),
+    ("ARCHIVE_DIR", ""),
+    ("MAINTENANCE_INTERVAL", "5m"),
 ];
 
 /// A setting that could not be used. The message is the one line start-up prints.
@@ -133,6 +138,14 @@ pub struct Settings {
     pub api_tokens: Vec<String>,
     /// Origins allowed to call the API from a browser (`*` for any); empty means none.
     pub cors_allowed_origins: Vec<String>,
+    /// The time range of one partition of `events` and `dead_letter`.
+    pub partition_interval: PartitionInterval,
+    /// Partitions that ended longer ago than this are dropped; `None` keeps all.
+    pub retention: Option<Duration>,
+    /// Where retention archives a partition before dropping it; `None`: no archive.
+    pub archive_dir: Option<std::path::PathBuf>,
+    /// How often the maintenance job runs.
+    pub maintenance_interval: Duration,
 }
 
 impl Settings {
@@ -225,6 +238,18 @@ impl Settings {
             stream_max_lifetime: r.duration("STREAM_MAX_LIFETIME")?,
             api_tokens: r.tokens("API_TOKEN")?,
             cors_allowed_origins: r.origins("CORS_ALLOWED_ORIGINS")?,
+            partition_interval: PartitionInterval::parse(r.get("PARTITION_INTERVAL")).ok_or_else(
+                || r.invalid("PARTITION_INTERVAL", "expected 1 day, 1 week or 1 month"),
+            )?,
+            retention: match r.get("RETENTION").trim() {
+                "" => None,
+                _ => Some(r.duration("RETENTION")?),
+            },
+            archive_dir: match r.get("ARCHIVE_DIR").trim() {
+                "" => None,
+                dir => Some(dir.into()),
+            },
+            maintenance_interval: r.duration("MAINTENANCE_INTERVAL")?,
         };
         Ok(settings)
     }
@@ -323,6 +348,24 @@ impl Settings {
                 },
             ),
             ("CORS_ALLOWED_ORIGINS", self.cors_allowed_origins.join(",")),
+            ("PARTITION_INTERVAL", self.partition_interval.to_string()),
+            (
+                "RETENTION",
+                self.retention
+                    .map(|d| humantime::format_duration(d).to_string())
+                    .unwrap_or_else(|| "(unset: keep everything)".into()),
+            ),
+            (
+                "ARCHIVE_DIR",
+                self.archive_dir
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|| "(unset: retention drops without archiving)".into()),
+            ),
+            (
+                "MAINTENANCE_INTERVAL",
+                humantime::format_duration(self.maintenance_interval).to_string(),
+            ),
         ]
     }
 }

@@ -43,6 +43,8 @@ pub enum DbError {
         applied: String,
         file: String,
     },
+    #[error("migration {name} stopped: {reason}")]
+    Online { name: String, reason: String },
     #[error("migration file name {0} does not start with a number")]
     BadName(String),
     #[error(
@@ -129,18 +131,26 @@ pub fn read_pool(target: PgTarget, size: usize) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Pool(e.to_string()))
 }
 
-/// One embedded migration.
+/// One migration: a file of `sql/` run in one transaction, or a step in code
+/// that runs in many while the service keeps working (`online`).
 #[derive(Debug, Clone)]
 pub struct Migration {
     pub version: i64,
     pub name: &'static str,
     pub sql: &'static str,
     pub checksum: String,
+    /// Runs in code, in many transactions; the running service works before,
+    /// during and after it, so `serve` starts while it is pending (and says so).
+    pub online: bool,
 }
+
+/// The online migrations, by version: partitioning `events` and `dead_letter`
+/// (`storage::migrate_online`). Their checksum is that of the tables' definitions.
+const ONLINE: &[(i64, &str)] = &[(9, "0009_partition_by_time (online)")];
 
 /// The embedded migrations, in order.
 pub fn migrations() -> Result<Vec<Migration>, DbError> {
-    MIGRATIONS
+    let mut all = MIGRATIONS
         .iter()
         .map(|(name, sql)| {
             let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
@@ -152,9 +162,25 @@ pub fn migrations() -> Result<Vec<Migration>, DbError> {
                 name,
                 sql,
                 checksum: checksum(sql),
+                online: false,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, DbError>>()?;
+    for (version, name) in ONLINE {
+        all.push(Migration {
+            version: *version,
+            name,
+            sql: "",
+            checksum: checksum(&format!(
+                "{}{}",
+                crate::storage::schema::EVENTS,
+                crate::storage::schema::DEAD_LETTER
+            )),
+            online: true,
+        });
+    }
+    all.sort_by_key(|m| m.version);
+    Ok(all)
 }
 
 fn checksum(sql: &str) -> String {
@@ -169,12 +195,27 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )"#;
 
-/// Applies pending migrations. Returns the names applied by this call.
+/// Applies pending migrations, with partitions of a day. Returns the names
+/// applied by this call.
 pub async fn migrate(client: &mut Client) -> Result<Vec<&'static str>, DbError> {
+    migrate_with(client, crate::storage::PartitionInterval::Day, i64::MAX).await
+}
+
+/// Applies pending migrations up to version `upto`, cutting partitions by
+/// `interval` when the online partitioning runs.
+pub async fn migrate_with(
+    client: &mut Client,
+    interval: crate::storage::PartitionInterval,
+    upto: i64,
+) -> Result<Vec<&'static str>, DbError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let result = migrate_locked(client, &migrations()?).await;
+    let all: Vec<Migration> = migrations()?
+        .into_iter()
+        .filter(|m| m.version <= upto)
+        .collect();
+    let result = migrate_locked(client, &all, interval).await;
     // The lock also ends with the session; unlocking keeps a shared connection clean.
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
@@ -185,6 +226,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<&'static str>, DbError> 
 async fn migrate_locked(
     client: &mut Client,
     all: &[Migration],
+    interval: crate::storage::PartitionInterval,
 ) -> Result<Vec<&'static str>, DbError> {
     client.batch_execute(LEDGER).await?;
     let applied = applied(client).await?;
@@ -194,6 +236,23 @@ async fn migrate_locked(
         .iter()
         .filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version))
     {
+        if m.online {
+            crate::storage::migrate_online::run(client, interval)
+                .await
+                .map_err(|e| DbError::Online {
+                    name: m.name.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            client
+                .execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    &[&m.version, &m.name, &m.checksum],
+                )
+                .await?;
+            tracing::info!(migration = m.name, "migration applied");
+            done.push(m.name);
+            continue;
+        }
         let tx = client.transaction().await?;
         tx.batch_execute(m.sql)
             .await
@@ -253,12 +312,18 @@ pub async fn check_schema(client: &Client) -> Result<(), DbError> {
     }
     let applied = applied(client).await?;
     verify_checksums(&all, &applied)?;
-    let pending = all
+    let pending: Vec<&Migration> = all
         .iter()
         .filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version))
-        .count();
-    if pending > 0 {
-        return Err(DbError::Pending(pending));
+        .collect();
+    // The service runs on either side of an online migration, so only the others
+    // stop it; and only while none of them comes after a pending online one.
+    let blocking = pending.iter().filter(|m| !m.online).count();
+    if blocking > 0 {
+        return Err(DbError::Pending(pending.len()));
+    }
+    for m in pending {
+        tracing::warn!(migration = m.name, "an online migration is pending: run `candystore migrate` (the service keeps working meanwhile)");
     }
     Ok(())
 }

@@ -41,6 +41,12 @@ pub struct Event {
     pub routing_key: String,
     pub exchange: String,
     pub timestamp: DateTime<Utc>,
+    /// True when `timestamp` came from the envelope itself. Then every redelivery and
+    /// every byte-identical repeat carries the same time, and (id, source, timestamp)
+    /// identifies the event. A fallback time (AMQP `timestamp`, receive time) can
+    /// differ between two deliveries of one event: such an event claims its
+    /// (id, source) in `event_keys` first (ARCHITECTURE.md, "Identity").
+    pub own_time: bool,
     pub received_at: DateTime<Utc>,
     /// The payload as JSON text (`{}` when the envelope had none).
     pub payload: Vec<u8>,

@@ -2,7 +2,8 @@
 //!
 //! Data flows `source` (RabbitMQ deliveries → decoded records) → `batch` (size, bytes
 //! or age) → `sink` (COPY in one transaction, then ack). `api` serves what was
-//! stored from a separate read pool; `config`, `metrics` and `telemetry` sit beside.
+//! stored from a separate read pool; `storage` keeps the tables partitioned, retained
+//! and archived; `config`, `metrics` and `telemetry` sit beside.
 //! ARCHITECTURE.md has the map and the invariants.
 
 pub mod api;
@@ -15,5 +16,6 @@ pub mod metrics;
 pub mod retry;
 pub mod sink;
 pub mod source;
+pub mod storage;
 pub mod supervise;
 pub mod telemetry;

@@ -5,8 +5,8 @@
 //! are the contract's labels; no id ever becomes a label).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use std::collections::HashSet;
@@ -104,6 +104,21 @@ pub struct Metrics {
     pub pool_waiting: IntGauge,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub storage: StorageMetrics,
+}
+
+/// What the maintenance job (`storage::maintain`) exports.
+pub struct StorageMetrics {
+    pub partitions: IntGaugeVec,
+    pub oldest_partition: GaugeVec,
+    pub partition_bytes: IntGaugeVec,
+    pub default_rows: IntGaugeVec,
+    pub created: IntCounterVec,
+    pub dropped: IntCounterVec,
+    pub archived: IntCounterVec,
+    pub last_run: Gauge,
+    pub last_success: Gauge,
+    pub failures: IntCounter,
 }
 
 impl Metrics {
@@ -305,6 +320,54 @@ impl Metrics {
                 "candystore_prefetch",
                 "The consumer's prefetch now: PREFETCH_COUNT, or less while deliveries are so large that PREFETCH_COUNT of them would pass MAX_INFLIGHT_BYTES"
             )),
+            storage: StorageMetrics {
+                partitions: reg!(IntGaugeVec::new(
+                    Opts::new("candystore_partitions", "Partitions of each table, the default partition included"),
+                    &["table"]
+                )),
+                oldest_partition: reg!(GaugeVec::new(
+                    Opts::new(
+                        "candystore_oldest_partition_timestamp_seconds",
+                        "Start of each table's oldest partition (Unix time): how far back the stored history reaches"
+                    ),
+                    &["table"]
+                )),
+                partition_bytes: reg!(IntGaugeVec::new(
+                    Opts::new("candystore_partition_bytes", "Bytes on disk of each partition (heap, TOAST and indexes)"),
+                    &["table", "partition"]
+                )),
+                default_rows: reg!(IntGaugeVec::new(
+                    Opts::new(
+                        "candystore_default_partition_rows",
+                        "Rows in each table's default partition after the last maintenance run (drained to 0 unless a partition could not be made)"
+                    ),
+                    &["table"]
+                )),
+                created: reg!(IntCounterVec::new(
+                    Opts::new("candystore_partitions_created_total", "Partitions created by the maintenance job"),
+                    &["table"]
+                )),
+                dropped: reg!(IntCounterVec::new(
+                    Opts::new("candystore_partitions_dropped_total", "Partitions dropped by retention"),
+                    &["table"]
+                )),
+                archived: reg!(IntCounterVec::new(
+                    Opts::new("candystore_partitions_archived_total", "Partitions archived to ARCHIVE_DIR by retention"),
+                    &["table"]
+                )),
+                last_run: reg!(Gauge::new(
+                    "candystore_maintenance_last_run_timestamp_seconds",
+                    "When the maintenance job last ran on this instance (Unix time), whatever its outcome"
+                )),
+                last_success: reg!(Gauge::new(
+                    "candystore_maintenance_last_success_timestamp_seconds",
+                    "When the maintenance job last completed on this instance (Unix time)"
+                )),
+                failures: reg!(IntCounter::new(
+                    "candystore_maintenance_failures_total",
+                    "Maintenance runs that failed (logged with the cause); the next run tries again"
+                )),
+            },
             event_types: LabelValues::default(),
             sources: LabelValues::default(),
             registry,
@@ -323,6 +386,12 @@ impl Metrics {
         }
         for step in ["copy", "insert", "commit"] {
             self.batch_duration.with_label_values(&[step]);
+        }
+        for table in crate::storage::Table::ALL {
+            let t = [table.name()];
+            self.storage.created.with_label_values(&t);
+            self.storage.dropped.with_label_values(&t);
+            self.storage.archived.with_label_values(&t);
         }
         self
     }

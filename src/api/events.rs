@@ -519,8 +519,8 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         // where the visibility map allows), then fetch only the page's rows.
         params.push(Box::new(q.offset));
         format!(
-            "SELECT {COLUMNS} FROM events JOIN (SELECT seq FROM events WHERE {page_filter} \
-             ORDER BY \"timestamp\" DESC, seq DESC LIMIT ${} OFFSET ${}) page USING (seq) \
+            "SELECT {COLUMNS} FROM events JOIN (SELECT \"timestamp\", seq FROM events WHERE {page_filter} \
+             ORDER BY \"timestamp\" DESC, seq DESC LIMIT ${} OFFSET ${}) page USING (\"timestamp\", seq) \
              ORDER BY \"timestamp\" DESC, seq DESC",
             params.len() - 1,
             params.len()
@@ -658,13 +658,14 @@ async fn find_rendered(
         return render(&row, raw_envelope).map(bytes::Bytes::from);
     }
     let seq: i64 = row.get("seq");
+    let time: chrono::DateTime<chrono::Utc> = row.get("timestamp");
     drop(client);
     let pool = state.pool.clone();
     state
         .large_reads
         .read((seq, raw_envelope), async move {
             let client = pool.get().await.map_err(unavailable)?;
-            let row = fetch_by_seq(&client, seq, raw_envelope).await;
+            let row = fetch_by_seq(&client, seq, time, raw_envelope).await;
             // Do not keep a connection whose buffer grew to this event's size.
             drop(deadpool_postgres::Object::take(client));
             render(&row?, raw_envelope).map(bytes::Bytes::from)
@@ -693,6 +694,7 @@ fn in_slices(body: bytes::Bytes) -> actix_web::body::BoxBody {
 async fn fetch_by_seq(
     client: &tokio_postgres::Client,
     seq: i64,
+    time: chrono::DateTime<chrono::Utc>,
     raw_envelope: bool,
 ) -> Result<Row, Problem> {
     let extra = if raw_envelope {
@@ -702,8 +704,9 @@ async fn fetch_by_seq(
     };
     client
         .query_opt(
-            &format!("SELECT {COLUMNS}{extra} FROM events WHERE seq = $1"),
-            &[&seq],
+            // The time selects the partition; seq the row in it.
+            &format!("SELECT {COLUMNS}{extra} FROM events WHERE \"timestamp\" = $2 AND seq = $1"),
+            &[&seq, &time],
         )
         .await
         .map_err(unavailable)?

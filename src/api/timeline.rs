@@ -193,8 +193,8 @@ async fn timeline(
         // Offsets skip on the index alone (deferred join), as in `GET /events`.
         None => {
             let sql = format!(
-                "SELECT {COLUMNS} FROM events JOIN (SELECT seq FROM events WHERE {column} = $1 \
-                 ORDER BY \"timestamp\", seq LIMIT $2 OFFSET $3) page USING (seq) \
+                "SELECT {COLUMNS} FROM events JOIN (SELECT \"timestamp\", seq FROM events WHERE {column} = $1 \
+                 ORDER BY \"timestamp\", seq LIMIT $2 OFFSET $3) page USING (\"timestamp\", seq) \
                  ORDER BY \"timestamp\", seq"
             );
             fetch_page(&client, &sql, &[&value, &limit, &p.offset], p.limit).await?

@@ -21,6 +21,7 @@ CREATE TEMP TABLE IF NOT EXISTS events_staging (
     routing_key    text        NOT NULL,
     exchange       text        NOT NULL,
     "timestamp"    timestamptz NOT NULL,
+    own_time       bool        NOT NULL,
     received_at    timestamptz NOT NULL,
     payload        jsonb       NOT NULL,
     session_id     text,
@@ -33,9 +34,9 @@ CREATE TEMP TABLE IF NOT EXISTS events_staging (
     original_body  bytea
 ) ON COMMIT DELETE ROWS"#;
 
-pub const COPY_STAGING: &str = "COPY events_staging (ord, id, event_type, source, target, routing_key, exchange, \"timestamp\", received_at, payload, session_id, correlation_id, generation, envelope, payload_member, properties, sanitized, original_body) FROM STDIN (FORMAT binary)";
+pub const COPY_STAGING: &str = "COPY events_staging (ord, id, event_type, source, target, routing_key, exchange, \"timestamp\", own_time, received_at, payload, session_id, correlation_id, generation, envelope, payload_member, properties, sanitized, original_body) FROM STDIN (FORMAT binary)";
 
-const FIELDS: i16 = 18;
+const FIELDS: i16 = 19;
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// 2000-01-01T00:00:00Z in Unix microseconds: PostgreSQL's epoch.
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -55,6 +56,8 @@ pub fn encode<'a>(events: impl IntoIterator<Item = &'a Event>, out: &mut BytesMu
         text(out, &e.routing_key);
         text(out, &e.exchange);
         timestamptz(out, e.timestamp);
+        out.put_i32(1);
+        out.put_u8(u8::from(e.own_time));
         timestamptz(out, e.received_at);
         jsonb(out, &e.payload);
         opt_text(out, e.session_id.as_deref());
@@ -143,6 +146,7 @@ mod tests {
             timestamp: DateTime::parse_from_rfc3339("2000-01-01T00:00:01Z")
                 .unwrap()
                 .with_timezone(&Utc),
+            own_time: true,
             received_at: DateTime::parse_from_rfc3339("2000-01-01T00:00:00Z")
                 .unwrap()
                 .with_timezone(&Utc),

@@ -16,10 +16,26 @@ use super::copy;
 use crate::envelope::{DeadLetter, Event, Record};
 use crate::metrics::Metrics;
 
-/// Moves staged rows into `events`; duplicates of a stored (id, source) and repeats
-/// inside the batch are skipped. Returns how many rows of each type were new.
+/// Moves staged rows into `events` and returns how many rows of each type were new.
+///
+/// Identity (ARCHITECTURE.md, "Identity"): an event that carries its own time is
+/// one row per (id, source, timestamp), which the primary key enforces inside the
+/// partition the time selects. An event whose time is a fallback first claims its
+/// (id, source) in `event_keys`; only the claimant inserts, and not when a row of
+/// that (id, source) is already stored under another time. An event with its own
+/// time is skipped when a fallback-timed one claimed its (id, source) before.
+/// `ON CONFLICT DO NOTHING` names no key, so the statement works on the plain
+/// table too (during the online migration).
 const MOVE_STAGED: &str = r#"
-WITH inserted AS (
+WITH claimed AS (
+    INSERT INTO event_keys (id, source, "timestamp")
+    SELECT s.id, s.source, s."timestamp" FROM events_staging s
+    WHERE NOT s.own_time
+      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = s.id AND e.source = s.source)
+    ORDER BY s.ord
+    ON CONFLICT DO NOTHING
+    RETURNING id, source, "timestamp"
+), inserted AS (
     INSERT INTO events (id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
                         stored_at, payload, session_id, correlation_id, storage_latency_ms, generation,
                         envelope, payload_member, properties, sanitized, original_body)
@@ -27,17 +43,29 @@ WITH inserted AS (
            clock_timestamp(), payload, session_id, correlation_id,
            extract(epoch FROM clock_timestamp() - received_at) * 1000, generation,
            envelope, payload_member, properties, sanitized, original_body
-    FROM events_staging
+    FROM events_staging s
+    WHERE CASE WHEN s.own_time
+               THEN NOT EXISTS (SELECT 1 FROM event_keys k WHERE k.id = s.id AND k.source = s.source)
+               ELSE EXISTS (SELECT 1 FROM claimed c
+                            WHERE c.id = s.id AND c.source = s.source AND c."timestamp" = s."timestamp")
+          END
     ORDER BY ord
-    ON CONFLICT (id, source) DO NOTHING
+    ON CONFLICT DO NOTHING
     RETURNING event_type
 )
 SELECT event_type, count(*) FROM inserted GROUP BY event_type"#;
 
+/// A dead letter claims its fingerprint (its receive time differs on every
+/// redelivery, so the partitioned table's own key cannot see a repeat).
 const INSERT_DEAD_LETTER: &str = r#"
+WITH claimed AS (
+    INSERT INTO dead_letter_keys (fingerprint, received_at) VALUES ($1, $2)
+    ON CONFLICT DO NOTHING
+    RETURNING fingerprint
+)
 INSERT INTO dead_letter (fingerprint, received_at, exchange, routing_key, properties, body, reason, detail)
-VALUES ($1, $2, $3, $4, $5::text::json, $6, $7, $8)
-ON CONFLICT (fingerprint) DO NOTHING"#;
+SELECT $1, $2, $3, $4, $5::text::json, $6, $7, $8 FROM claimed
+ON CONFLICT DO NOTHING"#;
 
 /// Held from the INSERT into `events` until COMMIT, so writers insert one at a
 /// time and `seq` grows in commit order: a reader that has seen `seq = n` has seen

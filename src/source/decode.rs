@@ -172,6 +172,7 @@ pub fn decode(raw: RawDelivery) -> Record {
             routing_key,
             exchange,
             timestamp: p.timestamp,
+            own_time: p.own_time,
             received_at,
             payload: p.payload,
             session_id: p.session_id,
@@ -243,6 +244,7 @@ struct Projected {
     source: String,
     target: Option<String>,
     timestamp: DateTime<Utc>,
+    own_time: bool,
     payload: Vec<u8>,
     session_id: Option<String>,
     correlation_id: Option<String>,
@@ -484,9 +486,8 @@ fn project_value(json: &[u8], body: &[u8], ctx: &Context<'_>) -> Result<Projecte
     } else {
         "timestamp"
     };
-    let timestamp = obj
-        .get(time_member)
-        .and_then(parse_time_value)
+    let own_time = obj.get(time_member).and_then(parse_time_value);
+    let timestamp = own_time
         .or_else(|| {
             ctx.properties
                 .timestamp
@@ -553,6 +554,7 @@ fn project_value(json: &[u8], body: &[u8], ctx: &Context<'_>) -> Result<Projecte
         source,
         target,
         timestamp,
+        own_time: own_time.is_some(),
         payload,
         session_id,
         correlation_id,

@@ -63,7 +63,8 @@ async fn the_schema_has_the_indexes_the_query_api_needs() {
         "(source, \"timestamp\" DESC",
         "(correlation_id, \"timestamp\" DESC",
         "(\"timestamp\" DESC, seq DESC)",
-        "(id, source)",
+        // The identity, with the partition key (ARCHITECTURE.md, "Identity").
+        "(id, source, \"timestamp\")",
     ] {
         assert!(
             defs.iter().any(|d| d.contains(leading)),

@@ -1,0 +1,745 @@
+//! Whole partitions to compressed NDJSON and back.
+//!
+//! One file per partition, `<partition>.ndjson.zst` (zstd), one JSON object per
+//! row holding every column: `payload` as JSON, the verbatim `envelope` and
+//! `properties` texts as strings (so `/raw` comes back byte for byte), binary
+//! columns in base64 (hex for fingerprints). `manifest.json` beside the files
+//! lists each file's table, partition, range, row count, size and SHA-256.
+//!
+//! Archiving writes to a `.part` file, renames it once complete, then reads it back
+//! (decompressing every line) and checks the row count and the checksum before
+//! anything is dropped. Dropping detaches the partition first, so the rows archived
+//! are exactly the rows dropped: an event arriving late for that range goes to the
+//! default partition meanwhile, and the maintenance job gives it a partition of
+//! its own (archived under the next free name).
+//!
+//! Restoring loads files in chunks, each its own transaction, creating the
+//! partitions they need; `ON CONFLICT DO NOTHING` makes a second restore a no-op.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::{BufMut, BytesMut};
+use chrono::{DateTime, Utc};
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+use tokio_postgres::binary_copy::BinaryCopyOutStream;
+use tokio_postgres::types::Type;
+
+use super::partition::{self, Partition, PartitionInterval, Range};
+use super::{StorageError, Table};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const FORMAT: &str = "candystore-archive/1";
+/// zstd's default level: ~300 MB/s per core, a third to a tenth of the JSON's size.
+const ZSTD_LEVEL: i32 = 3;
+/// Lines per restore transaction.
+const RESTORE_CHUNK: usize = 10_000;
+
+/// One archived partition.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub table: String,
+    pub partition: String,
+    /// File name, relative to the manifest.
+    pub file: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub rows: u64,
+    /// Compressed size.
+    pub bytes: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    pub archived_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub files: Vec<Entry>,
+}
+
+/// Progress to show: total known up front, and a step per row.
+pub trait Progress: Send + Sync {
+    fn start(&self, what: &str, total: u64);
+    fn advance(&self, n: u64);
+    fn finish(&self);
+}
+
+/// The row as JSON text, built by PostgreSQL.
+fn row_json(table: Table) -> &'static str {
+    match table {
+        Table::Events => {
+            "json_build_object('seq', seq, 'id', id, 'event_type', event_type, 'source', source, 'target', target, \
+             'routing_key', routing_key, 'exchange', exchange, 'timestamp', \"timestamp\", 'received_at', received_at, \
+             'stored_at', stored_at, 'payload', payload, 'session_id', session_id, 'correlation_id', correlation_id, \
+             'storage_latency_ms', storage_latency_ms, 'generation', generation, 'envelope', envelope::text, \
+             'payload_member', payload_member, 'properties', properties::text, 'sanitized', sanitized, \
+             'original_body', translate(encode(original_body, 'base64'), E'\\n', ''))::text"
+        }
+        Table::DeadLetter => {
+            "json_build_object('seq', seq, 'fingerprint', encode(fingerprint, 'hex'), 'received_at', received_at, \
+             'stored_at', stored_at, 'exchange', exchange, 'routing_key', routing_key, 'properties', properties::text, \
+             'body', translate(encode(body, 'base64'), E'\\n', ''), 'reason', reason, 'detail', detail)::text"
+        }
+    }
+}
+
+/// The typed record an archived line becomes, for `jsonb_to_record`.
+fn record_type(table: Table) -> &'static str {
+    match table {
+        Table::Events => {
+            "seq int8, id text, event_type text, source text, target text, routing_key text, exchange text, \
+             \"timestamp\" timestamptz, received_at timestamptz, stored_at timestamptz, payload jsonb, session_id text, \
+             correlation_id text, storage_latency_ms float8, generation int2, envelope text, payload_member text, \
+             properties text, sanitized bool, original_body text"
+        }
+        Table::DeadLetter => {
+            "seq int8, fingerprint text, received_at timestamptz, stored_at timestamptz, exchange text, \
+             routing_key text, properties text, body text, reason text, detail text"
+        }
+    }
+}
+
+/// The columns of the table, computed from the typed record `r`.
+fn restore_select(table: Table) -> &'static str {
+    match table {
+        Table::Events => {
+            "r.seq, r.id, r.event_type, r.source, r.target, r.routing_key, r.exchange, r.\"timestamp\", r.received_at, \
+             r.stored_at, r.payload, r.session_id, r.correlation_id, r.storage_latency_ms, r.generation, r.envelope::json, \
+             r.payload_member, r.properties::json, r.sanitized, decode(r.original_body, 'base64')"
+        }
+        Table::DeadLetter => {
+            "r.seq, decode(r.fingerprint, 'hex'), r.received_at, r.stored_at, r.exchange, r.routing_key, \
+             r.properties::json, decode(r.body, 'base64'), r.reason, r.detail"
+        }
+    }
+}
+
+fn archive_err(path: &Path, reason: impl Into<String>) -> StorageError {
+    StorageError::Archive {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Writes `partition` (attached or detached) to `dir`, verifies the file and
+/// records it in the manifest. Returns the manifest entry.
+pub async fn archive_partition(
+    client: &Client,
+    table: Table,
+    partition: &Partition,
+    dir: &Path,
+    progress: Option<&dyn Progress>,
+) -> Result<Entry, StorageError> {
+    let range = partition
+        .range
+        .ok_or_else(|| archive_err(dir, "the default partition is never archived"))?;
+    std::fs::create_dir_all(dir)?;
+    let file_name = free_name(dir, &partition.name);
+    let path = dir.join(&file_name);
+    let part_path = dir.join(format!("{file_name}.part"));
+    let expected: i64 = client
+        .query_one(
+            "SELECT coalesce((SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = to_regclass($1)), 0)",
+            &[&partition.name],
+        )
+        .await?
+        .get(0);
+    if let Some(p) = progress {
+        p.start(&partition.name, expected as u64);
+    }
+
+    // PostgreSQL renders each row; a thread compresses and hashes.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    let writer_path = part_path.clone();
+    let writer = std::thread::spawn(move || -> std::io::Result<(u64, String)> {
+        let file = HashingWriter::new(File::create(&writer_path)?);
+        let mut enc = zstd::stream::write::Encoder::new(file, ZSTD_LEVEL)?;
+        for chunk in rx {
+            enc.write_all(&chunk)?;
+        }
+        let mut file = enc.finish()?;
+        file.flush()?;
+        file.inner.sync_all()?;
+        Ok((file.written, hex(&file.hasher.finalize())))
+    });
+    let copy = client
+        .copy_out(&format!(
+            "COPY (SELECT {} FROM {} ORDER BY seq) TO STDOUT (FORMAT binary)",
+            row_json(table),
+            partition.name
+        ))
+        .await?;
+    let rows = BinaryCopyOutStream::new(copy, &[Type::TEXT]);
+    futures::pin_mut!(rows);
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut count = 0u64;
+    let mut streamed: Result<(), StorageError> = Ok(());
+    while let Some(row) = rows.next().await {
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => {
+                streamed = Err(e.into());
+                break;
+            }
+        };
+        let line: &str = row.get(0);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        count += 1;
+        if buf.len() >= 1 << 20 {
+            if tx.send(std::mem::replace(&mut buf, Vec::with_capacity(1 << 20))).is_err() {
+                break;
+            }
+        }
+        if count % 10_000 == 0
+            && let Some(p) = progress
+        {
+            p.advance(10_000);
+        }
+    }
+    if !buf.is_empty() {
+        let _ = tx.send(buf);
+    }
+    drop(tx);
+    let written = writer
+        .join()
+        .map_err(|_| archive_err(&part_path, "the compressing thread panicked"))?;
+    if let Err(e) = streamed {
+        let _ = std::fs::remove_file(&part_path);
+        return Err(e);
+    }
+    let (bytes, sha256) = written?;
+    std::fs::rename(&part_path, &path)?;
+
+    // Read it back before anyone relies on it.
+    let (lines, check) = verify_file(&path)?;
+    if lines != count || check != sha256 {
+        return Err(archive_err(
+            &path,
+            format!("read back {lines} rows with SHA-256 {check}, wrote {count} with {sha256}"),
+        ));
+    }
+    if let Some(p) = progress {
+        p.finish();
+    }
+    let entry = Entry {
+        table: table.name().to_owned(),
+        partition: partition.name.clone(),
+        file: file_name,
+        from: range.start,
+        to: range.end,
+        rows: count,
+        bytes,
+        sha256,
+        archived_at: Utc::now(),
+    };
+    record(dir, &entry)?;
+    Ok(entry)
+}
+
+/// `<partition>.ndjson.zst`, or `<partition>-2.ndjson.zst`, ... when a partition of
+/// that name was archived before (late events for an archived range).
+fn free_name(dir: &Path, partition: &str) -> String {
+    let mut n = 1;
+    loop {
+        let name = if n == 1 {
+            format!("{partition}.ndjson.zst")
+        } else {
+            format!("{partition}-{n}.ndjson.zst")
+        };
+        if !dir.join(&name).exists() {
+            return name;
+        }
+        n += 1;
+    }
+}
+
+/// Decompresses `path` to the end: (lines, SHA-256 of the file).
+pub fn verify_file(path: &Path) -> Result<(u64, String), StorageError> {
+    let mut hasher = Sha256::new();
+    let file = HashingReader {
+        inner: File::open(path)?,
+        hasher: &mut hasher,
+    };
+    let mut dec = zstd::stream::read::Decoder::new(file)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut lines = 0u64;
+    loop {
+        let n = dec.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+    }
+    drop(dec);
+    Ok((lines, hex(&hasher.finalize())))
+}
+
+fn record(dir: &Path, entry: &Entry) -> Result<(), StorageError> {
+    let path = dir.join(MANIFEST);
+    let mut manifest = read_manifest(dir)?.unwrap_or(Manifest {
+        format: FORMAT.to_owned(),
+        files: Vec::new(),
+    });
+    manifest.files.retain(|e| e.file != entry.file);
+    manifest.files.push(entry.clone());
+    manifest.files.sort_by(|a, b| (&a.table, a.from, &a.file).cmp(&(&b.table, b.from, &b.file)));
+    let tmp = dir.join(format!("{MANIFEST}.tmp"));
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| archive_err(&path, e.to_string()))?;
+    let mut f = File::create(&tmp)?;
+    f.write_all(&text)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+pub fn read_manifest(dir: &Path) -> Result<Option<Manifest>, StorageError> {
+    let path = dir.join(MANIFEST);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| archive_err(&path, format!("not a manifest: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What `candystore archive` did.
+#[derive(Debug, Default)]
+pub struct Archived {
+    pub entries: Vec<Entry>,
+    pub dropped: Vec<String>,
+}
+
+/// `candystore archive --before DATE --to DIR [--drop]`: every partition that ends
+/// at or before `before`, of both tables. Holds the maintenance lock meanwhile.
+pub async fn archive_before(
+    client: &mut Client,
+    before: DateTime<Utc>,
+    dir: &Path,
+    drop: bool,
+    progress: Option<&dyn Progress>,
+) -> Result<Archived, StorageError> {
+    let locked: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1)",
+            &[&super::maintain::MAINTENANCE_LOCK],
+        )
+        .await?
+        .get(0);
+    if !locked {
+        return Err(StorageError::Migration(
+            "the maintenance job is running (another instance holds its lock); try again in a minute".into(),
+        ));
+    }
+    let result = archive_locked(client, before, dir, drop, progress).await;
+    let _ = client
+        .execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&super::maintain::MAINTENANCE_LOCK],
+        )
+        .await;
+    result
+}
+
+async fn archive_locked(
+    client: &mut Client,
+    before: DateTime<Utc>,
+    dir: &Path,
+    drop: bool,
+    progress: Option<&dyn Progress>,
+) -> Result<Archived, StorageError> {
+    let mut out = Archived::default();
+    for table in Table::ALL {
+        if !super::is_partitioned(client, table).await? {
+            return Err(StorageError::NotPartitioned {
+                table: table.name(),
+            });
+        }
+        let mut todo: Vec<Partition> = partition::list(client, table)
+            .await?
+            .into_iter()
+            .filter(|p| p.range.is_some_and(|r| r.end <= before))
+            .collect();
+        if drop {
+            // Partitions a previous run detached and did not finish with.
+            todo.extend(detached(client, table).await?.into_iter().filter(|p| p.range.is_some_and(|r| r.end <= before)));
+        }
+        for p in todo {
+            if drop {
+                let entry = archive_and_drop(client, table, &p, dir, progress).await?;
+                out.entries.push(entry);
+                out.dropped.push(p.name.clone());
+            } else {
+                out.entries
+                    .push(archive_partition(client, table, &p, dir, progress).await?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Detach, archive, verify against the detached table's count, drop. If the
+/// archive fails the partition is attached again (or, when late rows for its range
+/// arrived meanwhile, left detached for the next run, which finishes it).
+pub async fn archive_and_drop(
+    client: &mut Client,
+    table: Table,
+    p: &Partition,
+    dir: &Path,
+    progress: Option<&dyn Progress>,
+) -> Result<Entry, StorageError> {
+    let range = p.range.expect("a ranged partition");
+    let attached = partition::list(client, table)
+        .await?
+        .iter()
+        .any(|q| q.name == p.name);
+    if attached {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {} DETACH PARTITION {}",
+                table.name(),
+                p.name
+            ))
+            .await?;
+        // Remember the range, so a later run can finish or undo this.
+        client
+            .batch_execute(&format!(
+                "COMMENT ON TABLE {} IS 'candystore: detached for archiving; range {} {}'",
+                p.name,
+                partition::pg_time(range.start),
+                partition::pg_time(range.end)
+            ))
+            .await?;
+    }
+    let result = async {
+        let entry = archive_partition(client, table, p, dir, progress).await?;
+        let rows: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {}", p.name), &[])
+            .await?
+            .get(0);
+        if rows as u64 != entry.rows {
+            return Err(archive_err(
+                &dir.join(&entry.file),
+                format!("{} holds {rows} rows, the archive {}", p.name, entry.rows),
+            ));
+        }
+        Ok(entry)
+    }
+    .await;
+    match result {
+        Ok(entry) => {
+            super::maintain::drop_partition(client, table, &p.name, range).await?;
+            Ok(entry)
+        }
+        Err(e) => {
+            let again = client
+                .batch_execute(&format!(
+                    "ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ('{}') TO ('{}')",
+                    table.name(),
+                    p.name,
+                    partition::pg_time(range.start),
+                    partition::pg_time(range.end)
+                ))
+                .await;
+            if let Err(a) = again {
+                tracing::error!(partition = %p.name, error = %a, "the partition stays detached; the next archive or retention run finishes it");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Tables a previous archive run detached (and tagged) but did not drop.
+pub async fn detached(client: &Client, table: Table) -> Result<Vec<Partition>, StorageError> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text, obj_description(c.oid, 'pg_class'), pg_total_relation_size(c.oid) FROM pg_class c \
+             WHERE c.relkind = 'r' AND NOT c.relispartition AND c.relname LIKE $1 \
+               AND obj_description(c.oid, 'pg_class') LIKE 'candystore: detached for archiving;%'",
+            &[&format!("{}_p%", table.name())],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let comment: String = r.get(1);
+            let mut parts = comment.rsplit("range ").next()?.splitn(2, "+00 ");
+            let a = parts.next()?;
+            let b = parts.next()?;
+            let range = partition::parse_bound(&format!("('{a}+00') ('{b}')"))?;
+            Some(Partition {
+                name: r.get(0),
+                range: Some(range),
+                bytes: r.get(2),
+            })
+        })
+        .collect())
+}
+
+/// What `candystore restore` did with one file.
+#[derive(Debug)]
+pub struct Restored {
+    pub file: PathBuf,
+    pub table: &'static str,
+    pub rows: u64,
+    /// Rows already present (a second restore, or never dropped).
+    pub skipped: u64,
+}
+
+/// Loads archive files back. Checks each against the manifest beside it, when
+/// there is one, before loading anything from it.
+pub async fn restore(
+    client: &mut Client,
+    files: &[PathBuf],
+    interval: PartitionInterval,
+    progress: Option<&dyn Progress>,
+) -> Result<Vec<Restored>, StorageError> {
+    let mut out = Vec::new();
+    for path in files {
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let table = Table::of_partition(&file_name)
+            .ok_or_else(|| archive_err(path, "not an archive file name (events_p… or dead_letter_p…)"))?;
+        if !super::is_partitioned(client, table).await? {
+            return Err(StorageError::NotPartitioned {
+                table: table.name(),
+            });
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let expected = read_manifest(dir)?.and_then(|m| m.files.into_iter().find(|e| e.file == file_name));
+        if let Some(e) = &expected {
+            let (lines, sha) = verify_file(path)?;
+            if sha != e.sha256 || lines != e.rows {
+                return Err(archive_err(
+                    path,
+                    format!("{lines} rows with SHA-256 {sha}, the manifest says {} rows with {}", e.rows, e.sha256),
+                ));
+            }
+        }
+        if let Some(p) = progress {
+            p.start(&file_name, expected.as_ref().map_or(0, |e| e.rows));
+        }
+        let r = restore_file(client, table, path, interval, progress).await?;
+        if let Some(p) = progress {
+            p.finish();
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct Times {
+    #[serde(default)]
+    timestamp: Option<DateTime<Utc>>,
+    #[serde(default)]
+    received_at: Option<DateTime<Utc>>,
+}
+
+async fn restore_file(
+    client: &mut Client,
+    table: Table,
+    path: &Path,
+    interval: PartitionInterval,
+    progress: Option<&dyn Progress>,
+) -> Result<Restored, StorageError> {
+    client
+        .batch_execute(
+            "CREATE TEMP TABLE IF NOT EXISTS restore_lines (line text NOT NULL) ON COMMIT DELETE ROWS",
+        )
+        .await?;
+    let insert = restore_sql(table);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<String>>>(4);
+    let reader_path = path.to_owned();
+    let reader = std::thread::spawn(move || {
+        let send = |chunk| tx.blocking_send(chunk).is_ok();
+        let file = match File::open(&reader_path).and_then(zstd::stream::read::Decoder::new) {
+            Ok(d) => BufReader::with_capacity(1 << 20, d),
+            Err(e) => {
+                send(Err(e));
+                return;
+            }
+        };
+        let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
+        for line in file.lines() {
+            match line {
+                Ok(l) if l.is_empty() => {}
+                Ok(l) => {
+                    chunk.push(l);
+                    if chunk.len() == RESTORE_CHUNK && !send(Ok(std::mem::take(&mut chunk))) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    send(Err(e));
+                    return;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            send(Ok(chunk));
+        }
+    });
+    let mut rows = 0u64;
+    let mut inserted = 0u64;
+    let mut max_seq = 0i64;
+    let mut known: Vec<Range> = partition::list(client, table)
+        .await?
+        .into_iter()
+        .filter_map(|p| p.range)
+        .collect();
+    while let Some(chunk) = rx.recv().await {
+        let chunk = chunk.map_err(|e| archive_err(path, e.to_string()))?;
+        // Partitions for the chunk's times first, so no row lands in the default.
+        for line in &chunk {
+            let t: Times = serde_json::from_str(line)
+                .map_err(|e| archive_err(path, format!("line {}: {e}", rows + 1)))?;
+            let Some(at) = t.timestamp.or(t.received_at) else {
+                return Err(archive_err(path, format!("line {}: no time", rows + 1)));
+            };
+            if let Some(range) = partition::range_for(at, interval, &known) {
+                partition::create(client, table, range).await?;
+                known = partition::list(client, table)
+                    .await?
+                    .into_iter()
+                    .filter_map(|p| p.range)
+                    .collect();
+            }
+            rows += 1;
+        }
+        let txn = client.transaction().await?;
+        let sink = txn
+            .copy_in("COPY restore_lines (line) FROM STDIN (FORMAT binary)")
+            .await?;
+        futures::pin_mut!(sink);
+        sink.send(encode_lines(&chunk).freeze()).await?;
+        sink.finish().await?;
+        let row = txn.query_one(insert.as_str(), &[]).await?;
+        inserted += row.get::<_, i64>(0) as u64;
+        max_seq = max_seq.max(row.get::<_, Option<i64>>(1).unwrap_or(0));
+        txn.commit().await?;
+        if let Some(p) = progress {
+            p.advance(chunk.len() as u64);
+        }
+    }
+    let _ = reader.join();
+    // Restored rows keep their seq; new rows must be numbered above them.
+    client
+        .execute(
+            &format!(
+                "SELECT setval(pg_get_serial_sequence('{0}', 'seq'), greatest($1, (SELECT last_value FROM pg_sequences \
+                 WHERE schemaname || '.' || sequencename = pg_get_serial_sequence('{0}', 'seq')), 1))",
+                table.name()
+            ),
+            &[&max_seq],
+        )
+        .await?;
+    Ok(Restored {
+        file: path.to_owned(),
+        table: table.name(),
+        rows,
+        skipped: rows - inserted,
+    })
+}
+
+/// One statement: parse the staged lines, insert the rows that are not there yet
+/// and their redelivery keys, and answer (rows inserted, highest seq).
+fn restore_sql(table: Table) -> String {
+    let name = table.name();
+    let columns = table.columns();
+    let parsed = format!(
+        "SELECT {} FROM restore_lines l, jsonb_to_record(l.line::jsonb) AS r({})",
+        restore_select(table),
+        record_type(table)
+    );
+    let keys = match table {
+        // The same rule as sql/0008: rows whose time looks like a fallback.
+        Table::Events => "INSERT INTO event_keys (id, source, \"timestamp\") SELECT id, source, \"timestamp\" FROM ins \
+             WHERE \"timestamp\" = received_at OR ((properties->>'timestamp') ~ '^[0-9]{1,15}$' AND \"timestamp\" IN \
+             (to_timestamp((properties->>'timestamp')::float8), to_timestamp((properties->>'timestamp')::float8 / 1000))) \
+             ON CONFLICT DO NOTHING"
+            .to_owned(),
+        Table::DeadLetter => "INSERT INTO dead_letter_keys (fingerprint, received_at) SELECT fingerprint, received_at FROM ins \
+             ON CONFLICT DO NOTHING"
+            .to_owned(),
+    };
+    format!(
+        "WITH ins AS (INSERT INTO {name} ({columns}) {parsed} ON CONFLICT DO NOTHING RETURNING *), \
+         k AS ({keys}) \
+         SELECT count(*), max(seq) FROM ins"
+    )
+}
+
+/// A binary COPY stream of one text column.
+fn encode_lines(lines: &[String]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(lines.iter().map(|l| l.len() + 6).sum::<usize>() + 32);
+    out.put_slice(b"PGCOPY\n\xff\r\n\0");
+    out.put_i32(0);
+    out.put_i32(0);
+    for l in lines {
+        out.put_i16(1);
+        out.put_i32(l.len() as i32);
+        out.put_slice(l.as_bytes());
+    }
+    out.put_i16(-1);
+    out
+}
+
+struct HashingWriter {
+    inner: File,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl HashingWriter {
+    fn new(inner: File) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
+    }
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct HashingReader<'a> {
+    inner: File,
+    hasher: &'a mut Sha256,
+}
+
+impl Read for HashingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    crate::source::decode::hex(bytes)
+}
+
+/// Entries by file, for tests and tools.
+pub fn entries_by_file(m: &Manifest) -> BTreeMap<&str, &Entry> {
+    m.files.iter().map(|e| (e.file.as_str(), e)).collect()
+}

@@ -1,0 +1,350 @@
+//! The maintenance job: partitions made ahead, the default partition drained,
+//! RETENTION applied (archiving first when ARCHIVE_DIR is set), metrics exported.
+//!
+//! It runs at start-up and every MAINTENANCE_INTERVAL, on a connection of its
+//! own, under a session advisory lock taken with `pg_try_advisory_lock`: when
+//! several instances share a database, one runs it and the others skip that turn.
+//! Every statement waits at most `storage::LOCK_TIMEOUT` for a lock; a run that
+//! could not get one fails, is counted, and the next run does the work.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::partition::{self, Partition, PartitionInterval, Range};
+use super::{StorageError, Table, archive};
+use crate::metrics::Metrics;
+
+/// Key of the maintenance job's advisory lock ("cs-maint" in ASCII).
+pub const MAINTENANCE_LOCK: i64 = 0x6373_2d6d_6169_6e74;
+
+/// Intervals ahead of the current one that always have a partition.
+pub const AHEAD: u32 = 2;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub interval: PartitionInterval,
+    /// Partitions that end more than this long ago are dropped; `None` keeps all.
+    pub retention: Option<Duration>,
+    /// Where retention archives a partition before it drops it.
+    pub archive_dir: Option<PathBuf>,
+}
+
+/// What one run did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Another instance held the lock: this run did nothing.
+    pub skipped: bool,
+    pub created: Vec<String>,
+    /// Rows moved out of the default partitions.
+    pub drained: u64,
+    pub archived: Vec<String>,
+    pub dropped: Vec<String>,
+}
+
+/// The times whose partitions must exist: now and [`AHEAD`] intervals on.
+pub fn ahead(now: DateTime<Utc>, interval: PartitionInterval) -> Vec<DateTime<Utc>> {
+    let mut t = interval.floor(now);
+    let mut out = vec![now];
+    for _ in 0..AHEAD {
+        t = interval.next(t);
+        out.push(t);
+    }
+    out
+}
+
+/// The partitions retention drops at `now`: every one whose range ended before
+/// `now - retention`, oldest first. Never the default partition.
+pub fn past_retention(
+    partitions: &[Partition],
+    now: DateTime<Utc>,
+    retention: Duration,
+) -> Vec<&Partition> {
+    let Ok(window) = chrono::Duration::from_std(retention) else {
+        return Vec::new();
+    };
+    let cutoff = now - window;
+    partitions
+        .iter()
+        .filter(|p| p.range.is_some_and(|r| r.end <= cutoff))
+        .collect()
+}
+
+/// One run, at `now`, on `client` (a [`super::connect`] connection).
+pub async fn run_once(
+    client: &mut Client,
+    opts: &Options,
+    now: DateTime<Utc>,
+    metrics: Option<&Metrics>,
+) -> Result<Report, StorageError> {
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        tracing::debug!("maintenance: another instance holds the lock; skipping this run");
+        return Ok(Report {
+            skipped: true,
+            ..Report::default()
+        });
+    }
+    let result = run_locked(client, opts, now, metrics).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK])
+        .await;
+    result
+}
+
+async fn run_locked(
+    client: &mut Client,
+    opts: &Options,
+    now: DateTime<Utc>,
+    metrics: Option<&Metrics>,
+) -> Result<Report, StorageError> {
+    let mut report = Report::default();
+    for table in Table::ALL {
+        if !super::is_partitioned(client, table).await? {
+            tracing::warn!(table = table.name(), "maintenance: the table is not partitioned yet; run `candystore migrate`");
+            continue;
+        }
+        // Ahead, then whatever the default partition holds.
+        let mut wanted = ahead(now, opts.interval);
+        let stray = client
+            .query(
+                &format!(
+                    "SELECT DISTINCT date_trunc('day', {t} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' FROM {d} LIMIT 1000",
+                    t = table.time_column(),
+                    d = table.default_partition()
+                ),
+                &[],
+            )
+            .await?;
+        wanted.extend(stray.iter().map(|r| r.get::<_, DateTime<Utc>>(0)));
+        for t in wanted {
+            let existing: Vec<Range> = partition::list(client, table)
+                .await?
+                .into_iter()
+                .filter_map(|p| p.range)
+                .collect();
+            let Some(range) = partition::range_for(t, opts.interval, &existing) else {
+                continue;
+            };
+            let (name, moved) = partition::create(client, table, range).await?;
+            tracing::info!(table = table.name(), partition = %name, from = %range.start, to = %range.end, rows_moved_from_default = moved, "partition created");
+            if let Some(m) = metrics {
+                m.storage.created.with_label_values(&[table.name()]).inc();
+            }
+            report.drained += moved;
+            report.created.push(name);
+        }
+        if let Some(retention) = opts.retention {
+            let partitions = partition::list(client, table).await?;
+            for p in past_retention(&partitions, now, retention) {
+                let range = p.range.expect("never the default partition");
+                if let Some(dir) = &opts.archive_dir {
+                    let entry = archive::archive_partition(client, table, p, dir, None).await?;
+                    tracing::info!(table = table.name(), partition = %p.name, rows = entry.rows, file = %entry.file, "partition archived");
+                    if let Some(m) = metrics {
+                        m.storage.archived.with_label_values(&[table.name()]).inc();
+                    }
+                    report.archived.push(p.name.clone());
+                }
+                let rows = drop_partition(client, table, &p.name, range).await?;
+                tracing::info!(table = table.name(), partition = %p.name, from = %range.start, to = %range.end, rows, bytes = p.bytes, "partition dropped by retention");
+                if let Some(m) = metrics {
+                    m.storage.dropped.with_label_values(&[table.name()]).inc();
+                }
+                report.dropped.push(p.name.clone());
+            }
+        }
+        if let Some(m) = metrics {
+            export(client, table, m).await?;
+        }
+    }
+    Ok(report)
+}
+
+/// Drops a partition and the redelivery keys of its range, in one transaction.
+/// Returns the rows it held (from the statistics: counting would read it all).
+pub async fn drop_partition(
+    client: &mut Client,
+    table: Table,
+    name: &str,
+    range: Range,
+) -> Result<i64, StorageError> {
+    let (keys, key_time) = table.keys();
+    let tx = client.transaction().await?;
+    let rows: i64 = tx
+        .query_one(
+            "SELECT coalesce((SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = to_regclass($1)), 0)",
+            &[&name],
+        )
+        .await?
+        .get(0);
+    tx.batch_execute(&format!("DROP TABLE {name}")).await?;
+    tx.execute(
+        &format!("DELETE FROM {keys} WHERE {key_time} >= $1 AND {key_time} < $2"),
+        &[&range.start, &range.end],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+async fn export(client: &Client, table: Table, m: &Metrics) -> Result<(), StorageError> {
+    let partitions = partition::list(client, table).await?;
+    let t = table.name();
+    m.storage
+        .partitions
+        .with_label_values(&[t])
+        .set(partitions.len() as i64);
+    if let Some(oldest) = partitions.iter().find_map(|p| p.range) {
+        m.storage
+            .oldest_partition
+            .with_label_values(&[t])
+            .set(oldest.start.timestamp() as f64);
+    }
+    // Dropped partitions must not linger as series.
+    for p in partitions.iter() {
+        m.storage
+            .partition_bytes
+            .with_label_values(&[t, &p.name])
+            .set(p.bytes);
+    }
+    let live: std::collections::HashSet<&str> = partitions.iter().map(|p| p.name.as_str()).collect();
+    for family in prometheus::core::Collector::collect(&m.storage.partition_bytes) {
+        for metric in family.get_metric() {
+            let labels: Vec<(&str, &str)> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            let table_label = labels.iter().find(|(n, _)| *n == "table").map(|l| l.1);
+            let part = labels.iter().find(|(n, _)| *n == "partition").map(|l| l.1);
+            if let (Some(tl), Some(p)) = (table_label, part)
+                && tl == t
+                && !live.contains(p)
+            {
+                let _ = m.storage.partition_bytes.remove_label_values(&[tl, p]);
+            }
+        }
+    }
+    let default_rows: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT 1000000) s", table.default_partition()),
+            &[],
+        )
+        .await?
+        .get(0);
+    m.storage
+        .default_rows
+        .with_label_values(&[t])
+        .set(default_rows);
+    Ok(())
+}
+
+/// Runs the job now and then every `every` until `stop`.
+pub async fn run_forever(
+    target: crate::db::PgTarget,
+    opts: Options,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut client: Option<Client> = None;
+    loop {
+        metrics.storage.last_run.set(Utc::now().timestamp() as f64);
+        let outcome = async {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = Some(super::connect(&target).await?);
+            }
+            let c = client.as_mut().expect("connected above");
+            run_once(c, &opts, Utc::now(), Some(&metrics)).await
+        };
+        let outcome = tokio::select! {
+            o = outcome => o,
+            _ = stop.cancelled() => return,
+        };
+        match outcome {
+            Ok(report) => {
+                metrics
+                    .storage
+                    .last_success
+                    .set(Utc::now().timestamp() as f64);
+                if !report.skipped {
+                    tracing::debug!(?report, "maintenance run done");
+                }
+            }
+            Err(e) => {
+                metrics.storage.failures.inc();
+                tracing::warn!(error = %e, retryable = e.is_retryable(), "maintenance run failed; the next run tries again");
+                if !e.is_retryable() {
+                    client = None;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn part(name: &str, a: &str, b: &str) -> Partition {
+        Partition {
+            name: name.into(),
+            range: Some(Range {
+                start: t(a),
+                end: t(b),
+            }),
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn ahead_means_the_current_interval_and_the_next_two() {
+        let now = t("2026-11-28T13:00:00Z");
+        assert_eq!(
+            ahead(now, PartitionInterval::Day),
+            vec![now, t("2026-11-29T00:00:00Z"), t("2026-11-30T00:00:00Z")]
+        );
+        assert_eq!(
+            ahead(now, PartitionInterval::Month),
+            vec![now, t("2026-12-01T00:00:00Z"), t("2027-01-01T00:00:00Z")]
+        );
+    }
+
+    #[test]
+    fn retention_takes_only_partitions_that_ended_before_the_window() {
+        let parts = vec![
+            part("p1", "2026-08-29T00:00:00Z", "2026-08-30T00:00:00Z"),
+            part("p2", "2026-08-30T00:00:00Z", "2026-08-31T00:00:00Z"),
+            part("p3", "2026-08-31T00:00:00Z", "2026-09-01T00:00:00Z"),
+            Partition {
+                name: "default".into(),
+                range: None,
+                bytes: 0,
+            },
+        ];
+        // 90 days before 2026-11-28T12:00 is 2026-08-30T12:00: p2 still holds
+        // events inside the window, so only p1 goes.
+        let now = t("2026-11-28T12:00:00Z");
+        let gone: Vec<_> = past_retention(&parts, now, Duration::from_secs(90 * 86_400))
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(gone, vec!["p1"]);
+    }
+}

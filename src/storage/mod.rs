@@ -1,0 +1,153 @@
+//! Production storage: `events` and `dead_letter` partitioned by time, the
+//! maintenance job that keeps partitions ahead, drains the default partition and
+//! applies RETENTION, and the archive and restore of whole partitions.
+//!
+//! - [`partition`]: intervals, ranges, the catalog's partitions, creating one;
+//! - [`schema`]: the partitioned tables' definitions;
+//! - [`migrate_online`]: moving a plain table to the partitioned layout while the
+//!   service runs;
+//! - [`maintain`]: the scheduled job and its metrics;
+//! - [`archive`]: partitions to compressed NDJSON files with a manifest, and back.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+pub mod archive;
+pub mod maintain;
+pub mod migrate_online;
+pub mod partition;
+pub mod schema;
+
+pub use partition::{PartitionInterval, Range};
+
+/// The two partitioned tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Table {
+    Events,
+    DeadLetter,
+}
+
+impl Table {
+    pub const ALL: [Table; 2] = [Table::Events, Table::DeadLetter];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Events => "events",
+            Table::DeadLetter => "dead_letter",
+        }
+    }
+
+    pub fn default_partition(self) -> &'static str {
+        match self {
+            Table::Events => "events_default",
+            Table::DeadLetter => "dead_letter_default",
+        }
+    }
+
+    /// The partition key.
+    pub fn time_column(self) -> &'static str {
+        match self {
+            Table::Events => "\"timestamp\"",
+            Table::DeadLetter => "received_at",
+        }
+    }
+
+    pub fn columns(self) -> &'static str {
+        match self {
+            Table::Events => schema::EVENT_COLUMNS,
+            Table::DeadLetter => schema::DEAD_LETTER_COLUMNS,
+        }
+    }
+
+    /// The table whose keys make redeliveries with another time one row, and its
+    /// time column: retention deletes the keys of what it drops.
+    fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            Table::Events => ("event_keys", "\"timestamp\""),
+            Table::DeadLetter => ("dead_letter_keys", "received_at"),
+        }
+    }
+
+    /// Per-partition settings a partitioned parent cannot hold.
+    fn partition_settings(self, name: &str) -> String {
+        match self {
+            Table::Events => format!("ALTER TABLE {name} ALTER COLUMN payload SET STATISTICS 1000;"),
+            Table::DeadLetter => String::new(),
+        }
+    }
+
+    /// Which table a partition (or archive file) of this name belongs to.
+    pub fn of_partition(name: &str) -> Option<Table> {
+        // dead_letter_… first: "events" is not a prefix of it, but be explicit.
+        if name.starts_with("dead_letter_p") {
+            Some(Table::DeadLetter)
+        } else if name.starts_with("events_p") {
+            Some(Table::Events)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] crate::db::DbError),
+    #[error("partition {partition} has a bound Candystore cannot read: {bound}")]
+    Bound { partition: String, bound: String },
+    #[error("{table} is not partitioned yet: run `candystore migrate`")]
+    NotPartitioned { table: &'static str },
+    #[error("archive {path}: {reason}")]
+    Archive { path: String, reason: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the online migration stopped: {0}")]
+    Migration(String),
+}
+
+impl StorageError {
+    /// A lock not granted in time or a busy server: the next run will do it.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StorageError::Db(e) => e.code().is_none_or(|c| {
+                let class = &c.code()[..2];
+                matches!(class, "08" | "40" | "53" | "55" | "57")
+                    || *c == tokio_postgres::error::SqlState::QUERY_CANCELED
+            }),
+            StorageError::Connect(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// How long maintenance statements wait for a lock before giving up until the
+/// next run: a partition is never worth stalling ingest or the API for longer.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection for storage work: UTC (partition bounds are read and written in
+/// it), a bounded lock wait, no statement timeout (an archive reads for minutes).
+pub async fn connect(target: &crate::db::PgTarget) -> Result<Client, StorageError> {
+    let client = crate::db::connect(target).await?;
+    client
+        .batch_execute(&format!(
+            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET lock_timeout = '{}ms'; SET statement_timeout = 0; \
+             SET application_name = 'candystore-storage'",
+            LOCK_TIMEOUT.as_millis()
+        ))
+        .await?;
+    Ok(client)
+}
+
+/// Whether `table` is partitioned (the online migration has run).
+pub async fn is_partitioned(client: &Client, table: Table) -> Result<bool, StorageError> {
+    let row = client
+        .query_one(
+            "SELECT coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass($1)), false)",
+            &[&table.name()],
+        )
+        .await?;
+    Ok(row.get(0))
+}

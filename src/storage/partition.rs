@@ -1,0 +1,335 @@
+//! Time ranges of partitions: the interval they are cut by, which range a time
+//! falls in, the partitions a table has, and creating one, moving any rows the
+//! default partition holds for its range into it.
+
+use std::fmt;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use tokio_postgres::Client;
+
+use super::{StorageError, Table};
+
+/// How `events` and `dead_letter` are cut: PARTITION_INTERVAL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionInterval {
+    Day,
+    /// ISO weeks, Monday 00:00 UTC to Monday.
+    Week,
+    /// Calendar months in UTC.
+    Month,
+}
+
+impl PartitionInterval {
+    /// Parses `1 day`, `1d`, `day`, `daily` (and the same for week and month).
+    pub fn parse(s: &str) -> Option<Self> {
+        let t: String = s
+            .trim()
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let t = t.strip_prefix('1').unwrap_or(&t);
+        match t {
+            "d" | "day" | "days" | "daily" => Some(Self::Day),
+            "w" | "week" | "weeks" | "weekly" => Some(Self::Week),
+            "mo" | "month" | "months" | "monthly" => Some(Self::Month),
+            _ => None,
+        }
+    }
+
+    /// The start of the interval that holds `t`.
+    pub fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let d = t.date_naive();
+        let day = match self {
+            Self::Day => d,
+            Self::Week => d - Duration::days(i64::from(d.weekday().num_days_from_monday())),
+            Self::Month => NaiveDate::from_ymd_opt(d.year(), d.month(), 1).expect("valid month"),
+        };
+        midnight(day)
+    }
+
+    /// The start of the interval after the one that starts at `start`.
+    pub fn next(self, start: DateTime<Utc>) -> DateTime<Utc> {
+        let d = start.date_naive();
+        let day = match self {
+            Self::Day => d + Duration::days(1),
+            Self::Week => d + Duration::days(7),
+            Self::Month => {
+                let (y, m) = if d.month() == 12 {
+                    (d.year() + 1, 1)
+                } else {
+                    (d.year(), d.month() + 1)
+                };
+                NaiveDate::from_ymd_opt(y, m, 1).expect("valid month")
+            }
+        };
+        midnight(day)
+    }
+}
+
+impl fmt::Display for PartitionInterval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Day => "1 day",
+            Self::Week => "1 week",
+            Self::Month => "1 month",
+        })
+    }
+}
+
+fn midnight(d: NaiveDate) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists"))
+}
+
+/// `[start, end)` in UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Range {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+impl Range {
+    pub fn contains(&self, t: DateTime<Utc>) -> bool {
+        self.start <= t && t < self.end
+    }
+}
+
+/// The range a new partition for time `t` should cover: its interval, cut back
+/// where it would overlap an existing partition (after PARTITION_INTERVAL changed,
+/// say). `None` when a partition already holds `t`.
+pub fn range_for(t: DateTime<Utc>, interval: PartitionInterval, existing: &[Range]) -> Option<Range> {
+    if existing.iter().any(|r| r.contains(t)) {
+        return None;
+    }
+    let floor = interval.floor(t);
+    let mut r = Range {
+        start: floor,
+        end: interval.next(floor),
+    };
+    for e in existing {
+        if e.end <= t && e.end > r.start {
+            r.start = e.end;
+        }
+        if e.start > t && e.start < r.end {
+            r.end = e.start;
+        }
+    }
+    Some(r)
+}
+
+/// A partition of a table, as the catalog describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    pub name: String,
+    /// `None` for the default partition.
+    pub range: Option<Range>,
+    /// Heap, TOAST and indexes.
+    pub bytes: i64,
+}
+
+/// The partitions of `table`, oldest first, the default partition last.
+pub async fn list(client: &Client, table: Table) -> Result<Vec<Partition>, StorageError> {
+    list_in(client, table.name()).await
+}
+
+pub(crate) async fn list_in(client: &Client, parent: &str) -> Result<Vec<Partition>, StorageError> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid), pg_total_relation_size(c.oid) \
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = to_regclass($1)",
+            &[&parent],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let name: String = r.get(0);
+        let bound: String = r.get(1);
+        let range = if bound.trim() == "DEFAULT" {
+            None
+        } else {
+            Some(parse_bound(&bound).ok_or_else(|| StorageError::Bound {
+                partition: name.clone(),
+                bound: bound.clone(),
+            })?)
+        };
+        out.push(Partition {
+            name,
+            range,
+            bytes: r.get(2),
+        });
+    }
+    out.sort_by_key(|p| (p.range.is_none(), p.range));
+    Ok(out)
+}
+
+/// Parses `FOR VALUES FROM ('2026-11-28 00:00:00+00') TO ('2026-11-29 00:00:00+00')`,
+/// as PostgreSQL prints it in a session whose TimeZone is UTC.
+pub fn parse_bound(bound: &str) -> Option<Range> {
+    let mut quoted = bound.split('\'').skip(1).step_by(2);
+    let start = parse_pg_time(quoted.next()?)?;
+    let end = parse_pg_time(quoted.next()?)?;
+    Some(Range { start, end })
+}
+
+fn parse_pg_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The name of the partition of `table` that starts at `start`.
+pub fn partition_name(table: Table, start: DateTime<Utc>) -> String {
+    format!("{}_p{}", table.name(), start.format("%Y%m%d"))
+}
+
+pub(crate) fn pg_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
+}
+
+/// Creates the partition of `table` for `range` and attaches it, moving into it
+/// any rows the default partition holds for that range, in one transaction.
+///
+/// Locks, in order, each waited for at most the session's `lock_timeout`:
+/// EXCLUSIVE on the default partition (writes routed to it wait, reads go on),
+/// then, to attach, SHARE UPDATE EXCLUSIVE on the table (neither reads nor writes
+/// wait) and ACCESS EXCLUSIVE on the default partition for the scan that proves it
+/// holds nothing of the range any more: milliseconds while it is small, as the
+/// maintenance job keeps it.
+pub async fn create(
+    client: &mut Client,
+    table: Table,
+    range: Range,
+) -> Result<(String, u64), StorageError> {
+    create_in(client, table, table.name(), range).await
+}
+
+/// As [`create`], under a parent of another name (the online migration's `_new`).
+pub(crate) async fn create_in(
+    client: &mut Client,
+    table: Table,
+    parent: &str,
+    range: Range,
+) -> Result<(String, u64), StorageError> {
+    let name = partition_name(table, range.start);
+    let default = table.default_partition();
+    let time = table.time_column();
+    let columns = table.columns();
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!("LOCK TABLE {default} IN EXCLUSIVE MODE"))
+        .await?;
+    tx.batch_execute(&format!(
+        "CREATE TABLE {name} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION) \
+         WITH (autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 100000); {extra}",
+        extra = table.partition_settings(&name),
+    ))
+    .await?;
+    let (from, to) = (pg_time(range.start), pg_time(range.end));
+    let moved = tx
+        .execute(
+            &format!(
+                "WITH moved AS (DELETE FROM {default} WHERE {time} >= '{from}' AND {time} < '{to}' RETURNING {columns}) \
+                 INSERT INTO {name} ({columns}) SELECT {columns} FROM moved"
+            ),
+            &[],
+        )
+        .await?;
+    tx.batch_execute(&format!(
+        "ALTER TABLE {parent} ATTACH PARTITION {name} FOR VALUES FROM ('{from}') TO ('{to}')"
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok((name, moved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn intervals_parse_in_the_spellings_people_write() {
+        for (s, want) in [
+            ("1 day", PartitionInterval::Day),
+            ("1d", PartitionInterval::Day),
+            ("daily", PartitionInterval::Day),
+            ("1 week", PartitionInterval::Week),
+            ("1w", PartitionInterval::Week),
+            ("1 month", PartitionInterval::Month),
+            ("1mo", PartitionInterval::Month),
+            (" Month ", PartitionInterval::Month),
+        ] {
+            assert_eq!(PartitionInterval::parse(s), Some(want), "{s}");
+        }
+        for s in ["", "2 days", "1h", "1 year", "1m"] {
+            assert_eq!(PartitionInterval::parse(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn intervals_start_at_midnight_monday_and_the_first_of_the_month_in_utc() {
+        let x = t("2026-11-28T23:59:59.999+00:00");
+        assert_eq!(PartitionInterval::Day.floor(x), t("2026-11-28T00:00:00Z"));
+        assert_eq!(PartitionInterval::Week.floor(x), t("2026-11-23T00:00:00Z"));
+        assert_eq!(PartitionInterval::Month.floor(x), t("2026-11-01T00:00:00Z"));
+        assert_eq!(
+            PartitionInterval::Month.next(t("2026-12-01T00:00:00Z")),
+            t("2027-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            PartitionInterval::Week.next(t("2026-11-23T00:00:00Z")),
+            t("2026-11-30T00:00:00Z")
+        );
+        // An offset is only another way of writing the same instant.
+        assert_eq!(
+            PartitionInterval::Day.floor(t("2026-11-29T01:00:00+02:00")),
+            t("2026-11-28T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_new_range_stops_where_an_existing_partition_begins_or_ends() {
+        let day = |a: &str, b: &str| Range {
+            start: t(a),
+            end: t(b),
+        };
+        let existing = vec![
+            day("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"),
+            day("2026-11-05T00:00:00Z", "2026-11-06T00:00:00Z"),
+        ];
+        // Covered already.
+        assert_eq!(
+            range_for(t("2026-11-01T12:00:00Z"), PartitionInterval::Day, &existing),
+            None
+        );
+        // A free day.
+        assert_eq!(
+            range_for(t("2026-11-03T12:00:00Z"), PartitionInterval::Day, &existing),
+            Some(day("2026-11-03T00:00:00Z", "2026-11-04T00:00:00Z"))
+        );
+        // A week around existing days is cut down to the gap holding the time.
+        assert_eq!(
+            range_for(t("2026-11-03T12:00:00Z"), PartitionInterval::Week, &existing),
+            Some(day("2026-11-02T00:00:00Z", "2026-11-05T00:00:00Z"))
+        );
+        assert_eq!(
+            range_for(t("2026-11-07T12:00:00Z"), PartitionInterval::Week, &existing),
+            Some(day("2026-11-06T00:00:00Z", "2026-11-09T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn bounds_are_read_as_postgresql_prints_them() {
+        let r = parse_bound(
+            "FOR VALUES FROM ('2026-11-28 00:00:00+00') TO ('2026-11-29 00:00:00.5+00')",
+        )
+        .unwrap();
+        assert_eq!(r.start, t("2026-11-28T00:00:00Z"));
+        assert_eq!(r.end, t("2026-11-29T00:00:00.5Z"));
+        assert_eq!(parse_bound("DEFAULT"), None);
+        assert_eq!(pg_time(r.end), "2026-11-29 00:00:00.500000+00");
+    }
+}
