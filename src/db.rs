@@ -323,7 +323,10 @@ pub async fn check_schema(client: &Client) -> Result<(), DbError> {
         return Err(DbError::Pending(pending.len()));
     }
     for m in pending {
-        tracing::warn!(migration = m.name, "an online migration is pending: run `candystore migrate` (the service keeps working meanwhile)");
+        tracing::warn!(
+            migration = m.name,
+            "an online migration is pending: run `candystore migrate` (the service keeps working meanwhile)"
+        );
     }
     Ok(())
 }

@@ -216,8 +216,9 @@ fn parse_date(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
     }
-    candystore::source::decode::parse_time(s)
-        .ok_or_else(|| anyhow::anyhow!("invalid --before {s:?}: expected YYYY-MM-DD or an RFC 3339 time"))
+    candystore::source::decode::parse_time(s).ok_or_else(|| {
+        anyhow::anyhow!("invalid --before {s:?}: expected YYYY-MM-DD or an RFC 3339 time")
+    })
 }
 
 async fn archive(
@@ -234,7 +235,10 @@ async fn archive(
     let done = storage::archive::archive_before(&mut client, before, dir, drop, Some(&bar)).await?;
     let rows: u64 = done.entries.iter().map(|e| e.rows).sum();
     for e in &done.entries {
-        println!("{}: {} rows, {} bytes, sha256 {}", e.file, e.rows, e.bytes, e.sha256);
+        println!(
+            "{}: {} rows, {} bytes, sha256 {}",
+            e.file, e.rows, e.bytes, e.sha256
+        );
     }
     for name in &done.dropped {
         println!("dropped {name}");
@@ -255,7 +259,8 @@ async fn restore(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitC
     let bar = Bar::new();
     let started = std::time::Instant::now();
     let done =
-        storage::archive::restore(&mut client, files, settings.partition_interval, Some(&bar)).await?;
+        storage::archive::restore(&mut client, files, settings.partition_interval, Some(&bar))
+            .await?;
     let mut rows = 0;
     for r in &done {
         rows += r.rows;
@@ -282,7 +287,8 @@ struct Bar(indicatif::ProgressBar);
 
 impl Bar {
     fn new() -> Self {
-        let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{msg:24} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}",

@@ -175,6 +175,30 @@ impl WriteError {
     }
 }
 
+/// The batch's events without those that repeat an earlier one's (id, source)
+/// when either of the two has a fallback time: one statement cannot see its own
+/// claims, so such twins are told apart here (the first one is the event; the
+/// later one counts as a duplicate). Twins that both carry their own time are left
+/// to the primary key.
+fn without_mixed_twins<'a>(events: &[&'a Event]) -> Vec<&'a Event> {
+    if events.iter().all(|e| e.own_time) {
+        return events.to_vec();
+    }
+    let mut first: std::collections::HashMap<(&str, &str), bool> =
+        std::collections::HashMap::with_capacity(events.len());
+    events
+        .iter()
+        .filter(|e| match first.get(&(e.id.as_str(), e.source.as_str())) {
+            Some(&earlier_own) => earlier_own && e.own_time,
+            None => {
+                first.insert((e.id.as_str(), e.source.as_str()), e.own_time);
+                true
+            }
+        })
+        .copied()
+        .collect()
+}
+
 /// What one committed transaction did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Written {
@@ -346,13 +370,14 @@ impl Writer {
         records: &[&Record],
         metrics: &Metrics,
     ) -> Result<Written, WriteError> {
-        let events: Vec<&Event> = records
+        let all: Vec<&Event> = records
             .iter()
             .filter_map(|r| match r {
                 Record::Event(e) => Some(e.as_ref()),
                 Record::DeadLetter(_) => None,
             })
             .collect();
+        let events = without_mixed_twins(&all);
         let dead: Vec<&DeadLetter> = records
             .iter()
             .filter_map(|r| match r {
@@ -402,7 +427,7 @@ impl Writer {
                 let n: i64 = row.get(1);
                 written.stored.push((event_type, n as u64));
             }
-            written.duplicates = events.len() as u64 - written.stored_total();
+            written.duplicates = all.len() as u64 - written.stored_total();
             step("insert", t);
         }
         for d in dead {

@@ -192,10 +192,12 @@ pub async fn archive_partition(
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
         count += 1;
-        if buf.len() >= 1 << 20 {
-            if tx.send(std::mem::replace(&mut buf, Vec::with_capacity(1 << 20))).is_err() {
-                break;
-            }
+        if buf.len() >= 1 << 20
+            && tx
+                .send(std::mem::replace(&mut buf, Vec::with_capacity(1 << 20)))
+                .is_err()
+        {
+            break;
         }
         if count % 10_000 == 0
             && let Some(p) = progress
@@ -262,6 +264,10 @@ fn free_name(dir: &Path, partition: &str) -> String {
 
 /// Decompresses `path` to the end: (lines, SHA-256 of the file).
 pub fn verify_file(path: &Path) -> Result<(u64, String), StorageError> {
+    read_through(path).map_err(|e| archive_err(path, format!("cannot be read back: {e}")))
+}
+
+fn read_through(path: &Path) -> std::io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let file = HashingReader {
         inner: File::open(path)?,
@@ -289,9 +295,12 @@ fn record(dir: &Path, entry: &Entry) -> Result<(), StorageError> {
     });
     manifest.files.retain(|e| e.file != entry.file);
     manifest.files.push(entry.clone());
-    manifest.files.sort_by(|a, b| (&a.table, a.from, &a.file).cmp(&(&b.table, b.from, &b.file)));
+    manifest
+        .files
+        .sort_by(|a, b| (&a.table, a.from, &a.file).cmp(&(&b.table, b.from, &b.file)));
     let tmp = dir.join(format!("{MANIFEST}.tmp"));
-    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| archive_err(&path, e.to_string()))?;
+    let text =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| archive_err(&path, e.to_string()))?;
     let mut f = File::create(&tmp)?;
     f.write_all(&text)?;
     f.sync_all()?;
@@ -369,7 +378,12 @@ async fn archive_locked(
             .collect();
         if drop {
             // Partitions a previous run detached and did not finish with.
-            todo.extend(detached(client, table).await?.into_iter().filter(|p| p.range.is_some_and(|r| r.end <= before)));
+            todo.extend(
+                detached(client, table)
+                    .await?
+                    .into_iter()
+                    .filter(|p| p.range.is_some_and(|r| r.end <= before)),
+            );
         }
         for p in todo {
             if drop {
@@ -470,9 +484,7 @@ pub async fn detached(client: &Client, table: Table) -> Result<Vec<Partition>, S
         .iter()
         .filter_map(|r| {
             let comment: String = r.get(1);
-            let mut parts = comment.rsplit("range ").next()?.splitn(2, "+00 ");
-            let a = parts.next()?;
-            let b = parts.next()?;
+            let (a, b) = comment.rsplit("range ").next()?.split_once("+00 ")?;
             let range = partition::parse_bound(&format!("('{a}+00') ('{b}')"))?;
             Some(Partition {
                 name: r.get(0),
@@ -507,21 +519,29 @@ pub async fn restore(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let table = Table::of_partition(&file_name)
-            .ok_or_else(|| archive_err(path, "not an archive file name (events_p… or dead_letter_p…)"))?;
+        let table = Table::of_partition(&file_name).ok_or_else(|| {
+            archive_err(
+                path,
+                "not an archive file name (events_p… or dead_letter_p…)",
+            )
+        })?;
         if !super::is_partitioned(client, table).await? {
             return Err(StorageError::NotPartitioned {
                 table: table.name(),
             });
         }
         let dir = path.parent().unwrap_or(Path::new("."));
-        let expected = read_manifest(dir)?.and_then(|m| m.files.into_iter().find(|e| e.file == file_name));
+        let expected =
+            read_manifest(dir)?.and_then(|m| m.files.into_iter().find(|e| e.file == file_name));
         if let Some(e) = &expected {
             let (lines, sha) = verify_file(path)?;
             if sha != e.sha256 || lines != e.rows {
                 return Err(archive_err(
                     path,
-                    format!("{lines} rows with SHA-256 {sha}, the manifest says {} rows with {}", e.rows, e.sha256),
+                    format!(
+                        "{lines} rows with SHA-256 {sha}, the manifest says {} rows with {}",
+                        e.rows, e.sha256
+                    ),
                 ));
             }
         }

@@ -108,7 +108,10 @@ async fn run_locked(
     let mut report = Report::default();
     for table in Table::ALL {
         if !super::is_partitioned(client, table).await? {
-            tracing::warn!(table = table.name(), "maintenance: the table is not partitioned yet; run `candystore migrate`");
+            tracing::warn!(
+                table = table.name(),
+                "maintenance: the table is not partitioned yet; run `candystore migrate`"
+            );
             continue;
         }
         // Ahead, then whatever the default partition holds.
@@ -215,7 +218,8 @@ async fn export(client: &Client, table: Table, m: &Metrics) -> Result<(), Storag
             .with_label_values(&[t, &p.name])
             .set(p.bytes);
     }
-    let live: std::collections::HashSet<&str> = partitions.iter().map(|p| p.name.as_str()).collect();
+    let live: std::collections::HashSet<&str> =
+        partitions.iter().map(|p| p.name.as_str()).collect();
     for family in prometheus::core::Collector::collect(&m.storage.partition_bytes) {
         for metric in family.get_metric() {
             let labels: Vec<(&str, &str)> = metric
@@ -235,7 +239,10 @@ async fn export(client: &Client, table: Table, m: &Metrics) -> Result<(), Storag
     }
     let default_rows: i64 = client
         .query_one(
-            &format!("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT 1000000) s", table.default_partition()),
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT 1000000) s",
+                table.default_partition()
+            ),
             &[],
         )
         .await?

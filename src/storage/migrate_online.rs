@@ -143,7 +143,12 @@ async fn partition_table(
         client.execute(&copy, &[&from, &to]).await?;
         from = to;
         if last_log.elapsed().as_secs() >= 5 {
-            tracing::info!(table = name, copied_up_to_seq = from, of = upto, "partitioning: copying");
+            tracing::info!(
+                table = name,
+                copied_up_to_seq = from,
+                of = upto,
+                "partitioning: copying"
+            );
             last_log = Instant::now();
         }
     }
@@ -178,7 +183,14 @@ async fn partition_table(
         swap_ms,
         seconds: started.elapsed().as_secs_f64(),
     };
-    tracing::info!(table = name, rows = m.rows, partitions = m.partitions, swap_ms = m.swap_ms, seconds = m.seconds, "partitioned");
+    tracing::info!(
+        table = name,
+        rows = m.rows,
+        partitions = m.partitions,
+        swap_ms = m.swap_ms,
+        seconds = m.seconds,
+        "partitioned"
+    );
     Ok(m)
 }
 

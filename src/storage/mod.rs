@@ -72,7 +72,9 @@ impl Table {
     /// Per-partition settings a partitioned parent cannot hold.
     fn partition_settings(self, name: &str) -> String {
         match self {
-            Table::Events => format!("ALTER TABLE {name} ALTER COLUMN payload SET STATISTICS 1000;"),
+            Table::Events => {
+                format!("ALTER TABLE {name} ALTER COLUMN payload SET STATISTICS 1000;")
+            }
             Table::DeadLetter => String::new(),
         }
     }

@@ -97,7 +97,11 @@ impl Range {
 /// The range a new partition for time `t` should cover: its interval, cut back
 /// where it would overlap an existing partition (after PARTITION_INTERVAL changed,
 /// say). `None` when a partition already holds `t`.
-pub fn range_for(t: DateTime<Utc>, interval: PartitionInterval, existing: &[Range]) -> Option<Range> {
+pub fn range_for(
+    t: DateTime<Utc>,
+    interval: PartitionInterval,
+    existing: &[Range],
+) -> Option<Range> {
     if existing.iter().any(|r| r.contains(t)) {
         return None;
     }
@@ -312,11 +316,19 @@ mod tests {
         );
         // A week around existing days is cut down to the gap holding the time.
         assert_eq!(
-            range_for(t("2026-11-03T12:00:00Z"), PartitionInterval::Week, &existing),
+            range_for(
+                t("2026-11-03T12:00:00Z"),
+                PartitionInterval::Week,
+                &existing
+            ),
             Some(day("2026-11-02T00:00:00Z", "2026-11-05T00:00:00Z"))
         );
         assert_eq!(
-            range_for(t("2026-11-07T12:00:00Z"), PartitionInterval::Week, &existing),
+            range_for(
+                t("2026-11-07T12:00:00Z"),
+                PartitionInterval::Week,
+                &existing
+            ),
             Some(day("2026-11-06T00:00:00Z", "2026-11-09T00:00:00Z"))
         );
     }

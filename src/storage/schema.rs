@@ -79,7 +79,11 @@ pub const EVENTS_RENAMES: &[(&str, &str, &str)] = &[
     ("INDEX", "events_new_type_idx", "events_type_idx"),
     ("INDEX", "events_new_source_idx", "events_source_idx"),
     ("INDEX", "events_new_session_idx", "events_session_idx"),
-    ("INDEX", "events_new_correlation_idx", "events_correlation_idx"),
+    (
+        "INDEX",
+        "events_new_correlation_idx",
+        "events_correlation_idx",
+    ),
     ("INDEX", "events_new_target_idx", "events_target_idx"),
     ("INDEX", "events_new_payload_gin", "events_payload_gin"),
 ];
@@ -91,16 +95,23 @@ pub const DEAD_LETTER_RENAMES: &[(&str, &str, &str)] = &[
         "dead_letter_new_fingerprint_key",
         "dead_letter_fingerprint_key",
     ),
-    ("INDEX", "dead_letter_new_received_idx", "dead_letter_received_idx"),
-    ("INDEX", "dead_letter_new_reason_idx", "dead_letter_reason_idx"),
+    (
+        "INDEX",
+        "dead_letter_new_received_idx",
+        "dead_letter_received_idx",
+    ),
+    (
+        "INDEX",
+        "dead_letter_new_reason_idx",
+        "dead_letter_reason_idx",
+    ),
 ];
 
 /// The columns of `events`, in table order.
 pub const EVENT_COLUMNS: &str = "seq, id, event_type, source, target, routing_key, exchange, \"timestamp\", received_at, stored_at, payload, session_id, correlation_id, storage_latency_ms, generation, envelope, payload_member, properties, sanitized, original_body";
 
 /// The columns of `dead_letter`, in table order.
-pub const DEAD_LETTER_COLUMNS: &str =
-    "seq, fingerprint, received_at, stored_at, exchange, routing_key, properties, body, reason, detail";
+pub const DEAD_LETTER_COLUMNS: &str = "seq, fingerprint, received_at, stored_at, exchange, routing_key, properties, body, reason, detail";
 
 /// lz4 for the large columns of a new table, where the server has it (see
 /// sql/0008). `ALTER TABLE` recurses into the partitions that exist, and new ones

@@ -39,6 +39,17 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the service with some settings changed.
 pub async fn spawn_app_with(settings: &[(&str, &str)], opts: AppOptions) -> TestApp {
+    spawn_app_prepared(settings, opts, i64::MAX, "").await
+}
+
+/// Starts the service on a database migrated up to version `upto` only, after
+/// running `prepare` (SQL) in it: an older schema, holding older rows.
+pub async fn spawn_app_prepared(
+    settings: &[(&str, &str)],
+    opts: AppOptions,
+    upto: i64,
+    prepare: &str,
+) -> TestApp {
     if let Ok(level) = std::env::var("TEST_LOG") {
         candystore::telemetry::init(&level, candystore::config::LogFormat::Console);
     }
@@ -50,7 +61,14 @@ pub async fn spawn_app_with(settings: &[(&str, &str)], opts: AppOptions) -> Test
         .await
         .expect("create test database");
     let mut db = connect(&db_url).await;
-    db::migrate(&mut db).await.expect("migrate test database");
+    db::migrate_with(&mut db, candystore::storage::PartitionInterval::Day, upto)
+        .await
+        .expect("migrate test database");
+    if !prepare.is_empty() {
+        db.batch_execute(prepare)
+            .await
+            .expect("prepare the database");
+    }
     let exchange = format!("{name}_x");
     let queue = format!("{name}_q");
     let publisher = candystore::source::publish::Publisher::connect(AMQP, &exchange)

@@ -10,5 +10,6 @@ mod ingest;
 mod migrate;
 mod observability;
 mod raw_amqp;
+mod storage;
 mod tls;
 mod writer;

@@ -1,0 +1,630 @@
+//! Time partitions, the maintenance job, retention, archive and restore, and the
+//! online migration from the plain table (issue: "A year of events").
+
+use std::time::Duration;
+
+use candystore::app::AppOptions;
+use candystore::db;
+use candystore::storage::{self, PartitionInterval, Table, archive, maintain, partition};
+use chrono::{DateTime, Days, TimeZone, Utc};
+use lapin::BasicProperties;
+use serde_json::json;
+use tokio_postgres::Client;
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_prepared};
+
+async fn storage_client(app: &TestApp) -> Client {
+    storage::connect(&db::pg_config(&app.db_url).unwrap())
+        .await
+        .unwrap()
+}
+
+fn opts(retention_days: Option<u64>) -> maintain::Options {
+    maintain::Options {
+        interval: PartitionInterval::Day,
+        retention: retention_days.map(|d| Duration::from_secs(d * 86_400)),
+        archive_dir: None,
+    }
+}
+
+fn today() -> DateTime<Utc> {
+    PartitionInterval::Day.floor(Utc::now())
+}
+
+fn days_ago(n: u64) -> DateTime<Utc> {
+    today().checked_sub_days(Days::new(n)).unwrap()
+}
+
+async fn partitions(c: &Client, table: Table) -> Vec<String> {
+    partition::list(c, table)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
+}
+
+/// The partition a row of `events` with this id lives in.
+async fn partition_of(app: &TestApp, id: &str) -> Vec<String> {
+    app.db
+        .query(
+            "SELECT tableoid::regclass::text FROM events WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn cloud_event(id: &str, time: Option<DateTime<Utc>>) -> Vec<u8> {
+    let mut e = json!({
+        "specversion": "1.0", "id": id, "type": "storage.test", "source": "svc-storage",
+        "data": {"n": 1, "text": "hello"}
+    });
+    if let Some(t) = time {
+        e["time"] = json!(t.to_rfc3339());
+    }
+    serde_json::to_vec(&e).unwrap()
+}
+
+/// Publishes a marker and waits for it: everything published before it on this
+/// connection has been consumed (one queue, one consumer, in order).
+async fn settle(app: &TestApp) {
+    let marker = format!("marker-{}", uuid::Uuid::new_v4());
+    app.publish("storage.marker", &cloud_event(&marker, Some(Utc::now())))
+        .await;
+    app.wait_until(Duration::from_secs(20), || async {
+        !partition_of(app, &marker).await.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn partitions_are_made_ahead_at_start_up_and_by_the_maintenance_job() {
+    let app = spawn_app().await;
+    let mut c = storage_client(&app).await;
+    for table in Table::ALL {
+        let names = partitions(&c, table).await;
+        for day in 0..=2 {
+            let want = partition::partition_name(table, today() + chrono::Duration::days(day));
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        assert!(names.contains(&table.default_partition().to_owned()));
+    }
+    // Ten days on, the job makes that day's partition and the two after it.
+    let later = Utc::now() + chrono::Duration::days(10);
+    let report = maintain::run_once(&mut c, &opts(None), later, None)
+        .await
+        .unwrap();
+    assert_eq!(report.created.len(), 6, "{report:?}");
+    let names = partitions(&c, Table::Events).await;
+    for day in 10..=12 {
+        let want = partition::partition_name(Table::Events, today() + chrono::Duration::days(day));
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    // A second run finds nothing to do.
+    let again = maintain::run_once(&mut c, &opts(None), later, None)
+        .await
+        .unwrap();
+    assert!(again.created.is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn an_event_outside_every_partition_waits_in_the_default_one_until_maintenance_gives_it_a_partition()
+ {
+    let app = spawn_app().await;
+    let old = Utc.with_ymd_and_hms(2019, 5, 5, 12, 0, 0).unwrap();
+    app.publish("storage.old", &cloud_event("from-2019", Some(old)))
+        .await;
+    app.wait_for_rows("events", 1).await;
+    assert_eq!(partition_of(&app, "from-2019").await, ["events_default"]);
+
+    let mut c = storage_client(&app).await;
+    let report = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    assert_eq!(report.drained, 1, "{report:?}");
+    assert_eq!(report.created, ["events_p20190505"]);
+    assert_eq!(partition_of(&app, "from-2019").await, ["events_p20190505"]);
+    assert_eq!(app.count("events_default").await, 0);
+    // The API still finds it, by id and in lists.
+    let r = app
+        .http
+        .get(app.api("/events/from-2019"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["timestamp"], "2019-05-05T12:00:00Z");
+}
+
+#[tokio::test]
+async fn a_publisher_repeat_across_a_partition_boundary_leaves_one_row() {
+    let app = spawn_app().await;
+    // No time in the envelope: the AMQP timestamp is the event's time. The
+    // publisher sends it again two seconds later, after midnight.
+    let midnight = today() + chrono::Duration::days(1);
+    let body = cloud_event("repeat-1", None);
+    for t in [
+        midnight - chrono::Duration::seconds(1),
+        midnight + chrono::Duration::seconds(1),
+    ] {
+        app.publish_with(
+            "storage.repeat",
+            &body,
+            BasicProperties::default().with_timestamp(t.timestamp() as u64),
+        )
+        .await;
+    }
+    settle(&app).await;
+    assert_eq!(
+        partition_of(&app, "repeat-1").await,
+        [partition::partition_name(Table::Events, today())],
+        "one row, in the first delivery's partition"
+    );
+    // A body with its own time after one without: the same event, one row.
+    app.publish("storage.repeat", &cloud_event("repeat-1", Some(Utc::now())))
+        .await;
+    // And the other way round.
+    app.publish("storage.repeat", &cloud_event("repeat-2", Some(Utc::now())))
+        .await;
+    app.publish("storage.repeat", &cloud_event("repeat-2", None))
+        .await;
+    settle(&app).await;
+    assert_eq!(partition_of(&app, "repeat-1").await.len(), 1);
+    assert_eq!(partition_of(&app, "repeat-2").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_redelivery_of_an_event_timed_at_its_receipt_leaves_one_row() {
+    let mut app = crate::helpers::spawn_app_with(
+        &[],
+        AppOptions {
+            skip_acks: true,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    // No time anywhere: the receive time is the event's time, and the redelivery
+    // is received later.
+    app.publish("storage.redeliver", &cloud_event("redelivered-1", None))
+        .await;
+    app.wait_for_rows("events", 1).await;
+    let first: DateTime<Utc> = app
+        .db
+        .query_one(
+            "SELECT \"timestamp\" FROM events WHERE id = 'redelivered-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    app.crash().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.start(AppOptions::default()).await;
+    settle(&app).await;
+    let rows = app
+        .db
+        .query(
+            "SELECT \"timestamp\" FROM events WHERE id = 'redelivered-1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, DateTime<Utc>>(0), first);
+    assert!(app.metric("candystore_events_duplicate_total").await >= 1.0);
+    app.wait_until(Duration::from_secs(10), || async {
+        app.queue_state().await.0 == 0
+    })
+    .await;
+}
+
+/// Rows in `events` (and a redelivery key) on each of these days.
+async fn seed_days(db: &Client, days: &[u64]) {
+    for d in days {
+        let t = days_ago(*d) + chrono::Duration::hours(6);
+        db.execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, generation, envelope, properties) \
+             SELECT 'seed-' || $2::text || '-' || g, 'seed', 'svc', 'seed', 'x', $1, $1, '{}', 3, '{}', '{}' \
+             FROM generate_series(1, 10) g",
+            &[&t, &(*d as i64).to_string()],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "INSERT INTO event_keys (id, source, \"timestamp\") VALUES ('key-' || $2::text, 'svc', $1)",
+            &[&t, &(*d as i64).to_string()],
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn retention_drops_exactly_the_partitions_past_the_window_even_with_two_instances_at_once() {
+    let app = spawn_app().await;
+    seed_days(&app.db, &[40, 31, 29, 1]).await;
+    let mut c = storage_client(&app).await;
+    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    let before = partitions(&c, Table::Events).await;
+    let name = |d: u64| partition::partition_name(Table::Events, days_ago(d));
+    for d in [40, 31, 29, 1] {
+        assert!(before.contains(&name(d)), "{before:?}");
+    }
+
+    // Two instances run the job at the same moment with RETENTION=30d.
+    let mut c2 = storage_client(&app).await;
+    let now = Utc::now();
+    let thirty = opts(Some(30));
+    let (a, b) = tokio::join!(
+        maintain::run_once(&mut c, &thirty, now, None),
+        maintain::run_once(&mut c2, &thirty, now, None)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut dropped: Vec<String> = a.dropped.iter().chain(&b.dropped).cloned().collect();
+    dropped.sort();
+    // Day 31 ended 30 days before today's midnight: past the window. Day 29 holds
+    // events inside it and stays.
+    assert_eq!(dropped, vec![name(40), name(31)], "{a:?} {b:?}");
+    let after = partitions(&c, Table::Events).await;
+    let expected: Vec<String> = before
+        .iter()
+        .filter(|n| !dropped.contains(n))
+        .cloned()
+        .collect();
+    assert_eq!(after, expected);
+    // Nothing else lost a row; the dropped days' keys went with them.
+    assert_eq!(app.count("events").await, 20);
+    let keys: Vec<String> = app
+        .db
+        .query("SELECT id FROM event_keys ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, ["key-1", "key-29"]);
+    // And a later run drops nothing more.
+    let again = maintain::run_once(&mut c, &opts(Some(30)), Utc::now(), None)
+        .await
+        .unwrap();
+    assert!(again.dropped.is_empty(), "{again:?}");
+}
+
+async fn raw(app: &TestApp, id: &str) -> (u16, Vec<u8>) {
+    let r = app
+        .http
+        .get(app.api(&format!("/events/{id}/raw")))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_letters() {
+    let app = spawn_app().await;
+    let day = days_ago(10);
+    let at = |h: i64| day + chrono::Duration::hours(h);
+    let bodies: Vec<(String, Vec<u8>)> = vec![
+        ("arch-gen1".into(), serde_json::to_vec(&json!({
+            "id": "arch-gen1", "event_type": "a.b", "source": "s1", "timestamp": at(1).to_rfc3339(),
+            "session_id": "sess", "data": {"text": "tab\tnewline\nquote\"backslash\\", "n": 1.5e300}
+        })).unwrap()),
+        ("arch-gen2".into(), serde_json::to_vec(&json!({
+            "event_id": "arch-gen2", "event_type": "a.c", "timestamp": at(2).to_rfc3339(), "version": "1.0.0",
+            "source": {"host": "h", "type": "agent", "app": "n8n"}, "payload": {"émoji": "🍬", "list": [1, 2, 3]}
+        })).unwrap()),
+        // Key order and spacing as a publisher wrote them.
+        ("arch-gen3".into(), format!(
+            "{{ \"specversion\":\"1.0\", \"type\":\"a.d\", \"id\":\"arch-gen3\", \"source\":\"s3\", \"time\":\"{}\", \"ext\": {{\"z\":1,\"a\":2}}, \"data\": {{\"b\":1, \"a\":2}} }}",
+            at(3).to_rfc3339()
+        ).into_bytes()),
+        // A NUL escape: stored sanitized, with the original bytes beside it.
+        ("arch-nul".into(), format!(
+            r#"{{"specversion":"1.0","type":"a.e","id":"arch-nul","source":"s4","time":"{}","data":{{"t":"a\u0000b"}}}}"#,
+            at(4).to_rfc3339()
+        ).into_bytes()),
+    ];
+    for (_, body) in &bodies {
+        app.publish("storage.archive", body).await;
+    }
+    app.wait_for_rows("events", 4).await;
+    // A dead letter received that day (written as the sink writes one).
+    app.db
+        .execute(
+            "WITH k AS (INSERT INTO dead_letter_keys VALUES ('\\x0102', $1) RETURNING 1) \
+             INSERT INTO dead_letter (fingerprint, received_at, exchange, routing_key, properties, body, reason, detail) \
+             SELECT '\\x0102', $1, 'x', 'rk', '{\"message_id\": \"m\"}', '\\xff00fe', 'invalid_utf8', 'bytes' FROM k",
+            &[&at(5)],
+        )
+        .await
+        .unwrap();
+    let mut c = storage_client(&app).await;
+    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    let mut before = Vec::new();
+    for (id, _) in &bodies {
+        let (status, body) = raw(&app, id).await;
+        assert_eq!(status, 200, "{id}");
+        before.push(body);
+    }
+    let rows_before = dump(&app.db).await;
+    assert_eq!(rows_before.len(), 5);
+
+    let dir = std::env::temp_dir().join(format!("cs-archive-{}", uuid::Uuid::new_v4()));
+    let done = archive::archive_before(&mut c, day + chrono::Duration::days(1), &dir, true, None)
+        .await
+        .unwrap();
+    let events_file = partition::partition_name(Table::Events, day) + ".ndjson.zst";
+    let dl_file = partition::partition_name(Table::DeadLetter, day) + ".ndjson.zst";
+    let files: Vec<&str> = done.entries.iter().map(|e| e.file.as_str()).collect();
+    assert_eq!(files, [events_file.as_str(), dl_file.as_str()]);
+    assert_eq!(done.entries[0].rows, 4);
+    assert_eq!(done.entries[1].rows, 1);
+    // The manifest agrees with the files.
+    let manifest = archive::read_manifest(&dir).unwrap().unwrap();
+    for e in &manifest.files {
+        let (lines, sha) = archive::verify_file(&dir.join(&e.file)).unwrap();
+        assert_eq!((lines, sha.as_str()), (e.rows, e.sha256.as_str()));
+    }
+    // Dropped: gone from the API and the catalog.
+    assert_eq!(raw(&app, "arch-gen1").await.0, 404);
+    assert!(
+        !partitions(&c, Table::Events)
+            .await
+            .contains(&partition::partition_name(Table::Events, day))
+    );
+    assert_eq!(dump(&app.db).await.len(), 0);
+
+    // Restored: the same rows, the same published documents.
+    let paths = vec![dir.join(&events_file), dir.join(&dl_file)];
+    let restored = archive::restore(&mut c, &paths, PartitionInterval::Day, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        restored
+            .iter()
+            .map(|r| (r.rows, r.skipped))
+            .collect::<Vec<_>>(),
+        [(4, 0), (1, 0)]
+    );
+    assert_eq!(dump(&app.db).await, rows_before);
+    for ((id, _), want) in bodies.iter().zip(&before) {
+        assert_eq!(&raw(&app, id).await.1, want, "{id}");
+    }
+    // Twice is the same as once.
+    let again = archive::restore(&mut c, &paths, PartitionInterval::Day, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .map(|r| (r.rows, r.skipped))
+            .collect::<Vec<_>>(),
+        [(4, 4), (1, 1)]
+    );
+    assert_eq!(dump(&app.db).await, rows_before);
+    // A damaged file is refused before anything is loaded from it.
+    let mut bytes = std::fs::read(&paths[0]).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&paths[0], &bytes).unwrap();
+    let err = archive::restore(&mut c, &paths[..1], PartitionInterval::Day, None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("SHA-256") || err.to_string().contains("archive"),
+        "{err}"
+    );
+    // New events are numbered above the restored ones.
+    app.publish(
+        "storage.archive",
+        &cloud_event("after-restore", Some(Utc::now())),
+    )
+    .await;
+    app.wait_until(Duration::from_secs(10), || async {
+        !partition_of(&app, "after-restore").await.is_empty()
+    })
+    .await;
+    let newest: String = app
+        .db
+        .query_one("SELECT id FROM events ORDER BY seq DESC LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(newest, "after-restore");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every column of the archived events and the dead letter, as JSON text.
+async fn dump(db: &Client) -> Vec<String> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT row_to_json(e)::text FROM (SELECT {} FROM events WHERE id LIKE 'arch-%' ORDER BY id) e",
+                candystore::storage::schema::EVENT_COLUMNS
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let dl = db
+        .query(
+            "SELECT row_to_json(d)::text FROM dead_letter d WHERE fingerprint = '\\x0102'",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .chain(&dl)
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+/// One million events in the plain table of migration 0008, as a database
+/// created before partitioning holds them: 30 days, ids unique per source.
+const LEGACY_FILL: &str = r#"
+INSERT INTO events (id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
+                    stored_at, payload, session_id, correlation_id, storage_latency_ms, generation,
+                    envelope, payload_member, properties)
+SELECT 'legacy-' || g, 'load.type.' || (g % 40), 'svc-' || (g % 20), NULL, 'load.type.' || (g % 40), 'events',
+       now() - interval '30 days' + g * interval '2592 milliseconds', now(), now(),
+       jsonb_build_object('n', g % 97), 'sess-' || (g % 1000), NULL, 5.0, 1,
+       '{"event_type":"load"}', 'data', '{}'
+FROM generate_series(1, 1000000) AS g;
+INSERT INTO dead_letter (fingerprint, received_at, exchange, routing_key, properties, body, reason, detail)
+SELECT sha256(g::text::bytea), now() - g * interval '1 hour', 'x', 'rk', '{}', '\xff', 'invalid_utf8', 'bytes'
+FROM generate_series(1, 100) AS g;
+ANALYZE events;
+"#;
+
+#[tokio::test]
+async fn the_online_migration_of_a_million_events_with_ingest_running_loses_and_duplicates_nothing()
+{
+    let app = spawn_app_prepared(&[], AppOptions::default(), 8, LEGACY_FILL).await;
+    assert!(
+        !storage::is_partitioned(&app.db, Table::Events)
+            .await
+            .unwrap()
+    );
+    const LIVE: usize = 3_000;
+    // Ingest and the API keep going while `candystore migrate` runs.
+    let publishing = async {
+        for i in 0..LIVE {
+            let t = Utc::now() - chrono::Duration::days((i % 25) as i64);
+            app.publish("storage.live", &cloud_event(&format!("live-{i}"), Some(t)))
+                .await;
+            if i % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let migrating = async {
+        let mut c = crate::helpers::connect(&app.db_url).await;
+        let applied = db::migrate_with(&mut c, PartitionInterval::Day, i64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(applied, ["0009_partition_by_time (online)"]);
+    };
+    let api_failures = std::sync::atomic::AtomicUsize::new(0);
+    let api_calls = std::sync::atomic::AtomicUsize::new(0);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let querying = async {
+        while !stop.is_cancelled() {
+            let r = app.http.get(app.api("/events?limit=5")).send().await;
+            api_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !r.is_ok_and(|r| r.status() == 200) {
+                api_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let work = async {
+        tokio::join!(publishing, migrating);
+        stop.cancel();
+    };
+    tokio::join!(work, querying);
+    assert!(api_calls.load(std::sync::atomic::Ordering::Relaxed) > 10);
+    assert_eq!(api_failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+    let total = 1_000_000 + LIVE as i64;
+    app.wait_until(Duration::from_secs(60), || async {
+        app.count("events").await >= total
+    })
+    .await;
+    settle(&app).await;
+    assert!(
+        storage::is_partitioned(&app.db, Table::Events)
+            .await
+            .unwrap()
+    );
+    assert!(
+        storage::is_partitioned(&app.db, Table::DeadLetter)
+            .await
+            .unwrap()
+    );
+    let row = app
+        .db
+        .query_one(
+            "SELECT count(*), count(DISTINCT (id, source)), count(*) FILTER (WHERE id LIKE 'live-%'), \
+             count(DISTINCT id) FILTER (WHERE id LIKE 'live-%') FROM events WHERE id NOT LIKE 'marker-%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, distinct, live, live_distinct): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((rows, distinct), (total, total));
+    assert_eq!((live, live_distinct), (LIVE as i64, LIVE as i64));
+    assert_eq!(app.count("dead_letter").await, 100);
+    assert_eq!(app.count("events_default").await, 0);
+    // seq goes on above every copied row.
+    let (max_legacy, max_all): (i64, i64) = {
+        let r = app
+            .db
+            .query_one(
+                "SELECT max(seq) FILTER (WHERE id LIKE 'legacy-%'), max(seq) FROM events",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(max_all > max_legacy);
+    // The schema is current and the service's own check agrees.
+    db::check_schema(&app.db).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_service_applies_retention_on_schedule_archiving_first_and_exports_what_it_did() {
+    let dir = std::env::temp_dir().join(format!("cs-retention-{}", uuid::Uuid::new_v4()));
+    let dir_text = dir.display().to_string();
+    let app = crate::helpers::spawn_app_with(
+        &[
+            ("RETENTION", "30d"),
+            ("ARCHIVE_DIR", dir_text.as_str()),
+            ("MAINTENANCE_INTERVAL", "200ms"),
+        ],
+        AppOptions::default(),
+    )
+    .await;
+    seed_days(&app.db, &[45, 2]).await;
+    let gone = partition::partition_name(Table::Events, days_ago(45));
+    app.wait_until(Duration::from_secs(20), || async {
+        app.metric("candystore_partitions_dropped_total").await >= 1.0
+    })
+    .await;
+    // The old day was drained out of the default partition, archived, then dropped.
+    let manifest = archive::read_manifest(&dir).unwrap().unwrap();
+    let entry = manifest.files.iter().find(|e| e.partition == gone).unwrap();
+    assert_eq!(entry.rows, 10);
+    assert_eq!(app.count("events").await, 10);
+    let metrics = app.metrics_text().await;
+    for line in [
+        "candystore_partitions_archived_total{table=\"events\"} 1",
+        "candystore_default_partition_rows{table=\"events\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing");
+    }
+    assert!(metrics.contains("candystore_partition_bytes{partition=\"events_p"));
+    assert!(!metrics.contains(&format!("partition=\"{gone}\"")));
+    assert!(
+        app.metric("candystore_maintenance_last_success_timestamp_seconds")
+            .await
+            > 0.0
+    );
+    assert_eq!(
+        app.metric("candystore_maintenance_failures_total").await,
+        0.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
