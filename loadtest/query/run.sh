@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Fills a database of its own with ROWS events (once), serves it, and runs the
-# query k6 script against it. ROWS=1000000 by default; 10000000 for the issue's target.
+# Fills a database of its own with ROWS events over DAYS days (once), serves it, and
+# runs the query k6 script against it. ROWS=1000000 by default; 10000000 for the
+# issue's target (with DAYS=90: 90 daily partitions).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROWS=${ROWS:-1000000}
-DB=cs_loadtest_${ROWS}
+# DAYS: the history the rows are spread over, one partition per day (30 by default;
+# the storage issue's figures use 90).
+DAYS=${DAYS:-30}
+DB=cs_loadtest_${ROWS}_${DAYS}d
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
 export RABBIT_EXCHANGE=cs_loadtest RABBIT_QUEUE=cs_loadtest
 export API_HOST=127.0.0.1 API_PORT=18684 METRICS_PORT=19092 LOG_LEVEL=warn DATABASE_READ_POOL_SIZE=16
@@ -14,7 +18,7 @@ $BIN migrate >/dev/null
 have=$(psql -h 127.0.0.1 -U postgres -d "$DB" -tAc "SELECT count(*) FROM events")
 if [ "$have" -lt "$ROWS" ]; then
   echo "filling $DB with $((ROWS - have)) rows"
-  time psql -q -h 127.0.0.1 -U postgres -d "$DB" -v rows=$((ROWS - have)) -f loadtest/fill.sql
+  time psql -q -h 127.0.0.1 -U postgres -d "$DB" -v rows=$((ROWS - have)) -v days="$DAYS" -f loadtest/fill.sql
 fi
 $BIN serve & pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
