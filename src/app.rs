@@ -190,6 +190,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         broker,
         lifecycle: lifecycle.clone(),
         database_display: redact_url(&settings.database_url),
+        table_sizes: Arc::default(),
     };
     let (api_server, api_addr) = api::serve_api(
         SocketAddr::new(settings.api_host, settings.api_port),

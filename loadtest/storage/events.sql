@@ -12,14 +12,14 @@ SELECT string_agg(w, ' ') AS t FROM (
                 'consensus','notes','action','item','owner','deadline','question','answer','follow','up','and',
                 'then','with','from','into','about','which','while','their','there','would','could'])[1 + (random() * 53)::int] AS w
   FROM generate_series(1, 12000)) s;
-INSERT INTO :target (id, event_type, source, target, routing_key, exchange, "timestamp", received_at, stored_at,
+INSERT INTO :target (seq, id, event_type, source, target, routing_key, exchange, "timestamp", received_at, stored_at,
                      payload, session_id, correlation_id, storage_latency_ms, generation, envelope, payload_member,
                      properties)
-SELECT u::text, 'bloodbank.v1.' || (ARRAY['transcript.segment','repo.decision','agent.step','meeting.note'])[1 + g % 4],
+SELECT g, u::text, 'bloodbank.v1.' || (ARRAY['transcript.segment','repo.decision','agent.step','meeting.note'])[1 + g % 4],
        'hermes://agent/' || (g % 20), NULL, 'bloodbank.evt.v1.' || (g % 40), 'events',
-       :'day'::timestamptz + (g * interval '86399 milliseconds' / :rows::int * 1000 / 1000),
+       :'day'::timestamptz + g * (interval '86399 seconds' / :rows),
        now(), now(),
-       jsonb_build_object('text', substr(c.t, 1 + (g * 7919) % 40000,
+       jsonb_build_object('text', substr(c.t, 1 + ((g::bigint * 7919) % 40000)::int,
                                          CASE WHEN g % 20 = 0 THEN 20000 WHEN g % 20 <= 5 THEN 4000 ELSE 500 END),
                           'confidence', round((g % 1000) / 1000.0, 3), 'speaker', 'spk-' || (g % 7),
                           'segment', g, 'language', 'en', 'final', g % 3 = 0),

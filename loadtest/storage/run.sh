@@ -19,7 +19,7 @@ createdb -h 127.0.0.1 -U postgres "$DB"
 $BIN migrate >/dev/null
 P="events_p${DAY//-/}"
 "${PSQL[@]}" -c "CREATE TABLE $P PARTITION OF events FOR VALUES FROM ('$DAY 00:00:00+00') TO ('$NEXT 00:00:00+00')"
-"${PSQL[@]}" -c "CREATE TABLE src (LIKE events)"
+"${PSQL[@]}" -c "CREATE TABLE src (LIKE events INCLUDING DEFAULTS)"
 echo "generating $ROWS events"
 "${PSQL[@]}" -v rows="$ROWS" -v day="$DAY" -v target=src -f loadtest/storage/events.sql
 

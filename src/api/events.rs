@@ -496,53 +496,95 @@ pub struct Page {
 pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
     let q = EventQuery::parse(req.query_string())?;
     let client = state.pool.get().await.map_err(unavailable)?;
-    let (filter, mut params) = q.conditions();
-    let n_filter = params.len();
-    let mut page_filter = filter.clone();
-    if let Some(c) = q.cursor {
-        params.push(Box::new(c.time()?));
-        params.push(Box::new(c.seq));
-        page_filter.push_str(&format!(
-            " AND (\"timestamp\", seq) < (${}, ${})",
-            params.len() - 1,
-            params.len()
-        ));
-    }
-    params.push(Box::new(q.limit + 1));
-    let sql = if q.offset == 0 {
-        format!(
-            "SELECT {COLUMNS} FROM events WHERE {page_filter} ORDER BY \"timestamp\" DESC, seq DESC LIMIT ${}",
-            params.len()
-        )
-    } else {
-        // Deferred join: skip the offset on the index alone (an index-only scan
-        // where the visibility map allows), then fetch only the page's rows.
-        params.push(Box::new(q.offset));
-        format!(
-            "SELECT {COLUMNS} FROM events JOIN (SELECT \"timestamp\", seq FROM events WHERE {page_filter} \
-             ORDER BY \"timestamp\" DESC, seq DESC LIMIT ${} OFFSET ${}) page USING (\"timestamp\", seq) \
-             ORDER BY \"timestamp\" DESC, seq DESC",
-            params.len() - 1,
-            params.len()
-        )
+    // Newest first over time partitions: look back a short window from the page's
+    // start first (only the partitions it covers are planned and read), and widen
+    // only when it holds too few matches (ARCHITECTURE.md, "Query path").
+    let anchor = match &q.cursor {
+        Some(c) => c.time()?,
+        None => Utc::now(),
     };
-    let refs: Vec<&(dyn ToSql + Sync)> = params
+    let anchor = q.end_time.map_or(anchor, |end| end.min(anchor));
+    let mut windows = LOOK_BACK_DAYS
         .iter()
-        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-        .collect();
+        .map(|d| anchor - chrono::Duration::days(*d))
+        // A window reaching past start_time is the same as no window.
+        .filter(|lower| q.start_time.is_none_or(|s| s < *lower))
+        .map(Some)
+        .chain([None])
+        .peekable();
+    let (filter, n_filter, page, window) = loop {
+        let window = windows.next().expect("ends with the unbounded window");
+        let (filter, mut params) = q.conditions();
+        let n_filter = params.len();
+        let mut page_filter = filter.clone();
+        if let Some(c) = &q.cursor {
+            params.push(Box::new(c.time()?));
+            params.push(Box::new(c.seq));
+            page_filter.push_str(&format!(
+                " AND (\"timestamp\", seq) < (${t}, ${s}) AND \"timestamp\" <= ${t}",
+                t = params.len() - 1,
+                s = params.len()
+            ));
+        }
+        if let Some(lower) = window {
+            params.push(Box::new(lower));
+            page_filter.push_str(&format!(" AND \"timestamp\" >= ${}", params.len()));
+        }
+        params.push(Box::new(q.limit + 1));
+        let sql = if q.offset == 0 {
+            format!(
+                "SELECT {COLUMNS} FROM events WHERE {page_filter} ORDER BY \"timestamp\" DESC, seq DESC LIMIT ${}",
+                params.len()
+            )
+        } else {
+            // Deferred join: skip the offset on the index alone (an index-only scan
+            // where the visibility map allows), then fetch only the page's rows.
+            params.push(Box::new(q.offset));
+            format!(
+                "SELECT {COLUMNS} FROM events JOIN (SELECT \"timestamp\", seq FROM events WHERE {page_filter} \
+                 ORDER BY \"timestamp\" DESC, seq DESC LIMIT ${} OFFSET ${}) page USING (\"timestamp\", seq) \
+                 ORDER BY \"timestamp\" DESC, seq DESC",
+                params.len() - 1,
+                params.len()
+            )
+        };
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let page = fetch_page(&client, &sql, &refs, q.limit).await?;
+        // Rows past the page inside the window are rows past the page, period.
+        if page.has_more || windows.peek().is_none() {
+            break (filter, n_filter, page, window);
+        }
+        // Too few: a window with nothing at all says the matches are rare, and the
+        // next step is everything (one wide query rather than several).
+        if page.rows.is_empty() && q.offset == 0 {
+            while windows.peek().is_some_and(Option::is_some) {
+                windows.next();
+            }
+        }
+    };
     let FetchedPage {
         rows,
         has_more,
         next_cursor,
-    } = fetch_page(&client, &sql, &refs, q.limit).await?;
+    } = page;
+    let (_, params) = q.conditions();
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
     let (total, total_is_estimate) = total(
         &client,
+        &state.table_sizes,
         &filter,
         &refs[..n_filter],
         Seen {
             through: q.offset + rows.len() as i64,
             has_more,
             whole_prefix: q.cursor.is_none() && (q.offset == 0 || !rows.is_empty()),
+            window,
         },
     )
     .await?;
@@ -557,6 +599,11 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
     }))
 }
 
+/// How far back a page looks before it looks at everything: a day holds the first
+/// page of most filters; the wider windows keep rarer ones from reading every
+/// partition at once.
+const LOOK_BACK_DAYS: [i64; 3] = [1, 8, 64];
+
 /// What a page already tells about the number of matching events.
 struct Seen {
     /// offset + rows on the page
@@ -565,6 +612,8 @@ struct Seen {
     /// the page began at a known position in the whole result (no cursor, and not
     /// past the end), so `through` matching events are known to exist
     whole_prefix: bool,
+    /// the lower time bound the page was read under, if it needed none wider
+    window: Option<DateTime<Utc>>,
 }
 
 /// `total` for `GET /events`: exact up to [`EXACT_TOTAL_UP_TO`] matching events,
@@ -575,6 +624,7 @@ struct Seen {
 /// rows. No request ever counts more.
 async fn total(
     client: &tokio_postgres::Client,
+    sizes: &super::sizes::TableSizes,
     filter: &str,
     params: &[&(dyn ToSql + Sync)],
     seen: Seen,
@@ -587,6 +637,15 @@ async fn total(
     } else {
         0
     };
+    // The page came from a window of recent partitions: estimate from that window
+    // and scale by the table's size, rather than plan the filter over every
+    // partition. Past the exact range the answer is an estimate either way.
+    if let Some(lower) = seen.window
+        && let Some(estimate) = scaled_estimate(client, sizes, filter, params, lower).await?
+        && (at_least > EXACT_TOTAL_UP_TO || estimate > EXACT_TOTAL_UP_TO)
+    {
+        return Ok((estimate.max(at_least), true));
+    }
     let explain = format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM events WHERE {filter}");
     let plan: serde_json::Value = client
         .query_one(&explain, params)
@@ -611,6 +670,37 @@ async fn total(
     } else {
         Ok((estimate.max(exact).max(at_least), true))
     }
+}
+
+/// The planner's estimate of the matches at or after `lower`, scaled by the rows
+/// of the whole table over the rows at or after `lower` (partition statistics,
+/// cached). Without a filter, the table's rows. `None` on a plain table.
+async fn scaled_estimate(
+    client: &tokio_postgres::Client,
+    sizes: &super::sizes::TableSizes,
+    filter: &str,
+    params: &[&(dyn ToSql + Sync)],
+    lower: DateTime<Utc>,
+) -> Result<Option<i64>, Problem> {
+    let Some((all, since)) = sizes.rows_since(client, lower).await.map_err(unavailable)? else {
+        return Ok(None);
+    };
+    if filter == "TRUE" {
+        return Ok(Some(all.round() as i64));
+    }
+    let n = params.len() + 1;
+    let mut with_lower: Vec<&(dyn ToSql + Sync)> = params.to_vec();
+    with_lower.push(&lower);
+    let plan: serde_json::Value = client
+        .query_one(
+            &format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM events WHERE {filter} AND \"timestamp\" >= ${n}"),
+            &with_lower,
+        )
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    let matching = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0);
+    Ok(Some((matching * (all / since.max(1.0)).max(1.0)).round() as i64))
 }
 
 fn not_found(id: &str) -> Problem {

@@ -8,6 +8,7 @@ pub mod health;
 pub mod large;
 pub mod openapi;
 pub mod problem;
+pub mod sizes;
 pub mod stream;
 pub mod tail;
 pub mod timeline;
@@ -77,6 +78,8 @@ pub struct ApiState {
     pub lifecycle: Arc<Lifecycle>,
     /// DATABASE_URL with its password removed.
     pub database_display: String,
+    /// Rows per partition, for `total` estimates.
+    pub table_sizes: Arc<sizes::TableSizes>,
 }
 
 /// Binds the REST API. Returns the server (not yet polled) and the bound address.

@@ -1,0 +1,76 @@
+//! Rows per partition of `events`, from the statistics, refreshed at most every
+//! [`REFRESH`]: what `GET /events` scales a recent window's estimate by, so that a
+//! page read from the newest partitions never plans its `total` over all of them.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::storage::partition::parse_bound;
+
+const REFRESH: Duration = Duration::from_secs(30);
+
+/// (range, rows); the default partition (or a plain table) has no range.
+type Sizes = Vec<(Option<(DateTime<Utc>, DateTime<Utc>)>, f64)>;
+
+#[derive(Default)]
+pub struct TableSizes {
+    cached: Mutex<Option<(Instant, Sizes)>>,
+}
+
+impl TableSizes {
+    async fn sizes(&self, client: &tokio_postgres::Client) -> Result<Sizes, tokio_postgres::Error> {
+        if let Some((at, sizes)) = &*self.cached.lock().unwrap_or_else(|p| p.into_inner())
+            && at.elapsed() < REFRESH
+        {
+            return Ok(sizes.clone());
+        }
+        let rows = client
+            .query(
+                "SELECT greatest(c.reltuples, 0)::float8, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i \
+                 JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass \
+                 UNION ALL SELECT greatest(reltuples, 0)::float8, NULL FROM pg_class \
+                 WHERE oid = 'events'::regclass AND relkind = 'r'",
+                &[],
+            )
+            .await?;
+        let sizes: Sizes = rows
+            .iter()
+            .map(|r| {
+                let bound: Option<String> = r.get(1);
+                let range = bound.as_deref().and_then(parse_bound).map(|r| (r.start, r.end));
+                (range, r.get::<_, f64>(0))
+            })
+            .collect();
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), sizes.clone()));
+        Ok(sizes)
+    }
+
+    /// (rows in the table, rows at or after `lower`), or `None` when the table is
+    /// not partitioned (nothing to scale by).
+    pub async fn rows_since(
+        &self,
+        client: &tokio_postgres::Client,
+        lower: DateTime<Utc>,
+    ) -> Result<Option<(f64, f64)>, tokio_postgres::Error> {
+        let sizes = self.sizes(client).await?;
+        if !sizes.iter().any(|(r, _)| r.is_some()) {
+            return Ok(None);
+        }
+        let all = sizes.iter().map(|(_, n)| n).sum();
+        let since = sizes
+            .iter()
+            .map(|(range, n)| match range {
+                None => *n,
+                Some((start, end)) if *start >= lower => *n,
+                Some((_, end)) if *end <= lower => 0.0,
+                // The partition that holds `lower`: its share after it.
+                Some((start, end)) => {
+                    n * (*end - lower).num_seconds() as f64 / (*end - *start).num_seconds().max(1) as f64
+                }
+            })
+            .sum();
+        Ok(Some((all, since)))
+    }
+}
