@@ -700,7 +700,9 @@ async fn scaled_estimate(
         .map_err(unavailable)?
         .get(0);
     let matching = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0);
-    Ok(Some((matching * (all / since.max(1.0)).max(1.0)).round() as i64))
+    Ok(Some(
+        (matching * (all / since.max(1.0)).max(1.0)).round() as i64
+    ))
 }
 
 fn not_found(id: &str) -> Problem {

@@ -39,11 +39,15 @@ impl TableSizes {
             .iter()
             .map(|r| {
                 let bound: Option<String> = r.get(1);
-                let range = bound.as_deref().and_then(parse_bound).map(|r| (r.start, r.end));
+                let range = bound
+                    .as_deref()
+                    .and_then(parse_bound)
+                    .map(|r| (r.start, r.end));
                 (range, r.get::<_, f64>(0))
             })
             .collect();
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), sizes.clone()));
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), sizes.clone()));
         Ok(sizes)
     }
 
@@ -67,7 +71,8 @@ impl TableSizes {
                 Some((_, end)) if *end <= lower => 0.0,
                 // The partition that holds `lower`: its share after it.
                 Some((start, end)) => {
-                    n * (*end - lower).num_seconds() as f64 / (*end - *start).num_seconds().max(1) as f64
+                    n * (*end - lower).num_seconds() as f64
+                        / (*end - *start).num_seconds().max(1) as f64
                 }
             })
             .sum();

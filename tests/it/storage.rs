@@ -628,3 +628,100 @@ async fn the_service_applies_retention_on_schedule_archiving_first_and_exports_w
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn pages_that_look_back_a_window_first_walk_every_event_once_in_order() {
+    let app = spawn_app().await;
+    // One event an hour for 100 hours, one every 5 days for 100 days more, and
+    // one in the future: the first windows hold some, then few, then none.
+    let now = Utc::now();
+    let mut times: Vec<DateTime<Utc>> =
+        (0..100).map(|h| now - chrono::Duration::hours(h)).collect();
+    times.extend((1..=20).map(|k| now - chrono::Duration::days(5 * k)));
+    times.push(now + chrono::Duration::hours(30));
+    for (i, t) in times.iter().enumerate() {
+        app.db
+            .execute(
+                "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+                 payload, generation, envelope, properties, session_id) \
+                 VALUES ($1, 'walk', 'svc', 'walk', 'x', $2, $2, '{}', 3, '{}', '{}', $3)",
+                &[&format!("walk-{i:03}"), t, &(if i % 3 == 0 { "s-3" } else { "s-other" })],
+            )
+            .await
+            .unwrap();
+    }
+    let mut c = storage_client(&app).await;
+    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    let expected = |session: Option<&str>| {
+        let db = &app.db;
+        let session = session.map(str::to_owned);
+        async move {
+            db.query(
+                "SELECT id FROM events WHERE ($1::text IS NULL OR session_id = $1) ORDER BY \"timestamp\" DESC, seq DESC",
+                &[&session],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+        }
+    };
+    for session in [None, Some("s-3")] {
+        let want = expected(session).await;
+        let filter = session
+            .map(|s| format!("&session_id={s}"))
+            .unwrap_or_default();
+        // By cursor.
+        let mut got = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page: serde_json::Value = app
+                .http
+                .get(app.api(&format!("/events?limit=7{filter}{cursor}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            got.extend(
+                page["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["id"].as_str().unwrap().to_owned()),
+            );
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = format!("&cursor={c}"),
+                None => break,
+            }
+        }
+        assert_eq!(got, want, "cursor walk, session {session:?}");
+        // By offset.
+        let mut got = Vec::new();
+        for offset in (0..want.len()).step_by(9) {
+            let page: serde_json::Value = app
+                .http
+                .get(app.api(&format!("/events?limit=9&offset={offset}{filter}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(page["total"], want.len(), "{page}");
+            assert_eq!(page["total_is_estimate"], false);
+            got.extend(
+                page["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["id"].as_str().unwrap().to_owned()),
+            );
+        }
+        assert_eq!(got, want, "offset walk, session {session:?}");
+    }
+}
