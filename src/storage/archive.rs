@@ -21,9 +21,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
@@ -572,12 +571,7 @@ async fn restore_file(
     interval: PartitionInterval,
     progress: Option<&dyn Progress>,
 ) -> Result<Restored, StorageError> {
-    client
-        .batch_execute(
-            "CREATE TEMP TABLE IF NOT EXISTS restore_lines (line text NOT NULL) ON COMMIT DELETE ROWS",
-        )
-        .await?;
-    let insert = restore_sql(table);
+    let insert = client.prepare(&restore_sql(table)).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<String>>>(4);
     let reader_path = path.to_owned();
     let reader = std::thread::spawn(move || {
@@ -636,17 +630,10 @@ async fn restore_file(
             }
             rows += 1;
         }
-        let txn = client.transaction().await?;
-        let sink = txn
-            .copy_in("COPY restore_lines (line) FROM STDIN (FORMAT binary)")
-            .await?;
-        futures::pin_mut!(sink);
-        sink.send(encode_lines(&chunk).freeze()).await?;
-        sink.finish().await?;
-        let row = txn.query_one(insert.as_str(), &[]).await?;
+        // The lines travel as one text[] parameter: no staging table to write.
+        let row = client.query_one(&insert, &[&chunk]).await?;
         inserted += row.get::<_, i64>(0) as u64;
         max_seq = max_seq.max(row.get::<_, Option<i64>>(1).unwrap_or(0));
-        txn.commit().await?;
         if let Some(p) = progress {
             p.advance(chunk.len() as u64);
         }
@@ -677,10 +664,14 @@ fn restore_sql(table: Table) -> String {
     let name = table.name();
     let columns = table.columns();
     let parsed = format!(
-        "SELECT {} FROM restore_lines l, jsonb_to_record(l.line::jsonb) AS r({})",
+        "SELECT {} FROM unnest($1::text[]) AS l(line), jsonb_to_record(l.line::jsonb) AS r({})",
         restore_select(table),
         record_type(table)
     );
+    let returned = match table {
+        Table::Events => "seq, id, source, \"timestamp\", received_at, properties",
+        Table::DeadLetter => "seq, fingerprint, received_at",
+    };
     let keys = match table {
         // The same rule as sql/0008: rows whose time looks like a fallback.
         Table::Events => "INSERT INTO event_keys (id, source, \"timestamp\") SELECT id, source, \"timestamp\" FROM ins \
@@ -693,25 +684,10 @@ fn restore_sql(table: Table) -> String {
             .to_owned(),
     };
     format!(
-        "WITH ins AS (INSERT INTO {name} ({columns}) {parsed} ON CONFLICT DO NOTHING RETURNING *), \
+        "WITH ins AS (INSERT INTO {name} ({columns}) {parsed} ON CONFLICT DO NOTHING RETURNING {returned}), \
          k AS ({keys}) \
          SELECT count(*), max(seq) FROM ins"
     )
-}
-
-/// A binary COPY stream of one text column.
-fn encode_lines(lines: &[String]) -> BytesMut {
-    let mut out = BytesMut::with_capacity(lines.iter().map(|l| l.len() + 6).sum::<usize>() + 32);
-    out.put_slice(b"PGCOPY\n\xff\r\n\0");
-    out.put_i32(0);
-    out.put_i32(0);
-    for l in lines {
-        out.put_i16(1);
-        out.put_i32(l.len() as i32);
-        out.put_slice(l.as_bytes());
-    }
-    out.put_i16(-1);
-    out
 }
 
 struct HashingWriter {
