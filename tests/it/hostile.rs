@@ -220,19 +220,28 @@ async fn a_quorum_queue_parks_a_message_after_its_delivery_limit() {
             .unwrap();
     }
     assert!(deliveries >= 2, "delivered {deliveries} times");
+    // The broker moves a dead-lettered message to the parked queue asynchronously.
     let parked = format!("{}.parked", app.queue);
-    let q = ch
-        .queue_declare(
-            parked.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(q.message_count(), 1, "the broker set the message aside");
+    let mut parked_count = 0;
+    for _ in 0..100 {
+        parked_count = ch
+            .queue_declare(
+                parked.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .message_count();
+        if parked_count > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(parked_count, 1, "the broker set the message aside");
     let _ = conn.close(200, "bye".into()).await;
 
     app.start(Default::default()).await;
