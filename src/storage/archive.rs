@@ -334,25 +334,11 @@ pub async fn archive_before(
     drop: bool,
     progress: Option<&dyn Progress>,
 ) -> Result<Archived, StorageError> {
-    let locked: bool = client
-        .query_one(
-            "SELECT pg_try_advisory_lock($1)",
-            &[&super::maintain::MAINTENANCE_LOCK],
-        )
-        .await?
-        .get(0);
-    if !locked {
-        return Err(StorageError::Migration(
-            "the maintenance job is running (another instance holds its lock); try again in a minute".into(),
-        ));
+    if !super::maintain::try_lock(client).await? {
+        return Err(StorageError::Busy);
     }
     let result = archive_locked(client, before, dir, drop, progress).await;
-    let _ = client
-        .execute(
-            "SELECT pg_advisory_unlock($1)",
-            &[&super::maintain::MAINTENANCE_LOCK],
-        )
-        .await;
+    super::maintain::unlock(client).await;
     result
 }
 

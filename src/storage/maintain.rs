@@ -81,11 +81,7 @@ pub async fn run_once(
     now: DateTime<Utc>,
     metrics: Option<&Metrics>,
 ) -> Result<Report, StorageError> {
-    let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
-        .await?
-        .get(0);
-    if !locked {
+    if !try_lock(client).await? {
         tracing::debug!("maintenance: another instance holds the lock; skipping this run");
         return Ok(Report {
             skipped: true,
@@ -93,10 +89,23 @@ pub async fn run_once(
         });
     }
     let result = run_locked(client, opts, now, metrics).await;
+    unlock(client).await;
+    result
+}
+
+/// Takes the maintenance lock for this session if no other session holds it.
+pub(crate) async fn try_lock(client: &Client) -> Result<bool, StorageError> {
+    Ok(client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
+        .await?
+        .get(0))
+}
+
+/// Releases it (ending the session would too).
+pub(crate) async fn unlock(client: &Client) {
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK])
         .await;
-    result
 }
 
 async fn run_locked(

@@ -108,6 +108,10 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
     #[error("the online migration stopped: {0}")]
     Migration(String),
+    #[error(
+        "the maintenance job is running (another instance holds its lock); try again in a minute"
+    )]
+    Busy,
 }
 
 impl StorageError {

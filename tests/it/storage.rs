@@ -387,31 +387,13 @@ async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_lett
 
     // Restored: the same rows, the same published documents.
     let paths = vec![dir.join(&events_file), dir.join(&dl_file)];
-    let restored = archive::restore(&mut c, &paths, PartitionInterval::Day, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        restored
-            .iter()
-            .map(|r| (r.rows, r.skipped))
-            .collect::<Vec<_>>(),
-        [(4, 0), (1, 0)]
-    );
+    assert_eq!(restore_counts(&mut c, &paths).await, [(4, 0), (1, 0)]);
     assert_eq!(dump(&app.db).await, rows_before);
     for ((id, _), want) in bodies.iter().zip(&before) {
         assert_eq!(&raw(&app, id).await.1, want, "{id}");
     }
     // Twice is the same as once.
-    let again = archive::restore(&mut c, &paths, PartitionInterval::Day, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        again
-            .iter()
-            .map(|r| (r.rows, r.skipped))
-            .collect::<Vec<_>>(),
-        [(4, 4), (1, 1)]
-    );
+    assert_eq!(restore_counts(&mut c, &paths).await, [(4, 4), (1, 1)]);
     assert_eq!(dump(&app.db).await, rows_before);
     // A damaged file is refused before anything is loaded from it.
     let mut bytes = std::fs::read(&paths[0]).unwrap();
@@ -443,6 +425,16 @@ async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_lett
         .get(0);
     assert_eq!(newest, "after-restore");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Restores `paths`: (rows read, rows already stored) per file.
+async fn restore_counts(c: &mut Client, paths: &[std::path::PathBuf]) -> Vec<(u64, u64)> {
+    archive::restore(c, paths, PartitionInterval::Day, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.rows, r.skipped))
+        .collect()
 }
 
 /// Every column of the archived events and the dead letter, as JSON text.
