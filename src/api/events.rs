@@ -512,7 +512,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         .map(Some)
         .chain([None])
         .peekable();
-    let (filter, n_filter, page, window) = loop {
+    let (filter, params, n_filter, page, window) = loop {
         let window = windows.next().expect("ends with the unbounded window");
         let (filter, mut params) = q.conditions();
         let n_filter = params.len();
@@ -555,7 +555,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         let page = fetch_page(&client, &sql, &refs, q.limit).await?;
         // Rows past the page inside the window are rows past the page, period.
         if page.has_more || windows.peek().is_none() {
-            break (filter, n_filter, page, window);
+            break (filter, params, n_filter, page, window);
         }
         // Too few: a window with nothing at all says the matches are rare, and the
         // next step is everything (one wide query rather than several).
@@ -570,8 +570,8 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         has_more,
         next_cursor,
     } = page;
-    let (_, params) = q.conditions();
-    let refs: Vec<&(dyn ToSql + Sync)> = params
+    // The filter's parameters come first in the page's.
+    let refs: Vec<&(dyn ToSql + Sync)> = params[..n_filter]
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
@@ -579,7 +579,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         &client,
         &state.table_sizes,
         &filter,
-        &refs[..n_filter],
+        &refs,
         Seen {
             through: q.offset + rows.len() as i64,
             has_more,

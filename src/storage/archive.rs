@@ -29,7 +29,7 @@ use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::Type;
 
-use super::partition::{self, Partition, PartitionInterval, Range};
+use super::partition::{self, Partition, PartitionInterval};
 use super::{StorageError, Table};
 
 pub const MANIFEST: &str = "manifest.json";
@@ -142,13 +142,7 @@ pub async fn archive_partition(
     let file_name = free_name(dir, &partition.name);
     let path = dir.join(&file_name);
     let part_path = dir.join(format!("{file_name}.part"));
-    let expected: i64 = client
-        .query_one(
-            "SELECT coalesce((SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = to_regclass($1)), 0)",
-            &[&partition.name],
-        )
-        .await?
-        .get(0);
+    let expected = super::estimated_rows(client, &partition.name).await?;
     if let Some(p) = progress {
         p.start(&partition.name, expected as u64);
     }
@@ -592,11 +586,7 @@ async fn restore_file(
     let mut rows = 0u64;
     let mut inserted = 0u64;
     let mut max_seq = 0i64;
-    let mut known: Vec<Range> = partition::list(client, table)
-        .await?
-        .into_iter()
-        .filter_map(|p| p.range)
-        .collect();
+    let mut known = partition::ranges_in(client, table.name()).await?;
     while let Some(chunk) = rx.recv().await {
         let chunk = chunk.map_err(|e| archive_err(path, e.to_string()))?;
         // Partitions for the chunk's times first, so no row lands in the default.
@@ -608,11 +598,7 @@ async fn restore_file(
             };
             if let Some(range) = partition::range_for(at, interval, &known) {
                 partition::create(client, table, range).await?;
-                known = partition::list(client, table)
-                    .await?
-                    .into_iter()
-                    .filter_map(|p| p.range)
-                    .collect();
+                known.push(range);
             }
             rows += 1;
         }

@@ -46,12 +46,7 @@ pub async fn run(
     client: &mut Client,
     interval: PartitionInterval,
 ) -> Result<Vec<Migrated>, StorageError> {
-    client
-        .batch_execute(&format!(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET lock_timeout = '{}ms'; SET statement_timeout = 0",
-            super::LOCK_TIMEOUT.as_millis()
-        ))
-        .await?;
+    client.batch_execute(&super::session_settings()).await?;
     let mut out = Vec::new();
     for table in Table::ALL {
         if super::is_partitioned(client, table).await? {
@@ -102,14 +97,11 @@ async fn partition_table(
     times.extend(super::maintain::ahead(now, interval));
     times.sort();
     let mut created = 0;
+    let mut existing = partition::ranges_in(client, &new).await?;
     for t in times {
-        let existing: Vec<_> = partition::list_in(client, &new)
-            .await?
-            .into_iter()
-            .filter_map(|p| p.range)
-            .collect();
         if let Some(range) = partition::range_for(t, interval, &existing) {
             partition::create_in(client, table, &new, range).await?;
+            existing.push(range);
             created += 1;
         }
     }

@@ -139,12 +139,31 @@ pub async fn connect(target: &crate::db::PgTarget) -> Result<Client, StorageErro
     let client = crate::db::connect(target).await?;
     client
         .batch_execute(&format!(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET lock_timeout = '{}ms'; SET statement_timeout = 0; \
-             SET application_name = 'candystore-storage'",
-            LOCK_TIMEOUT.as_millis()
+            "{} SET application_name = 'candystore-storage'",
+            session_settings()
         ))
         .await?;
     Ok(client)
+}
+
+/// The settings every storage session runs with (see [`connect`]).
+pub(crate) fn session_settings() -> String {
+    format!(
+        "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET lock_timeout = '{}ms'; SET statement_timeout = 0;",
+        LOCK_TIMEOUT.as_millis()
+    )
+}
+
+/// The rows a table holds by its statistics (0 before its first ANALYZE):
+/// counting would read it all.
+pub(crate) async fn estimated_rows(client: &Client, table: &str) -> Result<i64, StorageError> {
+    Ok(client
+        .query_one(
+            "SELECT coalesce((SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = to_regclass($1)), 0)",
+            &[&table],
+        )
+        .await?
+        .get(0))
 }
 
 /// Whether `table` is partitioned (the online migration has run).

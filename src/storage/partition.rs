@@ -136,6 +136,15 @@ pub async fn list(client: &Client, table: Table) -> Result<Vec<Partition>, Stora
     list_in(client, table.name()).await
 }
 
+/// The ranges of `parent`'s partitions (the default partition has none).
+pub(crate) async fn ranges_in(client: &Client, parent: &str) -> Result<Vec<Range>, StorageError> {
+    Ok(list_in(client, parent)
+        .await?
+        .into_iter()
+        .filter_map(|p| p.range)
+        .collect())
+}
+
 pub(crate) async fn list_in(client: &Client, parent: &str) -> Result<Vec<Partition>, StorageError> {
     let rows = client
         .query(
