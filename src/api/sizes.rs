@@ -51,31 +51,31 @@ impl TableSizes {
         Ok(sizes)
     }
 
-    /// (rows in the table, rows at or after `lower`), or `None` when the table is
-    /// not partitioned (nothing to scale by).
-    pub async fn rows_since(
+    /// (rows in the table, rows from `lower` to `upper`), or `None` when the table
+    /// is not partitioned (nothing to scale by). A partition that straddles a bound
+    /// counts in proportion to its range inside. The default partition counts whole:
+    /// its rows may lie anywhere, and a window's plan always reads it.
+    pub async fn rows_between(
         &self,
         client: &tokio_postgres::Client,
         lower: DateTime<Utc>,
+        upper: DateTime<Utc>,
     ) -> Result<Option<(f64, f64)>, tokio_postgres::Error> {
         let sizes = self.sizes(client).await?;
         if !sizes.iter().any(|(r, _)| r.is_some()) {
             return Ok(None);
         }
         let all = sizes.iter().map(|(_, n)| n).sum();
-        let since = sizes
+        let inside = sizes
             .iter()
             .map(|(range, n)| match range {
                 None => *n,
-                Some((start, end)) if *start >= lower => *n,
-                Some((_, end)) if *end <= lower => 0.0,
-                // The partition that holds `lower`: its share after it.
                 Some((start, end)) => {
-                    n * (*end - lower).num_seconds() as f64
-                        / (*end - *start).num_seconds().max(1) as f64
+                    let overlap = (*end.min(&upper) - *start.max(&lower)).num_seconds().max(0);
+                    n * overlap as f64 / (*end - *start).num_seconds().max(1) as f64
                 }
             })
             .sum();
-        Ok(Some((all, since)))
+        Ok(Some((all, inside)))
     }
 }

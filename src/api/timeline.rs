@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::ApiState;
 use super::events::{
-    COLUMNS, Cursor, DEFAULT_LIMIT, EventView, FetchedPage, fetch_page, parse_cursor, parse_limit,
-    parse_offset, query_pairs, rfc3339, unavailable, views,
+    COLUMNS, Cursor, DEFAULT_LIMIT, EventView, FetchedPage, fetch_page, generic_plans,
+    parse_cursor, parse_limit, parse_offset, query_pairs, reusable, rfc3339, unavailable, views,
 };
 use super::problem::Problem;
 
@@ -144,18 +144,19 @@ async fn timeline(
             format!("no events with {column} {value:?}"),
         ));
     }
-    let client = state.pool.get().await.map_err(unavailable)?;
-
-    let groups = client
-        .query(
-            &format!(
-                "SELECT event_type, source, count(*), min(\"timestamp\"), max(\"timestamp\") \
-                 FROM events WHERE {column} = $1 GROUP BY event_type, source"
-            ),
-            &[&value],
-        )
-        .await
-        .map_err(unavailable)?;
+    let mut client = state.pool.get().await.map_err(unavailable)?;
+    // Equality on an indexed column: one reused plan fits every value (no planning
+    // of every partition per request); likewise the pages below.
+    let tx = generic_plans(&mut client).await?;
+    let summary = reusable(
+        &tx,
+        &format!(
+            "SELECT event_type, source, count(*), min(\"timestamp\"), max(\"timestamp\") \
+             FROM events WHERE {column} = $1 GROUP BY event_type, source"
+        ),
+    )
+    .await?;
+    let groups = tx.query(&summary, &[&value]).await.map_err(unavailable)?;
     if groups.is_empty() {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
@@ -188,7 +189,8 @@ async fn timeline(
                 "SELECT {COLUMNS} FROM events WHERE {column} = $1 AND (\"timestamp\", seq) > ($2, $3) \
                  ORDER BY \"timestamp\", seq LIMIT $4"
             );
-            fetch_page(&client, &sql, &[&value, &ts, &c.seq, &limit], p.limit).await?
+            let statement = reusable(&tx, &sql).await?;
+            fetch_page(&*tx, &statement, &[&value, &ts, &c.seq, &limit], p.limit).await?
         }
         // Offsets skip on the index alone (deferred join), as in `GET /events`.
         None => {
@@ -197,9 +199,11 @@ async fn timeline(
                  ORDER BY \"timestamp\", seq LIMIT $2 OFFSET $3) page USING (\"timestamp\", seq) \
                  ORDER BY \"timestamp\", seq"
             );
-            fetch_page(&client, &sql, &[&value, &limit, &p.offset], p.limit).await?
+            let statement = reusable(&tx, &sql).await?;
+            fetch_page(&*tx, &statement, &[&value, &limit, &p.offset], p.limit).await?
         }
     };
+    tx.commit().await.map_err(unavailable)?;
     Ok(HttpResponse::Ok().json(Timeline {
         key: column,
         value,
