@@ -145,8 +145,23 @@ pub struct Migration {
 }
 
 /// The online migrations, by version: partitioning `events` and `dead_letter`
-/// (`storage::migrate_online`). Their checksum is that of the tables' definitions.
-const ONLINE: &[(i64, &str)] = &[(9, "0009_partition_by_time (online)")];
+/// (`storage::migrate_online`), and the live tail's `(txid, seq)` index
+/// (`storage::tail_index`). Their checksum is that of their statements' text.
+const ONLINE: &[(i64, &str)] = &[
+    (9, "0009_partition_by_time (online)"),
+    (10, "0010_events_txid (online)"),
+];
+
+fn online_text(version: i64) -> String {
+    match version {
+        9 => format!(
+            "{}{}",
+            crate::storage::schema::EVENTS,
+            crate::storage::schema::DEAD_LETTER
+        ),
+        _ => crate::storage::tail_index::DDL.to_owned(),
+    }
+}
 
 /// The embedded migrations, in order.
 pub fn migrations() -> Result<Vec<Migration>, DbError> {
@@ -171,11 +186,7 @@ pub fn migrations() -> Result<Vec<Migration>, DbError> {
             version: *version,
             name,
             sql: "",
-            checksum: checksum(&format!(
-                "{}{}",
-                crate::storage::schema::EVENTS,
-                crate::storage::schema::DEAD_LETTER
-            )),
+            checksum: checksum(&online_text(*version)),
             online: true,
         });
     }
@@ -208,9 +219,16 @@ pub async fn migrate_with(
     interval: crate::storage::PartitionInterval,
     upto: i64,
 ) -> Result<Vec<&'static str>, DbError> {
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
+    // Waiting in `pg_advisory_lock` would be a transaction that the other
+    // runner's `CREATE INDEX CONCURRENTLY` (migration 0010) waits for in turn: a
+    // deadlock. Trying again every 100 ms leaves no such transaction open.
+    while !client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?
+        .get::<_, bool>(0)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let all: Vec<Migration> = migrations()?
         .into_iter()
         .filter(|m| m.version <= upto)
@@ -237,12 +255,16 @@ async fn migrate_locked(
         .filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version))
     {
         if m.online {
-            crate::storage::migrate_online::run(client, interval)
-                .await
-                .map_err(|e| DbError::Online {
-                    name: m.name.to_owned(),
-                    reason: e.to_string(),
-                })?;
+            let ran = match m.version {
+                9 => crate::storage::migrate_online::run(client, interval)
+                    .await
+                    .map(drop),
+                _ => crate::storage::tail_index::run(client).await,
+            };
+            ran.map_err(|e| DbError::Online {
+                name: m.name.to_owned(),
+                reason: crate::telemetry::error_chain(&e),
+            })?;
             client
                 .execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",

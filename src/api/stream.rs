@@ -1,11 +1,11 @@
 //! `GET /events/stream`: a live tail of newly stored events over Server-Sent
 //! Events, with the filters of `GET /events`.
 //!
-//! Each event's SSE id is its `seq`. Writers insert one at a time under an
-//! advisory lock held until COMMIT (`sink::write`), so `seq` grows in commit order
-//! and "every row with seq > last" is exactly what a client has not seen yet:
-//! resuming with `Last-Event-ID` gives no gap and no repeat. Without it, the tail
-//! starts at the newest stored event.
+//! Each event's SSE id is its place in the tail's order, `{txid}-{seq}`
+//! ([`tail::Position`]): the tail reads only rows that are final, in that order, so
+//! "every event past the last id" is exactly what a client has not seen yet, with
+//! writers committing in any order. Resuming with `Last-Event-ID` gives no gap and
+//! no repeat. Without it, the tail starts at the newest readable event.
 //!
 //! Streams do not query on their own: one poller (`tail::TailHub`) reads new
 //! events for all of them, and a stream queries only to catch up when it is
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::ApiState;
 use super::events::{EventFilters, EventQuery, query_pairs};
 use super::problem::Problem;
-use super::tail::{self, TailBatch, TailFilter, read_after};
+use super::tail::{self, Position, TailBatch, TailFilter, read_after};
 
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
 /// The most a stream hands actix at once (one frame may be larger, and goes alone).
@@ -33,7 +33,7 @@ const CHUNK_BYTES: usize = 64 << 10;
 
 /// Parses the stream's parameters: the filters of `GET /events` (and its time
 /// range), plus where to resume.
-fn parse(req: &HttpRequest) -> Result<(EventQuery, Option<i64>), Problem> {
+fn parse(req: &HttpRequest) -> Result<(EventQuery, Option<Position>), Problem> {
     let pairs = query_pairs(req.query_string())?;
     let mut resume = None;
     let mut rest = Vec::new();
@@ -58,13 +58,9 @@ fn parse(req: &HttpRequest) -> Result<(EventQuery, Option<i64>), Problem> {
         .map(str::to_owned);
     // Both are checked, so a bad value is never silently ignored.
     let id = |name: &'static str, v: String| {
-        v.trim()
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| {
-                Problem::bad_parameter(name, format!("{v:?} is not an event id this stream sent"))
-            })
+        Position::parse(v.trim()).ok_or_else(|| {
+            Problem::bad_parameter(name, format!("{v:?} is not an event id this stream sent"))
+        })
     };
     let from_param = resume.map(|v| id("last_event_id", v)).transpose()?;
     let from_header = header.map(|v| id("Last-Event-ID", v)).transpose()?;
@@ -137,8 +133,8 @@ struct Feed {
     state: web::Data<ApiState>,
     query: EventQuery,
     filter: TailFilter,
-    /// Every event with `seq <= last` has been considered for this client.
-    last: i64,
+    /// Every event at or before `last` has been considered for this client.
+    last: Position,
     out: mpsc::Sender<Bytes>,
     last_sent: Instant,
     socket: Option<ClientSocket>,
@@ -167,15 +163,15 @@ impl Feed {
         Ok(())
     }
 
-    /// Sends every matching event with `last < seq <= upto` from the database.
-    async fn catch_up(&mut self, upto: i64) -> Result<(), Ended> {
+    /// Sends every matching event with `last < position <= upto` from the database.
+    async fn catch_up(&mut self, upto: Position) -> Result<(), Ended> {
         while self.last < upto {
             let (events, cut_short) =
                 read_after(&self.state.pool, self.last, Some(upto), Some(&self.query))
                     .await
                     .map_err(|_| Ended::Database)?;
             let next = match (cut_short, events.last()) {
-                (true, Some(e)) => e.seq,
+                (true, Some(e)) => e.pos,
                 _ => upto,
             };
             let frames: Vec<Bytes> = events.iter().map(|e| e.frame.clone()).collect();
@@ -216,7 +212,7 @@ impl Feed {
         let frames: Vec<Bytes> = batch
             .events
             .iter()
-            .filter(|e| e.seq > self.last && self.filter.matches(e))
+            .filter(|e| e.pos > self.last && self.filter.matches(e))
             .map(|e| e.frame.clone())
             .collect();
         self.last = batch.upto;
@@ -226,7 +222,7 @@ impl Feed {
     async fn run(
         mut self,
         mut batches: broadcast::Receiver<Arc<TailBatch>>,
-        head: i64,
+        head: Position,
     ) -> Result<(), Ended> {
         let deadline = Instant::now() + self.state.streams.max_lifetime;
         self.catch_up(head).await?;
@@ -262,11 +258,11 @@ impl Feed {
     }
 }
 
-/// A live tail of newly stored events (Server-Sent Events; the SSE id is the storage sequence).
+/// A live tail of newly stored events (Server-Sent Events; the SSE id is `{txid}-{seq}`, the event's place in storage order).
 #[utoipa::path(get, path = "/events/stream", tag = "events", params(
         EventFilters,
-    ("last_event_id" = Option<i64>, Query, minimum = 0, description = "resume after this event id (the Last-Event-ID header wins)"),
-    ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "resume after this event id"),
+    ("last_event_id" = Option<String>, Query, pattern = "^[0-9]+(-[0-9]+)?$", description = "resume after this event id (the Last-Event-ID header wins)"),
+    ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]+(-[0-9]+)?$", description = "resume after this event id"),
 ), responses(
     (status = 200, description = "text/event-stream of `event` events", content_type = "text/event-stream"),
     (status = 400, description = "a bad parameter, named in the problem", body = Problem, content_type = "application/problem+json"),

@@ -1,8 +1,18 @@
 //! The one poller behind every live-tail stream.
 //!
-//! A single task reads the newest stored events (`seq > last`, one short index
-//! walk on the `seq` btree every [`POLL_EVERY`]) while at least one stream
-//! listens, renders each event's SSE frame once, and broadcasts the batch. Streams
+//! A single task reads the newest stored events (past the last [`Position`], one
+//! short walk of the `(txid, seq)` index every [`POLL_EVERY`]) while at least one
+//! stream listens, renders each event's SSE frame once, and broadcasts the batch.
+//!
+//! Writers commit concurrently and in any order, so `seq` alone is no position: a
+//! row with a lower `seq` can commit after one with a higher. Each row records the
+//! transaction that wrote it (`txid`), and a read takes only rows of transactions
+//! older than the oldest one still running when its snapshot was taken
+//! (`pg_snapshot_xmin`). Those transactions have all ended, so the set of such rows
+//! never grows again, and every row that becomes readable later belongs to a newer
+//! transaction: it sorts after everything already read in (txid, seq) order. So a
+//! stream that follows that order never skips and never repeats, with any number
+//! of writers and instances. ARCHITECTURE.md, "Live tail". Streams
 //! filter batches in memory with [`TailFilter`], which matches exactly what the
 //! SQL filter of `GET /events` matches. So 150 open streams cost one query per
 //! interval, not 150, and never hold a read-pool connection.
@@ -34,10 +44,46 @@ pub const BATCH_BYTES: usize = 1 << 20;
 /// Batches the channel holds; a stream further behind catches up from the database.
 pub const BROADCAST_BATCHES: usize = 16;
 
+/// A place in the live tail's order: the writing transaction, then `seq`. Rows
+/// stored before the tail followed transactions have `txid` 0 (they were written
+/// one transaction at a time, in `seq` order).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub txid: i64,
+    pub seq: i64,
+}
+
+impl Position {
+    /// The SSE id: `{txid}-{seq}`.
+    pub fn sse_id(&self) -> String {
+        format!("{}-{}", self.txid, self.seq)
+    }
+
+    /// An SSE id this stream sent: `{txid}-{seq}`, or a bare `seq` from before
+    /// the tail followed transactions (it resumes at `(0, seq)`, which is where it was).
+    pub fn parse(s: &str) -> Option<Self> {
+        let number = |t: &str| t.parse::<i64>().ok().filter(|n| *n >= 0);
+        match s.split_once('-') {
+            Some((txid, seq)) => Some(Position {
+                txid: number(txid)?,
+                seq: number(seq)?,
+            }),
+            None => Some(Position {
+                txid: 0,
+                seq: number(s)?,
+            }),
+        }
+    }
+}
+
+/// The oldest transaction still running as of the statement's snapshot, as a
+/// number: rows of older transactions are final (see the module's docs).
+const HORIZON: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
+
 /// One stored event as the tail needs it: what filters look at, and its frame.
 #[derive(Debug)]
 pub struct TailEvent {
-    pub seq: i64,
+    pub pos: Position,
     pub event_type: String,
     pub source: String,
     pub target: Option<String>,
@@ -47,17 +93,20 @@ pub struct TailEvent {
     payload: Box<str>,
     /// The payload parsed once, on the first `payload_contains` that needs it.
     parsed: OnceLock<Option<Value>>,
-    /// `id: {seq}\nevent: event\ndata: {json}\n\n`
+    /// `id: {txid}-{seq}\nevent: event\ndata: {json}\n\n`
     pub frame: Bytes,
 }
 
 impl TailEvent {
     pub fn from_row(row: &Row) -> Result<Self, super::problem::Problem> {
-        let seq: i64 = row.get("seq");
+        let pos = Position {
+            txid: row.get("txid"),
+            seq: row.get("seq"),
+        };
         let data = serde_json::to_string(&view(row)?).map_err(super::events::unavailable)?;
         let JsonText(payload) = row.try_get("payload").map_err(super::events::unavailable)?;
         Ok(TailEvent {
-            seq,
+            pos,
             event_type: row.get("event_type"),
             source: row.get("source"),
             target: row.get("target"),
@@ -66,7 +115,10 @@ impl TailEvent {
             timestamp: row.get("timestamp"),
             payload: String::from_utf8_lossy(payload).into(),
             parsed: OnceLock::new(),
-            frame: Bytes::from(format!("id: {seq}\nevent: event\ndata: {data}\n\n")),
+            frame: Bytes::from(format!(
+                "id: {}\nevent: event\ndata: {data}\n\n",
+                pos.sse_id()
+            )),
         })
     }
 
@@ -77,11 +129,11 @@ impl TailEvent {
     }
 }
 
-/// Every event with `after < seq <= upto`, in `seq` order.
+/// Every event with `after < position <= upto`, in position order.
 #[derive(Debug)]
 pub struct TailBatch {
-    pub after: i64,
-    pub upto: i64,
+    pub after: Position,
+    pub upto: Position,
     pub events: Vec<TailEvent>,
 }
 
@@ -146,26 +198,52 @@ pub fn jsonb_contains(doc: &Value, pattern: &Value) -> bool {
     }
 }
 
-/// The newest `seq`: where a stream without `Last-Event-ID` starts.
-pub async fn head(pool: &Pool) -> Result<i64, super::problem::Problem> {
-    let client = pool.get().await.map_err(super::events::unavailable)?;
-    Ok(client
-        .query_one("SELECT coalesce(max(seq), 0) FROM events", &[])
-        .await
-        .map_err(super::events::unavailable)?
-        .get(0))
+/// The newest readable position: where a stream without `Last-Event-ID` starts.
+pub async fn head(pool: &Pool) -> Result<Position, super::problem::Problem> {
+    head_quiet(pool).await.map_err(super::events::unavailable)
 }
 
-/// Reads events with `after < seq`, the filter's SQL applied, at most
-/// [`BATCH_EVENTS`] and [`BATCH_BYTES`]; `upto` bounds the range when given.
-/// The flag says whether a bound cut the read short (more may follow).
+async fn head_quiet(pool: &Pool) -> Result<Position, HeadError> {
+    let mut client = pool.get().await?;
+    // One plan for every call: the poller asks every interval, and planning the
+    // query over every partition each time would cost more than running it.
+    let tx = client.build_transaction().read_only(true).start().await?;
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        .await?;
+    let statement = tx
+        .prepare_cached(&format!(
+            "SELECT txid, seq FROM events WHERE txid < {HORIZON} ORDER BY txid DESC, seq DESC LIMIT 1"
+        ))
+        .await?;
+    let row = tx.query_opt(&statement, &[]).await?;
+    tx.commit().await?;
+    Ok(row
+        .map(|r| Position {
+            txid: r.get(0),
+            seq: r.get(1),
+        })
+        .unwrap_or_default())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    #[error(transparent)]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// Reads events past `after` (and up to `upto` when given) that are final (see
+/// the module's docs), the filter's SQL applied, at most [`BATCH_EVENTS`] and
+/// [`BATCH_BYTES`], in position order. The flag says whether a bound cut the read
+/// short (more may follow).
 pub async fn read_after(
     pool: &Pool,
-    after: i64,
-    upto: Option<i64>,
+    after: Position,
+    upto: Option<Position>,
     filter: Option<&EventQuery>,
 ) -> Result<(Vec<TailEvent>, bool), super::problem::Problem> {
-    let client = pool.get().await.map_err(super::events::unavailable)?;
+    let mut client = pool.get().await.map_err(super::events::unavailable)?;
     let (clause, params) = match filter {
         Some(q) => q.conditions(),
         None => ("TRUE".to_owned(), Vec::new()),
@@ -175,24 +253,38 @@ pub async fn read_after(
         .iter()
         .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
         .collect();
-    refs.push(&after);
+    refs.extend([
+        &after.txid as &(dyn tokio_postgres::types::ToSql + Sync),
+        &after.seq,
+    ]);
     let upto_clause = match &upto {
         Some(u) => {
-            refs.push(u);
-            format!(" AND seq <= ${}", n + 2)
+            refs.extend([
+                &u.txid as &(dyn tokio_postgres::types::ToSql + Sync),
+                &u.seq,
+            ]);
+            format!(" AND (txid, seq) <= (${}, ${})", n + 3, n + 4)
         }
         None => String::new(),
     };
     let sql = format!(
-        "SELECT {COLUMNS} FROM events WHERE {clause} AND seq > ${}{upto_clause} ORDER BY seq LIMIT {BATCH_EVENTS}",
-        n + 1
+        "SELECT {COLUMNS}, txid FROM events WHERE {clause} AND (txid, seq) > (${}, ${}){upto_clause} \
+         AND txid < {HORIZON} ORDER BY txid, seq LIMIT {BATCH_EVENTS}",
+        n + 1,
+        n + 2
     );
+    // Without a filter (the poller), one reused plan: the same statement runs
+    // every interval over every partition. A filter's plan is made per value.
+    let tx = super::events::generic_plans(&mut client).await?;
+    let rows = if filter.is_none() {
+        let statement = super::events::reusable(&tx, &sql).await?;
+        tx.query_raw(&statement, refs.iter().copied()).await
+    } else {
+        tx.query_raw(sql.as_str(), refs.iter().copied()).await
+    }
+    .map_err(super::events::unavailable)?;
     // Rows are read as they arrive and the read stops at BATCH_BYTES: a batch of
     // large events is never held whole (500 events of 100 kB would be 50 MB).
-    let rows = client
-        .query_raw(&sql, refs.iter().copied())
-        .await
-        .map_err(super::events::unavailable)?;
     futures::pin_mut!(rows);
     let mut events = Vec::new();
     let mut bytes = 0;
@@ -230,13 +322,10 @@ impl TailHub {
     }
 }
 
-/// The newest `seq`, for the poller (which logs failures itself, once per outage).
-async fn max_seq(pool: &Pool) -> Result<i64, String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
-    client
-        .query_one("SELECT coalesce(max(seq), 0) FROM events", &[])
+/// The head, for the poller (which logs failures itself, once per outage).
+async fn max_position(pool: &Pool) -> Result<Position, String> {
+    head_quiet(pool)
         .await
-        .map(|r| r.get(0))
         .map_err(|e| crate::telemetry::error_chain(&e))
 }
 
@@ -245,7 +334,7 @@ async fn max_seq(pool: &Pool) -> Result<i64, String> {
 /// behind the first batch it receives by more than it catches up from the
 /// database. Its first position is broadcast as an empty batch for the same reason.
 async fn poll(pool: Pool, tx: broadcast::Sender<Arc<TailBatch>>, stop: CancellationToken) {
-    let mut last: Option<i64> = None;
+    let mut last: Option<Position> = None;
     let mut failing = false;
     let mut full = false;
     loop {
@@ -258,7 +347,7 @@ async fn poll(pool: Pool, tx: broadcast::Sender<Arc<TailBatch>>, stop: Cancellat
         full = false;
         let result = match last {
             Some(after) if tx.receiver_count() > 0 => read_after_quiet(&pool, after).await,
-            _ => max_seq(&pool).await.map(|h| {
+            _ => max_position(&pool).await.map(|h| {
                 if last.is_none() {
                     // The first position: streams that subscribed before it
                     // learn where the batches will start, and catch up to it.
@@ -279,7 +368,7 @@ async fn poll(pool: Pool, tx: broadcast::Sender<Arc<TailBatch>>, stop: Cancellat
                     failing = false;
                 }
                 if let (Some(after), Some(newest)) = (last, events.last()) {
-                    let upto = newest.seq;
+                    let upto = newest.pos;
                     full = cut_short;
                     last = Some(upto);
                     let _ = tx.send(Arc::new(TailBatch {
@@ -300,7 +389,7 @@ async fn poll(pool: Pool, tx: broadcast::Sender<Arc<TailBatch>>, stop: Cancellat
 }
 
 /// [`read_after`] without a filter, its failure returned rather than logged.
-async fn read_after_quiet(pool: &Pool, after: i64) -> Result<(Vec<TailEvent>, bool), String> {
+async fn read_after_quiet(pool: &Pool, after: Position) -> Result<(Vec<TailEvent>, bool), String> {
     read_after(pool, after, None, None)
         .await
         .map_err(|p| p.detail)

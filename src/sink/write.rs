@@ -25,7 +25,9 @@ use crate::metrics::Metrics;
 /// that (id, source) is already stored under another time. An event with its own
 /// time is skipped when a fallback-timed one claimed its (id, source) before.
 /// `ON CONFLICT DO NOTHING` names no key, so the statement works on the plain
-/// table too (during the online migration).
+/// table too (during the online migration). `txid`, the writing transaction, is
+/// the column's default (migration 0010), so the statement works on either side of
+/// that migration as well.
 const MOVE_STAGED: &str = r#"
 WITH claimed AS (
     INSERT INTO event_keys (id, source, "timestamp")
@@ -67,19 +69,13 @@ INSERT INTO dead_letter (fingerprint, received_at, exchange, routing_key, proper
 SELECT $1, $2, $3, $4, $5::text::json, $6, $7, $8 FROM claimed
 ON CONFLICT DO NOTHING"#;
 
-/// Held from the INSERT into `events` until COMMIT, so writers insert one at a
-/// time and `seq` grows in commit order: a reader that has seen `seq = n` has seen
-/// every committed row below it (the live tail relies on this). The COPY steps of
-/// concurrent batches still overlap.
-const COMMIT_ORDER_LOCK: &str = "SELECT pg_advisory_xact_lock(7236828094530679666)";
-const COMMIT_ORDER_LOCK_KEY: i64 = 7_236_828_094_530_679_666;
-
 /// Server-side bounds of every writer session. No statement runs longer than
 /// this (a COPY of a full 16 MiB batch takes well under a second)...
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
-/// ...no lock is waited for longer than this (the commit-order lock is held for
-/// milliseconds by a healthy writer; a session holding it longer is stuck or
-/// hostile, and the batch is retried with back-off rather than queued behind it)...
+/// ...no lock is waited for longer than this (writers wait on each other only when
+/// two insert the same key at once, for the other's commit: milliseconds; a
+/// session holding a lock longer is stuck or hostile, and the batch is retried
+/// with back-off rather than queued behind it)...
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 /// ...and a transaction left open by a writer that vanished releases its locks.
 pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -233,7 +229,6 @@ impl Written {
 struct Conn {
     client: Client,
     move_staged: Statement,
-    commit_order_lock: Statement,
     insert_dead_letter: Statement,
 }
 
@@ -290,10 +285,6 @@ impl Writer {
                 ))
                 .await
                 .map_err(WriteError::from_pg)?;
-            let commit_order_lock = client
-                .prepare(COMMIT_ORDER_LOCK)
-                .await
-                .map_err(WriteError::from_pg)?;
             let move_staged = client
                 .prepare(MOVE_STAGED)
                 .await
@@ -307,7 +298,6 @@ impl Writer {
             self.conn = Some(Conn {
                 client,
                 move_staged,
-                commit_order_lock,
                 insert_dead_letter,
             });
         }
@@ -323,9 +313,7 @@ impl Writer {
         match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(records, metrics)).await {
             Ok(Ok(w)) => Ok(w),
             Ok(Err(e)) => {
-                if e.cause() == "lock_timeout" {
-                    self.log_lock_holders().await;
-                } else if e.is_retryable() {
+                if e.is_retryable() && e.cause() != "lock_timeout" {
                     self.reset(metrics);
                 }
                 Err(e)
@@ -337,31 +325,6 @@ impl Writer {
                     source: None,
                 })
             }
-        }
-    }
-
-    /// Names the sessions holding the commit-order lock, once a writer gave up
-    /// waiting for it: that is what an operator must go and look at.
-    async fn log_lock_holders(&self) {
-        let Some(conn) = &self.conn else { return };
-        let query = conn.client.query(
-            "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.state, ''), \
-                    coalesce(extract(epoch FROM now() - a.xact_start)::float8, 0), left(coalesce(a.query, ''), 200) \
-             FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-               AND ((l.classid::int8 << 32) | l.objid::int8) = $1",
-            &[&COMMIT_ORDER_LOCK_KEY],
-        );
-        match tokio::time::timeout(Duration::from_secs(2), query).await {
-            Ok(Ok(rows)) => {
-                for r in rows {
-                    let (pid, app, state, held_s, query): (i32, String, String, f64, String) =
-                        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-                    tracing::warn!(pid, application_name = %app, state = %state, transaction_age_s = held_s, query = %query, "the writers' commit-order lock is held by another session");
-                }
-            }
-            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the lock holders"),
-            Err(_) => tracing::debug!("reading the lock holders timed out"),
         }
     }
 
@@ -415,9 +378,6 @@ impl Writer {
             sink.finish().await.map_err(WriteError::from_pg)?;
             step("copy", t);
             let t = Instant::now();
-            tx.execute(&conn.commit_order_lock, &[])
-                .await
-                .map_err(WriteError::from_pg)?;
             let rows = tx
                 .query(&conn.move_staged, &[])
                 .await

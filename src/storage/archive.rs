@@ -655,6 +655,15 @@ fn restore_sql(table: Table) -> String {
              ON CONFLICT DO NOTHING"
             .to_owned(),
     };
+    // Restored events are history, not news: `txid` 0 places them before every
+    // live-tail position (ARCHITECTURE.md, "Live tail"), so no stream sends them.
+    let (columns, parsed) = match table {
+        Table::Events => (
+            format!("{columns}, txid"),
+            parsed.replacen(" FROM unnest", ", 0 FROM unnest", 1),
+        ),
+        Table::DeadLetter => (columns.to_owned(), parsed),
+    };
     format!(
         "WITH ins AS (INSERT INTO {name} ({columns}) {parsed} ON CONFLICT DO NOTHING RETURNING {returned}), \
          k AS ({keys}) \

@@ -18,6 +18,7 @@ pub mod maintain;
 pub mod migrate_online;
 pub mod partition;
 pub mod schema;
+pub mod tail_index;
 
 pub use partition::{PartitionInterval, Range};
 

@@ -227,8 +227,17 @@ pub(crate) async fn create_in(
     let name = partition_name(table, range.start);
     let default = table.default_partition();
     let time = table.time_column();
-    let columns = table.columns();
     let tx = client.transaction().await?;
+    // Every column the parent has now (later migrations add some, e.g. `txid`,
+    // which a moved row must keep: it is the row's place in the live tail).
+    let columns: String = tx
+        .query_one(
+            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&parent],
+        )
+        .await?
+        .get(0);
     tx.batch_execute(&format!("LOCK TABLE {default} IN EXCLUSIVE MODE"))
         .await?;
     tx.batch_execute(&format!(

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, read_sse, spawn_app};
 
 /// Publishes `n` generation-1 events: sessions s0..s2, types t0..t1, and pairs of
 /// events sharing one timestamp so the tie-break matters.
@@ -712,38 +712,6 @@ async fn cors_allows_the_configured_origins_only() {
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
 
-/// Reads SSE events (id, data) from a streaming response until `n` arrived.
-async fn read_sse(res: reqwest::Response, n: usize) -> Vec<(i64, Value)> {
-    use futures::StreamExt;
-    let mut body = res.bytes_stream();
-    let mut buf = String::new();
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
-    while out.len() < n {
-        let chunk = tokio::time::timeout_at(deadline, body.next())
-            .await
-            .expect("events arrive in time")
-            .expect("stream open")
-            .unwrap();
-        buf.push_str(std::str::from_utf8(&chunk).unwrap());
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let id = block
-                .lines()
-                .find_map(|l| l.strip_prefix("id: "))
-                .map(|v| v.parse().unwrap());
-            let data = block
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .map(|v| serde_json::from_str(v).unwrap());
-            if let (Some(id), Some(data)) = (id, data) {
-                out.push((id, data));
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn the_live_tail_resumes_with_last_event_id_without_gaps_or_repeats() {
     let app = spawn_app().await;
@@ -784,7 +752,7 @@ async fn the_live_tail_resumes_with_last_event_id_without_gaps_or_repeats() {
     let res = app
         .http
         .get(app.api("/events/stream"))
-        .header("last-event-id", last_id.to_string())
+        .header("last-event-id", format!("{}-{}", last_id.0, last_id.1))
         .send()
         .await
         .unwrap();

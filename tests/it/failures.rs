@@ -336,11 +336,11 @@ async fn a_sink_that_panics_makes_the_service_unready_and_loses_nothing() {
 }
 
 #[tokio::test]
-async fn a_session_holding_the_writers_lock_times_the_write_out_and_nothing_is_lost() {
+async fn a_session_holding_a_lock_the_writer_needs_times_the_write_out_and_nothing_is_lost() {
     let app = spawn_app().await;
     let blocker = crate::helpers::connect(&app.db_url).await;
     blocker
-        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7236828094530679666)")
+        .batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE")
         .await
         .unwrap();
     for i in 0..20 {

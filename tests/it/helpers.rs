@@ -425,3 +425,46 @@ pub fn gen1(id: &str, event_type: &str) -> Vec<u8> {
     }))
     .unwrap()
 }
+
+/// An SSE id, `{txid}-{seq}`, as a pair that orders like the stream.
+pub type SseId = (i64, i64);
+
+pub fn sse_id(v: &str) -> SseId {
+    let (txid, seq) = v.split_once('-').expect("an id of the form txid-seq");
+    (txid.parse().unwrap(), seq.parse().unwrap())
+}
+
+/// Reads SSE events (id, data) from a streaming response until `n` arrived.
+pub async fn read_sse(res: reqwest::Response, n: usize) -> Vec<(SseId, serde_json::Value)> {
+    use futures::StreamExt;
+    let mut body = res.bytes_stream();
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    // The tail sends an event once every older writing transaction on the server
+    // has ended, and tests running alongside (in other databases of the same
+    // server) write a million rows in one: allow for them.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while out.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("events arrive in time")
+            .expect("stream open")
+            .unwrap();
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let id = block
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .map(sse_id);
+            let data = block
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(|v| serde_json::from_str(v).unwrap());
+            if let (Some(id), Some(data)) = (id, data) {
+                out.push((id, data));
+            }
+        }
+    }
+    out
+}

@@ -11,5 +11,6 @@ mod migrate;
 mod observability;
 mod raw_amqp;
 mod storage;
+mod tail;
 mod tls;
 mod writer;
