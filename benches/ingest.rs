@@ -1,12 +1,19 @@
 //! Ingest benchmark against the real RabbitMQ and PostgreSQL on this machine.
 //!
 //! 1. Broker ceiling: a bare lapin consumer that only acks drains a pre-filled queue.
-//! 2. Drain: Candystore (every safety on) drains a pre-filled queue of ~1 KB events.
-//! 3. Steady: events published at a fixed rate; storage latency p50/p99/max.
+//! 2. Drains: Candystore (every safety on) drains a pre-filled queue of ~1 KB
+//!    events, with the defaults and with `config/high-throughput.toml`; the CPU
+//!    each process used meanwhile; bytes on disk per event afterwards.
+//! 3. The same drain into a table already holding BENCH_BIG_ROWS events (random
+//!    UUID ids, kept in `cs_bench_big` between runs: filling it takes minutes).
+//! 4. Steady: events published at a fixed rate with the defaults; storage latency
+//!    (delivery → commit) p50/p99, then the curve up to saturation (`reports/ingest-latency.svg`).
+//! 5. Peak RSS draining a 1,000,000-event backlog and 1,000 events of 1 MB.
 //!
 //! Writes `reports/ingest.md`. Knobs (environment, bench only): BENCH_EVENTS
-//! (200000), BENCH_RATE (1000), BENCH_STEADY_SECS (30), BENCH_BATCH_SIZE (500),
-//! BENCH_PREFETCH (2000), BENCH_WRITERS (2).
+//! (200000), BENCH_RATE (1000), BENCH_STEADY_SECS (30), BENCH_BIG_ROWS (10000000),
+//! BENCH_BACKLOG (1000000), BENCH_ONLY (comma-separated: ceiling, drain, big,
+//! steady, curve, rss).
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +41,10 @@ fn knob(name: &str, default: u64) -> u64 {
 }
 
 struct Env {
+    /// the database
     name: String,
+    /// names this run's exchange, queue and event ids
+    tag: String,
     db: Client,
     admin: Client,
     amqp: Connection,
@@ -54,13 +64,20 @@ impl Env {
             .await
             .unwrap();
         let env = Env {
+            tag: name.clone(),
             name,
             db,
             admin,
             amqp,
         };
-        // Declare and bind the queue first, so what is published before the
-        // consumer starts is kept.
+        env.declare().await;
+        env
+    }
+
+    /// Declares and binds the queue first, so what is published before the
+    /// consumer starts is kept.
+    async fn declare(&self) {
+        let env = self;
         let ch = env.amqp.create_channel().await.unwrap();
         Publisher::connect(AMQP, &env.exchange()).await.unwrap();
         ch.queue_declare(
@@ -82,15 +99,48 @@ impl Env {
         )
         .await
         .unwrap();
-        env
     }
 
     fn exchange(&self) -> String {
-        format!("{}_x", self.name)
+        format!("{}_x", self.tag)
     }
 
     fn queue(&self) -> String {
-        format!("{}_q", self.name)
+        format!("{}_q", self.tag)
+    }
+
+    /// The prefix of this run's event ids.
+    fn run_id(&self) -> String {
+        self.tag.clone()
+    }
+
+    /// An existing database, with a queue and an exchange of this run's own.
+    async fn on(name: String, db: Client, admin: Client, tag: &str) -> Self {
+        let amqp = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let env = Env {
+            tag: format!("cs_bench_{tag}_{}", uuid::Uuid::new_v4().simple()),
+            name,
+            db,
+            admin,
+            amqp,
+        };
+        env.declare().await;
+        env
+    }
+
+    async fn drop_queue(&self) {
+        let ch = self.amqp.create_channel().await.unwrap();
+        let _ = ch
+            .queue_delete(self.queue().as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = ch
+            .exchange_delete(
+                self.exchange().as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
     }
 
     fn settings(&self, extra: &[(&str, String)]) -> Settings {
@@ -115,7 +165,7 @@ impl Env {
             size: 1024,
             rate: 0,
             generation: 0,
-            run_id: self.name.clone(),
+            run_id: self.run_id(),
             shape: Default::default(),
         };
         publisher.publish_load(&spec).await.unwrap()
@@ -130,16 +180,7 @@ impl Env {
     }
 
     async fn drop_all(self) {
-        let ch = self.amqp.create_channel().await.unwrap();
-        let _ = ch
-            .queue_delete(self.queue().as_str().into(), QueueDeleteOptions::default())
-            .await;
-        let _ = ch
-            .exchange_delete(
-                self.exchange().as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
+        self.drop_queue().await;
         drop(self.db);
         self.admin
             .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
@@ -190,41 +231,333 @@ async fn broker_ceiling(events: u64) -> f64 {
     rate
 }
 
+/// CPU seconds used so far, by process group: PostgreSQL, RabbitMQ, this process
+/// (Candystore and the bench's own polling), everything else.
+fn cpu_by_group() -> Vec<(&'static str, f64)> {
+    let me = std::process::id().to_string();
+    let mut groups = vec![
+        ("PostgreSQL", 0.0),
+        ("RabbitMQ", 0.0),
+        ("Candystore (bench process)", 0.0),
+        ("other", 0.0),
+    ];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // comm is in parentheses and may hold spaces; the fields follow it.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let comm = head.split_once(" (").map(|(_, c)| c).unwrap_or("");
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks: f64 =
+            fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+        let cmdline = std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default();
+        let group = if name == me {
+            2
+        } else if comm.starts_with("postgres") || cmdline.starts_with("postgres") {
+            0
+        } else if comm.starts_with("beam") || comm.starts_with("erl") || cmdline.contains("rabbit")
+        {
+            1
+        } else {
+            3
+        };
+        groups[group].1 += ticks / 100.0;
+    }
+    groups
+}
+
+fn cores_used(before: &[(&'static str, f64)], after: &[(&'static str, f64)], secs: f64) -> String {
+    before
+        .iter()
+        .zip(after)
+        .map(|((name, b), (_, a))| format!("{name} {:.2}", (a - b) / secs))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 struct Drain {
     rate: f64,
     publish_rate: f64,
+    /// cores used by each process group while draining
+    cpu: String,
+    /// mean rows per committed batch
+    batch_rows: f64,
 }
 
-async fn drain(events: u64, tuning: &[(&str, String)]) -> Drain {
-    let env = Env::new("drain").await;
+/// The settings of a TOML file of flat `key = value` lines, as variables.
+fn settings_file(path: &str) -> Vec<(&'static str, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| !k.trim_start().starts_with('#'))
+        .map(|(k, v)| {
+            let key: &'static str = Box::leak(k.trim().to_uppercase().into_boxed_str());
+            (key, v.trim().trim_matches('"').to_owned())
+        })
+        .collect()
+}
+
+async fn drain_into(env: &Env, events: u64, tuning: &[(&str, String)], before: i64) -> Drain {
     let published = env.fill(events).await;
     let running = app::start(env.settings(tuning), AppOptions::default())
         .await
         .unwrap();
+    let cpu_before = cpu_by_group();
     let start = Instant::now();
-    while env.count().await < events as i64 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let rate = events as f64 / start.elapsed().as_secs_f64();
+    wait_stored(&running, events).await;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cores_used(&cpu_before, &cpu_by_group(), secs);
+    let text = running.metrics.render();
+    let batch_rows = metric(&text, "candystore_batch_rows_sum")
+        / metric(&text, "candystore_batch_rows_count").max(1.0);
+    let steps: Vec<String> = ["copy", "insert", "commit"]
+        .iter()
+        .map(|step| {
+            let sum = metric(
+                &text,
+                &format!("candystore_batch_duration_seconds_sum{{step=\"{step}\"}}"),
+            );
+            let n = metric(
+                &text,
+                &format!("candystore_batch_duration_seconds_count{{step=\"{step}\"}}"),
+            );
+            format!("{step} {:.1} ms", sum / n.max(1.0) * 1e3)
+        })
+        .collect();
+    println!("  per batch: {}", steps.join(", "));
     running.shutdown().await.unwrap();
     assert_eq!(
         env.count().await,
-        events as i64,
+        before + events as i64,
         "every event stored exactly once"
     );
-    env.drop_all().await;
     Drain {
-        rate,
+        rate: events as f64 / secs,
         publish_rate: events as f64 / published.as_secs_f64(),
+        cpu,
+        batch_rows,
     }
 }
 
+/// Events the running service has stored, from its own metrics: polling
+/// `count(*)` every few milliseconds would make PostgreSQL scan the table it is
+/// being measured writing to.
+fn stored(running: &app::Running) -> u64 {
+    running
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("candystore_events_stored_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+async fn wait_stored(running: &app::Running, n: u64) {
+    while stored(running) < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Bytes on disk per event: heap, TOAST and each index, summed over partitions.
+async fn bytes_per_event(db: &Client) -> Vec<(String, f64)> {
+    let rows: f64 = db
+        .query_one("SELECT count(*)::float8 FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut out = Vec::new();
+    let json: f64 = db
+        .query_one(
+            "SELECT avg(octet_length(envelope::text) + octet_length(payload::text) + octet_length(properties::text))::float8 FROM events",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    out.push((
+        "JSON text (envelope + payload + properties)".to_owned(),
+        json,
+    ));
+    let parts = db
+        .query(
+            "SELECT sum(pg_relation_size(c.oid))::float8, sum(coalesce(pg_total_relation_size(c.reltoastrelid), 0))::float8 \
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    out.push(("heap".to_owned(), parts[0].get::<_, f64>(0) / rows));
+    out.push(("TOAST".to_owned(), parts[0].get::<_, f64>(1) / rows));
+    for r in db
+        .query(
+            "SELECT p.relname::text, sum(pg_relation_size(c.oid))::float8 FROM pg_class p \
+             JOIN pg_index x ON x.indrelid = 'events'::regclass AND x.indexrelid = p.oid \
+             JOIN pg_inherits i ON i.inhparent = p.oid JOIN pg_class c ON c.oid = i.inhrelid \
+             GROUP BY 1 ORDER BY 2 DESC",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        out.push((
+            format!("index {}", r.get::<_, String>(0)),
+            r.get::<_, f64>(1) / rows,
+        ));
+    }
+    out
+}
+
+/// The drain into a table already holding `rows` events: a database kept between
+/// runs (`cs_bench_big`), filled once with random UUID ids over 30 days.
+async fn drain_big(rows: i64, events: u64, tuning: &[(&str, String)]) -> (Drain, f64) {
+    let name = "cs_bench_big";
+    let admin = connect(&format!("{PG}/postgres")).await;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some();
+    if !exists {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    }
+    let mut db = connect(&format!("{PG}/{name}")).await;
+    db::migrate(&mut db).await.unwrap();
+    let mut have: i64 = db
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if have < rows {
+        println!("  filling {name} to {rows} events (once; kept for later runs)...");
+        let mut c = storage_client(name).await;
+        let now = chrono::Utc::now();
+        for day in 0..32 {
+            let existing: Vec<candystore::storage::partition::Range> =
+                candystore::storage::partition::list(&c, candystore::storage::Table::Events)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter_map(|p| p.range)
+                    .collect();
+            if let Some(range) = candystore::storage::partition::range_for(
+                now - chrono::Duration::days(day),
+                candystore::storage::PartitionInterval::Day,
+                &existing,
+            ) {
+                candystore::storage::partition::create(
+                    &mut c,
+                    candystore::storage::Table::Events,
+                    range,
+                )
+                .await
+                .unwrap();
+            }
+        }
+        while have < rows {
+            let n = (rows - have).min(1_000_000);
+            db.execute(
+                "INSERT INTO events (id, event_type, source, target, routing_key, exchange, \"timestamp\", received_at, \
+                 payload, session_id, correlation_id, generation, envelope, properties) \
+                 SELECT gen_random_uuid()::text, 'bench.type.' || (g % 40), 'svc-' || (g % 20), \
+                        CASE WHEN g % 4 = 0 THEN 'candybar' END, 'bench', 'events', \
+                        now() - random() * interval '30 days', now(), \
+                        jsonb_build_object('text', repeat('lorem ipsum ', 60), 'seq', g, 'n', g % 97), \
+                        'session-' || (g % 1000), 'corr-' || (g / 10), 1, '{}', '{}' \
+                 FROM generate_series(1, $1::bigint) g",
+                &[&n],
+            )
+            .await
+            .unwrap();
+            have += n;
+            println!("  {have} rows");
+        }
+        db.batch_execute("VACUUM (ANALYZE) events").await.unwrap();
+    }
+    // A queue and exchange of this run's own.
+    let env = Env::on(name.to_owned(), db, admin, "big").await;
+    let before = env.count().await;
+    let d = drain_into(&env, events, tuning, before).await;
+    // Back to `rows`: the drained events go, so the next run starts alike.
+    env.db
+        .execute(
+            "DELETE FROM events WHERE id LIKE $1",
+            &[&format!("{}-%", env.run_id())],
+        )
+        .await
+        .unwrap();
+    env.db.batch_execute("VACUUM events").await.unwrap();
+    env.drop_queue().await;
+    (d, before as f64)
+}
+
+async fn storage_client(db: &str) -> tokio_postgres::Client {
+    let c = connect(&format!("{PG}/{db}")).await;
+    c.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    c
+}
+
 struct Steady {
+    offered: f64,
     stored: i64,
+    /// delivery → commit, from the histogram (interpolated within a bucket)
     p50: f64,
     p99: f64,
-    max: f64,
-    hist_p99_bucket: String,
+    /// delivery → INSERT, exact, from the stored rows
+    insert_p50: f64,
+    insert_p99: f64,
+}
+
+/// A quantile of a Prometheus histogram as `histogram_quantile` computes it
+/// (linear within the bucket), in milliseconds.
+fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for (le, n) in buckets {
+        if n >= rank {
+            if le.is_infinite() {
+                return prev.0 * 1e3;
+            }
+            let within = if n > prev.1 {
+                (rank - prev.1) / (n - prev.1)
+            } else {
+                0.0
+            };
+            return (prev.0 + (le - prev.0) * within) * 1e3;
+        }
+        prev = (le, n);
+    }
+    f64::NAN
 }
 
 async fn steady(rate: u64, secs: u64, tuning: &[(&str, String)]) -> Steady {
@@ -239,11 +572,12 @@ async fn steady(rate: u64, secs: u64, tuning: &[(&str, String)]) -> Steady {
         size: 1024,
         rate,
         generation: 0,
-        run_id: env.name.clone(),
+        run_id: env.run_id(),
         shape: Default::default(),
     };
-    publisher.publish_load(&spec).await.unwrap();
-    while env.count().await < spec.count as i64 {
+    let took = publisher.publish_load(&spec).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stored(&running) < spec.count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     running.shutdown().await.unwrap();
@@ -251,31 +585,109 @@ async fn steady(rate: u64, secs: u64, tuning: &[(&str, String)]) -> Steady {
         .db
         .query_one(
             "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY storage_latency_ms), \
-             percentile_cont(0.99) WITHIN GROUP (ORDER BY storage_latency_ms), max(storage_latency_ms) FROM events",
+             percentile_cont(0.99) WITHIN GROUP (ORDER BY storage_latency_ms) FROM events",
             &[],
         )
         .await
         .unwrap();
     let text = metrics.render();
-    let total = spec.count as f64;
-    let hist_p99_bucket = text
-        .lines()
-        .filter(|l| l.starts_with("candystore_storage_latency_seconds_bucket"))
-        .find_map(|l| {
-            let le = l.split("le=\"").nth(1)?.split('"').next()?.to_owned();
-            let n: f64 = l.rsplit(' ').next()?.parse().ok()?;
-            (n >= 0.99 * total).then_some(le)
-        })
-        .unwrap_or_else(|| "?".into());
     let s = Steady {
+        offered: spec.count as f64 / took.as_secs_f64(),
         stored: row.get(0),
-        p50: row.get(1),
-        p99: row.get(2),
-        max: row.get(3),
-        hist_p99_bucket,
+        p50: histogram_quantile(&text, "candystore_storage_latency_seconds", 0.5),
+        p99: histogram_quantile(&text, "candystore_storage_latency_seconds", 0.99),
+        insert_p50: row.get(1),
+        insert_p99: row.get(2),
     };
     env.drop_all().await;
     s
+}
+
+/// p50 and p99 against the offered rate, as an SVG line chart.
+fn latency_svg(points: &[(f64, f64, f64)]) -> String {
+    let (w, h, left, bottom, top, right) = (720.0, 420.0, 70.0, 50.0, 30.0, 20.0);
+    let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
+    let max_y = points.iter().map(|p| p.2).fold(1.0, f64::max).max(30.0) * 1.1;
+    let x = |v: f64| left + v / max_x * (w - left - right);
+    let y = |v: f64| h - bottom - v / max_y * (h - bottom - top);
+    let line = |f: &dyn Fn(&(f64, f64, f64)) -> f64| {
+        points
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(f(p))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{tx}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">Storage latency (delivery → commit) against offered load, default settings</text>\n",
+        tx = w / 2.0
+    );
+    for i in 0..=5 {
+        let v = max_y * i as f64 / 5.0;
+        svg += &format!(
+            "<line x1=\"{left}\" x2=\"{x2}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/><text x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\">{v:.0} ms</text>\n",
+            x2 = w - right,
+            yy = y(v),
+            tx = left - 6.0,
+            ty = y(v) + 4.0
+        );
+    }
+    for p in points {
+        svg += &format!(
+            "<text x=\"{xx:.1}\" y=\"{ty}\" text-anchor=\"middle\">{r:.0}</text>\n",
+            xx = x(p.0),
+            ty = h - bottom + 16.0,
+            r = p.0
+        );
+    }
+    svg += &format!(
+        "<text x=\"{tx}\" y=\"{ty}\" text-anchor=\"middle\">offered events/s</text>\n\
+         <polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{p50}\"/>\n\
+         <polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"{p99}\"/>\n\
+         <text x=\"{lx}\" y=\"{ly1}\" fill=\"#1f77b4\">p50</text><text x=\"{lx}\" y=\"{ly2}\" fill=\"#d62728\">p99</text>\n</svg>\n",
+        tx = w / 2.0,
+        ty = h - 12.0,
+        p50 = line(&|p| p.1),
+        p99 = line(&|p| p.2),
+        lx = left + 10.0,
+        ly1 = top + 14.0,
+        ly2 = top + 30.0,
+    );
+    svg
+}
+
+/// Peak RSS of this process (kB) while Candystore drains `count` pre-published
+/// events of `size` bytes; the high-water mark is reset after the fill.
+async fn drain_rss(count: u64, size: usize) -> (f64, f64) {
+    let env = Env::new("rss").await;
+    let publisher = Publisher::connect(AMQP, &env.exchange()).await.unwrap();
+    let spec = LoadSpec {
+        count,
+        size,
+        rate: 0,
+        generation: 1,
+        run_id: env.run_id(),
+        shape: Default::default(),
+    };
+    publisher.publish_load(&spec).await.unwrap();
+    drop(publisher);
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let running = app::start(env.settings(&[]), AppOptions::default())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    wait_stored(&running, count).await;
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    running.shutdown().await.unwrap();
+    let hwm_kb: f64 = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    env.drop_all().await;
+    (hwm_kb / 1024.0, rate)
 }
 
 #[tokio::main]
@@ -286,67 +698,150 @@ async fn main() {
     let events = knob("BENCH_EVENTS", 200_000);
     let rate = knob("BENCH_RATE", 1_000);
     let secs = knob("BENCH_STEADY_SECS", 30);
-    let tuning = [
-        ("BATCH_SIZE", knob("BENCH_BATCH_SIZE", 500).to_string()),
-        ("PREFETCH_COUNT", knob("BENCH_PREFETCH", 2_000).to_string()),
-        ("WRITE_CONCURRENCY", knob("BENCH_WRITERS", 2).to_string()),
-        ("FLUSH_INTERVAL", "50ms".to_owned()),
-    ];
-
-    println!("broker ceiling: draining {events} events with a consumer that only acks...");
-    let ceiling = broker_ceiling(events).await;
-    println!("  {ceiling:.0} events/s");
-    println!("drain: Candystore draining {events} pre-published ~1 KB events...");
-    let d = drain(events, &tuning).await;
-    println!(
-        "  {:.0} events/s (published at {:.0}/s)",
-        d.rate, d.publish_rate
-    );
-    println!("steady: {rate} events/s for {secs}s with the default settings...");
-    let s = steady(rate, secs, &[]).await;
-    println!(
-        "  stored {}, storage latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        s.stored, s.p50, s.p99, s.max
-    );
-    println!("steady: {rate} events/s for {secs}s with FLUSH_INTERVAL=10ms...");
-    let fast = steady(rate, secs, &[("FLUSH_INTERVAL", "10ms".to_owned())]).await;
-    println!(
-        "  stored {}, storage latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        fast.stored, fast.p50, fast.p99, fast.max
-    );
-
-    let tuning_text: Vec<String> = tuning.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let report = format!(
+    let big_rows = knob("BENCH_BIG_ROWS", 10_000_000) as i64;
+    let backlog = knob("BENCH_BACKLOG", 1_000_000);
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    let high = settings_file("config/high-throughput.toml");
+    let high_text: Vec<String> = high.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut report = format!(
         "# Ingest benchmark\n\n\
-         Measured by `make bench` (`cargo bench --bench ingest`) against the local RabbitMQ and PostgreSQL, \
-         on {cores} cores, {date}.\n\n\
-         | measure | result |\n|---|---|\n\
-         | broker ceiling: bare lapin consumer, ack only, {events} events | {ceiling:.0} events/s |\n\
-         | drain: Candystore, {events} pre-published ~1 KB events, {tuning} | **{drain:.0} events/s** |\n\
-         | publisher (confirms) filling the queue | {publish:.0} events/s |\n\
-         | steady {rate} events/s for {secs} s, default settings: storage latency p50 | **{p50:.1} ms** |\n\
-         | same: p99 | **{p99:.1} ms** |\n\
-         | same: max | {max:.1} ms |\n\
-         | same: histogram bucket holding the p99 (`candystore_storage_latency_seconds`) | le={bucket} s |\n\
-         | steady {rate} events/s, FLUSH_INTERVAL=10ms: storage latency p50 / p99 / max | {fp50:.1} / {fp99:.1} / {fmax:.1} ms |\n\n\
-         Storage latency is delivery to the INSERT that stored the row, from the `storage_latency_ms` column; \
-         the histogram measures delivery to COMMIT.\n",
+         Measured by `make bench` (`cargo bench --bench ingest`) against the local RabbitMQ and PostgreSQL \
+         ({cores} cores, PostgreSQL and RabbitMQ with stock settings, Candystore in the bench process), {date}. \
+         Events of ~1 KB (`candystore publish` bodies, the three envelope generations in turn).\n\n\
+         | measure | result | beside |\n|---|---|---|\n",
         cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
-        date = chrono::Utc::now().format("%Y-%m-%d"),
-        tuning = tuning_text.join(" "),
-        drain = d.rate,
-        publish = d.publish_rate,
-        p50 = s.p50,
-        p99 = s.p99,
-        max = s.max,
-        bucket = s.hist_p99_bucket,
-        fp50 = fast.p50,
-        fp99 = fast.p99,
-        fmax = fast.max,
+        date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+    );
+    let mut ceiling = f64::NAN;
+    if run("ceiling") || run("drain") || run("big") {
+        println!("broker ceiling: draining {events} events with a consumer that only acks...");
+        ceiling = broker_ceiling(events).await;
+        println!("  {ceiling:.0} events/s");
+        report += &format!(
+            "| broker ceiling: bare lapin consumer, ack only, {events} events | **{ceiling:.0} events/s** | |\n"
+        );
+    }
+    let mut cpu_notes = Vec::new();
+    let mut empty_high = f64::NAN;
+    if run("drain") {
+        for (label, tuning) in [
+            ("defaults", Vec::new()),
+            ("config/high-throughput.toml", high.clone()),
+        ] {
+            println!("drain ({label}): Candystore draining {events} pre-published events...");
+            let env = Env::new("drain").await;
+            let d = drain_into(&env, events, &tuning, 0).await;
+            println!(
+                "  {:.0} events/s, {:.0} rows per batch; cores: {}",
+                d.rate, d.batch_rows, d.cpu
+            );
+            report += &format!(
+                "| drain of {events} events, {label} | **{:.0} events/s** ({:.0} rows per batch) | {:.2} of the ceiling; the queue was filled at {:.0}/s |\n",
+                d.rate,
+                d.batch_rows,
+                d.rate / ceiling,
+                d.publish_rate
+            );
+            cpu_notes.push(format!("- drain, {label}: {}", d.cpu));
+            if tuning.is_empty() {
+                let bytes = bytes_per_event(&env.db).await;
+                let text: Vec<String> = bytes.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+                cpu_notes.push(format!(
+                    "- bytes per event after that drain: {}",
+                    text.join(", ")
+                ));
+            } else {
+                empty_high = d.rate;
+            }
+            env.drop_all().await;
+        }
+    }
+    if run("big") {
+        println!("drain into a table of {big_rows} events (config/high-throughput.toml)...");
+        let (d, before) = drain_big(big_rows, events, &high).await;
+        println!(
+            "  {:.0} events/s into {before} rows; cores: {}",
+            d.rate, d.cpu
+        );
+        report += &format!(
+            "| the same drain into a table already holding {before:.0} events (random UUID ids, 30 days), high-throughput | **{:.0} events/s** | {:.2} of the empty-table drain |\n",
+            d.rate,
+            d.rate / empty_high
+        );
+        cpu_notes.push(format!("- drain into {before:.0} rows: {}", d.cpu));
+    }
+    if run("steady") {
+        println!("steady: {rate} events/s for {secs}s with the default settings...");
+        let s = steady(rate, secs, &[]).await;
+        println!(
+            "  stored {}, delivery → commit p50 {:.1} ms, p99 {:.1} ms (delivery → INSERT {:.1} / {:.1})",
+            s.stored, s.p50, s.p99, s.insert_p50, s.insert_p99
+        );
+        report += &format!(
+            "| storage latency at a steady {rate} events/s for {secs} s, defaults: delivery → commit p50 / p99 | **{:.1} / {:.1} ms** | delivery → INSERT (exact, from the rows) {:.1} / {:.1} ms |\n",
+            s.p50, s.p99, s.insert_p50, s.insert_p99
+        );
+    }
+    if run("rss") {
+        println!("RSS: draining a backlog of {backlog} ~1 KB events with the defaults...");
+        let (mb, r) = drain_rss(backlog, 1024).await;
+        println!("  peak {mb:.0} MB at {r:.0} events/s");
+        report += &format!(
+            "| peak RSS draining a backlog of {backlog} ~1 KB events, defaults | **{mb:.0} MB** | drained at {r:.0} events/s |\n"
+        );
+        println!("RSS: draining 1000 events of 1 MB with the defaults...");
+        let (mb, r) = drain_rss(1000, 1 << 20).await;
+        println!("  peak {mb:.0} MB at {r:.0} events/s");
+        report += &format!(
+            "| peak RSS draining 1,000 events of 1 MB, defaults | **{mb:.0} MB** | drained at {r:.0} events/s |\n"
+        );
+    }
+    if run("curve") {
+        let mut points = Vec::new();
+        let mut table = String::from(
+            "\n## Storage latency against load (defaults)\n\n![p50 and p99 against offered load](ingest-latency.svg)\n\n| offered events/s | published at | delivery → commit p50 | p99 |\n|---|---|---|---|\n",
+        );
+        for r in [1_000u64, 2_000, 4_000, 6_000, 8_000, 10_000, 12_000, 15_000] {
+            println!("curve: {r} events/s for 10 s...");
+            let s = steady(r, 10, &[]).await;
+            println!(
+                "  published at {:.0}/s, p50 {:.1} ms, p99 {:.1} ms",
+                s.offered, s.p50, s.p99
+            );
+            table += &format!(
+                "| {r} | {:.0} | {:.1} ms | {:.1} ms |\n",
+                s.offered, s.p50, s.p99
+            );
+            points.push((r as f64, s.p50, s.p99));
+            if s.p99 > 1_000.0 || s.offered < 0.9 * r as f64 {
+                table += "\nStopped: saturated (p99 over a second, or the publisher could not offer the rate).\n";
+                break;
+            }
+        }
+        std::fs::write("reports/ingest-latency.svg", latency_svg(&points)).unwrap();
+        report += &table;
+    }
+    if !cpu_notes.is_empty() {
+        report += &format!(
+            "\n## Where the time goes\n\nCores used by each process while draining (CPU seconds ÷ wall seconds, from /proc):\n\n{}\n",
+            cpu_notes.join("\n")
+        );
+    }
+    report += &format!(
+        "\nconfig/high-throughput.toml: {}. Defaults: PREFETCH_COUNT=100 BATCH_SIZE=50 and the README's table. \
+         Storage latency from the histogram `candystore_storage_latency_seconds` (delivery → commit) is \
+         interpolated within its bucket, as `histogram_quantile` does.\n",
+        high_text.join(" ")
     );
     std::fs::create_dir_all("reports").unwrap();
-    std::fs::write("reports/ingest.md", &report).unwrap();
-    println!("\nwrote reports/ingest.md");
+    let path = if only.is_empty() {
+        "reports/ingest.md".to_owned()
+    } else {
+        format!("reports/ingest-{}.md", only.replace(',', "-"))
+    };
+    std::fs::write(&path, &report).unwrap();
+    println!("\nwrote {path}");
 }
