@@ -350,74 +350,104 @@ impl Writer {
             .collect();
         let mut buf = std::mem::take(&mut self.buf);
         let conn = self.connect(metrics).await?;
-        let step = |name: &str, since: Instant| {
+        let step = |name: &str, seconds: f64| {
             metrics
                 .batch_duration
                 .with_label_values(&[name])
-                .observe(since.elapsed().as_secs_f64())
+                .observe(seconds)
         };
-        let tx = conn
-            .client
-            .transaction()
-            .await
-            .map_err(WriteError::from_pg)?;
-        let mut written = Written::default();
-        if !events.is_empty() {
+        let client = &conn.client;
+        let result = async {
+            // Three round trips: BEGIN with the COPY's start, the rows, then the
+            // move, the dead letters and COMMIT together. Requests tokio-postgres
+            // polls together are pipelined, in the order first polled.
             let t = Instant::now();
-            buf.clear();
-            buf.reserve(copy::encoded_len_hint(events.iter().copied()));
-            copy::encode(events.iter().copied(), &mut buf);
-            let sink = tx
-                .copy_in(copy::COPY_STAGING)
-                .await
-                .map_err(WriteError::from_pg)?;
-            futures::pin_mut!(sink);
-            sink.send(buf.split().freeze())
-                .await
-                .map_err(WriteError::from_pg)?;
-            sink.finish().await.map_err(WriteError::from_pg)?;
-            step("copy", t);
+            let copying = async {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                buf.clear();
+                buf.reserve(copy::encoded_len_hint(events.iter().copied()));
+                copy::encode(events.iter().copied(), &mut buf);
+                let sink = client.copy_in(copy::COPY_STAGING).await?;
+                futures::pin_mut!(sink);
+                sink.send(buf.split().freeze()).await?;
+                sink.finish().await.map(drop)
+            };
+            let (begun, copied) = futures::join!(client.batch_execute("BEGIN"), copying);
+            begun.map_err(WriteError::from_pg)?;
+            copied.map_err(WriteError::from_pg)?;
+            step("copy", t.elapsed().as_secs_f64());
             let t = Instant::now();
-            let rows = tx
-                .query(&conn.move_staged, &[])
-                .await
-                .map_err(WriteError::from_pg)?;
+            let properties: Vec<String> = dead
+                .iter()
+                .map(|d| String::from_utf8_lossy(&d.properties).into_owned())
+                .collect();
+            let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+            let fingerprints: Vec<&[u8]> = dead.iter().map(|d| &d.fingerprint[..]).collect();
+            let dead_params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 8]> = dead
+                .iter()
+                .zip(&properties)
+                .zip(&reasons)
+                .zip(&fingerprints)
+                .map(|(((d, p), r), f)| {
+                    [
+                        f as &(dyn tokio_postgres::types::ToSql + Sync),
+                        &d.received_at,
+                        &d.exchange,
+                        &d.routing_key,
+                        p,
+                        &d.body,
+                        r,
+                        &d.detail,
+                    ]
+                })
+                .collect();
+            let moving = async {
+                let rows = if events.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    client.query(&conn.move_staged, &[]).await
+                };
+                (rows, Instant::now())
+            };
+            let dead_letters = futures::future::join_all(
+                dead_params
+                    .iter()
+                    .map(|p| client.execute(&conn.insert_dead_letter, &p[..])),
+            );
+            let (moved, dead_letters, committed) =
+                futures::join!(moving, dead_letters, client.batch_execute("COMMIT"));
+            // A statement that failed aborted the transaction, and the COMMIT after
+            // it answered ROLLBACK without an error: the first error is the answer.
+            let (rows, moved_at) = moved;
+            let rows = rows.map_err(WriteError::from_pg)?;
+            let mut written = Written::default();
+            for n in dead_letters {
+                if n.map_err(WriteError::from_pg)? == 1 {
+                    written.dead_letters += 1;
+                } else {
+                    written.dead_letter_duplicates += 1;
+                }
+            }
+            committed.map_err(WriteError::from_pg)?;
+            step("insert", (moved_at - t).as_secs_f64());
+            step("commit", moved_at.elapsed().as_secs_f64());
             for row in rows {
                 let event_type: String = row.get(0);
                 let n: i64 = row.get(1);
                 written.stored.push((event_type, n as u64));
             }
             written.duplicates = all.len() as u64 - written.stored_total();
-            step("insert", t);
+            Ok(written)
         }
-        for d in dead {
-            let properties = String::from_utf8_lossy(&d.properties);
-            let n = tx
-                .execute(
-                    &conn.insert_dead_letter,
-                    &[
-                        &&d.fingerprint[..],
-                        &d.received_at,
-                        &d.exchange,
-                        &d.routing_key,
-                        &properties,
-                        &d.body,
-                        &d.reason.as_str(),
-                        &d.detail,
-                    ],
-                )
-                .await
-                .map_err(WriteError::from_pg)?;
-            if n == 1 {
-                written.dead_letters += 1;
-            } else {
-                written.dead_letter_duplicates += 1;
-            }
+        .await;
+        if result.is_err() && !client.is_closed() {
+            // A failure before COMMIT was sent leaves the transaction open (and
+            // aborted): end it, so the connection is ready for the retry.
+            let _ = client.batch_execute("ROLLBACK").await;
         }
-        let t = Instant::now();
-        tx.commit().await.map_err(WriteError::from_pg)?;
-        step("commit", t);
         self.buf = buf;
-        Ok(written)
+        result
     }
 }
