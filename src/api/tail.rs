@@ -7,8 +7,8 @@
 //! Writers commit concurrently and in any order, so `seq` alone is no position: a
 //! row with a lower `seq` can commit after one with a higher. Each row records the
 //! transaction that wrote it (`txid`), and a read takes only rows of transactions
-//! older than the oldest one still running when its snapshot was taken
-//! (`pg_snapshot_xmin`). Those transactions have all ended, so the set of such rows
+//! older than the oldest one still running, in this database, when its snapshot
+//! was taken ([`HORIZON`]). Those transactions have all ended, so the set of such rows
 //! never grows again, and every row that becomes readable later belongs to a newer
 //! transaction: it sorts after everything already read in (txid, seq) order. So a
 //! stream that follows that order never skips and never repeats, with any number
@@ -76,9 +76,25 @@ impl Position {
     }
 }
 
-/// The oldest transaction still running as of the statement's snapshot, as a
-/// number: rows of older transactions are final (see the module's docs).
-const HORIZON: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
+/// The tail's horizon, as of the statement's snapshot: the oldest transaction
+/// still running that may have written to this database (else the snapshot's
+/// `xmax`). Rows of older transactions are final (see the module's docs).
+///
+/// A transaction of another database cannot write here, so it is left out: one
+/// is left out when, in one reading of the lock table (taken after the snapshot),
+/// the backend holding its transaction-id lock also holds a relation lock in
+/// another database (a backend is connected to one database for life). Anything
+/// not so proven, e.g. a transaction that ended meanwhile, counts. So a long write
+/// elsewhere on the server does not hold the tail back.
+const HORIZON: &str = "(WITH l AS MATERIALIZED (SELECT pid, locktype, transactionid, database FROM pg_locks), \
+       s AS MATERIALIZED (SELECT pg_current_snapshot() AS snap) \
+     SELECT least( \
+       (SELECT pg_snapshot_xmax(snap)::text::bigint FROM s), \
+       (SELECT min(x::text::bigint) FROM s, pg_snapshot_xip(s.snap) x \
+         WHERE NOT EXISTS (SELECT 1 FROM l t JOIN l r ON r.pid = t.pid \
+                           WHERE t.locktype = 'transactionid' AND t.transactionid = xid(x) \
+                             AND r.locktype = 'relation' AND r.database <> 0 \
+                             AND r.database <> (SELECT oid FROM pg_database WHERE datname = current_database())))))";
 
 /// One stored event as the tail needs it: what filters look at, and its frame.
 #[derive(Debug)]

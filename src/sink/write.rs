@@ -57,6 +57,17 @@ WITH claimed AS (
 )
 SELECT event_type, count(*) FROM inserted GROUP BY event_type"#;
 
+/// Taken by every batch before its move, held to COMMIT: shared by batches whose
+/// events all carry their own time (they never wait for each other), exclusive by a
+/// batch holding an event with a fallback time. Twins of the two kinds meet on no
+/// common key (an own-time row is keyed by its time, the claim by `(id, source)`),
+/// so without it two writers could each see no trace of the other's uncommitted
+/// twin and store both. With it, a batch with a fallback time waits for the
+/// batches in flight to commit and then, its statement's snapshot taken after the
+/// lock, sees their rows; batches after it see its claim. Fallback times are rare
+/// in Bloodbank's traffic, so writers almost never wait.
+const TWINS_LOCK_KEY: i64 = 7_236_828_094_530_679_667;
+
 /// A dead letter claims its fingerprint (its receive time differs on every
 /// redelivery, so the partitioned table's own key cannot see a repeat).
 const INSERT_DEAD_LETTER: &str = r#"
@@ -230,6 +241,9 @@ struct Conn {
     client: Client,
     move_staged: Statement,
     insert_dead_letter: Statement,
+    /// [`TWINS_LOCK_KEY`], shared and exclusive
+    twins_shared: Statement,
+    twins_exclusive: Statement,
 }
 
 /// The batch writer's connection and statements.
@@ -293,12 +307,24 @@ impl Writer {
                 .prepare(INSERT_DEAD_LETTER)
                 .await
                 .map_err(WriteError::from_pg)?;
+            let twins_shared = client
+                .prepare(&format!(
+                    "SELECT pg_advisory_xact_lock_shared({TWINS_LOCK_KEY})"
+                ))
+                .await
+                .map_err(WriteError::from_pg)?;
+            let twins_exclusive = client
+                .prepare(&format!("SELECT pg_advisory_xact_lock({TWINS_LOCK_KEY})"))
+                .await
+                .map_err(WriteError::from_pg)?;
             tracing::debug!("writer connected");
             metrics.writers_connected.inc();
             self.conn = Some(Conn {
                 client,
                 move_staged,
                 insert_dead_letter,
+                twins_shared,
+                twins_exclusive,
             });
         }
         Ok(self.conn.as_mut().expect("connected above"))
@@ -403,13 +429,21 @@ impl Writer {
                     ]
                 })
                 .collect();
+            let fallback_times = events.iter().any(|e| !e.own_time);
             let moving = async {
-                let rows = if events.is_empty() {
-                    Ok(Vec::new())
+                if events.is_empty() {
+                    return (Ok(Vec::new()), Instant::now());
+                }
+                let lock = if fallback_times {
+                    &conn.twins_exclusive
                 } else {
-                    client.query(&conn.move_staged, &[]).await
+                    &conn.twins_shared
                 };
-                (rows, Instant::now())
+                let (locked, rows) = futures::join!(
+                    client.execute(lock, &[]),
+                    client.query(&conn.move_staged, &[])
+                );
+                (locked.and(rows), Instant::now())
             };
             let dead_letters = futures::future::join_all(
                 dead_params

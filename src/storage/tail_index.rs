@@ -119,12 +119,43 @@ async fn build(client: &mut Client) -> Result<(), StorageError> {
             .await?;
         tracing::info!(partition = %p, seconds = started.elapsed().as_secs_f64(), "tail index built");
     }
+    // The parent's index, the attachments and the drop lock `events` (the drop
+    // ACCESS EXCLUSIVE): each try waits a second at most, so readers and writers
+    // queued behind it wait no longer, and tries again.
+    let mut attempt = 0;
+    loop {
+        match attach(client, &partitions).await {
+            Ok(()) => break,
+            Err(StorageError::Db(e))
+                if attempt < 60
+                    && e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+            {
+                attempt += 1;
+                tracing::info!(
+                    attempt,
+                    "attaching the tail index: the table is busy; trying again"
+                );
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if index_valid(client, PARENT_INDEX).await? != Some(true) {
+        return Err(StorageError::Migration(format!(
+            "{PARENT_INDEX} is not valid after attaching every partition's index"
+        )));
+    }
+    Ok(())
+}
+
+async fn attach(client: &mut Client, partitions: &[String]) -> Result<(), StorageError> {
     let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL lock_timeout = '1s'").await?;
     tx.batch_execute(&format!(
         "CREATE INDEX IF NOT EXISTS {PARENT_INDEX} ON ONLY events (txid, seq)"
     ))
     .await?;
-    for p in &partitions {
+    for p in partitions {
         let attached: bool = tx
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = $1::text::regclass \
@@ -140,14 +171,12 @@ async fn build(client: &mut Client) -> Result<(), StorageError> {
             .await?;
         }
     }
-    tx.batch_execute("DROP INDEX IF EXISTS events_seq_idx")
+    tx.commit().await?;
+    // Its own transaction: ACCESS EXCLUSIVE on `events`, held for a catalog update.
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL lock_timeout = '1s'; DROP INDEX IF EXISTS events_seq_idx")
         .await?;
     tx.commit().await?;
-    if index_valid(client, PARENT_INDEX).await? != Some(true) {
-        return Err(StorageError::Migration(format!(
-            "{PARENT_INDEX} is not valid after attaching every partition's index"
-        )));
-    }
     Ok(())
 }
 

@@ -440,9 +440,7 @@ pub async fn read_sse(res: reqwest::Response, n: usize) -> Vec<(SseId, serde_jso
     let mut body = res.bytes_stream();
     let mut buf = String::new();
     let mut out = Vec::new();
-    // The tail sends an event once every older writing transaction on the server
-    // has ended, and tests running alongside (in other databases of the same
-    // server) write a million rows in one: allow for them.
+    // Generous: the tests run in parallel on two cores, some writing a million rows.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     while out.len() < n {
         let chunk = tokio::time::timeout_at(deadline, body.next())

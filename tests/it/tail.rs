@@ -135,3 +135,27 @@ async fn four_writers_committing_in_any_order_leave_no_gap_and_no_repeat_in_the_
     // The stream can have been correct only if writers really overlapped.
     assert!(app.metric("candystore_batches_committed_total").await > 100.0);
 }
+
+#[tokio::test]
+async fn a_long_write_in_another_database_of_the_server_does_not_hold_the_tail_back() {
+    let app = spawn_app().await;
+    let mut stream = open_stream(&app, None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another database on the same server, with a write transaction left open.
+    let other = crate::helpers::TempDb::new(false).await;
+    let elsewhere = other.client().await;
+    elsewhere
+        .batch_execute("BEGIN; CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    insert(&app.db, "meanwhile").await;
+    // Sent while the other database's transaction still runs.
+    let sent = nothing_within(&mut stream, Duration::from_secs(3)).await;
+    assert!(
+        sent.iter().any(|l| l.contains("\"meanwhile\"")),
+        "held back by another database's transaction: {sent:?}"
+    );
+    elsewhere.batch_execute("ROLLBACK").await.unwrap();
+    drop(elsewhere);
+    other.drop_it().await;
+}
