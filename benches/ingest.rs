@@ -53,25 +53,8 @@ struct Env {
 impl Env {
     async fn new(tag: &str) -> Self {
         let name = format!("cs_bench_{tag}_{}", uuid::Uuid::new_v4().simple());
-        let admin = connect(&format!("{PG}/postgres")).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let mut db = connect(&format!("{PG}/{name}")).await;
-        db::migrate(&mut db).await.unwrap();
-        let amqp = Connection::connect(AMQP, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let env = Env {
-            tag: name.clone(),
-            name,
-            db,
-            admin,
-            amqp,
-        };
-        env.declare().await;
-        env
+        let (admin, db) = migrated_db(&name).await;
+        Self::with_tag(name.clone(), db, admin, name).await
     }
 
     /// Declares and binds the queue first, so what is published before the
@@ -116,11 +99,16 @@ impl Env {
 
     /// An existing database, with a queue and an exchange of this run's own.
     async fn on(name: String, db: Client, admin: Client, tag: &str) -> Self {
+        let tag = format!("cs_bench_{tag}_{}", uuid::Uuid::new_v4().simple());
+        Self::with_tag(name, db, admin, tag).await
+    }
+
+    async fn with_tag(name: String, db: Client, admin: Client, tag: String) -> Self {
         let amqp = Connection::connect(AMQP, ConnectionProperties::default())
             .await
             .unwrap();
         let env = Env {
-            tag: format!("cs_bench_{tag}_{}", uuid::Uuid::new_v4().simple()),
+            tag,
             name,
             db,
             admin,
@@ -187,6 +175,26 @@ impl Env {
             .await
             .unwrap();
     }
+}
+
+/// The database `name`, created unless it exists, migrated; and a connection to
+/// `postgres` for dropping it.
+async fn migrated_db(name: &str) -> (Client, Client) {
+    let admin = connect(&format!("{PG}/postgres")).await;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some();
+    if !exists {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    }
+    let mut db = connect(&format!("{PG}/{name}")).await;
+    db::migrate(&mut db).await.unwrap();
+    (admin, db)
 }
 
 async fn connect(url: &str) -> Client {
@@ -425,20 +433,7 @@ async fn bytes_per_event(db: &Client) -> Vec<(String, f64)> {
 /// runs (`cs_bench_big`), filled once with random UUID ids over 30 days.
 async fn drain_big(rows: i64, events: u64, tuning: &[(&str, String)]) -> (Drain, f64) {
     let name = "cs_bench_big";
-    let admin = connect(&format!("{PG}/postgres")).await;
-    let exists = admin
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await
-        .unwrap()
-        .is_some();
-    if !exists {
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-    }
-    let mut db = connect(&format!("{PG}/{name}")).await;
-    db::migrate(&mut db).await.unwrap();
+    let (admin, db) = migrated_db(name).await;
     let mut have: i64 = db
         .query_one("SELECT count(*) FROM events", &[])
         .await
