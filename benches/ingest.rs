@@ -340,7 +340,16 @@ async fn drain_into(env: &Env, events: u64, tuning: &[(&str, String)], before: i
             format!("{step} {:.1} ms", sum / n.max(1.0) * 1e3)
         })
         .collect();
-    println!("  per batch: {}", steps.join(", "));
+    println!(
+        "  per batch: {}; delivery → commit mean {:.1} ms; oldest delivery's wait for its batch mean {:.1} ms",
+        steps.join(", "),
+        metric(&text, "candystore_storage_latency_seconds_sum")
+            / metric(&text, "candystore_storage_latency_seconds_count").max(1.0)
+            * 1e3,
+        metric(&text, "candystore_batch_age_seconds_sum")
+            / metric(&text, "candystore_batch_age_seconds_count").max(1.0)
+            * 1e3
+    );
     running.shutdown().await.unwrap();
     assert_eq!(
         env.count().await,
