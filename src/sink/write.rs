@@ -16,6 +16,32 @@ use super::copy;
 use crate::envelope::{DeadLetter, Event, Record};
 use crate::metrics::Metrics;
 
+/// `inserted AS (…)`, moving the staged rows that pass `$filter` into `events`,
+/// then the new rows counted by event type: the part both move statements share.
+macro_rules! insert_staged {
+    ($filter:literal) => {
+        concat!(
+            r#"inserted AS (
+    INSERT INTO events (id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
+                        stored_at, payload, session_id, correlation_id, storage_latency_ms, generation,
+                        envelope, payload_member, properties, sanitized, original_body)
+    SELECT id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
+           clock_timestamp(), payload, session_id, correlation_id,
+           extract(epoch FROM clock_timestamp() - received_at) * 1000, generation,
+           envelope, payload_member, properties, sanitized, original_body
+    FROM events_staging s
+    WHERE "#,
+            $filter,
+            r#"
+    ORDER BY ord
+    ON CONFLICT DO NOTHING
+    RETURNING event_type
+)
+SELECT event_type, count(*) FROM inserted GROUP BY event_type"#
+        )
+    };
+}
+
 /// Moves staged rows into `events` and returns how many rows of each type were new.
 ///
 /// Identity (ARCHITECTURE.md, "Identity"): an event that carries its own time is
@@ -28,7 +54,8 @@ use crate::metrics::Metrics;
 /// table too (during the online migration). `txid`, the writing transaction, is
 /// the column's default (migration 0010), so the statement works on either side of
 /// that migration as well.
-const MOVE_STAGED: &str = r#"
+const MOVE_STAGED: &str = concat!(
+    r#"
 WITH claimed AS (
     INSERT INTO event_keys (id, source, "timestamp")
     SELECT s.id, s.source, s."timestamp" FROM events_staging s
@@ -37,25 +64,15 @@ WITH claimed AS (
     ORDER BY s.ord
     ON CONFLICT DO NOTHING
     RETURNING id, source, "timestamp"
-), inserted AS (
-    INSERT INTO events (id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
-                        stored_at, payload, session_id, correlation_id, storage_latency_ms, generation,
-                        envelope, payload_member, properties, sanitized, original_body)
-    SELECT id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
-           clock_timestamp(), payload, session_id, correlation_id,
-           extract(epoch FROM clock_timestamp() - received_at) * 1000, generation,
-           envelope, payload_member, properties, sanitized, original_body
-    FROM events_staging s
-    WHERE CASE WHEN s.own_time
+), "#,
+    insert_staged!(
+        r#"CASE WHEN s.own_time
                THEN NOT EXISTS (SELECT 1 FROM event_keys k WHERE k.id = s.id AND k.source = s.source)
                ELSE EXISTS (SELECT 1 FROM claimed c
                             WHERE c.id = s.id AND c.source = s.source AND c."timestamp" = s."timestamp")
-          END
-    ORDER BY ord
-    ON CONFLICT DO NOTHING
-    RETURNING event_type
-)
-SELECT event_type, count(*) FROM inserted GROUP BY event_type"#;
+          END"#
+    )
+);
 
 /// Taken by every batch before its move, held to COMMIT: shared by batches whose
 /// events all carry their own time (they never wait for each other), exclusive by a
@@ -72,22 +89,12 @@ const TWINS_LOCK_KEY: i64 = 7_236_828_094_530_679_667;
 /// every batch): no claims to make, so no probe of `events` across every
 /// partition, whose index scans the executor would otherwise set up for each
 /// partition on every batch.
-const MOVE_OWN_TIME: &str = r#"
-WITH inserted AS (
-    INSERT INTO events (id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
-                        stored_at, payload, session_id, correlation_id, storage_latency_ms, generation,
-                        envelope, payload_member, properties, sanitized, original_body)
-    SELECT id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
-           clock_timestamp(), payload, session_id, correlation_id,
-           extract(epoch FROM clock_timestamp() - received_at) * 1000, generation,
-           envelope, payload_member, properties, sanitized, original_body
-    FROM events_staging s
-    WHERE NOT EXISTS (SELECT 1 FROM event_keys k WHERE k.id = s.id AND k.source = s.source)
-    ORDER BY ord
-    ON CONFLICT DO NOTHING
-    RETURNING event_type
-)
-SELECT event_type, count(*) FROM inserted GROUP BY event_type"#;
+const MOVE_OWN_TIME: &str = concat!(
+    "\nWITH ",
+    insert_staged!(
+        "NOT EXISTS (SELECT 1 FROM event_keys k WHERE k.id = s.id AND k.source = s.source)"
+    )
+);
 
 /// A dead letter claims its fingerprint (its receive time differs on every
 /// redelivery, so the partitioned table's own key cannot see a repeat).
