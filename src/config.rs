@@ -37,7 +37,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("BATCH_SIZE", "50"),
     ("FLUSH_INTERVAL", "50ms"),
     ("MAX_BATCH_BYTES", "16777216"),
-    ("MAX_INFLIGHT_BYTES", "268435456"),
+    ("MAX_INFLIGHT_BYTES", "33554432"),
     ("WRITE_CONCURRENCY", "2"),
     ("DATABASE_READ_POOL_SIZE", "8"),
     ("RETRY_MAX_BACKOFF", "10s"),

@@ -43,10 +43,23 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// Encodes `events` (numbered in order from 0) as one binary COPY stream.
 pub fn encode<'a>(events: impl IntoIterator<Item = &'a Event>, out: &mut BytesMut) {
+    header(out);
+    for (ord, e) in events.into_iter().enumerate() {
+        row(out, ord, e);
+    }
+    trailer(out);
+}
+
+/// The start of a COPY stream: signature, flags, header extension.
+pub fn header(out: &mut BytesMut) {
     out.put_slice(HEADER);
     out.put_i32(0); // flags
     out.put_i32(0); // header extension length
-    for (ord, e) in events.into_iter().enumerate() {
+}
+
+/// One row; `ord` is the event's place in its batch.
+pub fn row(out: &mut BytesMut, ord: usize, e: &Event) {
+    {
         out.put_i16(FIELDS);
         int4(out, ord as i32);
         text(out, &e.id);
@@ -75,6 +88,10 @@ pub fn encode<'a>(events: impl IntoIterator<Item = &'a Event>, out: &mut BytesMu
             out.put_i32(-1);
         }
     }
+}
+
+/// The end of a COPY stream.
+pub fn trailer(out: &mut BytesMut) {
     out.put_i16(-1);
 }
 

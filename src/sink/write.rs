@@ -110,6 +110,11 @@ ON CONFLICT DO NOTHING"#;
 
 /// Server-side bounds of every writer session. No statement runs longer than
 /// this (a COPY of a full 16 MiB batch takes well under a second)...
+/// The COPY stream goes out in pieces of about this size, so a batch is never
+/// held encoded whole (a batch of 1 MB events would be MAX_BATCH_BYTES twice over:
+/// once here, once in the connection's write buffer, which keeps its capacity).
+const COPY_CHUNK_BYTES: usize = 256 * 1024;
+
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// ...no lock is waited for longer than this (writers wait on each other only when
 /// two insert the same key at once, for the other's commit: milliseconds; a
@@ -426,11 +431,19 @@ impl Writer {
                 if events.is_empty() {
                     return Ok(());
                 }
-                buf.clear();
-                buf.reserve(copy::encoded_len_hint(events.iter().copied()));
-                copy::encode(events.iter().copied(), &mut buf);
+                // Streamed in chunks: a batch of large events is never encoded
+                // whole, neither here nor in the connection's write buffer.
                 let sink = client.copy_in(copy::COPY_STAGING).await?;
                 futures::pin_mut!(sink);
+                buf.clear();
+                copy::header(&mut buf);
+                for (ord, e) in events.iter().enumerate() {
+                    copy::row(&mut buf, ord, e);
+                    if buf.len() >= COPY_CHUNK_BYTES {
+                        sink.feed(buf.split().freeze()).await?;
+                    }
+                }
+                copy::trailer(&mut buf);
                 sink.send(buf.split().freeze()).await?;
                 sink.finish().await.map(drop)
             };

@@ -175,13 +175,13 @@ async fn session(
     let connection = Arc::new(bounded(Connection::connect(&cfg.url, props)).await?);
     let channel = bounded(connection.create_channel()).await?;
     bounded(declare(&channel, cfg)).await?;
-    bounded(channel.basic_qos(cfg.prefetch_count, BasicQosOptions::default())).await?;
+    let mut prefetch = Prefetch::new(cfg.prefetch_count, cfg.max_inflight_bytes);
+    bounded(channel.basic_qos(prefetch.current(), BasicQosOptions::default())).await?;
     // Consumers in the order their deliveries are read: after a re-subscription
     // (a new prefetch) the cancelled one is drained first, so delivery tags are
     // read in the order the channel assigned them.
     let mut consumers = std::collections::VecDeque::new();
     consumers.push_back(subscribe(&channel, cfg).await?);
-    let mut prefetch = Prefetch::new(cfg.prefetch_count, cfg.max_inflight_bytes);
     metrics.prefetch.set(i64::from(prefetch.current()));
     let acks = AckChannel::new(LapinAcks {
         channel: channel.clone(),
@@ -239,12 +239,17 @@ async fn session(
         };
         let received = Instant::now();
         let tag = delivery.delivery_tag;
+        let before = prefetch.current();
         if let Some(n) = prefetch.observe(delivery.data.len()) {
-            tracing::info!(
-                prefetch = n,
-                bytes = delivery.data.len(),
-                "prefetch adapted to the size of deliveries"
-            );
+            if n < before {
+                tracing::info!(
+                    prefetch = n,
+                    bytes = delivery.data.len(),
+                    "prefetch lowered to fit MAX_INFLIGHT_BYTES"
+                );
+            } else {
+                tracing::debug!(prefetch = n, "prefetch raised");
+            }
             bounded(
                 channel.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default()),
             )
