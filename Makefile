@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgres://$(PGUSER)@$(PGHOST):5432/$(DB_NAME)
 export LOG_FORMAT ?= console
 BIN := target/release/candystore
 
-.PHONY: run build services db migrate test lint ops-check bench loadtest loadtest-query loadtest-storage test-faults fuzz schemathesis test-all loadtest-memory
+.PHONY: run build services db migrate test lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost test-faults fuzz schemathesis test-all loadtest-memory
 
 ## build, create the database if missing, migrate, serve (Ctrl-C stops cleanly)
 run: build services db migrate
@@ -91,3 +91,8 @@ loadtest-query: build services
 ## 1M-event partition (reports/storage.md); about 15 minutes
 loadtest-storage: build services
 	ROWS=$${ROWS:-1000000} bash loadtest/storage/run.sh
+
+## what PostgreSQL spends per event on each step of the write path and on each index
+## (reports/write-cost.md); about 2 minutes
+loadtest-write-cost: build services
+	bash loadtest/storage/write-cost.sh
