@@ -76,6 +76,7 @@ pub struct Metrics {
     pub events_stored: IntCounterVec,
     pub events_failed: IntCounterVec,
     pub storage_latency: Histogram,
+    pub storage_latency_last_ms: prometheus::Gauge,
     pub consumer_connected: IntGauge,
     pub database_connections: IntGauge,
     pub deliveries_received: IntCounter,
@@ -168,6 +169,10 @@ impl Metrics {
                 "candystore_storage_latency_seconds",
                 "From delivery to the commit that stored it",
                 LATENCY_BUCKETS
+            )),
+            storage_latency_last_ms: reg!(prometheus::Gauge::new(
+                "candystore_storage_latency_milliseconds",
+                "The latest committed batch's storage latency: its oldest delivery to its commit, in milliseconds (the original design's gauge; the histogram is candystore_storage_latency_seconds)"
             )),
             consumer_connected: reg!(IntGauge::new(
                 "candystore_consumer_connected",

@@ -107,11 +107,15 @@ async fn write_batch(
     }
     let written = write_all(&mut records, &mut writer, &opts, &metrics).await;
     let committed = Instant::now();
+    let mut oldest = Duration::ZERO;
     for r in received {
-        metrics
-            .storage_latency
-            .observe((committed - r).as_secs_f64());
+        let latency = committed - r;
+        oldest = oldest.max(latency);
+        metrics.storage_latency.observe(latency.as_secs_f64());
     }
+    metrics
+        .storage_latency_last_ms
+        .set(oldest.as_secs_f64() * 1e3);
     record_written(&written, &records, &metrics);
     drop(records);
     drop(memory);

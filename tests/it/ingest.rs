@@ -53,6 +53,12 @@ async fn every_published_event_is_stored_exactly_once() {
         app.metric("candystore_storage_latency_seconds_count").await,
         n as f64
     );
+    // The original design's gauge: the latest batch's oldest delivery → commit.
+    let last_ms = app.metric("candystore_storage_latency_milliseconds").await;
+    assert!(
+        last_ms > 0.0 && last_ms < 30_000.0,
+        "the latest batch's storage latency in ms: {last_ms}"
+    );
 }
 
 #[tokio::test]
