@@ -5,6 +5,7 @@
 //! which remembers the highest tag settled so a contiguous run of tags is settled
 //! with one multiple-ack.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
@@ -28,6 +29,10 @@ pub struct AckChannel {
     inner: Box<dyn Acknowledge>,
     /// The highest tag acked so far; tags at or below it are settled.
     settled_up_to: Mutex<u64>,
+    /// Tokens alive: deliveries of this channel in hand and not yet settled.
+    live: AtomicUsize,
+    /// Woken when `live` drops to zero.
+    idle: tokio::sync::Notify,
 }
 
 impl AckChannel {
@@ -35,7 +40,27 @@ impl AckChannel {
         Arc::new(Self {
             inner: Box::new(inner),
             settled_up_to: Mutex::new(0),
+            live: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Deliveries of this channel in hand and not yet settled.
+    pub fn unsettled(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Returns once every delivery handed out on this channel has been settled
+    /// (its ack sent) or given up (its token dropped).
+    pub async fn all_settled(&self) {
+        loop {
+            // Registered before the check, so a drop to zero in between still wakes it.
+            let idle = self.idle.notified();
+            if self.unsettled() == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 }
 
@@ -48,11 +73,20 @@ pub struct AckToken {
 
 impl AckToken {
     pub fn new(channel: Arc<AckChannel>, tag: u64) -> Self {
+        channel.live.fetch_add(1, Ordering::SeqCst);
         Self { channel, tag }
     }
 
     pub fn tag(&self) -> u64 {
         self.tag
+    }
+}
+
+impl Drop for AckToken {
+    fn drop(&mut self) {
+        if self.channel.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.channel.idle.notify_waiters();
+        }
     }
 }
 
@@ -80,11 +114,13 @@ pub struct Settled {
 /// each tag is acked alone, so a multiple-ack never covers a delivery not in hand.
 pub async fn settle(tokens: Vec<AckToken>) -> Settled {
     let mut out = Settled::default();
+    // The tokens live until their acks were sent: a channel counts its
+    // deliveries unsettled until then (`AckChannel::all_settled`).
     let mut groups: Vec<(Arc<AckChannel>, Vec<u64>)> = Vec::new();
-    for t in tokens {
+    for t in &tokens {
         match groups.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &t.channel)) {
             Some((_, tags)) => tags.push(t.tag),
-            None => groups.push((t.channel, vec![t.tag])),
+            None => groups.push((t.channel.clone(), vec![t.tag])),
         }
     }
     for (channel, mut tags) in groups {
@@ -126,6 +162,7 @@ pub async fn settle(tokens: Vec<AckToken>) -> Settled {
             }
         }
     }
+    drop(tokens);
     out
 }
 
@@ -187,6 +224,29 @@ mod tests {
         tags.into_iter()
             .map(|t| AckToken::new(channel.clone(), t))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_channel_is_settled_only_once_every_delivery_in_hand_was_acked_or_dropped() {
+        let ch = AckChannel::new(RecordingAcks::default());
+        ch.all_settled().await; // nothing handed out yet
+        let mut first = tokens(&ch, 1..=3);
+        let last = first.pop().unwrap();
+        assert_eq!(ch.unsettled(), 3);
+        let waiting = tokio::spawn({
+            let ch = ch.clone();
+            async move { ch.all_settled().await }
+        });
+        settle(first).await;
+        tokio::task::yield_now().await;
+        assert_eq!(ch.unsettled(), 1);
+        assert!(!waiting.is_finished(), "one delivery is still in hand");
+        drop(last); // given up: the broker redelivers it when the channel closes
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("settled once the last token is gone")
+            .unwrap();
+        assert_eq!(ch.unsettled(), 0);
     }
 
     #[tokio::test]

@@ -177,11 +177,9 @@ async fn session(
     bounded(declare(&channel, cfg)).await?;
     let mut prefetch = Prefetch::new(cfg.prefetch_count, cfg.max_inflight_bytes);
     bounded(channel.basic_qos(prefetch.current(), BasicQosOptions::default())).await?;
-    // Consumers in the order their deliveries are read: after a re-subscription
-    // (a new prefetch) the cancelled one is drained first, so delivery tags are
-    // read in the order the channel assigned them.
-    let mut consumers = std::collections::VecDeque::new();
-    consumers.push_back(subscribe(&channel, cfg).await?);
+    // One consumer at a time: a new prefetch subscribes anew only once the
+    // cancelled consumer is drained and settled (below).
+    let mut consumer = Some(subscribe(&channel, cfg).await?);
     metrics.prefetch.set(i64::from(prefetch.current()));
     let acks = AckChannel::new(LapinAcks {
         channel: channel.clone(),
@@ -215,12 +213,31 @@ async fn session(
         depth.finish(CHANNEL_CLOSE_WAIT).await;
         Ok(Outcome::Stopped(connection, channel))
     };
+    // A new prefetch, waiting for the cancelled consumer to be drained and for every
+    // delivery it handed over to be settled: RabbitMQ counts unacked deliveries per
+    // consumer, so a new consumer subscribed while the old one's are in hand would
+    // take a whole prefetch more (PREFETCH_COUNT would not bound what is in hand).
+    let mut pending: Option<u16> = None;
     loop {
-        let consumer_tag = consumers
-            .back()
+        if consumer.is_none() {
+            let Some(n) = pending.take() else {
+                return Err(SourceError::Cancelled);
+            };
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return stopped(connection, channel, String::new(), depth).await,
+                _ = acks.all_settled() => {}
+            }
+            bounded(channel.basic_qos(n, BasicQosOptions::default())).await?;
+            consumer = Some(subscribe(&channel, cfg).await?);
+            metrics.prefetch.set(i64::from(n));
+            continue;
+        }
+        let consumer_tag = consumer
+            .as_ref()
             .map(|c: &Subscription| c.tag.clone())
             .unwrap_or_default();
-        let Some(current) = consumers.front_mut() else {
+        let Some(current) = consumer.as_mut() else {
             return Err(SourceError::Cancelled);
         };
         let delivery = tokio::select! {
@@ -229,9 +246,9 @@ async fn session(
             next = current.consumer.next() => match next {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => return Err(e.into()),
-                // A consumer we cancelled to change the prefetch is drained: read the next.
-                None if consumers.len() > 1 => {
-                    consumers.pop_front();
+                // A consumer we cancelled to change the prefetch is drained.
+                None if pending.is_some() => {
+                    consumer = None;
                     continue;
                 }
                 None => return Err(SourceError::Cancelled),
@@ -250,15 +267,16 @@ async fn session(
             } else {
                 tracing::debug!(prefetch = n, "prefetch raised");
             }
-            bounded(
-                channel.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default()),
-            )
-            .await?;
-            bounded(channel.basic_qos(n, BasicQosOptions::default())).await?;
-            consumers.push_back(subscribe(&channel, cfg).await?);
-            metrics.prefetch.set(i64::from(n));
+            if pending.is_none() {
+                bounded(
+                    channel
+                        .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default()),
+                )
+                .await?;
+            }
+            pending = Some(n);
         }
-        let consumer_tag = consumers.back().map(|c| c.tag.clone()).unwrap_or_default();
+        let consumer_tag = consumer.as_ref().map(|c| c.tag.clone()).unwrap_or_default();
         tracing::trace!(tag, routing_key = %delivery.routing_key, bytes = delivery.data.len(), "delivery received");
         let record = decode::decode(raw_delivery(delivery));
         metrics.observe_received(&record);

@@ -15,6 +15,12 @@
 //! seen. So a subscription starts small (`SLOW_START`) and doubles each time a
 //! whole prefetch's worth of deliveries fitted the budget, like TCP's slow start:
 //! 8, 16, 32, 64, 100 for small bodies, within the first 120 deliveries.
+//!
+//! RabbitMQ counts unacknowledged deliveries per consumer, so the source
+//! subscribes with a new prefetch only once the cancelled consumer is drained and
+//! every delivery it handed over is settled: what is in hand never exceeds the
+//! larger of the two prefetches, also while it changes (and stays at the old one
+//! while the database is away).
 
 /// Deliveries observed before a raise is considered.
 const RAISE_AFTER: u32 = 200;
