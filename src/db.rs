@@ -195,7 +195,7 @@ pub fn migrations() -> Result<Vec<Migration>, DbError> {
 }
 
 fn checksum(sql: &str) -> String {
-    crate::source::decode::hex(&Sha256::digest(sql.as_bytes()))
+    crate::hex::encode(&Sha256::digest(sql.as_bytes()))
 }
 
 const LEDGER: &str = r#"

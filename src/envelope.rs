@@ -4,7 +4,7 @@
 //! Every text field here is free of NUL characters and is valid UTF-8: that is the
 //! promise decode makes, and the reason COPY never sees text PostgreSQL refuses.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 
 /// Which Bloodbank envelope a delivery used (see `shared/spec/envelopes.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,4 +209,35 @@ pub fn rebuild(envelope: &[u8], payload: &[u8], payload_member: Option<&str>) ->
     }
     out.push(b'}');
     Some(out)
+}
+
+/// Longest identifier (id, type, source, target, session, correlation) kept in an
+/// indexed column. PostgreSQL's btree entries top out near 2.7 kB.
+pub const MAX_IDENT_BYTES: usize = 1024;
+
+/// RFC 3339 with any offset; without an offset the time is read as UTC.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return in_range(t.with_timezone(&Utc));
+    }
+    if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z") {
+        return in_range(t.with_timezone(&Utc));
+    }
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return in_range(t.and_utc());
+        }
+    }
+    None
+}
+
+/// Years PostgreSQL and every client can hold; anything else falls back.
+pub fn in_range(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use chrono::Datelike;
+    (1..=9999).contains(&t.year()).then_some(t)
 }

@@ -12,6 +12,7 @@ pub mod batch;
 pub mod config;
 pub mod db;
 pub mod envelope;
+pub mod hex;
 pub mod metrics;
 pub mod retry;
 pub mod sink;

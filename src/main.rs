@@ -216,7 +216,7 @@ fn parse_date(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
     }
-    candystore::source::decode::parse_time(s).ok_or_else(|| {
+    candystore::envelope::parse_time(s).ok_or_else(|| {
         anyhow::anyhow!("invalid --before {s:?}: expected YYYY-MM-DD or an RFC 3339 time")
     })
 }

@@ -4,7 +4,8 @@
 #![no_main]
 
 use candystore::envelope::{Record, json_has_nul, rebuild};
-use candystore::source::decode::{MAX_IDENT_BYTES, MAX_JSON_DEPTH, Properties, RawDelivery, decode, json_depth_exceeds};
+use candystore::envelope::MAX_IDENT_BYTES;
+use candystore::source::decode::{MAX_JSON_DEPTH, Properties, RawDelivery, decode, json_depth_exceeds};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,10 +8,12 @@ pub mod health;
 pub mod large;
 pub mod openapi;
 pub mod problem;
+pub mod query;
 pub mod sizes;
 pub mod stream;
 pub mod tail;
 pub mod timeline;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

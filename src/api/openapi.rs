@@ -5,7 +5,7 @@
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
 
-use super::{events, health, stream, timeline};
+use super::{events, health, stream, timeline, view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,7 +26,7 @@ use super::{events, health, stream, timeline};
         docs
     ),
     components(schemas(
-        events::EventView,
+        view::EventView,
         events::Page,
         timeline::Timeline,
         timeline::Summary,

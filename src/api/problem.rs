@@ -97,3 +97,37 @@ pub async fn method_not_allowed(req: actix_web::HttpRequest) -> HttpResponse {
     );
     r
 }
+
+/// A failure to answer: logged here once with its cause chain and SQLSTATE (the
+/// request's span adds the route), answered with an opaque 503.
+///
+/// A data exception (SQLSTATE class 22) can only come from a value a client sent
+/// that validation let through: it is answered 400, never 503.
+pub(crate) fn unavailable(e: impl std::error::Error + 'static) -> Problem {
+    let error = crate::telemetry::error_chain(&e);
+    let sqlstate = sqlstate(&e);
+    if sqlstate.as_deref().is_some_and(|c| c.starts_with("22")) {
+        tracing::warn!(%error, sqlstate, "query refused a value from the request");
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "a value in the request is out of the range the event store can compare",
+        );
+    }
+    tracing::error!(%error, sqlstate, "query failed");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the event store cannot answer right now",
+    )
+}
+
+/// The SQLSTATE of a PostgreSQL error, wherever it sits in the chain.
+fn sqlstate(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(pg) = err.downcast_ref::<tokio_postgres::Error>() {
+            return pg.code().map(|c| c.code().to_owned());
+        }
+        cur = err.source();
+    }
+    None
+}

@@ -23,8 +23,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use super::ApiState;
-use super::events::{EventFilters, EventQuery, query_pairs};
 use super::problem::Problem;
+use super::query::params::{EVENT_PARAMETERS, known_pairs};
+use super::query::{EventFilters, EventQuery};
 use super::tail::{self, Position, TailBatch, TailFilter, read_after};
 
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
@@ -34,22 +35,20 @@ const CHUNK_BYTES: usize = 64 << 10;
 /// Parses the stream's parameters: the filters of `GET /events` (and its time
 /// range), plus where to resume.
 fn parse(req: &HttpRequest) -> Result<(EventQuery, Option<Position>), Problem> {
-    let pairs = query_pairs(req.query_string())?;
+    let mut known = EVENT_PARAMETERS.to_vec();
+    known.push("last_event_id");
     let mut resume = None;
-    let mut rest = Vec::new();
-    for (k, v) in pairs {
-        match k.as_str() {
-            "last_event_id" => resume = Some(v),
+    let mut filters = Vec::new();
+    for (name, value) in known_pairs(req.query_string(), &known)? {
+        match name {
+            "last_event_id" => resume = Some(value),
             "limit" | "offset" | "cursor" => {
-                return Err(Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid parameter {k}: a stream is not paged"),
-                ));
+                return Err(Problem::bad_parameter(name, "a stream is not paged"));
             }
-            _ => rest.push((k, v)),
+            _ => filters.push((name, value)),
         }
     }
-    let q = EventQuery::parse(&serde_urlencoded::to_string(&rest).unwrap_or_default())?;
+    let q = EventQuery::from_pairs(filters)?;
     // The header (sent by EventSource on reconnect) wins over the parameter.
     let header = req
         .headers()

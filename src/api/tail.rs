@@ -33,7 +33,10 @@ use tokio::sync::broadcast;
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{COLUMNS, EventQuery, JsonText, view};
+use super::problem::unavailable;
+use super::query::EventQuery;
+use super::query::sql::{SqlParams, generic_plans, reusable};
+use super::view::{COLUMNS, JsonText, view};
 
 /// How often the newest events are read while a stream listens.
 pub const POLL_EVERY: Duration = Duration::from_millis(200);
@@ -119,8 +122,8 @@ impl TailEvent {
             txid: row.get("txid"),
             seq: row.get("seq"),
         };
-        let data = serde_json::to_string(&view(row)?).map_err(super::events::unavailable)?;
-        let JsonText(payload) = row.try_get("payload").map_err(super::events::unavailable)?;
+        let data = serde_json::to_string(&view(row)?).map_err(unavailable)?;
+        let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
         Ok(TailEvent {
             pos,
             event_type: row.get("event_type"),
@@ -216,7 +219,7 @@ pub fn jsonb_contains(doc: &Value, pattern: &Value) -> bool {
 
 /// The newest readable position: where a stream without `Last-Event-ID` starts.
 pub async fn head(pool: &Pool) -> Result<Position, super::problem::Problem> {
-    head_quiet(pool).await.map_err(super::events::unavailable)
+    head_quiet(pool).await.map_err(unavailable)
 }
 
 async fn head_quiet(pool: &Pool) -> Result<Position, HeadError> {
@@ -259,53 +262,43 @@ pub async fn read_after(
     upto: Option<Position>,
     filter: Option<&EventQuery>,
 ) -> Result<(Vec<TailEvent>, bool), super::problem::Problem> {
-    let mut client = pool.get().await.map_err(super::events::unavailable)?;
-    let (clause, params) = match filter {
-        Some(q) => q.conditions(),
-        None => ("TRUE".to_owned(), Vec::new()),
+    let mut client = pool.get().await.map_err(unavailable)?;
+    let mut params = SqlParams::default();
+    let clause = match filter {
+        Some(q) => q.conditions(&mut params),
+        None => "TRUE".to_owned(),
     };
-    let n = params.len();
-    let mut refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-        .iter()
-        .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    refs.extend([
-        &after.txid as &(dyn tokio_postgres::types::ToSql + Sync),
-        &after.seq,
-    ]);
+    let (txid, seq) = (params.push(after.txid), params.push(after.seq));
     let upto_clause = match &upto {
-        Some(u) => {
-            refs.extend([
-                &u.txid as &(dyn tokio_postgres::types::ToSql + Sync),
-                &u.seq,
-            ]);
-            format!(" AND (txid, seq) <= (${}, ${})", n + 3, n + 4)
-        }
+        Some(u) => format!(
+            " AND (txid, seq) <= ({}, {})",
+            params.push(u.txid),
+            params.push(u.seq)
+        ),
         None => String::new(),
     };
     let sql = format!(
-        "SELECT {COLUMNS}, txid FROM events WHERE {clause} AND (txid, seq) > (${}, ${}){upto_clause} \
-         AND txid < {HORIZON} ORDER BY txid, seq LIMIT {BATCH_EVENTS}",
-        n + 1,
-        n + 2
+        "SELECT {COLUMNS}, txid FROM events WHERE {clause} AND (txid, seq) > ({txid}, {seq}){upto_clause} \
+         AND txid < {HORIZON} ORDER BY txid, seq LIMIT {BATCH_EVENTS}"
     );
+    let refs = params.all();
     // Without a filter (the poller), one reused plan: the same statement runs
     // every interval over every partition. A filter's plan is made per value.
-    let tx = super::events::generic_plans(&mut client).await?;
+    let tx = generic_plans(&mut client).await?;
     let rows = if filter.is_none() {
-        let statement = super::events::reusable(&tx, &sql).await?;
+        let statement = reusable(&tx, &sql).await?;
         tx.query_raw(&statement, refs.iter().copied()).await
     } else {
         tx.query_raw(sql.as_str(), refs.iter().copied()).await
     }
-    .map_err(super::events::unavailable)?;
+    .map_err(unavailable)?;
     // Rows are read as they arrive and the read stops at BATCH_BYTES: a batch of
     // large events is never held whole (500 events of 100 kB would be 50 MB).
     futures::pin_mut!(rows);
     let mut events = Vec::new();
     let mut bytes = 0;
     let mut cut_short = false;
-    while let Some(row) = rows.try_next().await.map_err(super::events::unavailable)? {
+    while let Some(row) = rows.try_next().await.map_err(unavailable)? {
         if bytes >= BATCH_BYTES {
             cut_short = true;
             break;

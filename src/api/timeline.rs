@@ -10,11 +10,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::ApiState;
-use super::events::{
-    COLUMNS, Cursor, DEFAULT_LIMIT, EventView, FetchedPage, fetch_page, generic_plans,
-    parse_cursor, parse_limit, parse_offset, query_pairs, reusable, rfc3339, unavailable, views,
+use super::problem::{Problem, unavailable};
+use super::query::Paging;
+use super::query::params::could_be_stored;
+use super::query::sql::{
+    FetchedPage, Order, SqlParams, fetch_page, generic_plans, page_sql, reusable,
 };
-use super::problem::Problem;
+use super::view::{EventView, rfc3339, views};
 
 /// Which column groups the timeline.
 #[derive(Clone, Copy)]
@@ -51,41 +53,6 @@ pub struct Timeline {
     offset: i64,
     has_more: bool,
     next_cursor: Option<String>,
-}
-
-struct Paging {
-    limit: i64,
-    offset: i64,
-    cursor: Option<Cursor>,
-}
-
-fn paging(query: &str) -> Result<Paging, Problem> {
-    let pairs = query_pairs(query)?;
-    let mut p = Paging {
-        limit: DEFAULT_LIMIT,
-        offset: 0,
-        cursor: None,
-    };
-    for (key, value) in pairs {
-        match key.as_str() {
-            "limit" => p.limit = parse_limit(&value)?,
-            "offset" => p.offset = parse_offset(&value)?,
-            "cursor" => p.cursor = Some(parse_cursor(&value)?),
-            other => {
-                return Err(Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown parameter {other:?}"),
-                ));
-            }
-        }
-    }
-    if p.cursor.is_some() && p.offset > 0 {
-        return Err(Problem::bad_parameter(
-            "offset",
-            "cannot be combined with cursor",
-        ));
-    }
-    Ok(p)
 }
 
 /// A session's events, oldest first, with a summary.
@@ -136,9 +103,9 @@ async fn timeline(
     value: String,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, Problem> {
-    let p = paging(req.query_string())?;
+    let paging = Paging::parse(req.query_string())?;
     let column = key.column();
-    if !super::events::could_be_stored(&value) {
+    if !could_be_stored(&value) {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             format!("no events with {column} {value:?}"),
@@ -177,32 +144,15 @@ async fn timeline(
         last = Some(last.map_or(hi, |l| l.max(hi)));
     }
 
-    let limit = p.limit + 1;
+    let mut params = SqlParams::default();
+    let filter = format!("{column} = {}", params.push(value.clone()));
+    let sql = page_sql(&filter, Order::OldestFirst, &paging, &mut params)?;
+    let statement = reusable(&tx, &sql).await?;
     let FetchedPage {
         rows,
         has_more,
         next_cursor,
-    } = match p.cursor {
-        Some(c) => {
-            let ts = c.time()?;
-            let sql = format!(
-                "SELECT {COLUMNS} FROM events WHERE {column} = $1 AND (\"timestamp\", seq) > ($2, $3) \
-                 ORDER BY \"timestamp\", seq LIMIT $4"
-            );
-            let statement = reusable(&tx, &sql).await?;
-            fetch_page(&*tx, &statement, &[&value, &ts, &c.seq, &limit], p.limit).await?
-        }
-        // Offsets skip on the index alone (deferred join), as in `GET /events`.
-        None => {
-            let sql = format!(
-                "SELECT {COLUMNS} FROM events JOIN (SELECT \"timestamp\", seq FROM events WHERE {column} = $1 \
-                 ORDER BY \"timestamp\", seq LIMIT $2 OFFSET $3) page USING (\"timestamp\", seq) \
-                 ORDER BY \"timestamp\", seq"
-            );
-            let statement = reusable(&tx, &sql).await?;
-            fetch_page(&*tx, &statement, &[&value, &limit, &p.offset], p.limit).await?
-        }
-    };
+    } = fetch_page(&*tx, &statement, &params.all(), paging.limit).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(HttpResponse::Ok().json(Timeline {
         key: column,
@@ -215,8 +165,8 @@ async fn timeline(
             by_source,
         },
         events: views(&rows)?,
-        limit: p.limit,
-        offset: p.offset,
+        limit: paging.limit,
+        offset: paging.offset,
         has_more,
         next_cursor,
     }))

@@ -621,7 +621,7 @@ impl HeadersJson {
 
     fn value(&mut self, v: &AMQPValue, depth: usize) -> serde_json::Value {
         use serde_json::Value as J;
-        let hex = |b: &[u8]| serde_json::json!({ "$hex": decode::hex(b) });
+        let hex = |b: &[u8]| serde_json::json!({ "$hex": crate::hex::encode(b) });
         if depth > lapin::types::parsing::MAX_NESTING_DEPTH {
             // Only a container cut off by the parser, or the innermost value of a
             // publisher nesting this deep, can sit here.

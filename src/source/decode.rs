@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use simd_json::BorrowedValue as Value;
@@ -16,9 +16,8 @@ use simd_json::prelude::*;
 
 use crate::envelope::{DeadLetter, Event, Generation, Record, RejectReason};
 
-/// Longest identifier (id, type, source, target, session, correlation) kept in an
-/// indexed column. PostgreSQL's btree entries top out near 2.7 kB.
-pub const MAX_IDENT_BYTES: usize = 1024;
+use crate::envelope::{MAX_IDENT_BYTES, in_range, parse_time};
+use crate::hex;
 
 /// Deepest nesting of arrays and objects a body may have to be stored as an event.
 /// Deeper bodies are dead-lettered. The API passes payloads through as text but
@@ -133,7 +132,10 @@ pub fn decode(raw: RawDelivery) -> Record {
     let mut props_json = serde_json::Map::new();
     let exchange = strip_nul_owned(exchange, &mut sanitized);
     if routing_key.contains('\0') {
-        props_json.insert("routing_key_hex".into(), hex(routing_key.as_bytes()).into());
+        props_json.insert(
+            "routing_key_hex".into(),
+            hex::encode(routing_key.as_bytes()).into(),
+        );
     }
     let routing_key = strip_nul_owned(routing_key, &mut sanitized);
     for field in [
@@ -636,33 +638,6 @@ fn epoch_seconds(n: f64) -> Option<DateTime<Utc>> {
     in_range(Utc.timestamp_micros(micros as i64).single()?)
 }
 
-/// RFC 3339 with any offset; without an offset the time is read as UTC.
-pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return in_range(t.with_timezone(&Utc));
-    }
-    if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z") {
-        return in_range(t.with_timezone(&Utc));
-    }
-    for fmt in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-    ] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
-            return in_range(t.and_utc());
-        }
-    }
-    None
-}
-
-/// Years PostgreSQL and every client can hold; anything else falls back.
-fn in_range(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    use chrono::Datelike;
-    (1..=9999).contains(&t.year()).then_some(t)
-}
-
 fn encode(v: &Value<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     // Writing into a Vec cannot fail.
@@ -714,17 +689,6 @@ fn strip_nul_owned(s: String, flag: &mut bool) -> String {
     } else {
         s
     }
-}
-
-/// Lower-case hex, for bytes that are kept but are not text.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
 }
 
 #[cfg(test)]

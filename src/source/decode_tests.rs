@@ -286,7 +286,7 @@ fn nul_is_removed_from_strings_and_keys_and_the_original_is_kept() {
     assert_eq!(e.routing_key, "rkx");
     let props = json_of(&e.properties);
     assert_eq!(props["app_id"], "ab");
-    assert_eq!(props["routing_key_hex"], hex(b"rk\0x"));
+    assert_eq!(props["routing_key_hex"], crate::hex::encode(b"rk\0x"));
 }
 
 /// The JSON value with NUL removed from every string and key, as decode does.

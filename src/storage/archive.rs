@@ -713,7 +713,7 @@ impl Read for HashingReader<'_> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    crate::source::decode::hex(bytes)
+    crate::hex::encode(bytes)
 }
 
 /// Entries by file, for tests and tools.

@@ -187,7 +187,7 @@ async fn bad_path_ids_and_cursors_get_client_errors_not_503() {
 
     // A cursor dated year -100000, well-formed otherwise.
     let micros: i64 = -100_000 * 31_556_952 * 1_000_000;
-    let cursor = candystore::api::events::Cursor {
+    let cursor = candystore::api::query::Cursor {
         timestamp_micros: micros,
         seq: 1,
     }

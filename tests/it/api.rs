@@ -434,7 +434,7 @@ async fn a_query_the_database_cannot_answer_ends_at_the_statement_timeout_with_a
 
 #[tokio::test]
 async fn a_page_of_large_events_stops_at_the_byte_cap_and_the_walk_still_visits_every_event_once() {
-    use candystore::api::events::MAX_PAGE_BYTES;
+    use candystore::api::query::sql::MAX_PAGE_BYTES;
     let app = spawn_app().await;
     // 30 events of about 1 MB each, in one session.
     app.db

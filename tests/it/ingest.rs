@@ -320,6 +320,15 @@ async fn a_row_postgres_refuses_goes_to_dead_letter_and_the_rest_is_stored() {
         )
         .await
         .unwrap();
+    // Past the prefetch's slow start first, so 40 deliveries can be in hand at once.
+    for i in 0..120 {
+        app.publish("warm", &gen1(&format!("w-{i}"), "warm")).await;
+    }
+    app.wait_for_rows("events", 120).await;
+    app.wait_until(Duration::from_secs(5), || async {
+        app.metric("candystore_prefetch").await == 100.0
+    })
+    .await;
     // Hold the writer back while the deliveries queue, so the refused one is
     // written in a batch with others (a free writer takes a batch at once).
     let blocker = crate::helpers::connect(&app.db_url).await;
@@ -336,7 +345,7 @@ async fn a_row_postgres_refuses_goes_to_dead_letter_and_the_rest_is_stored() {
     })
     .await;
     blocker.batch_execute("COMMIT").await.unwrap();
-    app.wait_for_rows("events", 39).await;
+    app.wait_for_rows("events", 120 + 39).await;
     app.wait_for_rows("dead_letter", 1).await;
     let r = app
         .db
@@ -352,7 +361,7 @@ async fn a_row_postgres_refuses_goes_to_dead_letter_and_the_rest_is_stored() {
     assert_eq!(r.get::<_, Vec<u8>>(2), gen1("r-17", "refused"));
     assert!(app.metric("candystore_batch_splits_total").await >= 1.0);
     app.wait_until(Duration::from_secs(5), || async {
-        app.metric("candystore_acks_total").await == 40.0
+        app.metric("candystore_acks_total").await == 160.0
     })
     .await;
 }

@@ -1,0 +1,431 @@
+//! The query string: every parameter of every route is validated here, before
+//! any query runs, and a bad one gets a 400 problem that names it. One rule for
+//! all routes: an unknown parameter is refused, and so is one given twice.
+
+use actix_web::http::StatusCode;
+use chrono::{DateTime, Utc};
+
+use crate::api::problem::Problem;
+use crate::envelope::{MAX_IDENT_BYTES, parse_time};
+use crate::hex;
+
+pub const MAX_LIMIT: i64 = 1000;
+pub(crate) const DEFAULT_LIMIT: i64 = 100;
+
+/// A position in the (timestamp DESC, seq DESC) order, opaque to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub timestamp_micros: i64,
+    pub seq: i64,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.timestamp_micros.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.seq.to_be_bytes());
+        hex::encode(&bytes)
+    }
+
+    /// The cursor's timestamp. Stored times lie in years 1 to 9999 (decode's
+    /// rule), so a time outside them is in a cursor this API did not make.
+    pub(crate) fn time(&self) -> Result<DateTime<Utc>, Problem> {
+        use chrono::Datelike;
+        DateTime::<Utc>::from_timestamp_micros(self.timestamp_micros)
+            .filter(|t| (1..=9999).contains(&t.year()))
+            .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Cursor {
+            timestamp_micros: i64::from_be_bytes(bytes[..8].try_into().ok()?),
+            seq: i64::from_be_bytes(bytes[8..].try_into().ok()?),
+        })
+    }
+}
+
+/// The query string as name/value pairs; a malformed one is a 400 problem.
+pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, Problem> {
+    serde_urlencoded::from_str(query).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the query string is malformed: {e}"),
+        )
+    })
+}
+
+/// `limit`: 1 to MAX_LIMIT.
+pub(crate) fn parse_limit(value: &str) -> Result<i64, Problem> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            Problem::bad_parameter(
+                "limit",
+                format!("{value:?} is not a whole number from 1 to {MAX_LIMIT}"),
+            )
+        })
+}
+
+/// The deepest `offset` served. An offset is skipped on an index, so its cost
+/// grows with it; deeper pages are reached with `cursor`, which costs the same at
+/// any depth.
+pub const MAX_OFFSET: i64 = 100_000;
+
+/// `offset`: 0 to [`MAX_OFFSET`].
+pub(crate) fn parse_offset(value: &str) -> Result<i64, Problem> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (0..=MAX_OFFSET).contains(n))
+        .ok_or_else(|| {
+            Problem::bad_parameter(
+                "offset",
+                format!(
+                    "{value:?} is not a whole number from 0 to {MAX_OFFSET} (walk further with cursor)"
+                ),
+            )
+        })
+}
+
+/// `cursor`: a `next_cursor` this API returned.
+pub(crate) fn parse_cursor(value: &str) -> Result<Cursor, Problem> {
+    Cursor::decode(value)
+        .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))
+}
+
+/// The query string's parameters, each one of `known` and given at most once, in
+/// the order sent.
+pub(crate) fn known_pairs(
+    query: &str,
+    known: &[&'static str],
+) -> Result<Vec<(&'static str, String)>, Problem> {
+    let mut pairs: Vec<(&'static str, String)> = Vec::new();
+    for (key, value) in query_pairs(query)? {
+        let name = known.iter().find(|n| **n == key).copied().ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown parameter {key:?}"),
+            )
+        })?;
+        if pairs.iter().any(|(n, _)| *n == name) {
+            return Err(Problem::bad_parameter(name, "given more than once"));
+        }
+        pairs.push((name, value));
+    }
+    Ok(pairs)
+}
+
+/// `limit`, `offset` and `cursor`: where a page starts and how long it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Paging {
+    pub limit: i64,
+    pub offset: i64,
+    pub cursor: Option<Cursor>,
+}
+
+impl Default for Paging {
+    fn default() -> Self {
+        Paging {
+            limit: DEFAULT_LIMIT,
+            offset: 0,
+            cursor: None,
+        }
+    }
+}
+
+impl Paging {
+    pub const PARAMETERS: [&'static str; 3] = ["limit", "offset", "cursor"];
+
+    /// Takes `name` if it is a paging parameter; false if it is not one.
+    pub(crate) fn take(&mut self, name: &str, value: &str) -> Result<bool, Problem> {
+        match name {
+            "limit" => self.limit = parse_limit(value)?,
+            "offset" => self.offset = parse_offset(value)?,
+            "cursor" => self.cursor = Some(parse_cursor(value)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The rules between the three, once all are read.
+    pub(crate) fn check(&self) -> Result<(), Problem> {
+        if self.cursor.is_some() && self.offset > 0 {
+            return Err(Problem::bad_parameter(
+                "offset",
+                "cannot be combined with cursor",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Paging alone (the timelines): only `limit`, `offset` and `cursor`.
+    pub(crate) fn parse(query: &str) -> Result<Self, Problem> {
+        let mut p = Paging::default();
+        for (name, value) in known_pairs(query, &Self::PARAMETERS)? {
+            p.take(name, &value)?;
+        }
+        p.check()?;
+        Ok(p)
+    }
+}
+
+/// `start_time`, `end_time`: RFC 3339 (any offset; none is UTC).
+pub(crate) fn parse_time_parameter(
+    name: &'static str,
+    value: &str,
+) -> Result<DateTime<Utc>, Problem> {
+    parse_time(value)
+        .ok_or_else(|| Problem::bad_parameter(name, format!("{value:?} is not an RFC 3339 time")))
+}
+
+/// An equality filter's value: what a stored identifier could be.
+pub(crate) fn parse_identifier(name: &'static str, value: &str) -> Result<String, Problem> {
+    if value.is_empty() || value.contains('\0') {
+        return Err(Problem::bad_parameter(name, "must be non-empty text"));
+    }
+    if value.len() > MAX_IDENT_BYTES {
+        return Err(Problem::bad_parameter(
+            name,
+            "is longer than 1024 bytes, which no stored value is",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// `payload_contains`: a JSON object, matched by jsonb containment. PostgreSQL's
+/// jsonb cannot hold `\u0000`, so a document with one could match nothing: it is
+/// refused here rather than failing in the database.
+pub(crate) fn parse_containment(value: &str) -> Result<serde_json::Value, Problem> {
+    const NAME: &str = "payload_contains";
+    let doc: serde_json::Value = serde_json::from_str(value)
+        .map_err(|e| Problem::bad_parameter(NAME, format!("is not JSON: {e}")))?;
+    if !doc.is_object() {
+        return Err(Problem::bad_parameter(NAME, "must be a JSON object"));
+    }
+    if crate::envelope::json_has_nul(&doc) {
+        return Err(Problem::bad_parameter(
+            NAME,
+            "contains \\u0000, which no stored payload can hold",
+        ));
+    }
+    Ok(doc)
+}
+
+/// Whether `id` could name a stored row: stored identifiers hold no NUL and at
+/// most `MAX_IDENT_BYTES` (decode's rule), so anything else is a 404 without a query.
+pub(crate) fn could_be_stored(id: &str) -> bool {
+    !id.is_empty() && !id.contains('\0') && id.len() <= MAX_IDENT_BYTES
+}
+
+/// The filters of `GET /events` and of the live tail, as the OpenAPI document
+/// states them (one list for both). Parsing and validation are `EventQuery::parse`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct EventFilters {
+    /// only this session
+    #[param(min_length = 1, max_length = 1024)]
+    session_id: Option<String>,
+    /// only this event type
+    #[param(min_length = 1, max_length = 1024)]
+    event_type: Option<String>,
+    /// only this source
+    #[param(min_length = 1, max_length = 1024)]
+    source: Option<String>,
+    /// only this target
+    #[param(min_length = 1, max_length = 1024)]
+    target: Option<String>,
+    /// only this correlation id
+    #[param(min_length = 1, max_length = 1024)]
+    correlation_id: Option<String>,
+    /// RFC 3339, inclusive
+    #[param(format = DateTime)]
+    start_time: Option<String>,
+    /// RFC 3339, inclusive, not before start_time
+    #[param(format = DateTime)]
+    end_time: Option<String>,
+    /// a JSON object the payload contains (jsonb @>), e.g. {"status":"failed"}
+    #[param(min_length = 2)]
+    payload_contains: Option<String>,
+}
+
+/// The validated parameters of `GET /events` (and, without paging, of the live tail).
+#[derive(Debug, Default)]
+pub struct EventQuery {
+    pub filters: Vec<(&'static str, String)>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub paging: Paging,
+    /// A JSON object the payload must contain (jsonb `@>`).
+    pub payload_contains: Option<serde_json::Value>,
+}
+
+/// The equality filters, each on a column that leads an index.
+pub const FILTERS: [&str; 5] = [
+    "session_id",
+    "event_type",
+    "source",
+    "target",
+    "correlation_id",
+];
+
+/// Every parameter `GET /events` takes.
+pub const EVENT_PARAMETERS: [&str; 11] = [
+    "session_id",
+    "event_type",
+    "source",
+    "target",
+    "correlation_id",
+    "start_time",
+    "end_time",
+    "payload_contains",
+    "limit",
+    "offset",
+    "cursor",
+];
+
+impl EventQuery {
+    /// Parses and validates a query string of `GET /events`.
+    pub fn parse(query: &str) -> Result<Self, Problem> {
+        Self::from_pairs(known_pairs(query, &EVENT_PARAMETERS)?)
+    }
+
+    /// Validates pairs already checked by [`known_pairs`] (each known, each once).
+    pub(crate) fn from_pairs(pairs: Vec<(&'static str, String)>) -> Result<Self, Problem> {
+        let mut q = EventQuery::default();
+        for (name, value) in pairs {
+            if q.paging.take(name, &value)? {
+                continue;
+            }
+            match name {
+                "start_time" => q.start_time = Some(parse_time_parameter(name, &value)?),
+                "end_time" => q.end_time = Some(parse_time_parameter(name, &value)?),
+                "payload_contains" => q.payload_contains = Some(parse_containment(&value)?),
+                _ => q.filters.push((name, parse_identifier(name, &value)?)),
+            }
+        }
+        if let (Some(s), Some(e)) = (q.start_time, q.end_time)
+            && s > e
+        {
+            return Err(Problem::bad_parameter("end_time", "is before start_time"));
+        }
+        q.paging.check()?;
+        Ok(q)
+    }
+
+    /// The WHERE clause (without paging), its parameters pushed onto `params`.
+    pub(crate) fn conditions(&self, params: &mut super::sql::SqlParams) -> String {
+        let mut clauses = Vec::new();
+        for (name, value) in &self.filters {
+            clauses.push(format!("{name} = {}", params.push(value.clone())));
+        }
+        if let Some(doc) = &self.payload_contains {
+            clauses.push(format!("payload @> {}", params.push(doc.clone())));
+        }
+        if let Some(t) = self.start_time {
+            clauses.push(format!("\"timestamp\" >= {}", params.push(t)));
+        }
+        if let Some(t) = self.end_time {
+            clauses.push(format!("\"timestamp\" <= {}", params.push(t)));
+        }
+        if clauses.is_empty() {
+            "TRUE".to_owned()
+        } else {
+            clauses.join(" AND ")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips_and_garbage_is_refused() {
+        let c = Cursor {
+            timestamp_micros: 1_764_000_000_123_456,
+            seq: 42,
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        for bad in ["", "zz", "00", &"g".repeat(32)] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_bad_parameter_is_named() {
+        for (query, name) in [
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("limit=ten", "limit"),
+            ("offset=-1", "offset"),
+            ("start_time=yesterday", "start_time"),
+            ("end_time=2026-13-01T00:00:00Z", "end_time"),
+            (
+                "start_time=2026-02-01T00:00:00Z&end_time=2026-01-01T00:00:00Z",
+                "end_time",
+            ),
+            ("cursor=abc", "cursor"),
+            ("session_id=", "session_id"),
+            (&format!("target={}", "x".repeat(1025)), "target"),
+            ("source=a&source=b", "source"),
+            ("cursor=00000000000000000000000000000001&offset=5", "offset"),
+            ("payload_contains=%7Bnope", "payload_contains"),
+            ("payload_contains=%5B1%2C2%5D", "payload_contains"),
+            ("payload_contains=42", "payload_contains"),
+            (
+                "payload_contains=%7B%22a%22%3A%22x%5Cu0000%22%7D",
+                "payload_contains",
+            ),
+        ] {
+            let p = EventQuery::parse(query).unwrap_err();
+            assert_eq!(p.status, 400, "{query}");
+            assert_eq!(p.parameter, Some(name), "{query}: {}", p.detail);
+            assert!(p.detail.contains(name), "{query}: {}", p.detail);
+        }
+        let p = EventQuery::parse("sesion_id=x").unwrap_err();
+        assert!(p.detail.contains("sesion_id"), "{}", p.detail);
+    }
+
+    #[test]
+    fn defaults_and_filters_are_read() {
+        let q = EventQuery::parse("").unwrap();
+        assert_eq!((q.paging.limit, q.paging.offset), (100, 0));
+        let q =
+            EventQuery::parse("session_id=abc-123&start_time=2026-11-20T14:00:00%2B02:00&limit=5")
+                .unwrap();
+        assert_eq!(q.filters, vec![("session_id", "abc-123".to_owned())]);
+        assert_eq!(
+            q.start_time.unwrap().to_rfc3339(),
+            "2026-11-20T12:00:00+00:00"
+        );
+        assert_eq!(q.paging.limit, 5);
+    }
+
+    #[test]
+    fn paging_alone_keeps_the_rules_of_events() {
+        for (query, name) in [
+            ("limit=1&limit=2", "limit"),
+            ("limit=0", "limit"),
+            ("offset=-1", "offset"),
+            ("cursor=00000000000000000000000000000001&offset=5", "offset"),
+            ("cursor=nope", "cursor"),
+        ] {
+            let p = Paging::parse(query).unwrap_err();
+            assert_eq!(p.parameter, Some(name), "{query}: {}", p.detail);
+        }
+        let p = Paging::parse("session_id=x").unwrap_err();
+        assert!(p.detail.contains("session_id"), "{}", p.detail);
+        let p = Paging::parse("limit=7&offset=3").unwrap();
+        assert_eq!((p.limit, p.offset, p.cursor), (7, 3, None));
+    }
+}

@@ -1,0 +1,273 @@
+//! Page queries: the keyset and deferred-join SQL every paged route uses, reading
+//! a page within its row and byte bounds, and the statements reused with their
+//! generic plan.
+
+use chrono::{DateTime, Utc};
+use futures::{TryStreamExt, pin_mut};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, Statement, ToStatement};
+
+use super::params::{Cursor, Paging};
+use crate::api::problem::{Problem, unavailable};
+use crate::api::view::{COLUMNS, JsonText};
+
+/// The most payload a page (or a live-tail chunk) holds. A page stops short of
+/// `limit` rather than pass it, so a page of large events cannot exhaust memory;
+/// `has_more` and `next_cursor` stay exact.
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
+/// Counted per event beside its payload, for its other fields.
+const EVENT_OVERHEAD_BYTES: usize = 512;
+
+/// The parameters of a statement being built, numbered as they are pushed.
+#[derive(Default)]
+pub(crate) struct SqlParams(Vec<Box<dyn ToSql + Sync + Send>>);
+
+impl SqlParams {
+    /// Adds a parameter; returns its placeholder (`$n`).
+    pub(crate) fn push(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.0.push(Box::new(value));
+        format!("${}", self.0.len())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The first `n` parameters, as a query takes them.
+    pub(crate) fn refs(&self, n: usize) -> Vec<&(dyn ToSql + Sync)> {
+        self.0[..n]
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+
+    pub(crate) fn all(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.refs(self.0.len())
+    }
+}
+
+/// Which way a page walks the (timestamp, seq) order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// `GET /events`: newest first.
+    NewestFirst,
+    /// The timelines: oldest first.
+    OldestFirst,
+}
+
+impl Order {
+    fn by(self) -> &'static str {
+        match self {
+            Order::NewestFirst => "\"timestamp\" DESC, seq DESC",
+            Order::OldestFirst => "\"timestamp\", seq",
+        }
+    }
+}
+
+/// The statement for one page of `SELECT {COLUMNS} FROM events WHERE {filter}`
+/// in `order`, asking for `limit + 1` rows (see [`fetch_page`]), with its paging
+/// parameters pushed after the filter's.
+///
+/// A cursor continues after its position (keyset: the same cost at any depth),
+/// also bounding `timestamp` so partitions before or after it are pruned. An
+/// offset is a deferred join: the offset is skipped on the index alone (an
+/// index-only scan where the visibility map allows), and only the page's rows are
+/// fetched.
+pub(crate) fn page_sql(
+    filter: &str,
+    order: Order,
+    paging: &Paging,
+    params: &mut SqlParams,
+) -> Result<String, Problem> {
+    let by = order.by();
+    let mut filter = filter.to_owned();
+    if let Some(c) = &paging.cursor {
+        let t = params.push(c.time()?);
+        let s = params.push(c.seq);
+        let (after, bound) = match order {
+            Order::NewestFirst => ("<", "<="),
+            Order::OldestFirst => (">", ">="),
+        };
+        filter.push_str(&format!(
+            " AND (\"timestamp\", seq) {after} ({t}, {s}) AND \"timestamp\" {bound} {t}"
+        ));
+    }
+    let limit = params.push(paging.limit + 1);
+    if paging.offset == 0 {
+        return Ok(format!(
+            "SELECT {COLUMNS} FROM events WHERE {filter} ORDER BY {by} LIMIT {limit}"
+        ));
+    }
+    let offset = params.push(paging.offset);
+    Ok(format!(
+        "SELECT {COLUMNS} FROM events JOIN (SELECT \"timestamp\", seq FROM events WHERE {filter} \
+         ORDER BY {by} LIMIT {limit} OFFSET {offset}) page USING (\"timestamp\", seq) ORDER BY {by}"
+    ))
+}
+
+/// One page of rows, with whether more follow and, if so, the cursor to continue.
+pub(crate) struct FetchedPage {
+    pub rows: Vec<Row>,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
+/// Runs a page query that asks for up to `limit + 1` rows, reading them as they
+/// arrive, and keeps up to `limit` of them and up to [`MAX_PAGE_BYTES`] of payload
+/// (always at least one row). A row seen past the page is what makes `has_more` true,
+/// so it is exact in both cases. Rows past the page are never held.
+pub(crate) async fn fetch_page<C: GenericClient, S: ?Sized + ToStatement + Sync + Send>(
+    client: &C,
+    statement: &S,
+    params: &[&(dyn ToSql + Sync)],
+    limit: i64,
+) -> Result<FetchedPage, Problem> {
+    let stream = client
+        .query_raw(statement, params.iter().copied())
+        .await
+        .map_err(unavailable)?;
+    pin_mut!(stream);
+    let mut rows = Vec::new();
+    let mut bytes = 0;
+    let mut has_more = false;
+    while let Some(row) = stream.try_next().await.map_err(unavailable)? {
+        let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
+        let size = payload.len() + EVENT_OVERHEAD_BYTES;
+        if rows.len() as i64 >= limit || (!rows.is_empty() && bytes + size > MAX_PAGE_BYTES) {
+            has_more = true;
+            break;
+        }
+        bytes += size;
+        rows.push(row);
+    }
+    let next_cursor = has_more.then(|| rows.last()).flatten().map(|r| {
+        let t: DateTime<Utc> = r.get("timestamp");
+        Cursor {
+            timestamp_micros: t.timestamp_micros(),
+            seq: r.get("seq"),
+        }
+        .encode()
+    });
+    Ok(FetchedPage {
+        rows,
+        has_more,
+        next_cursor,
+    })
+}
+
+/// The most statements a read connection keeps prepared (see [`reusable`]); past it
+/// the connection's cache is emptied and refills with the shapes in use. A generic
+/// plan over 95 partitions takes 1–2 MB of the server's memory (measured with
+/// `pg_backend_memory_contexts`), so this bounds it at ~30 MB per read connection;
+/// Candybar's pages use fewer than ten shapes.
+const MAX_CACHED_STATEMENTS: usize = 16;
+
+/// A read-only transaction in which prepared statements run with their generic
+/// plan (`plan_cache_mode = force_generic_plan`, for this transaction only): one
+/// plan per statement and connection, made once, instead of planning every
+/// partition on every request (~5 ms at 95 partitions, PostgreSQL 15). Left to
+/// itself PostgreSQL keeps planning per request whenever the per-value plan looks a
+/// little cheaper, which it does for rare values, the very queries that must visit
+/// every partition. Dropped without commit, the transaction rolls back and the
+/// setting with it.
+///
+/// Only for [`reusable`] statements.
+pub(crate) async fn generic_plans(
+    client: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, Problem> {
+    let tx = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(unavailable)?;
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        .await
+        .map_err(unavailable)?;
+    Ok(tx)
+}
+
+/// `sql` prepared once per connection and reused (run it in [`generic_plans`]).
+///
+/// Only for statements whose generic plan is right for every value of their
+/// parameters: at most one equality filter, time bounds, a cursor, limit and
+/// offset. Each filter column leads an index (`(column, "timestamp" DESC, seq
+/// DESC)`), so the plan reads that index in each partition whatever the value, in
+/// page order, and time bounds prune partitions when the executor starts. Not for
+/// `payload @>`, whose generic plan assumes an average selectivity and can walk a
+/// partition in time order looking for a rare document (seconds where the
+/// per-value plan takes milliseconds), nor for two equality filters, where the
+/// generic plan picks one index whatever the values and may walk every match of a
+/// common value looking for a rare one. ARCHITECTURE.md, "Query path".
+pub(crate) async fn reusable(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+) -> Result<Statement, Problem> {
+    if tx.statement_cache.size() >= MAX_CACHED_STATEMENTS {
+        tx.statement_cache.clear();
+    }
+    tx.prepare_cached(sql).await.map_err(unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql(order: Order, paging: Paging) -> (String, usize) {
+        let mut params = SqlParams::default();
+        let filter = format!("source = {}", params.push("a".to_owned()));
+        let sql = page_sql(&filter, order, &paging, &mut params).unwrap();
+        (sql, params.len())
+    }
+
+    #[test]
+    fn a_first_page_is_one_indexed_read_in_its_order() {
+        let (s, n) = sql(Order::NewestFirst, Paging::default());
+        assert_eq!(
+            s,
+            format!(
+                "SELECT {COLUMNS} FROM events WHERE source = $1 ORDER BY \"timestamp\" DESC, seq DESC LIMIT $2"
+            )
+        );
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn a_cursor_continues_after_its_position_in_either_order() {
+        let cursor = Some(Cursor {
+            timestamp_micros: 1_764_000_000_000_000,
+            seq: 9,
+        });
+        let paging = Paging {
+            cursor,
+            ..Paging::default()
+        };
+        let (newest, n) = sql(Order::NewestFirst, paging);
+        assert!(
+            newest.contains("(\"timestamp\", seq) < ($2, $3) AND \"timestamp\" <= $2"),
+            "{newest}"
+        );
+        assert_eq!(n, 4);
+        let (oldest, _) = sql(Order::OldestFirst, paging);
+        assert!(
+            oldest.contains("(\"timestamp\", seq) > ($2, $3) AND \"timestamp\" >= $2"),
+            "{oldest}"
+        );
+        assert!(
+            oldest.ends_with("ORDER BY \"timestamp\", seq LIMIT $4"),
+            "{oldest}"
+        );
+    }
+
+    #[test]
+    fn an_offset_is_skipped_on_the_index_by_a_deferred_join() {
+        let paging = Paging {
+            offset: 200,
+            ..Paging::default()
+        };
+        let (s, n) = sql(Order::OldestFirst, paging);
+        assert!(s.contains("JOIN (SELECT \"timestamp\", seq FROM events WHERE source = $1 ORDER BY \"timestamp\", seq LIMIT $2 OFFSET $3) page"), "{s}");
+        assert_eq!(n, 3);
+    }
+}

@@ -1,0 +1,128 @@
+//! `total` for `GET /events`: exact while counting is cheap, otherwise the
+//! planner's estimate, flagged. No request ever counts more than
+//! [`EXACT_TOTAL_UP_TO`] + 1 rows.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::types::ToSql;
+
+use crate::api::problem::{Problem, unavailable};
+use crate::api::sizes::TableSizes;
+
+/// Up to this many matching rows `total` is an exact count; past it, the planner's
+/// estimate (and `total_is_estimate: true`), so no request ever counts the table.
+pub const EXACT_TOTAL_UP_TO: i64 = 1_000;
+/// A planner estimate above this is taken as "past the cap" without counting: the
+/// count would only confirm it, and for a broad `payload_contains` it is the costly part.
+const ESTIMATE_TRUSTED_ABOVE: i64 = 10 * EXACT_TOTAL_UP_TO;
+
+/// What a page already tells about the number of matching events.
+pub(crate) struct Seen {
+    /// offset + rows on the page
+    pub through: i64,
+    pub has_more: bool,
+    /// the page began at a known position in the whole result (no cursor, and not
+    /// past the end), so `through` matching events are known to exist
+    pub whole_prefix: bool,
+    /// the time window the page was read under (its lower bound and the anchor),
+    /// if it needed none wider
+    pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// `total` for `GET /events`: exact up to [`EXACT_TOTAL_UP_TO`] matching events,
+/// otherwise the planner's estimate, flagged. Free when the page settles it (the last
+/// page, or an offset already past the cap). Otherwise the plan's row estimate comes
+/// first (planning only); when it expects far more than the cap, the estimate is the
+/// answer, and only when it does not is there a count, stopped at `EXACT_TOTAL_UP_TO + 1`
+/// rows. No request ever counts more.
+pub(crate) async fn total(
+    client: &tokio_postgres::Client,
+    sizes: &TableSizes,
+    filter: &str,
+    params: &[&(dyn ToSql + Sync)],
+    seen: Seen,
+) -> Result<(i64, bool), Problem> {
+    if seen.whole_prefix && !seen.has_more {
+        return Ok((seen.through, false));
+    }
+    let at_least = if seen.whole_prefix {
+        seen.through + 1
+    } else {
+        0
+    };
+    // The page came from a window of recent partitions: estimate from that window
+    // and scale by the table's size, rather than plan the filter over every
+    // partition. Past the exact range the answer is an estimate either way.
+    if let Some((lower, upper)) = seen.window
+        && let Some(estimate) = scaled_estimate(client, sizes, filter, params, lower, upper).await?
+        && (at_least > EXACT_TOTAL_UP_TO || estimate > EXACT_TOTAL_UP_TO)
+    {
+        return Ok((estimate.max(at_least), true));
+    }
+    let explain = format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM events WHERE {filter}");
+    let plan: serde_json::Value = client
+        .query_one(&explain, params)
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    let estimate = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0) as i64;
+    if at_least > EXACT_TOTAL_UP_TO || estimate > ESTIMATE_TRUSTED_ABOVE {
+        return Ok((estimate.max(at_least), true));
+    }
+    let capped = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
+        EXACT_TOTAL_UP_TO + 1
+    );
+    let exact: i64 = client
+        .query_one(&capped, params)
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    if exact <= EXACT_TOTAL_UP_TO {
+        Ok((exact, false))
+    } else {
+        Ok((estimate.max(exact).max(at_least), true))
+    }
+}
+
+/// The planner's estimate of the matches from `lower` to `upper` (the window the
+/// page was read in, so only its partitions are planned), scaled by the rows of the
+/// whole table over the rows in the window (partition statistics, cached). Without
+/// a filter, the table's rows. `None` on a plain table.
+async fn scaled_estimate(
+    client: &tokio_postgres::Client,
+    sizes: &TableSizes,
+    filter: &str,
+    params: &[&(dyn ToSql + Sync)],
+    lower: DateTime<Utc>,
+    upper: DateTime<Utc>,
+) -> Result<Option<i64>, Problem> {
+    let Some((all, inside)) = sizes
+        .rows_between(client, lower, upper)
+        .await
+        .map_err(unavailable)?
+    else {
+        return Ok(None);
+    };
+    if filter == "TRUE" {
+        return Ok(Some(all.round() as i64));
+    }
+    let n = params.len() + 1;
+    let mut with_window: Vec<&(dyn ToSql + Sync)> = params.to_vec();
+    with_window.extend([&lower as &(dyn ToSql + Sync), &upper]);
+    let plan: serde_json::Value = client
+        .query_one(
+            &format!(
+                "EXPLAIN (FORMAT JSON) SELECT 1 FROM events WHERE {filter} \
+                 AND \"timestamp\" >= ${n} AND \"timestamp\" <= ${}",
+                n + 1
+            ),
+            &with_window,
+        )
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    let matching = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0);
+    Ok(Some(
+        (matching * (all / inside.max(1.0)).max(1.0)).round() as i64
+    ))
+}
