@@ -873,7 +873,7 @@ async fn main() {
     }
     if !cpu_notes.is_empty() {
         report += &format!(
-            "\n## Where the time goes\n\nCores used by each process while draining (CPU seconds ÷ wall seconds, from /proc):\n\n{}\n",
+            "\n## Where the time goes\n\nCores used by each process while draining (CPU seconds ÷ wall seconds, from /proc):\n\n{}\n\nWhat each step and each index costs PostgreSQL per event, Candystore's own profile, and why each drain stops where it does: `reports/write-cost.md` (`make loadtest-write-cost`).\n",
             cpu_notes.join("\n")
         );
     }
