@@ -11,47 +11,241 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-/// Every variable this service reads, with its default. The TOML file uses the
-/// same names in lower case (`batch_size = 500`).
-pub const VARIABLES: &[(&str, &str)] = &[
-    ("RABBIT_URL", "amqp://guest:guest@localhost:5672/%2f"),
-    ("RABBIT_EXCHANGE", "events"),
-    ("RABBIT_QUEUE", "candystore"),
-    ("RABBIT_BINDING", "#"),
-    ("RABBIT_QUEUE_TYPE", "classic"),
-    ("RABBIT_DELIVERY_LIMIT", "5"),
-    (
-        "DATABASE_URL",
-        "postgres://postgres@localhost:5432/candystore",
-    ),
-    ("READ_DATABASE_URL", ""),
-    ("API_HOST", "0.0.0.0"),
-    ("API_PORT", "8683"),
-    ("METRICS_ENABLED", "true"),
-    ("METRICS_PORT", "9090"),
-    ("METRICS_HOST", ""),
-    ("METRICS_TOKEN", ""),
-    ("LOG_LEVEL", "info"),
-    ("LOG_FORMAT", "json"),
-    ("PREFETCH_COUNT", "100"),
-    ("BATCH_SIZE", "50"),
-    ("FLUSH_INTERVAL", "50ms"),
-    ("MAX_BATCH_BYTES", "16777216"),
-    ("MAX_INFLIGHT_BYTES", "33554432"),
-    ("WRITE_CONCURRENCY", "2"),
-    ("DATABASE_READ_POOL_SIZE", "8"),
-    ("RETRY_MAX_BACKOFF", "10s"),
-    ("SHUTDOWN_TIMEOUT", "30s"),
-    ("QUEUE_DEPTH_INTERVAL", "15s"),
-    ("STREAM_MAX_CLIENTS", "100"),
-    ("STREAM_WRITE_TIMEOUT", "10s"),
-    ("STREAM_MAX_LIFETIME", "10m"),
-    ("API_TOKEN", ""),
-    ("CORS_ALLOWED_ORIGINS", ""),
-    ("PARTITION_INTERVAL", "1 day"),
-    ("RETENTION", ""),
-    ("ARCHIVE_DIR", ""),
-    ("MAINTENANCE_INTERVAL", "5m"),
+/// One setting: its variable, its default, what it means (for `--help`), and
+/// how the start-up log shows its value.
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+    pub secret: Secret,
+}
+
+/// How a value is shown in the start-up log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secret {
+    /// As it is.
+    No,
+    /// A URL with its password replaced by `***`.
+    Url,
+    /// Tokens: only how many.
+    Tokens,
+}
+
+/// Every variable this service reads: the one table of settings. The TOML file
+/// uses the same names in lower case (`batch_size = 500`); `--help`, the start-up
+/// log and docs/contract.md are made from (or checked against) it.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "RABBIT_URL",
+        default: "amqp://guest:guest@localhost:5672/%2f",
+        meaning: "the broker (amqps:// for TLS)",
+        secret: Secret::Url,
+    },
+    Variable {
+        name: "RABBIT_EXCHANGE",
+        default: "events",
+        meaning: "the topic exchange to bind to (declared durable if missing)",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "RABBIT_QUEUE",
+        default: "candystore",
+        meaning: "the durable queue this service consumes",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "RABBIT_BINDING",
+        default: "#",
+        meaning: "binding key(s), comma-separated",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "RABBIT_QUEUE_TYPE",
+        default: "classic",
+        meaning: "classic, or quorum (with a delivery limit and <queue>.parked)",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "RABBIT_DELIVERY_LIMIT",
+        default: "5",
+        meaning: "quorum queues: deliveries of one message before it is parked",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "DATABASE_URL",
+        default: "postgres://postgres@localhost:5432/candystore",
+        meaning: "PostgreSQL (sslmode, sslrootcert for TLS)",
+        secret: Secret::Url,
+    },
+    Variable {
+        name: "READ_DATABASE_URL",
+        default: "",
+        meaning: "the API's read pool (a read-only role, a replica); unset: DATABASE_URL",
+        secret: Secret::Url,
+    },
+    Variable {
+        name: "API_HOST",
+        default: "0.0.0.0",
+        meaning: "the REST API's address",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "API_PORT",
+        default: "8683",
+        meaning: "the REST API's port (0 picks a free one)",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "METRICS_ENABLED",
+        default: "true",
+        meaning: "serve /metrics",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "METRICS_PORT",
+        default: "9090",
+        meaning: "the /metrics port (0 picks a free one)",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "METRICS_HOST",
+        default: "",
+        meaning: "the /metrics address; unset: API_HOST",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "METRICS_TOKEN",
+        default: "",
+        meaning: "bearer token(s) /metrics requires; unset: open",
+        secret: Secret::Tokens,
+    },
+    Variable {
+        name: "LOG_LEVEL",
+        default: "info",
+        meaning: "a level or an EnvFilter (info,candystore::sink=debug)",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "LOG_FORMAT",
+        default: "json",
+        meaning: "json, or console for people",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "PREFETCH_COUNT",
+        default: "100",
+        meaning: "AMQP QoS: unacked deliveries in hand at most",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "BATCH_SIZE",
+        default: "50",
+        meaning: "rows per COPY batch at most",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "FLUSH_INTERVAL",
+        default: "50ms",
+        meaning: "the longest an event waits in an open batch",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "MAX_BATCH_BYTES",
+        default: "16777216",
+        meaning: "a batch closes once its events hold this many bytes",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "MAX_INFLIGHT_BYTES",
+        default: "33554432",
+        meaning: "bytes of decoded deliveries in hand at most",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "WRITE_CONCURRENCY",
+        default: "2",
+        meaning: "batches written at once, each on its own connection",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "DATABASE_READ_POOL_SIZE",
+        default: "8",
+        meaning: "connections of the API's read pool",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "RETRY_MAX_BACKOFF",
+        default: "10s",
+        meaning: "the longest pause between retries",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "SHUTDOWN_TIMEOUT",
+        default: "30s",
+        meaning: "how long SIGTERM may take (then exit 75)",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "QUEUE_DEPTH_INTERVAL",
+        default: "15s",
+        meaning: "how often the queue depth (the ingest lag) is read",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "STREAM_MAX_CLIENTS",
+        default: "100",
+        meaning: "live-tail streams open at once",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "STREAM_WRITE_TIMEOUT",
+        default: "10s",
+        meaning: "a live-tail client that takes nothing this long is cut",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "STREAM_MAX_LIFETIME",
+        default: "10m",
+        meaning: "a live-tail stream ends after this long (EventSource resumes)",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "API_TOKEN",
+        default: "",
+        meaning: "bearer token(s) the API requires; unset: open",
+        secret: Secret::Tokens,
+    },
+    Variable {
+        name: "CORS_ALLOWED_ORIGINS",
+        default: "",
+        meaning: "origins allowed to call the API from a browser, or *",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "PARTITION_INTERVAL",
+        default: "1 day",
+        meaning: "one partition's time range: 1 day, 1 week or 1 month",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "RETENTION",
+        default: "",
+        meaning: "partitions older than this are dropped (90d); unset: keep everything",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "ARCHIVE_DIR",
+        default: "",
+        meaning: "with RETENTION: archive each partition here before dropping it",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "MAINTENANCE_INTERVAL",
+        default: "5m",
+        meaning: "how often the maintenance job runs",
+        secret: Secret::No,
+    },
 ];
 
 /// A setting that could not be used. The message is the one line start-up prints.
@@ -146,6 +340,8 @@ pub struct Settings {
     pub archive_dir: Option<std::path::PathBuf>,
     /// How often the maintenance job runs.
     pub maintenance_interval: Duration,
+    /// Every variable's value as given (or defaulted), for the start-up log.
+    raw: BTreeMap<&'static str, String>,
 }
 
 impl Settings {
@@ -179,14 +375,14 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let mut raw: BTreeMap<&'static str, String> = VARIABLES
             .iter()
-            .map(|(name, default)| (*name, (*default).to_owned()))
+            .map(|v| (v.name, v.default.to_owned()))
             .collect();
         if let Some(file) = file {
             for (key, value) in file {
                 let name = VARIABLES
                     .iter()
-                    .find(|(name, _)| name.eq_ignore_ascii_case(&key))
-                    .map(|(name, _)| *name)
+                    .find(|v| v.name.eq_ignore_ascii_case(&key))
+                    .map(|v| v.name)
                     .ok_or_else(|| ConfigError::UnknownKey {
                         path: "(file)".into(),
                         key: key.clone(),
@@ -195,12 +391,13 @@ impl Settings {
             }
         }
         for (key, value) in env {
-            if let Some((name, _)) = VARIABLES.iter().find(|(name, _)| *name == key) {
-                raw.insert(name, value);
+            if let Some(v) = VARIABLES.iter().find(|v| v.name == key) {
+                raw.insert(v.name, value);
             }
         }
         let r = Raw(raw);
         let settings = Settings {
+            raw: r.0.clone(),
             rabbit_url: r.url("RABBIT_URL", &["amqp://", "amqps://"])?,
             rabbit_exchange: r.name("RABBIT_EXCHANGE", true)?,
             rabbit_queue: r.name("RABBIT_QUEUE", false)?,
@@ -261,112 +458,44 @@ impl Settings {
         self.batch_size.min(usize::from(self.prefetch_count))
     }
 
-    /// The settings as `NAME=value` pairs with passwords replaced, for the start-up log.
+    /// Every variable as `NAME=value`, in the table's order, as given or defaulted,
+    /// with passwords and tokens hidden: for the start-up log.
     pub fn redacted(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("RABBIT_URL", redact_url(&self.rabbit_url)),
-            ("RABBIT_EXCHANGE", self.rabbit_exchange.clone()),
-            ("RABBIT_QUEUE", self.rabbit_queue.clone()),
-            ("RABBIT_BINDING", self.rabbit_bindings.join(",")),
-            (
-                "RABBIT_QUEUE_TYPE",
-                format!("{:?}", self.rabbit_queue_type).to_lowercase(),
-            ),
-            (
-                "RABBIT_DELIVERY_LIMIT",
-                self.rabbit_delivery_limit.to_string(),
-            ),
-            ("DATABASE_URL", redact_url(&self.database_url)),
-            (
-                "READ_DATABASE_URL",
-                self.read_database_url
-                    .as_deref()
-                    .map(redact_url)
-                    .unwrap_or_else(|| "(unset: DATABASE_URL)".into()),
-            ),
-            ("API_HOST", self.api_host.to_string()),
-            ("API_PORT", self.api_port.to_string()),
-            ("METRICS_ENABLED", self.metrics_enabled.to_string()),
-            ("METRICS_PORT", self.metrics_port.to_string()),
-            (
-                "METRICS_HOST",
-                self.metrics_host
-                    .map(|h| h.to_string())
-                    .unwrap_or_else(|| "(unset: API_HOST)".into()),
-            ),
-            (
-                "METRICS_TOKEN",
-                match self.metrics_tokens.len() {
-                    0 => "(unset: /metrics is open)".to_owned(),
-                    n => format!("({n} token(s), redacted)"),
-                },
-            ),
-            ("LOG_LEVEL", self.log_level.clone()),
-            (
-                "LOG_FORMAT",
-                format!("{:?}", self.log_format).to_lowercase(),
-            ),
-            ("PREFETCH_COUNT", self.prefetch_count.to_string()),
-            ("BATCH_SIZE", self.batch_size.to_string()),
-            (
-                "FLUSH_INTERVAL",
-                humantime::format_duration(self.flush_interval).to_string(),
-            ),
-            ("MAX_BATCH_BYTES", self.max_batch_bytes.to_string()),
-            ("MAX_INFLIGHT_BYTES", self.max_inflight_bytes.to_string()),
-            ("WRITE_CONCURRENCY", self.write_concurrency.to_string()),
-            (
-                "DATABASE_READ_POOL_SIZE",
-                self.database_read_pool_size.to_string(),
-            ),
-            (
-                "RETRY_MAX_BACKOFF",
-                humantime::format_duration(self.retry_max_backoff).to_string(),
-            ),
-            (
-                "SHUTDOWN_TIMEOUT",
-                humantime::format_duration(self.shutdown_timeout).to_string(),
-            ),
-            (
-                "QUEUE_DEPTH_INTERVAL",
-                humantime::format_duration(self.queue_depth_interval).to_string(),
-            ),
-            ("STREAM_MAX_CLIENTS", self.stream_max_clients.to_string()),
-            (
-                "STREAM_WRITE_TIMEOUT",
-                humantime::format_duration(self.stream_write_timeout).to_string(),
-            ),
-            (
-                "STREAM_MAX_LIFETIME",
-                humantime::format_duration(self.stream_max_lifetime).to_string(),
-            ),
-            (
-                "API_TOKEN",
-                match self.api_tokens.len() {
-                    0 => "(unset: the API is open)".to_owned(),
-                    n => format!("({n} token(s), redacted)"),
-                },
-            ),
-            ("CORS_ALLOWED_ORIGINS", self.cors_allowed_origins.join(",")),
-            ("PARTITION_INTERVAL", self.partition_interval.to_string()),
-            (
-                "RETENTION",
-                self.retention
-                    .map(|d| humantime::format_duration(d).to_string())
-                    .unwrap_or_else(|| "(unset: keep everything)".into()),
-            ),
-            (
-                "ARCHIVE_DIR",
-                self.archive_dir
-                    .as_ref()
-                    .map(|d| d.display().to_string())
-                    .unwrap_or_else(|| "(unset: retention drops without archiving)".into()),
-            ),
-            (
-                "MAINTENANCE_INTERVAL",
-                humantime::format_duration(self.maintenance_interval).to_string(),
-            ),
-        ]
+        VARIABLES
+            .iter()
+            .map(|v| {
+                let value = self.raw.get(v.name).map(String::as_str).unwrap_or("");
+                let shown = match (v.secret, value.trim()) {
+                    (_, "") => "(unset)".to_owned(),
+                    (Secret::No, value) => value.to_owned(),
+                    (Secret::Url, url) => redact_url(url),
+                    (Secret::Tokens, tokens) => {
+                        format!("({} token(s), redacted)", tokens.split(',').count())
+                    }
+                };
+                (v.name, shown)
+            })
+            .collect()
+    }
+
+    /// Every variable, its default and its meaning, for `candystore --help`.
+    pub fn help() -> String {
+        let width = VARIABLES.iter().map(|v| v.name.len()).max().unwrap_or(0);
+        let mut out = String::from(
+            "Settings (environment variables, or lower-case keys in --config FILE; the environment wins):\n",
+        );
+        for v in VARIABLES {
+            let default = if v.default.is_empty() {
+                "unset".to_owned()
+            } else {
+                format!("{:?}", v.default)
+            };
+            out.push_str(&format!(
+                "  {:width$}  {} [default: {default}]\n",
+                v.name, v.meaning
+            ));
+        }
+        out
     }
 }
 
@@ -420,7 +549,7 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
         })?;
     let mut out = BTreeMap::new();
     for (key, value) in table {
-        if !VARIABLES.iter().any(|(n, _)| n.eq_ignore_ascii_case(&key)) {
+        if !VARIABLES.iter().any(|v| v.name.eq_ignore_ascii_case(&key)) {
             return Err(ConfigError::UnknownKey { path: shown, key });
         }
         let text = match value {
@@ -724,7 +853,7 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let example = std::fs::read_to_string(root.join("config/candystore.toml")).unwrap();
         let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-        for (name, _) in VARIABLES {
+        for Variable { name, .. } in VARIABLES {
             let key = name.to_lowercase();
             assert!(
                 example

@@ -339,8 +339,14 @@ pub async fn check_schema(client: &Client) -> Result<(), DbError> {
         .filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version))
         .collect();
     // The service runs on either side of an online migration, so only the others
-    // stop it; and only while none of them comes after a pending online one.
-    let blocking = pending.iter().filter(|m| !m.online).count();
+    // stop it, and only those before the first pending online one: the ones after
+    // it are applied by the same `migrate`, once the online step is through, and
+    // add nothing `serve` needs (ARCHITECTURE.md, "Migrations").
+    let first_online = pending
+        .iter()
+        .position(|m| m.online)
+        .unwrap_or(pending.len());
+    let blocking = pending[..first_online].iter().filter(|m| !m.online).count();
     if blocking > 0 {
         return Err(DbError::Pending(pending.len()));
     }

@@ -5,8 +5,9 @@
 //! promise decode makes, and the reason COPY never sees text PostgreSQL refuses.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use sha2::Digest;
 
-/// Which Bloodbank envelope a delivery used (see `shared/spec/envelopes.md`).
+/// Which Bloodbank envelope a delivery used (see `docs/envelopes.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Generation {
     /// The original envelope: `id`, `event_type`, `data`.
@@ -240,4 +241,48 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 pub fn in_range(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
     use chrono::Datelike;
     (1..=9999).contains(&t.year()).then_some(t)
+}
+
+/// The dead-letter key: a redelivery of the same delivery gives the same value.
+pub fn fingerprint(
+    exchange: &str,
+    routing_key: &str,
+    message_id: Option<&str>,
+    body: &[u8],
+) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    for part in [
+        exchange.as_bytes(),
+        routing_key.as_bytes(),
+        message_id.unwrap_or("").as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(body);
+    h.finalize().into()
+}
+
+impl DeadLetter {
+    /// A row PostgreSQL refused, kept whole as a `rejected_by_database` dead letter.
+    pub fn refused_by_database(e: &Event, detail: &str) -> DeadLetter {
+        let message_id = serde_json::from_slice::<serde_json::Value>(&e.properties)
+            .ok()
+            .and_then(|p| {
+                p.get("message_id")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            });
+        DeadLetter {
+            fingerprint: fingerprint(&e.exchange, &e.routing_key, message_id.as_deref(), &e.body),
+            exchange: e.exchange.clone(),
+            routing_key: e.routing_key.clone(),
+            properties: e.properties.clone(),
+            body: e.body.clone(),
+            reason: RejectReason::RejectedByDatabase,
+            detail: detail.replace('\0', "\\0"),
+            received_at: e.received_at,
+            event_type: Some(e.event_type.clone()),
+        }
+    }
 }

@@ -14,6 +14,7 @@ pub mod db;
 pub mod envelope;
 pub mod hex;
 pub mod metrics;
+pub mod ops;
 pub mod retry;
 pub mod sink;
 pub mod source;

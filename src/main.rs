@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use candystore::app::{self, AppOptions};
 use candystore::config::Settings;
+use candystore::ops::dead_letters::Filter;
 use candystore::source::publish::{LoadSpec, Publisher, Shape};
 use candystore::{db, storage, telemetry};
 
@@ -70,13 +71,86 @@ enum Command {
         #[arg(long, default_value = "text", value_parser = ["text", "int-array"])]
         shape: String,
     },
+    /// Deliveries that could not be stored as events: list, show, replay, purge.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+/// Which dead letters: every filter given must hold.
+#[derive(clap::Args, Debug, Default)]
+struct DeadLetterFilter {
+    /// Only this reason (invalid_json, unrecognised_envelope, rejected_by_database, ...).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only this routing key.
+    #[arg(long)]
+    routing_key: Option<String>,
+    /// Received at or after (RFC 3339, or YYYY-MM-DD).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Received at or before (RFC 3339, or YYYY-MM-DD).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// List dead letters, newest first.
+    List {
+        #[command(flatten)]
+        filter: DeadLetterFilter,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One dead letter whole, as JSON: metadata, properties, and its body (as text when it is UTF-8, else hex).
+    Show { id: i64 },
+    /// Publish dead letters again, oldest first: the exact bytes, with their routing key and properties, to the
+    /// exchange they came from (or --exchange), with publisher confirms. One already replayed needs --force.
+    Replay {
+        /// The dead letters' ids; or select them with the filters (or --all).
+        #[arg(value_name = "ID")]
+        ids: Vec<i64>,
+        #[command(flatten)]
+        filter: DeadLetterFilter,
+        /// Publish to this exchange instead of each one's own.
+        #[arg(long)]
+        exchange: Option<String>,
+        /// Replay dead letters replayed before, too.
+        #[arg(long)]
+        force: bool,
+        /// Select every dead letter (when no id or filter is given).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters (never events). --dry-run prints what would go.
+    Purge {
+        #[arg(value_name = "ID")]
+        ids: Vec<i64>,
+        #[command(flatten)]
+        filter: DeadLetterFilter,
+        #[arg(long)]
+        dry_run: bool,
+        /// Select every dead letter (when no id or filter is given).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// Exit status when a pipeline task (consumer or writer) ended or panicked.
 const EXIT_PIPELINE_FAILED: u8 = 70;
 
+/// The exit codes, for `--help` (docs/contract.md has them too).
+const EXIT_CODES: &str = "Exit codes:
+  0   a clean stop: everything held was committed and acked
+  1   a command failed (the message says why)
+  2   a bad setting or argument (one line names it); do not restart in a loop
+  70  the consumer or the writer task ended or panicked; restart
+  75  SIGTERM took longer than SHUTDOWN_TIMEOUT (what was not committed is redelivered)";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let help = format!("{}\n{EXIT_CODES}", Settings::help());
+    let matches = Cli::command().after_help(help).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -126,6 +200,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            Command::DeadLetters(command) => dead_letters(&settings, command).await,
         }
     });
     match result {
@@ -330,5 +405,102 @@ async fn publish(settings: &Settings, spec: LoadSpec) -> anyhow::Result<ExitCode
         elapsed.as_secs_f64(),
         spec.count as f64 / elapsed.as_secs_f64()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dead_letter_filter(ids: Vec<i64>, f: DeadLetterFilter) -> anyhow::Result<Filter> {
+    let time = |name: &str, v: Option<String>| -> anyhow::Result<_> {
+        v.map(|s| {
+            parse_date(&s).map_err(|_| {
+                anyhow::anyhow!("invalid --{name} {s:?}: expected YYYY-MM-DD or an RFC 3339 time")
+            })
+        })
+        .transpose()
+    };
+    Ok(Filter {
+        ids,
+        reason: f.reason,
+        routing_key: f.routing_key,
+        since: time("since", f.since)?,
+        until: time("until", f.until)?,
+    })
+}
+
+async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow::Result<ExitCode> {
+    use candystore::ops::dead_letters as dl;
+    let target = db::pg_config(&settings.database_url)?;
+    let mut client = db::connect(&target).await?;
+    let selected = |filter: &Filter, all: bool| {
+        if filter.is_empty() && !all {
+            anyhow::bail!("select dead letters by id or filter, or pass --all");
+        }
+        Ok(())
+    };
+    match command {
+        DeadLetterCommand::List { filter, limit } => {
+            let filter = dead_letter_filter(Vec::new(), filter)?;
+            println!(
+                "{:>10}  {:<27}  {:<22}  {:>9}  {:>7}  routing key",
+                "id", "received at", "reason", "bytes", "replays"
+            );
+            for d in dl::list(&client, &filter, limit).await? {
+                println!(
+                    "{:>10}  {:<27}  {:<22}  {:>9}  {:>7}  {}",
+                    d.id,
+                    d.received_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    d.reason,
+                    d.body_bytes,
+                    d.replay_count,
+                    d.routing_key
+                );
+            }
+        }
+        DeadLetterCommand::Show { id } => {
+            let d = dl::show(&client, id).await?;
+            let mut out = serde_json::to_value(&d.listed)?;
+            out["properties"] = d.properties;
+            match std::str::from_utf8(&d.body) {
+                Ok(text) => out["body_text"] = text.into(),
+                Err(_) => out["body_hex"] = candystore::hex::encode(&d.body).into(),
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        DeadLetterCommand::Replay {
+            ids,
+            filter,
+            exchange,
+            force,
+            all,
+        } => {
+            let filter = dead_letter_filter(ids, filter)?;
+            selected(&filter, all)?;
+            let publisher =
+                candystore::source::publish::Republisher::connect(&settings.rabbit_url).await?;
+            let done = dl::replay(&client, &publisher, &filter, exchange.as_deref(), force).await?;
+            for id in &done.skipped {
+                println!("skipped {id}: replayed before (--force replays it again)");
+            }
+            println!("replayed {} dead letter(s)", done.replayed.len());
+        }
+        DeadLetterCommand::Purge {
+            ids,
+            filter,
+            dry_run,
+            all,
+        } => {
+            let filter = dead_letter_filter(ids, filter)?;
+            selected(&filter, all)?;
+            let gone = dl::purge(&mut client, &filter, dry_run).await?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            for d in &gone {
+                println!(
+                    "{verb} {} ({}, {}, {} bytes)",
+                    d.id, d.reason, d.routing_key, d.body_bytes
+                );
+            }
+            println!("{verb} {} dead letter(s)", gone.len());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

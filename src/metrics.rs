@@ -1,6 +1,6 @@
 //! Every metric, in one struct that owns its registry.
 //!
-//! Names follow `shared/spec/interface.md`: `candystore_` prefix, `_total`
+//! Names follow `docs/contract.md`: `candystore_` prefix, `_total`
 //! counters, base units. Labels carry bounded values only (event types and sources
 //! are the contract's labels; no id ever becomes a label).
 
@@ -16,6 +16,20 @@ use crate::envelope::{Record, RejectReason};
 
 /// Longest label value taken from publishers' data; a longer one counts as `other`.
 pub const MAX_LABEL_BYTES: usize = 100;
+/// Every `cause` of `candystore_write_retries_total` (`sink::WriteError::cause`):
+/// created at 0 so dashboards show 0, not "no data".
+pub const WRITE_RETRY_CAUSES: [&str; 10] = [
+    "lock_timeout",
+    "connection_closed",
+    "connection",
+    "serialization",
+    "resources",
+    "server_shutdown",
+    "schema",
+    "server",
+    "timeout",
+    "refused",
+];
 /// Distinct values one such label may take; later new values count as `other`.
 pub const MAX_LABEL_VALUES: usize = 500;
 /// The value that stands for every value past the bounds.
@@ -389,7 +403,7 @@ impl Metrics {
         for r in RejectReason::ALL {
             self.dead_letters.with_label_values(&[r.as_str()]);
         }
-        for cause in crate::sink::WriteError::CAUSES {
+        for cause in WRITE_RETRY_CAUSES {
             self.write_retries.with_label_values(&[cause]);
         }
         for step in ["copy", "insert", "commit"] {

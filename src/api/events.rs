@@ -13,7 +13,7 @@ use tokio_postgres::Row;
 use super::problem::{Problem, unavailable};
 use super::query::params::could_be_stored;
 use super::query::sql::{
-    FetchedPage, Order, SqlParams, fetch_page, generic_plans, page_sql, reusable,
+    EVENTS, FetchedPage, Order, SqlParams, fetch_page, generic_plans, page_sql, reusable,
 };
 use super::query::totals::{Seen, total};
 use super::query::{EventFilters, EventQuery};
@@ -78,16 +78,22 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
             Some(lower) => format!("{filter} AND \"timestamp\" >= {}", params.push(lower)),
             None => filter.clone(),
         };
-        let sql = page_sql(&page_filter, Order::NewestFirst, &paging, &mut params)?;
+        let sql = page_sql(
+            &EVENTS,
+            &page_filter,
+            Order::NewestFirst,
+            &paging,
+            &mut params,
+        )?;
         let refs = params.all();
         let page = if q.payload_contains.is_none() && q.filters.len() <= 1 {
             let tx = generic_plans(&mut client).await?;
             let statement = reusable(&tx, &sql).await?;
-            let page = fetch_page(&*tx, &statement, &refs, paging.limit).await?;
+            let page = fetch_page(&EVENTS, &*tx, &statement, &refs, paging.limit).await?;
             tx.commit().await.map_err(unavailable)?;
             page
         } else {
-            fetch_page(&**client, &sql, &refs, paging.limit).await?
+            fetch_page(&EVENTS, &**client, &sql, &refs, paging.limit).await?
         };
         drop(refs);
         // Rows past the page inside the window are rows past the page, period.

@@ -3,6 +3,7 @@
 //! never touches the writer's connection.
 
 pub mod auth;
+pub mod dead_letters;
 pub mod events;
 pub mod health;
 pub mod large;
@@ -143,6 +144,8 @@ pub fn serve_api(
             .service(get("/events/stream", stream::stream))
             .service(get("/events/{id}", events::one))
             .service(get("/events/{id}/raw", events::raw))
+            .service(get("/dead-letters", dead_letters::list))
+            .service(get("/dead-letters/{id}", dead_letters::one))
             .service(get("/sessions/{session_id}", timeline::sessions))
             .service(get(
                 "/correlations/{correlation_id}",

@@ -5,7 +5,7 @@
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
 
-use super::{events, health, stream, timeline, view};
+use super::{dead_letters, events, health, stream, timeline, view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,8 @@ use super::{events, health, stream, timeline, view};
         stream::stream,
         timeline::sessions,
         timeline::correlations,
+        dead_letters::list,
+        dead_letters::one,
         spec,
         docs
     ),
@@ -30,6 +32,8 @@ use super::{events, health, stream, timeline, view};
         events::Page,
         timeline::Timeline,
         timeline::Summary,
+        dead_letters::DeadLetterView,
+        dead_letters::DeadLetterPage,
         super::problem::Problem
     ))
 )]

@@ -16,25 +16,34 @@ type Sizes = Vec<(Option<(DateTime<Utc>, DateTime<Utc>)>, f64)>;
 
 #[derive(Default)]
 pub struct TableSizes {
-    cached: Mutex<Option<(Instant, Sizes)>>,
+    cached: Mutex<Option<(Instant, Sizes, bool)>>,
 }
 
 impl TableSizes {
-    async fn sizes(&self, client: &tokio_postgres::Client) -> Result<Sizes, tokio_postgres::Error> {
-        if let Some((at, sizes)) = &*self.cached.lock().unwrap_or_else(|p| p.into_inner())
+    /// The partitions' sizes, and whether their statistics are current.
+    async fn sizes(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<(Sizes, bool), tokio_postgres::Error> {
+        if let Some((at, sizes, current)) = &*self.cached.lock().unwrap_or_else(|p| p.into_inner())
             && at.elapsed() < REFRESH
         {
-            return Ok(sizes.clone());
+            return Ok((sizes.clone(), *current));
         }
         let rows = client
             .query(
-                "SELECT greatest(c.reltuples, 0)::float8, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i \
-                 JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass \
-                 UNION ALL SELECT greatest(reltuples, 0)::float8, NULL FROM pg_class \
-                 WHERE oid = 'events'::regclass AND relkind = 'r'",
+                "SELECT greatest(c.reltuples, 0)::float8, pg_get_expr(c.relpartbound, c.oid), \
+                        c.reltuples < 0 AND pg_relation_size(c.oid) > 0 \
+                 FROM pg_class c \
+                 WHERE c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'events'::regclass) \
+                    OR (c.oid = 'events'::regclass AND c.relkind = 'r')",
                 &[],
             )
             .await?;
+        // A partition holding rows but never analyzed has no statistics at all: the
+        // planner guesses its rows from its size. (Once analyzed, its estimates scale
+        // with the table; pg_stat's change counters arrive too late to judge by.)
+        let current = !rows.iter().any(|r| r.get::<_, bool>(2));
         let sizes: Sizes = rows
             .iter()
             .map(|r| {
@@ -47,8 +56,17 @@ impl TableSizes {
             })
             .collect();
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((Instant::now(), sizes.clone()));
-        Ok(sizes)
+            Some((Instant::now(), sizes.clone(), current));
+        Ok((sizes, current))
+    }
+
+    /// Whether the planner has statistics for every partition holding rows: false
+    /// for a new table (or partition) before its first analyze.
+    pub async fn statistics_current(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<bool, tokio_postgres::Error> {
+        Ok(self.sizes(client).await?.1)
     }
 
     /// (rows in the table, rows from `lower` to `upper`), or `None` when the table
@@ -61,7 +79,7 @@ impl TableSizes {
         lower: DateTime<Utc>,
         upper: DateTime<Utc>,
     ) -> Result<Option<(f64, f64)>, tokio_postgres::Error> {
-        let sizes = self.sizes(client).await?;
+        let (sizes, _) = self.sizes(client).await?;
         if !sizes.iter().any(|(r, _)| r.is_some()) {
             return Ok(None);
         }

@@ -14,7 +14,7 @@ use super::problem::{Problem, unavailable};
 use super::query::Paging;
 use super::query::params::could_be_stored;
 use super::query::sql::{
-    FetchedPage, Order, SqlParams, fetch_page, generic_plans, page_sql, reusable,
+    EVENTS, FetchedPage, Order, SqlParams, fetch_page, generic_plans, page_sql, reusable,
 };
 use super::view::{EventView, rfc3339, views};
 
@@ -146,13 +146,13 @@ async fn timeline(
 
     let mut params = SqlParams::default();
     let filter = format!("{column} = {}", params.push(value.clone()));
-    let sql = page_sql(&filter, Order::OldestFirst, &paging, &mut params)?;
+    let sql = page_sql(&EVENTS, &filter, Order::OldestFirst, &paging, &mut params)?;
     let statement = reusable(&tx, &sql).await?;
     let FetchedPage {
         rows,
         has_more,
         next_cursor,
-    } = fetch_page(&*tx, &statement, &params.all(), paging.limit).await?;
+    } = fetch_page(&EVENTS, &*tx, &statement, &params.all(), paging.limit).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(HttpResponse::Ok().json(Timeline {
         key: column,

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::batch::{Batch, Batcher, Limits};
-use crate::envelope::{DeadLetter, Record, RejectReason};
+use crate::envelope::{DeadLetter, Record};
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::source::{self, AckToken, Inbound};
@@ -219,7 +219,8 @@ async fn write_all(
                 let detail = crate::telemetry::error_chain(&e);
                 tracing::warn!(error = %detail, "database refused one event; dead-lettering it");
                 if let Record::Event(ev) = &records[range.start] {
-                    records[range.start] = Record::DeadLetter(Box::new(refused(ev, detail)));
+                    records[range.start] =
+                        Record::DeadLetter(Box::new(DeadLetter::refused_by_database(ev, &detail)));
                 }
                 todo.push(range);
             }
@@ -232,32 +233,6 @@ async fn write_all(
         }
     }
     total
-}
-
-fn refused(e: &crate::envelope::Event, detail: String) -> DeadLetter {
-    let message_id = serde_json::from_slice::<serde_json::Value>(&e.properties)
-        .ok()
-        .and_then(|p| {
-            p.get("message_id")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        });
-    DeadLetter {
-        fingerprint: source::decode::fingerprint(
-            &e.exchange,
-            &e.routing_key,
-            message_id.as_deref(),
-            &e.body,
-        ),
-        exchange: e.exchange.clone(),
-        routing_key: e.routing_key.clone(),
-        properties: e.properties.clone(),
-        body: e.body.clone(),
-        reason: RejectReason::RejectedByDatabase,
-        detail: detail.replace('\0', "\\0"),
-        received_at: e.received_at,
-        event_type: Some(e.event_type.clone()),
-    }
 }
 
 fn log_retry(e: &WriteError, backoff: Duration, rows: usize) {

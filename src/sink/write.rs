@@ -144,25 +144,12 @@ pub enum WriteError {
 }
 
 impl WriteError {
-    /// Every value `cause()` can take.
-    pub const CAUSES: [&'static str; 10] = [
-        "lock_timeout",
-        "connection_closed",
-        "connection",
-        "serialization",
-        "resources",
-        "server_shutdown",
-        "schema",
-        "server",
-        "timeout",
-        "refused",
-    ];
-
     pub fn is_retryable(&self) -> bool {
         matches!(self, WriteError::Unavailable { .. })
     }
 
-    /// A bounded label for the retries metric.
+    /// A bounded label for the retries metric: one of
+    /// [`crate::metrics::WRITE_RETRY_CAUSES`].
     pub fn cause(&self) -> &'static str {
         match self {
             WriteError::Unavailable { cause, .. } => cause,

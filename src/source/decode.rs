@@ -1,5 +1,5 @@
 //! Bytes → [`Record`]: recognise the envelope generation and project it onto the
-//! stored columns, as `shared/spec/envelopes.md` says.
+//! stored columns, as `docs/envelopes.md` says.
 //!
 //! Pure: no IO, no clock (the receive time comes in with the delivery), no lapin
 //! types, and it never panics on any input. Whatever it returns as an event is text
@@ -10,7 +10,6 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
@@ -187,7 +186,7 @@ pub fn decode(raw: RawDelivery) -> Record {
             body,
         })),
         Err(r) => Record::DeadLetter(Box::new(DeadLetter {
-            fingerprint: fingerprint(
+            fingerprint: crate::envelope::fingerprint(
                 &exchange,
                 &routing_key,
                 properties.message_id.as_deref(),
@@ -203,26 +202,6 @@ pub fn decode(raw: RawDelivery) -> Record {
             event_type: r.event_type,
         })),
     }
-}
-
-/// The dead-letter key: a redelivery of the same delivery gives the same value.
-pub fn fingerprint(
-    exchange: &str,
-    routing_key: &str,
-    message_id: Option<&str>,
-    body: &[u8],
-) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for part in [
-        exchange.as_bytes(),
-        routing_key.as_bytes(),
-        message_id.unwrap_or("").as_bytes(),
-    ] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    h.update(body);
-    h.finalize().into()
 }
 
 fn properties_json(p: &Properties, extra: serde_json::Map<String, serde_json::Value>) -> Vec<u8> {

@@ -187,3 +187,179 @@ pub fn sample_event(run_id: &str, i: u64, size: usize, generation: u8) -> (Strin
     let routing_key = kind.to_owned();
     (routing_key, serde_json::to_vec(&body).unwrap_or_default())
 }
+
+/// The AMQP properties stored with a delivery (`properties`, as decode wrote them),
+/// turned back into properties to publish with, as far as JSON kept them: header
+/// integers come back as 64-bit integers, `{"$hex": …}` as bytes, `{"$timestamp": …}`
+/// as a timestamp. `user_id` is left out: the broker refuses one that is not the
+/// publishing connection's own user.
+pub fn properties_from_json(p: &serde_json::Value) -> BasicProperties {
+    use lapin::types::ShortString;
+    let text = |key: &str| {
+        p.get(key)
+            .and_then(|v| v.as_str())
+            .map(|s| ShortString::from(s.to_owned()))
+    };
+    let mut props = BasicProperties::default();
+    if let Some(v) = text("message_id") {
+        props = props.with_message_id(v);
+    }
+    if let Some(v) = text("content_type") {
+        props = props.with_content_type(v);
+    }
+    if let Some(v) = text("content_encoding") {
+        props = props.with_content_encoding(v);
+    }
+    if let Some(v) = text("correlation_id") {
+        props = props.with_correlation_id(v);
+    }
+    if let Some(v) = text("type") {
+        props = props.with_type(v);
+    }
+    if let Some(v) = text("app_id") {
+        props = props.with_app_id(v);
+    }
+    if let Some(v) = text("reply_to") {
+        props = props.with_reply_to(v);
+    }
+    if let Some(v) = text("expiration") {
+        props = props.with_expiration(v);
+    }
+    if let Some(v) = text("cluster_id") {
+        props = props.with_cluster_id(v);
+    }
+    if let Some(v) = p.get("timestamp").and_then(|v| v.as_u64()) {
+        props = props.with_timestamp(v);
+    }
+    if let Some(v) = p.get("priority").and_then(|v| v.as_u64()) {
+        props = props.with_priority(v.min(255) as u8);
+    }
+    if let Some(v) = p.get("delivery_mode").and_then(|v| v.as_u64()) {
+        props = props.with_delivery_mode(v.min(255) as u8);
+    }
+    if let Some(serde_json::Value::Object(h)) = p.get("headers") {
+        props = props.with_headers(table_from_json(h));
+    }
+    props
+}
+
+fn table_from_json(map: &serde_json::Map<String, serde_json::Value>) -> lapin::types::FieldTable {
+    let mut table = lapin::types::FieldTable::default();
+    for (k, v) in map {
+        table.insert(k.clone().into(), value_from_json(v));
+    }
+    table
+}
+
+fn value_from_json(v: &serde_json::Value) -> lapin::types::AMQPValue {
+    use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, LongString};
+    use serde_json::Value as J;
+    match v {
+        J::Null => AMQPValue::Void,
+        J::Bool(b) => AMQPValue::Boolean(*b),
+        J::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => AMQPValue::LongLongInt(i),
+            (None, Some(f)) => AMQPValue::Double(f),
+            (None, None) => AMQPValue::LongString(LongString::from(n.to_string())),
+        },
+        J::String(s) => AMQPValue::LongString(LongString::from(s.clone())),
+        J::Array(items) => AMQPValue::FieldArray(FieldArray::from(
+            items.iter().map(value_from_json).collect::<Vec<_>>(),
+        )),
+        J::Object(o) if o.len() == 1 => {
+            if let Some(bytes) = o.get("$hex").and_then(|h| h.as_str()).and_then(unhex) {
+                AMQPValue::ByteArray(ByteArray::from(bytes))
+            } else if let Some(t) = o.get("$timestamp").and_then(|t| t.as_u64()) {
+                AMQPValue::Timestamp(t)
+            } else if let Some(d) = o.get("$decimal") {
+                AMQPValue::DecimalValue(DecimalValue {
+                    scale: d.get("scale").and_then(|s| s.as_u64()).unwrap_or(0) as u8,
+                    value: d.get("value").and_then(|s| s.as_u64()).unwrap_or(0) as u32,
+                })
+            } else {
+                AMQPValue::FieldTable(table_from_json(o))
+            }
+        }
+        J::Object(o) => AMQPValue::FieldTable(table_from_json(o)),
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A publisher to any exchange, for replays: nothing is declared (the exchange
+/// must exist), every publish waits for the broker's confirm, and a message the
+/// broker could not route is an error (`mandatory`), never silently lost.
+pub struct Republisher {
+    _connection: Connection,
+    channel: Channel,
+}
+
+/// Why a replay publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RepublishError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker did not confirm the message (nacked)")]
+    Nacked,
+    #[error(
+        "the broker could not route the message: exchange {exchange:?} has no binding for {routing_key:?}"
+    )]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+impl Republisher {
+    pub async fn connect(url: &str) -> Result<Self, lapin::Error> {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            _connection: connection,
+            channel,
+        })
+    }
+
+    /// Publishes `body` exactly, with `props` as given, and waits for the confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), RepublishError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                props,
+            )
+            .await?
+            .await?;
+        match confirm {
+            lapin::Confirmation::Ack(None) => Ok(()),
+            lapin::Confirmation::Ack(Some(_)) => Err(RepublishError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }),
+            _ => Err(RepublishError::Nacked),
+        }
+    }
+}

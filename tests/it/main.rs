@@ -3,6 +3,8 @@
 
 mod abuse;
 mod api;
+mod dead_letters;
+mod docs;
 mod failures;
 mod helpers;
 mod hostile;

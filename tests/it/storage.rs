@@ -512,7 +512,8 @@ async fn the_online_migration_of_a_million_events_with_ingest_running_loses_and_
             applied,
             [
                 "0009_partition_by_time (online)",
-                "0010_events_txid (online)"
+                "0010_events_txid (online)",
+                "0011_dead_letter_replays.sql"
             ]
         );
     };

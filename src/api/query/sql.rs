@@ -47,40 +47,66 @@ impl SqlParams {
     }
 }
 
-/// Which way a page walks the (timestamp, seq) order.
+/// A table pages are read from: the columns a page selects, the time column that
+/// orders it (ties broken by `seq`), and what a row counts towards
+/// [`MAX_PAGE_BYTES`].
+pub(crate) struct Listing {
+    pub table: &'static str,
+    pub columns: &'static str,
+    /// The time column, unquoted.
+    pub time: &'static str,
+    /// The row's size as a page counts it.
+    pub row_bytes: fn(&Row) -> Result<usize, Problem>,
+}
+
+/// `events`, in (timestamp, seq) order; a row counts its payload.
+pub(crate) const EVENTS: Listing = Listing {
+    table: "events",
+    columns: COLUMNS,
+    time: "timestamp",
+    row_bytes: payload_bytes,
+};
+
+fn payload_bytes(row: &Row) -> Result<usize, Problem> {
+    let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
+    Ok(payload.len() + EVENT_OVERHEAD_BYTES)
+}
+
+/// Which way a page walks the (time, seq) order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Order {
-    /// `GET /events`: newest first.
+    /// `GET /events`, `GET /dead-letters`: newest first.
     NewestFirst,
     /// The timelines: oldest first.
     OldestFirst,
 }
 
-impl Order {
-    fn by(self) -> &'static str {
-        match self {
-            Order::NewestFirst => "\"timestamp\" DESC, seq DESC",
-            Order::OldestFirst => "\"timestamp\", seq",
-        }
-    }
-}
-
-/// The statement for one page of `SELECT {COLUMNS} FROM events WHERE {filter}`
-/// in `order`, asking for `limit + 1` rows (see [`fetch_page`]), with its paging
-/// parameters pushed after the filter's.
+/// The statement for one page of `listing` rows matching `filter`, in `order`,
+/// asking for `limit + 1` rows (see [`fetch_page`]), with its paging parameters
+/// pushed after the filter's.
 ///
 /// A cursor continues after its position (keyset: the same cost at any depth),
-/// also bounding `timestamp` so partitions before or after it are pruned. An
+/// also bounding the time column so partitions before or after it are pruned. An
 /// offset is a deferred join: the offset is skipped on the index alone (an
 /// index-only scan where the visibility map allows), and only the page's rows are
 /// fetched.
 pub(crate) fn page_sql(
+    listing: &Listing,
     filter: &str,
     order: Order,
     paging: &Paging,
     params: &mut SqlParams,
 ) -> Result<String, Problem> {
-    let by = order.by();
+    let Listing {
+        table,
+        columns,
+        time,
+        ..
+    } = listing;
+    let by = match order {
+        Order::NewestFirst => format!("\"{time}\" DESC, seq DESC"),
+        Order::OldestFirst => format!("\"{time}\", seq"),
+    };
     let mut filter = filter.to_owned();
     if let Some(c) = &paging.cursor {
         let t = params.push(c.time()?);
@@ -90,19 +116,19 @@ pub(crate) fn page_sql(
             Order::OldestFirst => (">", ">="),
         };
         filter.push_str(&format!(
-            " AND (\"timestamp\", seq) {after} ({t}, {s}) AND \"timestamp\" {bound} {t}"
+            " AND (\"{time}\", seq) {after} ({t}, {s}) AND \"{time}\" {bound} {t}"
         ));
     }
     let limit = params.push(paging.limit + 1);
     if paging.offset == 0 {
         return Ok(format!(
-            "SELECT {COLUMNS} FROM events WHERE {filter} ORDER BY {by} LIMIT {limit}"
+            "SELECT {columns} FROM {table} WHERE {filter} ORDER BY {by} LIMIT {limit}"
         ));
     }
     let offset = params.push(paging.offset);
     Ok(format!(
-        "SELECT {COLUMNS} FROM events JOIN (SELECT \"timestamp\", seq FROM events WHERE {filter} \
-         ORDER BY {by} LIMIT {limit} OFFSET {offset}) page USING (\"timestamp\", seq) ORDER BY {by}"
+        "SELECT {columns} FROM {table} JOIN (SELECT \"{time}\", seq FROM {table} WHERE {filter} \
+         ORDER BY {by} LIMIT {limit} OFFSET {offset}) page USING (\"{time}\", seq) ORDER BY {by}"
     ))
 }
 
@@ -118,6 +144,7 @@ pub(crate) struct FetchedPage {
 /// (always at least one row). A row seen past the page is what makes `has_more` true,
 /// so it is exact in both cases. Rows past the page are never held.
 pub(crate) async fn fetch_page<C: GenericClient, S: ?Sized + ToStatement + Sync + Send>(
+    listing: &Listing,
     client: &C,
     statement: &S,
     params: &[&(dyn ToSql + Sync)],
@@ -132,8 +159,7 @@ pub(crate) async fn fetch_page<C: GenericClient, S: ?Sized + ToStatement + Sync 
     let mut bytes = 0;
     let mut has_more = false;
     while let Some(row) = stream.try_next().await.map_err(unavailable)? {
-        let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
-        let size = payload.len() + EVENT_OVERHEAD_BYTES;
+        let size = (listing.row_bytes)(&row)?;
         if rows.len() as i64 >= limit || (!rows.is_empty() && bytes + size > MAX_PAGE_BYTES) {
             has_more = true;
             break;
@@ -142,7 +168,7 @@ pub(crate) async fn fetch_page<C: GenericClient, S: ?Sized + ToStatement + Sync 
         rows.push(row);
     }
     let next_cursor = has_more.then(|| rows.last()).flatten().map(|r| {
-        let t: DateTime<Utc> = r.get("timestamp");
+        let t: DateTime<Utc> = r.get(listing.time);
         Cursor {
             timestamp_micros: t.timestamp_micros(),
             seq: r.get("seq"),
@@ -217,7 +243,7 @@ mod tests {
     fn sql(order: Order, paging: Paging) -> (String, usize) {
         let mut params = SqlParams::default();
         let filter = format!("source = {}", params.push("a".to_owned()));
-        let sql = page_sql(&filter, order, &paging, &mut params).unwrap();
+        let sql = page_sql(&EVENTS, &filter, order, &paging, &mut params).unwrap();
         (sql, params.len())
     }
 

@@ -1,6 +1,8 @@
 //! `total` for `GET /events`: exact while counting is cheap, otherwise the
-//! planner's estimate, flagged. No request ever counts more than
-//! [`EXACT_TOTAL_UP_TO`] + 1 rows.
+//! planner's estimate, flagged, and never below what the page proves. A request
+//! counts at most [`EXACT_TOTAL_UP_TO`] + 1 rows, or [`EXACT_WHILE_UNANALYZED`] + 1
+//! while a partition holding rows has no statistics yet (a new table before its first
+//! analyze, when the planner's estimate is a guess: 13,344 for 5,000 rows).
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::ToSql;
@@ -14,6 +16,10 @@ pub const EXACT_TOTAL_UP_TO: i64 = 1_000;
 /// A planner estimate above this is taken as "past the cap" without counting: the
 /// count would only confirm it, and for a broad `payload_contains` it is the costly part.
 const ESTIMATE_TRUSTED_ABOVE: i64 = 10 * EXACT_TOTAL_UP_TO;
+/// While a partition holding rows has no statistics, matches are counted up to this many.
+/// Autovacuum analyzes a new partition after its first 50 rows and then every 10%
+/// more, so this state is short and its tables small.
+pub const EXACT_WHILE_UNANALYZED: i64 = 100_000;
 
 /// What a page already tells about the number of matching events.
 pub(crate) struct Seen {
@@ -44,11 +50,23 @@ pub(crate) async fn total(
     if seen.whole_prefix && !seen.has_more {
         return Ok((seen.through, false));
     }
-    let at_least = if seen.whole_prefix {
+    let mut at_least = if seen.whole_prefix {
         seen.through + 1
     } else {
         0
     };
+    if at_least <= EXACT_WHILE_UNANALYZED
+        && !sizes
+            .statistics_current(client)
+            .await
+            .map_err(unavailable)?
+    {
+        let exact = capped_count(client, filter, params, EXACT_WHILE_UNANALYZED).await?;
+        if exact <= EXACT_WHILE_UNANALYZED {
+            return Ok((exact.max(seen.through), false));
+        }
+        at_least = at_least.max(exact);
+    }
     // The page came from a window of recent partitions: estimate from that window
     // and scale by the table's size, rather than plan the filter over every
     // partition. Past the exact range the answer is an estimate either way.
@@ -68,15 +86,7 @@ pub(crate) async fn total(
     if at_least > EXACT_TOTAL_UP_TO || estimate > ESTIMATE_TRUSTED_ABOVE {
         return Ok((estimate.max(at_least), true));
     }
-    let capped = format!(
-        "SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
-        EXACT_TOTAL_UP_TO + 1
-    );
-    let exact: i64 = client
-        .query_one(&capped, params)
-        .await
-        .map_err(unavailable)?
-        .get(0);
+    let exact = capped_count(client, filter, params, EXACT_TOTAL_UP_TO).await?;
     if exact <= EXACT_TOTAL_UP_TO {
         Ok((exact, false))
     } else {
@@ -125,4 +135,22 @@ async fn scaled_estimate(
     Ok(Some(
         (matching * (all / inside.max(1.0)).max(1.0)).round() as i64
     ))
+}
+
+/// The matches, counted up to `cap + 1` rows at most.
+async fn capped_count(
+    client: &tokio_postgres::Client,
+    filter: &str,
+    params: &[&(dyn ToSql + Sync)],
+    cap: i64,
+) -> Result<i64, Problem> {
+    let capped = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
+        cap + 1
+    );
+    Ok(client
+        .query_one(&capped, params)
+        .await
+        .map_err(unavailable)?
+        .get(0))
 }

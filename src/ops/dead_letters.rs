@@ -1,0 +1,247 @@
+//! `candystore dead-letters list|show|replay|purge`: what an operator does with
+//! deliveries that could not be stored as events.
+//!
+//! Replay publishes a dead letter's exact bytes again, with its routing key and
+//! properties, to its exchange (or another), with publisher confirms, and records
+//! when and how often. Purge deletes dead letters (and their fingerprints, so a
+//! later identical delivery is kept again); it never touches `events`.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use crate::source::publish::{RepublishError, Republisher, properties_from_json};
+
+/// Which dead letters a command acts on. Empty selects all.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub ids: Vec<i64>,
+    pub reason: Option<String>,
+    pub routing_key: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+            && self.reason.is_none()
+            && self.routing_key.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+
+    /// The WHERE clause and its parameters.
+    fn clause(&self) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+        let mut clauses = vec!["TRUE".to_owned()];
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let mut push = |sql: &str, v: Box<dyn ToSql + Sync + Send>| {
+            params.push(v);
+            clauses.push(sql.replace('?', &format!("${}", params.len())));
+        };
+        if !self.ids.is_empty() {
+            push("seq = ANY(?)", Box::new(self.ids.clone()));
+        }
+        if let Some(r) = &self.reason {
+            push("reason = ?", Box::new(r.clone()));
+        }
+        if let Some(k) = &self.routing_key {
+            push("routing_key = ?", Box::new(k.clone()));
+        }
+        if let Some(t) = self.since {
+            push("received_at >= ?", Box::new(t));
+        }
+        if let Some(t) = self.until {
+            push("received_at <= ?", Box::new(t));
+        }
+        (clauses.join(" AND "), params)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("dead letter {id}: {source}")]
+    Publish {
+        id: i64,
+        #[source]
+        source: RepublishError,
+    },
+    #[error("no dead letter with id {0}")]
+    NotFound(i64),
+}
+
+/// A dead letter as a command lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    pub id: i64,
+    pub received_at: DateTime<Utc>,
+    pub exchange: String,
+    pub routing_key: String,
+    pub reason: String,
+    pub detail: String,
+    pub body_bytes: i32,
+    pub replay_count: i32,
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+const LISTED: &str = "seq, received_at, exchange, routing_key, reason, detail, \
+                      octet_length(body) AS body_bytes, replay_count, replayed_at";
+
+fn listed(row: &tokio_postgres::Row) -> Listed {
+    Listed {
+        id: row.get("seq"),
+        received_at: row.get("received_at"),
+        exchange: row.get("exchange"),
+        routing_key: row.get("routing_key"),
+        reason: row.get("reason"),
+        detail: row.get("detail"),
+        body_bytes: row.get("body_bytes"),
+        replay_count: row.get("replay_count"),
+        replayed_at: row.get("replayed_at"),
+    }
+}
+
+fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+/// The dead letters matching `filter`, newest first, at most `limit`.
+pub async fn list(client: &Client, filter: &Filter, limit: i64) -> Result<Vec<Listed>, OpsError> {
+    let (clause, params) = filter.clause();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {LISTED} FROM dead_letter WHERE {clause} \
+                 ORDER BY received_at DESC, seq DESC LIMIT {limit}"
+            ),
+            &refs(&params),
+        )
+        .await?;
+    Ok(rows.iter().map(listed).collect())
+}
+
+/// One dead letter whole: its listing, properties and body.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    pub listed: Listed,
+    pub properties: serde_json::Value,
+    pub body: Vec<u8>,
+}
+
+pub async fn show(client: &Client, id: i64) -> Result<Shown, OpsError> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {LISTED}, properties, body FROM dead_letter WHERE seq = $1"),
+            &[&id],
+        )
+        .await?
+        .ok_or(OpsError::NotFound(id))?;
+    Ok(Shown {
+        listed: listed(&row),
+        properties: row.get("properties"),
+        body: row.get("body"),
+    })
+}
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Published and recorded.
+    pub replayed: Vec<i64>,
+    /// Replayed before, left alone (without `force`).
+    pub skipped: Vec<i64>,
+}
+
+/// Publishes each selected dead letter again, oldest first: the exact body, its
+/// routing key and properties, to `exchange` or the one it came from; waits for
+/// each confirm, then records the replay. Dead letters replayed before are skipped
+/// unless `force`. Stops at the first failure; what was replayed stays recorded.
+pub async fn replay(
+    client: &Client,
+    publisher: &Republisher,
+    filter: &Filter,
+    exchange: Option<&str>,
+    force: bool,
+) -> Result<Replayed, OpsError> {
+    let (clause, params) = filter.clause();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT seq, received_at, exchange, routing_key, properties, body, replay_count \
+                 FROM dead_letter WHERE {clause} ORDER BY received_at, seq"
+            ),
+            &refs(&params),
+        )
+        .await?;
+    for id in &filter.ids {
+        if !rows.iter().any(|r| r.get::<_, i64>("seq") == *id) {
+            return Err(OpsError::NotFound(*id));
+        }
+    }
+    let mut done = Replayed::default();
+    for row in rows {
+        let id: i64 = row.get("seq");
+        if row.get::<_, i32>("replay_count") > 0 && !force {
+            done.skipped.push(id);
+            continue;
+        }
+        let properties: serde_json::Value = row.get("properties");
+        let to = exchange.map_or_else(|| row.get::<_, String>("exchange"), str::to_owned);
+        let routing_key: String = row.get("routing_key");
+        let body: Vec<u8> = row.get("body");
+        publisher
+            .publish(&to, &routing_key, &body, properties_from_json(&properties))
+            .await
+            .map_err(|source| OpsError::Publish { id, source })?;
+        let received_at: DateTime<Utc> = row.get("received_at");
+        client
+            .execute(
+                "UPDATE dead_letter SET replay_count = replay_count + 1, replayed_at = now() \
+                 WHERE seq = $1 AND received_at = $2",
+                &[&id, &received_at],
+            )
+            .await?;
+        done.replayed.push(id);
+    }
+    Ok(done)
+}
+
+/// Deletes the selected dead letters and their fingerprints in one transaction
+/// (or, with `dry_run`, only lists them). Returns what was (or would be) deleted.
+pub async fn purge(
+    client: &mut Client,
+    filter: &Filter,
+    dry_run: bool,
+) -> Result<Vec<Listed>, OpsError> {
+    let (clause, params) = filter.clause();
+    if dry_run {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {LISTED} FROM dead_letter WHERE {clause} ORDER BY received_at, seq"
+                ),
+                &refs(&params),
+            )
+            .await?;
+        return Ok(rows.iter().map(listed).collect());
+    }
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            &format!(
+                "WITH gone AS (DELETE FROM dead_letter WHERE {clause} RETURNING *), \
+                 keys AS (DELETE FROM dead_letter_keys k USING gone \
+                          WHERE k.fingerprint = gone.fingerprint AND k.received_at = gone.received_at) \
+                 SELECT {LISTED} FROM gone ORDER BY received_at, seq"
+            ),
+            &refs(&params),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(rows.iter().map(listed).collect())
+}
