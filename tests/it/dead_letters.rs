@@ -144,25 +144,11 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
-/// A rule in the database refuses event type `fixme`: such events become
-/// `rejected_by_database` dead letters until the rule is dropped.
-async fn refuse_fixme(app: &TestApp) {
-    app.db
-        .batch_execute(
-            "CREATE FUNCTION refuse_fixme() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-               IF NEW.event_type = 'fixme' THEN RAISE EXCEPTION 'not yet' USING ERRCODE = '22023'; END IF; \
-               RETURN NEW; END $$; \
-             CREATE TRIGGER refuse_fixme BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_fixme();",
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_dead_letter_replayed_after_its_cause_was_fixed_is_stored_once() {
     use candystore::ops::dead_letters::{self as dl, Filter};
     let app = spawn_app().await;
-    refuse_fixme(&app).await;
+    crate::helpers::refuse_event_type(&app, "fixme").await;
     let body = crate::helpers::gen1("fixed-1", "fixme");
     let props = lapin::BasicProperties::default()
         .with_message_id("m-1".into())
@@ -181,7 +167,7 @@ async fn a_dead_letter_replayed_after_its_cause_was_fixed_is_stored_once() {
         .unwrap()
         .get(0);
     app.db
-        .batch_execute("DROP TRIGGER refuse_fixme ON events")
+        .batch_execute("DROP TRIGGER refuse ON events")
         .await
         .unwrap();
 

@@ -466,3 +466,17 @@ pub async fn read_sse(res: reqwest::Response, n: usize) -> Vec<(SseId, serde_jso
     }
     out
 }
+
+/// A rule in the database that decode cannot know about: events of `event_type`
+/// are refused (SQLSTATE 22023, a data exception) until `DROP TRIGGER refuse ON events`.
+pub async fn refuse_event_type(app: &TestApp, event_type: &str) {
+    app.db
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.event_type = '{event_type}' THEN RAISE EXCEPTION 'refused by test' USING ERRCODE = '22023'; END IF; \
+               RETURN NEW; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse();"
+        ))
+        .await
+        .unwrap();
+}

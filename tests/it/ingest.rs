@@ -311,15 +311,7 @@ async fn poison_bodies_land_in_dead_letter_while_everything_else_is_stored() {
 async fn a_row_postgres_refuses_goes_to_dead_letter_and_the_rest_is_stored() {
     let app = spawn_app_with(&[("BATCH_SIZE", "40")], AppOptions::default()).await;
     // A rule PostgreSQL enforces that decode cannot know about.
-    app.db
-        .batch_execute(
-            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-               IF NEW.event_type = 'refused' THEN RAISE EXCEPTION 'refused by test' USING ERRCODE = '22023'; END IF; \
-               RETURN NEW; END $$; \
-             CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse();",
-        )
-        .await
-        .unwrap();
+    crate::helpers::refuse_event_type(&app, "refused").await;
     // Past the prefetch's slow start first, so 40 deliveries can be in hand at once.
     for i in 0..120 {
         app.publish("warm", &gen1(&format!("w-{i}"), "warm")).await;
