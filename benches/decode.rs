@@ -55,7 +55,9 @@ fn bench_copy(c: &mut Criterion) {
                 sample_event("bench", i, 1024, (i % 3) as u8 + 1).1,
             )) {
                 Record::Event(e) => *e,
-                Record::DeadLetter(_) => unreachable!("sample events are events"),
+                Record::DeadLetter(_) | Record::Replayed => {
+                    unreachable!("sample events are events")
+                }
             }
         })
         .collect();

@@ -143,7 +143,14 @@ pub struct DeadLetter {
 pub enum Record {
     Event(Box<Event>),
     DeadLetter(Box<DeadLetter>),
+    /// A delivery `candystore replay` published (it carries [`REPLAY_HEADER`]): the
+    /// event is stored already, so it is acked with its batch and adds no row.
+    Replayed,
 }
+
+/// The AMQP header `candystore replay` marks what it publishes with; its value is
+/// the replayed event's `seq`.
+pub const REPLAY_HEADER: &str = "x-candystore-replay";
 
 impl Record {
     /// Bytes this record holds in memory, for the batch byte limit.
@@ -161,6 +168,7 @@ impl Record {
                     + 128
             }
             Record::DeadLetter(d) => d.body.len() + d.properties.len() + d.detail.len() + 128,
+            Record::Replayed => 64,
         }
     }
 }

@@ -74,6 +74,40 @@ enum Command {
     /// Deliveries that could not be stored as events: list, show, replay, purge.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Publish stored events again, oldest first, exactly as they were published (the /raw envelope and the
+    /// original AMQP properties, plus the header x-candystore-replay) to --exchange, each confirmed by the
+    /// broker. Candystore's own ingest acks a replayed event without storing it again. Ctrl-C prints the
+    /// position to pass to --resume (exit 130).
+    Replay {
+        /// The exchange to publish to (it must exist; an unroutable event is an error).
+        #[arg(long)]
+        exchange: String,
+        #[arg(long)]
+        session_id: Option<String>,
+        #[arg(long)]
+        event_type: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        correlation_id: Option<String>,
+        /// A JSON object the payload contains (jsonb @>).
+        #[arg(long, value_name = "JSON")]
+        payload_contains: Option<String>,
+        /// Events at or after this time (RFC 3339, or YYYY-MM-DD).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Events at or before this time (RFC 3339, or YYYY-MM-DD).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Events per second; 0 for as fast as the broker confirms.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Continue after this position (printed by an interrupted or finished replay).
+        #[arg(long, value_name = "POSITION")]
+        resume: Option<String>,
+    },
 }
 
 /// Which dead letters: every filter given must hold.
@@ -145,7 +179,8 @@ const EXIT_CODES: &str = "Exit codes:
   1   a command failed (the message says why)
   2   a bad setting or argument (one line names it); do not restart in a loop
   70  the consumer or the writer task ended or panicked; restart
-  75  SIGTERM took longer than SHUTDOWN_TIMEOUT (what was not committed is redelivered)";
+  75  SIGTERM took longer than SHUTDOWN_TIMEOUT (what was not committed is redelivered)
+  130 `candystore replay` interrupted by Ctrl-C (it printed the position for --resume)";
 
 fn main() -> ExitCode {
     let help = format!("{}\n{EXIT_CODES}", Settings::help());
@@ -201,6 +236,37 @@ fn main() -> ExitCode {
                 .await
             }
             Command::DeadLetters(command) => dead_letters(&settings, command).await,
+            Command::Replay {
+                exchange,
+                session_id,
+                event_type,
+                source,
+                target,
+                correlation_id,
+                payload_contains,
+                since,
+                until,
+                rate,
+                resume,
+            } => {
+                let mut pairs: Vec<(&'static str, String)> = [
+                    ("session_id", session_id),
+                    ("event_type", event_type),
+                    ("source", source),
+                    ("target", target),
+                    ("correlation_id", correlation_id),
+                    ("payload_contains", payload_contains),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect();
+                for (name, value) in [("start_time", since), ("end_time", until)] {
+                    if let Some(v) = value {
+                        pairs.push((name, parse_date(&v)?.to_rfc3339()));
+                    }
+                }
+                replay(&settings, pairs, &exchange, rate, resume.as_deref()).await
+            }
         }
     });
     match result {
@@ -503,4 +569,66 @@ async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn replay(
+    settings: &Settings,
+    filters: Vec<(&'static str, String)>,
+    exchange: &str,
+    rate: u64,
+    resume: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    use candystore::ops::replay::{self, Progress, Replay};
+    let query = candystore::api::query::EventQuery::from_pairs(filters)
+        .map_err(|p| anyhow::anyhow!("{}", p.detail.replace("parameter", "option")))?;
+    let resume = resume
+        .map(|r| {
+            candystore::api::query::Cursor::decode(r).ok_or_else(|| {
+                anyhow::anyhow!("invalid --resume {r:?}: not a position this command printed")
+            })
+        })
+        .transpose()?;
+    let target = db::pg_config(&settings.database_url)?;
+    let client = db::connect(&target).await?;
+    let publisher = candystore::source::publish::Republisher::connect(&settings.rabbit_url)
+        .await
+        .context("cannot connect to the broker")?;
+    let job = Replay {
+        query: &query,
+        exchange,
+        rate,
+        resume,
+    };
+    let bar = Bar::new();
+    storage::archive::Progress::start(&bar, "replaying", replay::count(&client, &job).await?);
+    let mut progress = Progress::default();
+    let started = std::time::Instant::now();
+    let outcome = tokio::select! {
+        r = replay::run(&client, &publisher, &job, &mut progress, |_| bar.0.inc(1)) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    bar.0.finish_and_clear();
+    let resume_hint = progress
+        .resume_token()
+        .map(|t| format!("; resume with --resume {t}"))
+        .unwrap_or_default();
+    let summary = format!(
+        "replayed {} event(s) to {exchange} in {:.1}s{resume_hint}",
+        progress.published,
+        started.elapsed().as_secs_f64()
+    );
+    match outcome {
+        Some(Ok(())) => {
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Err(e)) => {
+            eprintln!("{summary}");
+            Err(e.into())
+        }
+        None => {
+            eprintln!("interrupted: {summary}");
+            Ok(ExitCode::from(130))
+        }
+    }
 }

@@ -95,6 +95,7 @@ pub struct Metrics {
     pub database_connections: IntGauge,
     pub deliveries_received: IntCounter,
     pub duplicates: IntCounter,
+    pub replays_ignored: IntCounter,
     pub dead_letters: IntCounterVec,
     pub sanitized: IntCounter,
     pub write_retries: IntCounterVec,
@@ -203,6 +204,10 @@ impl Metrics {
             duplicates: reg!(IntCounter::new(
                 "candystore_events_duplicate_total",
                 "Deliveries whose event was already stored (redeliveries and repeats)"
+            )),
+            replays_ignored: reg!(IntCounter::new(
+                "candystore_replays_ignored_total",
+                "Deliveries published by `candystore replay` (x-candystore-replay): acked, not stored again"
             )),
             dead_letters: reg!(IntCounterVec::new(
                 Opts::new(

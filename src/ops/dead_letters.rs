@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
-use crate::source::publish::{RepublishError, Republisher, properties_from_json};
+use crate::source::publish::{RepublishError, Republisher};
 
 /// Which dead letters a command acts on. Empty selects all.
 #[derive(Debug, Default, Clone)]
@@ -195,7 +195,7 @@ pub async fn replay(
         let routing_key: String = row.get("routing_key");
         let body: Vec<u8> = row.get("body");
         publisher
-            .publish(&to, &routing_key, &body, properties_from_json(&properties))
+            .publish(&to, &routing_key, &body, &properties, None)
             .await
             .map_err(|source| OpsError::Publish { id, source })?;
         let received_at: DateTime<Utc> = row.get("received_at");

@@ -3,3 +3,4 @@
 //! tests call directly).
 
 pub mod dead_letters;
+pub mod replay;

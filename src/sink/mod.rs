@@ -182,6 +182,7 @@ fn record_written(w: &Written, records: &[Record], metrics: &Metrics) {
             }
             Record::Event(e) if e.sanitized => metrics.sanitized.inc(),
             Record::Event(_) => {}
+            Record::Replayed => metrics.replays_ignored.inc(),
         }
     }
 }

@@ -389,7 +389,7 @@ impl Writer {
             .iter()
             .filter_map(|r| match r {
                 Record::Event(e) => Some(e.as_ref()),
-                Record::DeadLetter(_) => None,
+                Record::DeadLetter(_) | Record::Replayed => None,
             })
             .collect();
         let events = without_mixed_twins(&all);
@@ -397,7 +397,7 @@ impl Writer {
             .iter()
             .filter_map(|r| match r {
                 Record::DeadLetter(d) => Some(d.as_ref()),
-                Record::Event(_) => None,
+                Record::Event(_) | Record::Replayed => None,
             })
             .collect();
         let mut buf = std::mem::take(&mut self.buf);

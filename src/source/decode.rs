@@ -127,6 +127,13 @@ pub fn decode(raw: RawDelivery) -> Record {
         mut properties,
         received_at,
     } = raw;
+    if properties
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.contains_key(crate::envelope::REPLAY_HEADER))
+    {
+        return Record::Replayed;
+    }
     let mut sanitized = properties.headers_sanitized;
     let mut props_json = serde_json::Map::new();
     let exchange = strip_nul_owned(exchange, &mut sanitized);

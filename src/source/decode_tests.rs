@@ -30,6 +30,7 @@ fn event(r: Record) -> Box<Event> {
             d.reason.as_str(),
             d.detail
         ),
+        Record::Replayed => panic!("expected an event, got a replay"),
     }
 }
 
@@ -37,6 +38,7 @@ fn dead(r: Record) -> Box<DeadLetter> {
     match r {
         Record::DeadLetter(d) => d,
         Record::Event(e) => panic!("expected a dead letter, got event {}", e.id),
+        Record::Replayed => panic!("expected a dead letter, got a replay"),
     }
 }
 
@@ -490,4 +492,19 @@ fn depth_is_counted_on_the_bytes_outside_strings() {
     // Brackets inside strings (also after an escaped quote) do not count.
     let quoted = format!(r#"{{"s": "\"{}"}}"#, "[".repeat(500));
     assert!(!json_depth_exceeds(quoted.as_bytes(), 128));
+}
+
+#[test]
+fn a_delivery_marked_as_a_replay_is_not_an_event_to_store_again() {
+    let mut raw = delivery(br#"{"id": "r-1", "event_type": "x", "data": {}}"#);
+    let mut headers = serde_json::Map::new();
+    headers.insert(crate::envelope::REPLAY_HEADER.into(), 42.into());
+    raw.properties.headers = Some(headers);
+    assert!(matches!(decode(raw), Record::Replayed));
+    // Any other header leaves it an event.
+    let mut raw = delivery(br#"{"id": "r-1", "event_type": "x", "data": {}}"#);
+    let mut headers = serde_json::Map::new();
+    headers.insert("x-other".into(), 42.into());
+    raw.properties.headers = Some(headers);
+    assert_eq!(event(decode(raw)).id, "r-1");
 }

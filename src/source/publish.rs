@@ -193,7 +193,7 @@ pub fn sample_event(run_id: &str, i: u64, size: usize, generation: u8) -> (Strin
 /// integers come back as 64-bit integers, `{"$hex": …}` as bytes, `{"$timestamp": …}`
 /// as a timestamp. `user_id` is left out: the broker refuses one that is not the
 /// publishing connection's own user.
-pub fn properties_from_json(p: &serde_json::Value) -> BasicProperties {
+fn properties_from_json(p: &serde_json::Value) -> BasicProperties {
     use lapin::types::ShortString;
     let text = |key: &str| {
         p.get(key)
@@ -331,14 +331,26 @@ impl Republisher {
         })
     }
 
-    /// Publishes `body` exactly, with `props` as given, and waits for the confirm.
+    /// Publishes `body` exactly, with the AMQP properties stored beside it (as
+    /// decode wrote them), and waits for the confirm. `replay_of` marks the message
+    /// with [`crate::envelope::REPLAY_HEADER`] (the replayed event's `seq`).
     pub async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        props: BasicProperties,
+        properties: &serde_json::Value,
+        replay_of: Option<i64>,
     ) -> Result<(), RepublishError> {
+        let mut props = properties_from_json(properties);
+        if let Some(seq) = replay_of {
+            let mut headers = props.headers().clone().unwrap_or_default();
+            headers.insert(
+                crate::envelope::REPLAY_HEADER.into(),
+                lapin::types::AMQPValue::LongLongInt(seq),
+            );
+            props = props.with_headers(headers);
+        }
         let confirm = self
             .channel
             .basic_publish(

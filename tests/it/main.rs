@@ -12,6 +12,7 @@ mod ingest;
 mod migrate;
 mod observability;
 mod raw_amqp;
+mod replay;
 mod storage;
 mod tail;
 mod tls;

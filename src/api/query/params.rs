@@ -300,7 +300,7 @@ impl EventQuery {
     }
 
     /// Validates pairs already checked by [`known_pairs`] (each known, each once).
-    pub(crate) fn from_pairs(pairs: Vec<(&'static str, String)>) -> Result<Self, Problem> {
+    pub fn from_pairs(pairs: Vec<(&'static str, String)>) -> Result<Self, Problem> {
         let mut q = EventQuery::default();
         for (name, value) in pairs {
             if q.paging.take(name, &value)? {

@@ -1,0 +1,152 @@
+//! `candystore replay`: stored events published again, exactly as they were
+//! published (the `/raw` envelope and the original AMQP properties, plus the
+//! `x-candystore-replay` header), in time order, to an exchange the operator names, so that
+//! downstream services can rebuild their state. Candystore's own ingest acks a
+//! replayed delivery without storing it again.
+//!
+//! The walk is keyset-paged on (timestamp, seq), so it can stop anywhere and
+//! resume from the last position published (an `/events` cursor).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_postgres::Client;
+
+use crate::api::query::sql::SqlParams;
+use crate::api::query::{Cursor, EventQuery};
+use crate::envelope::rebuild;
+use crate::source::publish::{RepublishError, Republisher};
+
+/// Events read per query.
+const PAGE: i64 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("event seq {seq}: {source}")]
+    Publish {
+        seq: i64,
+        #[source]
+        source: RepublishError,
+    },
+    #[error("event seq {0}: its stored envelope is not a JSON object")]
+    BadEnvelope(i64),
+    #[error("invalid --resume: not a position this command printed")]
+    BadResume,
+}
+
+/// What to replay and how fast.
+pub struct Replay<'a> {
+    /// The filters and time range of `GET /events` (its paging is ignored).
+    pub query: &'a EventQuery,
+    pub exchange: &'a str,
+    /// Events per second; 0 publishes as fast as the broker confirms.
+    pub rate: u64,
+    /// Continue after this position (printed by an earlier run).
+    pub resume: Option<Cursor>,
+}
+
+/// Where a replay got to.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub published: u64,
+    /// The position of the last event published: `--resume` continues after it.
+    pub position: Option<Cursor>,
+}
+
+impl Progress {
+    /// The position as `--resume` takes it.
+    pub fn resume_token(&self) -> Option<String> {
+        self.position.map(|c| c.encode())
+    }
+}
+
+/// How many events the replay selects (for a progress bar).
+pub async fn count(client: &Client, replay: &Replay<'_>) -> Result<u64, ReplayError> {
+    let mut params = SqlParams::default();
+    let mut filter = replay.query.conditions(&mut params);
+    after(&mut filter, &mut params, replay.resume)?;
+    let n: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM events WHERE {filter}"),
+            &params.all(),
+        )
+        .await?
+        .get(0);
+    Ok(n as u64)
+}
+
+fn after(
+    filter: &mut String,
+    params: &mut SqlParams,
+    position: Option<Cursor>,
+) -> Result<(), ReplayError> {
+    if let Some(c) = position {
+        let t = c.time().map_err(|_| ReplayError::BadResume)?;
+        let (t, s) = (params.push(t), params.push(c.seq));
+        filter.push_str(&format!(
+            " AND (\"timestamp\", seq) > ({t}, {s}) AND \"timestamp\" >= {t}"
+        ));
+    }
+    Ok(())
+}
+
+/// Publishes every selected event, oldest first, each confirmed by the broker,
+/// pacing to `rate`. `progress` is updated as it goes, so a caller that stops the
+/// future (Ctrl-C) still knows where to resume; `on_event` is called after each.
+pub async fn run(
+    client: &Client,
+    publisher: &Republisher,
+    replay: &Replay<'_>,
+    progress: &mut Progress,
+    mut on_event: impl FnMut(&Progress),
+) -> Result<(), ReplayError> {
+    let started = Instant::now();
+    let mut position = replay.resume;
+    loop {
+        let mut params = SqlParams::default();
+        let mut filter = replay.query.conditions(&mut params);
+        after(&mut filter, &mut params, position)?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT seq, \"timestamp\", routing_key, envelope, payload, payload_member, properties \
+                     FROM events WHERE {filter} ORDER BY \"timestamp\", seq LIMIT {PAGE}"
+                ),
+                &params.all(),
+            )
+            .await?;
+        for row in &rows {
+            let seq: i64 = row.get("seq");
+            let envelope: crate::api::view::JsonText = row.get("envelope");
+            let payload: crate::api::view::JsonText = row.get("payload");
+            let member: Option<&str> = row.get("payload_member");
+            let body =
+                rebuild(envelope.0, payload.0, member).ok_or(ReplayError::BadEnvelope(seq))?;
+            let properties: serde_json::Value = row.get("properties");
+            if replay.rate > 0 {
+                let due = started
+                    + Duration::from_secs_f64(progress.published as f64 / replay.rate as f64);
+                tokio::time::sleep_until(due).await;
+            }
+            let routing_key: String = row.get("routing_key");
+            publisher
+                .publish(replay.exchange, &routing_key, &body, &properties, Some(seq))
+                .await
+                .map_err(|source| ReplayError::Publish { seq, source })?;
+            let t: chrono::DateTime<chrono::Utc> = row.get("timestamp");
+            let at = Cursor {
+                timestamp_micros: t.timestamp_micros(),
+                seq,
+            };
+            position = Some(at);
+            progress.position = Some(at);
+            progress.published += 1;
+            on_event(progress);
+        }
+        if (rows.len() as i64) < PAGE {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! `candystore replay` (`ops::replay`): stored events published again to an
+//! exchange of the test's own, compared with what the API serves as `/raw`.
+
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::Value;
+
+use crate::helpers::{AMQP, TestApp, spawn_app};
+use candystore::api::query::{Cursor, EventQuery};
+use candystore::ops::replay::{self, Progress, Replay};
+
+/// An exchange and a queue bound to it with `#`, deleted on drop of the test.
+struct Sink {
+    channel: lapin::Channel,
+    exchange: String,
+    queue: String,
+    _conn: lapin::Connection,
+}
+
+impl Sink {
+    async fn new(app: &TestApp) -> Self {
+        let conn = lapin::Connection::connect(AMQP, Default::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let exchange = format!("{}_replay_x", app.name);
+        let queue = format!("{}_replay_q", app.name);
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Sink {
+            channel,
+            exchange,
+            queue,
+            _conn: conn,
+        }
+    }
+
+    /// Every message waiting: (body, properties).
+    async fn drain(&self) -> Vec<lapin::message::BasicGetMessage> {
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            out.push(m);
+        }
+        out
+    }
+
+    async fn remove(self) {
+        let _ = self
+            .channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = self
+            .channel
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
+async fn publish_mix(app: &TestApp, n: u64) {
+    for i in 0..n {
+        let (key, body) =
+            candystore::source::publish::sample_event(&app.name, i, 300, (i % 3) as u8 + 1);
+        let props = lapin::BasicProperties::default()
+            .with_message_id(format!("m-{i}").into())
+            .with_content_type("application/json".into());
+        app.publish_with(&key, &body, props).await;
+    }
+    app.wait_for_rows("events", n as i64).await;
+}
+
+async fn raw(app: &TestApp, id: &str) -> Value {
+    app.http
+        .get(app.api(&format!("/events/{id}/raw")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_replay_publishes_every_stored_envelope_as_published_in_time_order() {
+    let app = spawn_app().await;
+    publish_mix(&app, 30).await;
+    let sink = Sink::new(&app).await;
+    let publisher = candystore::source::publish::Republisher::connect(AMQP)
+        .await
+        .unwrap();
+    let everything = EventQuery::parse("").unwrap();
+    let job = Replay {
+        query: &everything,
+        exchange: &sink.exchange,
+        rate: 0,
+        resume: None,
+    };
+    assert_eq!(replay::count(&app.db, &job).await.unwrap(), 30);
+    let mut positions: Vec<Cursor> = Vec::new();
+    let mut progress = Progress::default();
+    replay::run(&app.db, &publisher, &job, &mut progress, |p| {
+        positions.push(p.position.unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(progress.published, 30);
+
+    let got = sink.drain().await;
+    assert_eq!(got.len(), 30);
+    let mut last_time = i64::MIN;
+    for (m, at) in got.iter().zip(&positions) {
+        let body: Value = serde_json::from_slice(&m.delivery.data).unwrap();
+        let id = body
+            .get("id")
+            .or_else(|| body.get("event_id"))
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            body,
+            raw(&app, &id).await,
+            "{id}: the envelope as published"
+        );
+        let props = &m.delivery.properties;
+        assert!(
+            props.message_id().is_some(),
+            "{id}: original properties kept"
+        );
+        let headers = props.headers().as_ref().unwrap();
+        assert_eq!(
+            headers.inner().get("x-candystore-replay"),
+            Some(&AMQPValue::LongLongInt(at.seq)),
+            "{id}: marked as a replay of seq {}",
+            at.seq
+        );
+        assert!(at.timestamp_micros >= last_time, "time order");
+        last_time = at.timestamp_micros;
+    }
+
+    // Resumed after the tenth: the other twenty, the same as before.
+    let resumed = Replay {
+        resume: Some(positions[9]),
+        ..job
+    };
+    let mut again = Progress::default();
+    replay::run(&app.db, &publisher, &resumed, &mut again, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(again.published, 20);
+    let rest = sink.drain().await;
+    let bodies = |ms: &[lapin::message::BasicGetMessage]| -> Vec<Vec<u8>> {
+        ms.iter().map(|m| m.delivery.data.clone()).collect()
+    };
+    assert_eq!(bodies(&rest), bodies(&got[10..]));
+    sink.remove().await;
+}
+
+#[tokio::test]
+async fn candystore_ingests_its_own_replay_without_adding_a_row() {
+    let app = spawn_app().await;
+    publish_mix(&app, 12).await;
+    let publisher = candystore::source::publish::Republisher::connect(AMQP)
+        .await
+        .unwrap();
+    let one_type = EventQuery::parse("event_type=agent.task.started").unwrap();
+    let job = Replay {
+        query: &one_type,
+        exchange: &app.exchange,
+        rate: 0,
+        resume: None,
+    };
+    let mut progress = Progress::default();
+    replay::run(&app.db, &publisher, &job, &mut progress, |_| {})
+        .await
+        .unwrap();
+    assert!(progress.published > 0);
+    app.wait_until(std::time::Duration::from_secs(10), || async {
+        app.metric("candystore_replays_ignored_total").await == progress.published as f64
+    })
+    .await;
+    assert_eq!(app.count("events").await, 12);
+    assert_eq!(
+        app.queue_state().await.0,
+        0,
+        "every replayed delivery acked"
+    );
+}
