@@ -174,6 +174,11 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         metrics.clone(),
         tail_stop.child_token(),
     ));
+    // The catalog of event types and sources, counted behind ingest.
+    tokio::spawn(crate::storage::catalog::run_forever(
+        pg.clone(),
+        tail_stop.child_token(),
+    ));
     let state = ApiState {
         tail: api::tail::TailHub::start(pool.clone(), tail_stop.clone()),
         streams: Arc::new(api::stream::Streams::new(

@@ -3,6 +3,7 @@
 //! never touches the writer's connection.
 
 pub mod auth;
+pub mod catalog;
 pub mod dead_letters;
 pub mod events;
 pub mod health;
@@ -144,6 +145,8 @@ pub fn serve_api(
             .service(get("/events/stream", stream::stream))
             .service(get("/events/{id}", events::one))
             .service(get("/events/{id}/raw", events::raw))
+            .service(get("/event-types", catalog::event_types))
+            .service(get("/sources", catalog::sources))
             .service(get("/dead-letters", dead_letters::list))
             .service(get("/dead-letters/{id}", dead_letters::one))
             .service(get("/sessions/{session_id}", timeline::sessions))

@@ -5,7 +5,7 @@
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
 
-use super::{dead_letters, events, health, stream, timeline, view};
+use super::{catalog, dead_letters, events, health, stream, timeline, view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,8 @@ use super::{dead_letters, events, health, stream, timeline, view};
         timeline::correlations,
         dead_letters::list,
         dead_letters::one,
+        catalog::event_types,
+        catalog::sources,
         spec,
         docs
     ),
@@ -34,6 +36,11 @@ use super::{dead_letters, events, health, stream, timeline, view};
         timeline::Summary,
         dead_letters::DeadLetterView,
         dead_letters::DeadLetterPage,
+        catalog::EventTypes,
+        catalog::EventType,
+        catalog::PayloadKey,
+        catalog::Sources,
+        catalog::Source,
         super::problem::Problem
     ))
 )]

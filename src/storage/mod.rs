@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 pub mod archive;
+pub mod catalog;
 pub mod maintain;
 pub mod migrate_online;
 pub mod partition;

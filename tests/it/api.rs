@@ -882,6 +882,8 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_is_self_co
         ("/openapi.json", "/openapi.json"),
         ("/docs", "/docs"),
         ("/dead-letters", "/dead-letters"),
+        ("/event-types", "/event-types"),
+        ("/sources", "/sources"),
     ];
     for (pattern, example) in served {
         assert!(

@@ -1,0 +1,160 @@
+//! `GET /event-types` and `GET /sources`: every value seen, with its count and
+//! its first and last event time, and per event type its top-level payload keys
+//! with their JSON types and how often each appeared. Read from the catalog
+//! tables the catalog job keeps (`storage::catalog`), a few seconds behind ingest;
+//! never a GROUP BY over `events`.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+
+use super::ApiState;
+use super::problem::{Problem, unavailable};
+use super::view::rfc3339;
+
+/// A top-level payload key of an event type, with one JSON type.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PayloadKey {
+    key: String,
+    /// `object`, `array`, `string`, `number`, `boolean` or `null`.
+    json_type: String,
+    /// Events of this type whose payload had this key with this type.
+    count: i64,
+    /// `count` over the events of this type: 1.0 for a key every event carries.
+    share: f64,
+    first_seen: String,
+    last_seen: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventType {
+    event_type: String,
+    count: i64,
+    first_seen: String,
+    last_seen: String,
+    payload_keys: Vec<PayloadKey>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventTypes {
+    event_types: Vec<EventType>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Source {
+    source: String,
+    count: i64,
+    first_seen: String,
+    last_seen: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Sources {
+    sources: Vec<Source>,
+}
+
+fn no_parameters(req: &HttpRequest) -> Result<(), Problem> {
+    match super::query::params::query_pairs(req.query_string())?.first() {
+        Some((name, _)) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown parameter {name:?}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Every event type seen, by name, with its payload keys (most common first).
+#[utoipa::path(get, path = "/event-types", tag = "catalog", responses(
+    (status = 200, description = "every event type seen", body = EventTypes),
+    (status = 400, description = "a parameter was given (there are none)", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "the event store cannot answer now (opaque; the cause is logged)", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn event_types(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, Problem> {
+    no_parameters(&req)?;
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let types = client
+        .query(
+            "SELECT event_type, count, first_seen, last_seen FROM catalog_event_types ORDER BY event_type",
+            &[],
+        )
+        .await
+        .map_err(unavailable)?;
+    let keys = client
+        .query(
+            "SELECT event_type, key, json_type, count, first_seen, last_seen FROM catalog_payload_keys \
+             ORDER BY event_type, count DESC, key, json_type",
+            &[],
+        )
+        .await
+        .map_err(unavailable)?;
+    let mut by_type: BTreeMap<String, Vec<&tokio_postgres::Row>> = BTreeMap::new();
+    for k in &keys {
+        by_type.entry(k.get(0)).or_default().push(k);
+    }
+    let event_types = types
+        .iter()
+        .map(|t| {
+            let name: String = t.get(0);
+            let count: i64 = t.get(1);
+            let payload_keys = by_type
+                .remove(&name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|k| PayloadKey {
+                    key: k.get(1),
+                    json_type: k.get(2),
+                    count: k.get(3),
+                    share: k.get::<_, i64>(3) as f64 / count.max(1) as f64,
+                    first_seen: rfc3339(k.get(4)),
+                    last_seen: rfc3339(k.get(5)),
+                })
+                .collect();
+            EventType {
+                event_type: name,
+                count,
+                first_seen: rfc3339(t.get(2)),
+                last_seen: rfc3339(t.get(3)),
+                payload_keys,
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(EventTypes { event_types }))
+}
+
+/// Every source seen, by name.
+#[utoipa::path(get, path = "/sources", tag = "catalog", responses(
+    (status = 200, description = "every source seen", body = Sources),
+    (status = 400, description = "a parameter was given (there are none)", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "the event store cannot answer now (opaque; the cause is logged)", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn sources(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, Problem> {
+    no_parameters(&req)?;
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let rows = client
+        .query(
+            "SELECT source, count, first_seen, last_seen FROM catalog_sources ORDER BY source",
+            &[],
+        )
+        .await
+        .map_err(unavailable)?;
+    let sources = rows
+        .iter()
+        .map(|r| Source {
+            source: r.get(0),
+            count: r.get(1),
+            first_seen: rfc3339(r.get(2)),
+            last_seen: rfc3339(r.get(3)),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(Sources { sources }))
+}

@@ -1,0 +1,121 @@
+//! The catalog job: every committed event is counted once into the catalog tables
+//! (event types, sources, and each event type's top-level payload keys with their
+//! JSON types), so `GET /event-types` and `GET /sources` read a few small tables
+//! instead of grouping the whole of `events`.
+//!
+//! It reads events in the live tail's order, `(txid, seq)`, only below the same
+//! horizon ([`HORIZON`]): rows there are committed and no row can appear below it
+//! later. Each step counts the next rows and moves the position in one transaction,
+//! so no event is counted twice or missed, whatever fails in between. Instances
+//! take turns through a transaction-scoped advisory lock. It never touches the
+//! writers' path: ingest does not wait for it, and a catalog behind by a few
+//! seconds catches up by itself.
+//!
+//! What it does not follow: partitions dropped by retention or archived stay
+//! counted (the catalog says what was seen), and rows restored from an archive
+//! (`txid` 0, older positions) are not counted again.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::StorageError;
+use super::tail_index::HORIZON;
+
+/// Events counted per step (one transaction) at most.
+pub const STEP_ROWS: i64 = 10_000;
+/// How long the job rests once it has caught up.
+const REST: Duration = Duration::from_secs(1);
+/// The advisory lock (transaction-scoped) instances take turns by.
+const LOCK_KEY: i64 = 7_236_828_094_530_679_668;
+
+fn step_sql() -> String {
+    let upsert = |table: &str, column: &str| {
+        format!(
+            "INSERT INTO {table} AS c ({column}, count, first_seen, last_seen) \
+             SELECT {column}, count(*), min(\"timestamp\"), max(\"timestamp\") FROM batch GROUP BY {column} \
+             ON CONFLICT ({column}) DO UPDATE SET count = c.count + excluded.count, \
+               first_seen = least(c.first_seen, excluded.first_seen), \
+               last_seen = greatest(c.last_seen, excluded.last_seen)"
+        )
+    };
+    format!(
+        "WITH pos AS (SELECT txid, seq FROM catalog_position FOR UPDATE), \
+         batch AS MATERIALIZED ( \
+           SELECT e.txid, e.seq, e.event_type, e.source, e.\"timestamp\", e.payload FROM events e, pos \
+           WHERE (e.txid, e.seq) > (pos.txid, pos.seq) AND e.txid < {HORIZON} \
+           ORDER BY e.txid, e.seq LIMIT {STEP_ROWS}), \
+         types AS ({types}), \
+         sources AS ({sources}), \
+         keys AS ( \
+           INSERT INTO catalog_payload_keys AS c (event_type, key, json_type, count, first_seen, last_seen) \
+           SELECT b.event_type, k.key, jsonb_typeof(k.value), count(*), min(b.\"timestamp\"), max(b.\"timestamp\") \
+           FROM batch b CROSS JOIN LATERAL jsonb_each( \
+             CASE WHEN jsonb_typeof(b.payload) = 'object' THEN b.payload ELSE '{{}}'::jsonb END) k \
+           GROUP BY 1, 2, 3 \
+           ON CONFLICT (event_type, key, json_type) DO UPDATE SET count = c.count + excluded.count, \
+             first_seen = least(c.first_seen, excluded.first_seen), \
+             last_seen = greatest(c.last_seen, excluded.last_seen)), \
+         last AS (SELECT txid, seq FROM batch ORDER BY txid DESC, seq DESC LIMIT 1), \
+         moved AS (UPDATE catalog_position p SET txid = last.txid, seq = last.seq FROM last RETURNING 1) \
+         SELECT count(*) FROM batch",
+        types = upsert("catalog_event_types", "event_type"),
+        sources = upsert("catalog_sources", "source"),
+    )
+}
+
+/// Counts the next committed events (at most [`STEP_ROWS`]) into the catalog.
+/// Returns how many; 0 when there were none or another instance holds the turn.
+pub async fn step(client: &mut Client) -> Result<u64, StorageError> {
+    let tx = client.transaction().await?;
+    let turn: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&LOCK_KEY])
+        .await?
+        .get(0);
+    if !turn {
+        return Ok(0);
+    }
+    let n: i64 = tx.query_one(&step_sql(), &[]).await?.get(0);
+    tx.commit().await?;
+    Ok(n as u64)
+}
+
+/// Runs [`step`] until `stop`: at once while it finds full steps (catching up),
+/// otherwise every [`REST`]. Failures are logged and retried.
+pub async fn run_forever(target: crate::db::PgTarget, stop: CancellationToken) {
+    let mut client: Option<Client> = None;
+    loop {
+        let outcome = async {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = Some(super::connect(&target).await?);
+            }
+            step(client.as_mut().expect("connected above")).await
+        };
+        let outcome = tokio::select! {
+            o = outcome => o,
+            _ = stop.cancelled() => return,
+        };
+        let rest = match outcome {
+            Ok(n) if n as i64 >= STEP_ROWS => Duration::ZERO,
+            Ok(_) => REST,
+            Err(e) => {
+                // A schema without the catalog yet (migration 0012 waiting behind an
+                // online one) is not an error worth more than a debug line.
+                let undefined_table = matches!(&e, StorageError::Db(db)
+                    if db.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE));
+                if undefined_table {
+                    tracing::debug!(error = %e, "catalog tables not there yet");
+                } else {
+                    tracing::warn!(error = %e, "catalog step failed; retrying");
+                }
+                client = None;
+                REST * 5
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(rest) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

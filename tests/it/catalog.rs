@@ -1,0 +1,142 @@
+//! `GET /event-types` and `GET /sources`, kept by the catalog job from a mixed
+//! stream through the real pipeline.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app};
+
+async fn get(app: &TestApp, path: &str) -> Value {
+    let res = app.http.get(app.api(path)).send().await.unwrap();
+    assert_eq!(res.status(), 200, "{path}");
+    res.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_catalog_counts_types_sources_and_payload_keys_of_a_mixed_stream() {
+    let app = spawn_app().await;
+    let mut stream: Vec<(&str, Value)> = Vec::new();
+    for i in 0..5 {
+        stream.push((
+            "a",
+            json!({"id": format!("a-{i}"), "event_type": "a.created", "source": "svc-a",
+            "timestamp": format!("2026-11-20T10:00:0{i}Z"), "data": {"n": i, "name": "x"}}),
+        ));
+    }
+    // A producer change: `n` becomes text, `name` disappears, `tags` appears.
+    for i in 5..7 {
+        stream.push(("a", json!({"id": format!("a-{i}"), "event_type": "a.created", "source": "svc-a",
+            "timestamp": format!("2026-11-20T11:00:0{i}Z"), "data": {"n": format!("{i}"), "tags": ["t"]}})));
+    }
+    for i in 0..3 {
+        stream.push((
+            "b",
+            json!({"specversion": "1.0", "id": format!("b-{i}"), "type": "b.done",
+            "source": "svc-b", "time": format!("2026-11-21T09:00:0{i}Z"), "data": {"ok": true}}),
+        ));
+    }
+    // Not an object: counted, with no keys.
+    stream.push((
+        "c",
+        json!({"id": "c-0", "event_type": "c.raw", "source": "svc-b",
+        "timestamp": "2026-11-22T00:00:00Z", "data": [1, 2]}),
+    ));
+    let n = stream.len() as i64;
+    for (key, body) in &stream {
+        app.publish(key, &serde_json::to_vec(body).unwrap()).await;
+    }
+    app.wait_for_rows("events", n).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let types = loop {
+        let types = get(&app, "/event-types").await;
+        let counted: i64 = types["event_types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["count"].as_i64().unwrap())
+            .sum();
+        if counted == n {
+            break types;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "counted {counted} of {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let by_name = |name: &str| -> Value {
+        types["event_types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["event_type"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {types}"))
+    };
+    let a = by_name("a.created");
+    assert_eq!(a["count"], 7);
+    assert_eq!(a["first_seen"], "2026-11-20T10:00:00Z");
+    assert_eq!(a["last_seen"], "2026-11-20T11:00:06Z");
+    let keys: Vec<(String, String, i64, String)> = a["payload_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["key"].as_str().unwrap().to_owned(),
+                k["json_type"].as_str().unwrap().to_owned(),
+                k["count"].as_i64().unwrap(),
+                k["last_seen"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("n", "number", 5, "2026-11-20T10:00:04Z"),
+        ("name", "string", 5, "2026-11-20T10:00:04Z"),
+        ("n", "string", 2, "2026-11-20T11:00:06Z"),
+        ("tags", "array", 2, "2026-11-20T11:00:06Z"),
+    ] {
+        let e = (
+            expected.0.to_owned(),
+            expected.1.to_owned(),
+            expected.2,
+            expected.3.to_owned(),
+        );
+        assert!(keys.contains(&e), "{e:?} in {keys:?}");
+    }
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    let b = by_name("b.done");
+    assert_eq!(b["count"], 3);
+    assert_eq!(b["payload_keys"][0]["key"], "ok");
+    assert_eq!(b["payload_keys"][0]["share"], 1.0);
+    assert_eq!(by_name("c.raw")["payload_keys"], json!([]));
+
+    let sources = get(&app, "/sources").await;
+    let counts: Vec<(String, i64)> = sources["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["source"].as_str().unwrap().to_owned(),
+                s["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(counts, [("svc-a".to_owned(), 7), ("svc-b".to_owned(), 4)]);
+
+    // Counted once: more steps change nothing.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(get(&app, "/event-types").await, types);
+}
+
+#[tokio::test]
+async fn catalog_endpoints_take_no_parameters() {
+    let app = spawn_app().await;
+    for path in ["/event-types?limit=5", "/sources?x=1"] {
+        let res = app.http.get(app.api(path)).send().await.unwrap();
+        assert_eq!(res.status(), 400, "{path}");
+    }
+}
