@@ -174,6 +174,12 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         metrics.clone(),
         tail_stop.child_token(),
     ));
+    // The audit chain, sealed behind ingest every SEAL_INTERVAL.
+    tokio::spawn(crate::storage::seal::run_forever(
+        pg.clone(),
+        settings.seal_interval,
+        tail_stop.child_token(),
+    ));
     // The catalog of event types and sources, counted behind ingest.
     tokio::spawn(crate::storage::catalog::run_forever(
         pg.clone(),

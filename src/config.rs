@@ -246,6 +246,12 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "how often the maintenance job runs",
         secret: Secret::No,
     },
+    Variable {
+        name: "SEAL_INTERVAL",
+        default: "10s",
+        meaning: "how often committed events are sealed into the audit chain (also every 100,000)",
+        secret: Secret::No,
+    },
 ];
 
 /// A setting that could not be used. The message is the one line start-up prints.
@@ -340,6 +346,8 @@ pub struct Settings {
     pub archive_dir: Option<std::path::PathBuf>,
     /// How often the maintenance job runs.
     pub maintenance_interval: Duration,
+    /// How often committed events are sealed into the audit chain.
+    pub seal_interval: Duration,
     /// Every variable's value as given (or defaulted), for the start-up log.
     raw: BTreeMap<&'static str, String>,
 }
@@ -447,6 +455,7 @@ impl Settings {
                 dir => Some(dir.into()),
             },
             maintenance_interval: r.duration("MAINTENANCE_INTERVAL")?,
+            seal_interval: r.duration("SEAL_INTERVAL")?,
         };
         Ok(settings)
     }

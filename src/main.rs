@@ -74,6 +74,13 @@ enum Command {
     /// Deliveries that could not be stored as events: list, show, replay, purge.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Recompute the audit chain: exit 0 when the sealed history verifies, 3 naming the first event that was
+    /// modified, deleted or inserted out of band (or the checkpoint whose chain broke).
+    Verify {
+        /// Start at this checkpoint (default: the first whose events are all still stored).
+        #[arg(long, value_name = "CHECKPOINT")]
+        from: Option<i64>,
+    },
     /// Publish stored events again, oldest first, exactly as they were published (the /raw envelope and the
     /// original AMQP properties, plus the header x-candystore-replay) to --exchange, each confirmed by the
     /// broker. Candystore's own ingest acks a replayed event without storing it again. Ctrl-C prints the
@@ -179,6 +186,7 @@ const EXIT_CODES: &str = "Exit codes:
   1   a command failed (the message says why)
   2   a bad setting or argument (one line names it); do not restart in a loop
   70  the consumer or the writer task ended or panicked; restart
+  3   `candystore verify` found the sealed history altered (it names the first event)
   75  SIGTERM took longer than SHUTDOWN_TIMEOUT (what was not committed is redelivered)
   130 `candystore replay` interrupted by Ctrl-C (it printed the position for --resume)";
 
@@ -236,6 +244,7 @@ fn main() -> ExitCode {
                 .await
             }
             Command::DeadLetters(command) => dead_letters(&settings, command).await,
+            Command::Verify { from } => verify(&settings, from).await,
             Command::Replay {
                 exchange,
                 session_id,
@@ -629,6 +638,34 @@ async fn replay(
         None => {
             eprintln!("interrupted: {summary}");
             Ok(ExitCode::from(130))
+        }
+    }
+}
+
+async fn verify(settings: &Settings, from: Option<i64>) -> anyhow::Result<ExitCode> {
+    let target = db::pg_config(&settings.database_url)?;
+    let client = db::connect(&target).await?;
+    let started = std::time::Instant::now();
+    let report = candystore::ops::verify::verify(&client, from).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let from = report
+        .from
+        .map(|id| format!(" from checkpoint {id}"))
+        .unwrap_or_default();
+    match report.finding {
+        None => {
+            println!(
+                "verified {} checkpoint(s){from}: {} event(s) in {secs:.1}s ({:.0} events/s); {} committed event(s) not sealed yet",
+                report.checkpoints,
+                report.events,
+                report.events as f64 / secs.max(1e-9),
+                report.unsealed
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(finding) => {
+            println!("NOT VERIFIED{from}: {finding}");
+            Ok(ExitCode::from(3))
         }
     }
 }

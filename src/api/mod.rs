@@ -2,6 +2,7 @@
 //! actix-web, both reading only. The API queries through its own read pool and
 //! never touches the writer's connection.
 
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod dead_letters;
@@ -145,6 +146,7 @@ pub fn serve_api(
             .service(get("/events/stream", stream::stream))
             .service(get("/events/{id}", events::one))
             .service(get("/events/{id}/raw", events::raw))
+            .service(get("/audit/checkpoints", audit::checkpoints))
             .service(get("/event-types", catalog::event_types))
             .service(get("/sources", catalog::sources))
             .service(get("/dead-letters", dead_letters::list))

@@ -5,7 +5,7 @@
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
 
-use super::{catalog, dead_letters, events, health, stream, timeline, view};
+use super::{audit, catalog, dead_letters, events, health, stream, timeline, view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,7 @@ use super::{catalog, dead_letters, events, health, stream, timeline, view};
         timeline::correlations,
         dead_letters::list,
         dead_letters::one,
+        audit::checkpoints,
         catalog::event_types,
         catalog::sources,
         spec,
@@ -36,6 +37,8 @@ use super::{catalog, dead_letters, events, health, stream, timeline, view};
         timeline::Summary,
         dead_letters::DeadLetterView,
         dead_letters::DeadLetterPage,
+        audit::Checkpoints,
+        audit::Checkpoint,
         catalog::EventTypes,
         catalog::EventType,
         catalog::PayloadKey,

@@ -102,8 +102,11 @@ pub async fn run_forever(target: crate::db::PgTarget, stop: CancellationToken) {
             Err(e) => {
                 // A schema without the catalog yet (migration 0012 waiting behind an
                 // online one) is not an error worth more than a debug line.
+                // A schema an online migration has not finished yet (no `txid`, or
+                // these tables still waiting behind it) is not worth more than a debug line.
                 let undefined_table = matches!(&e, StorageError::Db(db)
-                    if db.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE));
+                    if db.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+                        || db.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN));
                 if undefined_table {
                     tracing::debug!(error = %e, "catalog tables not there yet");
                 } else {

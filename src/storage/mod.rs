@@ -19,6 +19,7 @@ pub mod maintain;
 pub mod migrate_online;
 pub mod partition;
 pub mod schema;
+pub mod seal;
 pub mod tail_index;
 
 pub use partition::{PartitionInterval, Range};

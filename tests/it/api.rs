@@ -884,6 +884,7 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_is_self_co
         ("/dead-letters", "/dead-letters"),
         ("/event-types", "/event-types"),
         ("/sources", "/sources"),
+        ("/audit/checkpoints", "/audit/checkpoints"),
     ];
     for (pattern, example) in served {
         assert!(

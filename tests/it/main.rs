@@ -3,6 +3,7 @@
 
 mod abuse;
 mod api;
+mod audit;
 mod catalog;
 mod dead_letters;
 mod docs;

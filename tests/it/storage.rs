@@ -513,7 +513,9 @@ async fn the_online_migration_of_a_million_events_with_ingest_running_loses_and_
             [
                 "0009_partition_by_time (online)",
                 "0010_events_txid (online)",
-                "0011_dead_letter_replays.sql"
+                "0011_dead_letter_replays.sql",
+                "0012_catalog.sql",
+                "0013_audit_chain.sql"
             ]
         );
     };

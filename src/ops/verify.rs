@@ -1,0 +1,280 @@
+//! `candystore verify`: recomputes the audit chain (`storage::seal`) and reports
+//! the first event that was modified, deleted, or written into a sealed range out
+//! of band, or the first checkpoint whose chain does not hold.
+//!
+//! By default it starts at the first checkpoint whose events are all still stored
+//! (retention drops old partitions; their checkpoints stay, and the first kept
+//! checkpoint's `prev_hash` seeds the chain); `--from` names another.
+
+use std::cmp::Ordering;
+
+use futures::TryStreamExt;
+use tokio_postgres::Client;
+
+use crate::storage::seal::{SEALED_COLUMNS, chain, digest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("no checkpoint {0}")]
+    NoCheckpoint(i64),
+}
+
+/// What went wrong, at the first place it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The row no longer matches its digest.
+    Modified {
+        checkpoint: i64,
+        txid: i64,
+        seq: i64,
+        id: String,
+    },
+    /// A sealed row is gone.
+    Deleted {
+        checkpoint: i64,
+        txid: i64,
+        seq: i64,
+    },
+    /// A row sits in a sealed range without a digest: written there out of band.
+    Inserted {
+        checkpoint: i64,
+        txid: i64,
+        seq: i64,
+        id: String,
+    },
+    /// The digests do not chain to the checkpoint's hash or count (the seals were
+    /// altered), or a checkpoint does not continue its predecessor.
+    ChainBroken { checkpoint: i64, reason: String },
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Finding::Modified {
+                checkpoint,
+                txid,
+                seq,
+                id,
+            } => write!(
+                f,
+                "event {id:?} (seq {seq}, txid {txid}, checkpoint {checkpoint}) was modified after it was sealed"
+            ),
+            Finding::Deleted {
+                checkpoint,
+                txid,
+                seq,
+            } => write!(
+                f,
+                "the event at seq {seq} (txid {txid}, checkpoint {checkpoint}) was deleted after it was sealed"
+            ),
+            Finding::Inserted {
+                checkpoint,
+                txid,
+                seq,
+                id,
+            } => write!(
+                f,
+                "event {id:?} (seq {seq}, txid {txid}) was inserted into the range of checkpoint {checkpoint} out of band"
+            ),
+            Finding::ChainBroken { checkpoint, reason } => {
+                write!(f, "checkpoint {checkpoint}: {reason}")
+            }
+        }
+    }
+}
+
+/// What a verification covered.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub checkpoints: u64,
+    pub events: u64,
+    /// The first checkpoint verified.
+    pub from: Option<i64>,
+    pub finding: Option<Finding>,
+    /// Committed events after the last checkpoint (sealed at the next SEAL_INTERVAL).
+    pub unsealed: i64,
+}
+
+/// Verifies from checkpoint `from` (or the first whose events are all stored) to
+/// the last, stopping at the first finding.
+pub async fn verify(client: &Client, from: Option<i64>) -> Result<Report, VerifyError> {
+    let start = match from {
+        Some(id) => {
+            client
+                .query_opt("SELECT id FROM audit_checkpoints WHERE id = $1", &[&id])
+                .await?
+                .ok_or(VerifyError::NoCheckpoint(id))?;
+            id
+        }
+        // Retention drops partitions oldest first, so a checkpoint whose events are
+        // all at or after the oldest stored event still has them all.
+        None => client
+            .query_one(
+                "SELECT coalesce((SELECT min(id) FROM audit_checkpoints \
+                   WHERE min_timestamp >= (SELECT min(\"timestamp\") FROM events)), \
+                   (SELECT max(id) + 1 FROM audit_checkpoints), 1)",
+                &[],
+            )
+            .await?
+            .get(0),
+    };
+    let checkpoints = client
+        .query(
+            "SELECT id, from_txid, from_seq, to_txid, to_seq, count, prev_hash, chain_hash \
+             FROM audit_checkpoints WHERE id >= $1 ORDER BY id",
+            &[&start],
+        )
+        .await?;
+    let mut report = Report {
+        from: checkpoints.first().map(|c| c.get(0)),
+        ..Report::default()
+    };
+    let mut previous: Option<Vec<u8>> = None;
+    for cp in &checkpoints {
+        let id: i64 = cp.get("id");
+        let range = (
+            cp.get::<_, i64>("from_txid"),
+            cp.get::<_, i64>("from_seq"),
+            cp.get::<_, i64>("to_txid"),
+            cp.get::<_, i64>("to_seq"),
+        );
+        let prev: Vec<u8> = cp.get("prev_hash");
+        if let Some(p) = &previous
+            && *p != prev
+        {
+            report.finding = Some(Finding::ChainBroken {
+                checkpoint: id,
+                reason: "it does not continue the previous checkpoint's chain".into(),
+            });
+            return Ok(report);
+        }
+        if let Some(f) = check_range(client, id, range, &mut report).await? {
+            report.finding = Some(f);
+            return Ok(report);
+        }
+        // The seals themselves: they must chain to the checkpoint's hash.
+        let seals = client
+            .query(
+                "SELECT digest FROM audit_seals WHERE (txid, seq) > ($1, $2) AND (txid, seq) <= ($3, $4) \
+                 ORDER BY txid, seq",
+                &[&range.0, &range.1, &range.2, &range.3],
+            )
+            .await?;
+        let mut hash: [u8; 32] = prev.clone().try_into().unwrap_or([0; 32]);
+        for s in &seals {
+            let d: Vec<u8> = s.get(0);
+            hash = chain(&hash, &d.try_into().unwrap_or([0; 32]));
+        }
+        let expected: Vec<u8> = cp.get("chain_hash");
+        if seals.len() as i64 != cp.get::<_, i64>("count") || hash.as_slice() != expected {
+            report.finding = Some(Finding::ChainBroken {
+                checkpoint: id,
+                reason: format!(
+                    "its {} seal(s) do not chain to its hash (count {}): the seals were altered",
+                    seals.len(),
+                    cp.get::<_, i64>("count")
+                ),
+            });
+            return Ok(report);
+        }
+        previous = Some(expected);
+        report.checkpoints += 1;
+    }
+    let (t, s) = checkpoints
+        .last()
+        .map(|c| (c.get::<_, i64>("to_txid"), c.get::<_, i64>("to_seq")))
+        .unwrap_or((0, 0));
+    report.unsealed = client
+        .query_one(
+            "SELECT count(*) FROM events WHERE (txid, seq) > ($1, $2)",
+            &[&t, &s],
+        )
+        .await?
+        .get(0);
+    Ok(report)
+}
+
+/// Walks one checkpoint's rows and seals side by side, in `(txid, seq)` order.
+async fn check_range(
+    client: &Client,
+    checkpoint: i64,
+    (from_txid, from_seq, to_txid, to_seq): (i64, i64, i64, i64),
+    report: &mut Report,
+) -> Result<Option<Finding>, VerifyError> {
+    let seals = client
+        .query(
+            "SELECT txid, seq, digest FROM audit_seals WHERE (txid, seq) > ($1, $2) AND (txid, seq) <= ($3, $4) \
+             ORDER BY txid, seq",
+            &[&from_txid, &from_seq, &to_txid, &to_seq],
+        )
+        .await?;
+    let rows = client
+        .query_raw(
+            &format!(
+                "SELECT {SEALED_COLUMNS} FROM events WHERE (txid, seq) > ($1, $2) AND (txid, seq) <= ($3, $4) \
+                 ORDER BY txid, seq"
+            ),
+            [
+                &from_txid as &(dyn tokio_postgres::types::ToSql + Sync),
+                &from_seq,
+                &to_txid,
+                &to_seq,
+            ],
+        )
+        .await?;
+    futures::pin_mut!(rows);
+    let mut seals = seals.iter().peekable();
+    while let Some(row) = rows.try_next().await? {
+        let pos = (row.get::<_, i64>("txid"), row.get::<_, i64>("seq"));
+        let id: String = row.get("id");
+        let Some(seal) = seals.peek() else {
+            return Ok(Some(Finding::Inserted {
+                checkpoint,
+                txid: pos.0,
+                seq: pos.1,
+                id,
+            }));
+        };
+        let sealed = (seal.get::<_, i64>(0), seal.get::<_, i64>(1));
+        match sealed.cmp(&pos) {
+            Ordering::Less => {
+                return Ok(Some(Finding::Deleted {
+                    checkpoint,
+                    txid: sealed.0,
+                    seq: sealed.1,
+                }));
+            }
+            Ordering::Greater => {
+                return Ok(Some(Finding::Inserted {
+                    checkpoint,
+                    txid: pos.0,
+                    seq: pos.1,
+                    id,
+                }));
+            }
+            Ordering::Equal => {
+                let stored: Vec<u8> = seal.get(2);
+                if digest(&row)?.as_slice() != stored {
+                    return Ok(Some(Finding::Modified {
+                        checkpoint,
+                        txid: pos.0,
+                        seq: pos.1,
+                        id,
+                    }));
+                }
+                seals.next();
+                report.events += 1;
+            }
+        }
+    }
+    if let Some(seal) = seals.next() {
+        return Ok(Some(Finding::Deleted {
+            checkpoint,
+            txid: seal.get(0),
+            seq: seal.get(1),
+        }));
+    }
+    Ok(None)
+}
