@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgres://$(PGUSER)@$(PGHOST):5432/$(DB_NAME)
 export LOG_FORMAT ?= console
 BIN := target/release/candystore
 
-.PHONY: run build services db migrate test lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost test-faults fuzz schemathesis test-all loadtest-memory
+.PHONY: run build services db migrate test browser lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost test-faults fuzz schemathesis test-all loadtest-memory
 
 ## build, create the database if missing, migrate, serve (Ctrl-C stops cleanly)
 run: build services db migrate
@@ -27,8 +27,13 @@ migrate: build db
 	$(BIN) migrate
 
 ## everything CI checks: format, lints, ops files, unit, integration and property tests
-test: services lint ops-check
+test: services lint ops-check browser
 	cargo test --locked
+
+## Debian's chromium, for the browser test (tests/it/browser.rs), installed when missing
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser test"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
 
 ## the fault suite: the real binary, the real broker and database, one fault each
 ## (kill -9, SIGSTOP, broker restart, proxy stalls, ...); restarts the broker's app,

@@ -15,6 +15,7 @@ pub mod query;
 pub mod sizes;
 pub mod stream;
 pub mod tail;
+pub mod tickets;
 pub mod timeline;
 pub mod view;
 
@@ -144,6 +145,11 @@ pub fn serve_api(
             .service(get("/docs", openapi::docs))
             .service(get("/events", events::list))
             .service(get("/events/stream", stream::stream))
+            .service(
+                web::resource("/events/stream/tickets")
+                    .route(web::post().to(tickets::issue))
+                    .default_service(web::to(problem::method_not_allowed_post)),
+            )
             .service(get("/events/{id}", events::one))
             .service(get("/events/{id}/raw", events::raw))
             .service(get("/audit/checkpoints", audit::checkpoints))
@@ -193,7 +199,7 @@ where
 /// (with the Authorization header); with none configured, no CORS headers at all.
 fn cors(origins: &[String]) -> actix_cors::Cors {
     let mut cors = actix_cors::Cors::default()
-        .allowed_methods(["GET", "OPTIONS"])
+        .allowed_methods(["GET", "POST", "OPTIONS"])
         .allowed_headers([
             actix_web::http::header::AUTHORIZATION,
             actix_web::http::header::ACCEPT,

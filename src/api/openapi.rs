@@ -5,7 +5,7 @@
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
 
-use super::{audit, catalog, dead_letters, events, health, stream, timeline, view};
+use super::{audit, catalog, dead_letters, events, health, stream, tickets, timeline, view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,7 @@ use super::{audit, catalog, dead_letters, events, health, stream, timeline, view
         events::one,
         events::raw,
         stream::stream,
+        tickets::issue,
         timeline::sessions,
         timeline::correlations,
         dead_letters::list,
@@ -37,6 +38,7 @@ use super::{audit, catalog, dead_letters, events, health, stream, timeline, view
         timeline::Summary,
         dead_letters::DeadLetterView,
         dead_letters::DeadLetterPage,
+        tickets::Ticket,
         audit::Checkpoints,
         audit::Checkpoint,
         catalog::EventTypes,

@@ -84,7 +84,21 @@ pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
     .response()
 }
 
-/// The answer for a method a resource does not serve (every resource serves GET).
+/// The answer for a method the ticket resource does not serve (it serves POST).
+pub async fn method_not_allowed_post(req: actix_web::HttpRequest) -> HttpResponse {
+    let mut r = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not served at {}; use POST", req.method(), req.path()),
+    )
+    .response();
+    r.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static("POST"),
+    );
+    r
+}
+
+/// The answer for a method a resource does not serve (every other resource serves GET).
 pub async fn method_not_allowed(req: actix_web::HttpRequest) -> HttpResponse {
     let mut r = Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,

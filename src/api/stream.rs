@@ -34,14 +34,17 @@ const CHUNK_BYTES: usize = 64 << 10;
 
 /// Parses the stream's parameters: the filters of `GET /events` (and its time
 /// range), plus where to resume.
-fn parse(req: &HttpRequest) -> Result<(EventQuery, Option<Position>), Problem> {
+fn parse(req: &HttpRequest) -> Result<(EventQuery, Option<Position>, Option<String>), Problem> {
     let mut known = EVENT_PARAMETERS.to_vec();
     known.push("last_event_id");
+    known.push("ticket");
     let mut resume = None;
+    let mut ticket = None;
     let mut filters = Vec::new();
     for (name, value) in known_pairs(req.query_string(), &known)? {
         match name {
             "last_event_id" => resume = Some(value),
+            "ticket" => ticket = Some(value),
             "limit" | "offset" | "cursor" => {
                 return Err(Problem::bad_parameter(name, "a stream is not paged"));
             }
@@ -64,7 +67,7 @@ fn parse(req: &HttpRequest) -> Result<(EventQuery, Option<Position>), Problem> {
     let from_param = resume.map(|v| id("last_event_id", v)).transpose()?;
     let from_header = header.map(|v| id("Last-Event-ID", v)).transpose()?;
     let resume = from_header.or(from_param);
-    Ok((q, resume))
+    Ok((q, resume, ticket))
 }
 
 /// The live-tail streams' bounds and the slots they take.
@@ -269,7 +272,12 @@ impl Feed {
     (status = 503, description = "STREAM_MAX_CLIENTS streams are open (with Retry-After), or the event store cannot answer", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn stream(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
-    let (query, resume) = parse(&req)?;
+    let (query, resume, ticket) = parse(&req)?;
+    // The auth middleware let a request with a ticket through without a bearer
+    // token: the ticket is the credential, and it is spent here, once.
+    if let Some(ticket) = ticket {
+        super::tickets::spend(&state, &ticket).await?;
+    }
     let Ok(permit) = state.streams.slots.clone().try_acquire_owned() else {
         return Ok(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,

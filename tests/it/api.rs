@@ -897,9 +897,10 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_is_self_co
     // Served, but not with a 200 here: a stream, and a dead letter this test has not.
     assert!(documented.contains("/events/stream"));
     assert!(documented.contains("/dead-letters/{id}"));
+    assert!(documented.contains("/events/stream/tickets"), "a POST");
     assert_eq!(
         documented.len(),
-        served.len() + 2,
+        served.len() + 3,
         "every documented path is served: {documented:?}"
     );
     let list_params: Vec<&str> = spec["paths"]["/events"]["get"]["parameters"]

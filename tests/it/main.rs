@@ -4,6 +4,7 @@
 mod abuse;
 mod api;
 mod audit;
+mod browser;
 mod catalog;
 mod dead_letters;
 mod docs;

@@ -508,16 +508,21 @@ async fn the_online_migration_of_a_million_events_with_ingest_running_loses_and_
         let applied = db::migrate_with(&mut c, PartitionInterval::Day, i64::MAX)
             .await
             .unwrap();
+        // The two online steps, then every plain migration numbered after them.
+        let after_8: Vec<&str> = db::migrations()
+            .unwrap()
+            .iter()
+            .filter(|m| m.version > 8)
+            .map(|m| m.name)
+            .collect();
         assert_eq!(
-            applied,
+            &after_8[..2],
             [
                 "0009_partition_by_time (online)",
-                "0010_events_txid (online)",
-                "0011_dead_letter_replays.sql",
-                "0012_catalog.sql",
-                "0013_audit_chain.sql"
+                "0010_events_txid (online)"
             ]
         );
+        assert_eq!(applied, after_8);
     };
     let api_failures = std::sync::Mutex::new(Vec::<String>::new());
     let api_calls = std::sync::atomic::AtomicUsize::new(0);
