@@ -33,7 +33,9 @@ test: services lint ops-check browser
 ## Debian's chromium, for the browser test (tests/it/browser.rs), installed when missing
 browser:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser test"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }
 
 ## the fault suite: the real binary, the real broker and database, one fault each
 ## (kill -9, SIGSTOP, broker restart, proxy stalls, ...); restarts the broker's app,
