@@ -19,6 +19,10 @@ use crate::source::publish::{RepublishError, Republisher};
 
 /// Events read per query.
 const PAGE: i64 = 1_000;
+/// Publishes awaiting their confirm at most. The broker confirms in order, and the
+/// position moves only past confirmed events, so a resume repeats at most this many
+/// (which Candystore's own ingest ignores, and consumers of a replay must tolerate).
+const CONFIRM_WINDOW: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -50,8 +54,10 @@ pub struct Replay<'a> {
 /// Where a replay got to.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Events the broker confirmed.
     pub published: u64,
-    /// The position of the last event published: `--resume` continues after it.
+    /// The position of the last event confirmed, in order: `--resume` continues
+    /// after it.
     pub position: Option<Cursor>,
 }
 
@@ -92,9 +98,10 @@ fn after(
     Ok(())
 }
 
-/// Publishes every selected event, oldest first, each confirmed by the broker,
-/// pacing to `rate`. `progress` is updated as it goes, so a caller that stops the
-/// future (Ctrl-C) still knows where to resume; `on_event` is called after each.
+/// Publishes every selected event, oldest first, each confirmed by the broker
+/// (up to [`CONFIRM_WINDOW`] awaiting their confirm at once), pacing to `rate`.
+/// `progress` moves with the confirms, so a caller that stops the future (Ctrl-C)
+/// still knows where to resume; `on_event` is called after each confirm.
 pub async fn run(
     client: &Client,
     publisher: &Republisher,
@@ -104,6 +111,9 @@ pub async fn run(
 ) -> Result<(), ReplayError> {
     let started = Instant::now();
     let mut position = replay.resume;
+    let mut sent: u64 = 0;
+    let mut waiting: std::collections::VecDeque<(Cursor, i64, Confirm)> =
+        std::collections::VecDeque::new();
     loop {
         let mut params = SqlParams::default();
         let mut filter = replay.query.conditions(&mut params);
@@ -126,27 +136,51 @@ pub async fn run(
                 rebuild(envelope.0, payload.0, member).ok_or(ReplayError::BadEnvelope(seq))?;
             let properties: serde_json::Value = row.get("properties");
             if replay.rate > 0 {
-                let due = started
-                    + Duration::from_secs_f64(progress.published as f64 / replay.rate as f64);
+                let due = started + Duration::from_secs_f64(sent as f64 / replay.rate as f64);
                 tokio::time::sleep_until(due).await;
             }
             let routing_key: String = row.get("routing_key");
-            publisher
-                .publish(replay.exchange, &routing_key, &body, &properties, Some(seq))
+            let confirm = publisher
+                .start(replay.exchange, &routing_key, &body, &properties, Some(seq))
                 .await
                 .map_err(|source| ReplayError::Publish { seq, source })?;
+            sent += 1;
             let t: chrono::DateTime<chrono::Utc> = row.get("timestamp");
             let at = Cursor {
                 timestamp_micros: t.timestamp_micros(),
                 seq,
             };
             position = Some(at);
-            progress.position = Some(at);
-            progress.published += 1;
-            on_event(progress);
+            waiting.push_back((at, seq, Box::pin(confirm)));
+            if waiting.len() >= CONFIRM_WINDOW {
+                confirmed(&mut waiting, progress, &mut on_event).await?;
+            }
         }
         if (rows.len() as i64) < PAGE {
+            while !waiting.is_empty() {
+                confirmed(&mut waiting, progress, &mut on_event).await?;
+            }
             return Ok(());
         }
     }
+}
+
+type Confirm =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RepublishError>> + Send>>;
+
+/// Awaits the oldest confirm outstanding and moves the progress past its event.
+async fn confirmed(
+    waiting: &mut std::collections::VecDeque<(Cursor, i64, Confirm)>,
+    progress: &mut Progress,
+    on_event: &mut impl FnMut(&Progress),
+) -> Result<(), ReplayError> {
+    if let Some((at, seq, confirm)) = waiting.pop_front() {
+        confirm
+            .await
+            .map_err(|source| ReplayError::Publish { seq, source })?;
+        progress.position = Some(at);
+        progress.published += 1;
+        on_event(progress);
+    }
+    Ok(())
 }

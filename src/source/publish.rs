@@ -342,6 +342,24 @@ impl Republisher {
         properties: &serde_json::Value,
         replay_of: Option<i64>,
     ) -> Result<(), RepublishError> {
+        self.start(exchange, routing_key, body, properties, replay_of)
+            .await?
+            .await
+    }
+
+    /// As [`Republisher::publish`], without waiting for the confirm: the returned
+    /// future resolves to it. The broker confirms in publishing order.
+    pub async fn start(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: &serde_json::Value,
+        replay_of: Option<i64>,
+    ) -> Result<
+        impl std::future::Future<Output = Result<(), RepublishError>> + Send + 'static,
+        RepublishError,
+    > {
         let mut props = properties_from_json(properties);
         if let Some(seq) = replay_of {
             let mut headers = props.headers().clone().unwrap_or_default();
@@ -351,7 +369,7 @@ impl Republisher {
             );
             props = props.with_headers(headers);
         }
-        let confirm = self
+        let pending = self
             .channel
             .basic_publish(
                 exchange.into(),
@@ -363,15 +381,17 @@ impl Republisher {
                 body,
                 props,
             )
-            .await?
             .await?;
-        match confirm {
-            lapin::Confirmation::Ack(None) => Ok(()),
-            lapin::Confirmation::Ack(Some(_)) => Err(RepublishError::Unroutable {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
-            }),
-            _ => Err(RepublishError::Nacked),
-        }
+        let (exchange, routing_key) = (exchange.to_owned(), routing_key.to_owned());
+        Ok(async move {
+            match pending.await? {
+                lapin::Confirmation::Ack(None) => Ok(()),
+                lapin::Confirmation::Ack(Some(_)) => Err(RepublishError::Unroutable {
+                    exchange,
+                    routing_key,
+                }),
+                _ => Err(RepublishError::Nacked),
+            }
+        })
     }
 }
