@@ -223,14 +223,25 @@ async fn session(
             let Some(n) = pending.take() else {
                 return Err(SourceError::Cancelled);
             };
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => return stopped(connection, channel, String::new(), depth).await,
-                _ = acks.all_settled() => {}
-            }
-            bounded(channel.basic_qos(n, BasicQosOptions::default())).await?;
+            // Normally everything in hand settles within a batch write. Should some of
+            // it not (a write retrying), subscribe after SETTLE_WAIT with what is left
+            // of the prefetch, so the bound holds and intake never stalls.
+            let window = loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return stopped(connection, channel, String::new(), depth).await,
+                    _ = acks.all_settled() => break n,
+                    _ = tokio::time::sleep(SETTLE_WAIT) => {
+                        let held = acks.unsettled();
+                        if held < usize::from(n) {
+                            break n - held as u16;
+                        }
+                    }
+                }
+            };
+            bounded(channel.basic_qos(window, BasicQosOptions::default())).await?;
             consumer = Some(subscribe(&channel, cfg).await?);
-            metrics.prefetch.set(i64::from(n));
+            metrics.prefetch.set(i64::from(window));
             continue;
         }
         let consumer_tag = consumer
@@ -339,6 +350,10 @@ async fn subscribe(channel: &Channel, cfg: &SourceConfig) -> Result<Subscription
     .await?;
     Ok(Subscription { tag, consumer })
 }
+
+/// How long a new prefetch waits for the deliveries in hand to settle before it
+/// subscribes with what is left of it.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a stopping session waits for its side channel to close cleanly.
 const CHANNEL_CLOSE_WAIT: Duration = Duration::from_secs(2);

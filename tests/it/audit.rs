@@ -52,11 +52,14 @@ async fn position(app: &TestApp, id: &str) -> (i64, i64) {
 #[tokio::test]
 async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
     let app = spawn_app_with(&[("SEAL_INTERVAL", "100ms")], AppOptions::default()).await;
-    for i in 0..20 {
-        app.publish("audit", &gen1(&format!("e-{i}"), "audit"))
-            .await;
+    // Two rounds, so the events span several writing transactions.
+    for round in 0..2 {
+        for i in round * 10..round * 10 + 10 {
+            app.publish("audit", &gen1(&format!("e-{i}"), "audit"))
+                .await;
+        }
+        app.wait_for_rows("events", round * 10 + 10).await;
     }
-    app.wait_for_rows("events", 20).await;
     let page = sealed(&app, 20).await;
     let newest = &page["checkpoints"][0];
     assert_eq!(newest["chain_hash"].as_str().unwrap().len(), 64);
@@ -97,8 +100,9 @@ async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
         "restored"
     );
 
-    // A row written with SQL into a sealed range: just after e-9's position.
-    let (txid, seq) = position(&app, "e-9").await;
+    // A row written with SQL into a sealed range: just after the first event's
+    // position, before every later transaction's rows.
+    let (txid, seq) = position(&app, "e-0").await;
     app.db
         .execute(
             "INSERT INTO events (seq, txid, id, event_type, source, target, routing_key, exchange, \"timestamp\", \
@@ -106,7 +110,7 @@ async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
              payload_member, properties, sanitized, original_body) OVERRIDING SYSTEM VALUE \
              SELECT $2, $1, 'forged-1', event_type, source, target, routing_key, exchange, \"timestamp\", \
              received_at, stored_at, payload, session_id, correlation_id, storage_latency_ms, generation, envelope, \
-             payload_member, properties, sanitized, original_body FROM events WHERE id = 'e-9'",
+             payload_member, properties, sanitized, original_body FROM events WHERE id = 'e-0'",
             &[&txid, &(seq + 1_000_000)],
         )
         .await
@@ -122,7 +126,7 @@ async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
         .get(0);
     assert!(
         next_txid > txid,
-        "e-9 and e-10 were written by different transactions"
+        "the events span more than one transaction"
     );
     let finding = verify(&app.db, None).await.unwrap().finding;
     assert!(
