@@ -48,8 +48,11 @@ impl Prefetch {
             window_seen: 0,
             starting: true,
         };
-        p.current = p.fitting(1).min(SLOW_START);
-        p.starting = p.current < max;
+        // The slow start is off: re-subscribing while deliveries are in hand left a
+        // delivery stuck after restarts under load (tests/it/failures.rs, one run in
+        // three); until that is understood, a subscription starts at PREFETCH_COUNT.
+        p.current = p.fitting(1);
+        p.starting = false;
         p
     }
 
@@ -122,19 +125,16 @@ mod tests {
     }
 
     #[test]
-    fn small_bodies_reach_the_full_prefetch_by_doubling_from_the_slow_start() {
+    fn small_bodies_keep_the_full_prefetch() {
         let mut p = Prefetch::new(100, 256 * MB);
-        assert_eq!(p.current(), SLOW_START);
-        assert_eq!(raises(&mut p, 120, 1024), vec![16, 32, 64, 100]);
-        assert_eq!(raises(&mut p, 10_000, 1024), Vec::<u16>::new());
         assert_eq!(p.current(), 100);
+        assert_eq!(raises(&mut p, 10_000, 1024), Vec::<u16>::new());
     }
 
     #[test]
-    fn a_backlog_of_large_bodies_never_gets_more_than_the_budget_holds() {
-        // 1 MB bodies under a 24 MB budget: 8, 16, then 24 (the fit), never 32.
+    fn a_backlog_of_large_bodies_lowers_the_prefetch_to_what_the_budget_holds() {
         let mut p = Prefetch::new(100, 24 * MB);
-        assert_eq!(raises(&mut p, 1_000, MB), vec![16, 24]);
+        assert_eq!(raises(&mut p, 1_000, MB), vec![24]);
         assert_eq!(p.current(), 24);
     }
 
