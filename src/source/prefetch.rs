@@ -12,8 +12,9 @@
 //! A new subscription knows nothing of the sizes waiting in the queue, and the
 //! broker sends the first `prefetch` deliveries at once: a backlog of 1 MB bodies
 //! would put PREFETCH_COUNT MB into the client library before the first one is
-//! seen. So a subscription starts small (`SLOW_START`) and doubles each time a
-//! whole prefetch's worth of deliveries fitted the budget, like TCP's slow start:
+//! seen. A slow start (`SLOW_START`, then doubling each time a whole prefetch's
+//! worth of deliveries fitted the budget, like TCP's) would bound that burst; it
+//! is switched off in `Prefetch::new` (see there) and would go:
 //! 8, 16, 32, 64, 100 for small bodies, within the first 120 deliveries.
 //!
 //! RabbitMQ counts unacknowledged deliveries per consumer, so the source
