@@ -105,8 +105,9 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         retry_max_backoff: settings.retry_max_backoff,
         skip_acks: opts.skip_acks,
     };
+    let keyring = crate::attest::Keyring::new(&settings.audit_keys).map(Arc::new);
     let writers = (0..settings.write_concurrency)
-        .map(|_| Writer::new(pg.clone()))
+        .map(|_| Writer::new(pg.clone()).attesting(keyring.clone()))
         .collect();
     let supervisor = Arc::new(Supervisor::default());
     let sink = {
@@ -178,6 +179,8 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     tokio::spawn(crate::storage::seal::run_forever(
         pg.clone(),
         settings.seal_interval,
+        keyring.clone(),
+        metrics.clone(),
         tail_stop.child_token(),
     ));
     // The catalog of event types and sources, counted behind ingest.

@@ -252,6 +252,12 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "how often committed events are sealed into the audit chain (also every 100,000)",
         secret: Secret::No,
     },
+    Variable {
+        name: "AUDIT_KEY",
+        default: "",
+        meaning: "key(s) the writers attest rows with, comma-separated, 32+ characters each; the first signs, all verify; unset: rows are not attested",
+        secret: Secret::Tokens,
+    },
 ];
 
 /// A setting that could not be used. The message is the one line start-up prints.
@@ -348,6 +354,8 @@ pub struct Settings {
     pub maintenance_interval: Duration,
     /// How often committed events are sealed into the audit chain.
     pub seal_interval: Duration,
+    /// The writers' attestation keys (`attest::Keyring`); empty: no attestation.
+    pub audit_keys: Vec<String>,
     /// Every variable's value as given (or defaulted), for the start-up log.
     raw: BTreeMap<&'static str, String>,
 }
@@ -456,6 +464,7 @@ impl Settings {
             },
             maintenance_interval: r.duration("MAINTENANCE_INTERVAL")?,
             seal_interval: r.duration("SEAL_INTERVAL")?,
+            audit_keys: r.keys("AUDIT_KEY")?,
         };
         Ok(settings)
     }
@@ -588,12 +597,14 @@ impl Raw {
 
     fn invalid(&self, name: &'static str, reason: impl Into<String>) -> ConfigError {
         let value = self.get(name);
-        let value = if name.ends_with("_TOKEN") {
-            "***".to_owned()
-        } else if name.ends_with("_URL") {
-            redact_url(value)
-        } else {
-            value.to_owned()
+        let secret = VARIABLES
+            .iter()
+            .find(|v| v.name == name)
+            .map_or(Secret::No, |v| v.secret);
+        let value = match secret {
+            Secret::Tokens => "***".to_owned(),
+            Secret::Url => redact_url(value),
+            Secret::No => value.to_owned(),
         };
         ConfigError::Invalid {
             name,
@@ -716,6 +727,20 @@ impl Raw {
             ));
         }
         Ok(tokens)
+    }
+
+    fn keys(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
+        let keys = self.list(name);
+        if keys
+            .iter()
+            .any(|k| k.len() < 32 || k.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(self.invalid(
+                name,
+                "expected comma-separated keys of at least 32 characters, without spaces (openssl rand -hex 32)",
+            ));
+        }
+        Ok(keys)
     }
 
     fn origins(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
@@ -900,6 +925,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("CORS_ALLOWED_ORIGINS"), "{err}");
+    }
+
+    #[test]
+    fn audit_keys_must_be_long_and_are_never_printed() {
+        let err = Settings::from_sources(None, env(&[("AUDIT_KEY", "too-short-a-key")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("AUDIT_KEY") && !err.contains("too-short"),
+            "{err}"
+        );
+        let key = "0123456789abcdef0123456789abcdef";
+        let s = Settings::from_sources(None, env(&[("AUDIT_KEY", key)])).unwrap();
+        assert_eq!(s.audit_keys, vec![key.to_string()]);
+        assert!(!format!("{s:?}").contains(key));
+        assert!(
+            Settings::from_sources(None, env(&[]))
+                .unwrap()
+                .audit_keys
+                .is_empty()
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod app;
+pub mod attest;
 pub mod batch;
 pub mod config;
 pub mod db;

@@ -646,8 +646,18 @@ async fn verify(settings: &Settings, from: Option<i64>) -> anyhow::Result<ExitCo
     let target = db::pg_config(&settings.database_url)?;
     let client = db::connect(&target).await?;
     let started = std::time::Instant::now();
-    let report = candystore::ops::verify::verify(&client, from).await?;
+    let keyring = candystore::attest::Keyring::new(&settings.audit_keys);
+    let report = candystore::ops::verify::verify(&client, from, keyring.as_ref()).await?;
     let secs = started.elapsed().as_secs_f64();
+    let attestations = if keyring.is_some() {
+        format!(
+            "; {} writer attestation(s) checked with AUDIT_KEY",
+            report.attestations_checked
+        )
+    } else {
+        "; writer attestations not rechecked (AUDIT_KEY unset: the seal job's verdicts are trusted)"
+            .to_owned()
+    };
     let from = report
         .from
         .map(|id| format!(" from checkpoint {id}"))
@@ -655,7 +665,7 @@ async fn verify(settings: &Settings, from: Option<i64>) -> anyhow::Result<ExitCo
     match report.finding {
         None => {
             println!(
-                "verified {} checkpoint(s){from}: {} event(s) in {secs:.1}s ({:.0} events/s); {} committed event(s) not sealed yet",
+                "verified {} checkpoint(s){from}: {} event(s) in {secs:.1}s ({:.0} events/s); {} committed event(s) not sealed yet{attestations}",
                 report.checkpoints,
                 report.events,
                 report.events as f64 / secs.max(1e-9),
@@ -664,7 +674,13 @@ async fn verify(settings: &Settings, from: Option<i64>) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Some(finding) => {
-            println!("NOT VERIFIED{from}: {finding}");
+            let hint = match (&finding, keyring.is_some()) {
+                (candystore::ops::verify::Finding::Unattested { .. }, true) => {
+                    " (checked with this AUDIT_KEY: it must hold the key the writers used)"
+                }
+                _ => "",
+            };
+            println!("NOT VERIFIED{from}: {finding}{hint}");
             Ok(ExitCode::from(3))
         }
     }

@@ -96,6 +96,7 @@ pub struct Metrics {
     pub deliveries_received: IntCounter,
     pub duplicates: IntCounter,
     pub replays_ignored: IntCounter,
+    pub audit_unattested: IntCounter,
     pub dead_letters: IntCounterVec,
     pub sanitized: IntCounter,
     pub write_retries: IntCounterVec,
@@ -208,6 +209,10 @@ impl Metrics {
             replays_ignored: reg!(IntCounter::new(
                 "candystore_replays_ignored_total",
                 "Deliveries published by `candystore replay` (x-candystore-replay): acked, not stored again"
+            )),
+            audit_unattested: reg!(IntCounter::new(
+                "candystore_audit_unattested_total",
+                "Events the seal job found without a valid writer attestation (AUDIT_KEY): written out of band"
             )),
             dead_letters: reg!(IntCounterVec::new(
                 Opts::new(

@@ -24,6 +24,11 @@ pub struct Checkpoint {
     min_timestamp: String,
     max_timestamp: String,
     sealed_at: String,
+    /// The range's rows were checked against the writers' attestations (AUDIT_KEY).
+    attested: bool,
+    /// Rows in the range without a valid writer attestation: written out of band
+    /// (`candystore verify` names them).
+    unattested: i64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -63,7 +68,7 @@ pub async fn checkpoints(
     let rows = client
         .query(
             "SELECT id, from_txid, from_seq, to_txid, to_seq, count, prev_hash, chain_hash, \
-             min_timestamp, max_timestamp, sealed_at FROM audit_checkpoints WHERE id < $1 \
+             min_timestamp, max_timestamp, sealed_at, attested, unattested FROM audit_checkpoints WHERE id < $1 \
              ORDER BY id DESC LIMIT $2",
             &[&before, &(limit + 1)],
         )
@@ -83,6 +88,8 @@ pub async fn checkpoints(
             min_timestamp: rfc3339(r.get(8)),
             max_timestamp: rfc3339(r.get(9)),
             sealed_at: rfc3339(r.get(10)),
+            attested: r.get(11),
+            unattested: r.get(12),
         })
         .collect();
     let next_before = more.then(|| checkpoints.last().map(|c| c.id)).flatten();

@@ -2,6 +2,11 @@
 //! the first event that was modified, deleted, or written into a sealed range out
 //! of band, or the first checkpoint whose chain does not hold.
 //!
+//! Rows the seal job found without a valid writer attestation (`crate::attest`)
+//! are named as written out of band. With AUDIT_KEY it also rechecks every
+//! attested row's MAC itself, so even seals rewritten together with their chain
+//! and checkpoints do not hide a forged row.
+//!
 //! By default it starts at the first checkpoint whose events are all still stored
 //! (retention drops old partitions; their checkpoints stay, and the first kept
 //! checkpoint's `prev_hash` seeds the chain); `--from` names another.
@@ -11,7 +16,8 @@ use std::cmp::Ordering;
 use futures::TryStreamExt;
 use tokio_postgres::Client;
 
-use crate::storage::seal::{SEALED_COLUMNS, chain, digest};
+use crate::attest::{Check, Keyring};
+use crate::storage::seal::{AttestedColumns, ROW_COLUMNS, chain_step, digest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -39,6 +45,13 @@ pub enum Finding {
     },
     /// A row sits in a sealed range without a digest: written there out of band.
     Inserted {
+        checkpoint: i64,
+        txid: i64,
+        seq: i64,
+        id: String,
+    },
+    /// The row has no valid writer attestation: written with SQL, not by a writer.
+    Unattested {
         checkpoint: i64,
         txid: i64,
         seq: i64,
@@ -78,6 +91,15 @@ impl std::fmt::Display for Finding {
                 f,
                 "event {id:?} (seq {seq}, txid {txid}) was inserted into the range of checkpoint {checkpoint} out of band"
             ),
+            Finding::Unattested {
+                checkpoint,
+                txid,
+                seq,
+                id,
+            } => write!(
+                f,
+                "event {id:?} (seq {seq}, txid {txid}, checkpoint {checkpoint}) has no valid writer attestation: it was written out of band"
+            ),
             Finding::ChainBroken { checkpoint, reason } => {
                 write!(f, "checkpoint {checkpoint}: {reason}")
             }
@@ -95,11 +117,18 @@ pub struct Report {
     pub finding: Option<Finding>,
     /// Committed events after the last checkpoint (sealed at the next SEAL_INTERVAL).
     pub unsealed: i64,
+    /// Attestations rechecked with AUDIT_KEY.
+    pub attestations_checked: u64,
 }
 
 /// Verifies from checkpoint `from` (or the first whose events are all stored) to
-/// the last, stopping at the first finding.
-pub async fn verify(client: &Client, from: Option<i64>) -> Result<Report, VerifyError> {
+/// the last, stopping at the first finding. With `keyring`, attestations are
+/// rechecked too.
+pub async fn verify(
+    client: &Client,
+    from: Option<i64>,
+    keyring: Option<&Keyring>,
+) -> Result<Report, VerifyError> {
     let start = match from {
         Some(id) => {
             client
@@ -132,6 +161,15 @@ pub async fn verify(client: &Client, from: Option<i64>) -> Result<Report, Verify
         ..Report::default()
     };
     let mut previous: Option<Vec<u8>> = None;
+    // Attestation began before the first checkpoint verified: every row must
+    // then carry a valid one.
+    let mut began: bool = client
+        .query_opt(
+            "SELECT attested FROM audit_checkpoints WHERE id < $1 ORDER BY id DESC LIMIT 1",
+            &[&start],
+        )
+        .await?
+        .is_some_and(|r| r.get(0));
     for cp in &checkpoints {
         let id: i64 = cp.get("id");
         let range = (
@@ -150,14 +188,19 @@ pub async fn verify(client: &Client, from: Option<i64>) -> Result<Report, Verify
             });
             return Ok(report);
         }
-        if let Some(f) = check_range(client, id, range, &mut report).await? {
+        let walk = Walk {
+            checkpoint: id,
+            keyring,
+            began: &mut began,
+        };
+        if let Some(f) = check_range(client, walk, range, &mut report).await? {
             report.finding = Some(f);
             return Ok(report);
         }
         // The seals themselves: they must chain to the checkpoint's hash.
         let seals = client
             .query(
-                "SELECT digest FROM audit_seals WHERE (txid, seq) > ($1, $2) AND (txid, seq) <= ($3, $4) \
+                "SELECT digest, attested FROM audit_seals WHERE (txid, seq) > ($1, $2) AND (txid, seq) <= ($3, $4) \
                  ORDER BY txid, seq",
                 &[&range.0, &range.1, &range.2, &range.3],
             )
@@ -165,7 +208,7 @@ pub async fn verify(client: &Client, from: Option<i64>) -> Result<Report, Verify
         let mut hash: [u8; 32] = prev.clone().try_into().unwrap_or([0; 32]);
         for s in &seals {
             let d: Vec<u8> = s.get(0);
-            hash = chain(&hash, &d.try_into().unwrap_or([0; 32]));
+            hash = chain_step(&hash, &d.try_into().unwrap_or([0; 32]), s.get(1));
         }
         let expected: Vec<u8> = cp.get("chain_hash");
         if seals.len() as i64 != cp.get::<_, i64>("count") || hash.as_slice() != expected {
@@ -196,16 +239,29 @@ pub async fn verify(client: &Client, from: Option<i64>) -> Result<Report, Verify
     Ok(report)
 }
 
+/// One checkpoint's walk.
+struct Walk<'a> {
+    checkpoint: i64,
+    keyring: Option<&'a Keyring>,
+    /// A valid attestation was seen (or sealed) before: a missing one is a finding.
+    began: &'a mut bool,
+}
+
 /// Walks one checkpoint's rows and seals side by side, in `(txid, seq)` order.
 async fn check_range(
     client: &Client,
-    checkpoint: i64,
+    walk: Walk<'_>,
     (from_txid, from_seq, to_txid, to_seq): (i64, i64, i64, i64),
     report: &mut Report,
 ) -> Result<Option<Finding>, VerifyError> {
+    let Walk {
+        checkpoint,
+        keyring,
+        began,
+    } = walk;
     let seals = client
         .query(
-            "SELECT txid, seq, digest FROM audit_seals WHERE (txid, seq) > ($1, $2) AND (txid, seq) <= ($3, $4) \
+            "SELECT txid, seq, digest, attested FROM audit_seals WHERE (txid, seq) > ($1, $2) AND (txid, seq) <= ($3, $4) \
              ORDER BY txid, seq",
             &[&from_txid, &from_seq, &to_txid, &to_seq],
         )
@@ -213,7 +269,7 @@ async fn check_range(
     let rows = client
         .query_raw(
             &format!(
-                "SELECT {SEALED_COLUMNS} FROM events WHERE (txid, seq) > ($1, $2) AND (txid, seq) <= ($3, $4) \
+                "SELECT {ROW_COLUMNS} FROM events WHERE (txid, seq) > ($1, $2) AND (txid, seq) <= ($3, $4) \
                  ORDER BY txid, seq"
             ),
             [
@@ -226,6 +282,7 @@ async fn check_range(
         .await?;
     futures::pin_mut!(rows);
     let mut seals = seals.iter().peekable();
+    let mut columns: Option<AttestedColumns> = None;
     while let Some(row) = rows.try_next().await? {
         let pos = (row.get::<_, i64>("txid"), row.get::<_, i64>("seq"));
         let id: String = row.get("id");
@@ -258,6 +315,36 @@ async fn check_range(
                 let stored: Vec<u8> = seal.get(2);
                 if digest(&row)?.as_slice() != stored {
                     return Ok(Some(Finding::Modified {
+                        checkpoint,
+                        txid: pos.0,
+                        seq: pos.1,
+                        id,
+                    }));
+                }
+                let sealed_as: Option<bool> = seal.get(3);
+                // The seal's own verdict; with the key, the MAC itself as well.
+                let unattested = match (sealed_as, keyring) {
+                    (Some(false), _) => true,
+                    (_, Some(k)) => {
+                        let columns = columns.get_or_insert_with(|| AttestedColumns::of(&row));
+                        report.attestations_checked += 1;
+                        match columns.check(k, &row)? {
+                            Check::Valid => {
+                                *began = true;
+                                false
+                            }
+                            Check::Invalid => true,
+                            Check::Missing => *began,
+                        }
+                    }
+                    (Some(true), None) => {
+                        *began = true;
+                        false
+                    }
+                    (None, None) => *began,
+                };
+                if unattested {
+                    return Ok(Some(Finding::Unattested {
                         checkpoint,
                         txid: pos.0,
                         seq: pos.1,

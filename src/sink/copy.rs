@@ -7,6 +7,7 @@
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 
+use crate::attest::Keyring;
 use crate::envelope::Event;
 
 /// The staging table every batch is copied into. `ON COMMIT DELETE ROWS` empties it
@@ -31,21 +32,25 @@ CREATE TEMP TABLE IF NOT EXISTS events_staging (
     payload_member text,
     properties     json        NOT NULL,
     sanitized      bool        NOT NULL,
-    original_body  bytea
+    original_body  bytea,
+    attestation    bytea
 ) ON COMMIT DELETE ROWS"#;
 
-pub const COPY_STAGING: &str = "COPY events_staging (ord, id, event_type, source, target, routing_key, exchange, \"timestamp\", own_time, received_at, payload, session_id, correlation_id, generation, envelope, payload_member, properties, sanitized, original_body) FROM STDIN (FORMAT binary)";
+pub const COPY_STAGING: &str = "COPY events_staging (ord, id, event_type, source, target, routing_key, exchange, \"timestamp\", own_time, received_at, payload, session_id, correlation_id, generation, envelope, payload_member, properties, sanitized, original_body, attestation) FROM STDIN (FORMAT binary)";
 
-const FIELDS: i16 = 19;
+const FIELDS: i16 = 20;
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0";
-/// 2000-01-01T00:00:00Z in Unix microseconds: PostgreSQL's epoch.
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// Encodes `events` (numbered in order from 0) as one binary COPY stream.
-pub fn encode<'a>(events: impl IntoIterator<Item = &'a Event>, out: &mut BytesMut) {
+/// Encodes `events` (numbered in order from 0) as one binary COPY stream, each
+/// attested when there is a keyring.
+pub fn encode<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+    keyring: Option<&Keyring>,
+    out: &mut BytesMut,
+) {
     header(out);
     for (ord, e) in events.into_iter().enumerate() {
-        row(out, ord, e);
+        row(out, ord, e, keyring);
     }
     trailer(out);
 }
@@ -57,8 +62,9 @@ pub fn header(out: &mut BytesMut) {
     out.put_i32(0); // header extension length
 }
 
-/// One row; `ord` is the event's place in its batch.
-pub fn row(out: &mut BytesMut, ord: usize, e: &Event) {
+/// One row; `ord` is the event's place in its batch. With a keyring the row
+/// carries the writer's attestation (`attest`), else NULL.
+pub fn row(out: &mut BytesMut, ord: usize, e: &Event, keyring: Option<&Keyring>) {
     {
         out.put_i16(FIELDS);
         int4(out, ord as i32);
@@ -87,6 +93,10 @@ pub fn row(out: &mut BytesMut, ord: usize, e: &Event) {
         } else {
             out.put_i32(-1);
         }
+        match keyring {
+            Some(k) => bytes(out, &k.sign(e)),
+            None => out.put_i32(-1),
+        }
     }
 }
 
@@ -100,7 +110,7 @@ pub fn encoded_len_hint<'a>(events: impl IntoIterator<Item = &'a Event>) -> usiz
     events
         .into_iter()
         .map(|e| {
-            200 + e.payload.len()
+            240 + e.payload.len()
                 + e.envelope.len()
                 + e.properties.len()
                 + if e.sanitized { e.body.len() } else { 0 }
@@ -137,7 +147,8 @@ fn int4(out: &mut BytesMut, n: i32) {
 
 fn timestamptz(out: &mut BytesMut, t: DateTime<Utc>) {
     out.put_i32(8);
-    out.put_i64(t.timestamp_micros() - PG_EPOCH_MICROS);
+    // The attestation covers the same bytes.
+    out.put_slice(&crate::attest::pg_timestamp(t));
 }
 
 /// `json`'s binary format is its text (see `bytes`); jsonb's binary format is a version byte (1) and the JSON text.
@@ -182,7 +193,7 @@ mod tests {
     #[test]
     fn the_stream_has_header_tuples_and_trailer() {
         let mut out = BytesMut::new();
-        encode([&event(), &event()], &mut out);
+        encode([&event(), &event()], None, &mut out);
         assert!(out.starts_with(HEADER));
         assert_eq!(&out[out.len() - 2..], &[0xff, 0xff]);
         // first tuple: field count, then ord = 0
@@ -208,7 +219,8 @@ mod tests {
     fn the_length_hint_covers_the_encoding() {
         let events = vec![event(); 10];
         let mut out = BytesMut::new();
-        encode(&events, &mut out);
+        let ring = Keyring::new(&["k".repeat(32)]);
+        encode(&events, ring.as_ref(), &mut out);
         assert!(encoded_len_hint(&events) >= out.len());
     }
 }

@@ -5,6 +5,7 @@
 //! come back classified: retryable ones leave nothing behind (the transaction is
 //! rolled back by the server), data errors name no row; the caller splits.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -13,22 +14,29 @@ use tokio::time::Instant;
 use tokio_postgres::{Client, Statement};
 
 use super::copy;
+use crate::attest::Keyring;
 use crate::envelope::{DeadLetter, Event, Record};
 use crate::metrics::Metrics;
 
 /// `inserted AS (…)`, moving the staged rows that pass `$filter` into `events`,
-/// then the new rows counted by event type: the part both move statements share.
+/// then the new rows counted by event type: the part every move statement shares.
+/// `$extra` names the columns after `original_body` that the table has: the
+/// writer's `attestation` once migration 0015 has run, nothing before.
 macro_rules! insert_staged {
-    ($filter:literal) => {
+    ($filter:expr, $extra:expr) => {
         concat!(
             r#"inserted AS (
     INSERT INTO events (id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
                         stored_at, payload, session_id, correlation_id, storage_latency_ms, generation,
-                        envelope, payload_member, properties, sanitized, original_body)
+                        envelope, payload_member, properties, sanitized, original_body"#,
+            $extra,
+            r#")
     SELECT id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
            clock_timestamp(), payload, session_id, correlation_id,
            extract(epoch FROM clock_timestamp() - received_at) * 1000, generation,
-           envelope, payload_member, properties, sanitized, original_body
+           envelope, payload_member, properties, sanitized, original_body"#,
+            $extra,
+            r#"
     FROM events_staging s
     WHERE "#,
             $filter,
@@ -39,6 +47,40 @@ macro_rules! insert_staged {
 )
 SELECT event_type, count(*) FROM inserted GROUP BY event_type"#
         )
+    };
+}
+
+/// The claims of [`MOVE_STAGED`]: fallback-timed events claim their (id, source).
+macro_rules! claim_staged {
+    () => {
+        r#"
+WITH claimed AS (
+    INSERT INTO event_keys (id, source, "timestamp")
+    SELECT s.id, s.source, s."timestamp" FROM events_staging s
+    WHERE NOT s.own_time
+      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = s.id AND e.source = s.source)
+    ORDER BY s.ord
+    ON CONFLICT DO NOTHING
+    RETURNING id, source, "timestamp"
+), "#
+    };
+}
+
+/// Which staged rows [`MOVE_STAGED`] moves.
+macro_rules! staged_filter {
+    () => {
+        r#"CASE WHEN s.own_time
+               THEN NOT EXISTS (SELECT 1 FROM event_keys k WHERE k.id = s.id AND k.source = s.source)
+               ELSE EXISTS (SELECT 1 FROM claimed c
+                            WHERE c.id = s.id AND c.source = s.source AND c."timestamp" = s."timestamp")
+          END"#
+    };
+}
+
+/// Which staged rows [`MOVE_OWN_TIME`] moves.
+macro_rules! own_time_filter {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM event_keys k WHERE k.id = s.id AND k.source = s.source)"
     };
 }
 
@@ -55,24 +97,11 @@ SELECT event_type, count(*) FROM inserted GROUP BY event_type"#
 /// the column's default (migration 0010), so the statement works on either side of
 /// that migration as well.
 const MOVE_STAGED: &str = concat!(
-    r#"
-WITH claimed AS (
-    INSERT INTO event_keys (id, source, "timestamp")
-    SELECT s.id, s.source, s."timestamp" FROM events_staging s
-    WHERE NOT s.own_time
-      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = s.id AND e.source = s.source)
-    ORDER BY s.ord
-    ON CONFLICT DO NOTHING
-    RETURNING id, source, "timestamp"
-), "#,
-    insert_staged!(
-        r#"CASE WHEN s.own_time
-               THEN NOT EXISTS (SELECT 1 FROM event_keys k WHERE k.id = s.id AND k.source = s.source)
-               ELSE EXISTS (SELECT 1 FROM claimed c
-                            WHERE c.id = s.id AND c.source = s.source AND c."timestamp" = s."timestamp")
-          END"#
-    )
+    claim_staged!(),
+    insert_staged!(staged_filter!(), ", attestation")
 );
+/// [`MOVE_STAGED`] for a table without `attestation` (migration 0015 pending).
+const MOVE_STAGED_UNATTESTED: &str = concat!(claim_staged!(), insert_staged!(staged_filter!(), ""));
 
 /// Taken by every batch before its move, held to COMMIT: shared by batches whose
 /// events all carry their own time (they never wait for each other), exclusive by a
@@ -91,10 +120,10 @@ const TWINS_LOCK_KEY: i64 = 7_236_828_094_530_679_667;
 /// partition on every batch.
 const MOVE_OWN_TIME: &str = concat!(
     "\nWITH ",
-    insert_staged!(
-        "NOT EXISTS (SELECT 1 FROM event_keys k WHERE k.id = s.id AND k.source = s.source)"
-    )
+    insert_staged!(own_time_filter!(), ", attestation")
 );
+/// [`MOVE_OWN_TIME`] for a table without `attestation` (migration 0015 pending).
+const MOVE_OWN_TIME_UNATTESTED: &str = concat!("\nWITH ", insert_staged!(own_time_filter!(), ""));
 
 /// A dead letter claims its fingerprint (its receive time differs on every
 /// redelivery, so the partitioned table's own key cannot see a repeat).
@@ -259,6 +288,8 @@ impl Written {
 
 struct Conn {
     client: Client,
+    /// The table has `attestation` (migration 0015): the move statements store it.
+    attestation_column: bool,
     move_staged: Statement,
     move_own_time: Statement,
     insert_dead_letter: Statement,
@@ -272,6 +303,8 @@ pub struct Writer {
     target: crate::db::PgTarget,
     conn: Option<Conn>,
     buf: BytesMut,
+    /// AUDIT_KEY: every row is attested (`crate::attest`).
+    keyring: Option<Arc<Keyring>>,
 }
 
 impl Writer {
@@ -280,7 +313,14 @@ impl Writer {
             target,
             conn: None,
             buf: BytesMut::new(),
+            keyring: None,
         }
+    }
+
+    /// Attests every row with the keyring's first key.
+    pub fn attesting(mut self, keyring: Option<Arc<Keyring>>) -> Self {
+        self.keyring = keyring;
+        self
     }
 
     /// Forgets the connection; the next write opens a new one.
@@ -320,12 +360,30 @@ impl Writer {
                 ))
                 .await
                 .map_err(WriteError::from_pg)?;
-            let move_staged = client
-                .prepare(MOVE_STAGED)
+            // The service runs while an online migration (and the plain ones after
+            // it, 0015 among them) is pending: then rows go unattested.
+            let attestation_column: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events'::regclass \
+                     AND attname = 'attestation' AND NOT attisdropped)",
+                    &[],
+                )
                 .await
-                .map_err(WriteError::from_pg)?;
+                .map_err(WriteError::from_pg)?
+                .get(0);
+            if self.keyring.is_some() && !attestation_column {
+                tracing::warn!(
+                    "AUDIT_KEY is set but migration 0015 is pending: rows are stored unattested until `candystore migrate` has run"
+                );
+            }
+            let (staged, own_time) = if attestation_column {
+                (MOVE_STAGED, MOVE_OWN_TIME)
+            } else {
+                (MOVE_STAGED_UNATTESTED, MOVE_OWN_TIME_UNATTESTED)
+            };
+            let move_staged = client.prepare(staged).await.map_err(WriteError::from_pg)?;
             let move_own_time = client
-                .prepare(MOVE_OWN_TIME)
+                .prepare(own_time)
                 .await
                 .map_err(WriteError::from_pg)?;
             let insert_dead_letter = client
@@ -346,6 +404,7 @@ impl Writer {
             metrics.writers_connected.inc();
             self.conn = Some(Conn {
                 client,
+                attestation_column,
                 move_staged,
                 move_own_time,
                 insert_dead_letter,
@@ -401,7 +460,9 @@ impl Writer {
             })
             .collect();
         let mut buf = std::mem::take(&mut self.buf);
+        let keyring = self.keyring.clone();
         let conn = self.connect(metrics).await?;
+        let keyring = keyring.as_deref().filter(|_| conn.attestation_column);
         let step = |name: &str, seconds: f64| {
             metrics
                 .batch_duration
@@ -425,7 +486,7 @@ impl Writer {
                 buf.clear();
                 copy::header(&mut buf);
                 for (ord, e) in events.iter().enumerate() {
-                    copy::row(&mut buf, ord, e);
+                    copy::row(&mut buf, ord, e, keyring);
                     if buf.len() >= COPY_CHUNK_BYTES {
                         sink.feed(buf.split().freeze()).await?;
                     }

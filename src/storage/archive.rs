@@ -78,7 +78,8 @@ fn row_json(table: Table) -> &'static str {
              'stored_at', stored_at, 'payload', payload, 'session_id', session_id, 'correlation_id', correlation_id, \
              'storage_latency_ms', storage_latency_ms, 'generation', generation, 'envelope', envelope::text, \
              'payload_member', payload_member, 'properties', properties::text, 'sanitized', sanitized, \
-             'original_body', translate(encode(original_body, 'base64'), E'\\n', ''))::text"
+             'original_body', translate(encode(original_body, 'base64'), E'\\n', ''), \
+             'attestation', encode(attestation, 'hex'))::text"
         }
         Table::DeadLetter => {
             "json_build_object('seq', seq, 'fingerprint', encode(fingerprint, 'hex'), 'received_at', received_at, \
@@ -95,7 +96,7 @@ fn record_type(table: Table) -> &'static str {
             "seq int8, id text, event_type text, source text, target text, routing_key text, exchange text, \
              \"timestamp\" timestamptz, received_at timestamptz, stored_at timestamptz, payload jsonb, session_id text, \
              correlation_id text, storage_latency_ms float8, generation int2, envelope text, payload_member text, \
-             properties text, sanitized bool, original_body text"
+             properties text, sanitized bool, original_body text, attestation text"
         }
         Table::DeadLetter => {
             "seq int8, fingerprint text, received_at timestamptz, stored_at timestamptz, exchange text, \
@@ -658,9 +659,15 @@ fn restore_sql(table: Table) -> String {
     // Restored events are history, not news: `txid` 0 places them before every
     // live-tail position (ARCHITECTURE.md, "Live tail"), so no stream sends them.
     let (columns, parsed) = match table {
+        // The writer's attestation travels with the row (absent from archives
+        // written before migration 0015: NULL).
         Table::Events => (
-            format!("{columns}, txid"),
-            parsed.replacen(" FROM unnest", ", 0 FROM unnest", 1),
+            format!("{columns}, txid, attestation"),
+            parsed.replacen(
+                " FROM unnest",
+                ", 0, decode(r.attestation, 'hex') FROM unnest",
+                1,
+            ),
         ),
         Table::DeadLetter => (columns.to_owned(), parsed),
     };

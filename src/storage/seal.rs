@@ -10,6 +10,15 @@
 //! `ops::verify` recomputes digests and chain: a modified row no longer matches
 //! its digest, a deleted row leaves a digest without its row, a row written into
 //! a sealed range has no digest, and a changed digest breaks the chain.
+//!
+//! A row inserted with SQL after the last seal, at a fresh position, would be
+//! sealed like a writer's row; the writers' attestations ([`crate::attest`]) tell
+//! them apart. With AUDIT_KEY set, each row's MAC is checked as it is sealed. From
+//! the first attested row on, every later row must carry a valid one: a row
+//! without it is sealed as *unattested* (`audit_seals.attested = false`, and its
+//! chain step says so, see [`chain_step`]), counted in
+//! `candystore_audit_unattested_total`, logged, and named by `verify`. Once the
+//! chain is attested, an instance without AUDIT_KEY does not seal.
 
 use std::time::Duration;
 
@@ -22,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::StorageError;
 use super::tail_index::HORIZON;
+use crate::attest::{ATTESTED_COLUMNS, Check, Keyring};
 
 /// Events sealed per step (one checkpoint) at most.
 pub const SEAL_MAX_EVENTS: i64 = 100_000;
@@ -34,6 +44,14 @@ pub const GENESIS: [u8; 32] = [0; 32];
 pub const SEALED_COLUMNS: &str = "txid, seq, id, source, \"timestamp\", event_type, target, \
     routing_key, exchange, received_at, payload, envelope, payload_member, properties, \
     session_id, correlation_id, generation, sanitized, original_body";
+/// How many columns [`SEALED_COLUMNS`] names: a digest covers the first this many
+/// columns of a row read with [`ROW_COLUMNS`].
+pub const SEALED_COUNT: usize = 19;
+/// What the seal job and `verify` read of each row: the sealed columns, then the
+/// writer's attestation (not digested: it is checked with the key instead).
+pub const ROW_COLUMNS: &str = "txid, seq, id, source, \"timestamp\", event_type, target, \
+    routing_key, exchange, received_at, payload, envelope, payload_member, properties, \
+    session_id, correlation_id, generation, sanitized, original_body, attestation";
 
 /// A column's value as PostgreSQL sends it in binary, whatever its type.
 struct Wire<'a>(Option<&'a [u8]>);
@@ -52,11 +70,11 @@ impl<'a> FromSql<'a> for Wire<'a> {
     }
 }
 
-/// The digest of one event row read with [`SEALED_COLUMNS`]: SHA-256 over each
-/// column's binary form, each prefixed by its length (`u64::MAX` for NULL).
+/// The digest of one event row read with [`ROW_COLUMNS`]: SHA-256 over each
+/// sealed column's binary form, each prefixed by its length (`u64::MAX` for NULL).
 pub fn digest(row: &Row) -> Result<[u8; 32], tokio_postgres::Error> {
     let mut h = Sha256::new();
-    for i in 0..row.len() {
+    for i in 0..SEALED_COUNT.min(row.len()) {
         let Wire(value) = row.try_get(i)?;
         match value {
             Some(bytes) => {
@@ -71,10 +89,72 @@ pub fn digest(row: &Row) -> Result<[u8; 32], tokio_postgres::Error> {
 
 /// The next chain hash.
 pub fn chain(prev: &[u8; 32], digest: &[u8; 32]) -> [u8; 32] {
+    chain_step(prev, digest, None)
+}
+
+/// What an unattested row's chain step adds, so its flag cannot be cleared
+/// without breaking the chain.
+const UNATTESTED: &[u8] = b"unattested";
+
+/// The next chain hash for a row whose seal says `attested`: `SHA-256(prev ‖
+/// digest)`, with [`UNATTESTED`] appended for a row found unattested (a chain
+/// sealed before attestations existed is unchanged).
+pub fn chain_step(prev: &[u8; 32], digest: &[u8; 32], attested: Option<bool>) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(prev);
     h.update(digest);
+    if attested == Some(false) {
+        h.update(UNATTESTED);
+    }
     h.finalize().into()
+}
+
+/// Where each of [`ATTESTED_COLUMNS`] and `attestation` sit in a row read with
+/// [`ROW_COLUMNS`].
+pub struct AttestedColumns {
+    columns: [usize; ATTESTED_COLUMNS.len()],
+    attestation: usize,
+}
+
+impl AttestedColumns {
+    pub fn of(row: &Row) -> Self {
+        let at = |name: &str| {
+            row.columns()
+                .iter()
+                .position(|c| c.name() == name)
+                .expect("ROW_COLUMNS names every attested column")
+        };
+        AttestedColumns {
+            columns: ATTESTED_COLUMNS.map(at),
+            attestation: at("attestation"),
+        }
+    }
+
+    /// Checks the row's attestation with `keyring`.
+    pub fn check(&self, keyring: &Keyring, row: &Row) -> Result<Check, tokio_postgres::Error> {
+        let Wire(stored) = row.try_get(self.attestation)?;
+        let mut values = [None; ATTESTED_COLUMNS.len()];
+        for (v, &i) in values.iter_mut().zip(&self.columns) {
+            let Wire(value) = row.try_get(i)?;
+            *v = value;
+        }
+        Ok(keyring.check(stored, values))
+    }
+}
+
+/// What the seal job makes of one row's attestation: `Some(true)` valid,
+/// `Some(false)` unattested, `None` not checked. `began` (a valid attestation was
+/// sealed before) turns a missing one from "not checked" into "unattested".
+pub fn judge(check: Check, began: &mut bool) -> Option<bool> {
+    match check {
+        Check::Valid => {
+            *began = true;
+            Some(true)
+        }
+        Check::Invalid => Some(false),
+        Check::Missing if *began => Some(false),
+        Check::Missing => None,
+    }
 }
 
 /// What one step sealed.
@@ -82,11 +162,16 @@ pub fn chain(prev: &[u8; 32], digest: &[u8; 32]) -> [u8; 32] {
 pub struct Sealed {
     pub events: i64,
     pub checkpoint: Option<i64>,
+    /// Rows sealed as unattested: `(txid, seq, id)`.
+    pub unattested: Vec<(i64, i64, String)>,
+    /// Nothing sealed: the chain is attested and this instance has no AUDIT_KEY.
+    pub needs_key: bool,
 }
 
 /// Seals the next committed events (at most [`SEAL_MAX_EVENTS`]) and writes their
-/// checkpoint. Nothing when there are none or another instance holds the turn.
-pub async fn step(client: &mut Client) -> Result<Sealed, StorageError> {
+/// checkpoint, checking attestations with `keyring`. Nothing when there are none
+/// or another instance holds the turn.
+pub async fn step(client: &mut Client, keyring: Option<&Keyring>) -> Result<Sealed, StorageError> {
     let tx = client.transaction().await?;
     let turn: bool = tx
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&LOCK_KEY])
@@ -97,37 +182,58 @@ pub async fn step(client: &mut Client) -> Result<Sealed, StorageError> {
     }
     let last = tx
         .query_opt(
-            "SELECT to_txid, to_seq, chain_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+            "SELECT to_txid, to_seq, chain_hash, attested FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
             &[],
         )
         .await?;
-    let (from_txid, from_seq, prev) = match &last {
+    let (from_txid, from_seq, prev, mut began) = match &last {
         Some(r) => {
             let hash: Vec<u8> = r.get(2);
             (
                 r.get::<_, i64>(0),
                 r.get::<_, i64>(1),
                 hash.try_into().unwrap_or(GENESIS),
+                r.get::<_, bool>(3),
             )
         }
-        None => (0, 0, GENESIS),
+        None => (0, 0, GENESIS, false),
     };
+    if began && keyring.is_none() {
+        return Ok(Sealed {
+            needs_key: true,
+            ..Sealed::default()
+        });
+    }
     let rows = tx
         .query_raw(
             &format!(
-                "SELECT {SEALED_COLUMNS} FROM events WHERE (txid, seq) > ($1, $2) AND txid < {HORIZON} \
+                "SELECT {ROW_COLUMNS} FROM events WHERE (txid, seq) > ($1, $2) AND txid < {HORIZON} \
                  ORDER BY txid, seq LIMIT {SEAL_MAX_EVENTS}"
             ),
             [&from_txid as &(dyn tokio_postgres::types::ToSql + Sync), &from_seq],
         )
         .await?;
     futures::pin_mut!(rows);
-    let (mut txids, mut seqs, mut digests) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut txids, mut seqs, mut digests, mut flags) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut unattested = Vec::new();
     let mut hash = prev;
     let (mut min_ts, mut max_ts): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (None, None);
+    let mut columns: Option<AttestedColumns> = None;
     while let Some(row) = rows.try_next().await? {
         let d = digest(&row)?;
-        hash = chain(&hash, &d);
+        let attested = match keyring {
+            Some(k) => {
+                let columns = columns.get_or_insert_with(|| AttestedColumns::of(&row));
+                judge(columns.check(k, &row)?, &mut began)
+            }
+            None => None,
+        };
+        if attested == Some(false) {
+            unattested.push((row.get("txid"), row.get("seq"), row.get("id")));
+        }
+        flags.push(attested);
+        hash = chain_step(&hash, &d, attested);
         let ts: DateTime<Utc> = row.get("timestamp");
         min_ts = Some(min_ts.map_or(ts, |m| m.min(ts)));
         max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
@@ -140,22 +246,26 @@ pub async fn step(client: &mut Client) -> Result<Sealed, StorageError> {
     else {
         return Ok(Sealed::default());
     };
-    for ((t, s), d) in txids
+    for (((t, s), d), a) in txids
         .chunks(10_000)
         .zip(seqs.chunks(10_000))
         .zip(digests.chunks(10_000))
+        .zip(flags.chunks(10_000))
     {
         tx.execute(
-            "INSERT INTO audit_seals (txid, seq, digest) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
-            &[&t, &s, &d],
+            "INSERT INTO audit_seals (txid, seq, digest, attested) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::boolean[])",
+            &[&t, &s, &d, &a],
         )
         .await?;
     }
     let count = txids.len() as i64;
+    let unattested_count = unattested.len() as i64;
     let id: i64 = tx
         .query_one(
             "INSERT INTO audit_checkpoints (from_txid, from_seq, to_txid, to_seq, count, prev_hash, chain_hash, \
-             min_timestamp, max_timestamp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+             min_timestamp, max_timestamp, attested, unattested) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
             &[
                 &from_txid,
                 &from_seq,
@@ -166,6 +276,8 @@ pub async fn step(client: &mut Client) -> Result<Sealed, StorageError> {
                 &hash.as_slice(),
                 &min_ts,
                 &max_ts,
+                &began,
+                &unattested_count,
             ],
         )
         .await?
@@ -174,25 +286,81 @@ pub async fn step(client: &mut Client) -> Result<Sealed, StorageError> {
     Ok(Sealed {
         events: count,
         checkpoint: Some(id),
+        unattested,
+        needs_key: false,
     })
 }
 
+/// Rows named in the log per step; the rest are counted.
+const LOGGED_PER_STEP: usize = 10;
+
+/// Logs and counts the rows a step sealed as unattested.
+fn report_unattested(s: &Sealed, metrics: &crate::metrics::Metrics) {
+    if s.unattested.is_empty() {
+        return;
+    }
+    metrics.audit_unattested.inc_by(s.unattested.len() as u64);
+    for (txid, seq, id) in s.unattested.iter().take(LOGGED_PER_STEP) {
+        tracing::error!(
+            txid,
+            seq,
+            id = %id,
+            checkpoint = s.checkpoint,
+            "an event without a valid writer attestation was sealed as unattested: written out of band?"
+        );
+    }
+    if s.unattested.len() > LOGGED_PER_STEP {
+        tracing::error!(
+            more = s.unattested.len() - LOGGED_PER_STEP,
+            checkpoint = s.checkpoint,
+            "more unattested events in the same checkpoint"
+        );
+    }
+}
+
 /// Seals every `every` (at once again while steps are full) until `stop`.
-pub async fn run_forever(target: crate::db::PgTarget, every: Duration, stop: CancellationToken) {
+pub async fn run_forever(
+    target: crate::db::PgTarget,
+    every: Duration,
+    keyring: Option<std::sync::Arc<Keyring>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+) {
     let mut client: Option<Client> = None;
+    let mut warned = false;
     loop {
         let outcome = async {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
                 client = Some(super::connect(&target).await?);
             }
-            step(client.as_mut().expect("connected above")).await
+            step(
+                client.as_mut().expect("connected above"),
+                keyring.as_deref(),
+            )
+            .await
         };
         let outcome = tokio::select! {
             o = outcome => o,
             _ = stop.cancelled() => return,
         };
         let rest = match outcome {
-            Ok(s) if s.events >= SEAL_MAX_EVENTS => Duration::ZERO,
+            Ok(s) if s.needs_key => {
+                if !warned {
+                    tracing::warn!(
+                        "not sealing: the audit chain is attested and AUDIT_KEY is not set here (an instance with it seals)"
+                    );
+                    warned = true;
+                }
+                every
+            }
+            Ok(s) if !s.unattested.is_empty() || s.events >= SEAL_MAX_EVENTS => {
+                report_unattested(&s, &metrics);
+                if s.events >= SEAL_MAX_EVENTS {
+                    Duration::ZERO
+                } else {
+                    every
+                }
+            }
             Ok(s) => {
                 if let Some(id) = s.checkpoint {
                     tracing::debug!(checkpoint = id, events = s.events, "sealed");

@@ -63,7 +63,7 @@ async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
     let page = sealed(&app, 20).await;
     let newest = &page["checkpoints"][0];
     assert_eq!(newest["chain_hash"].as_str().unwrap().len(), 64);
-    let report = verify(&app.db, None).await.unwrap();
+    let report = verify(&app.db, None, None).await.unwrap();
     assert_eq!(report.finding, None, "{report:?}");
     assert_eq!(report.events, 20);
 
@@ -82,7 +82,7 @@ async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
         .await
         .unwrap();
     let (txid, seq) = position(&app, "e-5").await;
-    let finding = verify(&app.db, None).await.unwrap().finding;
+    let finding = verify(&app.db, None, None).await.unwrap().finding;
     assert!(
         matches!(&finding, Some(Finding::Modified { id, seq: s, txid: t, .. }) if id == "e-5" && *s == seq && *t == txid),
         "{finding:?}"
@@ -95,7 +95,7 @@ async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
         .await
         .unwrap();
     assert_eq!(
-        verify(&app.db, None).await.unwrap().finding,
+        verify(&app.db, None, None).await.unwrap().finding,
         None,
         "restored"
     );
@@ -128,7 +128,7 @@ async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
         next_txid > txid,
         "the events span more than one transaction"
     );
-    let finding = verify(&app.db, None).await.unwrap().finding;
+    let finding = verify(&app.db, None, None).await.unwrap().finding;
     assert!(
         matches!(&finding, Some(Finding::Inserted { id, .. }) if id == "forged-1"),
         "{finding:?}"
@@ -137,7 +137,7 @@ async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
         .execute("DELETE FROM events WHERE id = 'forged-1'", &[])
         .await
         .unwrap();
-    assert_eq!(verify(&app.db, None).await.unwrap().finding, None);
+    assert_eq!(verify(&app.db, None, None).await.unwrap().finding, None);
 
     // A row altered together with its seal, recomputed: the chain breaks.
     let e3: Value = app
@@ -182,7 +182,7 @@ async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
         )
         .await
         .unwrap();
-    let finding = verify(&app.db, None).await.unwrap().finding;
+    let finding = verify(&app.db, None, None).await.unwrap().finding;
     assert!(
         matches!(&finding, Some(Finding::ChainBroken { .. })),
         "a seal recomputed for a forged row does not chain: {finding:?}"
@@ -200,7 +200,7 @@ async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
         )
         .await
         .unwrap();
-    assert_eq!(verify(&app.db, None).await.unwrap().finding, None);
+    assert_eq!(verify(&app.db, None, None).await.unwrap().finding, None);
 
     // A sealed row deleted.
     let (txid, seq) = position(&app, "e-12").await;
@@ -208,7 +208,7 @@ async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
         .execute("DELETE FROM events WHERE id = 'e-12'", &[])
         .await
         .unwrap();
-    let finding = verify(&app.db, None).await.unwrap().finding;
+    let finding = verify(&app.db, None, None).await.unwrap().finding;
     assert_eq!(
         finding
             .as_ref()
@@ -226,4 +226,168 @@ async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
         )),
         "{finding:?}"
     );
+}
+
+const KEY: &str = "audit-key-for-tests-0123456789abcdef";
+
+/// Inserts a copy of the event `like` as `id`, with SQL, in a transaction of its
+/// own: a fresh position after everything sealed. `attestation` is what the copy
+/// carries (`None`: none).
+async fn insert_with_sql(app: &TestApp, like: &str, id: &str, attestation: Option<Vec<u8>>) {
+    app.db
+        .execute(
+            "INSERT INTO events (id, event_type, source, target, routing_key, exchange, \"timestamp\", \
+             received_at, payload, session_id, correlation_id, generation, envelope, payload_member, \
+             properties, sanitized, original_body, attestation) \
+             SELECT $2, event_type, source, target, routing_key, exchange, \"timestamp\", received_at, \
+             payload, session_id, correlation_id, generation, envelope, payload_member, properties, \
+             sanitized, original_body, $3 FROM events WHERE id = $1",
+            &[&like, &id, &attestation],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn with_audit_key_an_event_inserted_with_sql_after_the_last_seal_is_named() {
+    let app = spawn_app_with(
+        &[("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)],
+        AppOptions::default(),
+    )
+    .await;
+    // Every column a writer attests, across the generations: targets, sessions,
+    // correlation ids, a fallback time, text PostgreSQL refuses (NUL), no payload.
+    let bodies: Vec<Vec<u8>> = vec![
+        r#"{"id": "g1", "event_type": "audit.one", "source": "svc-a", "target": "candybar",
+            "timestamp": "2026-11-20T09:00:00+02:00", "session_id": "s-0",
+            "correlation_id": "c-0", "data": {"text": "é ✓"}}"#
+            .as_bytes()
+            .to_vec(),
+        br#"{"event_id": "g2", "event_type": "audit.two", "source": {"host": "h", "app": "svc"},
+            "target": "t", "session_id": "s-1", "correlation_ids": ["c-1"],
+            "timestamp": "2026-11-20T10:00:00Z", "payload": {"k": [1, 2.50, "x"]}}"#
+            .to_vec(),
+        br#"{"specversion": "1.0", "id": "g3", "type": "audit.three", "source": "svc-c",
+            "time": "2026-11-20T10:00:01.123456789Z", "data": {"a": {"b": null}}}"#
+            .to_vec(),
+        br#"{"id": "fallback", "event_type": "audit.no_time", "data": 1}"#.to_vec(),
+        br#"{"id": "nul", "event_type": "audit.nul", "data": {"te\u0000xt": "a\u0000b"}}"#.to_vec(),
+        br#"{"id": "bare", "event_type": "audit.bare"}"#.to_vec(),
+    ];
+    let n = bodies.len() as i64;
+    for b in &bodies {
+        app.publish("audit.mixed", b).await;
+    }
+    app.wait_for_rows("events", n).await;
+    let page = sealed(&app, n).await;
+    assert_eq!(page["checkpoints"][0]["attested"], true, "{page}");
+    let ring = candystore::attest::Keyring::new(&[KEY.to_string()]).unwrap();
+    // The writers' rows all check: no false alarm, with the key or without it.
+    let report = verify(&app.db, None, Some(&ring)).await.unwrap();
+    assert_eq!(report.finding, None, "{report:?}");
+    assert_eq!(report.attestations_checked, n as u64);
+    assert_eq!(verify(&app.db, None, None).await.unwrap().finding, None);
+    let flagged: i64 = app
+        .db
+        .query_one(
+            "SELECT count(*) FROM audit_seals WHERE attested IS NOT TRUE",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(flagged, 0);
+    assert_eq!(app.metric("candystore_audit_unattested_total").await, 0.0);
+
+    // A row inserted with SQL, after the last seal: sealed, but as unattested.
+    insert_with_sql(&app, "g3", "forged-fresh", None).await;
+    let page = sealed(&app, n + 1).await;
+    assert_eq!(page["checkpoints"][0]["unattested"], 1, "{page}");
+    app.wait_until(Duration::from_secs(5), || async {
+        app.metric("candystore_audit_unattested_total").await == 1.0
+    })
+    .await;
+    for keyring in [None, Some(&ring)] {
+        let finding = verify(&app.db, None, keyring).await.unwrap().finding;
+        assert!(
+            matches!(&finding, Some(Finding::Unattested { id, .. }) if id == "forged-fresh"),
+            "{finding:?}"
+        );
+        assert!(finding.unwrap().to_string().contains("out of band"));
+    }
+    // The seal's verdict rewritten as "valid": the chain no longer holds, and with
+    // the key the MAC itself names the row.
+    app.db
+        .execute(
+            "UPDATE audit_seals SET attested = true WHERE attested = false",
+            &[],
+        )
+        .await
+        .unwrap();
+    let finding = verify(&app.db, None, None).await.unwrap().finding;
+    assert!(
+        matches!(&finding, Some(Finding::ChainBroken { .. })),
+        "{finding:?}"
+    );
+    let finding = verify(&app.db, None, Some(&ring)).await.unwrap().finding;
+    assert!(
+        matches!(&finding, Some(Finding::Unattested { id, .. }) if id == "forged-fresh"),
+        "{finding:?}"
+    );
+    // Cleared instead: still named, since attestation began before it.
+    app.db
+        .execute(
+            "UPDATE audit_seals SET attested = NULL WHERE txid = (SELECT txid FROM events WHERE id = 'forged-fresh')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let finding = verify(&app.db, None, None).await.unwrap().finding;
+    assert!(
+        matches!(&finding, Some(Finding::Unattested { id, .. }) if id == "forged-fresh"),
+        "{finding:?}"
+    );
+    app.db
+        .execute(
+            "UPDATE audit_seals SET attested = false WHERE attested IS NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    app.db
+        .execute("DELETE FROM events WHERE id = 'forged-fresh'", &[])
+        .await
+        .unwrap();
+
+    // A writer's attestation copied onto another row does not hold for it.
+    let stolen: Vec<u8> = app
+        .db
+        .query_one("SELECT attestation FROM events WHERE id = 'g2'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stolen.len(), candystore::attest::LEN);
+    insert_with_sql(&app, "g2", "forged-copy", Some(stolen)).await;
+    app.wait_until(Duration::from_secs(10), || async {
+        app.metric("candystore_audit_unattested_total").await == 2.0
+    })
+    .await;
+    let seal: Option<bool> = app
+        .db
+        .query_one(
+            "SELECT s.attested FROM audit_seals s JOIN events e USING (txid, seq) WHERE e.id = 'forged-copy'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seal, Some(false));
+
+    // Once the chain is attested, an instance without the key does not seal.
+    let mut client = crate::helpers::connect(&app.settings().database_url).await;
+    insert_with_sql(&app, "g1", "while-keyless", None).await;
+    let step = candystore::storage::seal::step(&mut client, None)
+        .await
+        .unwrap();
+    assert!(step.needs_key && step.events == 0, "{step:?}");
 }

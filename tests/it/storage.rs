@@ -313,7 +313,12 @@ async fn raw(app: &TestApp, id: &str) -> (u16, Vec<u8>) {
 
 #[tokio::test]
 async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_letters() {
-    let app = spawn_app().await;
+    // With AUDIT_KEY, so the writers' attestations make the round trip too.
+    let app = crate::helpers::spawn_app_with(
+        &[("AUDIT_KEY", "archive-test-key-0123456789abcdef")],
+        Default::default(),
+    )
+    .await;
     let day = days_ago(10);
     let at = |h: i64| day + chrono::Duration::hours(h);
     let bodies: Vec<(String, Vec<u8>)> = vec![
@@ -361,6 +366,15 @@ async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_lett
         before.push(body);
     }
     let rows_before = dump(&app.db).await;
+    let attested = rows_before
+        .iter()
+        .filter(|r| r.contains("\"attestation\":\"\\\\x"))
+        .count();
+    assert_eq!(
+        attested,
+        rows_before.len() - 1,
+        "every event, not the dead letter"
+    );
     assert_eq!(rows_before.len(), 5);
 
     let dir = std::env::temp_dir().join(format!("cs-archive-{}", uuid::Uuid::new_v4()));
@@ -445,7 +459,7 @@ async fn dump(db: &Client) -> Vec<String> {
     let rows = db
         .query(
             &format!(
-                "SELECT row_to_json(e)::text FROM (SELECT {} FROM events WHERE id LIKE 'arch-%' ORDER BY id) e",
+                "SELECT row_to_json(e)::text FROM (SELECT {}, attestation FROM events WHERE id LIKE 'arch-%' ORDER BY id) e",
                 candystore::storage::schema::EVENT_COLUMNS
             ),
             &[],
