@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgres://$(PGUSER)@$(PGHOST):5432/$(DB_NAME)
 export LOG_FORMAT ?= console
 BIN := target/release/candystore
 
-.PHONY: run build services db migrate test browser lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost test-faults fuzz schemathesis test-all loadtest-memory
+.PHONY: run build services db migrate test browser lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost loadtest-operations test-faults fuzz schemathesis test-all loadtest-memory
 
 ## build, create the database if missing, migrate, serve (Ctrl-C stops cleanly)
 run: build services db migrate
@@ -103,3 +103,8 @@ loadtest-storage: build services
 ## (reports/write-cost.md); about 2 minutes
 loadtest-write-cost: build services
 	bash loadtest/storage/write-cost.sh
+
+## issue 11's figures on 1M events with AUDIT_KEY: seal, verify and replay rates,
+## catalog latency (reports/operations-1m.md)
+loadtest-operations: build services
+	COUNT=$${COUNT:-1000000} bash loadtest/operations/run.sh

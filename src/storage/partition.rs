@@ -203,12 +203,19 @@ pub(crate) fn pg_time(t: DateTime<Utc>) -> String {
 /// Creates the partition of `table` for `range` and attaches it, moving into it
 /// any rows the default partition holds for that range, in one transaction.
 ///
-/// Locks, in order, each waited for at most the session's `lock_timeout`:
-/// EXCLUSIVE on the default partition (writes routed to it wait, reads go on),
-/// then, to attach, SHARE UPDATE EXCLUSIVE on the table (neither reads nor writes
-/// wait) and ACCESS EXCLUSIVE on the default partition for the scan that proves it
-/// holds nothing of the range any more: milliseconds while it is small, as the
+/// Locks, each waited for at most the session's `lock_timeout`. When the default
+/// partition holds nothing of the range (the usual case: partitions are made
+/// ahead): EXCLUSIVE on the default partition (writes routed to it wait, reads go
+/// on), then, to attach, SHARE UPDATE EXCLUSIVE on the table (neither reads nor
+/// writes wait) and ACCESS EXCLUSIVE on the default partition for the scan that
+/// proves it holds nothing of the range: milliseconds while it is small, as the
 /// maintenance job keeps it.
+///
+/// When rows must move, ACCESS EXCLUSIVE on the whole table first, so nothing
+/// reads while they move: under the weaker lock, a query planned with the old
+/// partitions and run after the commit would find the moved rows in neither
+/// place (a count briefly short). Readers and writers wait for the move, which
+/// takes as long as the rows the default partition held for the range.
 pub async fn create(
     client: &mut Client,
     table: Table,
@@ -240,13 +247,33 @@ pub(crate) async fn create_in(
         .get(0);
     tx.batch_execute(&format!("LOCK TABLE {default} IN EXCLUSIVE MODE"))
         .await?;
+    let (from, to) = (pg_time(range.start), pg_time(range.end));
+    let rows_to_move: bool = tx
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM {default} WHERE {time} >= '{from}' AND {time} < '{to}')"
+            ),
+            &[],
+        )
+        .await?
+        .get(0);
+    let tx = if rows_to_move {
+        // Start again with the table locked first (the order writers take their
+        // locks in: the table, then a partition), so no reader sees the move half done.
+        tx.rollback().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!("LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE"))
+            .await?;
+        tx
+    } else {
+        tx
+    };
     tx.batch_execute(&format!(
         "CREATE TABLE {name} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION) \
          WITH (autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 100000); {extra}",
         extra = table.partition_settings(&name),
     ))
     .await?;
-    let (from, to) = (pg_time(range.start), pg_time(range.end));
     let moved = tx
         .execute(
             &format!(

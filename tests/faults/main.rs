@@ -78,7 +78,10 @@ impl Bench {
             .env("RETRY_MAX_BACKOFF", "1s")
             .env("SHUTDOWN_TIMEOUT", "10s")
             .env("LOG_FORMAT", "json")
-            .env("LOG_LEVEL", "warn")
+            .env(
+                "LOG_LEVEL",
+                std::env::var("FAULT_LOG_LEVEL").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()

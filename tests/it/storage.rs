@@ -801,3 +801,56 @@ async fn twins_of_both_kinds_written_by_concurrent_writers_leave_one_row_each() 
         "one row per event"
     );
 }
+
+#[tokio::test]
+async fn a_count_running_while_maintenance_moves_rows_out_of_the_default_partition_never_misses_one()
+ {
+    let app = spawn_app().await;
+    // 10,000 events on five days no partition covers: they wait in the default one.
+    app.db
+        .batch_execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, generation, envelope, properties) \
+             SELECT 'moved-' || i, 't', 's', 'r', 'x', '2019-06-01'::timestamptz + (i % 5) * interval '1 day', \
+             now(), '{}', 1, '{}', '{}' FROM generate_series(1, 10000) i",
+        )
+        .await
+        .unwrap();
+    let total = app.count("events").await;
+    assert_eq!(total, 10_000);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (client, done) = (storage_client(&app).await, done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut counts = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let n: i64 = client
+                    .query_one("SELECT count(*) FROM events", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                counts.push(n);
+            }
+            counts
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = storage_client(&app).await;
+    let report = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(report.drained, 10_000, "{report:?}");
+    for r in readers {
+        let counts = r.await.unwrap();
+        assert!(counts.len() > 2, "the readers ran throughout");
+        assert!(
+            counts.iter().all(|&n| n == total),
+            "a count saw {:?} of {total}",
+            counts.iter().filter(|&&n| n != total).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(app.count("events_default").await, 0);
+}
