@@ -19,6 +19,7 @@ use crate::db;
 use crate::metrics::Metrics;
 use crate::sink::{self, SinkOptions, Writer};
 use crate::source::amqp::{self, BrokerLink, BrokerStatus, SourceConfig};
+use crate::storage::job;
 use crate::supervise::Supervisor;
 
 /// Connections of the probes' own pool (`/health`, `/ready`).
@@ -164,29 +165,35 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     let mut servers = Vec::new();
     let tail_stop = CancellationToken::new();
     // Partitions ahead, the default partition drained, RETENTION: now and on schedule.
-    tokio::spawn(crate::storage::maintain::run_forever(
+    let job_stop = || tail_stop.child_token();
+    tokio::spawn(job::run_forever(
         pg.clone(),
-        crate::storage::maintain::Options {
-            interval: settings.partition_interval,
-            retention: settings.retention,
-            archive_dir: settings.archive_dir.clone(),
+        job_stop(),
+        crate::storage::maintain::MaintenanceJob {
+            opts: crate::storage::maintain::Options {
+                interval: settings.partition_interval,
+                retention: settings.retention,
+                archive_dir: settings.archive_dir.clone(),
+            },
+            every: settings.maintenance_interval,
+            metrics: metrics.clone(),
         },
-        settings.maintenance_interval,
-        metrics.clone(),
-        tail_stop.child_token(),
     ));
     // The audit chain, sealed behind ingest every SEAL_INTERVAL.
-    tokio::spawn(crate::storage::seal::run_forever(
+    tokio::spawn(job::run_forever(
         pg.clone(),
-        settings.seal_interval,
-        keyring.clone(),
-        metrics.clone(),
-        tail_stop.child_token(),
+        job_stop(),
+        crate::storage::seal::SealJob::new(
+            settings.seal_interval,
+            keyring.clone(),
+            metrics.clone(),
+        ),
     ));
     // The catalog of event types and sources, counted behind ingest.
-    tokio::spawn(crate::storage::catalog::run_forever(
+    tokio::spawn(job::run_forever(
         pg.clone(),
-        tail_stop.child_token(),
+        job_stop(),
+        crate::storage::catalog::CatalogJob,
     ));
     let state = ApiState {
         tail: api::tail::TailHub::start(pool.clone(), tail_stop.clone()),

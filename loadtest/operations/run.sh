@@ -45,7 +45,8 @@ verify_key=$($BIN verify)
 verify_nokey=$(env -u AUDIT_KEY $BIN verify)
 
 echo "replaying" >&2
-replay=$($BIN replay --exchange "$RABBIT_EXCHANGE" 2>&1 | tail -1)
+replay=$($BIN replay --exchange "$RABBIT_EXCHANGE" 2>&1 | tail -1 | sed 's/; resume with.*//')
+replay_s=$(echo "$replay" | grep -o 'in [0-9.]*s' | tr -dc '0-9.')
 until [ "$(curl -fs "http://127.0.0.1:$METRICS_PORT/metrics" | awk '/^candystore_replays_ignored_total/ {print $2}')" = "$COUNT" ]; do sleep 0.5; done
 rows=$(sql "SELECT count(*) FROM events")
 
@@ -73,7 +74,7 @@ so every row carries a writer attestation.
 | sealing the backlog, every attestation checked | $COUNT events in $(printf %.1f "$seal_s") s = **$(rate "$COUNT" "$seal_s") events/s** ($checkpoints checkpoints, $attested attested, $unattested unattested; from the serve's restart, start-up included) |
 | \`candystore verify\` with AUDIT_KEY | $verify_key |
 | \`candystore verify\` without it | $verify_nokey |
-| \`candystore replay\` of everything into the serve's own exchange | $replay; the serve acked all $COUNT as replays and \`events\` still holds $rows rows |
+| \`candystore replay\` of everything into the serve's own exchange | $replay = **$(rate "$COUNT" "$replay_s") events/s**; the serve acked all $COUNT as replays and \`events\` still holds $rows rows |
 | \`GET /event-types\` | $types |
 | \`GET /sources\` | $sources |
 REPORT

@@ -18,7 +18,6 @@
 use std::time::Duration;
 
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
 use super::StorageError;
 use super::tail_index::HORIZON;
@@ -86,44 +85,23 @@ pub async fn step(client: &mut Client) -> Result<u64, StorageError> {
     Ok(n as u64)
 }
 
-/// Runs [`step`] until `stop`: at once while it finds full steps (catching up),
-/// otherwise every [`REST`]. Failures are logged and retried.
-pub async fn run_forever(target: crate::db::PgTarget, stop: CancellationToken) {
-    let mut client: Option<Client> = None;
-    loop {
-        let outcome = async {
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
-                client = Some(super::connect(&target).await?);
-            }
-            step(client.as_mut().expect("connected above")).await
-        };
-        let outcome = tokio::select! {
-            o = outcome => o,
-            _ = stop.cancelled() => return,
-        };
-        let rest = match outcome {
-            Ok(n) if n as i64 >= STEP_ROWS => Duration::ZERO,
-            Ok(_) => REST,
-            Err(e) => {
-                // A schema without the catalog yet (migration 0012 waiting behind an
-                // online one) is not an error worth more than a debug line.
-                // A schema an online migration has not finished yet (no `txid`, or
-                // these tables still waiting behind it) is not worth more than a debug line.
-                let undefined_table = matches!(&e, StorageError::Db(db)
-                    if db.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
-                        || db.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN));
-                if undefined_table {
-                    tracing::debug!(error = %e, "catalog tables not there yet");
-                } else {
-                    tracing::warn!(error = %e, "catalog step failed; retrying");
-                }
-                client = None;
-                REST * 5
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(rest) => {}
-            _ = stop.cancelled() => return,
-        }
+/// The catalog as a background job: at once again while it finds full steps
+/// (catching up), otherwise every [`REST`].
+pub struct CatalogJob;
+
+impl super::job::Job for CatalogJob {
+    const NAME: &'static str = "catalog";
+
+    fn retry_in(&self) -> Duration {
+        REST * 5
+    }
+
+    async fn step(&mut self, client: &mut Client) -> Result<Duration, StorageError> {
+        let n = step(client).await?;
+        Ok(if n as i64 >= STEP_ROWS {
+            Duration::ZERO
+        } else {
+            REST
+        })
     }
 }

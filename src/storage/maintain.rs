@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
 use super::partition::{self, Partition, PartitionInterval, Range};
 use super::{StorageError, Table, archive};
@@ -254,49 +253,35 @@ async fn export(client: &Client, table: Table, m: &Metrics) -> Result<(), Storag
     Ok(())
 }
 
-/// Runs the job now and then every `every` until `stop`.
-pub async fn run_forever(
-    target: crate::db::PgTarget,
-    opts: Options,
-    every: Duration,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    let mut client: Option<Client> = None;
-    loop {
-        metrics.storage.last_run.set(Utc::now().timestamp() as f64);
-        let outcome = async {
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
-                client = Some(super::connect(&target).await?);
-            }
-            let c = client.as_mut().expect("connected above");
-            run_once(c, &opts, Utc::now(), Some(&metrics)).await
-        };
-        let outcome = tokio::select! {
-            o = outcome => o,
-            _ = stop.cancelled() => return,
-        };
-        match outcome {
+/// Maintenance as a background job: now, then every `every`.
+pub struct MaintenanceJob {
+    pub opts: Options,
+    pub every: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl super::job::Job for MaintenanceJob {
+    const NAME: &'static str = "maintenance";
+
+    fn retry_in(&self) -> Duration {
+        self.every
+    }
+
+    async fn step(&mut self, client: &mut Client) -> Result<Duration, StorageError> {
+        let m = &self.metrics.storage;
+        m.last_run.set(Utc::now().timestamp() as f64);
+        match run_once(client, &self.opts, Utc::now(), Some(&self.metrics)).await {
             Ok(report) => {
-                metrics
-                    .storage
-                    .last_success
-                    .set(Utc::now().timestamp() as f64);
+                m.last_success.set(Utc::now().timestamp() as f64);
                 if !report.skipped {
                     tracing::debug!(?report, "maintenance run done");
                 }
+                Ok(self.every)
             }
             Err(e) => {
-                metrics.storage.failures.inc();
-                tracing::warn!(error = %e, retryable = e.is_retryable(), "maintenance run failed; the next run tries again");
-                if !e.is_retryable() {
-                    client = None;
-                }
+                m.failures.inc();
+                Err(e)
             }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.cancelled() => return,
         }
     }
 }

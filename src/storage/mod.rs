@@ -7,7 +7,9 @@
 //! - [`migrate_online`]: moving a plain table to the partitioned layout while the
 //!   service runs;
 //! - [`maintain`]: the scheduled job and its metrics;
-//! - [`archive`]: partitions to compressed NDJSON files with a manifest, and back.
+//! - [`archive`]: partitions to compressed NDJSON files with a manifest, and back;
+//! - [`seal`], [`catalog`]: the audit chain and the catalog, behind ingest;
+//! - [`job`]: the loop every background job runs in.
 
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use tokio_postgres::Client;
 
 pub mod archive;
 pub mod catalog;
+pub mod job;
 pub mod maintain;
 pub mod migrate_online;
 pub mod partition;

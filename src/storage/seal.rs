@@ -27,7 +27,6 @@ use futures::TryStreamExt;
 use postgres_types::{FromSql, Type};
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, Row};
-use tokio_util::sync::CancellationToken;
 
 use super::StorageError;
 use super::tail_index::HORIZON;
@@ -318,73 +317,56 @@ fn report_unattested(s: &Sealed, metrics: &crate::metrics::Metrics) {
     }
 }
 
-/// Seals every `every` (at once again while steps are full) until `stop`.
-pub async fn run_forever(
-    target: crate::db::PgTarget,
-    every: Duration,
-    keyring: Option<std::sync::Arc<Keyring>>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-    stop: CancellationToken,
-) {
-    let mut client: Option<Client> = None;
-    let mut warned = false;
-    loop {
-        let outcome = async {
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
-                client = Some(super::connect(&target).await?);
-            }
-            step(
-                client.as_mut().expect("connected above"),
-                keyring.as_deref(),
-            )
-            .await
-        };
-        let outcome = tokio::select! {
-            o = outcome => o,
-            _ = stop.cancelled() => return,
-        };
-        let rest = match outcome {
-            Ok(s) if s.needs_key => {
-                if !warned {
-                    tracing::warn!(
-                        "not sealing: the audit chain is attested and AUDIT_KEY is not set here (an instance with it seals)"
-                    );
-                    warned = true;
-                }
-                every
-            }
-            Ok(s) if !s.unattested.is_empty() || s.events >= SEAL_MAX_EVENTS => {
-                report_unattested(&s, &metrics);
-                if s.events >= SEAL_MAX_EVENTS {
-                    Duration::ZERO
-                } else {
-                    every
-                }
-            }
-            Ok(s) => {
-                if let Some(id) = s.checkpoint {
-                    tracing::debug!(checkpoint = id, events = s.events, "sealed");
-                }
-                every
-            }
-            Err(e) => {
-                // A schema an online migration has not finished yet (no `txid`, or
-                // these tables still waiting behind it) is not worth more than a debug line.
-                let undefined_table = matches!(&e, StorageError::Db(db)
-                    if db.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
-                        || db.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN));
-                if undefined_table {
-                    tracing::debug!(error = %e, "audit tables not there yet");
-                } else {
-                    tracing::warn!(error = %e, "sealing failed; retrying");
-                }
-                client = None;
-                every
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(rest) => {}
-            _ = stop.cancelled() => return,
+/// The seal as a background job: every `every`, at once again while steps are full.
+pub struct SealJob {
+    pub every: Duration,
+    pub keyring: Option<std::sync::Arc<Keyring>>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The missing key was logged.
+    warned: bool,
+}
+
+impl SealJob {
+    pub fn new(
+        every: Duration,
+        keyring: Option<std::sync::Arc<Keyring>>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        SealJob {
+            every,
+            keyring,
+            metrics,
+            warned: false,
         }
+    }
+}
+
+impl super::job::Job for SealJob {
+    const NAME: &'static str = "seal";
+
+    fn retry_in(&self) -> Duration {
+        self.every
+    }
+
+    async fn step(&mut self, client: &mut Client) -> Result<Duration, StorageError> {
+        let s = step(client, self.keyring.as_deref()).await?;
+        if s.needs_key {
+            if !self.warned {
+                tracing::warn!(
+                    "not sealing: the audit chain is attested and AUDIT_KEY is not set here (an instance with it seals)"
+                );
+                self.warned = true;
+            }
+            return Ok(self.every);
+        }
+        report_unattested(&s, &self.metrics);
+        if let Some(id) = s.checkpoint {
+            tracing::debug!(checkpoint = id, events = s.events, "sealed");
+        }
+        Ok(if s.events >= SEAL_MAX_EVENTS {
+            Duration::ZERO
+        } else {
+            self.every
+        })
     }
 }

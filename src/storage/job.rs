@@ -1,0 +1,66 @@
+//! The loop every background job runs in (maintenance, the audit chain's seal,
+//! the catalog): one storage connection, opened again after any failure; a step;
+//! a rest the step chooses; failures logged and retried; `stop` ends it between
+//! or during steps (a step cut short rolls back).
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::StorageError;
+
+/// One background job: a name for the log, and its step.
+pub trait Job: Send {
+    const NAME: &'static str;
+    /// How long to wait after a failed step (on a new connection).
+    fn retry_in(&self) -> Duration;
+    /// One step; returns how long to rest before the next (zero to go on at once).
+    fn step(
+        &mut self,
+        client: &mut Client,
+    ) -> impl Future<Output = Result<Duration, StorageError>> + Send;
+}
+
+/// Runs `job` until `stop`. After a success the job rests for what the step
+/// returned; after a failure, for its `retry_in`, on a new connection. A schema
+/// that is not there yet (an online migration, and the plain ones behind it, still
+/// pending) is logged at debug only.
+pub async fn run_forever<J: Job>(target: crate::db::PgTarget, stop: CancellationToken, mut job: J) {
+    let mut client: Option<Client> = None;
+    loop {
+        let outcome = async {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = Some(super::connect(&target).await?);
+            }
+            job.step(client.as_mut().expect("connected above")).await
+        };
+        let outcome = tokio::select! {
+            o = outcome => o,
+            _ = stop.cancelled() => return,
+        };
+        let rest = match outcome {
+            Ok(rest) => rest,
+            Err(e) => {
+                if schema_pending(&e) {
+                    tracing::debug!(job = J::NAME, error = %e, "tables not there yet");
+                } else {
+                    tracing::warn!(job = J::NAME, error = %e, retryable = e.is_retryable(), "{} run failed; the next run tries again", J::NAME);
+                }
+                client = None;
+                job.retry_in()
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(rest) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// A table or column a pending migration adds.
+fn schema_pending(e: &StorageError) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(e, StorageError::Db(db)
+        if db.code() == Some(&SqlState::UNDEFINED_TABLE) || db.code() == Some(&SqlState::UNDEFINED_COLUMN))
+}
