@@ -391,3 +391,87 @@ async fn with_audit_key_an_event_inserted_with_sql_after_the_last_seal_is_named(
         .unwrap();
     assert!(step.needs_key && step.events == 0, "{step:?}");
 }
+
+#[tokio::test]
+async fn after_retention_drops_a_partition_verify_starts_at_the_first_whole_checkpoint() {
+    use candystore::storage::{PartitionInterval, maintain};
+    let app = spawn_app_with(
+        &[("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)],
+        AppOptions::default(),
+    )
+    .await;
+    let event = |id: &str, t: chrono::DateTime<chrono::Utc>| {
+        serde_json::to_vec(&serde_json::json!({
+            "specversion": "1.0", "id": id, "type": "audit.retention", "source": "svc",
+            "time": t.to_rfc3339(), "data": {"n": 1}
+        }))
+        .unwrap()
+    };
+    let old = PartitionInterval::Day.floor(chrono::Utc::now()) - chrono::Duration::days(10);
+    for i in 0..5 {
+        app.publish(
+            "audit.old",
+            &event(&format!("old-{i}"), old + chrono::Duration::hours(i)),
+        )
+        .await;
+    }
+    app.wait_for_rows("events", 5).await;
+    sealed(&app, 5).await;
+    // The old day gets its partition (its rows move out of the default one, their
+    // positions and digests unchanged), then today's events are sealed after them.
+    let target = candystore::db::pg_config(&app.db_url).unwrap();
+    let mut c = candystore::storage::connect(&target).await.unwrap();
+    let keep_all = maintain::Options {
+        interval: PartitionInterval::Day,
+        retention: None,
+        archive_dir: None,
+    };
+    maintain::run_once(&mut c, &keep_all, chrono::Utc::now(), None)
+        .await
+        .unwrap();
+    let ring = candystore::attest::Keyring::new(&[KEY.to_string()]).unwrap();
+    assert_eq!(
+        verify(&app.db, None, Some(&ring)).await.unwrap().finding,
+        None
+    );
+    for i in 0..7 {
+        app.publish("audit.new", &event(&format!("new-{i}"), chrono::Utc::now()))
+            .await;
+    }
+    app.wait_for_rows("events", 12).await;
+    sealed(&app, 12).await;
+
+    let report = maintain::run_once(
+        &mut c,
+        &maintain::Options {
+            retention: Some(Duration::from_secs(5 * 86_400)),
+            ..keep_all
+        },
+        chrono::Utc::now(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(!report.dropped.is_empty(), "{report:?}");
+    assert_eq!(app.count("events").await, 7);
+    // The dropped day's checkpoints stay; verify starts after them, seeded by the
+    // first whole checkpoint's prev_hash, and finds nothing wrong.
+    let checkpoints: i64 = app
+        .db
+        .query_one("SELECT count(*) FROM audit_checkpoints", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for keyring in [None, Some(&ring)] {
+        let report = verify(&app.db, None, keyring).await.unwrap();
+        assert_eq!(report.finding, None, "{report:?}");
+        assert_eq!(report.events, 7, "{report:?}");
+        assert!(report.from.unwrap() > 1 && report.checkpoints < checkpoints as u64);
+    }
+    // Asked to start at the first checkpoint, it names the dropped rows.
+    let finding = verify(&app.db, Some(1), None).await.unwrap().finding;
+    assert!(
+        matches!(finding, Some(Finding::Deleted { .. })),
+        "{finding:?}"
+    );
+}
