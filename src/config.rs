@@ -715,32 +715,34 @@ impl Raw {
             .collect()
     }
 
-    fn tokens(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
-        let tokens = self.list(name);
-        if tokens
+    /// Comma-separated secrets, each at least `min` characters and without spaces.
+    fn secrets(
+        &self,
+        name: &'static str,
+        min: usize,
+        what: &str,
+    ) -> Result<Vec<String>, ConfigError> {
+        let secrets = self.list(name);
+        if secrets
             .iter()
-            .any(|t| t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+            .any(|t| t.len() < min || t.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
             return Err(self.invalid(
                 name,
-                "expected comma-separated tokens of at least 16 characters, without spaces",
+                format!(
+                    "expected comma-separated {what} of at least {min} characters, without spaces"
+                ),
             ));
         }
-        Ok(tokens)
+        Ok(secrets)
+    }
+
+    fn tokens(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
+        self.secrets(name, 16, "tokens")
     }
 
     fn keys(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
-        let keys = self.list(name);
-        if keys
-            .iter()
-            .any(|k| k.len() < 32 || k.chars().any(|c| c.is_whitespace() || c.is_control()))
-        {
-            return Err(self.invalid(
-                name,
-                "expected comma-separated keys of at least 32 characters, without spaces (openssl rand -hex 32)",
-            ));
-        }
-        Ok(keys)
+        self.secrets(name, 32, "keys")
     }
 
     fn origins(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {

@@ -373,7 +373,7 @@ impl Writer {
                 .get(0);
             if self.keyring.is_some() && !attestation_column {
                 tracing::warn!(
-                    "AUDIT_KEY is set but migration 0015 is pending: rows are stored unattested until `candystore migrate` has run"
+                    "AUDIT_KEY is set but migration 0015 is pending: this writer stores rows unattested until it reconnects after `candystore migrate` (restart the service then)"
                 );
             }
             let (staged, own_time) = if attestation_column {

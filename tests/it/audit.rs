@@ -475,3 +475,50 @@ async fn after_retention_drops_a_partition_verify_starts_at_the_first_whole_chec
         "{finding:?}"
     );
 }
+
+#[tokio::test]
+async fn an_upgrade_from_before_partitioning_with_audit_key_set_raises_no_false_alarm() {
+    // A database of migration 0008 (no partitions, no txid, no audit tables): the
+    // service runs while the online migration is pending, and its writers store
+    // rows unattested, since `attestation` does not exist yet.
+    let mut app = crate::helpers::spawn_app_prepared(
+        &[("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)],
+        AppOptions::default(),
+        8,
+        "",
+    )
+    .await;
+    for i in 0..10 {
+        app.publish("audit.up", &gen1(&format!("before-{i}"), "audit.up"))
+            .await;
+    }
+    app.wait_for_rows("events", 10).await;
+    let mut c = crate::helpers::connect(&app.db_url).await;
+    candystore::db::migrate(&mut c).await.unwrap();
+    // Restarted after `migrate`, as README asks: every row from now on is attested.
+    app.stop().await;
+    app.start(AppOptions::default()).await;
+    for i in 0..10 {
+        app.publish("audit.up", &gen1(&format!("after-{i}"), "audit.up"))
+            .await;
+    }
+    app.wait_for_rows("events", 20).await;
+    sealed(&app, 20).await;
+    let (attested, unchecked, flagged): (i64, i64, i64) = {
+        let r = app
+            .db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE attested), count(*) FILTER (WHERE attested IS NULL), \
+                 count(*) FILTER (WHERE NOT attested) FROM audit_seals",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((attested, unchecked, flagged), (10, 10, 0));
+    let ring = candystore::attest::Keyring::new(&[KEY.to_string()]).unwrap();
+    let report = verify(&app.db, None, Some(&ring)).await.unwrap();
+    assert_eq!(report.finding, None, "{report:?}");
+    assert_eq!(report.events, 20);
+}
