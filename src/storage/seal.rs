@@ -370,3 +370,43 @@ impl super::job::Job for SealJob {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_read_for_sealing_is_the_sealed_columns_then_the_attestation() {
+        let sealed: Vec<&str> = SEALED_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(sealed.len(), SEALED_COUNT);
+        let read: Vec<&str> = ROW_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(&read[..SEALED_COUNT], &sealed[..]);
+        assert_eq!(read[SEALED_COUNT..], ["attestation"]);
+        // Every attested column is sealed too.
+        for c in ATTESTED_COLUMNS {
+            assert!(
+                sealed.iter().any(|s| s.trim_matches('"') == c),
+                "{c} is sealed"
+            );
+        }
+    }
+
+    #[test]
+    fn only_an_unattested_row_changes_its_chain_step() {
+        let (prev, d) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(chain_step(&prev, &d, None), chain(&prev, &d));
+        assert_eq!(chain_step(&prev, &d, Some(true)), chain(&prev, &d));
+        assert_ne!(chain_step(&prev, &d, Some(false)), chain(&prev, &d));
+    }
+
+    #[test]
+    fn a_missing_attestation_is_a_finding_only_after_the_first_valid_one() {
+        let mut began = false;
+        assert_eq!(judge(Check::Missing, &mut began), None);
+        assert_eq!(judge(Check::Invalid, &mut began), Some(false));
+        assert!(!began);
+        assert_eq!(judge(Check::Valid, &mut began), Some(true));
+        assert!(began);
+        assert_eq!(judge(Check::Missing, &mut began), Some(false));
+    }
+}
