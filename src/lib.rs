@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod hex;
 pub mod metrics;
 pub mod ops;
+pub mod query;
 pub mod retry;
 pub mod sink;
 pub mod source;

@@ -13,12 +13,13 @@ use tokio_postgres::Row;
 use super::problem::{Problem, unavailable};
 use super::query::params::could_be_stored;
 use super::query::sql::{
-    EVENTS, FetchedPage, Order, SqlParams, fetch_page, generic_plans, page_sql, reusable,
+    EVENTS, FetchedPage, Order, fetch_page, generic_plans, page_sql, reusable,
 };
 use super::query::totals::{Seen, total};
 use super::query::{EventFilters, EventQuery};
 use super::view::{COLUMNS, EventView, render, views};
 use super::{ApiState, large};
+use crate::query::SqlParams;
 
 /// One page of `GET /events`.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -57,7 +58,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
     // only when it holds too few matches (ARCHITECTURE.md, "Query path").
     let paging = q.paging;
     let anchor = match &paging.cursor {
-        Some(c) => c.time()?,
+        Some(c) => super::query::params::cursor_time(c)?,
         None => Utc::now(),
     };
     let anchor = q.end_time.map_or(anchor, |end| end.min(anchor));

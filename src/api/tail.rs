@@ -35,8 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::problem::unavailable;
 use super::query::EventQuery;
-use super::query::sql::{SqlParams, generic_plans, reusable};
+use super::query::sql::{generic_plans, reusable};
 use super::view::{COLUMNS, JsonText, view};
+use crate::query::SqlParams;
 use crate::storage::tail_index::HORIZON;
 
 /// How often the newest events are read while a stream listens.

@@ -14,9 +14,10 @@ use super::problem::{Problem, unavailable};
 use super::query::Paging;
 use super::query::params::could_be_stored;
 use super::query::sql::{
-    EVENTS, FetchedPage, Order, SqlParams, fetch_page, generic_plans, page_sql, reusable,
+    EVENTS, FetchedPage, Order, fetch_page, generic_plans, page_sql, reusable,
 };
 use super::view::{EventView, rfc3339, views};
+use crate::query::SqlParams;
 
 /// Which column groups the timeline.
 #[derive(Clone, Copy)]

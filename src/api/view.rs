@@ -3,7 +3,6 @@
 //! rebuilt from the stored columns.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use postgres_types::{FromSql, Type, accepts};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::Row;
@@ -35,27 +34,7 @@ pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
-/// A `json` or `jsonb` column as its JSON text, borrowed from the row.
-pub(crate) struct JsonText<'a>(pub &'a [u8]);
-
-impl<'a> FromSql<'a> for JsonText<'a> {
-    fn from_sql(
-        ty: &Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        if *ty == Type::JSONB {
-            // jsonb's binary form is a version byte (1) and the text.
-            match raw.split_first() {
-                Some((1, text)) => Ok(JsonText(text)),
-                _ => Err("unsupported jsonb version".into()),
-            }
-        } else {
-            Ok(JsonText(raw))
-        }
-    }
-
-    accepts!(JSON, JSONB);
-}
+pub(crate) use crate::query::JsonText;
 
 pub(crate) fn view(row: &Row) -> Result<EventView, Problem> {
     let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;

@@ -12,9 +12,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
-use crate::api::query::sql::SqlParams;
-use crate::api::query::{Cursor, EventQuery};
 use crate::envelope::rebuild;
+use crate::query::{Cursor, EventQuery, JsonText, SqlParams};
 use crate::source::publish::{RepublishError, Republisher};
 
 /// Events read per query.
@@ -89,7 +88,7 @@ fn after(
     position: Option<Cursor>,
 ) -> Result<(), ReplayError> {
     if let Some(c) = position {
-        let t = c.time().map_err(|_| ReplayError::BadResume)?;
+        let t = c.time().ok_or(ReplayError::BadResume)?;
         let (t, s) = (params.push(t), params.push(c.seq));
         filter.push_str(&format!(
             " AND (\"timestamp\", seq) > ({t}, {s}) AND \"timestamp\" >= {t}"
@@ -129,8 +128,8 @@ pub async fn run(
             .await?;
         for row in &rows {
             let seq: i64 = row.get("seq");
-            let envelope: crate::api::view::JsonText = row.get("envelope");
-            let payload: crate::api::view::JsonText = row.get("payload");
+            let envelope: JsonText = row.get("envelope");
+            let payload: JsonText = row.get("payload");
             let member: Option<&str> = row.get("payload_member");
             let body =
                 rebuild(envelope.0, payload.0, member).ok_or(ReplayError::BadEnvelope(seq))?;

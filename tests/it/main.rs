@@ -12,6 +12,7 @@ mod failures;
 mod helpers;
 mod hostile;
 mod ingest;
+mod layers;
 mod migrate;
 mod observability;
 mod raw_amqp;

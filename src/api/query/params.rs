@@ -7,48 +7,15 @@ use chrono::{DateTime, Utc};
 
 use crate::api::problem::Problem;
 use crate::envelope::{MAX_IDENT_BYTES, parse_time};
-use crate::hex;
 
 pub const MAX_LIMIT: i64 = 1000;
-pub(crate) const DEFAULT_LIMIT: i64 = 100;
+pub use crate::query::{Cursor, DEFAULT_LIMIT, EventQuery, FILTERS, Paging};
 
-/// A position in the (timestamp DESC, seq DESC) order, opaque to clients.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cursor {
-    pub timestamp_micros: i64,
-    pub seq: i64,
-}
-
-impl Cursor {
-    pub fn encode(&self) -> String {
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&self.timestamp_micros.to_be_bytes());
-        bytes[8..].copy_from_slice(&self.seq.to_be_bytes());
-        hex::encode(&bytes)
-    }
-
-    /// The cursor's timestamp. Stored times lie in years 1 to 9999 (decode's
-    /// rule), so a time outside them is in a cursor this API did not make.
-    pub(crate) fn time(&self) -> Result<DateTime<Utc>, Problem> {
-        use chrono::Datelike;
-        DateTime::<Utc>::from_timestamp_micros(self.timestamp_micros)
-            .filter(|t| (1..=9999).contains(&t.year()))
-            .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))
-    }
-
-    pub fn decode(s: &str) -> Option<Self> {
-        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let mut bytes = [0u8; 16];
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(Cursor {
-            timestamp_micros: i64::from_be_bytes(bytes[..8].try_into().ok()?),
-            seq: i64::from_be_bytes(bytes[8..].try_into().ok()?),
-        })
-    }
+/// The cursor's timestamp; a 400 problem naming `cursor` when it is not one this
+/// API made.
+pub(crate) fn cursor_time(c: &Cursor) -> Result<DateTime<Utc>, Problem> {
+    c.time()
+        .ok_or_else(|| Problem::bad_parameter("cursor", "not a cursor this API returned"))
 }
 
 /// The query string as name/value pairs; a malformed one is a 400 problem.
@@ -124,27 +91,7 @@ pub(crate) fn known_pairs(
     Ok(pairs)
 }
 
-/// `limit`, `offset` and `cursor`: where a page starts and how long it is.
-#[derive(Debug, Clone, Copy)]
-pub struct Paging {
-    pub limit: i64,
-    pub offset: i64,
-    pub cursor: Option<Cursor>,
-}
-
-impl Default for Paging {
-    fn default() -> Self {
-        Paging {
-            limit: DEFAULT_LIMIT,
-            offset: 0,
-            cursor: None,
-        }
-    }
-}
-
 impl Paging {
-    pub const PARAMETERS: [&'static str; 3] = ["limit", "offset", "cursor"];
-
     /// Takes `name` if it is a paging parameter; false if it is not one.
     pub(crate) fn take(&mut self, name: &str, value: &str) -> Result<bool, Problem> {
         match name {
@@ -258,26 +205,6 @@ pub struct EventFilters {
     payload_contains: Option<String>,
 }
 
-/// The validated parameters of `GET /events` (and, without paging, of the live tail).
-#[derive(Debug, Default)]
-pub struct EventQuery {
-    pub filters: Vec<(&'static str, String)>,
-    pub start_time: Option<DateTime<Utc>>,
-    pub end_time: Option<DateTime<Utc>>,
-    pub paging: Paging,
-    /// A JSON object the payload must contain (jsonb `@>`).
-    pub payload_contains: Option<serde_json::Value>,
-}
-
-/// The equality filters, each on a column that leads an index.
-pub const FILTERS: [&str; 5] = [
-    "session_id",
-    "event_type",
-    "source",
-    "target",
-    "correlation_id",
-];
-
 /// Every parameter `GET /events` takes.
 pub const EVENT_PARAMETERS: [&str; 11] = [
     "session_id",
@@ -320,28 +247,6 @@ impl EventQuery {
         }
         q.paging.check()?;
         Ok(q)
-    }
-
-    /// The WHERE clause (without paging), its parameters pushed onto `params`.
-    pub(crate) fn conditions(&self, params: &mut super::sql::SqlParams) -> String {
-        let mut clauses = Vec::new();
-        for (name, value) in &self.filters {
-            clauses.push(format!("{name} = {}", params.push(value.clone())));
-        }
-        if let Some(doc) = &self.payload_contains {
-            clauses.push(format!("payload @> {}", params.push(doc.clone())));
-        }
-        if let Some(t) = self.start_time {
-            clauses.push(format!("\"timestamp\" >= {}", params.push(t)));
-        }
-        if let Some(t) = self.end_time {
-            clauses.push(format!("\"timestamp\" <= {}", params.push(t)));
-        }
-        if clauses.is_empty() {
-            "TRUE".to_owned()
-        } else {
-            clauses.join(" AND ")
-        }
     }
 }
 

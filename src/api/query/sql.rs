@@ -10,7 +10,8 @@ use tokio_postgres::{GenericClient, Statement, ToStatement};
 
 use super::params::{Cursor, Paging};
 use crate::api::problem::{Problem, unavailable};
-use crate::api::view::{COLUMNS, JsonText};
+use crate::api::view::COLUMNS;
+use crate::query::{JsonText, SqlParams};
 
 /// The most payload a page (or a live-tail chunk) holds. A page stops short of
 /// `limit` rather than pass it, so a page of large events cannot exhaust memory;
@@ -18,34 +19,6 @@ use crate::api::view::{COLUMNS, JsonText};
 pub const MAX_PAGE_BYTES: usize = 8 << 20;
 /// Counted per event beside its payload, for its other fields.
 const EVENT_OVERHEAD_BYTES: usize = 512;
-
-/// The parameters of a statement being built, numbered as they are pushed.
-#[derive(Default)]
-pub(crate) struct SqlParams(Vec<Box<dyn ToSql + Sync + Send>>);
-
-impl SqlParams {
-    /// Adds a parameter; returns its placeholder (`$n`).
-    pub(crate) fn push(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
-        self.0.push(Box::new(value));
-        format!("${}", self.0.len())
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// The first `n` parameters, as a query takes them.
-    pub(crate) fn refs(&self, n: usize) -> Vec<&(dyn ToSql + Sync)> {
-        self.0[..n]
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect()
-    }
-
-    pub(crate) fn all(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.refs(self.0.len())
-    }
-}
 
 /// A table pages are read from: the columns a page selects, the time column that
 /// orders it (ties broken by `seq`), and what a row counts towards
@@ -109,7 +82,7 @@ pub(crate) fn page_sql(
     };
     let mut filter = filter.to_owned();
     if let Some(c) = &paging.cursor {
-        let t = params.push(c.time()?);
+        let t = params.push(super::params::cursor_time(c)?);
         let s = params.push(c.seq);
         let (after, bound) = match order {
             Order::NewestFirst => ("<", "<="),
