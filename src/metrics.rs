@@ -97,6 +97,8 @@ pub struct Metrics {
     pub duplicates: IntCounter,
     pub replays_ignored: IntCounter,
     pub audit_unattested: IntCounter,
+    /// When the seal job last completed a step (sealing or finding nothing to seal).
+    pub audit_last_seal: prometheus::Gauge,
     pub dead_letters: IntCounterVec,
     pub sanitized: IntCounter,
     pub write_retries: IntCounterVec,
@@ -209,6 +211,10 @@ impl Metrics {
             replays_ignored: reg!(IntCounter::new(
                 "candystore_replays_ignored_total",
                 "Deliveries published by `candystore replay` (x-candystore-replay): acked, not stored again"
+            )),
+            audit_last_seal: reg!(prometheus::Gauge::new(
+                "candystore_audit_last_seal_timestamp_seconds",
+                "When the audit chain's seal job last completed a step (Unix seconds); it stops moving when sealing fails or waits for AUDIT_KEY"
             )),
             audit_unattested: reg!(IntCounter::new(
                 "candystore_audit_unattested_total",

@@ -359,6 +359,9 @@ impl super::job::Job for SealJob {
             }
             return Ok(self.every);
         }
+        self.metrics
+            .audit_last_seal
+            .set(chrono::Utc::now().timestamp() as f64);
         report_unattested(&s, &self.metrics);
         if let Some(id) = s.checkpoint {
             tracing::debug!(checkpoint = id, events = s.events, "sealed");

@@ -298,6 +298,11 @@ async fn with_audit_key_an_event_inserted_with_sql_after_the_last_seal_is_named(
         .get(0);
     assert_eq!(flagged, 0);
     assert_eq!(app.metric("candystore_audit_unattested_total").await, 0.0);
+    let last_seal = app
+        .metric("candystore_audit_last_seal_timestamp_seconds")
+        .await;
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!((now - 60.0..=now + 1.0).contains(&last_seal), "{last_seal}");
 
     // A row inserted with SQL, after the last seal: sealed, but as unattested.
     insert_with_sql(&app, "g3", "forged-fresh", None).await;
