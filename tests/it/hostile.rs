@@ -311,7 +311,11 @@ async fn large_deliveries_lower_the_prefetch_and_small_ones_raise_it_again() {
     let app =
         crate::helpers::spawn_app_with(&[("MAX_INFLIGHT_BYTES", "1000000")], Default::default())
             .await;
-    assert_eq!(app.metric("candystore_prefetch").await, 100.0);
+    assert_eq!(
+        app.metric("candystore_prefetch").await,
+        f64::from(candystore::source::prefetch::SLOW_START),
+        "a subscription starts small: nothing is known of the sizes waiting"
+    );
     for i in 0..30 {
         let (_, body) = candystore::source::publish::int_array_event("large", i, 300_000);
         app.publish("large", &body).await;
