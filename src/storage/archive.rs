@@ -79,7 +79,7 @@ fn row_json(table: Table) -> &'static str {
              'storage_latency_ms', storage_latency_ms, 'generation', generation, 'envelope', envelope::text, \
              'payload_member', payload_member, 'properties', properties::text, 'sanitized', sanitized, \
              'original_body', translate(encode(original_body, 'base64'), E'\\n', ''), \
-             'attestation', encode(attestation, 'hex'))::text"
+             'attestation', encode(attestation, 'hex'), 'txid', txid)::text"
         }
         Table::DeadLetter => {
             "json_build_object('seq', seq, 'fingerprint', encode(fingerprint, 'hex'), 'received_at', received_at, \
@@ -96,7 +96,7 @@ fn record_type(table: Table) -> &'static str {
             "seq int8, id text, event_type text, source text, target text, routing_key text, exchange text, \
              \"timestamp\" timestamptz, received_at timestamptz, stored_at timestamptz, payload jsonb, session_id text, \
              correlation_id text, storage_latency_ms float8, generation int2, envelope text, payload_member text, \
-             properties text, sanitized bool, original_body text, attestation text"
+             properties text, sanitized bool, original_body text, attestation text, txid int8"
         }
         Table::DeadLetter => {
             "seq int8, fingerprint text, received_at timestamptz, stored_at timestamptz, exchange text, \
@@ -656,16 +656,18 @@ fn restore_sql(table: Table) -> String {
              ON CONFLICT DO NOTHING"
             .to_owned(),
     };
-    // Restored events are history, not news: `txid` 0 places them before every
-    // live-tail position (ARCHITECTURE.md, "Live tail"), so no stream sends them.
+    // A restored event goes back to its place in the storage order, `(txid, seq)`:
+    // the audit chain sealed it there, so `verify` checks it against its digest
+    // again, and it sits behind every live-tail position, so no stream sends it
+    // (history, not news). Archives written before they kept `txid` restore at
+    // `txid` 0, before every position. The writer's attestation travels with the
+    // row too (NULL in archives written before migration 0015).
     let (columns, parsed) = match table {
-        // The writer's attestation travels with the row (absent from archives
-        // written before migration 0015: NULL).
         Table::Events => (
             format!("{columns}, txid, attestation"),
             parsed.replacen(
                 " FROM unnest",
-                ", 0, decode(r.attestation, 'hex') FROM unnest",
+                ", coalesce(r.txid, 0), decode(r.attestation, 'hex') FROM unnest",
                 1,
             ),
         ),

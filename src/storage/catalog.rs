@@ -13,7 +13,7 @@
 //!
 //! What it does not follow: partitions dropped by retention or archived stay
 //! counted (the catalog says what was seen), and rows restored from an archive
-//! (`txid` 0, older positions) are not counted again.
+//! (back at their old positions, behind the catalog's) are not counted again.
 
 use std::time::Duration;
 

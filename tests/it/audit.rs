@@ -398,7 +398,8 @@ async fn with_audit_key_an_event_inserted_with_sql_after_the_last_seal_is_named(
 }
 
 #[tokio::test]
-async fn after_retention_drops_a_partition_verify_starts_at_the_first_whole_checkpoint() {
+async fn after_retention_verify_starts_at_the_first_whole_checkpoint_and_a_restore_is_verified_again()
+ {
     use candystore::storage::{PartitionInterval, maintain};
     let app = spawn_app_with(
         &[("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)],
@@ -446,10 +447,12 @@ async fn after_retention_drops_a_partition_verify_starts_at_the_first_whole_chec
     app.wait_for_rows("events", 12).await;
     sealed(&app, 12).await;
 
+    let dir = std::env::temp_dir().join(format!("cs-audit-{}", uuid::Uuid::new_v4()));
     let report = maintain::run_once(
         &mut c,
         &maintain::Options {
             retention: Some(Duration::from_secs(5 * 86_400)),
+            archive_dir: Some(dir.clone()),
             ..keep_all
         },
         chrono::Utc::now(),
@@ -479,6 +482,23 @@ async fn after_retention_drops_a_partition_verify_starts_at_the_first_whole_chec
         matches!(finding, Some(Finding::Deleted { .. })),
         "{finding:?}"
     );
+
+    // Restored from the archive retention wrote: the rows go back to their places
+    // in the chain, and verify covers them again, from the first checkpoint.
+    let manifest = candystore::storage::archive::read_manifest(&dir)
+        .unwrap()
+        .unwrap();
+    let files: Vec<std::path::PathBuf> = manifest.files.iter().map(|e| dir.join(&e.file)).collect();
+    candystore::storage::archive::restore(&mut c, &files, PartitionInterval::Day, None)
+        .await
+        .unwrap();
+    assert_eq!(app.count("events").await, 12);
+    for keyring in [None, Some(&ring)] {
+        let report = verify(&app.db, None, keyring).await.unwrap();
+        assert_eq!(report.finding, None, "{report:?}");
+        assert_eq!((report.from, report.events), (Some(1), 12), "{report:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -459,7 +459,7 @@ async fn dump(db: &Client) -> Vec<String> {
     let rows = db
         .query(
             &format!(
-                "SELECT row_to_json(e)::text FROM (SELECT {}, attestation FROM events WHERE id LIKE 'arch-%' ORDER BY id) e",
+                "SELECT row_to_json(e)::text FROM (SELECT {}, attestation, txid FROM events WHERE id LIKE 'arch-%' ORDER BY id) e",
                 candystore::storage::schema::EVENT_COLUMNS
             ),
             &[],
