@@ -665,10 +665,11 @@ async fn verify(settings: &Settings, from: Option<i64>) -> anyhow::Result<ExitCo
     match report.finding {
         None => {
             println!(
-                "verified {} checkpoint(s){from}: {} event(s) in {secs:.1}s ({:.0} events/s); {} committed event(s) not sealed yet{attestations}",
+                "verified {} checkpoint(s){from}: {} event(s) in {secs:.1}s ({:.0} events/s); {} sealed event(s) gone with partitions retention dropped; {} committed event(s) not sealed yet{attestations}",
                 report.checkpoints,
                 report.events,
                 report.events as f64 / secs.max(1e-9),
+                report.dropped,
                 report.unsealed
             );
             Ok(ExitCode::SUCCESS)

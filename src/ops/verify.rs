@@ -7,12 +7,18 @@
 //! attested row's MAC itself, so even seals rewritten together with their chain
 //! and checkpoints do not hide a forged row.
 //!
-//! By default it starts at the first checkpoint whose events are all still stored
-//! (retention drops old partitions; their checkpoints stay, and the first kept
-//! checkpoint's `prev_hash` seeds the chain); `--from` names another.
+//! Retention drops whole partitions, never seals or checkpoints, and records each
+//! range it dropped (`dropped_partitions`). A sealed event that is gone and whose
+//! time (kept in its seal) lies in a dropped range went with its partition:
+//! counted, not a finding. So `verify`
+//! starts at the first checkpoint and walks them all. Seals written before they
+//! kept event times (migration 0016) cannot be told apart that way: for those it
+//! starts at the first checkpoint whose events are all still stored, seeded by its
+//! `prev_hash`, as before. `--from` names another start.
 
 use std::cmp::Ordering;
 
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use tokio_postgres::Client;
 
@@ -119,6 +125,8 @@ pub struct Report {
     pub unsealed: i64,
     /// Attestations rechecked with AUDIT_KEY.
     pub attestations_checked: u64,
+    /// Sealed events gone with a partition retention dropped.
+    pub dropped: u64,
 }
 
 /// Verifies from checkpoint `from` (or the first whose events are all stored) to
@@ -137,18 +145,34 @@ pub async fn verify(
                 .ok_or(VerifyError::NoCheckpoint(id))?;
             id
         }
-        // Retention drops partitions oldest first, so a checkpoint whose events are
-        // all at or after the oldest stored event still has them all.
+        // From the first checkpoint, unless seals without event times (before
+        // migration 0016) come first: those are walked only from the first
+        // checkpoint whose events are all still stored (retention drops partitions
+        // oldest first, so a checkpoint whose events are all at or after the oldest
+        // stored event still has them all), and the timestamped ones in any case.
         None => client
             .query_one(
-                "SELECT coalesce((SELECT min(id) FROM audit_checkpoints \
-                   WHERE min_timestamp >= (SELECT min(\"timestamp\") FROM events)), \
-                   (SELECT max(id) + 1 FROM audit_checkpoints), 1)",
+                "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM audit_checkpoints WHERE NOT timestamped) THEN 1 \
+                 ELSE least( \
+                   coalesce((SELECT min(id) FROM audit_checkpoints \
+                     WHERE min_timestamp >= (SELECT min(\"timestamp\") FROM events)), \
+                     (SELECT max(id) + 1 FROM audit_checkpoints), 1), \
+                   (SELECT max(id) + 1 FROM audit_checkpoints WHERE NOT timestamped)) END",
                 &[],
             )
             .await?
             .get(0),
     };
+    // The time ranges of the partitions retention dropped.
+    let dropped_ranges: Vec<(DateTime<Utc>, DateTime<Utc>)> = client
+        .query(
+            "SELECT from_time, to_time FROM dropped_partitions WHERE table_name = 'events'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     let checkpoints = client
         .query(
             "SELECT id, from_txid, from_seq, to_txid, to_seq, count, prev_hash, chain_hash \
@@ -192,6 +216,7 @@ pub async fn verify(
             checkpoint: id,
             keyring,
             began: &mut began,
+            dropped_ranges: &dropped_ranges,
         };
         if let Some(f) = check_range(client, walk, range, &mut report).await? {
             report.finding = Some(f);
@@ -245,6 +270,17 @@ struct Walk<'a> {
     keyring: Option<&'a Keyring>,
     /// A valid attestation was seen (or sealed) before: a missing one is a finding.
     began: &'a mut bool,
+    /// The time ranges of the partitions retention dropped.
+    dropped_ranges: &'a [(DateTime<Utc>, DateTime<Utc>)],
+}
+
+impl Walk<'_> {
+    /// The sealed event `seal` (a row of the seals query), not stored, went with a
+    /// partition retention dropped: its time lies in a dropped range.
+    fn dropped(&self, seal: &tokio_postgres::Row) -> bool {
+        let time: Option<DateTime<Utc>> = seal.get(4);
+        time.is_some_and(|t| self.dropped_ranges.iter().any(|(a, b)| *a <= t && t < *b))
+    }
 }
 
 /// Walks one checkpoint's rows and seals side by side, in `(txid, seq)` order.
@@ -254,14 +290,11 @@ async fn check_range(
     (from_txid, from_seq, to_txid, to_seq): (i64, i64, i64, i64),
     report: &mut Report,
 ) -> Result<Option<Finding>, VerifyError> {
-    let Walk {
-        checkpoint,
-        keyring,
-        began,
-    } = walk;
+    let checkpoint = walk.checkpoint;
+    let keyring = walk.keyring;
     let seals = client
         .query(
-            "SELECT txid, seq, digest, attested FROM audit_seals WHERE (txid, seq) > ($1, $2) AND (txid, seq) <= ($3, $4) \
+            "SELECT txid, seq, digest, attested, \"timestamp\" FROM audit_seals WHERE (txid, seq) > ($1, $2) AND (txid, seq) <= ($3, $4) \
              ORDER BY txid, seq",
             &[&from_txid, &from_seq, &to_txid, &to_seq],
         )
@@ -283,7 +316,15 @@ async fn check_range(
     futures::pin_mut!(rows);
     let mut seals = seals.iter().peekable();
     let mut columns: Option<AttestedColumns> = None;
-    while let Some(row) = rows.try_next().await? {
+    let mut pending = None;
+    loop {
+        let row = match pending.take() {
+            Some(row) => row,
+            None => match rows.try_next().await? {
+                Some(row) => row,
+                None => break,
+            },
+        };
         let pos = (row.get::<_, i64>("txid"), row.get::<_, i64>("seq"));
         let id: String = row.get("id");
         let Some(seal) = seals.peek() else {
@@ -296,6 +337,13 @@ async fn check_range(
         };
         let sealed = (seal.get::<_, i64>(0), seal.get::<_, i64>(1));
         match sealed.cmp(&pos) {
+            Ordering::Less if walk.dropped(seal) => {
+                report.dropped += 1;
+                seals.next();
+                // The same row, against the next seal.
+                pending = Some(row);
+                continue;
+            }
             Ordering::Less => {
                 return Ok(Some(Finding::Deleted {
                     checkpoint,
@@ -330,18 +378,18 @@ async fn check_range(
                         report.attestations_checked += 1;
                         match columns.check(k, &row)? {
                             Check::Valid => {
-                                *began = true;
+                                *walk.began = true;
                                 false
                             }
                             Check::Invalid => true,
-                            Check::Missing => *began,
+                            Check::Missing => *walk.began,
                         }
                     }
                     (Some(true), None) => {
-                        *began = true;
+                        *walk.began = true;
                         false
                     }
-                    (None, None) => *began,
+                    (None, None) => *walk.began,
                 };
                 if unattested {
                     return Ok(Some(Finding::Unattested {
@@ -356,7 +404,11 @@ async fn check_range(
             }
         }
     }
-    if let Some(seal) = seals.next() {
+    for seal in seals {
+        if walk.dropped(seal) {
+            report.dropped += 1;
+            continue;
+        }
         return Ok(Some(Finding::Deleted {
             checkpoint,
             txid: seal.get(0),

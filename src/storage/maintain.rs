@@ -176,8 +176,9 @@ async fn run_locked(
     Ok(report)
 }
 
-/// Drops a partition and the redelivery keys of its range, in one transaction.
-/// Returns the rows it held, by the statistics.
+/// Drops a partition and the redelivery keys of its range, and records the range
+/// in `dropped_partitions` (for `candystore verify`), in one transaction. Returns
+/// the rows it held, by the statistics.
 pub async fn drop_partition(
     client: &mut Client,
     table: Table,
@@ -191,6 +192,12 @@ pub async fn drop_partition(
     tx.execute(
         &format!("DELETE FROM {keys} WHERE {key_time} >= $1 AND {key_time} < $2"),
         &[&range.start, &range.end],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO dropped_partitions (table_name, partition, from_time, to_time, rows) \
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&table.name(), &name, &range.start, &range.end, &rows],
     )
     .await?;
     tx.commit().await?;

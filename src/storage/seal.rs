@@ -213,8 +213,8 @@ pub async fn step(client: &mut Client, keyring: Option<&Keyring>) -> Result<Seal
         )
         .await?;
     futures::pin_mut!(rows);
-    let (mut txids, mut seqs, mut digests, mut flags) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut txids, mut seqs, mut digests, mut flags, mut times) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut unattested = Vec::new();
     let mut hash = prev;
     let (mut min_ts, mut max_ts): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (None, None);
@@ -234,6 +234,7 @@ pub async fn step(client: &mut Client, keyring: Option<&Keyring>) -> Result<Seal
         flags.push(attested);
         hash = chain_step(&hash, &d, attested);
         let ts: DateTime<Utc> = row.get("timestamp");
+        times.push(ts);
         min_ts = Some(min_ts.map_or(ts, |m| m.min(ts)));
         max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
         txids.push(row.get::<_, i64>("txid"));
@@ -245,16 +246,17 @@ pub async fn step(client: &mut Client, keyring: Option<&Keyring>) -> Result<Seal
     else {
         return Ok(Sealed::default());
     };
-    for (((t, s), d), a) in txids
+    for ((((t, s), d), a), ts) in txids
         .chunks(10_000)
         .zip(seqs.chunks(10_000))
         .zip(digests.chunks(10_000))
         .zip(flags.chunks(10_000))
+        .zip(times.chunks(10_000))
     {
         tx.execute(
-            "INSERT INTO audit_seals (txid, seq, digest, attested) \
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::boolean[])",
-            &[&t, &s, &d, &a],
+            "INSERT INTO audit_seals (txid, seq, digest, attested, \"timestamp\") \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::boolean[], $5::timestamptz[])",
+            &[&t, &s, &d, &a, &ts],
         )
         .await?;
     }
@@ -263,8 +265,8 @@ pub async fn step(client: &mut Client, keyring: Option<&Keyring>) -> Result<Seal
     let id: i64 = tx
         .query_one(
             "INSERT INTO audit_checkpoints (from_txid, from_seq, to_txid, to_seq, count, prev_hash, chain_hash, \
-             min_timestamp, max_timestamp, attested, unattested) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+             min_timestamp, max_timestamp, attested, unattested, timestamped) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, true) RETURNING id",
             &[
                 &from_txid,
                 &from_seq,

@@ -398,8 +398,7 @@ async fn with_audit_key_an_event_inserted_with_sql_after_the_last_seal_is_named(
 }
 
 #[tokio::test]
-async fn after_retention_verify_starts_at_the_first_whole_checkpoint_and_a_restore_is_verified_again()
- {
+async fn after_retention_every_checkpoint_verifies_and_a_restore_is_verified_again() {
     use candystore::storage::{PartitionInterval, maintain};
     let app = spawn_app_with(
         &[("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)],
@@ -440,12 +439,21 @@ async fn after_retention_verify_starts_at_the_first_whole_checkpoint_and_a_resto
         verify(&app.db, None, Some(&ring)).await.unwrap().finding,
         None
     );
+    // Today's events, and among them a late one of the old day: sealed in the same
+    // checkpoint, which retention will leave half stored.
     for i in 0..7 {
         app.publish("audit.new", &event(&format!("new-{i}"), chrono::Utc::now()))
             .await;
+        if i == 3 {
+            app.publish(
+                "audit.old",
+                &event("late-old", old + chrono::Duration::hours(6)),
+            )
+            .await;
+        }
     }
-    app.wait_for_rows("events", 12).await;
-    sealed(&app, 12).await;
+    app.wait_for_rows("events", 13).await;
+    sealed(&app, 13).await;
 
     let dir = std::env::temp_dir().join(format!("cs-audit-{}", uuid::Uuid::new_v4()));
     let report = maintain::run_once(
@@ -462,8 +470,9 @@ async fn after_retention_verify_starts_at_the_first_whole_checkpoint_and_a_resto
     .unwrap();
     assert!(!report.dropped.is_empty(), "{report:?}");
     assert_eq!(app.count("events").await, 7);
-    // The dropped day's checkpoints stay; verify starts after them, seeded by the
-    // first whole checkpoint's prev_hash, and finds nothing wrong.
+    // Seals and checkpoints stay. Every checkpoint is walked, the half-stored one
+    // too: the sealed events timed before every partition left went with the
+    // dropped day, and everything still stored verifies.
     let checkpoints: i64 = app
         .db
         .query_one("SELECT count(*) FROM audit_checkpoints", &[])
@@ -473,16 +482,17 @@ async fn after_retention_verify_starts_at_the_first_whole_checkpoint_and_a_resto
     for keyring in [None, Some(&ring)] {
         let report = verify(&app.db, None, keyring).await.unwrap();
         assert_eq!(report.finding, None, "{report:?}");
-        assert_eq!(report.events, 7, "{report:?}");
-        assert!(report.from.unwrap() > 1 && report.checkpoints < checkpoints as u64);
+        assert_eq!(
+            (
+                report.from,
+                report.checkpoints,
+                report.events,
+                report.dropped
+            ),
+            (Some(1), checkpoints as u64, 7, 6),
+            "{report:?}"
+        );
     }
-    // Asked to start at the first checkpoint, it names the dropped rows.
-    let finding = verify(&app.db, Some(1), None).await.unwrap().finding;
-    assert!(
-        matches!(finding, Some(Finding::Deleted { .. })),
-        "{finding:?}"
-    );
-
     // Restored from the archive retention wrote: the rows go back to their places
     // in the chain, and verify covers them again, from the first checkpoint.
     let manifest = candystore::storage::archive::read_manifest(&dir)
@@ -492,13 +502,30 @@ async fn after_retention_verify_starts_at_the_first_whole_checkpoint_and_a_resto
     candystore::storage::archive::restore(&mut c, &files, PartitionInterval::Day, None)
         .await
         .unwrap();
-    assert_eq!(app.count("events").await, 12);
+    assert_eq!(app.count("events").await, 13);
     for keyring in [None, Some(&ring)] {
         let report = verify(&app.db, None, keyring).await.unwrap();
         assert_eq!(report.finding, None, "{report:?}");
-        assert_eq!((report.from, report.events), (Some(1), 12), "{report:?}");
+        assert_eq!(
+            (report.from, report.events, report.dropped),
+            (Some(1), 13, 0),
+            "{report:?}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
+
+    // A stored event deleted with SQL is still named: its time is not before
+    // every partition.
+    let (txid, seq) = position(&app, "new-5").await;
+    app.db
+        .execute("DELETE FROM events WHERE id = 'new-5'", &[])
+        .await
+        .unwrap();
+    let finding = verify(&app.db, None, None).await.unwrap().finding;
+    assert!(
+        matches!(finding, Some(Finding::Deleted { txid: t, seq: s, .. }) if (t, s) == (txid, seq)),
+        "{finding:?}"
+    );
 }
 
 #[tokio::test]
