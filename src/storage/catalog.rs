@@ -67,11 +67,7 @@ fn step_sql() -> String {
 /// Returns how many; 0 when there were none or another instance holds the turn.
 pub async fn step(client: &mut Client) -> Result<u64, StorageError> {
     let tx = client.transaction().await?;
-    let turn: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&LOCK_KEY])
-        .await?
-        .get(0);
-    if !turn {
+    if !super::job::take_turn(&tx, LOCK_KEY).await? {
         return Ok(0);
     }
     // The position as parameters, so it bounds the index scans (as a joined row it

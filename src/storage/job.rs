@@ -58,6 +58,18 @@ pub async fn run_forever<J: Job>(target: crate::db::PgTarget, stop: Cancellation
     }
 }
 
+/// Takes this instance's turn at a job for the transaction: false when another
+/// instance holds it (that step is skipped, not waited for).
+pub async fn take_turn(
+    tx: &tokio_postgres::Transaction<'_>,
+    lock_key: i64,
+) -> Result<bool, StorageError> {
+    Ok(tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&lock_key])
+        .await?
+        .get(0))
+}
+
 /// A table or column a pending migration adds.
 fn schema_pending(e: &StorageError) -> bool {
     use tokio_postgres::error::SqlState;

@@ -172,11 +172,7 @@ pub struct Sealed {
 /// or another instance holds the turn.
 pub async fn step(client: &mut Client, keyring: Option<&Keyring>) -> Result<Sealed, StorageError> {
     let tx = client.transaction().await?;
-    let turn: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&LOCK_KEY])
-        .await?
-        .get(0);
-    if !turn {
+    if !super::job::take_turn(&tx, LOCK_KEY).await? {
         return Ok(Sealed::default());
     }
     let last = tx
