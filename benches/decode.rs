@@ -15,6 +15,7 @@ fn delivery(body: Vec<u8>) -> RawDelivery {
         routing_key: "bench.event".into(),
         properties: Properties::default(),
         received_at: chrono::Utc::now(),
+        authentic_replay: false,
     }
 }
 

@@ -50,6 +50,7 @@ fn delivery(body: Vec<u8>) -> RawDelivery {
         routing_key: "bench.memory".into(),
         properties: Properties::default(),
         received_at: chrono::Utc::now(),
+        authentic_replay: false,
     }
 }
 

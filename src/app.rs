@@ -17,6 +17,7 @@ use crate::batch::Limits;
 use crate::config::{Settings, redact_url};
 use crate::db;
 use crate::metrics::Metrics;
+use crate::replay_mark;
 use crate::sink::{self, SinkOptions, Writer};
 use crate::source::amqp::{self, BrokerLink, BrokerStatus, SourceConfig};
 use crate::storage::job;
@@ -71,11 +72,19 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         tracing::info!(setting = name, value = %value, "setting");
     }
     let pg = db::pg_config(&settings.database_url)?;
-    {
+    let replay_key = {
         let client = db::connect(&pg)
             .await
             .context("cannot connect to DATABASE_URL")?;
         db::check_schema(&client).await?;
+        replay_mark::load(&client)
+            .await
+            .context("cannot read the replay secret")?
+    };
+    if replay_key.is_none() {
+        tracing::warn!(
+            "no replay secret yet (migration 0017 pending): replayed deliveries are stored and absorbed as duplicates"
+        );
     }
     // The API may read as another (read-only) role, or from a replica.
     let read_pg = match &settings.read_database_url {
@@ -149,6 +158,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         retry_max_backoff: settings.retry_max_backoff,
         queue_depth_interval: settings.queue_depth_interval,
         max_inflight_bytes: settings.max_inflight_bytes,
+        replay_key,
     };
     let source = {
         let supervisor = supervisor.clone();

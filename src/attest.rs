@@ -193,6 +193,7 @@ mod tests {
             routing_key: "t.k".into(),
             properties: Default::default(),
             received_at: Utc::now(),
+            authentic_replay: false,
         };
         match crate::source::decode::decode(raw) {
             crate::envelope::Record::Event(e) => *e,

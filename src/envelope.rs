@@ -143,14 +143,11 @@ pub struct DeadLetter {
 pub enum Record {
     Event(Box<Event>),
     DeadLetter(Box<DeadLetter>),
-    /// A delivery `candystore replay` published (it carries [`REPLAY_HEADER`]): the
+    /// A delivery `candystore replay` published (it carries an authentic mark,
+    /// `crate::replay_mark`): the
     /// event is stored already, so it is acked with its batch and adds no row.
     Replayed,
 }
-
-/// The AMQP header `candystore replay` marks what it publishes with; its value is
-/// the replayed event's `seq`.
-pub const REPLAY_HEADER: &str = "x-candystore-replay";
 
 impl Record {
     /// Bytes this record holds in memory, for the batch byte limit.

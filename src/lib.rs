@@ -17,6 +17,7 @@ pub mod hex;
 pub mod metrics;
 pub mod ops;
 pub mod query;
+pub mod replay_mark;
 pub mod retry;
 pub mod sink;
 pub mod source;

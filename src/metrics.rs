@@ -96,6 +96,7 @@ pub struct Metrics {
     pub deliveries_received: IntCounter,
     pub duplicates: IntCounter,
     pub replays_ignored: IntCounter,
+    pub replay_marks_unauthenticated: IntCounter,
     pub audit_unattested: IntCounter,
     /// When the seal job last completed a step (sealing or finding nothing to seal).
     pub audit_last_seal: prometheus::Gauge,
@@ -210,7 +211,11 @@ impl Metrics {
             )),
             replays_ignored: reg!(IntCounter::new(
                 "candystore_replays_ignored_total",
-                "Deliveries published by `candystore replay` (x-candystore-replay): acked, not stored again"
+                "Deliveries published by `candystore replay` (an authentic x-candystore-replay mark): acked, not stored again"
+            )),
+            replay_marks_unauthenticated: reg!(IntCounter::new(
+                "candystore_replay_marks_unauthenticated_total",
+                "Deliveries with an x-candystore-replay header this installation did not make for them: stored like any event"
             )),
             audit_last_seal: reg!(prometheus::Gauge::new(
                 "candystore_audit_last_seal_timestamp_seconds",

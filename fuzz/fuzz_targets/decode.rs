@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
         routing_key: key,
         properties: Properties::default(),
         received_at: chrono::Utc::now(),
+        authentic_replay: false,
     });
     match record {
         Record::Event(e) => {

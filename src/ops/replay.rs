@@ -1,6 +1,6 @@
 //! `candystore replay`: stored events published again, exactly as they were
 //! published (the `/raw` envelope and the original AMQP properties, plus the
-//! `x-candystore-replay` header), in time order, to an exchange the operator names, so that
+//! authenticated `x-candystore-replay` mark, `crate::replay_mark`), in time order, to an exchange the operator names, so that
 //! downstream services can rebuild their state. Candystore's own ingest acks a
 //! replayed delivery without storing it again.
 //!
@@ -37,6 +37,8 @@ pub enum ReplayError {
     BadEnvelope(i64),
     #[error("invalid --resume: not a position this command printed")]
     BadResume,
+    #[error("the database has no replay secret (table replay_secret): run `candystore migrate`")]
+    NoReplaySecret,
 }
 
 /// What to replay and how fast.
@@ -108,6 +110,9 @@ pub async fn run(
     progress: &mut Progress,
     mut on_event: impl FnMut(&Progress),
 ) -> Result<(), ReplayError> {
+    let key = crate::replay_mark::load(client)
+        .await?
+        .ok_or(ReplayError::NoReplaySecret)?;
     let started = Instant::now();
     let mut position = replay.resume;
     let mut sent: u64 = 0;
@@ -139,8 +144,15 @@ pub async fn run(
                 tokio::time::sleep_until(due).await;
             }
             let routing_key: String = row.get("routing_key");
+            let mark = key.mark(seq, &routing_key, &body);
             let confirm = publisher
-                .start(replay.exchange, &routing_key, &body, &properties, Some(seq))
+                .start(
+                    replay.exchange,
+                    &routing_key,
+                    &body,
+                    &properties,
+                    Some(mark),
+                )
                 .await
                 .map_err(|source| ReplayError::Publish { seq, source })?;
             sent += 1;

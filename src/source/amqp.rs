@@ -28,6 +28,7 @@ use super::decode::{self, FrameRepairs, Properties, RawDelivery};
 use super::prefetch::Prefetch;
 use crate::config::QueueType;
 use crate::metrics::Metrics;
+use crate::replay_mark::{self, Mark};
 use crate::retry::Backoff;
 
 /// What the consumer needs to know.
@@ -46,6 +47,9 @@ pub struct SourceConfig {
     pub queue_depth_interval: Duration,
     /// Decoded records held between the consumer and COMMIT, in bytes at most.
     pub max_inflight_bytes: usize,
+    /// The installation's replay secret (`replay_mark`): only a delivery whose
+    /// mark it authenticates is taken for a replay. `None`: every mark is stored.
+    pub replay_key: Option<crate::replay_mark::ReplayKey>,
 }
 
 /// Whether the consumer is connected, for health checks.
@@ -289,7 +293,22 @@ async fn session(
         }
         let consumer_tag = consumer.as_ref().map(|c| c.tag.clone()).unwrap_or_default();
         tracing::trace!(tag, routing_key = %delivery.routing_key, bytes = delivery.data.len(), "delivery received");
-        let record = decode::decode(raw_delivery(delivery));
+        let mut raw = raw_delivery(delivery);
+        let mark = replay_mark::check(
+            cfg.replay_key.as_ref(),
+            raw.properties
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(replay_mark::HEADER)),
+            &raw.routing_key,
+            &raw.body,
+        );
+        raw.authentic_replay = mark == Mark::Authentic;
+        if mark == Mark::Unauthenticated {
+            metrics.replay_marks_unauthenticated.inc();
+            tracing::debug!(tag, "replay mark does not check out: stored like any event");
+        }
+        let record = decode::decode(raw);
         metrics.observe_received(&record);
         // Wait for room under MAX_INFLIGHT_BYTES (a record larger than the whole
         // budget takes all of it). Meanwhile nothing is read, acks go on, and the
@@ -594,6 +613,7 @@ fn raw_delivery(d: lapin::message::Delivery) -> RawDelivery {
         properties,
         repairs,
         body: d.data,
+        authentic_replay: false,
     }
 }
 

@@ -114,6 +114,11 @@ pub struct RawDelivery {
     pub routing_key: String,
     pub properties: Properties,
     pub received_at: DateTime<Utc>,
+    /// The delivery carries a replay mark this installation made for it
+    /// (`replay_mark::Mark::Authentic`, judged by the source, which holds the key):
+    /// it is stored already. A mark that does not check out leaves this false, and
+    /// the delivery is stored like any event.
+    pub authentic_replay: bool,
 }
 
 /// Decodes and projects one delivery. Never fails: what is not an event becomes a
@@ -126,12 +131,9 @@ pub fn decode(raw: RawDelivery) -> Record {
         routing_key,
         mut properties,
         received_at,
+        authentic_replay,
     } = raw;
-    if properties
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.contains_key(crate::envelope::REPLAY_HEADER))
-    {
+    if authentic_replay {
         return Record::Replayed;
     }
     let mut sanitized = properties.headers_sanitized;

@@ -19,6 +19,7 @@ fn delivery(body: &[u8]) -> RawDelivery {
         routing_key: "rk.default".into(),
         properties: Properties::default(),
         received_at: received(),
+        authentic_replay: false,
     }
 }
 
@@ -495,12 +496,16 @@ fn depth_is_counted_on_the_bytes_outside_strings() {
 }
 
 #[test]
-fn a_delivery_marked_as_a_replay_is_not_an_event_to_store_again() {
+fn a_delivery_with_an_authentic_replay_mark_is_not_an_event_to_store_again() {
+    let mut raw = delivery(br#"{"id": "r-1", "event_type": "x", "data": {}}"#);
+    raw.authentic_replay = true;
+    assert!(matches!(decode(raw), Record::Replayed));
+    // The header alone (any publisher can set it) leaves it an event.
     let mut raw = delivery(br#"{"id": "r-1", "event_type": "x", "data": {}}"#);
     let mut headers = serde_json::Map::new();
-    headers.insert(crate::envelope::REPLAY_HEADER.into(), 42.into());
+    headers.insert(crate::replay_mark::HEADER.into(), 42.into());
     raw.properties.headers = Some(headers);
-    assert!(matches!(decode(raw), Record::Replayed));
+    assert_eq!(event(decode(raw)).id, "r-1");
     // Any other header leaves it an event.
     let mut raw = delivery(br#"{"id": "r-1", "event_type": "x", "data": {}}"#);
     let mut headers = serde_json::Map::new();

@@ -332,17 +332,18 @@ impl Republisher {
     }
 
     /// Publishes `body` exactly, with the AMQP properties stored beside it (as
-    /// decode wrote them), and waits for the confirm. `replay_of` marks the message
-    /// with [`crate::envelope::REPLAY_HEADER`] (the replayed event's `seq`).
+    /// decode wrote them), and waits for the confirm. `replay_mark` marks the message
+    /// with [`crate::replay_mark::HEADER`], its value the mark
+    /// (`ReplayKey::mark` over this routing key and body).
     pub async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         properties: &serde_json::Value,
-        replay_of: Option<i64>,
+        replay_mark: Option<String>,
     ) -> Result<(), RepublishError> {
-        self.start(exchange, routing_key, body, properties, replay_of)
+        self.start(exchange, routing_key, body, properties, replay_mark)
             .await?
             .await
     }
@@ -355,17 +356,17 @@ impl Republisher {
         routing_key: &str,
         body: &[u8],
         properties: &serde_json::Value,
-        replay_of: Option<i64>,
+        replay_mark: Option<String>,
     ) -> Result<
         impl std::future::Future<Output = Result<(), RepublishError>> + Send + 'static,
         RepublishError,
     > {
         let mut props = properties_from_json(properties);
-        if let Some(seq) = replay_of {
+        if let Some(mark) = replay_mark {
             let mut headers = props.headers().clone().unwrap_or_default();
             headers.insert(
-                crate::envelope::REPLAY_HEADER.into(),
-                lapin::types::AMQPValue::LongLongInt(seq),
+                crate::replay_mark::HEADER.into(),
+                lapin::types::AMQPValue::LongString(mark.into()),
             );
             props = props.with_headers(headers);
         }

@@ -162,9 +162,11 @@ async fn a_replay_publishes_every_stored_envelope_as_published_in_time_order() {
             "{id}: original properties kept"
         );
         let headers = props.headers().as_ref().unwrap();
-        assert_eq!(
-            headers.inner().get("x-candystore-replay"),
-            Some(&AMQPValue::LongLongInt(at.seq)),
+        let Some(AMQPValue::LongString(mark)) = headers.inner().get("x-candystore-replay") else {
+            panic!("{id}: not marked as a replay");
+        };
+        assert!(
+            mark.to_string().starts_with(&format!("v1:{}:", at.seq)),
             "{id}: marked as a replay of seq {}",
             at.seq
         );
@@ -219,4 +221,84 @@ async fn candystore_ingests_its_own_replay_without_adding_a_row() {
         0,
         "every replayed delivery acked"
     );
+}
+
+#[tokio::test]
+async fn a_publisher_that_sets_the_replay_header_itself_has_its_events_stored() {
+    let app = spawn_app().await;
+    // Any value a publisher may choose, the old plain seq among them.
+    let values = [
+        AMQPValue::LongLongInt(42),
+        AMQPValue::LongString("yes".into()),
+        AMQPValue::LongString(format!("v1:1:{}", "ab".repeat(32)).into()),
+        AMQPValue::Boolean(true),
+    ];
+    for (i, v) in values.iter().enumerate() {
+        let mut headers = FieldTable::default();
+        headers.insert("x-candystore-replay".into(), v.clone());
+        let props = lapin::BasicProperties::default().with_headers(headers);
+        let body =
+            format!(r#"{{"id": "forged-{i}", "event_type": "x.y", "source": "s", "data": {{}}}}"#);
+        app.publish_with("x.y", body.as_bytes(), props).await;
+    }
+    app.wait_for_rows("events", values.len() as i64).await;
+    assert_eq!(
+        app.metric("candystore_replay_marks_unauthenticated_total")
+            .await,
+        values.len() as f64
+    );
+    assert_eq!(app.metric("candystore_replays_ignored_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_real_replay_mark_copied_onto_another_body_does_not_hide_it() {
+    let app = spawn_app().await;
+    publish_mix(&app, 3).await;
+    // What a consumer of the exchange sees of a real replay: its mark.
+    let sink = Sink::new(&app).await;
+    let publisher = candystore::source::publish::Republisher::connect(AMQP)
+        .await
+        .unwrap();
+    let all = EventQuery::parse("").unwrap();
+    let job = Replay {
+        query: &all,
+        exchange: &sink.exchange,
+        rate: 0,
+        resume: None,
+    };
+    replay::run(&app.db, &publisher, &job, &mut Progress::default(), |_| {})
+        .await
+        .unwrap();
+    let seen = sink.drain().await;
+    assert_eq!(seen.len(), 3);
+    let m = &seen[0];
+    let headers = m.delivery.properties.headers().clone().unwrap();
+    let mark = headers.inner().get("x-candystore-replay").unwrap().clone();
+    // The same mark on a new event (same routing key), and on the same body under
+    // another routing key, is stored; the real replay, published again to the
+    // service's exchange, is not.
+    let mut forged = FieldTable::default();
+    forged.insert("x-candystore-replay".into(), mark);
+    let props = lapin::BasicProperties::default().with_headers(forged);
+    let key = m.delivery.routing_key.as_str().to_owned();
+    app.publish_with(
+        &key,
+        br#"{"id": "smuggled", "event_type": "x.y", "source": "s", "data": {}}"#,
+        props.clone(),
+    )
+    .await;
+    app.wait_for_rows("events", 4).await;
+    assert_eq!(
+        app.metric("candystore_replay_marks_unauthenticated_total")
+            .await,
+        1.0
+    );
+    app.publish_with(&key, &m.delivery.data, m.delivery.properties.clone())
+        .await;
+    app.wait_until(std::time::Duration::from_secs(10), || async {
+        app.metric("candystore_replays_ignored_total").await == 1.0
+    })
+    .await;
+    assert_eq!(app.count("events").await, 4);
+    sink.remove().await;
 }

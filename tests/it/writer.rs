@@ -20,6 +20,7 @@ fn raw(body: Vec<u8>, routing_key: &str) -> RawDelivery {
         routing_key: routing_key.into(),
         properties: Properties::default(),
         received_at: chrono::Utc::now(),
+        authentic_replay: false,
     }
 }
 
