@@ -181,7 +181,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         job_stop(),
         crate::storage::maintain::MaintenanceJob {
             opts: crate::storage::maintain::Options {
-                interval: settings.partition_interval,
+                layout: settings.partition_layout(),
                 retention: settings.retention,
                 archive_dir: settings.archive_dir.clone(),
             },

@@ -229,6 +229,18 @@ pub const VARIABLES: &[Variable] = &[
         secret: Secret::No,
     },
     Variable {
+        name: "PARTITION_WINDOW_PAST",
+        default: "366d",
+        meaning: "events older than this get a partition per calendar year, not per PARTITION_INTERVAL (at most 100 years)",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "PARTITION_WINDOW_FUTURE",
+        default: "31d",
+        meaning: "events dated further ahead share one partition up to year 9999, split as the window reaches it (at most 100 years)",
+        secret: Secret::No,
+    },
+    Variable {
         name: "RETENTION",
         default: "",
         meaning: "partitions older than this are dropped (90d); unset: keep everything",
@@ -346,6 +358,9 @@ pub struct Settings {
     pub cors_allowed_origins: Vec<String>,
     /// The time range of one partition of `events` and `dead_letter`.
     pub partition_interval: PartitionInterval,
+    /// Beyond these from now, events get coarse partitions (`storage::partition::Layout`).
+    pub partition_window_past: Duration,
+    pub partition_window_future: Duration,
     /// Partitions that ended longer ago than this are dropped; `None` keeps all.
     pub retention: Option<Duration>,
     /// Where retention archives a partition before dropping it; `None`: no archive.
@@ -454,6 +469,8 @@ impl Settings {
             partition_interval: PartitionInterval::parse(r.get("PARTITION_INTERVAL")).ok_or_else(
                 || r.invalid("PARTITION_INTERVAL", "expected 1 day, 1 week or 1 month"),
             )?,
+            partition_window_past: r.window("PARTITION_WINDOW_PAST")?,
+            partition_window_future: r.window("PARTITION_WINDOW_FUTURE")?,
             retention: match r.get("RETENTION").trim() {
                 "" => None,
                 _ => Some(r.duration("RETENTION")?),
@@ -467,6 +484,17 @@ impl Settings {
             audit_keys: r.keys("AUDIT_KEY")?,
         };
         Ok(settings)
+    }
+
+    /// How partitions are cut: PARTITION_INTERVAL within the window, coarse outside.
+    pub fn partition_layout(&self) -> crate::storage::partition::Layout {
+        let days =
+            |d: Duration| chrono::Duration::from_std(d).expect("validated: at most 100 years");
+        crate::storage::partition::Layout {
+            interval: self.partition_interval,
+            past: days(self.partition_window_past),
+            future: days(self.partition_window_future),
+        }
     }
 
     /// The row limit the batcher really uses: `BATCH_SIZE`, but never more than
@@ -658,6 +686,15 @@ impl Raw {
         })?;
         if d.is_zero() {
             return Err(self.invalid(name, "expected a duration above zero"));
+        }
+        Ok(d)
+    }
+
+    /// A partition window: a duration of at most 100 years.
+    fn window(&self, name: &'static str) -> Result<Duration, ConfigError> {
+        let d = self.duration(name)?;
+        if d > Duration::from_secs(100 * 366 * 86_400) {
+            return Err(self.invalid(name, "expected at most 100 years"));
         }
         Ok(d)
     }

@@ -340,7 +340,7 @@ async fn maintain(settings: &Settings) -> anyhow::Result<ExitCode> {
     let target = db::pg_config(&settings.database_url)?;
     let mut client = storage::connect(&target).await?;
     let opts = storage::maintain::Options {
-        interval: settings.partition_interval,
+        layout: settings.partition_layout(),
         retention: settings.retention,
         archive_dir: settings.archive_dir.clone(),
     };

@@ -139,6 +139,8 @@ pub struct StorageMetrics {
     pub created: IntCounterVec,
     pub dropped: IntCounterVec,
     pub archived: IntCounterVec,
+    pub deferred: IntGaugeVec,
+    pub range_failures: IntCounterVec,
     pub last_run: Gauge,
     pub last_success: Gauge,
     pub failures: IntCounter,
@@ -398,6 +400,20 @@ impl Metrics {
                     Opts::new("candystore_partitions_archived_total", "Partitions archived to ARCHIVE_DIR by retention"),
                     &["table"]
                 )),
+                deferred: reg!(IntGaugeVec::new(
+                    Opts::new(
+                        "candystore_partitions_deferred",
+                        "Partitions the last maintenance run wanted but left for the next runs (it creates at most 100 per table)"
+                    ),
+                    &["table"]
+                )),
+                range_failures: reg!(IntCounterVec::new(
+                    Opts::new(
+                        "candystore_maintenance_range_failures_total",
+                        "Partitions the maintenance job failed to create or split (logged with the range); the run went on and the next one retries"
+                    ),
+                    &["table"]
+                )),
                 last_run: reg!(Gauge::new(
                     "candystore_maintenance_last_run_timestamp_seconds",
                     "When the maintenance job last ran on this instance (Unix time), whatever its outcome"
@@ -435,6 +451,8 @@ impl Metrics {
             self.storage.created.with_label_values(&t);
             self.storage.dropped.with_label_values(&t);
             self.storage.archived.with_label_values(&t);
+            self.storage.deferred.with_label_values(&t);
+            self.storage.range_failures.with_label_values(&t);
         }
         self
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
-use super::partition::{self, Partition, PartitionInterval, Range};
+use super::partition::{self, Layout, Partition, PartitionInterval, Range};
 use super::{StorageError, Table, archive};
 use crate::metrics::Metrics;
 
@@ -24,9 +24,16 @@ pub const MAINTENANCE_LOCK: i64 = 0x6373_2d6d_6169_6e74;
 /// Intervals ahead of the current one that always have a partition.
 pub const AHEAD: u32 = 2;
 
+/// Partitions one run creates per table at most. The window bounds how many
+/// partitions of an interval there can be (about 400 days' worth by default);
+/// this bounds one run's work and lock time. What is left is created by the
+/// next runs, exported as `candystore_partitions_deferred` and alerted on.
+pub const MAX_CREATED_PER_RUN: usize = 100;
+
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub interval: PartitionInterval,
+    /// PARTITION_INTERVAL and the window around now it applies in.
+    pub layout: Layout,
     /// Partitions that end more than this long ago are dropped; `None` keeps all.
     pub retention: Option<Duration>,
     /// Where retention archives a partition before it drops it.
@@ -43,6 +50,11 @@ pub struct Report {
     pub drained: u64,
     pub archived: Vec<String>,
     pub dropped: Vec<String>,
+    /// Partitions wanted but left for the next run ([`MAX_CREATED_PER_RUN`]).
+    pub deferred: usize,
+    /// Ranges whose partition could not be made this run (logged, counted,
+    /// retried by the next run); the rest of the run went on.
+    pub failed: Vec<String>,
 }
 
 /// The times whose partitions must exist: now and [`AHEAD`] intervals on.
@@ -122,12 +134,24 @@ async fn run_locked(
             );
             continue;
         }
-        // Ahead, then whatever the default partition holds.
-        let mut wanted = ahead(now, opts.interval);
+        let mut existing = partition::ranges_in(client, table.name()).await?;
+        // The far-future partition's head, once the window reaches it.
+        if let Some((far, at)) = opts.layout.split_due(now, &existing) {
+            match partition::split_head(client, table, far, at).await {
+                Ok(moved) => {
+                    tracing::info!(table = table.name(), from = %far.start, to = %at, rows_moved_to_default = moved, "far-future partition's head split off");
+                    existing = partition::ranges_in(client, table.name()).await?;
+                }
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => failed(table, far, &e, metrics, &mut report),
+            }
+        }
+        // Ahead, then whatever the default partition holds, in time order.
+        let mut wanted = ahead(now, opts.layout.interval);
         let stray = client
             .query(
                 &format!(
-                    "SELECT DISTINCT date_trunc('day', {t} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' FROM {d} LIMIT 1000",
+                    "SELECT DISTINCT date_trunc('day', {t} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS day FROM {d} ORDER BY day LIMIT 1000",
                     t = table.time_column(),
                     d = table.default_partition()
                 ),
@@ -135,19 +159,47 @@ async fn run_locked(
             )
             .await?;
         wanted.extend(stray.iter().map(|r| r.get::<_, DateTime<Utc>>(0)));
-        let mut existing = partition::ranges_in(client, table.name()).await?;
+        let mut created = 0;
+        let mut deferred = 0;
         for t in wanted {
-            let Some(range) = partition::range_for(t, opts.interval, &existing) else {
+            let Some(range) = opts.layout.range_for(t, now, &existing) else {
                 continue;
             };
-            let (name, moved) = partition::create(client, table, range).await?;
-            existing.push(range);
-            tracing::info!(table = table.name(), partition = %name, from = %range.start, to = %range.end, rows_moved_from_default = moved, "partition created");
-            if let Some(m) = metrics {
-                m.storage.created.with_label_values(&[table.name()]).inc();
+            if created >= MAX_CREATED_PER_RUN {
+                deferred += 1;
+                existing.push(range);
+                continue;
             }
-            report.drained += moved;
-            report.created.push(name);
+            // Tried once per run: a range that fails is not tried again below.
+            existing.push(range);
+            match partition::create(client, table, range).await {
+                Ok((name, moved)) => {
+                    created += 1;
+                    tracing::info!(table = table.name(), partition = %name, from = %range.start, to = %range.end, rows_moved_from_default = moved, "partition created");
+                    if let Some(m) = metrics {
+                        m.storage.created.with_label_values(&[table.name()]).inc();
+                    }
+                    report.drained += moved;
+                    report.created.push(name);
+                }
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => failed(table, range, &e, metrics, &mut report),
+            }
+        }
+        if deferred > 0 {
+            tracing::warn!(
+                table = table.name(),
+                deferred,
+                max = MAX_CREATED_PER_RUN,
+                "maintenance: more partitions wanted than one run creates; the next runs go on"
+            );
+        }
+        report.deferred += deferred;
+        if let Some(m) = metrics {
+            m.storage
+                .deferred
+                .with_label_values(&[table.name()])
+                .set(deferred as i64);
         }
         if let Some(retention) = opts.retention {
             let partitions = partition::list(client, table).await?;
@@ -174,6 +226,37 @@ async fn run_locked(
         }
     }
     Ok(report)
+}
+
+/// Whether an error ends the run (the connection is gone) rather than just the
+/// range it happened on.
+fn is_fatal(e: &StorageError) -> bool {
+    match e {
+        StorageError::Db(e) => e.is_closed(),
+        StorageError::Connect(_) => true,
+        _ => false,
+    }
+}
+
+/// A range whose partition could not be made or split: logged and counted, and
+/// the run goes on. The next run tries it again.
+fn failed(
+    table: Table,
+    range: Range,
+    e: &StorageError,
+    metrics: Option<&Metrics>,
+    report: &mut Report,
+) {
+    tracing::error!(table = table.name(), from = %range.start, to = %range.end, error = %e, "maintenance: partition failed; skipped until the next run");
+    if let Some(m) = metrics {
+        m.storage
+            .range_failures
+            .with_label_values(&[table.name()])
+            .inc();
+    }
+    report
+        .failed
+        .push(format!("{} {}..{}", table.name(), range.start, range.end));
 }
 
 /// Drops a partition and the redelivery keys of its range, and records the range

@@ -106,10 +106,18 @@ pub fn range_for(
         return None;
     }
     let floor = interval.floor(t);
-    let mut r = Range {
-        start: floor,
-        end: interval.next(floor),
-    };
+    Some(cut(
+        Range {
+            start: floor,
+            end: interval.next(floor),
+        },
+        t,
+        existing,
+    ))
+}
+
+/// `r` (which holds `t`) cut back to the gap between existing partitions that holds `t`.
+fn cut(mut r: Range, t: DateTime<Utc>, existing: &[Range]) -> Range {
     for e in existing {
         if e.end <= t && e.end > r.start {
             r.start = e.end;
@@ -118,7 +126,112 @@ pub fn range_for(
             r.end = e.start;
         }
     }
-    Some(r)
+    r
+}
+
+/// The first instant no event time reaches: decode keeps years 1 to 9999, so
+/// 10000-01-01 bounds the far future's partition.
+pub fn end_of_time() -> DateTime<Utc> {
+    midnight(NaiveDate::from_ymd_opt(10_000, 1, 1).expect("chrono reaches year 10000"))
+}
+
+/// How partitions are cut: by PARTITION_INTERVAL within a window around now, and
+/// coarsely outside it, so that no publisher can make a partition per day of
+/// history or of the future by choosing its events' dates.
+///
+/// Within `[now − past, now + future]` (widened to whole intervals): one partition
+/// per interval. Before it: one per calendar year, cut at the window's start (the
+/// window moves forward, so a year partition never re-enters it). After it: one
+/// partition up to the end of time, whose head the maintenance job splits off
+/// ([`Layout::split_due`]) as the window reaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub interval: PartitionInterval,
+    /// PARTITION_WINDOW_PAST.
+    pub past: Duration,
+    /// PARTITION_WINDOW_FUTURE.
+    pub future: Duration,
+}
+
+impl Layout {
+    /// Just an interval, with the default window (tests and tools).
+    pub fn with_interval(interval: PartitionInterval) -> Self {
+        Self {
+            interval,
+            past: Duration::days(DEFAULT_WINDOW_PAST_DAYS),
+            future: Duration::days(DEFAULT_WINDOW_FUTURE_DAYS),
+        }
+    }
+
+    /// The window at `now`, in whole intervals.
+    pub fn window(&self, now: DateTime<Utc>) -> Range {
+        let floor_past = self.interval.floor(clamp_time(now - self.past));
+        let floor_future = self.interval.floor(clamp_time(now + self.future));
+        Range {
+            start: floor_past,
+            end: self.interval.next(floor_future).min(end_of_time()),
+        }
+    }
+
+    /// The range a new partition for `t` should cover at `now`; `None` when a
+    /// partition already holds `t`.
+    pub fn range_for(
+        &self,
+        t: DateTime<Utc>,
+        now: DateTime<Utc>,
+        existing: &[Range],
+    ) -> Option<Range> {
+        if existing.iter().any(|r| r.contains(t)) {
+            return None;
+        }
+        let window = self.window(now);
+        let base = if t < window.start {
+            let year = NaiveDate::from_ymd_opt(t.year(), 1, 1).expect("1 january exists");
+            let next = NaiveDate::from_ymd_opt(t.year() + 1, 1, 1).expect("1 january exists");
+            Range {
+                start: midnight(year),
+                end: midnight(next).min(window.start),
+            }
+        } else if t >= window.end {
+            Range {
+                start: window.end,
+                end: end_of_time(),
+            }
+        } else {
+            let floor = self.interval.floor(t);
+            Range {
+                start: floor,
+                end: self.interval.next(floor),
+            }
+        };
+        Some(cut(base, t, existing))
+    }
+
+    /// The far-future partition whose head the window has reached at `now`, and
+    /// where to split it: its rows before that point must go to partitions of
+    /// their interval, or every event of those days would stay in one partition.
+    pub fn split_due(
+        &self,
+        now: DateTime<Utc>,
+        existing: &[Range],
+    ) -> Option<(Range, DateTime<Utc>)> {
+        let window = self.window(now);
+        existing
+            .iter()
+            .find(|r| r.end == end_of_time() && r.start < window.end && window.end < r.end)
+            .map(|r| (*r, window.end))
+    }
+}
+
+/// PARTITION_WINDOW_PAST's default, in days.
+pub const DEFAULT_WINDOW_PAST_DAYS: i64 = 366;
+/// PARTITION_WINDOW_FUTURE's default, in days.
+pub const DEFAULT_WINDOW_FUTURE_DAYS: i64 = 31;
+
+/// `t`, kept within the years events can have (1 to 9999).
+fn clamp_time(t: DateTime<Utc>) -> DateTime<Utc> {
+    let first = midnight(NaiveDate::from_ymd_opt(1, 1, 1).expect("year 1 exists"));
+    t.clamp(first, end_of_time())
 }
 
 /// A partition of a table, as the catalog describes it.
@@ -186,6 +299,15 @@ pub fn parse_bound(bound: &str) -> Option<Range> {
 }
 
 fn parse_pg_time(s: &str) -> Option<DateTime<Utc>> {
+    // chrono reads a year of more than four digits only with a sign.
+    let year_digits = s.find('-')?;
+    let signed;
+    let s = if year_digits > 4 {
+        signed = format!("+{s}");
+        &signed
+    } else {
+        s
+    };
     DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
         .ok()
         .map(|t| t.with_timezone(&Utc))
@@ -196,8 +318,11 @@ pub fn partition_name(table: Table, start: DateTime<Utc>) -> String {
     format!("{}_p{}", table.name(), start.format("%Y%m%d"))
 }
 
+/// A time as a PostgreSQL literal, for every time a partition can be bounded by
+/// (years 1 to 10000). chrono writes year 10000 as `+10000`, which PostgreSQL
+/// refuses, so the year is written here.
 pub(crate) fn pg_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
+    format!("{:04}-{}", t.year(), t.format("%m-%d %H:%M:%S%.6f+00"))
 }
 
 /// Creates the partition of `table` for `range` and attaches it, moving into it
@@ -291,6 +416,59 @@ pub(crate) async fn create_in(
     Ok((name, moved))
 }
 
+/// Splits the head `[far.start, at)` off the far-future partition `far`: the
+/// partition is detached, its rows before `at` are put back through the parent
+/// (into the default partition, which the maintenance job then drains into
+/// partitions of their interval), and it is attached again for `[at, far.end)`
+/// under the name of its new start. One transaction under ACCESS EXCLUSIVE on
+/// the table: as long as reading the far partition once (it holds only events
+/// dated past the window). Returns the rows moved.
+pub async fn split_head(
+    client: &mut Client,
+    table: Table,
+    far: Range,
+    at: DateTime<Utc>,
+) -> Result<u64, StorageError> {
+    let parent = table.name();
+    let old = partition_name(table, far.start);
+    let new = partition_name(table, at);
+    let time = table.time_column();
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!("LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE"))
+        .await?;
+    let columns: String = tx
+        .query_one(
+            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&parent],
+        )
+        .await?
+        .get(0);
+    let (at_lit, end_lit) = (pg_time(at), pg_time(far.end));
+    tx.batch_execute(&format!(
+        "ALTER TABLE {parent} DETACH PARTITION {old}; \
+         CREATE TEMP TABLE cs_split_head (LIKE {parent}) ON COMMIT DROP;"
+    ))
+    .await?;
+    let moved = tx
+        .execute(
+            &format!(
+                "WITH moved AS (DELETE FROM {old} WHERE {time} < '{at_lit}' RETURNING {columns}) \
+                 INSERT INTO cs_split_head ({columns}) SELECT {columns} FROM moved"
+            ),
+            &[],
+        )
+        .await?;
+    tx.batch_execute(&format!(
+        "ALTER TABLE {old} RENAME TO {new}; \
+         ALTER TABLE {parent} ATTACH PARTITION {new} FOR VALUES FROM ('{at_lit}') TO ('{end_lit}'); \
+         INSERT INTO {parent} ({columns}) SELECT {columns} FROM cs_split_head;"
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok(moved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +553,84 @@ mod tests {
                 &existing
             ),
             Some(day("2026-11-06T00:00:00Z", "2026-11-09T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn bounds_at_the_ends_of_time_are_written_and_read_as_postgresql_takes_them() {
+        assert_eq!(pg_time(end_of_time()), "10000-01-01 00:00:00.000000+00");
+        assert_eq!(
+            pg_time(t("0001-01-01T00:00:00Z")),
+            "0001-01-01 00:00:00.000000+00"
+        );
+        let r = parse_bound(
+            "FOR VALUES FROM ('9999-12-31 00:00:00+00') TO ('10000-01-01 00:00:00+00')",
+        )
+        .unwrap();
+        assert_eq!(r.end, end_of_time());
+        assert_eq!(r.start, t("9999-12-31T00:00:00Z"));
+    }
+
+    #[test]
+    fn far_from_now_a_partition_is_a_year_before_the_window_and_one_after_it() {
+        let layout = Layout::with_interval(PartitionInterval::Day);
+        let now = t("2026-12-03T10:00:00Z");
+        let window = layout.window(now);
+        assert_eq!(window.start, t("2025-12-02T00:00:00Z"));
+        assert_eq!(window.end, t("2027-01-04T00:00:00Z"));
+        // Inside: a day.
+        assert_eq!(
+            layout.range_for(t("2026-06-01T05:00:00Z"), now, &[]),
+            Some(Range {
+                start: t("2026-06-01T00:00:00Z"),
+                end: t("2026-06-02T00:00:00Z")
+            })
+        );
+        // Before: the calendar year, cut at the window's start.
+        assert_eq!(
+            layout.range_for(t("1999-03-04T00:00:00Z"), now, &[]),
+            Some(Range {
+                start: t("1999-01-01T00:00:00Z"),
+                end: t("2000-01-01T00:00:00Z")
+            })
+        );
+        assert_eq!(
+            layout.range_for(t("2025-07-01T00:00:00Z"), now, &[]),
+            Some(Range {
+                start: t("2025-01-01T00:00:00Z"),
+                end: t("2025-12-02T00:00:00Z")
+            })
+        );
+        assert_eq!(
+            layout
+                .range_for(t("0001-01-01T00:00:00Z"), now, &[])
+                .unwrap()
+                .start,
+            t("0001-01-01T00:00:00Z")
+        );
+        // After: one partition to the end of time, for 2027-02 as for 9999-12-31.
+        let far = Range {
+            start: t("2027-01-04T00:00:00Z"),
+            end: end_of_time(),
+        };
+        assert_eq!(
+            layout.range_for(t("9999-12-31T23:59:59Z"), now, &[]),
+            Some(far)
+        );
+        assert_eq!(
+            layout.range_for(t("2027-02-01T00:00:00Z"), now, &[]),
+            Some(far)
+        );
+        assert_eq!(
+            layout.range_for(t("2030-01-01T00:00:00Z"), now, &[far]),
+            None
+        );
+        // Ten days later the window has reached its head: split at the window's end.
+        assert_eq!(layout.split_due(now, &[far]), None);
+        let later = t("2026-12-13T10:00:00Z");
+        assert_eq!(
+            layout.split_due(later, &[far]),
+            Some((far, t("2027-01-14T00:00:00Z")))
         );
     }
 

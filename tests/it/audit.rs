@@ -427,7 +427,7 @@ async fn after_retention_every_checkpoint_verifies_and_a_restore_is_verified_aga
     let target = candystore::db::pg_config(&app.db_url).unwrap();
     let mut c = candystore::storage::connect(&target).await.unwrap();
     let keep_all = maintain::Options {
-        interval: PartitionInterval::Day,
+        layout: candystore::storage::partition::Layout::with_interval(PartitionInterval::Day),
         retention: None,
         archive_dir: None,
     };

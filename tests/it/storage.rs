@@ -21,7 +21,7 @@ async fn storage_client(app: &TestApp) -> Client {
 
 fn opts(retention_days: Option<u64>) -> maintain::Options {
     maintain::Options {
-        interval: PartitionInterval::Day,
+        layout: partition::Layout::with_interval(PartitionInterval::Day),
         retention: retention_days.map(|d| Duration::from_secs(d * 86_400)),
         archive_dir: None,
     }
@@ -126,8 +126,9 @@ async fn an_event_outside_every_partition_waits_in_the_default_one_until_mainten
         .await
         .unwrap();
     assert_eq!(report.drained, 1, "{report:?}");
-    assert_eq!(report.created, ["events_p20190505"]);
-    assert_eq!(partition_of(&app, "from-2019").await, ["events_p20190505"]);
+    // Older than PARTITION_WINDOW_PAST: its year's partition.
+    assert_eq!(report.created, ["events_p20190101"]);
+    assert_eq!(partition_of(&app, "from-2019").await, ["events_p20190101"]);
     assert_eq!(app.count("events_default").await, 0);
     // The API still finds it, by id and in lists.
     let r = app
@@ -853,4 +854,125 @@ async fn a_count_running_while_maintenance_moves_rows_out_of_the_default_partiti
         );
     }
     assert_eq!(app.count("events_default").await, 0);
+}
+
+#[tokio::test]
+async fn publisher_chosen_dates_far_from_now_share_coarse_partitions_and_year_9999_breaks_nothing()
+{
+    let app = spawn_app().await;
+    let mut c = storage_client(&app).await;
+    let before = partitions(&c, Table::Events).await.len();
+    let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    let mut times = vec![
+        at("9999-12-31T23:59:59.999999Z"),
+        at("0001-01-01T00:00:00Z"),
+    ];
+    // 150 distinct days of 1990, and 150 from 60 days ahead.
+    times.extend((0..150).map(|d| at("1990-01-01T12:00:00Z") + chrono::Duration::days(d)));
+    let ahead = today() + chrono::Duration::days(60) + chrono::Duration::hours(12);
+    times.extend((0..150).map(|d| ahead + chrono::Duration::days(d)));
+    for (i, t) in times.iter().enumerate() {
+        app.publish("storage.far", &cloud_event(&format!("far-{i}"), Some(*t)))
+            .await;
+    }
+    settle(&app).await;
+    let total = times.len() as i64 + 1;
+    assert_eq!(app.count("events").await, total);
+
+    let report = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    // Year 1, 1990, and one partition for everything past the window.
+    assert_eq!(report.created.len(), 3, "{report:?}");
+    assert_eq!(partitions(&c, Table::Events).await.len(), before + 3);
+    assert_eq!(app.count("events_default").await, 0);
+    let far = partition::partition_name(
+        Table::Events,
+        partition::Layout::with_interval(PartitionInterval::Day)
+            .window(Utc::now())
+            .end,
+    );
+    assert_eq!(partition_of(&app, "far-0").await, vec![far.clone()]);
+    assert_eq!(partition_of(&app, "far-2").await, vec!["events_p19900101"]);
+    // Another run has nothing to do, however often it runs.
+    let again = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    assert!(
+        again.created.is_empty() && again.failed.is_empty(),
+        "{again:?}"
+    );
+
+    // 45 days on, the window has reached the far partition's head: the days it
+    // covers get partitions of their own, and the far partition the rest.
+    let later = Utc::now() + chrono::Duration::days(45);
+    let split = maintain::run_once(&mut c, &opts(None), later, None)
+        .await
+        .unwrap();
+    assert!(split.failed.is_empty(), "{split:?}");
+    let window_end = partition::Layout::with_interval(PartitionInterval::Day)
+        .window(later)
+        .end;
+    let in_head = times
+        .iter()
+        .filter(|t| **t < window_end && **t >= ahead)
+        .count();
+    assert!(in_head >= 10, "{in_head} events in the head");
+    assert_eq!(split.drained as usize, in_head, "{split:?}");
+    assert_eq!(app.count("events_default").await, 0);
+    assert_eq!(app.count("events").await, total);
+    assert_eq!(
+        partition_of(&app, "far-2").await,
+        vec!["events_p19900101"],
+        "history untouched"
+    );
+    assert_eq!(
+        partition_of(&app, "far-152").await,
+        vec![partition::partition_name(
+            Table::Events,
+            PartitionInterval::Day.floor(ahead)
+        )]
+    );
+    assert_eq!(
+        partition_of(&app, "far-0").await,
+        vec![partition::partition_name(Table::Events, window_end)]
+    );
+    assert!(!partitions(&c, Table::Events).await.contains(&far));
+}
+
+#[tokio::test]
+async fn a_range_whose_partition_fails_is_skipped_counted_and_made_by_a_later_run() {
+    let app = spawn_app().await;
+    let mut c = storage_client(&app).await;
+    let (a, b) = (days_ago(20), days_ago(21));
+    app.publish("storage.t", &cloud_event("a", Some(a))).await;
+    app.publish("storage.t", &cloud_event("b", Some(b))).await;
+    settle(&app).await;
+    // Something in the way of one range's partition.
+    let blocked = partition::partition_name(Table::Events, a);
+    app.db
+        .batch_execute(&format!("CREATE TABLE {blocked} (x int)"))
+        .await
+        .unwrap();
+    let report = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].starts_with("events "), "{report:?}");
+    // The other range got its partition all the same.
+    assert_eq!(
+        partition_of(&app, "b").await,
+        vec![partition::partition_name(Table::Events, b)]
+    );
+    assert_eq!(partition_of(&app, "a").await, vec!["events_default"]);
+    app.db
+        .batch_execute(&format!("DROP TABLE {blocked}"))
+        .await
+        .unwrap();
+    let retried = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    assert!(retried.failed.is_empty(), "{retried:?}");
+    assert_eq!(partition_of(&app, "a").await, vec![blocked]);
 }
