@@ -555,31 +555,8 @@ impl fmt::Debug for Settings {
     }
 }
 
-/// Replaces the password of a `scheme://user:password@host` URL with `***`.
-///
-/// ```
-/// use candystore::config::redact_url;
-/// assert_eq!(redact_url("amqp://guest:guest@localhost:5672/%2f"), "amqp://guest:***@localhost:5672/%2f");
-/// assert_eq!(redact_url("postgres://postgres@db/candystore"), "postgres://postgres@db/candystore");
-/// ```
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
-    }
-}
+mod redact;
+pub use redact::redact_url;
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     let shown = path.display().to_string();

@@ -236,3 +236,69 @@ async fn start_up_logs_every_effective_setting_with_secrets_redacted() {
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("cannot connect"), "{}", errors[0]);
 }
+
+#[tokio::test]
+async fn every_form_of_database_password_stays_out_of_health_logs_and_errors() {
+    // `?password=`: accepted by tokio-postgres (trust auth ignores it here).
+    let app = spawn_app_with(
+        &[(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/{db}?password=canary-query",
+        )],
+        AppOptions::default(),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let health = app
+        .http
+        .get(app.api("/health"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert!(!health.contains("canary-query"), "{health}");
+    assert!(health.contains("password=***"), "{health}");
+
+    // Each form in the start-up log (port 1: it logs its settings, then fails),
+    // and a key=value string, which is refused, in the error naming the variable.
+    for (url, refused) in [
+        ("postgres://postgres:canary-user@127.0.0.1:1/db", false),
+        (
+            "postgres://postgres@127.0.0.1:1/db?password=canary-query",
+            false,
+        ),
+        (
+            "postgres://postgres@127.0.0.1:1/db?sslpassword=canary-ssl",
+            false,
+        ),
+        ("host=127.0.0.1 port=1 password=canary-kv dbname=db", true),
+        ("host=127.0.0.1 password='canary quoted' dbname=db", true),
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
+            .arg("serve")
+            .env_clear()
+            .env("DATABASE_URL", url)
+            .env("RABBIT_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env("LOG_FORMAT", "json")
+            .output()
+            .await
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{url}");
+        assert!(!text.contains("canary"), "{url}: {text}");
+        if refused {
+            assert_eq!(out.status.code(), Some(2), "{url}: {text}");
+            assert!(text.contains("DATABASE_URL"), "{url}: {text}");
+            assert!(text.contains("password=***"), "{url}: {text}");
+        } else {
+            assert!(text.contains("***"), "{url}: {text}");
+        }
+    }
+}
