@@ -34,7 +34,7 @@ const CHUNK_BYTES: usize = 64 << 10;
 
 /// Parses the stream's parameters: the filters of `GET /events` (and its time
 /// range), plus where to resume.
-fn parse(req: &HttpRequest) -> Result<(EventQuery, Option<Position>, Option<String>), Problem> {
+fn parse(req: &HttpRequest) -> Result<Parsed, Problem> {
     let mut known = EVENT_PARAMETERS.to_vec();
     known.push("last_event_id");
     known.push("ticket");
@@ -64,11 +64,18 @@ fn parse(req: &HttpRequest) -> Result<(EventQuery, Option<Position>, Option<Stri
             Problem::bad_parameter(name, format!("{v:?} is not an event id this stream sent"))
         })
     };
-    let from_param = resume.map(|v| id("last_event_id", v)).transpose()?;
-    let from_header = header.map(|v| id("Last-Event-ID", v)).transpose()?;
+    let from_param = resume
+        .map(|v| id("last_event_id", v).map(|p| ("last_event_id", p)))
+        .transpose()?;
+    let from_header = header
+        .map(|v| id("Last-Event-ID", v).map(|p| ("Last-Event-ID", p)))
+        .transpose()?;
     let resume = from_header.or(from_param);
     Ok((q, resume, ticket))
 }
+
+/// The filters, where to resume (and which parameter said so), the ticket.
+type Parsed = (EventQuery, Option<(&'static str, Position)>, Option<String>);
 
 /// The live-tail streams' bounds and the slots they take.
 #[derive(Debug)]
@@ -291,7 +298,22 @@ pub async fn stream(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
     // Subscribe before reading the head, so no batch falls between the two.
     let batches = state.tail.subscribe();
     let head = tail::head(&state.pool).await?;
-    let last = resume.unwrap_or(head);
+    // No stream sent an id past the newest position: such an id would make the
+    // stream wait, silent, for events that may never come.
+    let last = match resume {
+        Some((name, at)) if at > head => {
+            return Err(Problem::bad_parameter(
+                name,
+                format!(
+                    "{:?} is past the newest event ({:?}): not an event id this stream sent",
+                    at.sse_id(),
+                    head.sse_id()
+                ),
+            ));
+        }
+        Some((_, at)) => at,
+        None => head,
+    };
     let socket = req.conn_data::<ClientSocket>().cloned();
     let (tx, rx) = mpsc::channel::<Bytes>(1);
     let feed = Feed {

@@ -159,3 +159,57 @@ async fn a_long_write_in_another_database_of_the_server_does_not_hold_the_tail_b
     drop(elsewhere);
     other.drop_it().await;
 }
+
+#[tokio::test]
+async fn a_last_event_id_past_the_newest_event_is_a_bad_request_naming_it() {
+    let app = spawn_app().await;
+    insert(&app.db, "only").await;
+    let head: (i64, i64) = {
+        let r = app
+            .db
+            .query_one("SELECT txid, seq FROM events", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    for (header, param, name) in [
+        (
+            Some(format!("{}-{}", head.0 + 1_000_000, 1)),
+            None,
+            "Last-Event-ID",
+        ),
+        (
+            Some(format!("{}-{}", head.0, head.1 + 1)),
+            None,
+            "Last-Event-ID",
+        ),
+        (
+            None,
+            Some(format!("{}-{}", i64::MAX, i64::MAX)),
+            "last_event_id",
+        ),
+    ] {
+        let mut req = app.http.get(app.api(&match &param {
+            Some(p) => format!("/events/stream?last_event_id={p}"),
+            None => "/events/stream".to_owned(),
+        }));
+        if let Some(h) = &header {
+            req = req.header("last-event-id", h);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 400, "{header:?} {param:?}");
+        assert_eq!(
+            res.headers()["content-type"],
+            "application/problem+json",
+            "{header:?} {param:?}"
+        );
+        let problem: serde_json::Value = res.json().await.unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains(name),
+            "{problem}"
+        );
+    }
+    // The newest position itself resumes (nothing after it yet).
+    let res = open_stream(&app, Some(head)).await;
+    assert_eq!(res.status(), 200);
+}
