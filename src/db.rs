@@ -275,23 +275,55 @@ async fn migrate_locked(
             done.push(m.name);
             continue;
         }
-        let tx = client.transaction().await?;
-        tx.batch_execute(m.sql)
-            .await
-            .map_err(|source| DbError::Migration {
-                name: m.name.to_owned(),
-                source,
-            })?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-            &[&m.version, &m.name, &m.checksum],
-        )
-        .await?;
-        tx.commit().await?;
+        // A migration run while the service serves can deadlock with it (an
+        // ALTER of two tables the seal job writes in the other order): PostgreSQL
+        // rolls one side back, and a migration is one transaction, so it is
+        // simply tried again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match apply(client, m).await {
+                Err(DbError::Migration { source, .. })
+                    if attempt < MIGRATION_ATTEMPTS
+                        && source.code()
+                            == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+                {
+                    tracing::warn!(
+                        migration = m.name,
+                        attempt,
+                        "migration deadlocked with the running service; trying again"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt as u64))
+                        .await;
+                }
+                other => break other?,
+            }
+        }
         tracing::info!(migration = m.name, "migration applied");
         done.push(m.name);
     }
     Ok(done)
+}
+
+/// Times a plain migration is tried when it deadlocks with the running service.
+const MIGRATION_ATTEMPTS: u32 = 5;
+
+/// One plain migration and its ledger row, in one transaction.
+async fn apply(client: &mut Client, m: &Migration) -> Result<(), DbError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(m.sql)
+        .await
+        .map_err(|source| DbError::Migration {
+            name: m.name.to_owned(),
+            source,
+        })?;
+    tx.execute(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+        &[&m.version, &m.name, &m.checksum],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn applied(client: &Client) -> Result<Vec<(i64, String, String)>, DbError> {

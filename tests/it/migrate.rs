@@ -73,3 +73,50 @@ async fn the_schema_has_the_indexes_the_query_api_needs() {
     }
     db.drop_it().await;
 }
+
+#[tokio::test]
+async fn a_migration_that_deadlocks_with_the_running_service_is_tried_again() {
+    // What the seal job does while `migrate` runs 0016 on a serving instance:
+    // write audit_checkpoints, then audit_seals, where 0016 alters audit_seals,
+    // then audit_checkpoints. PostgreSQL rolls one of the two back.
+    let db = TempDb::new(false).await;
+    let mut c = db.client().await;
+    db::migrate_with(&mut c, candystore::storage::PartitionInterval::Day, 15)
+        .await
+        .unwrap();
+    let mut service = db.client().await;
+    let tx = service.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE audit_checkpoints IN ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let migrating = tokio::spawn(async move {
+        let r = db::migrate(&mut c).await.map_err(|e| e.to_string());
+        (c, r)
+    });
+    // Let the migration take audit_seals and wait for audit_checkpoints.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let seals = tx
+        .batch_execute("LOCK TABLE audit_seals IN ROW EXCLUSIVE MODE")
+        .await;
+    match seals {
+        // The service's transaction was the one rolled back: it would retry.
+        Err(e) => {
+            assert_eq!(
+                e.code(),
+                Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+            );
+            drop(tx);
+        }
+        // The migration was: it waits for us, then tries again.
+        Ok(()) => tx.commit().await.unwrap(),
+    }
+    let (c, applied) = migrating.await.unwrap();
+    let applied = applied.expect("the migration is tried again and applied");
+    assert!(
+        applied.contains(&"0016_seal_event_times.sql"),
+        "{applied:?}"
+    );
+    db::check_schema(&c).await.expect("schema is current");
+    drop((c, service));
+    db.drop_it().await;
+}
