@@ -408,9 +408,7 @@ async fn restore(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitC
     let mut client = storage::connect(&target).await?;
     let bar = Bar::new();
     let started = std::time::Instant::now();
-    let done =
-        storage::archive::restore(&mut client, files, settings.partition_interval, Some(&bar))
-            .await?;
+    let done = storage::archive::restore(&mut client, files, Some(&bar)).await?;
     let mut rows = 0;
     for r in &done {
         rows += r.rows;

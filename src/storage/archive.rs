@@ -29,7 +29,7 @@ use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::Type;
 
-use super::partition::{self, Partition, PartitionInterval};
+use super::partition::{self, Partition};
 use super::{StorageError, Table};
 
 pub const MANIFEST: &str = "manifest.json";
@@ -38,6 +38,16 @@ pub const FORMAT: &str = "candystore-archive/1";
 const ZSTD_LEVEL: i32 = 3;
 /// Lines per restore transaction.
 const RESTORE_CHUNK: usize = 10_000;
+/// Bytes of lines per restore transaction (a chunk closes at either bound).
+const RESTORE_CHUNK_BYTES: usize = 64 << 20;
+/// The longest line an archive may hold: one event's row, whose payload,
+/// envelope and (for a sanitised event) base64 body all come from a delivery of
+/// at most RabbitMQ's largest message (128 MiB by default). A longer line is
+/// refused, naming its file and number, before it is read whole.
+pub const MAX_LINE_BYTES: usize = 320 << 20;
+/// No restored row moves the `seq` sequence past this, whatever its file says:
+/// half the range of bigint stays for new events.
+pub const MAX_RESTORED_SEQ: i64 = 1 << 62;
 
 /// One archived partition.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -54,6 +64,13 @@ pub struct Entry {
     /// SHA-256 of the file, hex.
     pub sha256: String,
     pub archived_at: DateTime<Utc>,
+    /// The highest `seq` and `txid` of the file's rows (absent in archives written
+    /// before they were recorded): a restore refuses a row above them and never
+    /// moves the sequence past `max_seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_seq: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_txid: Option<i64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -162,14 +179,19 @@ pub async fn archive_partition(
         file.inner.sync_all()?;
         Ok((file.written, hex(&file.hasher.finalize())))
     });
+    let txid = match table {
+        Table::Events => "txid",
+        Table::DeadLetter => "NULL::int8",
+    };
     let copy = client
         .copy_out(&format!(
-            "COPY (SELECT {} FROM {} ORDER BY seq) TO STDOUT (FORMAT binary)",
+            "COPY (SELECT {}, seq, {txid} FROM {} ORDER BY seq) TO STDOUT (FORMAT binary)",
             row_json(table),
             partition.name
         ))
         .await?;
-    let rows = BinaryCopyOutStream::new(copy, &[Type::TEXT]);
+    let rows = BinaryCopyOutStream::new(copy, &[Type::TEXT, Type::INT8, Type::INT8]);
+    let (mut max_seq, mut max_txid) = (None::<i64>, None::<i64>);
     futures::pin_mut!(rows);
     let mut buf = Vec::with_capacity(1 << 20);
     let mut count = 0u64;
@@ -183,6 +205,8 @@ pub async fn archive_partition(
             }
         };
         let line: &str = row.get(0);
+        max_seq = max_seq.max(row.get::<Option<i64>>(1));
+        max_txid = max_txid.max(row.get::<Option<i64>>(2));
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
         count += 1;
@@ -234,6 +258,8 @@ pub async fn archive_partition(
         bytes,
         sha256,
         archived_at: Utc::now(),
+        max_seq,
+        max_txid,
     };
     record(dir, &entry)?;
     Ok(entry)
@@ -270,15 +296,64 @@ fn read_through(path: &Path) -> std::io::Result<(u64, String)> {
     let mut dec = zstd::stream::read::Decoder::new(file)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut lines = 0u64;
+    // Bytes since the last newline: a line past MAX_LINE_BYTES is refused here,
+    // before any of it is held.
+    let mut open = 0usize;
     loop {
         let n = dec.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+        for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
+            open += chunk.len();
+            if open > MAX_LINE_BYTES + 1 {
+                return Err(line_too_long(lines + 1));
+            }
+            if chunk.last() == Some(&b'\n') {
+                lines += 1;
+                open = 0;
+            }
+        }
     }
     drop(dec);
     Ok((lines, hex(&hasher.finalize())))
+}
+
+fn line_too_long(line: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("line {line} is longer than {MAX_LINE_BYTES} bytes"),
+    )
+}
+
+/// The next line of `r` without its newline, read with a length limit; `None` at
+/// the end. `line` is its number, for the error.
+fn next_line(
+    r: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    line: u64,
+) -> std::io::Result<Option<String>> {
+    buf.clear();
+    let n = r
+        .by_ref()
+        .take(MAX_LINE_BYTES as u64 + 1)
+        .read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if buf.len() > MAX_LINE_BYTES {
+        return Err(line_too_long(line));
+    }
+    String::from_utf8(std::mem::take(buf))
+        .map(Some)
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {line} is not UTF-8"),
+            )
+        })
 }
 
 fn record(dir: &Path, entry: &Entry) -> Result<(), StorageError> {
@@ -485,12 +560,15 @@ pub struct Restored {
     pub skipped: u64,
 }
 
-/// Loads archive files back. Checks each against the manifest beside it, when
-/// there is one, before loading anything from it.
+/// Loads archive files back. Trusts nothing in them: each file is checked
+/// against its entry in the manifest beside it (rows, SHA-256) before anything
+/// is loaded, every line is read with a length limit, and every row must lie in
+/// the entry's range, with a `seq` and `txid` no higher than the entry states
+/// (and than the database has handed out, for `txid`). The first row that fails
+/// stops the restore with its file and line number.
 pub async fn restore(
     client: &mut Client,
     files: &[PathBuf],
-    interval: PartitionInterval,
     progress: Option<&dyn Progress>,
 ) -> Result<Vec<Restored>, StorageError> {
     let mut out = Vec::new();
@@ -511,24 +589,44 @@ pub async fn restore(
             });
         }
         let dir = path.parent().unwrap_or(Path::new("."));
-        let expected =
-            read_manifest(dir)?.and_then(|m| m.files.into_iter().find(|e| e.file == file_name));
-        if let Some(e) = &expected {
-            let (lines, sha) = verify_file(path)?;
-            if sha != e.sha256 || lines != e.rows {
-                return Err(archive_err(
+        let entry = read_manifest(dir)?
+            .and_then(|m| m.files.into_iter().find(|e| e.file == file_name))
+            .ok_or_else(|| {
+                archive_err(
                     path,
-                    format!(
-                        "{lines} rows with SHA-256 {sha}, the manifest says {} rows with {}",
-                        e.rows, e.sha256
-                    ),
-                ));
-            }
+                    format!("no entry for it in {MANIFEST} beside it: its range, rows and SHA-256 are what a restore checks it against"),
+                )
+            })?;
+        if entry.table != table.name() || entry.from >= entry.to {
+            return Err(archive_err(
+                path,
+                format!(
+                    "its manifest entry does not describe a partition of {}",
+                    table.name()
+                ),
+            ));
         }
+        let (lines, sha) = verify_file(path)?;
+        if sha != entry.sha256 || lines != entry.rows {
+            return Err(archive_err(
+                path,
+                format!(
+                    "{lines} rows with SHA-256 {sha}, the manifest says {} rows with {}",
+                    entry.rows, entry.sha256
+                ),
+            ));
+        }
+        // Every row checked before any is loaded, so a file that fails leaves
+        // nothing behind (the load checks each row again as it goes).
+        let (check_path, check_entry) = (path.clone(), entry.clone());
+        let xmax = xmax(client).await?;
+        tokio::task::spawn_blocking(move || check_file(&check_path, table, &check_entry, xmax))
+            .await
+            .map_err(|_| archive_err(path, "the checking thread panicked"))??;
         if let Some(p) = progress {
-            p.start(&file_name, expected.as_ref().map_or(0, |e| e.rows));
+            p.start(&file_name, entry.rows);
         }
-        let r = restore_file(client, table, path, interval, progress).await?;
+        let r = restore_file(client, table, path, &entry, progress).await?;
         if let Some(p) = progress {
             p.finish();
         }
@@ -537,41 +635,132 @@ pub async fn restore(
     Ok(out)
 }
 
+/// What a restore checks of each line before PostgreSQL parses it. serde refuses
+/// a key given twice, so the values checked are the values loaded.
 #[derive(Deserialize)]
-struct Times {
+struct Checked {
     #[serde(default)]
     timestamp: Option<DateTime<Utc>>,
     #[serde(default)]
     received_at: Option<DateTime<Utc>>,
+    seq: i64,
+    #[serde(default)]
+    txid: Option<i64>,
+}
+
+/// Every transaction that ever wrote a row in this database began below this.
+async fn xmax(client: &Client) -> Result<i64, StorageError> {
+    Ok(client
+        .query_one(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// Reads `path` through and checks every row as [`refusal`] does.
+fn check_file(path: &Path, table: Table, entry: &Entry, xmax: i64) -> Result<(), StorageError> {
+    let mut file = File::open(path)
+        .and_then(zstd::stream::read::Decoder::new)
+        .map(|d| BufReader::with_capacity(1 << 20, d))
+        .map_err(|e| archive_err(path, e.to_string()))?;
+    let mut buf = Vec::new();
+    let mut number = 0u64;
+    loop {
+        number += 1;
+        let Some(line) =
+            next_line(&mut file, &mut buf, number).map_err(|e| archive_err(path, e.to_string()))?
+        else {
+            return Ok(());
+        };
+        check_line(&line, table, entry, xmax)
+            .map_err(|why| archive_err(path, format!("line {number}: {why}")))?;
+    }
+}
+
+/// Checks one archived line of `entry`'s file: the row's time, `seq` and
+/// `txid` as [`refusal`] says; returns its time. Pure (the fuzz target's entry).
+pub fn check_line(
+    line: &str,
+    table: Table,
+    entry: &Entry,
+    xmax: i64,
+) -> Result<DateTime<Utc>, String> {
+    let row: Checked = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    refusal(&row, table, entry, xmax)
+}
+
+/// Why a row of `entry`'s file is refused, or its partition time.
+fn refusal(row: &Checked, table: Table, entry: &Entry, xmax: i64) -> Result<DateTime<Utc>, String> {
+    let at = match table {
+        Table::Events => row.timestamp,
+        Table::DeadLetter => row.received_at,
+    };
+    let Some(at) = at else {
+        return Err("no time".into());
+    };
+    if at < entry.from || at >= entry.to {
+        return Err(format!(
+            "time {at} lies outside its file's partition [{}, {})",
+            entry.from, entry.to
+        ));
+    }
+    let max_seq = entry
+        .max_seq
+        .unwrap_or(MAX_RESTORED_SEQ)
+        .min(MAX_RESTORED_SEQ);
+    if row.seq < 1 || row.seq > max_seq {
+        return Err(format!("seq {} is outside 1..={max_seq}", row.seq));
+    }
+    if let Some(txid) = row.txid {
+        let max_txid = entry.max_txid.unwrap_or(i64::MAX).min(xmax - 1);
+        if txid < 0 || txid > max_txid {
+            return Err(format!(
+                "txid {txid} is outside 0..={max_txid} (its manifest entry, and transactions this database has begun)"
+            ));
+        }
+    }
+    Ok(at)
 }
 
 async fn restore_file(
     client: &mut Client,
     table: Table,
     path: &Path,
-    interval: PartitionInterval,
+    entry: &Entry,
     progress: Option<&dyn Progress>,
 ) -> Result<Restored, StorageError> {
     let insert = client.prepare(&restore_sql(table)).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<String>>>(4);
+    let xmax = xmax(client).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<String>>>(2);
     let reader_path = path.to_owned();
     let reader = std::thread::spawn(move || {
         let send = |chunk| tx.blocking_send(chunk).is_ok();
-        let file = match File::open(&reader_path).and_then(zstd::stream::read::Decoder::new) {
+        let mut file = match File::open(&reader_path).and_then(zstd::stream::read::Decoder::new) {
             Ok(d) => BufReader::with_capacity(1 << 20, d),
             Err(e) => {
                 send(Err(e));
                 return;
             }
         };
-        let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
-        for line in file.lines() {
-            match line {
-                Ok(l) if l.is_empty() => {}
-                Ok(l) => {
+        let (mut chunk, mut bytes) = (Vec::new(), 0usize);
+        let mut buf = Vec::new();
+        let mut number = 0u64;
+        loop {
+            number += 1;
+            match next_line(&mut file, &mut buf, number) {
+                Ok(None) => break,
+                Ok(Some(l)) => {
+                    bytes += l.len();
                     chunk.push(l);
-                    if chunk.len() == RESTORE_CHUNK && !send(Ok(std::mem::take(&mut chunk))) {
+                    if (chunk.len() == RESTORE_CHUNK || bytes >= RESTORE_CHUNK_BYTES)
+                        && !send(Ok(std::mem::take(&mut chunk)))
+                    {
                         return;
+                    }
+                    if chunk.is_empty() {
+                        bytes = 0;
                     }
                 }
                 Err(e) => {
@@ -588,20 +777,22 @@ async fn restore_file(
     let mut inserted = 0u64;
     let mut max_seq = 0i64;
     let mut known = partition::ranges_in(client, table.name()).await?;
+    let within = partition::Range {
+        start: entry.from,
+        end: entry.to,
+    };
     while let Some(chunk) = rx.recv().await {
         let chunk = chunk.map_err(|e| archive_err(path, e.to_string()))?;
-        // Partitions for the chunk's times first, so no row lands in the default.
+        // Every row checked, and partitions for the chunk's times made, before
+        // anything of it is loaded: no row lands in the default partition.
         for line in &chunk {
-            let t: Times = serde_json::from_str(line)
-                .map_err(|e| archive_err(path, format!("line {}: {e}", rows + 1)))?;
-            let Some(at) = t.timestamp.or(t.received_at) else {
-                return Err(archive_err(path, format!("line {}: no time", rows + 1)));
-            };
-            if let Some(range) = partition::range_for(at, interval, &known) {
+            rows += 1;
+            let at = check_line(line, table, entry, xmax)
+                .map_err(|why| archive_err(path, format!("line {rows}: {why}")))?;
+            if let Some(range) = partition::gap_within(at, within, &known) {
                 partition::create(client, table, range).await?;
                 known.push(range);
             }
-            rows += 1;
         }
         // The lines travel as one text[] parameter: no staging table to write.
         let row = client.query_one(&insert, &[&chunk]).await?;
@@ -612,7 +803,8 @@ async fn restore_file(
         }
     }
     let _ = reader.join();
-    // Restored rows keep their seq; new rows must be numbered above them.
+    // Restored rows keep their seq; new rows must be numbered above them. Each
+    // was checked against the manifest's highest seq and MAX_RESTORED_SEQ.
     client
         .execute(
             &format!(

@@ -116,6 +116,15 @@ pub fn range_for(
     ))
 }
 
+/// The part of `within` (which holds `t`) that no existing partition covers,
+/// around `t`; `None` when a partition holds `t` already.
+pub(crate) fn gap_within(t: DateTime<Utc>, within: Range, existing: &[Range]) -> Option<Range> {
+    if existing.iter().any(|r| r.contains(t)) {
+        return None;
+    }
+    Some(cut(within, t, existing))
+}
+
 /// `r` (which holds `t`) cut back to the gap between existing partitions that holds `t`.
 fn cut(mut r: Range, t: DateTime<Utc>, existing: &[Range]) -> Range {
     for e in existing {

@@ -499,7 +499,7 @@ async fn after_retention_every_checkpoint_verifies_and_a_restore_is_verified_aga
         .unwrap()
         .unwrap();
     let files: Vec<std::path::PathBuf> = manifest.files.iter().map(|e| dir.join(&e.file)).collect();
-    candystore::storage::archive::restore(&mut c, &files, PartitionInterval::Day, None)
+    candystore::storage::archive::restore(&mut c, &files, None)
         .await
         .unwrap();
     assert_eq!(app.count("events").await, 13);

@@ -17,6 +17,7 @@ mod migrate;
 mod observability;
 mod raw_amqp;
 mod replay;
+mod restore;
 mod storage;
 mod tail;
 mod tls;

@@ -418,7 +418,7 @@ async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_lett
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&paths[0], &bytes).unwrap();
-    let err = archive::restore(&mut c, &paths[..1], PartitionInterval::Day, None)
+    let err = archive::restore(&mut c, &paths[..1], None)
         .await
         .unwrap_err();
     assert!(
@@ -447,7 +447,7 @@ async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_lett
 
 /// Restores `paths`: (rows read, rows already stored) per file.
 async fn restore_counts(c: &mut Client, paths: &[std::path::PathBuf]) -> Vec<(u64, u64)> {
-    archive::restore(c, paths, PartitionInterval::Day, None)
+    archive::restore(c, paths, None)
         .await
         .unwrap()
         .iter()
