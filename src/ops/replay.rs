@@ -144,14 +144,13 @@ pub async fn run(
                 tokio::time::sleep_until(due).await;
             }
             let routing_key: String = row.get("routing_key");
-            let mark = key.mark(seq, &routing_key, &body);
             let confirm = publisher
                 .start(
                     replay.exchange,
                     &routing_key,
                     &body,
                     &properties,
-                    Some(mark),
+                    Some((&key, seq)),
                 )
                 .await
                 .map_err(|source| ReplayError::Publish { seq, source })?;

@@ -604,6 +604,7 @@ fn raw_delivery(d: lapin::message::Delivery) -> RawDelivery {
         delivery_mode: *p.delivery_mode(),
         cluster_id,
         headers,
+        headers_wire: p.headers().as_ref().and_then(headers_wire),
         headers_sanitized: headers_json.sanitized,
     };
     RawDelivery {
@@ -615,6 +616,14 @@ fn raw_delivery(d: lapin::message::Delivery) -> RawDelivery {
         body: d.data,
         authentic_replay: false,
     }
+}
+
+/// Headers in AMQP's wire form, as hex: what `properties.headers_amqp` keeps, so a
+/// replay publishes every header value with its own AMQP type.
+fn headers_wire(t: &FieldTable) -> Option<String> {
+    let table = lapin::types::generation::gen_field_table(t);
+    let bytes = cookie_factory::gen_simple(table, Vec::new()).ok()?;
+    Some(crate::hex::encode(&bytes))
 }
 
 /// Converts AMQP headers to JSON. Byte strings that are not clean UTF-8 text are

@@ -62,6 +62,11 @@ pub struct Properties {
     /// arrive here as `{"$hex": "..."}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The headers as they came over the wire (AMQP field table, hex), stored as
+    /// [`HEADERS_WIRE`]: the JSON above is for reading and querying, and cannot
+    /// tell a publisher's `{"$hex": …}` table from bytes; a replay publishes these.
+    #[serde(rename = "headers_amqp", skip_serializing_if = "Option::is_none")]
+    pub headers_wire: Option<String>,
     /// Set by whoever converted the headers when one had to be rewritten.
     #[serde(skip)]
     pub headers_sanitized: bool,
@@ -103,6 +108,9 @@ impl FrameRepairs {
         }
     }
 }
+
+/// The key of `properties` that keeps the headers' wire form.
+pub const HEADERS_WIRE: &str = "headers_amqp";
 
 /// One delivery as received, before projection.
 #[derive(Clone, Debug)]

@@ -188,12 +188,29 @@ pub fn sample_event(run_id: &str, i: u64, size: usize, generation: u8) -> (Strin
     (routing_key, serde_json::to_vec(&body).unwrap_or_default())
 }
 
+/// Headers RabbitMQ reads as extra routing keys (sender-selected distribution):
+/// a replay to another exchange must not be routed by what a publisher put there.
+pub const DISTRIBUTION_HEADERS: [&str; 2] = ["CC", "BCC"];
+
+/// The routing key a delivery was received with: the stored one, or, when decode
+/// had to remove NUL from it, the original it kept in `routing_key_hex`.
+pub fn received_routing_key(stored: &str, properties: &serde_json::Value) -> String {
+    properties
+        .get("routing_key_hex")
+        .and_then(|h| h.as_str())
+        .and_then(unhex)
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| stored.to_owned())
+}
+
 /// The AMQP properties stored with a delivery (`properties`, as decode wrote them),
-/// turned back into properties to publish with, as far as JSON kept them: header
-/// integers come back as 64-bit integers, `{"$hex": …}` as bytes, `{"$timestamp": …}`
-/// as a timestamp. `user_id` is left out: the broker refuses one that is not the
-/// publishing connection's own user.
-fn properties_from_json(p: &serde_json::Value) -> BasicProperties {
+/// turned back into properties to publish with, and the distribution headers left
+/// out. Headers come from their wire form (`headers_amqp`), so every value keeps
+/// its AMQP type; rows stored before it was kept fall back to the JSON, where
+/// header integers come back as 64-bit integers, `{"$hex": …}` as bytes and
+/// `{"$timestamp": …}` as a timestamp. `user_id` is left out: the broker refuses
+/// one that is not the publishing connection's own user.
+fn properties_from_json(p: &serde_json::Value) -> (BasicProperties, Vec<&'static str>) {
     use lapin::types::ShortString;
     let text = |key: &str| {
         p.get(key)
@@ -237,10 +254,37 @@ fn properties_from_json(p: &serde_json::Value) -> BasicProperties {
     if let Some(v) = p.get("delivery_mode").and_then(|v| v.as_u64()) {
         props = props.with_delivery_mode(v.min(255) as u8);
     }
-    if let Some(serde_json::Value::Object(h)) = p.get("headers") {
-        props = props.with_headers(table_from_json(h));
+    let wire = p
+        .get(super::decode::HEADERS_WIRE)
+        .and_then(|h| h.as_str())
+        .and_then(unhex)
+        .and_then(|b| {
+            lapin::types::parsing::parse_field_table(b.as_slice())
+                .ok()
+                .map(|(_, t)| t)
+        });
+    let headers = match (wire, p.get("headers")) {
+        (Some(t), _) => Some(t),
+        (None, Some(serde_json::Value::Object(h))) => Some(table_from_json(h)),
+        (None, _) => None,
+    };
+    let mut stripped = Vec::new();
+    if let Some(mut headers) = headers {
+        for name in DISTRIBUTION_HEADERS {
+            if headers.inner().contains_key(name) {
+                headers = headers
+                    .inner()
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != name)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+                    .into();
+                stripped.push(name);
+            }
+        }
+        props = props.with_headers(headers);
     }
-    props
+    (props, stripped)
 }
 
 fn table_from_json(map: &serde_json::Map<String, serde_json::Value>) -> lapin::types::FieldTable {
@@ -331,19 +375,23 @@ impl Republisher {
         })
     }
 
-    /// Publishes `body` exactly, with the AMQP properties stored beside it (as
-    /// decode wrote them), and waits for the confirm. `replay_mark` marks the message
-    /// with [`crate::replay_mark::HEADER`], its value the mark
-    /// (`ReplayKey::mark` over this routing key and body).
+    /// Publishes `body` exactly as it was received: with the AMQP properties
+    /// stored beside it (as decode wrote them; the headers from their wire form,
+    /// so every value keeps its AMQP type) and the routing key byte for byte (the
+    /// stored one had NUL removed: `routing_key_hex` keeps the original). The
+    /// `CC` and `BCC` headers are left out (logged): RabbitMQ would route the copy
+    /// to the keys they name on the target exchange too. Waits for the confirm.
+    /// `replay_of` (the installation's key and the event's `seq`) marks the message
+    /// with [`crate::replay_mark::HEADER`], a MAC over the routing key and body sent.
     pub async fn publish(
         &self,
         exchange: &str,
-        routing_key: &str,
+        stored_routing_key: &str,
         body: &[u8],
         properties: &serde_json::Value,
-        replay_mark: Option<String>,
+        replay_of: Option<(&crate::replay_mark::ReplayKey, i64)>,
     ) -> Result<(), RepublishError> {
-        self.start(exchange, routing_key, body, properties, replay_mark)
+        self.start(exchange, stored_routing_key, body, properties, replay_of)
             .await?
             .await
     }
@@ -353,20 +401,28 @@ impl Republisher {
     pub async fn start(
         &self,
         exchange: &str,
-        routing_key: &str,
+        stored_routing_key: &str,
         body: &[u8],
         properties: &serde_json::Value,
-        replay_mark: Option<String>,
+        replay_of: Option<(&crate::replay_mark::ReplayKey, i64)>,
     ) -> Result<
         impl std::future::Future<Output = Result<(), RepublishError>> + Send + 'static,
         RepublishError,
     > {
-        let mut props = properties_from_json(properties);
-        if let Some(mark) = replay_mark {
+        let routing_key = received_routing_key(stored_routing_key, properties);
+        let (mut props, stripped) = properties_from_json(properties);
+        if !stripped.is_empty() {
+            tracing::info!(
+                headers = ?stripped,
+                exchange,
+                "replay: sender-selected distribution headers left out"
+            );
+        }
+        if let Some((key, seq)) = replay_of {
             let mut headers = props.headers().clone().unwrap_or_default();
             headers.insert(
                 crate::replay_mark::HEADER.into(),
-                lapin::types::AMQPValue::LongString(mark.into()),
+                lapin::types::AMQPValue::LongString(key.mark(seq, &routing_key, body).into()),
             );
             props = props.with_headers(headers);
         }
@@ -374,7 +430,7 @@ impl Republisher {
             .channel
             .basic_publish(
                 exchange.into(),
-                routing_key.into(),
+                routing_key.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
@@ -383,7 +439,7 @@ impl Republisher {
                 props,
             )
             .await?;
-        let (exchange, routing_key) = (exchange.to_owned(), routing_key.to_owned());
+        let exchange = exchange.to_owned();
         Ok(async move {
             match pending.await? {
                 lapin::Confirmation::Ack(None) => Ok(()),

@@ -302,3 +302,133 @@ async fn a_real_replay_mark_copied_onto_another_body_does_not_hide_it() {
     assert_eq!(app.count("events").await, 4);
     sink.remove().await;
 }
+
+#[tokio::test]
+async fn a_replay_publishes_what_was_received_types_and_routing_key_exact_and_no_cc_or_bcc() {
+    use lapin::types::{ByteArray, DecimalValue, FieldArray, LongString};
+    let app = spawn_app().await;
+    let sink = Sink::new(&app).await;
+    // A second queue on the target exchange, bound to the key CC names.
+    let cc_queue = format!("{}_cc_q", app.name);
+    sink.channel
+        .queue_declare(
+            cc_queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    sink.channel
+        .queue_bind(
+            cc_queue.as_str().into(),
+            sink.exchange.as_str().into(),
+            "cc.target".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut headers = FieldTable::default();
+    let mut shaped = FieldTable::default();
+    shaped.insert("$hex".into(), AMQPValue::LongString("00ff".into()));
+    let mut stamp = FieldTable::default();
+    stamp.insert("$timestamp".into(), AMQPValue::LongLongInt(5));
+    headers.insert("looks-like-bytes".into(), AMQPValue::FieldTable(shaped));
+    headers.insert("looks-like-a-time".into(), AMQPValue::FieldTable(stamp));
+    headers.insert("small".into(), AMQPValue::ShortShortInt(-3));
+    headers.insert("float".into(), AMQPValue::Float(1.5));
+    headers.insert("when".into(), AMQPValue::Timestamp(1_700_000_000));
+    headers.insert(
+        "bytes".into(),
+        AMQPValue::ByteArray(ByteArray::from(vec![0u8, 255])),
+    );
+    headers.insert(
+        "decimal".into(),
+        AMQPValue::DecimalValue(DecimalValue {
+            scale: 2,
+            value: 12345,
+        }),
+    );
+    headers.insert(
+        "list".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongInt(1)])),
+    );
+    headers.insert(
+        "CC".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongString(
+            LongString::from("cc.target"),
+        )])),
+    );
+    headers.insert(
+        "BCC".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongString(
+            LongString::from("cc.target"),
+        )])),
+    );
+    let routing_key = "typed.nul\0key";
+    app.publish_with(
+        routing_key,
+        br#"{"id": "typed", "event_type": "typed.x", "source": "s", "data": {}}"#,
+        lapin::BasicProperties::default().with_headers(headers.clone()),
+    )
+    .await;
+    app.wait_for_rows("events", 1).await;
+    let stored_key: String = app
+        .db
+        .query_one("SELECT routing_key FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored_key, "typed.nulkey", "stored without NUL");
+
+    let publisher = candystore::source::publish::Republisher::connect(AMQP)
+        .await
+        .unwrap();
+    let all = EventQuery::parse("").unwrap();
+    let job = Replay {
+        query: &all,
+        exchange: &sink.exchange,
+        rate: 0,
+        resume: None,
+    };
+    replay::run(&app.db, &publisher, &job, &mut Progress::default(), |_| {})
+        .await
+        .unwrap();
+    let got = sink.drain().await;
+    assert_eq!(got.len(), 1);
+    let m = &got[0].delivery;
+    assert_eq!(m.routing_key.as_str(), routing_key, "byte for byte");
+    let mut replayed = m.properties.headers().clone().unwrap();
+    assert!(replayed.inner().contains_key("x-candystore-replay"));
+    replayed = replayed
+        .inner()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "x-candystore-replay")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into();
+    let mut want = headers;
+    want = want
+        .inner()
+        .iter()
+        .filter(|(k, _)| !["CC", "BCC"].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into();
+    assert_eq!(
+        replayed, want,
+        "every header with its AMQP type, no CC or BCC"
+    );
+    // Nothing reached the queue bound to the key CC named.
+    let cc = sink
+        .channel
+        .basic_get(cc_queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap();
+    assert!(cc.is_none(), "routed by CC");
+    let _ = sink
+        .channel
+        .queue_delete(cc_queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    sink.remove().await;
+}
