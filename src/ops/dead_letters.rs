@@ -161,6 +161,8 @@ pub struct Replayed {
 /// routing key and properties, to `exchange` or the one it came from; waits for
 /// each confirm, then records the replay. Dead letters replayed before are skipped
 /// unless `force`. Stops at the first failure; what was replayed stays recorded.
+/// Holds one body at a time: the selection is read without bodies, and each body
+/// is read just before it is published.
 pub async fn replay(
     client: &Client,
     publisher: &Republisher,
@@ -172,7 +174,7 @@ pub async fn replay(
     let rows = client
         .query(
             &format!(
-                "SELECT seq, received_at, exchange, routing_key, properties, body, replay_count \
+                "SELECT seq, received_at, exchange, routing_key, properties, replay_count \
                  FROM dead_letter WHERE {clause} ORDER BY received_at, seq"
             ),
             &refs(&params),
@@ -193,12 +195,19 @@ pub async fn replay(
         let properties: serde_json::Value = row.get("properties");
         let to = exchange.map_or_else(|| row.get::<_, String>("exchange"), str::to_owned);
         let routing_key: String = row.get("routing_key");
-        let body: Vec<u8> = row.get("body");
+        let received_at: DateTime<Utc> = row.get("received_at");
+        let body: Vec<u8> = client
+            .query_one(
+                "SELECT body FROM dead_letter WHERE seq = $1 AND received_at = $2",
+                &[&id, &received_at],
+            )
+            .await?
+            .get(0);
         publisher
             .publish(&to, &routing_key, &body, &properties, None)
             .await
             .map_err(|source| OpsError::Publish { id, source })?;
-        let received_at: DateTime<Utc> = row.get("received_at");
+        drop(body);
         client
             .execute(
                 "UPDATE dead_letter SET replay_count = replay_count + 1, replayed_at = now() \

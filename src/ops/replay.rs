@@ -18,6 +18,10 @@ use crate::source::publish::{RepublishError, Republisher};
 
 /// Events read per query.
 const PAGE: i64 = 1_000;
+/// Bytes of envelopes and payloads one page holds at most (a page closes at the
+/// first event past it; one larger event is a page of its own): a replay's
+/// memory does not grow with its selection.
+pub const PAGE_BYTES: usize = 16 << 20;
 /// Publishes awaiting their confirm at most. The broker confirms in order, and the
 /// position moves only past confirmed events, so a resume repeats at most this many
 /// (which Candystore's own ingest ignores, and consumers of a replay must tolerate).
@@ -116,22 +120,15 @@ pub async fn run(
     let started = Instant::now();
     let mut position = replay.resume;
     let mut sent: u64 = 0;
-    let mut waiting: std::collections::VecDeque<(Cursor, i64, Confirm)> =
+    let mut waiting: std::collections::VecDeque<(Cursor, i64, usize, Confirm)> =
         std::collections::VecDeque::new();
     loop {
         let mut params = SqlParams::default();
         let mut filter = replay.query.conditions(&mut params);
         after(&mut filter, &mut params, position)?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT seq, \"timestamp\", routing_key, envelope, payload, payload_member, properties \
-                     FROM events WHERE {filter} ORDER BY \"timestamp\", seq LIMIT {PAGE}"
-                ),
-                &params.all(),
-            )
-            .await?;
-        for row in &rows {
+        let rows = page(client, &filter, &params).await?;
+        let full = rows.len() as i64 == PAGE || rows.bytes >= PAGE_BYTES;
+        for row in &rows.rows {
             let seq: i64 = row.get("seq");
             let envelope: JsonText = row.get("envelope");
             let payload: JsonText = row.get("payload");
@@ -161,12 +158,16 @@ pub async fn run(
                 seq,
             };
             position = Some(at);
-            waiting.push_back((at, seq, Box::pin(confirm)));
-            if waiting.len() >= CONFIRM_WINDOW {
+            waiting.push_back((at, seq, body.len(), Box::pin(confirm)));
+            // Unconfirmed publishes may still sit in the client's send buffer:
+            // bounded in count and in bytes.
+            while waiting.len() >= CONFIRM_WINDOW
+                || waiting.iter().map(|w| w.2).sum::<usize>() > PAGE_BYTES
+            {
                 confirmed(&mut waiting, progress, &mut on_event).await?;
             }
         }
-        if (rows.len() as i64) < PAGE {
+        if !full {
             while !waiting.is_empty() {
                 confirmed(&mut waiting, progress, &mut on_event).await?;
             }
@@ -175,16 +176,56 @@ pub async fn run(
     }
 }
 
+/// One page of the walk: at most [`PAGE`] events and about [`PAGE_BYTES`].
+struct Page {
+    rows: Vec<tokio_postgres::Row>,
+    bytes: usize,
+}
+
+impl Page {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+/// Reads the next page, streaming rows and stopping once they hold PAGE_BYTES.
+async fn page(client: &Client, filter: &str, params: &SqlParams) -> Result<Page, ReplayError> {
+    let stream = client
+        .query_raw(
+            &format!(
+                "SELECT seq, \"timestamp\", routing_key, envelope, payload, payload_member, properties \
+                 FROM events WHERE {filter} ORDER BY \"timestamp\", seq LIMIT {PAGE}"
+            ),
+            params.all(),
+        )
+        .await?;
+    futures::pin_mut!(stream);
+    let mut page = Page {
+        rows: Vec::new(),
+        bytes: 0,
+    };
+    while let Some(row) = futures::StreamExt::next(&mut stream).await {
+        let row = row?;
+        let size = |name: &str| row.get::<_, JsonText>(name).0.len();
+        page.bytes += size("envelope") + size("payload");
+        page.rows.push(row);
+        if page.bytes >= PAGE_BYTES {
+            break;
+        }
+    }
+    Ok(page)
+}
+
 type Confirm =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RepublishError>> + Send>>;
 
 /// Awaits the oldest confirm outstanding and moves the progress past its event.
 async fn confirmed(
-    waiting: &mut std::collections::VecDeque<(Cursor, i64, Confirm)>,
+    waiting: &mut std::collections::VecDeque<(Cursor, i64, usize, Confirm)>,
     progress: &mut Progress,
     on_event: &mut impl FnMut(&Progress),
 ) -> Result<(), ReplayError> {
-    if let Some((at, seq, confirm)) = waiting.pop_front() {
+    if let Some((at, seq, _, confirm)) = waiting.pop_front() {
         confirm
             .await
             .map_err(|source| ReplayError::Publish { seq, source })?;

@@ -480,3 +480,30 @@ pub async fn refuse_event_type(app: &TestApp, event_type: &str) {
         .await
         .unwrap();
 }
+
+/// Peak RSS of a process, polled from /proc until it exits (VmHWM only grows).
+pub async fn peak_rss_kb(
+    mut child: tokio::process::Child,
+) -> (std::process::ExitStatus, u64, String) {
+    let pid = child.id().unwrap();
+    let mut peak = 0u64;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(kb) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        {
+            peak = peak.max(kb);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = e.read_to_string(&mut err).await;
+            }
+            return (status, peak, err);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

@@ -4,14 +4,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use candystore::storage::archive::{self, Entry, Manifest};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, peak_rss_kb, spawn_app};
 
 fn day() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
@@ -168,31 +167,6 @@ async fn rows_outside_their_file_or_its_manifest_are_refused_with_their_line_num
         .get(0);
     assert!(seq > 9 && seq < 100, "{seq}");
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-/// Peak RSS of a process, polled from /proc until it exits (VmHWM only grows).
-async fn peak_rss_kb(mut child: tokio::process::Child) -> (std::process::ExitStatus, u64, String) {
-    let pid = child.id().unwrap();
-    let mut peak = 0u64;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            && let Some(kb) = s
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        {
-            peak = peak.max(kb);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use tokio::io::AsyncReadExt;
-                let _ = e.read_to_string(&mut err).await;
-            }
-            return (status, peak, err);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]
