@@ -8,12 +8,14 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::Row;
 
-use super::ApiState;
+use base64::Engine as _;
+
 use super::problem::{Problem, unavailable};
 use super::query::Paging;
 use super::query::params::{known_pairs, parse_time_parameter};
 use super::query::sql::{FetchedPage, Listing, Order, fetch_page, page_sql};
 use super::view::{JsonText, rfc3339};
+use super::{ApiState, large};
 use crate::envelope::RejectReason;
 use crate::query::SqlParams;
 
@@ -91,7 +93,7 @@ fn view(row: &Row) -> Result<DeadLetterView, Problem> {
         body_text: body
             .and_then(|b| std::str::from_utf8(b).ok())
             .map(str::to_owned),
-        body_base64: row.try_get("body_base64").ok(),
+        body_base64: body.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
     })
 }
 
@@ -196,7 +198,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
     (status = 200, description = "the dead letter", body = DeadLetterView),
     (status = 404, description = "no such dead letter", body = Problem, content_type = "application/problem+json"),
     (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
-    (status = 503, description = "the event store cannot answer now (opaque; the cause is logged)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "too many large rows are being read at once (at most 4, 30 s wait), or the event store cannot answer now (opaque; the cause is logged)", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn one(
     path: web::Path<String>,
@@ -211,17 +213,60 @@ pub async fn one(
     let Ok(id) = path.parse::<i64>() else {
         return Err(not_found());
     };
+    // One query: the whole row when its body is small (the common case), only
+    // its place when it is large. Its size as received (octet_length reads the
+    // length without decompressing), not as stored: 30 MB of one byte compress
+    // to almost nothing. The body is encoded here, not in a statement
+    // that could outlast the statement timeout.
     let client = state.pool.get().await.map_err(unavailable)?;
     let row = client
         .query_opt(
             &format!(
-                "SELECT {COLUMNS}, body, translate(encode(body, 'base64'), E'\\n', '') AS body_base64 \
-                 FROM dead_letter WHERE seq = $1"
+                "SELECT {COLUMNS}, CASE WHEN small THEN body END AS body, small FROM \
+                 (SELECT *, octet_length(body) <= $2 AS small FROM dead_letter WHERE seq = $1) d"
             ),
-            &[&id],
+            &[&id, &large::LARGE_STORED_BYTES],
         )
         .await
         .map_err(unavailable)?
         .ok_or_else(not_found)?;
-    Ok(HttpResponse::Ok().json(view(&row)?))
+    if row.get::<_, bool>("small") {
+        return Ok(json(rendered(&row)?));
+    }
+    // A large body: read once for every client asking at the same moment, under
+    // one of the large-read permits, on a connection then closed (its buffer grew).
+    let received_at: chrono::DateTime<chrono::Utc> = row.get("received_at");
+    drop(client);
+    let pool = state.pool.clone();
+    let body = state
+        .large_reads
+        .read((large::Kind::DeadLetter, id), async move {
+            let client = pool.get().await.map_err(unavailable)?;
+            let row = client
+                .query_opt(
+                    &format!(
+                        "SELECT {COLUMNS}, body FROM dead_letter WHERE received_at = $2 AND seq = $1"
+                    ),
+                    &[&id, &received_at],
+                )
+                .await
+                .map_err(unavailable);
+            drop(deadpool_postgres::Object::take(client));
+            let row = row?.ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "the dead letter is gone"))?;
+            rendered(&row)
+        })
+        .await?;
+    Ok(json(body))
+}
+
+fn rendered(row: &Row) -> Result<bytes::Bytes, Problem> {
+    serde_json::to_vec(&view(row)?)
+        .map(bytes::Bytes::from)
+        .map_err(unavailable)
+}
+
+fn json(body: bytes::Bytes) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(large::in_slices(body))
 }

@@ -196,10 +196,15 @@ async fn find_rendered(
     let seq: i64 = row.get("seq");
     let time: chrono::DateTime<chrono::Utc> = row.get("timestamp");
     drop(client);
+    let kind = if raw_envelope {
+        large::Kind::RawEnvelope
+    } else {
+        large::Kind::EventView
+    };
     let pool = state.pool.clone();
     state
         .large_reads
-        .read((seq, raw_envelope), async move {
+        .read((kind, seq), async move {
             let client = pool.get().await.map_err(unavailable)?;
             let row = fetch_by_seq(&client, seq, time, raw_envelope).await;
             // Do not keep a connection whose buffer grew to this event's size.
@@ -207,24 +212,6 @@ async fn find_rendered(
             render(&row?, raw_envelope).map(bytes::Bytes::from)
         })
         .await
-}
-
-/// Hands a body to actix in 64 KiB slices of the same buffer (no copy), so a
-/// connection holds one slice in its write buffer at a time rather than a copy of
-/// the whole body: 100 clients of a 20 MB event share one 20 MB buffer.
-fn in_slices(body: bytes::Bytes) -> actix_web::body::BoxBody {
-    const SLICE: usize = 64 << 10;
-    if body.len() <= SLICE {
-        return actix_web::body::BoxBody::new(body);
-    }
-    let len = body.len();
-    let slices = (0..len)
-        .step_by(SLICE)
-        .map(move |at| Ok::<_, std::convert::Infallible>(body.slice(at..(at + SLICE).min(len))));
-    actix_web::body::BoxBody::new(actix_web::body::SizedStream::new(
-        len as u64,
-        futures::stream::iter(slices),
-    ))
 }
 
 async fn fetch_by_seq(
@@ -263,7 +250,7 @@ pub async fn one(
     let body = find_rendered(&state, &path, false).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(in_slices(body)))
+        .body(large::in_slices(body)))
 }
 
 /// The envelope as it was published (equal as JSON), rebuilt from the stored columns
@@ -281,5 +268,5 @@ pub async fn raw(
     let body = find_rendered(&state, &path, true).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(in_slices(body)))
+        .body(large::in_slices(body)))
 }

@@ -301,3 +301,97 @@ async fn the_openapi_document_states_the_bounds_and_error_answers() {
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET");
 }
+
+#[tokio::test]
+async fn six_clients_reading_one_30_mb_dead_letter_share_one_read_encoded_outside_the_database() {
+    let mut app = spawn_app().await;
+    // 30 MB of text that is not JSON: a dead letter, stored in a few kB.
+    let body: Vec<u8> = (0..30_000_000u32)
+        .map(|i| b"not json "[(i % 9) as usize])
+        .collect();
+    app.publish("dead.large", &body).await;
+    app.wait_for_rows("dead_letter", 1).await;
+    let id: i64 = app
+        .db
+        .query_one("SELECT seq FROM dead_letter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The real binary, so its peak RSS is its own.
+    app.stop().await;
+    let settings = app.settings();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
+        .arg("serve")
+        .env_clear()
+        .env("DATABASE_URL", &settings.database_url)
+        .env("RABBIT_URL", crate::helpers::AMQP)
+        .env("RABBIT_EXCHANGE", &app.exchange)
+        .env("RABBIT_QUEUE", &app.queue)
+        .env("API_HOST", "127.0.0.1")
+        .env("API_PORT", port.to_string())
+        .env("METRICS_PORT", "0")
+        .env("LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let watch = tokio::spawn(crate::helpers::peak_rss_kb(child));
+    let url = format!("http://127.0.0.1:{port}/dead-letters/{id}");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("http://127.0.0.1:{port}/ready"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fetches = (0..6).map(|_| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap())
+        }
+    });
+    let answers = futures::future::join_all(fetches).await;
+    for (status, bytes) in &answers {
+        assert_eq!(
+            *status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+        );
+        let v: Value = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(v["body_bytes"], 30_000_000);
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(v["body_base64"].as_str().unwrap())
+            .unwrap();
+        assert!(decoded == body, "the body exactly");
+        assert_eq!(v["body_text"].as_str().map(str::len), Some(30_000_000));
+    }
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (_, peak_kb, _) = watch.await.unwrap();
+    eprintln!("serve peak RSS {peak_kb} kB");
+    // One row, its base64 and text, and one JSON rendering, shared by the six:
+    // each client's own copy made it 646-712 MB, and 5 of 6 timed out.
+    assert!(peak_kb < 350 * 1024, "peak RSS {peak_kb} kB");
+}
