@@ -17,7 +17,8 @@ use super::view::rfc3339;
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct PayloadKey {
     key: String,
-    /// `object`, `array`, `string`, `number`, `boolean` or `null`.
+    /// `object`, `array`, `string`, `number`, `boolean` or `null`; `other` for the
+    /// keys counted past the cap (key "").
     json_type: String,
     /// Events of this type whose payload had this key with this type.
     count: i64,
@@ -33,13 +34,23 @@ pub struct EventType {
     count: i64,
     first_seen: String,
     last_seen: String,
+    /// At most 100 distinct keys (each with one JSON type) per type; past them,
+    /// new keys are counted in one entry of `json_type` `other` (key "").
     payload_keys: Vec<PayloadKey>,
+    /// The type's events carried more distinct keys than the catalog keeps.
+    payload_keys_capped: bool,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct EventTypes {
     event_types: Vec<EventType>,
+    /// More event types follow: ask again with `after` = `next_after`.
+    has_more: bool,
+    next_after: Option<String>,
 }
+
+/// Event types per answer of `GET /event-types`, at most and by default.
+pub const MAX_EVENT_TYPES: i64 = 1_000;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Source {
@@ -54,15 +65,19 @@ pub struct Sources {
     sources: Vec<Source>,
 }
 
-/// Neither route takes a parameter: any is unknown (the rule of every route).
+/// `GET /sources` takes no parameter: any is unknown (the rule of every route).
 fn no_parameters(req: &HttpRequest) -> Result<(), Problem> {
     super::query::params::known_pairs(req.query_string(), &[]).map(drop)
 }
 
-/// Every event type seen, by name, with its payload keys (most common first).
-#[utoipa::path(get, path = "/event-types", tag = "catalog", responses(
-    (status = 200, description = "every event type seen", body = EventTypes),
-    (status = 400, description = "a parameter was given (there are none)", body = Problem, content_type = "application/problem+json"),
+/// Every event type seen, by name, with its payload keys (most common first), in
+/// pages of at most 1,000 types.
+#[utoipa::path(get, path = "/event-types", tag = "catalog", params(
+    ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "event types per answer (default and most: 1000)"),
+    ("after" = Option<String>, Query, min_length = 1, description = "continue after this event type (`next_after` of the answer before)"),
+), responses(
+    (status = 200, description = "event types seen, by name", body = EventTypes),
+    (status = 400, description = "a bad or unknown parameter, named in the problem", body = Problem, content_type = "application/problem+json"),
     (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "the event store cannot answer now (opaque; the cause is logged)", body = Problem, content_type = "application/problem+json"),
 ))]
@@ -70,20 +85,40 @@ pub async fn event_types(
     req: HttpRequest,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, Problem> {
-    no_parameters(&req)?;
+    let mut limit = MAX_EVENT_TYPES;
+    let mut after = String::new();
+    for (name, value) in super::query::params::known_pairs(req.query_string(), &["limit", "after"])?
+    {
+        match name {
+            "limit" => {
+                limit = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (1..=MAX_EVENT_TYPES).contains(n))
+                    .ok_or_else(|| {
+                        Problem::bad_parameter("limit", format!("must be 1 to {MAX_EVENT_TYPES}"))
+                    })?;
+            }
+            _ => after = value,
+        }
+    }
     let client = state.pool.get().await.map_err(unavailable)?;
-    let types = client
+    let mut types = client
         .query(
-            "SELECT event_type, count, first_seen, last_seen FROM catalog_event_types ORDER BY event_type",
-            &[],
+            "SELECT event_type, count, first_seen, last_seen, payload_keys_capped FROM catalog_event_types \
+             WHERE event_type > $1 ORDER BY event_type LIMIT $2",
+            &[&after, &(limit + 1)],
         )
         .await
         .map_err(unavailable)?;
+    let has_more = types.len() as i64 > limit;
+    types.truncate(limit as usize);
+    let names: Vec<String> = types.iter().map(|t| t.get(0)).collect();
     let keys = client
         .query(
             "SELECT event_type, key, json_type, count, first_seen, last_seen FROM catalog_payload_keys \
-             ORDER BY event_type, count DESC, key, json_type",
-            &[],
+             WHERE event_type = ANY($1) ORDER BY event_type, count DESC, key, json_type",
+            &[&names],
         )
         .await
         .map_err(unavailable)?;
@@ -115,10 +150,15 @@ pub async fn event_types(
                 first_seen: rfc3339(t.get(2)),
                 last_seen: rfc3339(t.get(3)),
                 payload_keys,
+                payload_keys_capped: t.get(4),
             }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(EventTypes { event_types }))
+    Ok(HttpResponse::Ok().json(EventTypes {
+        event_types,
+        has_more,
+        next_after: has_more.then(|| names.last().cloned()).flatten(),
+    }))
 }
 
 /// Every source seen, by name.

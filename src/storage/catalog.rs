@@ -29,37 +29,70 @@ const REST: Duration = Duration::from_secs(1);
 /// The advisory lock (transaction-scoped) instances take turns by.
 const LOCK_KEY: i64 = 7_236_828_094_530_679_668;
 
+/// Distinct top-level payload keys (each with one JSON type) the catalog keeps
+/// per event type. Past it, a type's new keys are counted together in one row of
+/// [`OTHER_KEYS`] and the type is flagged `payload_keys_capped`: a publisher
+/// sending events with 50,000 keys each cannot grow the catalog (or the answer
+/// of `GET /event-types`) without bound.
+pub const MAX_KEYS_PER_TYPE: i64 = 100;
+/// The `json_type` of the row that counts the keys past the cap (its key is '').
+/// No JSON type has this name, so no real key can land in it.
+pub const OTHER_KEYS: &str = "other";
+
 fn step_sql() -> String {
-    let upsert = |table: &str, column: &str| {
-        format!(
-            "INSERT INTO {table} AS c ({column}, count, first_seen, last_seen) \
-             SELECT {column}, count(*), min(\"timestamp\"), max(\"timestamp\") FROM batch GROUP BY {column} \
-             ON CONFLICT ({column}) DO UPDATE SET count = c.count + excluded.count, \
-               first_seen = least(c.first_seen, excluded.first_seen), \
-               last_seen = greatest(c.last_seen, excluded.last_seen)"
-        )
-    };
     format!(
         "WITH batch AS MATERIALIZED ( \
            SELECT e.txid, e.seq, e.event_type, e.source, e.\"timestamp\", e.payload FROM events e \
            WHERE (e.txid, e.seq) > ($1, $2) AND e.txid < {HORIZON} \
            ORDER BY e.txid, e.seq LIMIT {STEP_ROWS}), \
-         types AS ({types}), \
-         sources AS ({sources}), \
-         keys AS ( \
-           INSERT INTO catalog_payload_keys AS c (event_type, key, json_type, count, first_seen, last_seen) \
-           SELECT b.event_type, k.key, jsonb_typeof(k.value), count(*), min(b.\"timestamp\"), max(b.\"timestamp\") \
+         keys_in AS MATERIALIZED ( \
+           SELECT b.event_type, k.key, jsonb_typeof(k.value) AS json_type, count(*) AS n, \
+             min(b.\"timestamp\") AS first_seen, max(b.\"timestamp\") AS last_seen \
            FROM batch b CROSS JOIN LATERAL jsonb_each( \
              CASE WHEN jsonb_typeof(b.payload) = 'object' THEN b.payload ELSE '{{}}'::jsonb END) k \
-           GROUP BY 1, 2, 3 \
+           GROUP BY 1, 2, 3), \
+         rooms AS ( \
+           SELECT event_type, {MAX_KEYS_PER_TYPE} - count(*) AS room FROM catalog_payload_keys \
+           WHERE json_type <> '{OTHER_KEYS}' AND event_type IN (SELECT event_type FROM keys_in) \
+           GROUP BY event_type), \
+         judged AS MATERIALIZED ( \
+           SELECT ki.*, c.key IS NOT NULL AS known, coalesce(r.room, {MAX_KEYS_PER_TYPE}) AS room, \
+             row_number() OVER (PARTITION BY ki.event_type, c.key IS NULL \
+                                ORDER BY ki.n DESC, ki.key, ki.json_type) AS rank \
+           FROM keys_in ki \
+           LEFT JOIN catalog_payload_keys c \
+             ON c.event_type = ki.event_type AND c.key = ki.key AND c.json_type = ki.json_type \
+           LEFT JOIN rooms r ON r.event_type = ki.event_type), \
+         overflow AS (SELECT DISTINCT event_type FROM judged WHERE NOT known AND rank > room), \
+         kept AS ( \
+           SELECT event_type, key, json_type, n, first_seen, last_seen FROM judged WHERE known OR rank <= room \
+           UNION ALL \
+           SELECT event_type, '', '{OTHER_KEYS}', sum(n)::bigint, min(first_seen), max(last_seen) \
+           FROM judged WHERE NOT known AND rank > room GROUP BY event_type), \
+         types AS ( \
+           INSERT INTO catalog_event_types AS c (event_type, count, first_seen, last_seen, payload_keys_capped) \
+           SELECT b.event_type, count(*), min(b.\"timestamp\"), max(b.\"timestamp\"), \
+             b.event_type IN (SELECT event_type FROM overflow) \
+           FROM batch b GROUP BY b.event_type \
+           ON CONFLICT (event_type) DO UPDATE SET count = c.count + excluded.count, \
+             first_seen = least(c.first_seen, excluded.first_seen), \
+             last_seen = greatest(c.last_seen, excluded.last_seen), \
+             payload_keys_capped = c.payload_keys_capped OR excluded.payload_keys_capped), \
+         sources AS ( \
+           INSERT INTO catalog_sources AS c (source, count, first_seen, last_seen) \
+           SELECT source, count(*), min(\"timestamp\"), max(\"timestamp\") FROM batch GROUP BY source \
+           ON CONFLICT (source) DO UPDATE SET count = c.count + excluded.count, \
+             first_seen = least(c.first_seen, excluded.first_seen), \
+             last_seen = greatest(c.last_seen, excluded.last_seen)), \
+         keys AS ( \
+           INSERT INTO catalog_payload_keys AS c (event_type, key, json_type, count, first_seen, last_seen) \
+           SELECT event_type, key, json_type, n, first_seen, last_seen FROM kept \
            ON CONFLICT (event_type, key, json_type) DO UPDATE SET count = c.count + excluded.count, \
              first_seen = least(c.first_seen, excluded.first_seen), \
              last_seen = greatest(c.last_seen, excluded.last_seen)), \
          last AS (SELECT txid, seq FROM batch ORDER BY txid DESC, seq DESC LIMIT 1), \
          moved AS (UPDATE catalog_position p SET txid = last.txid, seq = last.seq FROM last RETURNING 1) \
-         SELECT count(*) FROM batch",
-        types = upsert("catalog_event_types", "event_type"),
-        sources = upsert("catalog_sources", "source"),
+         SELECT count(*) FROM batch"
     )
 }
 

@@ -133,10 +133,110 @@ async fn the_catalog_counts_types_sources_and_payload_keys_of_a_mixed_stream() {
 }
 
 #[tokio::test]
-async fn catalog_endpoints_take_no_parameters() {
+async fn catalog_endpoints_refuse_unknown_and_bad_parameters_naming_them() {
     let app = spawn_app().await;
-    for path in ["/event-types?limit=5", "/sources?x=1"] {
+    for (path, name) in [
+        ("/event-types?x=1", "x"),
+        ("/event-types?limit=0", "limit"),
+        ("/event-types?limit=1001", "limit"),
+        ("/event-types?limit=5&limit=6", "limit"),
+        ("/sources?x=1", "x"),
+    ] {
         let res = app.http.get(app.api(path)).send().await.unwrap();
         assert_eq!(res.status(), 400, "{path}");
+        let problem: Value = res.json().await.unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains(name),
+            "{path}: {problem}"
+        );
     }
+}
+
+/// Waits until the catalog has counted `n` events.
+async fn counted(app: &TestApp, n: i64) {
+    app.wait_until(Duration::from_secs(20), || async {
+        let c: Option<i64> = app
+            .db
+            .query_one("SELECT sum(count)::int8 FROM catalog_event_types", &[])
+            .await
+            .unwrap()
+            .get(0);
+        c == Some(n)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_event_with_fifty_thousand_keys_adds_a_bounded_catalog_and_answer() {
+    let app = spawn_app().await;
+    let known =
+        json!({"id": "k-0", "event_type": "wide", "source": "s", "data": {"a": 1, "b": "x"}});
+    app.publish("wide", &serde_json::to_vec(&known).unwrap())
+        .await;
+    counted(&app, 1).await;
+    let data: serde_json::Map<String, Value> = (0..50_000)
+        .map(|i| (format!("key{i:05}"), json!(i)))
+        .collect();
+    let wide = json!({"id": "k-1", "event_type": "wide", "source": "s", "data": data});
+    app.publish("wide", &serde_json::to_vec(&wide).unwrap())
+        .await;
+    // Later events: a known key is still counted as itself, a new one as other.
+    let later =
+        json!({"id": "k-2", "event_type": "wide", "source": "s", "data": {"a": 2, "zzz": true}});
+    app.publish("wide", &serde_json::to_vec(&later).unwrap())
+        .await;
+    counted(&app, 3).await;
+
+    let rows: i64 = app
+        .db
+        .query_one(
+            "SELECT count(*) FROM catalog_payload_keys WHERE event_type = 'wide'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 101, "100 keys and the other bucket");
+    let res = app.http.get(app.api("/event-types")).send().await.unwrap();
+    let bytes = res.bytes().await.unwrap();
+    assert!(bytes.len() < 40_000, "answered {} bytes", bytes.len());
+    let types: Value = serde_json::from_slice(&bytes).unwrap();
+    let t = &types["event_types"][0];
+    assert_eq!(t["payload_keys_capped"], true);
+    let keys = t["payload_keys"].as_array().unwrap();
+    let find = |k: &str, ty: &str| {
+        keys.iter()
+            .find(|e| e["key"] == k && e["json_type"] == ty)
+            .map(|e| e["count"].as_i64().unwrap())
+    };
+    assert_eq!(find("a", "number"), Some(2));
+    assert_eq!(find("b", "string"), Some(1));
+    // 100 kept: a, b and 98 of the wide event's; the other 49,902 and zzz.
+    assert_eq!(find("", "other"), Some(49_902 + 1));
+    assert_eq!(find("zzz", "boolean"), None);
+}
+
+#[tokio::test]
+async fn event_types_come_in_pages_by_name() {
+    let app = spawn_app().await;
+    for t in ["t.c", "t.a", "t.b"] {
+        let e = json!({"id": t, "event_type": t, "source": "s", "data": {}});
+        app.publish(t, &serde_json::to_vec(&e).unwrap()).await;
+    }
+    counted(&app, 3).await;
+    let first = get(&app, "/event-types?limit=2").await;
+    let names: Vec<&str> = first["event_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["t.a", "t.b"]);
+    assert_eq!(first["has_more"], true);
+    assert_eq!(first["next_after"], "t.b");
+    let rest = get(&app, "/event-types?limit=2&after=t.b").await;
+    assert_eq!(rest["event_types"][0]["event_type"], "t.c");
+    assert_eq!(rest["event_types"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["has_more"], false);
+    assert_eq!(rest["next_after"], Value::Null);
 }
