@@ -48,7 +48,7 @@ test-faults: services
 FUZZ_SECONDS ?= 60
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
-	cd fuzz && for t in decode query amqp_table restore_line; do \
+	cd fuzz && for t in decode query amqp_table restore_line tail_filter; do \
 	  cargo +nightly fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; \
 	done
 

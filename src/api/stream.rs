@@ -26,7 +26,9 @@ use super::ApiState;
 use super::problem::Problem;
 use super::query::params::{EVENT_PARAMETERS, known_pairs};
 use super::query::{EventFilters, EventQuery};
-use super::tail::{self, Position, TailBatch, TailFilter, read_after};
+use super::tail::{
+    self, Position, TailBatch, TailEvent, TailFilter, Verdict, contained_in_database, read_after,
+};
 
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
 /// The most a stream hands actix at once (one frame may be larger, and goes alone).
@@ -47,6 +49,17 @@ fn parse(req: &HttpRequest) -> Result<Parsed, Problem> {
             "ticket" => ticket = Some(value),
             "limit" | "offset" | "cursor" => {
                 return Err(Problem::bad_parameter(name, "a stream is not paged"));
+            }
+            // Checked against every new event in memory: bounded (GET /events,
+            // which PostgreSQL answers, takes longer ones).
+            "payload_contains" if value.len() > tail::MAX_STREAM_PATTERN_BYTES => {
+                return Err(Problem::bad_parameter(
+                    name,
+                    format!(
+                        "on a stream is at most {} bytes",
+                        tail::MAX_STREAM_PATTERN_BYTES
+                    ),
+                ));
             }
             _ => filters.push((name, value)),
         }
@@ -141,7 +154,7 @@ enum Ended {
 struct Feed {
     state: web::Data<ApiState>,
     query: EventQuery,
-    filter: TailFilter,
+    filter: Arc<TailFilter>,
     /// Every event at or before `last` has been considered for this client.
     last: Position,
     out: mpsc::Sender<Bytes>,
@@ -211,21 +224,70 @@ impl Feed {
         Ok(())
     }
 
-    async fn apply(&mut self, batch: &TailBatch) -> Result<(), Ended> {
+    async fn apply(&mut self, batch: Arc<TailBatch>) -> Result<(), Ended> {
         if batch.upto <= self.last {
             return Ok(());
         }
         if batch.after > self.last {
             self.catch_up(batch.after).await?;
         }
+        let verdicts = self.judge(&batch).await?;
+        // What memory could not judge (large payloads, costly checks), PostgreSQL does.
+        let ask: Vec<&TailEvent> = batch
+            .events
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, v)| **v == Verdict::AskDatabase)
+            .map(|(e, _)| e)
+            .collect();
+        let contained = match self.filter.pattern_text() {
+            Some(pattern) if !ask.is_empty() => {
+                contained_in_database(&self.state.pool, &pattern, &ask)
+                    .await
+                    .map_err(|_| Ended::Database)?
+            }
+            _ => Vec::new(),
+        };
         let frames: Vec<Bytes> = batch
             .events
             .iter()
-            .filter(|e| e.pos > self.last && self.filter.matches(e))
-            .map(|e| e.frame.clone())
+            .zip(&verdicts)
+            .filter(|(e, v)| match v {
+                Verdict::Yes => true,
+                Verdict::No => false,
+                Verdict::AskDatabase => contained.contains(&e.pos),
+            })
+            .map(|(e, _)| e.frame.clone())
             .collect();
         self.last = batch.upto;
         self.send_frames(&frames).await
+    }
+
+    /// The filter's verdict on each event of `batch` past `last` (No for the
+    /// rest). A payload filter parses and compares documents, so it runs on the
+    /// blocking pool, never on the HTTP worker that serves this stream.
+    async fn judge(&self, batch: &Arc<TailBatch>) -> Result<Vec<Verdict>, Ended> {
+        let (filter, last) = (self.filter.clone(), self.last);
+        let judge = move |batch: &TailBatch| -> Vec<Verdict> {
+            batch
+                .events
+                .iter()
+                .map(|e| {
+                    if e.pos > last {
+                        filter.judge(e)
+                    } else {
+                        Verdict::No
+                    }
+                })
+                .collect()
+        };
+        if !self.filter.judges_payloads() {
+            return Ok(judge(batch));
+        }
+        let batch = batch.clone();
+        tokio::task::spawn_blocking(move || judge(&batch))
+            .await
+            .map_err(|_| Ended::Database)
     }
 
     async fn run(
@@ -241,7 +303,7 @@ impl Feed {
                 // The client went away and actix dropped the body.
                 _ = self.out.closed() => return Ok(()),
                 batch = batches.recv() => match batch {
-                    Ok(batch) => self.apply(&batch).await?,
+                    Ok(batch) => self.apply(batch).await?,
                     // Fell behind the channel: the next batch starts past `last`,
                     // and `apply` catches up from the database.
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -267,7 +329,7 @@ impl Feed {
     }
 }
 
-/// A live tail of newly stored events (Server-Sent Events; the SSE id is `{txid}-{seq}`, the event's place in storage order).
+/// A live tail of newly stored events (Server-Sent Events; the SSE id is `{txid}-{seq}`, the event's place in storage order). `payload_contains` on a stream is at most 4096 bytes.
 #[utoipa::path(get, path = "/events/stream", tag = "events", params(
         EventFilters,
     ("last_event_id" = Option<String>, Query, pattern = "^[0-9]+(-[0-9]+)?$", description = "resume after this event id (the Last-Event-ID header wins)"),
@@ -317,7 +379,7 @@ pub async fn stream(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
     let socket = req.conn_data::<ClientSocket>().cloned();
     let (tx, rx) = mpsc::channel::<Bytes>(1);
     let feed = Feed {
-        filter: TailFilter::new(&query),
+        filter: Arc::new(TailFilter::new(&query)),
         query,
         state: state.clone(),
         last,

@@ -48,6 +48,16 @@ pub const BATCH_EVENTS: i64 = 500;
 pub const BATCH_BYTES: usize = 1 << 20;
 /// Batches the channel holds; a stream further behind catches up from the database.
 pub const BROADCAST_BATCHES: usize = 16;
+/// The largest payload a stream's `payload_contains` is checked against in
+/// memory (as a parsed tree, shared by every stream); a larger one is checked by
+/// PostgreSQL, and its text is not kept.
+pub const TREE_BYTES: usize = 64 << 10;
+/// Comparisons one in-memory containment check may make; past it the event is
+/// checked by PostgreSQL (a pattern's arrays against a document's arrays could
+/// otherwise cost their product).
+pub const CONTAINMENT_STEPS: u32 = 100_000;
+/// The longest `payload_contains` a stream takes, in bytes.
+pub const MAX_STREAM_PATTERN_BYTES: usize = 4096;
 
 /// A place in the live tail's order: the writing transaction, then `seq`. Rows
 /// stored before the tail followed transactions have `txid` 0 (they were written
@@ -91,7 +101,9 @@ pub struct TailEvent {
     pub session_id: Option<String>,
     pub correlation_id: Option<String>,
     pub timestamp: DateTime<Utc>,
-    payload: Box<str>,
+    /// The payload's text when it is at most [`TREE_BYTES`]; a larger one is left
+    /// to PostgreSQL.
+    payload: Option<Box<str>>,
     /// The payload parsed once, on the first `payload_contains` that needs it.
     parsed: OnceLock<Option<Value>>,
     /// `id: {txid}-{seq}\nevent: event\ndata: {json}\n\n`
@@ -114,7 +126,7 @@ impl TailEvent {
             session_id: row.get("session_id"),
             correlation_id: row.get("correlation_id"),
             timestamp: row.get("timestamp"),
-            payload: String::from_utf8_lossy(payload).into(),
+            payload: (payload.len() <= TREE_BYTES).then(|| String::from_utf8_lossy(payload).into()),
             parsed: OnceLock::new(),
             frame: Bytes::from(format!(
                 "id: {}\nevent: event\ndata: {data}\n\n",
@@ -123,11 +135,23 @@ impl TailEvent {
         })
     }
 
+    /// The payload as a tree, when it is small enough to be checked in memory.
     fn payload(&self) -> Option<&Value> {
+        let text = self.payload.as_deref()?;
         self.parsed
-            .get_or_init(|| serde_json::from_str(&self.payload).ok())
+            .get_or_init(|| serde_json::from_str(text).ok())
             .as_ref()
     }
+}
+
+/// What a stream's filter says of one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Yes,
+    No,
+    /// Only `payload_contains` is left, and it cannot be judged in memory (a
+    /// large payload, or a check past [`CONTAINMENT_STEPS`]): PostgreSQL judges.
+    AskDatabase,
 }
 
 /// Every event with `after < position <= upto`, in position order.
@@ -157,7 +181,18 @@ impl TailFilter {
         }
     }
 
-    pub fn matches(&self, e: &TailEvent) -> bool {
+    /// Whether judging an event may cost more than a few comparisons (a payload
+    /// filter): then the stream judges its batches off the HTTP workers.
+    pub fn judges_payloads(&self) -> bool {
+        self.payload_contains.is_some()
+    }
+
+    /// The `payload_contains` pattern as JSON text, for PostgreSQL.
+    pub fn pattern_text(&self) -> Option<String> {
+        self.payload_contains.as_ref().map(Value::to_string)
+    }
+
+    pub fn judge(&self, e: &TailEvent) -> Verdict {
         let column = |name: &str| -> Option<&str> {
             match name {
                 "event_type" => Some(&e.event_type),
@@ -168,35 +203,104 @@ impl TailFilter {
                 _ => None,
             }
         };
-        self.filters
+        let columns = self
+            .filters
             .iter()
             .all(|(name, value)| column(name) == Some(value.as_str()))
             && self.start_time.is_none_or(|t| e.timestamp >= t)
-            && self.end_time.is_none_or(|t| e.timestamp <= t)
-            && self
-                .payload_contains
-                .as_ref()
-                .is_none_or(|pattern| e.payload().is_some_and(|doc| jsonb_contains(doc, pattern)))
+            && self.end_time.is_none_or(|t| e.timestamp <= t);
+        let Some(pattern) = self.payload_contains.as_ref().filter(|_| columns) else {
+            return if columns { Verdict::Yes } else { Verdict::No };
+        };
+        if e.payload.is_none() {
+            return Verdict::AskDatabase;
+        }
+        let Some(doc) = e.payload() else {
+            return Verdict::No;
+        };
+        let mut steps = CONTAINMENT_STEPS;
+        match jsonb_contains_within(doc, pattern, &mut steps) {
+            Some(true) => Verdict::Yes,
+            Some(false) => Verdict::No,
+            None => Verdict::AskDatabase,
+        }
     }
+}
+
+/// Of `events` (each with the verdict AskDatabase), the positions whose payload
+/// contains `pattern`, as PostgreSQL's `@>` says.
+pub async fn contained_in_database(
+    pool: &Pool,
+    pattern: &str,
+    events: &[&TailEvent],
+) -> Result<Vec<Position>, super::problem::Problem> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.timestamp).collect();
+    let txids: Vec<i64> = events.iter().map(|e| e.pos.txid).collect();
+    let seqs: Vec<i64> = events.iter().map(|e| e.pos.seq).collect();
+    let client = pool.get().await.map_err(unavailable)?;
+    let rows = client
+        .query(
+            "SELECT e.txid, e.seq FROM unnest($1::timestamptz[], $2::int8[], $3::int8[]) AS k(t, x, s) \
+             JOIN events e ON e.\"timestamp\" = k.t AND e.seq = k.s AND e.txid = k.x \
+             WHERE e.payload @> $4::text::jsonb",
+            &[&times, &txids, &seqs, &pattern],
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(rows
+        .iter()
+        .map(|r| Position {
+            txid: r.get(0),
+            seq: r.get(1),
+        })
+        .collect())
 }
 
 /// PostgreSQL's jsonb `@>` for a pattern that is an object: objects contain
 /// every member of the pattern (recursively), arrays contain every element of the
 /// pattern's array somewhere, numbers compare by value, the rest by equality.
 pub fn jsonb_contains(doc: &Value, pattern: &Value) -> bool {
-    match (doc, pattern) {
-        (Value::Object(d), Value::Object(p)) => p
-            .iter()
-            .all(|(k, pv)| d.get(k).is_some_and(|dv| jsonb_contains(dv, pv))),
+    let mut unbounded = u32::MAX;
+    jsonb_contains_within(doc, pattern, &mut unbounded).unwrap_or(false)
+}
+
+/// [`jsonb_contains`] in at most `steps` comparisons; `None` when they ran out.
+pub fn jsonb_contains_within(doc: &Value, pattern: &Value, steps: &mut u32) -> Option<bool> {
+    *steps = steps.checked_sub(1)?;
+    Some(match (doc, pattern) {
+        (Value::Object(d), Value::Object(p)) => {
+            for (k, pv) in p {
+                match d.get(k) {
+                    Some(dv) if jsonb_contains_within(dv, pv, steps)? => {}
+                    _ => return Some(false),
+                }
+            }
+            true
+        }
         (Value::Array(d), Value::Array(p)) => {
-            p.iter().all(|pv| d.iter().any(|dv| jsonb_contains(dv, pv)))
+            for pv in p {
+                let mut found = false;
+                for dv in d {
+                    if jsonb_contains_within(dv, pv, steps)? {
+                        found = true;
+                        break;
+                    }
+                }
+                if !found {
+                    return Some(false);
+                }
+            }
+            true
         }
         (Value::Number(a), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
             (Some(x), Some(y)) => x == y,
             _ => a.as_f64() == b.as_f64(),
         },
         (a, b) => a == b,
-    }
+    })
 }
 
 /// The newest readable position: where a stream without `Last-Event-ID` starts.
@@ -407,5 +511,19 @@ mod tests {
         ] {
             assert_eq!(jsonb_contains(&doc, &pattern), expected, "{pattern}");
         }
+    }
+
+    #[test]
+    fn a_containment_check_past_its_budget_gives_up_rather_than_decides() {
+        let doc = json!({"a": (0..10_000).collect::<Vec<_>>()});
+        // Every pattern element is last in the array: 20,000 x 10,000 comparisons.
+        let pattern = json!({"a": vec![9_999; 20_000]});
+        let mut steps = CONTAINMENT_STEPS;
+        assert_eq!(jsonb_contains_within(&doc, &pattern, &mut steps), None);
+        let mut steps = CONTAINMENT_STEPS;
+        assert_eq!(
+            jsonb_contains_within(&doc, &json!({"a": [3, 7]}), &mut steps),
+            Some(true)
+        );
     }
 }
