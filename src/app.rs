@@ -117,7 +117,11 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     };
     let keyring = crate::attest::Keyring::new(&settings.audit_keys).map(Arc::new);
     let writers = (0..settings.write_concurrency)
-        .map(|_| Writer::new(pg.clone()).attesting(keyring.clone()))
+        .map(|_| {
+            Writer::new(pg.clone())
+                .attesting(keyring.clone())
+                .making_partitions(settings.partition_layout())
+        })
         .collect();
     let supervisor = Arc::new(Supervisor::default());
     let sink = {

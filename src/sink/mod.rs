@@ -7,6 +7,7 @@
 //! `dead_letter` while the rest is stored.
 
 pub mod copy;
+pub mod partitions;
 pub mod write;
 
 use std::sync::Arc;

@@ -305,6 +305,8 @@ pub struct Writer {
     buf: BytesMut,
     /// AUDIT_KEY: every row is attested (`crate::attest`).
     keyring: Option<Arc<Keyring>>,
+    /// Partitions made before a batch needs them (`super::partitions`).
+    partitions: Option<super::partitions::PartitionsAhead>,
 }
 
 impl Writer {
@@ -314,7 +316,17 @@ impl Writer {
             conn: None,
             buf: BytesMut::new(),
             keyring: None,
+            partitions: None,
         }
+    }
+
+    /// Makes the partitions a batch needs before writing it, cut by `layout`.
+    pub fn making_partitions(mut self, layout: crate::storage::partition::Layout) -> Self {
+        self.partitions = Some(super::partitions::PartitionsAhead::new(
+            self.target.clone(),
+            layout,
+        ));
+        self
     }
 
     /// Attests every row with the keyring's first key.
@@ -459,6 +471,17 @@ impl Writer {
                 Record::Event(_) | Record::Replayed => None,
             })
             .collect();
+        if let Some(partitions) = &mut self.partitions {
+            let times: Vec<(crate::storage::Table, chrono::DateTime<chrono::Utc>)> = events
+                .iter()
+                .map(|e| (crate::storage::Table::Events, e.timestamp))
+                .chain(
+                    dead.iter()
+                        .map(|d| (crate::storage::Table::DeadLetter, d.received_at)),
+                )
+                .collect();
+            partitions.ensure(&times, chrono::Utc::now(), metrics).await;
+        }
         let mut buf = std::mem::take(&mut self.buf);
         let keyring = self.keyring.clone();
         let conn = self.connect(metrics).await?;

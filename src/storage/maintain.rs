@@ -173,7 +173,9 @@ async fn run_locked(
             // Tried once per run: a range that fails is not tried again below.
             existing.push(range);
             match partition::create(client, table, range).await {
-                Ok((name, moved)) => {
+                // A writer made one there first.
+                Ok(None) => {}
+                Ok(Some((name, moved))) => {
                     created += 1;
                     tracing::info!(table = table.name(), partition = %name, from = %range.start, to = %range.end, rows_moved_from_default = moved, "partition created");
                     if let Some(m) = metrics {

@@ -350,16 +350,50 @@ pub(crate) fn pg_time(t: DateTime<Utc>) -> String {
 /// partitions and run after the commit would find the moved rows in neither
 /// place (a count briefly short). Readers and writers wait for the move, which
 /// takes as long as the rows the default partition held for the range.
+///
+/// Partitions are made by the maintenance job and, ahead of a batch that needs
+/// one, by the writers (`sink::partitions`): every creation takes the session
+/// advisory lock [`PARTITION_LOCK`] and looks at the partitions again under it,
+/// so `None` says another session made one overlapping `range` first.
 pub async fn create(
     client: &mut Client,
     table: Table,
     range: Range,
-) -> Result<(String, u64), StorageError> {
+) -> Result<Option<(String, u64)>, StorageError> {
     create_in(client, table, table.name(), range).await
 }
 
+/// Key of the session advisory lock every partition creation takes ("cs-parts").
+pub const PARTITION_LOCK: i64 = 0x6373_2d70_6172_7473;
+
 /// As [`create`], under a parent of another name (the online migration's `_new`).
 pub(crate) async fn create_in(
+    client: &mut Client,
+    table: Table,
+    parent: &str,
+    range: Range,
+) -> Result<Option<(String, u64)>, StorageError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&PARTITION_LOCK])
+        .await?;
+    let result = async {
+        let existing = ranges_in(client, parent).await?;
+        if existing
+            .iter()
+            .any(|r| r.start < range.end && range.start < r.end)
+        {
+            return Ok(None);
+        }
+        create_locked(client, table, parent, range).await.map(Some)
+    }
+    .await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&PARTITION_LOCK])
+        .await;
+    result
+}
+
+async fn create_locked(
     client: &mut Client,
     table: Table,
     parent: &str,
@@ -433,6 +467,22 @@ pub(crate) async fn create_in(
 /// the table: as long as reading the far partition once (it holds only events
 /// dated past the window). Returns the rows moved.
 pub async fn split_head(
+    client: &mut Client,
+    table: Table,
+    far: Range,
+    at: DateTime<Utc>,
+) -> Result<u64, StorageError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&PARTITION_LOCK])
+        .await?;
+    let result = split_head_locked(client, table, far, at).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&PARTITION_LOCK])
+        .await;
+    result
+}
+
+async fn split_head_locked(
     client: &mut Client,
     table: Table,
     far: Range,

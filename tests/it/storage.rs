@@ -946,21 +946,34 @@ async fn a_range_whose_partition_fails_is_skipped_counted_and_made_by_a_later_ru
     let app = spawn_app().await;
     let mut c = storage_client(&app).await;
     let (a, b) = (days_ago(20), days_ago(21));
-    app.publish("storage.t", &cloud_event("a", Some(a))).await;
-    app.publish("storage.t", &cloud_event("b", Some(b))).await;
-    settle(&app).await;
-    // Something in the way of one range's partition.
+    // Something in the way of one range's partition: the writer cannot make it
+    // ahead of the batch either (its row waits in the default partition).
     let blocked = partition::partition_name(Table::Events, a);
     app.db
         .batch_execute(&format!("CREATE TABLE {blocked} (x int)"))
         .await
         .unwrap();
+    app.publish("storage.t", &cloud_event("a", Some(a))).await;
+    settle(&app).await;
+    // b's row was not written: the maintenance run makes its partition.
+    app.db
+        .batch_execute(&format!(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, generation, envelope, properties) \
+             VALUES ('b', 't', 's', 'r', 'x', '{}', now(), '{{}}', 1, '{{}}', '{{}}')",
+            b.to_rfc3339()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(partition_of(&app, "a").await, vec!["events_default"]);
+    assert_eq!(partition_of(&app, "b").await, vec!["events_default"]);
     let report = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
         .await
         .unwrap();
     assert_eq!(report.failed.len(), 1, "{report:?}");
     assert!(report.failed[0].starts_with("events "), "{report:?}");
     // The other range got its partition all the same.
+    assert_eq!(report.created.len(), 1, "{report:?}");
     assert_eq!(
         partition_of(&app, "b").await,
         vec![partition::partition_name(Table::Events, b)]
@@ -975,4 +988,40 @@ async fn a_range_whose_partition_fails_is_skipped_counted_and_made_by_a_later_ru
         .unwrap();
     assert!(retried.failed.is_empty(), "{retried:?}");
     assert_eq!(partition_of(&app, "a").await, vec![blocked]);
+}
+
+#[tokio::test]
+async fn a_backlog_of_past_days_lands_in_partitions_the_writers_make_ahead_not_in_the_default_one()
+{
+    let app = spawn_app().await;
+    // Twenty days of history, as a backlog after an outage or a backfill leaves,
+    // with today's traffic among them.
+    let mut n = 0;
+    for d in 1..=20u64 {
+        for h in [1, 13] {
+            let t = days_ago(d) + chrono::Duration::hours(h);
+            app.publish(
+                "storage.backlog",
+                &cloud_event(&format!("d{d}-h{h}"), Some(t)),
+            )
+            .await;
+            n += 1;
+        }
+        app.publish(
+            "storage.live",
+            &cloud_event(&format!("live-{d}"), Some(Utc::now())),
+        )
+        .await;
+        n += 1;
+    }
+    app.wait_for_rows("events", n).await;
+    // No maintenance run since start-up: every row is in its day's partition.
+    assert_eq!(app.count("events_default").await, 0);
+    for d in 1..=20u64 {
+        assert_eq!(
+            partition_of(&app, &format!("d{d}-h13")).await,
+            vec![partition::partition_name(Table::Events, days_ago(d))]
+        );
+    }
+    assert!(app.metric("candystore_partitions_created_total").await >= 20.0);
 }

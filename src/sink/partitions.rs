@@ -1,0 +1,188 @@
+//! Partitions made before a batch is written: a backlog of days (after an
+//! outage) or a backfill of history would otherwise land in the default partition,
+//! and every day of it would then have to be moved out under a lock on the whole
+//! table. Before writing, the writer looks up each row's time in the partitions it
+//! knows; a time no partition covers, within the window around now
+//! (`storage::partition::Layout`), gets its partition first: empty, since nothing
+//! was written there, so made in milliseconds without moving a row.
+//!
+//! Times outside the window, and more than [`MAX_PER_BATCH`] new ranges in one
+//! batch, are left to the default partition and the maintenance job (which
+//! bounds its own work per run): a publisher choosing its dates cannot make a
+//! batch wait for hundreds of partitions. A partition that cannot be made is
+//! logged and left to the maintenance job too: it never fails the batch.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+
+use crate::metrics::Metrics;
+use crate::storage::partition::{self, Layout, Range};
+use crate::storage::{self, StorageError, Table};
+
+/// New partitions one batch may make before it is written.
+pub const MAX_PER_BATCH: usize = 32;
+/// After a partition could not be made (or the tables are not partitioned yet,
+/// during the online migration), batches are written without looking for this
+/// long: a failing creation is not retried, and logged, on every batch.
+const PAUSE_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What one writer knows of the partitions, and its connection to make them.
+pub struct PartitionsAhead {
+    target: crate::db::PgTarget,
+    layout: Layout,
+    client: Option<Client>,
+    /// The ranges of `events` and `dead_letter`, sorted by start; `None` until
+    /// first read (and after a failure).
+    known: Option<[Vec<Range>; 2]>,
+    /// No look before this (after a failure).
+    paused_until: Option<tokio::time::Instant>,
+}
+
+fn index(table: Table) -> usize {
+    match table {
+        Table::Events => 0,
+        Table::DeadLetter => 1,
+    }
+}
+
+/// Whether a sorted list of ranges covers `t`.
+fn covered(ranges: &[Range], t: DateTime<Utc>) -> bool {
+    let i = ranges.partition_point(|r| r.start <= t);
+    i > 0 && ranges[i - 1].contains(t)
+}
+
+impl PartitionsAhead {
+    pub fn new(target: crate::db::PgTarget, layout: Layout) -> Self {
+        Self {
+            target,
+            layout,
+            client: None,
+            known: None,
+            paused_until: None,
+        }
+    }
+
+    /// Makes the partitions the batch's times need (see the module's docs).
+    pub async fn ensure(
+        &mut self,
+        times: &[(Table, DateTime<Utc>)],
+        now: DateTime<Utc>,
+        metrics: &Metrics,
+    ) {
+        if self
+            .paused_until
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+        {
+            return;
+        }
+        if let Err(e) = self.ensure_inner(times, now, metrics).await {
+            if matches!(e, StorageError::NotPartitioned { .. }) {
+                tracing::debug!(
+                    "writer: the tables are not partitioned yet; no partitions made ahead"
+                );
+            } else {
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "writer: cannot make a partition ahead of a batch; its rows wait in the default partition for the maintenance job");
+            }
+            self.paused_until = Some(tokio::time::Instant::now() + PAUSE_AFTER_FAILURE);
+            self.known = None;
+            if self.client.as_ref().is_some_and(Client::is_closed) {
+                self.client = None;
+            }
+        }
+    }
+
+    async fn ensure_inner(
+        &mut self,
+        times: &[(Table, DateTime<Utc>)],
+        now: DateTime<Utc>,
+        metrics: &Metrics,
+    ) -> Result<(), StorageError> {
+        let window = self.layout.window(now);
+        if self.known.is_none() {
+            self.known = Some(self.read().await?);
+        }
+        let known = self.known.as_ref().expect("read above");
+        // The ranges wanted, at most MAX_PER_BATCH, each once.
+        let mut wanted: Vec<(Table, Range)> = Vec::new();
+        for &(table, t) in times {
+            if !window.contains(t) || covered(&known[index(table)], t) {
+                continue;
+            }
+            if wanted.iter().any(|(w, r)| *w == table && r.contains(t)) {
+                continue;
+            }
+            if wanted.len() == MAX_PER_BATCH {
+                break;
+            }
+            if let Some(range) = self.layout.range_for(t, now, &known[index(table)]) {
+                wanted.push((table, range));
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let client = match &mut self.client {
+            Some(c) if !c.is_closed() => c,
+            slot => slot.insert(storage::connect(&self.target).await?),
+        };
+        for (table, range) in wanted {
+            if let Some((name, moved)) = partition::create(client, table, range).await? {
+                tracing::info!(table = table.name(), partition = %name, from = %range.start, to = %range.end, rows_moved_from_default = moved, "partition created ahead of a batch");
+                metrics
+                    .storage
+                    .created
+                    .with_label_values(&[table.name()])
+                    .inc();
+            }
+        }
+        // Ours, and whatever another writer or the maintenance job made meanwhile.
+        self.known = Some(self.read().await?);
+        Ok(())
+    }
+
+    async fn read(&mut self) -> Result<[Vec<Range>; 2], StorageError> {
+        let client = match &mut self.client {
+            Some(c) if !c.is_closed() => c,
+            slot => slot.insert(storage::connect(&self.target).await?),
+        };
+        let mut out = [Vec::new(), Vec::new()];
+        for table in Table::ALL {
+            if !storage::is_partitioned(client, table).await? {
+                return Err(StorageError::NotPartitioned {
+                    table: table.name(),
+                });
+            }
+            let mut ranges = partition::ranges_in(client, table.name()).await?;
+            ranges.sort();
+            out[index(table)] = ranges;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_time_is_covered_only_by_a_range_that_holds_it() {
+        let day = |a: &str, b: &str| Range {
+            start: t(a),
+            end: t(b),
+        };
+        let ranges = vec![
+            day("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"),
+            day("2026-11-03T00:00:00Z", "2026-11-04T00:00:00Z"),
+        ];
+        assert!(covered(&ranges, t("2026-11-01T00:00:00Z")));
+        assert!(covered(&ranges, t("2026-11-03T23:59:59Z")));
+        assert!(!covered(&ranges, t("2026-11-02T00:00:00Z")));
+        assert!(!covered(&ranges, t("2026-10-31T23:59:59Z")));
+        assert!(!covered(&ranges, t("2026-11-04T00:00:00Z")));
+        assert!(!covered(&[], t("2026-11-04T00:00:00Z")));
+    }
+}
