@@ -373,10 +373,7 @@ pub(crate) async fn create_in(
     parent: &str,
     range: Range,
 ) -> Result<Option<(String, u64)>, StorageError> {
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&PARTITION_LOCK])
-        .await?;
-    let result = async {
+    holding_partition_lock(client, async |client: &mut Client| {
         let existing = ranges_in(client, parent).await?;
         if existing
             .iter()
@@ -385,8 +382,19 @@ pub(crate) async fn create_in(
             return Ok(None);
         }
         create_locked(client, table, parent, range).await.map(Some)
-    }
-    .await;
+    })
+    .await
+}
+
+/// Runs `f` holding [`PARTITION_LOCK`], released however `f` ends.
+async fn holding_partition_lock<T>(
+    client: &mut Client,
+    f: impl AsyncFnOnce(&mut Client) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&PARTITION_LOCK])
+        .await?;
+    let result = f(client).await;
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&PARTITION_LOCK])
         .await;
@@ -472,14 +480,10 @@ pub async fn split_head(
     far: Range,
     at: DateTime<Utc>,
 ) -> Result<u64, StorageError> {
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&PARTITION_LOCK])
-        .await?;
-    let result = split_head_locked(client, table, far, at).await;
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&PARTITION_LOCK])
-        .await;
-    result
+    holding_partition_lock(client, async |client: &mut Client| {
+        split_head_locked(client, table, far, at).await
+    })
+    .await
 }
 
 async fn split_head_locked(

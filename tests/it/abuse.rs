@@ -319,45 +319,9 @@ async fn six_clients_reading_one_30_mb_dead_letter_share_one_read_encoded_outsid
         .get(0);
     // The real binary, so its peak RSS is its own.
     app.stop().await;
-    let settings = app.settings();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
-        .arg("serve")
-        .env_clear()
-        .env("DATABASE_URL", &settings.database_url)
-        .env("RABBIT_URL", crate::helpers::AMQP)
-        .env("RABBIT_EXCHANGE", &app.exchange)
-        .env("RABBIT_QUEUE", &app.queue)
-        .env("API_HOST", "127.0.0.1")
-        .env("API_PORT", port.to_string())
-        .env("METRICS_PORT", "0")
-        .env("LOG_LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let watch = tokio::spawn(crate::helpers::peak_rss_kb(child));
-    let url = format!("http://127.0.0.1:{port}/dead-letters/{id}");
+    let served = crate::helpers::ServedBinary::start(&app).await;
+    let url = format!("{}/dead-letters/{id}", served.base);
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("http://127.0.0.1:{port}/ready"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the service did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let fetches = (0..6).map(|_| {
         let (http, url) = (http.clone(), url.clone());
         async move {
@@ -382,14 +346,7 @@ async fn six_clients_reading_one_30_mb_dead_letter_share_one_read_encoded_outsid
         assert!(decoded == body, "the body exactly");
         assert_eq!(v["body_text"].as_str().map(str::len), Some(30_000_000));
     }
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let (_, peak_kb, _) = watch.await.unwrap();
+    let peak_kb = served.stop().await;
     eprintln!("serve peak RSS {peak_kb} kB");
     // One row, its base64 and text, and one JSON rendering, shared by the six:
     // each client's own copy made it 646-712 MB, and 5 of 6 timed out.
@@ -487,40 +444,9 @@ async fn stream_payload_filters_are_bounded_and_judge_large_or_costly_events_in_
 async fn a_payload_filtered_stream_meeting_a_20_mb_array_event_builds_no_tree_of_it() {
     let mut app = spawn_app().await;
     app.stop().await;
-    let settings = app.settings();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
-        .arg("serve")
-        .env_clear()
-        .env("DATABASE_URL", &settings.database_url)
-        .env("RABBIT_URL", crate::helpers::AMQP)
-        .env("RABBIT_EXCHANGE", &app.exchange)
-        .env("RABBIT_QUEUE", &app.queue)
-        .env("API_HOST", "127.0.0.1")
-        .env("API_PORT", port.to_string())
-        .env("METRICS_PORT", "0")
-        .env("LOG_LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let watch = tokio::spawn(crate::helpers::peak_rss_kb(child));
-    let base = format!("http://127.0.0.1:{port}");
+    let served = crate::helpers::ServedBinary::start(&app).await;
+    let base = served.base.clone();
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{base}/ready")).send().await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the service did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let stream = http
         .get(format!("{base}/events/stream"))
         .query(&[("payload_contains", r#"{"k": 1}"#)])
@@ -549,14 +475,7 @@ async fn a_payload_filtered_stream_meeting_a_20_mb_array_event_builds_no_tree_of
     ids.sort();
     assert_eq!(ids, ["big", "small"]);
     drop(got);
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let (_, peak_kb, _) = watch.await.unwrap();
+    let peak_kb = served.stop().await;
     eprintln!("serve peak RSS {peak_kb} kB");
     // Ingest, the tail's frame and the stream's copy of it; a tree of the
     // payload made it 420-548 MB (210 MB with a type-filtered stream).

@@ -507,3 +507,65 @@ pub async fn peak_rss_kb(
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// `candystore serve` as a process of its own, on the test's database, exchange
+/// and queue (the in-process service stopped first), so its peak RSS is its own.
+pub struct ServedBinary {
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    pid: u32,
+    watch: tokio::task::JoinHandle<(std::process::ExitStatus, u64, String)>,
+}
+
+impl ServedBinary {
+    /// Starts it and waits until `/ready` answers.
+    pub async fn start(app: &TestApp) -> Self {
+        let settings = app.settings();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
+            .arg("serve")
+            .env_clear()
+            .env("DATABASE_URL", &settings.database_url)
+            .env("RABBIT_URL", AMQP)
+            .env("RABBIT_EXCHANGE", &app.exchange)
+            .env("RABBIT_QUEUE", &app.queue)
+            .env("API_HOST", "127.0.0.1")
+            .env("API_PORT", port.to_string())
+            .env("METRICS_PORT", "0")
+            .env("LOG_LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the candystore binary");
+        let pid = child.id().unwrap();
+        let watch = tokio::spawn(peak_rss_kb(child));
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("{base}/ready")).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the service did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { base, pid, watch }
+    }
+
+    /// Stops it (SIGTERM) and returns its peak RSS in kB.
+    pub async fn stop(self) -> u64 {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &self.pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (_, peak_kb, _) = self.watch.await.unwrap();
+        peak_kb
+    }
+}

@@ -20,6 +20,28 @@ struct Sink {
     _conn: lapin::Connection,
 }
 
+/// Declares `queue` and binds it to `exchange` with `key`.
+async fn bound_queue(channel: &lapin::Channel, queue: &str, exchange: &str, key: &str) {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
 impl Sink {
     async fn new(app: &TestApp) -> Self {
         let conn = lapin::Connection::connect(AMQP, Default::default())
@@ -37,24 +59,7 @@ impl Sink {
             )
             .await
             .unwrap();
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        bound_queue(&channel, &queue, &exchange, "#").await;
         Sink {
             channel,
             exchange,
@@ -310,24 +315,7 @@ async fn a_replay_publishes_what_was_received_types_and_routing_key_exact_and_no
     let sink = Sink::new(&app).await;
     // A second queue on the target exchange, bound to the key CC names.
     let cc_queue = format!("{}_cc_q", app.name);
-    sink.channel
-        .queue_declare(
-            cc_queue.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    sink.channel
-        .queue_bind(
-            cc_queue.as_str().into(),
-            sink.exchange.as_str().into(),
-            "cc.target".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    bound_queue(&sink.channel, &cc_queue, &sink.exchange, "cc.target").await;
     let mut headers = FieldTable::default();
     let mut shaped = FieldTable::default();
     shaped.insert("$hex".into(), AMQPValue::LongString("00ff".into()));
