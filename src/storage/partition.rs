@@ -401,6 +401,22 @@ async fn holding_partition_lock<T>(
     result
 }
 
+/// Every column `parent` has now, quoted, in order (later migrations add some,
+/// e.g. `txid`, which a moved row must keep: it is the row's place in the live tail).
+async fn columns_of(
+    tx: &tokio_postgres::Transaction<'_>,
+    parent: &str,
+) -> Result<String, StorageError> {
+    Ok(tx
+        .query_one(
+            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&parent],
+        )
+        .await?
+        .get(0))
+}
+
 async fn create_locked(
     client: &mut Client,
     table: Table,
@@ -411,16 +427,7 @@ async fn create_locked(
     let default = table.default_partition();
     let time = table.time_column();
     let tx = client.transaction().await?;
-    // Every column the parent has now (later migrations add some, e.g. `txid`,
-    // which a moved row must keep: it is the row's place in the live tail).
-    let columns: String = tx
-        .query_one(
-            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute \
-             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
-            &[&parent],
-        )
-        .await?
-        .get(0);
+    let columns = columns_of(&tx, parent).await?;
     tx.batch_execute(&format!("LOCK TABLE {default} IN EXCLUSIVE MODE"))
         .await?;
     let (from, to) = (pg_time(range.start), pg_time(range.end));
@@ -499,14 +506,7 @@ async fn split_head_locked(
     let tx = client.transaction().await?;
     tx.batch_execute(&format!("LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE"))
         .await?;
-    let columns: String = tx
-        .query_one(
-            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute \
-             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
-            &[&parent],
-        )
-        .await?
-        .get(0);
+    let columns = columns_of(&tx, parent).await?;
     let (at_lit, end_lit) = (pg_time(at), pg_time(far.end));
     tx.batch_execute(&format!(
         "ALTER TABLE {parent} DETACH PARTITION {old}; \

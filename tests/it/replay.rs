@@ -20,6 +20,25 @@ struct Sink {
     _conn: lapin::Connection,
 }
 
+/// Replays every stored event to `exchange`, confirmed.
+async fn replay_all(app: &TestApp, exchange: &str) -> Progress {
+    let publisher = candystore::source::publish::Republisher::connect(AMQP)
+        .await
+        .unwrap();
+    let all = EventQuery::parse("").unwrap();
+    let job = Replay {
+        query: &all,
+        exchange,
+        rate: 0,
+        resume: None,
+    };
+    let mut progress = Progress::default();
+    replay::run(&app.db, &publisher, &job, &mut progress, |_| {})
+        .await
+        .unwrap();
+    progress
+}
+
 /// Declares `queue` and binds it to `exchange` with `key`.
 async fn bound_queue(channel: &lapin::Channel, queue: &str, exchange: &str, key: &str) {
     channel
@@ -261,19 +280,7 @@ async fn a_real_replay_mark_copied_onto_another_body_does_not_hide_it() {
     publish_mix(&app, 3).await;
     // What a consumer of the exchange sees of a real replay: its mark.
     let sink = Sink::new(&app).await;
-    let publisher = candystore::source::publish::Republisher::connect(AMQP)
-        .await
-        .unwrap();
-    let all = EventQuery::parse("").unwrap();
-    let job = Replay {
-        query: &all,
-        exchange: &sink.exchange,
-        rate: 0,
-        resume: None,
-    };
-    replay::run(&app.db, &publisher, &job, &mut Progress::default(), |_| {})
-        .await
-        .unwrap();
+    replay_all(&app, &sink.exchange).await;
     let seen = sink.drain().await;
     assert_eq!(seen.len(), 3);
     let m = &seen[0];
@@ -369,19 +376,7 @@ async fn a_replay_publishes_what_was_received_types_and_routing_key_exact_and_no
         .get(0);
     assert_eq!(stored_key, "typed.nulkey", "stored without NUL");
 
-    let publisher = candystore::source::publish::Republisher::connect(AMQP)
-        .await
-        .unwrap();
-    let all = EventQuery::parse("").unwrap();
-    let job = Replay {
-        query: &all,
-        exchange: &sink.exchange,
-        rate: 0,
-        resume: None,
-    };
-    replay::run(&app.db, &publisher, &job, &mut Progress::default(), |_| {})
-        .await
-        .unwrap();
+    replay_all(&app, &sink.exchange).await;
     let got = sink.drain().await;
     assert_eq!(got.len(), 1);
     let m = &got[0].delivery;
