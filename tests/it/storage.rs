@@ -954,7 +954,12 @@ async fn a_range_whose_partition_fails_is_skipped_counted_and_made_by_a_later_ru
         .await
         .unwrap();
     app.publish("storage.t", &cloud_event("a", Some(a))).await;
-    settle(&app).await;
+    // Waited for by name: its batch waits for the failing creation, so a later
+    // marker can commit first on the other writer.
+    app.wait_until(Duration::from_secs(20), || async {
+        !partition_of(&app, "a").await.is_empty()
+    })
+    .await;
     // b's row was not written: the maintenance run makes its partition.
     app.db
         .batch_execute(&format!(
