@@ -4,8 +4,11 @@
 //! 2. Drains: Candystore (every safety on) drains a pre-filled queue of ~1 KB
 //!    events, with the defaults and with `config/high-throughput.toml`; the CPU
 //!    each process used meanwhile; bytes on disk per event afterwards.
+//!    Both again with events without a time (stored at their receive time, each
+//!    claiming its (id, source)).
 //! 3. The same drain into a table already holding BENCH_BIG_ROWS events (random
-//!    UUID ids, kept in `cs_bench_big` between runs: filling it takes minutes).
+//!    UUID ids over 90 daily partitions, kept in `cs_bench_big_90d` between runs:
+//!    filling it takes minutes), timed and time-less, and the steady load into it.
 //! 4. Steady: events published at a fixed rate with the defaults; storage latency
 //!    (delivery → commit) p50/p99, then the curve up to saturation (`reports/ingest-latency.svg`).
 //! 5. Peak RSS draining a 1,000,000-event backlog and 1,000 events of 1 MB.
@@ -152,7 +155,7 @@ impl Env {
         pairs
     }
 
-    async fn fill(&self, count: u64) -> Duration {
+    async fn fill(&self, count: u64, without_time: bool) -> Duration {
         let publisher = Publisher::connect(AMQP, &self.exchange()).await.unwrap();
         let spec = LoadSpec {
             count,
@@ -161,6 +164,7 @@ impl Env {
             generation: 0,
             run_id: self.run_id(),
             shape: Default::default(),
+            without_time,
         };
         publisher.publish_load(&spec).await.unwrap()
     }
@@ -213,7 +217,7 @@ async fn connect(url: &str) -> Client {
 /// and does nothing else.
 async fn broker_ceiling(events: u64, prefetch: u16, ack_every: u64) -> f64 {
     let env = Env::new("ceiling").await;
-    env.fill(events).await;
+    env.fill(events, false).await;
     let ch = env.amqp.create_channel().await.unwrap();
     ch.basic_qos(prefetch, BasicQosOptions::default())
         .await
@@ -319,8 +323,14 @@ fn settings_file(path: &str) -> Vec<(&'static str, String)> {
         .collect()
 }
 
-async fn drain_into(env: &Env, events: u64, tuning: &[(&str, String)], before: i64) -> Drain {
-    let published = env.fill(events).await;
+async fn drain_into(
+    env: &Env,
+    events: u64,
+    tuning: &[(&str, String)],
+    before: i64,
+    without_time: bool,
+) -> Drain {
+    let published = env.fill(events, without_time).await;
     let running = app::start(env.settings(tuning), AppOptions::default())
         .await
         .unwrap();
@@ -445,10 +455,13 @@ async fn bytes_per_event(db: &Client) -> Vec<(String, f64)> {
     out
 }
 
-/// The drain into a table already holding `rows` events: a database kept between
-/// runs (`cs_bench_big`), filled once with random UUID ids over 30 days.
-async fn drain_big(rows: i64, events: u64, tuning: &[(&str, String)]) -> (Drain, f64) {
-    let name = "cs_bench_big";
+/// Days the big table's events span, one partition each.
+const BIG_DAYS: i64 = 90;
+
+/// A database kept between runs (`cs_bench_big_90d`) holding `rows` events: random
+/// UUID ids over [`BIG_DAYS`] daily partitions. Returns its clients.
+async fn big_db(rows: i64) -> (Client, Client) {
+    let name = BIG_DB;
     let (admin, db) = migrated_db(name).await;
     let mut have: i64 = db
         .query_one("SELECT count(*) FROM events", &[])
@@ -459,7 +472,7 @@ async fn drain_big(rows: i64, events: u64, tuning: &[(&str, String)]) -> (Drain,
         println!("  filling {name} to {rows} events (once; kept for later runs)...");
         let mut c = storage_client(name).await;
         let now = chrono::Utc::now();
-        for day in 0..32 {
+        for day in 0..BIG_DAYS + 2 {
             let existing: Vec<candystore::storage::partition::Range> =
                 candystore::storage::partition::list(&c, candystore::storage::Table::Events)
                     .await
@@ -484,8 +497,8 @@ async fn drain_big(rows: i64, events: u64, tuning: &[(&str, String)]) -> (Drain,
         // A day at a time, in time order, as production fills it: each day's
         // partition and its indexes are written while they are in memory (in random
         // order the fill thrashes: hours instead of minutes). Ids are random UUIDs.
-        let per_day = rows / 30 + 1;
-        let mut day = 30;
+        let per_day = rows / BIG_DAYS + 1;
+        let mut day = BIG_DAYS;
         while have < rows && day > 0 {
             let n = (rows - have).min(per_day);
             db.execute(
@@ -527,21 +540,51 @@ async fn drain_big(rows: i64, events: u64, tuning: &[(&str, String)]) -> (Drain,
             started.elapsed().as_secs_f64()
         );
     }
-    // A queue and exchange of this run's own.
-    let env = Env::on(name.to_owned(), db, admin, "big").await;
-    let before = env.count().await;
-    let d = drain_into(&env, events, tuning, before).await;
-    // Back to `rows`: the drained events go, so the next run starts alike.
+    (admin, db)
+}
+
+const BIG_DB: &str = "cs_bench_big_90d";
+
+/// Takes this run's events out of the big table again, so the next run starts alike.
+async fn big_restore(env: &Env) {
+    let run = format!("{}-%", env.run_id());
     env.db
-        .execute(
-            "DELETE FROM events WHERE id LIKE $1",
-            &[&format!("{}-%", env.run_id())],
-        )
+        .execute("DELETE FROM events WHERE id LIKE $1", &[&run])
         .await
         .unwrap();
-    env.db.batch_execute("VACUUM events").await.unwrap();
+    env.db
+        .execute("DELETE FROM event_keys WHERE id LIKE $1", &[&run])
+        .await
+        .unwrap();
+    env.db
+        .batch_execute("VACUUM events; VACUUM event_keys")
+        .await
+        .unwrap();
     env.drop_queue().await;
+}
+
+/// The drain into the big table (a queue and exchange of this run's own).
+async fn drain_big(
+    rows: i64,
+    events: u64,
+    tuning: &[(&str, String)],
+    without_time: bool,
+) -> (Drain, f64) {
+    let (admin, db) = big_db(rows).await;
+    let env = Env::on(BIG_DB.to_owned(), db, admin, "big").await;
+    let before = env.count().await;
+    let d = drain_into(&env, events, tuning, before, without_time).await;
+    big_restore(&env).await;
     (d, before as f64)
+}
+
+/// Steady load into the big table.
+async fn steady_big(rows: i64, rate: u64, secs: u64, without_time: bool) -> Steady {
+    let (admin, db) = big_db(rows).await;
+    let env = Env::on(BIG_DB.to_owned(), db, admin, "bigsteady").await;
+    let s = steady_on(&env, rate, secs, &[], without_time).await;
+    big_restore(&env).await;
+    s
 }
 
 async fn storage_client(db: &str) -> tokio_postgres::Client {
@@ -597,8 +640,22 @@ fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
     f64::NAN
 }
 
-async fn steady(rate: u64, secs: u64, tuning: &[(&str, String)]) -> Steady {
+async fn steady(rate: u64, secs: u64, tuning: &[(&str, String)], without_time: bool) -> Steady {
     let env = Env::new("steady").await;
+    let s = steady_on(&env, rate, secs, tuning, without_time).await;
+    env.drop_all().await;
+    s
+}
+
+/// Publishes `rate` events a second for `secs` seconds to a service on `env`;
+/// latencies from its histogram and from this run's rows.
+async fn steady_on(
+    env: &Env,
+    rate: u64,
+    secs: u64,
+    tuning: &[(&str, String)],
+    without_time: bool,
+) -> Steady {
     let running = app::start(env.settings(tuning), AppOptions::default())
         .await
         .unwrap();
@@ -611,6 +668,7 @@ async fn steady(rate: u64, secs: u64, tuning: &[(&str, String)]) -> Steady {
         generation: 0,
         run_id: env.run_id(),
         shape: Default::default(),
+        without_time,
     };
     let took = publisher.publish_load(&spec).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -622,8 +680,8 @@ async fn steady(rate: u64, secs: u64, tuning: &[(&str, String)]) -> Steady {
         .db
         .query_one(
             "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY storage_latency_ms), \
-             percentile_cont(0.99) WITHIN GROUP (ORDER BY storage_latency_ms) FROM events",
-            &[],
+             percentile_cont(0.99) WITHIN GROUP (ORDER BY storage_latency_ms) FROM events WHERE id LIKE $1",
+            &[&format!("{}-%", env.run_id())],
         )
         .await
         .unwrap();
@@ -636,7 +694,6 @@ async fn steady(rate: u64, secs: u64, tuning: &[(&str, String)]) -> Steady {
         insert_p50: row.get(1),
         insert_p99: row.get(2),
     };
-    env.drop_all().await;
     s
 }
 
@@ -708,6 +765,7 @@ async fn drain_rss(count: u64, size: usize) -> (f64, f64) {
         generation: 1,
         run_id: env.run_id(),
         shape: Default::default(),
+        without_time: false,
     };
     publisher.publish_load(&spec).await.unwrap();
     drop(publisher);
@@ -793,26 +851,41 @@ async fn main() {
     }
     let mut cpu_notes = Vec::new();
     let mut empty_high = f64::NAN;
+    let mut timed = std::collections::HashMap::new();
     if run("drain") {
-        for (label, tuning) in [
-            ("defaults", Vec::new()),
-            ("config/high-throughput.toml", high.clone()),
+        for (label, tuning, without_time) in [
+            ("defaults", Vec::new(), false),
+            ("config/high-throughput.toml", high.clone(), false),
+            ("defaults, events without a time", Vec::new(), true),
+            (
+                "config/high-throughput.toml, events without a time",
+                high.clone(),
+                true,
+            ),
         ] {
             println!("drain ({label}): Candystore draining {events} pre-published events...");
             let env = Env::new("drain").await;
-            let d = drain_into(&env, events, &tuning, 0).await;
+            let d = drain_into(&env, events, &tuning, 0, without_time).await;
             println!(
                 "  {:.0} events/s, {:.0} rows per batch; cores: {}",
                 d.rate, d.batch_rows, d.cpu
             );
+            let beside = match timed.get(&tuning.is_empty()) {
+                Some(t) if without_time => {
+                    format!("{:.2} of the same drain of timed events", d.rate / t)
+                }
+                _ => format!("{:.2} of the ceiling", d.rate / ceiling),
+            };
             report += &format!(
-                "| drain of {events} events, {label} | **{:.0} events/s** ({:.0} rows per batch) | {:.2} of the ceiling; the queue was filled at {:.0}/s |\n",
-                d.rate,
-                d.batch_rows,
-                d.rate / ceiling,
-                d.publish_rate
+                "| drain of {events} events, {label} | **{:.0} events/s** ({:.0} rows per batch) | {beside}; the queue was filled at {:.0}/s |\n",
+                d.rate, d.batch_rows, d.publish_rate
             );
             cpu_notes.push(format!("- drain, {label}: {}", d.cpu));
+            if without_time {
+                env.drop_all().await;
+                continue;
+            }
+            timed.insert(tuning.is_empty(), d.rate);
             if tuning.is_empty() {
                 let bytes = bytes_per_event(&env.db).await;
                 let text: Vec<String> = bytes.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
@@ -828,29 +901,60 @@ async fn main() {
     }
     if run("big") {
         println!("drain into a table of {big_rows} events (config/high-throughput.toml)...");
-        let (d, before) = drain_big(big_rows, events, &high).await;
+        let (d, before) = drain_big(big_rows, events, &high, false).await;
         println!(
             "  {:.0} events/s into {before} rows; cores: {}",
             d.rate, d.cpu
         );
         report += &format!(
-            "| the same drain into a table already holding {before:.0} events (random UUID ids, 30 days), high-throughput | **{:.0} events/s** | {:.2} of the empty-table drain |\n",
+            "| the same drain into a table already holding {before:.0} events (random UUID ids, {BIG_DAYS} daily partitions), high-throughput | **{:.0} events/s** | {:.2} of the empty-table drain |\n",
             d.rate,
             d.rate / empty_high
         );
         cpu_notes.push(format!("- drain into {before:.0} rows: {}", d.cpu));
+        println!("the same with events without a time...");
+        let (t, _) = drain_big(big_rows, events, &high, true).await;
+        println!("  {:.0} events/s; cores: {}", t.rate, t.cpu);
+        report += &format!(
+            "| the same drain into {before:.0} events, events without a time | **{:.0} events/s** | {:.2} of the timed drain into the same table |\n",
+            t.rate,
+            t.rate / d.rate
+        );
+        cpu_notes.push(format!(
+            "- drain of events without a time into {before:.0} rows: {}",
+            t.cpu
+        ));
+        for without_time in [false, true] {
+            let kind = if without_time {
+                "events without a time"
+            } else {
+                "timed events"
+            };
+            println!("steady into {before} rows: {rate} {kind}/s for {secs}s, defaults...");
+            let s = steady_big(big_rows, rate, secs, without_time).await;
+            println!(
+                "  stored {}, delivery → commit p50 {:.1} ms, p99 {:.1} ms",
+                s.stored, s.p50, s.p99
+            );
+            report += &format!(
+                "| storage latency at a steady {rate} {kind}/s for {secs} s into {before:.0} events, defaults: delivery → commit p50 / p99 | **{:.1} / {:.1} ms** | delivery → INSERT {:.1} / {:.1} ms |\n",
+                s.p50, s.p99, s.insert_p50, s.insert_p99
+            );
+        }
     }
     if run("steady") {
-        println!("steady: {rate} events/s for {secs}s with the default settings...");
-        let s = steady(rate, secs, &[]).await;
-        println!(
-            "  stored {}, delivery → commit p50 {:.1} ms, p99 {:.1} ms (delivery → INSERT {:.1} / {:.1})",
-            s.stored, s.p50, s.p99, s.insert_p50, s.insert_p99
-        );
-        report += &format!(
-            "| storage latency at a steady {rate} events/s for {secs} s, defaults: delivery → commit p50 / p99 | **{:.1} / {:.1} ms** | delivery → INSERT (exact, from the rows) {:.1} / {:.1} ms |\n",
-            s.p50, s.p99, s.insert_p50, s.insert_p99
-        );
+        for (kind, without_time) in [("events", false), ("events without a time", true)] {
+            println!("steady: {rate} {kind}/s for {secs}s with the default settings...");
+            let s = steady(rate, secs, &[], without_time).await;
+            println!(
+                "  stored {}, delivery → commit p50 {:.1} ms, p99 {:.1} ms (delivery → INSERT {:.1} / {:.1})",
+                s.stored, s.p50, s.p99, s.insert_p50, s.insert_p99
+            );
+            report += &format!(
+                "| storage latency at a steady {rate} {kind}/s for {secs} s, defaults: delivery → commit p50 / p99 | **{:.1} / {:.1} ms** | delivery → INSERT (exact, from the rows) {:.1} / {:.1} ms |\n",
+                s.p50, s.p99, s.insert_p50, s.insert_p99
+            );
+        }
     }
     if run("rss") {
         println!("RSS: draining a backlog of {backlog} ~1 KB events with the defaults...");
@@ -873,7 +977,7 @@ async fn main() {
         );
         for r in [1_000u64, 2_000, 4_000, 6_000, 8_000, 10_000, 12_000, 15_000] {
             println!("curve: {r} events/s for 10 s...");
-            let s = steady(r, 10, &[]).await;
+            let s = steady(r, 10, &[], false).await;
             println!(
                 "  published at {:.0}/s, p50 {:.1} ms, p99 {:.1} ms",
                 s.offered, s.p50, s.p99

@@ -70,6 +70,10 @@ enum Command {
         /// worst case for a JSON parser's memory).
         #[arg(long, default_value = "text", value_parser = ["text", "int-array"])]
         shape: String,
+        /// Leave the envelope's time out (the events are stored at their receive
+        /// time); text shape only.
+        #[arg(long)]
+        without_time: bool,
     },
     /// Deliveries that could not be stored as events: list, show, replay, purge.
     #[command(subcommand)]
@@ -225,6 +229,7 @@ fn main() -> ExitCode {
                 rate,
                 generation,
                 shape,
+                without_time,
             } => {
                 publish(
                     &settings,
@@ -239,6 +244,7 @@ fn main() -> ExitCode {
                         } else {
                             Shape::Text
                         },
+                        without_time,
                     },
                 )
                 .await

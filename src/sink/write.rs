@@ -58,7 +58,6 @@ WITH claimed AS (
     INSERT INTO event_keys (id, source, "timestamp")
     SELECT s.id, s.source, s."timestamp" FROM events_staging s
     WHERE NOT s.own_time
-      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = s.id AND e.source = s.source)
     ORDER BY s.ord
     ON CONFLICT DO NOTHING
     RETURNING id, source, "timestamp"
@@ -66,21 +65,12 @@ WITH claimed AS (
     };
 }
 
-/// Which staged rows [`MOVE_STAGED`] moves.
+/// Which staged rows [`MOVE_STAGED`] moves: those with their own time, and the
+/// fallback-timed ones whose claim this statement made.
 macro_rules! staged_filter {
     () => {
-        r#"CASE WHEN s.own_time
-               THEN NOT EXISTS (SELECT 1 FROM event_keys k WHERE k.id = s.id AND k.source = s.source)
-               ELSE EXISTS (SELECT 1 FROM claimed c
-                            WHERE c.id = s.id AND c.source = s.source AND c."timestamp" = s."timestamp")
-          END"#
-    };
-}
-
-/// Which staged rows [`MOVE_OWN_TIME`] moves.
-macro_rules! own_time_filter {
-    () => {
-        "NOT EXISTS (SELECT 1 FROM event_keys k WHERE k.id = s.id AND k.source = s.source)"
+        r#"(s.own_time OR EXISTS (SELECT 1 FROM claimed c
+                            WHERE c.id = s.id AND c.source = s.source AND c."timestamp" = s."timestamp"))"#
     };
 }
 
@@ -88,14 +78,14 @@ macro_rules! own_time_filter {
 ///
 /// Identity (ARCHITECTURE.md, "Identity"): an event that carries its own time is
 /// one row per (id, source, timestamp), which the primary key enforces inside the
-/// partition the time selects. An event whose time is a fallback first claims its
-/// (id, source) in `event_keys`; only the claimant inserts, and not when a row of
-/// that (id, source) is already stored under another time. An event with its own
-/// time is skipped when a fallback-timed one claimed its (id, source) before.
-/// `ON CONFLICT DO NOTHING` names no key, so the statement works on the plain
-/// table too (during the online migration). `txid`, the writing transaction, is
-/// the column's default (migration 0010), so the statement works on either side of
-/// that migration as well.
+/// partition the time selects. An event whose time is a fallback is one row per
+/// (id, source) among fallback-timed events: it first claims its (id, source) in
+/// `event_keys`, and only the claimant inserts. The two kinds never look at each
+/// other's key, so no writer waits for another (beyond two inserting the same key
+/// at once) and no statement probes every partition. `ON CONFLICT DO NOTHING`
+/// names no key, so the statement works on the plain table too (during the online
+/// migration). `txid`, the writing transaction, is the column's default (migration
+/// 0010), so the statement works on either side of that migration as well.
 const MOVE_STAGED: &str = concat!(
     claim_staged!(),
     insert_staged!(staged_filter!(), ", attestation")
@@ -103,27 +93,11 @@ const MOVE_STAGED: &str = concat!(
 /// [`MOVE_STAGED`] for a table without `attestation` (migration 0015 pending).
 const MOVE_STAGED_UNATTESTED: &str = concat!(claim_staged!(), insert_staged!(staged_filter!(), ""));
 
-/// Taken by every batch before its move, held to COMMIT: shared by batches whose
-/// events all carry their own time (they never wait for each other), exclusive by a
-/// batch holding an event with a fallback time. Twins of the two kinds meet on no
-/// common key (an own-time row is keyed by its time, the claim by `(id, source)`),
-/// so without it two writers could each see no trace of the other's uncommitted
-/// twin and store both. With it, a batch with a fallback time waits for the
-/// batches in flight to commit and then, its statement's snapshot taken after the
-/// lock, sees their rows; batches after it see its claim. Fallback times are rare
-/// in Bloodbank's traffic, so writers almost never wait.
-const TWINS_LOCK_KEY: i64 = 7_236_828_094_530_679_667;
-
 /// [`MOVE_STAGED`] for a batch whose events all carry their own time (nearly
-/// every batch): no claims to make, so no probe of `events` across every
-/// partition, whose index scans the executor would otherwise set up for each
-/// partition on every batch.
-const MOVE_OWN_TIME: &str = concat!(
-    "\nWITH ",
-    insert_staged!(own_time_filter!(), ", attestation")
-);
+/// every batch): no claims to make.
+const MOVE_OWN_TIME: &str = concat!("\nWITH ", insert_staged!("true", ", attestation"));
 /// [`MOVE_OWN_TIME`] for a table without `attestation` (migration 0015 pending).
-const MOVE_OWN_TIME_UNATTESTED: &str = concat!("\nWITH ", insert_staged!(own_time_filter!(), ""));
+const MOVE_OWN_TIME_UNATTESTED: &str = concat!("\nWITH ", insert_staged!("true", ""));
 
 /// A dead letter claims its fingerprint (its receive time differs on every
 /// redelivery, so the partitioned table's own key cannot see a repeat).
@@ -231,30 +205,6 @@ impl WriteError {
     }
 }
 
-/// The batch's events without those that repeat an earlier one's (id, source)
-/// when either of the two has a fallback time: one statement cannot see its own
-/// claims, so such twins are told apart here (the first one is the event; the
-/// later one counts as a duplicate). Twins that both carry their own time are left
-/// to the primary key.
-fn without_mixed_twins<'a>(events: &[&'a Event]) -> Vec<&'a Event> {
-    if events.iter().all(|e| e.own_time) {
-        return events.to_vec();
-    }
-    let mut first: std::collections::HashMap<(&str, &str), bool> =
-        std::collections::HashMap::with_capacity(events.len());
-    events
-        .iter()
-        .filter(|e| match first.get(&(e.id.as_str(), e.source.as_str())) {
-            Some(&earlier_own) => earlier_own && e.own_time,
-            None => {
-                first.insert((e.id.as_str(), e.source.as_str()), e.own_time);
-                true
-            }
-        })
-        .copied()
-        .collect()
-}
-
 /// What one committed transaction did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Written {
@@ -293,9 +243,6 @@ struct Conn {
     move_staged: Statement,
     move_own_time: Statement,
     insert_dead_letter: Statement,
-    /// [`TWINS_LOCK_KEY`], shared and exclusive
-    twins_shared: Statement,
-    twins_exclusive: Statement,
 }
 
 /// The batch writer's connection and statements.
@@ -402,16 +349,6 @@ impl Writer {
                 .prepare(INSERT_DEAD_LETTER)
                 .await
                 .map_err(WriteError::from_pg)?;
-            let twins_shared = client
-                .prepare(&format!(
-                    "SELECT pg_advisory_xact_lock_shared({TWINS_LOCK_KEY})"
-                ))
-                .await
-                .map_err(WriteError::from_pg)?;
-            let twins_exclusive = client
-                .prepare(&format!("SELECT pg_advisory_xact_lock({TWINS_LOCK_KEY})"))
-                .await
-                .map_err(WriteError::from_pg)?;
             tracing::debug!("writer connected");
             metrics.writers_connected.inc();
             self.conn = Some(Conn {
@@ -420,8 +357,6 @@ impl Writer {
                 move_staged,
                 move_own_time,
                 insert_dead_letter,
-                twins_shared,
-                twins_exclusive,
             });
         }
         Ok(self.conn.as_mut().expect("connected above"))
@@ -463,7 +398,7 @@ impl Writer {
                 Record::DeadLetter(_) | Record::Replayed => None,
             })
             .collect();
-        let events = without_mixed_twins(&all);
+        let events = &all;
         let dead: Vec<&DeadLetter> = records
             .iter()
             .filter_map(|r| match r {
@@ -552,14 +487,12 @@ impl Writer {
                 if events.is_empty() {
                     return (Ok(Vec::new()), Instant::now());
                 }
-                let (lock, statement) = if fallback_times {
-                    (&conn.twins_exclusive, &conn.move_staged)
+                let statement = if fallback_times {
+                    &conn.move_staged
                 } else {
-                    (&conn.twins_shared, &conn.move_own_time)
+                    &conn.move_own_time
                 };
-                let (locked, rows) =
-                    futures::join!(client.execute(lock, &[]), client.query(statement, &[]));
-                (locked.and(rows), Instant::now())
+                (client.query(statement, &[]).await, Instant::now())
             };
             let dead_letters = futures::future::join_all(
                 dead_params

@@ -22,6 +22,9 @@ pub struct LoadSpec {
     pub run_id: String,
     /// What fills the body up to `size`.
     pub shape: Shape,
+    /// Leave the envelope's time out (CloudEvents' `time` is optional): the
+    /// events are stored at their receive time and claim their (id, source).
+    pub without_time: bool,
 }
 
 /// What pads a sample event to its size.
@@ -103,6 +106,9 @@ impl Publisher {
                 spec.generation
             };
             let (routing_key, body) = match spec.shape {
+                Shape::Text if spec.without_time => {
+                    sample_event_without_time(&spec.run_id, i, spec.size, generation)
+                }
                 Shape::Text => sample_event(&spec.run_id, i, spec.size, generation),
                 Shape::IntArray => int_array_event(&spec.run_id, i, spec.size),
             };
@@ -186,6 +192,22 @@ pub fn sample_event(run_id: &str, i: u64, size: usize, generation: u8) -> (Strin
     }
     let routing_key = kind.to_owned();
     (routing_key, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// [`sample_event`] without the envelope's time member.
+pub fn sample_event_without_time(
+    run_id: &str,
+    i: u64,
+    size: usize,
+    generation: u8,
+) -> (String, Vec<u8>) {
+    let (routing_key, body) = sample_event(run_id, i, size, generation);
+    let mut value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("timestamp");
+        object.remove("time");
+    }
+    (routing_key, serde_json::to_vec(&value).unwrap_or_default())
 }
 
 /// Headers RabbitMQ reads as extra routing keys (sender-selected distribution):

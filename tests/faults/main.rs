@@ -172,6 +172,7 @@ impl Bench {
                     generation: 0,
                     run_id: run_id.clone(),
                     shape: Default::default(),
+                    without_time: false,
                 })
                 .await
                 .unwrap();

@@ -69,14 +69,25 @@ fn cloud_event(id: &str, time: Option<DateTime<Utc>>) -> Vec<u8> {
     serde_json::to_vec(&e).unwrap()
 }
 
-/// Publishes a marker and waits for it: everything published before it on this
-/// connection has been consumed (one queue, one consumer, in order).
+/// Publishes a marker and waits until it and everything published before it
+/// is stored and acked.
 async fn settle(app: &TestApp) {
     let marker = format!("marker-{}", uuid::Uuid::new_v4());
     app.publish("storage.marker", &cloud_event(&marker, Some(Utc::now())))
         .await;
     app.wait_until(Duration::from_secs(20), || async {
         !partition_of(app, &marker).await.is_empty()
+    })
+    .await;
+    // The marker is not a barrier on its own: with two writers its batch can
+    // commit before an earlier, slower one (one that makes partitions first).
+    // Settled means every delivery received was acked after its commit (or its
+    // ack failed, and it comes again) and none waits in the queue.
+    app.wait_until(Duration::from_secs(20), || async {
+        let received = app.metric("candystore_deliveries_received_total").await;
+        let answered = app.metric("candystore_acks_total").await
+            + app.metric("candystore_ack_failures_total").await;
+        received == answered && app.queue_state().await.0 == 0
     })
     .await;
 }
@@ -766,41 +777,88 @@ async fn pages_that_look_back_a_window_first_walk_every_event_once_in_order() {
 }
 
 #[tokio::test]
-async fn twins_of_both_kinds_written_by_concurrent_writers_leave_one_row_each() {
-    // One delivery per transaction, four at once: each twin is written by a
-    // different writer, often at the same moment.
+async fn repeats_written_by_concurrent_writers_leave_one_row_per_kind_of_time() {
+    // One delivery per transaction, four at once: the copies of an event are
+    // written by different writers, often at the same moment. Each event is sent
+    // twice with its own time, twice without one (the receive time is its time,
+    // so the two copies differ in it), interleaved.
     let app = crate::helpers::spawn_app_with(
         &[("WRITE_CONCURRENCY", "4"), ("BATCH_SIZE", "1")],
         AppOptions::default(),
     )
     .await;
-    const N: usize = 300;
+    const N: usize = 150;
     for i in 0..N {
         let id = format!("twin-{i}");
-        let (own, fallback) = (cloud_event(&id, Some(Utc::now())), cloud_event(&id, None));
-        let pair = if i % 2 == 0 {
-            [own, fallback]
+        let own = cloud_event(&id, Some(Utc::now()));
+        let fallback = cloud_event(&id, None);
+        let copies = if i % 2 == 0 {
+            [&own, &fallback, &own, &fallback]
         } else {
-            [fallback, own]
+            [&fallback, &own, &fallback, &own]
         };
-        for body in pair {
-            app.publish("storage.twin", &body).await;
+        for body in copies {
+            app.publish("storage.twin", body).await;
         }
     }
     settle(&app).await;
+    // The rule (ARCHITECTURE.md, "Identity"): one row per (id, source, time) for
+    // events with their own time, one per (id, source) among fallback-timed ones,
+    // and the two kinds are two events.
     let row = app
         .db
         .query_one(
-            "SELECT count(*), count(DISTINCT id) FROM events WHERE id LIKE 'twin-%'",
+            "SELECT count(*), count(DISTINCT id), \
+                    count(*) FILTER (WHERE \"timestamp\" = received_at) \
+             FROM events WHERE id LIKE 'twin-%'",
             &[],
         )
         .await
         .unwrap();
     assert_eq!(
-        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
-        (N as i64, N as i64),
-        "one row per event"
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (2 * N as i64, N as i64, N as i64),
+        "one row per event and kind of time"
     );
+    let claims: i64 = app
+        .db
+        .query_one(
+            "SELECT count(*) FROM event_keys WHERE id LIKE 'twin-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(claims, N as i64);
+    assert!(app.metric("candystore_events_duplicate_total").await >= 2.0 * N as f64);
+}
+
+#[tokio::test]
+async fn a_time_less_event_sent_first_cannot_hide_a_later_event_with_its_own_time() {
+    let app = spawn_app().await;
+    // A publisher that knows an upcoming event's id and source sends it first
+    // without a time; the real event, with its time, is stored all the same.
+    app.publish("storage.squat", &cloud_event("squatted-1", None))
+        .await;
+    app.wait_for_rows("events", 1).await;
+    let real = Utc::now() - chrono::Duration::minutes(5);
+    app.publish("storage.real", &cloud_event("squatted-1", Some(real)))
+        .await;
+    settle(&app).await;
+    let rows = app
+        .db
+        .query(
+            "SELECT routing_key FROM events WHERE id = 'squatted-1' ORDER BY routing_key",
+            &[],
+        )
+        .await
+        .unwrap();
+    let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(keys, ["storage.real", "storage.squat"]);
 }
 
 #[tokio::test]
