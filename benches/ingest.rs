@@ -686,15 +686,14 @@ async fn steady_on(
         .await
         .unwrap();
     let text = metrics.render();
-    let s = Steady {
+    Steady {
         offered: spec.count as f64 / took.as_secs_f64(),
         stored: row.get(0),
         p50: histogram_quantile(&text, "candystore_storage_latency_seconds", 0.5),
         p99: histogram_quantile(&text, "candystore_storage_latency_seconds", 0.99),
         insert_p50: row.get(1),
         insert_p99: row.get(2),
-    };
-    s
+    }
 }
 
 /// p50 and p99 against the offered rate, as an SVG line chart.

@@ -2,15 +2,20 @@
 //! outage) or a backfill of history would otherwise land in the default partition,
 //! and every day of it would then have to be moved out under a lock on the whole
 //! table. Before writing, the writer looks up each row's time in the partitions it
-//! knows; a time no partition covers, within the window around now
-//! (`storage::partition::Layout`), gets its partition first: empty, since nothing
-//! was written there, so made in milliseconds without moving a row.
+//! knows; a time no partition covers gets its partition first
+//! (`storage::partition::Layout`: an interval within the window around now, a year
+//! before it, the far future after it), empty, so made in milliseconds without
+//! moving a row (`partition::create_empty`; when the default partition already
+//! holds rows of that range, they and the new ones wait for the maintenance job's
+//! move).
 //!
-//! Times outside the window, and more than [`MAX_PER_BATCH`] new ranges in one
-//! batch, are left to the default partition and the maintenance job (which
-//! bounds its own work per run): a publisher choosing its dates cannot make a
-//! batch wait for hundreds of partitions. A partition that cannot be made is
-//! logged and left to the maintenance job too: it never fails the batch.
+//! Bounded, so a publisher choosing its dates cannot make a batch wait for
+//! hundreds of partitions nor make thousands: at most [`MAX_PER_BATCH`] new ranges
+//! a batch, and outside the window at most [`MAX_OUTSIDE_PER_HOUR`] an hour per
+//! writer (a backfill of history spans a few years; a publisher's random dates
+//! are left to the maintenance job, which bounds its own work per run and alerts).
+//! A partition that cannot be made is logged and left to the maintenance job too:
+//! it never fails the batch.
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
@@ -21,10 +26,13 @@ use crate::storage::{self, StorageError, Table};
 
 /// New partitions one batch may make before it is written.
 pub const MAX_PER_BATCH: usize = 32;
+/// New partitions outside the window one writer may make in an hour.
+pub const MAX_OUTSIDE_PER_HOUR: usize = 24;
 /// After a partition could not be made (or the tables are not partitioned yet,
 /// during the online migration), batches are written without looking for this
-/// long: a failing creation is not retried, and logged, on every batch.
-const PAUSE_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(30);
+/// long: a failing creation is not retried, and logged, on every batch. Short,
+/// since what a backlog writes meanwhile lands in the default partition.
+const PAUSE_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What one writer knows of the partitions, and its connection to make them.
 pub struct PartitionsAhead {
@@ -36,6 +44,8 @@ pub struct PartitionsAhead {
     known: Option<[Vec<Range>; 2]>,
     /// No look before this (after a failure).
     paused_until: Option<tokio::time::Instant>,
+    /// When this writer made its latest partitions outside the window.
+    outside: std::collections::VecDeque<tokio::time::Instant>,
 }
 
 fn index(table: Table) -> usize {
@@ -59,6 +69,7 @@ impl PartitionsAhead {
             client: None,
             known: None,
             paused_until: None,
+            outside: std::collections::VecDeque::new(),
         }
     }
 
@@ -102,10 +113,15 @@ impl PartitionsAhead {
             self.known = Some(self.read().await?);
         }
         let known = self.known.as_ref().expect("read above");
+        let hour_ago = tokio::time::Instant::now() - std::time::Duration::from_secs(3600);
+        while self.outside.front().is_some_and(|t| *t < hour_ago) {
+            self.outside.pop_front();
+        }
+        let mut outside_left = MAX_OUTSIDE_PER_HOUR.saturating_sub(self.outside.len());
         // The ranges wanted, at most MAX_PER_BATCH, each once.
         let mut wanted: Vec<(Table, Range)> = Vec::new();
         for &(table, t) in times {
-            if !window.contains(t) || covered(&known[index(table)], t) {
+            if covered(&known[index(table)], t) {
                 continue;
             }
             if wanted.iter().any(|(w, r)| *w == table && r.contains(t)) {
@@ -113,6 +129,13 @@ impl PartitionsAhead {
             }
             if wanted.len() == MAX_PER_BATCH {
                 break;
+            }
+            if !window.contains(t) {
+                if outside_left == 0 {
+                    continue;
+                }
+                outside_left -= 1;
+                self.outside.push_back(tokio::time::Instant::now());
             }
             if let Some(range) = self.layout.range_for(t, now, &known[index(table)]) {
                 wanted.push((table, range));
@@ -126,8 +149,8 @@ impl PartitionsAhead {
             slot => slot.insert(storage::connect(&self.target).await?),
         };
         for (table, range) in wanted {
-            if let Some((name, moved)) = partition::create(client, table, range).await? {
-                tracing::info!(table = table.name(), partition = %name, from = %range.start, to = %range.end, rows_moved_from_default = moved, "partition created ahead of a batch");
+            if let Some(name) = partition::create_empty(client, table, range).await? {
+                tracing::info!(table = table.name(), partition = %name, from = %range.start, to = %range.end, "partition created ahead of a batch");
                 metrics
                     .storage
                     .created

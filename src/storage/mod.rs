@@ -51,6 +51,14 @@ impl Table {
         }
     }
 
+    /// The columns of each partition's primary key.
+    pub fn key_columns(self) -> &'static str {
+        match self {
+            Table::Events => "id, source, \"timestamp\"",
+            Table::DeadLetter => "seq, received_at",
+        }
+    }
+
     /// The partition key.
     pub fn time_column(self) -> &'static str {
         match self {
@@ -118,6 +126,12 @@ pub enum StorageError {
         "the maintenance job is running (another instance holds its lock); try again in a minute"
     )]
     Busy,
+    /// The default partition changed under a partition being made (a row of its
+    /// range arrived, or a move's copy no longer matched): nothing was changed.
+    #[error(
+        "the default partition changed while partition {range} was being made; it is tried again"
+    )]
+    DefaultChanged { range: String },
 }
 
 impl StorageError {
@@ -129,7 +143,7 @@ impl StorageError {
                 matches!(class, "08" | "40" | "53" | "55" | "57")
                     || *c == tokio_postgres::error::SqlState::QUERY_CANCELED
             }),
-            StorageError::Connect(_) => true,
+            StorageError::Connect(_) | StorageError::DefaultChanged { .. } => true,
             _ => false,
         }
     }

@@ -373,15 +373,45 @@ pub(crate) async fn create_in(
     parent: &str,
     range: Range,
 ) -> Result<Option<(String, u64)>, StorageError> {
+    let step = holding_partition_lock(client, async |client: &mut Client| {
+        if overlaps(client, parent, range).await? {
+            return Ok(Step::Done(None));
+        }
+        if default_holds(client, table, range).await? {
+            return Ok(Step::Move);
+        }
+        let name = create_empty_locked(client, table, parent, range).await?;
+        Ok(Step::Done(Some((name, 0))))
+    })
+    .await?;
+    match step {
+        Step::Done(made) => Ok(made),
+        Step::Move => move_from_default(client, table, parent, range).await,
+    }
+}
+
+enum Step {
+    Done(Option<(String, u64)>),
+    Move,
+}
+
+/// Makes the partition of `table` for `range` only when that moves no row: `None`
+/// when a partition overlapping `range` exists, or when the default partition
+/// holds rows of `range` (then the maintenance job moves them, [`create`]). What
+/// the writers use: a creation that moves no row takes milliseconds.
+pub async fn create_empty(
+    client: &mut Client,
+    table: Table,
+    range: Range,
+) -> Result<Option<String>, StorageError> {
+    let parent = table.name();
     holding_partition_lock(client, async |client: &mut Client| {
-        let existing = ranges_in(client, parent).await?;
-        if existing
-            .iter()
-            .any(|r| r.start < range.end && range.start < r.end)
-        {
+        if overlaps(client, parent, range).await? || default_holds(client, table, range).await? {
             return Ok(None);
         }
-        create_locked(client, table, parent, range).await.map(Some)
+        create_empty_locked(client, table, parent, range)
+            .await
+            .map(Some)
     })
     .await
 }
@@ -401,13 +431,32 @@ async fn holding_partition_lock<T>(
     result
 }
 
+async fn overlaps(client: &Client, parent: &str, range: Range) -> Result<bool, StorageError> {
+    Ok(ranges_in(client, parent)
+        .await?
+        .iter()
+        .any(|r| r.start < range.end && range.start < r.end))
+}
+
+/// Whether the default partition holds a row of `range` (one probe of its time index).
+async fn default_holds(client: &Client, table: Table, range: Range) -> Result<bool, StorageError> {
+    let (default, time) = (table.default_partition(), table.time_column());
+    let (from, to) = (pg_time(range.start), pg_time(range.end));
+    Ok(client
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM {default} WHERE {time} >= '{from}' AND {time} < '{to}')"
+            ),
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 /// Every column `parent` has now, quoted, in order (later migrations add some,
 /// e.g. `txid`, which a moved row must keep: it is the row's place in the live tail).
-async fn columns_of(
-    tx: &tokio_postgres::Transaction<'_>,
-    parent: &str,
-) -> Result<String, StorageError> {
-    Ok(tx
+async fn columns_of(client: &Client, parent: &str) -> Result<String, StorageError> {
+    Ok(client
         .query_one(
             "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute \
              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
@@ -417,21 +466,37 @@ async fn columns_of(
         .get(0))
 }
 
-async fn create_locked(
+/// How long a creation waits for a lock on the table or its default partition
+/// before it gives up (and is tried again later): a lock request that waits
+/// makes every query that comes after it wait too.
+pub const CREATE_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The comment on a move's copy until it is attached.
+const MOVING_MARK: &str = "candystore: a partition being moved out of the default partition";
+
+/// A move's switch that found its locks taken is tried this often, a second apart.
+const SWITCH_ATTEMPTS: u32 = 5;
+
+/// Creates and attaches an empty partition (the default partition holds no row of
+/// `range`, checked under [`PARTITION_LOCK`], and writers cannot add one meanwhile:
+/// the default partition is locked against writes first).
+async fn create_empty_locked(
     client: &mut Client,
     table: Table,
     parent: &str,
     range: Range,
-) -> Result<(String, u64), StorageError> {
+) -> Result<String, StorageError> {
     let name = partition_name(table, range.start);
     let default = table.default_partition();
     let time = table.time_column();
-    let tx = client.transaction().await?;
-    let columns = columns_of(&tx, parent).await?;
-    tx.batch_execute(&format!("LOCK TABLE {default} IN EXCLUSIVE MODE"))
-        .await?;
     let (from, to) = (pg_time(range.start), pg_time(range.end));
-    let rows_to_move: bool = tx
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{}ms'; LOCK TABLE {default} IN EXCLUSIVE MODE",
+        CREATE_LOCK_TIMEOUT.as_millis()
+    ))
+    .await?;
+    let late: bool = tx
         .query_one(
             &format!(
                 "SELECT EXISTS (SELECT 1 FROM {default} WHERE {time} >= '{from}' AND {time} < '{to}')"
@@ -440,38 +505,160 @@ async fn create_locked(
         )
         .await?
         .get(0);
-    let tx = if rows_to_move {
-        // Start again with the table locked first (the order writers take their
-        // locks in: the table, then a partition), so no reader sees the move half done.
-        tx.rollback().await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute(&format!("LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE"))
-            .await?;
-        tx
-    } else {
-        tx
-    };
+    if late {
+        // A row arrived between the look and the lock: the move's business.
+        return Err(StorageError::DefaultChanged { range: name });
+    }
     tx.batch_execute(&format!(
         "CREATE TABLE {name} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION) \
-         WITH (autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 100000); {extra}",
+         WITH (autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 100000); {extra} \
+         ALTER TABLE {parent} ATTACH PARTITION {name} FOR VALUES FROM ('{from}') TO ('{to}')",
         extra = table.partition_settings(&name),
     ))
     .await?;
-    let moved = tx
-        .execute(
-            &format!(
-                "WITH moved AS (DELETE FROM {default} WHERE {time} >= '{from}' AND {time} < '{to}' RETURNING {columns}) \
-                 INSERT INTO {name} ({columns}) SELECT {columns} FROM moved"
-            ),
-            &[],
+    tx.commit().await?;
+    Ok(name)
+}
+
+/// Moves the default partition's rows of `range` into a new partition without
+/// holding the table while they are copied:
+///
+/// 1. A table of the partition's name, shaped and indexed like the parent and
+///    constrained to `range` (so attaching it reads none of its rows), gets a copy
+///    of the rows, while they stay in the default partition for every reader.
+/// 2. The switch, one transaction under ACCESS EXCLUSIVE on the table (readers
+///    and writers wait; see ARCHITECTURE.md, "Partition changes", for why a move
+///    needs that lock): rows written or changed in the default partition since the
+///    copy are copied again, rows deleted since leave the copy, the originals are
+///    deleted, the table is attached. It costs the change since the copy plus one
+///    delete of the rows, not their copy: 100,000 rows in ~0.1 s.
+///
+/// The switch waits at most [`CREATE_LOCK_TIMEOUT`] for its lock, and is tried
+/// [`SWITCH_ATTEMPTS`] times; a copy left by a move that never switched is
+/// dropped by the next.
+async fn move_from_default(
+    client: &mut Client,
+    table: Table,
+    parent: &str,
+    range: Range,
+) -> Result<Option<(String, u64)>, StorageError> {
+    let name = partition_name(table, range.start);
+    let default = table.default_partition();
+    let time = table.time_column();
+    let (from, to) = (pg_time(range.start), pg_time(range.end));
+    let within = format!("{time} >= '{from}' AND {time} < '{to}'");
+    let columns = columns_of(client, parent).await?;
+    // A copy left by a move that never switched: marked as ours, and never a
+    // partition (its range would have overlapped). Anything else of that name is
+    // in the way, and the creation below fails on it.
+    let leftover: bool = client
+        .query_one(
+            "SELECT coalesce((SELECT NOT relispartition AND obj_description(oid, 'pg_class') = $2 \
+             FROM pg_class WHERE oid = to_regclass($1)), false)",
+            &[&name, &MOVING_MARK],
         )
+        .await?
+        .get(0);
+    if leftover {
+        client.batch_execute(&format!("DROP TABLE {name}")).await?;
+    }
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {name} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE \
+             INCLUDING COMPRESSION INCLUDING INDEXES) \
+             WITH (autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 100000); {extra} \
+             ALTER TABLE {name} ADD CONSTRAINT {name}_range CHECK ({within}); \
+             COMMENT ON TABLE {name} IS '{MOVING_MARK}'",
+            extra = table.partition_settings(&name),
+        ))
         .await?;
-    tx.batch_execute(&format!(
-        "ALTER TABLE {parent} ATTACH PARTITION {name} FOR VALUES FROM ('{from}') TO ('{to}')"
-    ))
+    let tx = client.transaction().await?;
+    let snapshot: String = tx
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await?
+        .get(0);
+    tx.execute(
+        &format!("INSERT INTO {name} ({columns}) SELECT {columns} FROM {default} WHERE {within}"),
+        &[],
+    )
     .await?;
     tx.commit().await?;
-    Ok((name, moved))
+    let keys = table.key_columns();
+    let key_match = keys
+        .split(", ")
+        .map(|k| format!("p.{k} = d.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    // A row's xmin as the full transaction id (PostgreSQL 15 has no cast): the
+    // current epoch, or the one before when the 32 bits are past the current ones.
+    let xmin8 = "((((pg_current_xact_id()::text::int8 >> 32) - \
+                  CASE WHEN d.xmin::text::int8 > (pg_current_xact_id()::text::int8 & 4294967295) THEN 1 ELSE 0 END) << 32) \
+                  | d.xmin::text::int8)::text::xid8";
+    for attempt in 1..=SWITCH_ATTEMPTS {
+        let switched = holding_partition_lock(client, async |client: &mut Client| {
+            let tx = client.transaction().await?;
+            tx.batch_execute(&format!(
+                "SET LOCAL lock_timeout = '{}ms'; LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE",
+                CREATE_LOCK_TIMEOUT.as_millis()
+            ))
+            .await?;
+            // Written or changed since the copy: copied again.
+            tx.batch_execute(&format!(
+                "CREATE TEMP TABLE cs_move_fresh ON COMMIT DROP AS \
+                 SELECT {columns} FROM {default} d WHERE {within} \
+                 AND NOT pg_visible_in_snapshot({xmin8}, '{snapshot}'::pg_snapshot)"
+            ))
+            .await?;
+            tx.batch_execute(&format!(
+                "DELETE FROM {name} p USING cs_move_fresh d WHERE {key_match}; \
+                 INSERT INTO {name} ({columns}) SELECT {columns} FROM cs_move_fresh"
+            ))
+            .await?;
+            // Deleted since the copy: out of it too.
+            let count = |t: &str| format!("SELECT count(*) FROM {t} WHERE {within}");
+            let copied: i64 = tx.query_one(&count(&name), &[]).await?.get(0);
+            let there: i64 = tx.query_one(&count(default), &[]).await?.get(0);
+            if copied != there {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {name} p WHERE NOT EXISTS \
+                         (SELECT 1 FROM {default} d WHERE {key_match} AND d.{within_d})",
+                        within_d = within.replace(" AND ", " AND d.")
+                    ),
+                    &[],
+                )
+                .await?;
+            }
+            let moved = tx
+                .execute(&format!("DELETE FROM {default} WHERE {within}"), &[])
+                .await?;
+            let copied: i64 = tx.query_one(&count(&name), &[]).await?.get(0);
+            if copied != moved as i64 {
+                // Never attach a copy that differs from what leaves: roll back.
+                return Err(StorageError::DefaultChanged { range: name.clone() });
+            }
+            tx.batch_execute(&format!(
+                "ALTER TABLE {parent} ATTACH PARTITION {name} FOR VALUES FROM ('{from}') TO ('{to}'); \
+                 COMMENT ON TABLE {name} IS NULL"
+            ))
+            .await?;
+            tx.commit().await?;
+            Ok(moved)
+        })
+        .await;
+        match switched {
+            Ok(moved) => return Ok(Some((name, moved))),
+            Err(StorageError::Db(e))
+                if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                    && attempt < SWITCH_ATTEMPTS =>
+            {
+                tracing::debug!(partition = %name, attempt, "partition switch found its locks taken; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the last attempt returns")
 }
 
 /// Splits the head `[far.start, at)` off the far-future partition `far`: the
@@ -503,10 +690,10 @@ async fn split_head_locked(
     let old = partition_name(table, far.start);
     let new = partition_name(table, at);
     let time = table.time_column();
+    let columns = columns_of(client, parent).await?;
     let tx = client.transaction().await?;
     tx.batch_execute(&format!("LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE"))
         .await?;
-    let columns = columns_of(&tx, parent).await?;
     let (at_lit, end_lit) = (pg_time(at), pg_time(far.end));
     tx.batch_execute(&format!(
         "ALTER TABLE {parent} DETACH PARTITION {old}; \

@@ -123,24 +123,21 @@ async fn partitions_are_made_ahead_at_start_up_and_by_the_maintenance_job() {
 }
 
 #[tokio::test]
-async fn an_event_outside_every_partition_waits_in_the_default_one_until_maintenance_gives_it_a_partition()
- {
+async fn an_event_older_than_the_window_is_written_into_its_year_partition_and_the_api_finds_it() {
     let app = spawn_app().await;
     let old = Utc.with_ymd_and_hms(2019, 5, 5, 12, 0, 0).unwrap();
     app.publish("storage.old", &cloud_event("from-2019", Some(old)))
         .await;
     app.wait_for_rows("events", 1).await;
-    assert_eq!(partition_of(&app, "from-2019").await, ["events_default"]);
-
+    // Older than PARTITION_WINDOW_PAST: its year's partition, made by the writer
+    // before the batch was written.
+    assert_eq!(partition_of(&app, "from-2019").await, ["events_p20190101"]);
+    assert_eq!(app.count("events_default").await, 0);
     let mut c = storage_client(&app).await;
     let report = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
         .await
         .unwrap();
-    assert_eq!(report.drained, 1, "{report:?}");
-    // Older than PARTITION_WINDOW_PAST: its year's partition.
-    assert_eq!(report.created, ["events_p20190101"]);
-    assert_eq!(partition_of(&app, "from-2019").await, ["events_p20190101"]);
-    assert_eq!(app.count("events_default").await, 0);
+    assert_eq!(report.drained, 0, "{report:?}");
     // The API still finds it, by id and in lists.
     let r = app
         .http
@@ -180,17 +177,6 @@ async fn a_publisher_repeat_across_a_partition_boundary_leaves_one_row() {
         [partition::partition_name(Table::Events, today())],
         "one row, in the first delivery's partition"
     );
-    // A body with its own time after one without: the same event, one row.
-    app.publish("storage.repeat", &cloud_event("repeat-1", Some(Utc::now())))
-        .await;
-    // And the other way round.
-    app.publish("storage.repeat", &cloud_event("repeat-2", Some(Utc::now())))
-        .await;
-    app.publish("storage.repeat", &cloud_event("repeat-2", None))
-        .await;
-    settle(&app).await;
-    assert_eq!(partition_of(&app, "repeat-1").await.len(), 1);
-    assert_eq!(partition_of(&app, "repeat-2").await.len(), 1);
 }
 
 #[tokio::test]
@@ -936,15 +922,16 @@ async fn publisher_chosen_dates_far_from_now_share_coarse_partitions_and_year_99
     settle(&app).await;
     let total = times.len() as i64 + 1;
     assert_eq!(app.count("events").await, total);
+    // The writers made them before writing: year 1, 1990, and one partition for
+    // everything past the window.
+    assert_eq!(partitions(&c, Table::Events).await.len(), before + 3);
+    assert_eq!(app.count("events_default").await, 0);
 
     let report = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
         .await
         .unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
-    // Year 1, 1990, and one partition for everything past the window.
-    assert_eq!(report.created.len(), 3, "{report:?}");
-    assert_eq!(partitions(&c, Table::Events).await.len(), before + 3);
-    assert_eq!(app.count("events_default").await, 0);
+    assert!(report.created.is_empty(), "{report:?}");
     let far = partition::partition_name(
         Table::Events,
         partition::Layout::with_interval(PartitionInterval::Day)
@@ -997,6 +984,31 @@ async fn publisher_chosen_dates_far_from_now_share_coarse_partitions_and_year_99
         vec![partition::partition_name(Table::Events, window_end)]
     );
     assert!(!partitions(&c, Table::Events).await.contains(&far));
+}
+
+#[tokio::test]
+async fn a_publisher_dating_events_in_many_years_gets_a_bounded_number_of_partitions_from_the_writer()
+ {
+    let app =
+        crate::helpers::spawn_app_with(&[("WRITE_CONCURRENCY", "1")], AppOptions::default()).await;
+    let c = storage_client(&app).await;
+    let before = partitions(&c, Table::Events).await.len();
+    // 60 distinct years before the window.
+    for y in 0..60 {
+        let t = Utc.with_ymd_and_hms(1900 + y, 3, 1, 0, 0, 0).unwrap();
+        app.publish("storage.years", &cloud_event(&format!("y-{y}"), Some(t)))
+            .await;
+    }
+    settle(&app).await;
+    assert_eq!(app.count("events").await, 61);
+    // One writer makes at most MAX_OUTSIDE_PER_HOUR of them; the rest wait in the
+    // default partition for the maintenance job, which bounds its own runs.
+    let made = partitions(&c, Table::Events).await.len() - before;
+    assert_eq!(made, candystore::sink::partitions::MAX_OUTSIDE_PER_HOUR);
+    assert_eq!(
+        app.count("events_default").await,
+        (60 - candystore::sink::partitions::MAX_OUTSIDE_PER_HOUR) as i64
+    );
 }
 
 #[tokio::test]
@@ -1087,4 +1099,75 @@ async fn a_backlog_of_past_days_lands_in_partitions_the_writers_make_ahead_not_i
         );
     }
     assert!(app.metric("candystore_partitions_created_total").await >= 20.0);
+}
+
+#[tokio::test]
+async fn a_move_out_of_the_default_partition_keeps_what_was_written_changed_and_deleted_meanwhile()
+{
+    let app = spawn_app().await;
+    // 50,000 rows of one day no partition covers: the move copies them first,
+    // with the table open, then switches under the lock.
+    app.db
+        .batch_execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, generation, envelope, properties) \
+             SELECT 'm-' || i, 't', 's', 'r', 'x', '2019-06-01'::timestamptz + i * interval '1 second', \
+             now(), '{\"v\": 0}', 1, '{}', '{}' FROM generate_series(1, 50000) i",
+        )
+        .await
+        .unwrap();
+    // Meanwhile another session writes rows of that day, changes rows and deletes
+    // rows, one statement at a time, until the move is done.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mutator = {
+        let (client, done) = (storage_client(&app).await, done.clone());
+        tokio::spawn(async move {
+            let mut i = 0i64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                client
+                    .batch_execute(&format!(
+                        "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+                         payload, generation, envelope, properties) \
+                         VALUES ('late-{i}', 't', 's', 'r', 'x', '2019-06-01 12:00:00+00', now(), '{{}}', 1, '{{}}', '{{}}'); \
+                         UPDATE events SET payload = '{{\"v\": {i}}}' WHERE id = 'm-{i}'; \
+                         DELETE FROM events WHERE id = 'm-{}'",
+                        25_000 + i
+                    ))
+                    .await
+                    .unwrap();
+            }
+            i
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut c = storage_client(&app).await;
+    let report = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = mutator.await.unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(n > 10, "the mutator ran during the move ({n} rounds)");
+    assert_eq!(app.count("events_default").await, 0);
+    let row = app
+        .db
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE id LIKE 'late-%'), \
+             count(*) FILTER (WHERE id LIKE 'm-%' AND (payload->>'v')::int8 = substr(id, 3)::int8), \
+             count(DISTINCT tableoid) FROM events",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3)
+        ),
+        (50_000, n, n, 1),
+        "every write, change and delete kept, all in the day's partition"
+    );
 }
