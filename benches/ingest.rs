@@ -165,6 +165,7 @@ impl Env {
             run_id: self.run_id(),
             shape: Default::default(),
             without_time,
+            days_back: 0,
         };
         publisher.publish_load(&spec).await.unwrap()
     }
@@ -669,6 +670,7 @@ async fn steady_on(
         run_id: env.run_id(),
         shape: Default::default(),
         without_time,
+        days_back: 0,
     };
     let took = publisher.publish_load(&spec).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -765,6 +767,7 @@ async fn drain_rss(count: u64, size: usize) -> (f64, f64) {
         run_id: env.run_id(),
         shape: Default::default(),
         without_time: false,
+        days_back: 0,
     };
     publisher.publish_load(&spec).await.unwrap();
     drop(publisher);

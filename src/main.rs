@@ -74,6 +74,10 @@ enum Command {
         /// time); text shape only.
         #[arg(long)]
         without_time: bool,
+        /// Date the events over this many past days, one day after another (a
+        /// backlog after an outage, or a backfill); 0 dates them now.
+        #[arg(long, default_value_t = 0)]
+        days_back: u32,
     },
     /// Deliveries that could not be stored as events: list, show, replay, purge.
     #[command(subcommand)]
@@ -230,6 +234,7 @@ fn main() -> ExitCode {
                 generation,
                 shape,
                 without_time,
+                days_back,
             } => {
                 publish(
                     &settings,
@@ -245,6 +250,7 @@ fn main() -> ExitCode {
                             Shape::Text
                         },
                         without_time,
+                        days_back,
                     },
                 )
                 .await

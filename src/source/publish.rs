@@ -25,6 +25,9 @@ pub struct LoadSpec {
     /// Leave the envelope's time out (CloudEvents' `time` is optional): the
     /// events are stored at their receive time and claim their (id, source).
     pub without_time: bool,
+    /// Date event `i` `i % days_back + 1` days ago (a backlog of that many past
+    /// days, or a backfill); 0 dates every event now.
+    pub days_back: u32,
 }
 
 /// What pads a sample event to its size.
@@ -109,6 +112,11 @@ impl Publisher {
                 Shape::Text if spec.without_time => {
                     sample_event_without_time(&spec.run_id, i, spec.size, generation)
                 }
+                Shape::Text if spec.days_back > 0 => {
+                    let days = (i % u64::from(spec.days_back)) as i64 + 1;
+                    let at = chrono::Utc::now() - chrono::Duration::days(days);
+                    sample_event_at(&spec.run_id, i, spec.size, generation, at)
+                }
                 Shape::Text => sample_event(&spec.run_id, i, spec.size, generation),
                 Shape::IntArray => int_array_event(&spec.run_id, i, spec.size),
             };
@@ -151,6 +159,17 @@ pub fn int_array_event(run_id: &str, i: u64, size: usize) -> (String, Vec<u8>) {
 /// A realistic envelope of the given generation, padded to about `size` bytes.
 /// Returns the routing key and the body.
 pub fn sample_event(run_id: &str, i: u64, size: usize, generation: u8) -> (String, Vec<u8>) {
+    sample_event_at(run_id, i, size, generation, chrono::Utc::now())
+}
+
+/// [`sample_event`] dated `at`.
+pub fn sample_event_at(
+    run_id: &str,
+    i: u64,
+    size: usize,
+    generation: u8,
+    at: chrono::DateTime<chrono::Utc>,
+) -> (String, Vec<u8>) {
     let session = format!("session-{}", i % 97);
     let kinds = [
         "transcription.segment.completed",
@@ -160,7 +179,7 @@ pub fn sample_event(run_id: &str, i: u64, size: usize, generation: u8) -> (Strin
     ];
     let kind = kinds[(i % kinds.len() as u64) as usize];
     let id = format!("{run_id}-{i:010}");
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let now = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut body = match generation {
         1 => serde_json::json!({
             "id": id, "event_type": kind, "source": "whisperlivekit", "target": "candybar",

@@ -173,6 +173,7 @@ impl Bench {
                     run_id: run_id.clone(),
                     shape: Default::default(),
                     without_time: false,
+                    days_back: 0,
                 })
                 .await
                 .unwrap();
