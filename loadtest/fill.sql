@@ -4,20 +4,28 @@
 -- timestamps rise with insertion order (spread over the :days days before now, 30 by default, with
 -- up to a second of jitter so neighbours arrive slightly out of order), so heap
 -- order follows time order while sessions, types and sources interleave.
--- Usage: psql -v rows=1000000 [-v days=90] -f loadtest/fill.sql "$DATABASE_URL"
+-- Usage: psql -v rows=1000000 [-v days=90] [-v into_default=1] -f loadtest/fill.sql "$DATABASE_URL"
 \set ON_ERROR_STOP on
 \if :{?days}
 \else
 \set days 30
 \endif
 -- A partitioned table gets a partition per day first (what the maintenance job
--- would have made as the days went by), so no row lands in the default partition.
+-- would have made as the days went by), so no row lands in the default partition;
+-- with -v into_default=1 it does not (a database from before writers made
+-- partitions: the rows land in the default partition).
+\if :{?into_default}
+SELECT set_config('fill.skip_partitions', 'on', false) \gset
+\else
+SELECT set_config('fill.skip_partitions', 'off', false) \gset
+\endif
 SELECT set_config('fill.days', :'days', false) \gset
 DO $parts$
 DECLARE
   d date;
 BEGIN
-  IF (SELECT relkind FROM pg_class WHERE oid = 'events'::regclass) <> 'p' THEN
+  IF (SELECT relkind FROM pg_class WHERE oid = 'events'::regclass) <> 'p'
+     OR current_setting('fill.skip_partitions')::bool THEN
     RETURN;
   END IF;
   FOR d IN SELECT generate_series((now() AT TIME ZONE 'UTC')::date - current_setting('fill.days')::int - 1,
