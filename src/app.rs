@@ -116,11 +116,13 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         skip_acks: opts.skip_acks,
     };
     let keyring = crate::attest::Keyring::new(&settings.audit_keys).map(Arc::new);
+    // Writers wake the maintenance job when they leave rows in the default partition.
+    let maintenance_wake = crate::storage::job::Wake::default();
     let writers = (0..settings.write_concurrency)
         .map(|_| {
             Writer::new(pg.clone())
                 .attesting(keyring.clone())
-                .making_partitions(settings.partition_layout())
+                .making_partitions(settings.partition_layout(), maintenance_wake.clone())
         })
         .collect();
     let supervisor = Arc::new(Supervisor::default());
@@ -191,6 +193,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             },
             every: settings.maintenance_interval,
             metrics: metrics.clone(),
+            wake: maintenance_wake,
         },
     ));
     // The audit chain, sealed behind ingest every SEAL_INTERVAL.

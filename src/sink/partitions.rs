@@ -16,11 +16,19 @@
 //! are left to the maintenance job, which bounds its own work per run and alerts).
 //! A partition that cannot be made is logged and left to the maintenance job too:
 //! it never fails the batch.
+//!
+//! Rows of the window left in the default partition (past the batch's bound, or
+//! of a range the default partition already held rows of, which only a move can
+//! make) wake the maintenance job, at most once per [`WAKE_GAP`] a writer, so they
+//! are moved out within seconds rather than at its next scheduled run. Rows
+//! outside the window wait for that run: a publisher's dates must not set the
+//! pace at which partitions are made.
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use crate::metrics::Metrics;
+use crate::storage::job::Wake;
 use crate::storage::partition::{self, Layout, Range};
 use crate::storage::{self, StorageError, Table};
 
@@ -33,6 +41,9 @@ pub const MAX_OUTSIDE_PER_HOUR: usize = 24;
 /// long: a failing creation is not retried, and logged, on every batch. Short,
 /// since what a backlog writes meanwhile lands in the default partition.
 const PAUSE_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(5);
+/// A writer wakes the maintenance job at most this often (a publisher's dates
+/// outside every bound would otherwise wake it on every batch).
+pub const WAKE_GAP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What one writer knows of the partitions, and its connection to make them.
 pub struct PartitionsAhead {
@@ -46,6 +57,9 @@ pub struct PartitionsAhead {
     paused_until: Option<tokio::time::Instant>,
     /// When this writer made its latest partitions outside the window.
     outside: std::collections::VecDeque<tokio::time::Instant>,
+    /// The maintenance job's wake, and when this writer last rang it.
+    maintenance: Wake,
+    woke_at: Option<tokio::time::Instant>,
 }
 
 fn index(table: Table) -> usize {
@@ -62,7 +76,7 @@ fn covered(ranges: &[Range], t: DateTime<Utc>) -> bool {
 }
 
 impl PartitionsAhead {
-    pub fn new(target: crate::db::PgTarget, layout: Layout) -> Self {
+    pub fn new(target: crate::db::PgTarget, layout: Layout, maintenance: Wake) -> Self {
         Self {
             target,
             layout,
@@ -70,7 +84,30 @@ impl PartitionsAhead {
             known: None,
             paused_until: None,
             outside: std::collections::VecDeque::new(),
+            maintenance,
+            woke_at: None,
         }
+    }
+
+    /// Wakes the maintenance job when a row of the batch within the window has no
+    /// partition (`known` as read after this batch's creations), at most once per
+    /// [`WAKE_GAP`].
+    fn wake_maintenance_if_left(&mut self, times: &[(Table, DateTime<Utc>)], now: DateTime<Utc>) {
+        let Some(known) = &self.known else { return };
+        let window = self.layout.window(now);
+        if !times
+            .iter()
+            .any(|&(table, t)| window.contains(t) && !covered(&known[index(table)], t))
+        {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self.woke_at.is_some_and(|at| now < at + WAKE_GAP) {
+            return;
+        }
+        self.woke_at = Some(now);
+        tracing::debug!("writer: rows left in the default partition; waking the maintenance job");
+        self.maintenance.wake();
     }
 
     /// Makes the partitions the batch's times need (see the module's docs).
@@ -86,7 +123,9 @@ impl PartitionsAhead {
         {
             return;
         }
-        if let Err(e) = self.ensure_inner(times, now, metrics).await {
+        let outcome = self.ensure_inner(times, now, metrics).await;
+        self.wake_maintenance_if_left(times, now);
+        if let Err(e) = outcome {
             if matches!(e, StorageError::NotPartitioned { .. }) {
                 tracing::debug!(
                     "writer: the tables are not partitioned yet; no partitions made ahead"

@@ -267,11 +267,17 @@ impl Writer {
         }
     }
 
-    /// Makes the partitions a batch needs before writing it, cut by `layout`.
-    pub fn making_partitions(mut self, layout: crate::storage::partition::Layout) -> Self {
+    /// Makes the partitions a batch needs before writing it, cut by `layout`, and
+    /// rings `maintenance` when a batch's rows must wait in the default partition.
+    pub fn making_partitions(
+        mut self,
+        layout: crate::storage::partition::Layout,
+        maintenance: crate::storage::job::Wake,
+    ) -> Self {
         self.partitions = Some(super::partitions::PartitionsAhead::new(
             self.target.clone(),
             layout,
+            maintenance,
         ));
         self
     }

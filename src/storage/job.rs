@@ -3,8 +3,10 @@
 //! a rest the step chooses; failures logged and retried; `stop` ends it between
 //! or during steps (a step cut short rolls back).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +22,25 @@ pub trait Job: Send {
         &mut self,
         client: &mut Client,
     ) -> impl Future<Output = Result<Duration, StorageError>> + Send;
+    /// What ends the job's rest early, if anything.
+    fn wake(&self) -> Option<Wake> {
+        None
+    }
+}
+
+/// Ends a job's rest early: the next step starts at once. A wake during a step
+/// is kept (one, however many arrive) and ends the rest that follows it.
+#[derive(Clone, Default)]
+pub struct Wake(Arc<Notify>);
+
+impl Wake {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    async fn woken(&self) {
+        self.0.notified().await;
+    }
 }
 
 /// Runs `job` until `stop`. After a success the job rests for what the step
@@ -28,6 +49,11 @@ pub trait Job: Send {
 /// pending) is logged at debug only.
 pub async fn run_forever<J: Job>(target: crate::db::PgTarget, stop: CancellationToken, mut job: J) {
     let mut client: Option<Client> = None;
+    let wake = job.wake();
+    let woken = async |wake: &Option<Wake>| match wake {
+        Some(w) => w.woken().await,
+        None => std::future::pending().await,
+    };
     loop {
         let outcome = async {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
@@ -53,6 +79,7 @@ pub async fn run_forever<J: Job>(target: crate::db::PgTarget, stop: Cancellation
         };
         tokio::select! {
             _ = tokio::time::sleep(rest) => {}
+            _ = woken(&wake) => tracing::debug!(job = J::NAME, "woken before its time"),
             _ = stop.cancelled() => return,
         }
     }

@@ -350,6 +350,10 @@ pub struct MaintenanceJob {
     pub opts: Options,
     pub every: Duration,
     pub metrics: Arc<Metrics>,
+    /// Rung by a writer that left rows in the default partition
+    /// (`sink::partitions`), so they are moved out in seconds, not at the next
+    /// scheduled run.
+    pub wake: super::job::Wake,
 }
 
 impl super::job::Job for MaintenanceJob {
@@ -357,6 +361,10 @@ impl super::job::Job for MaintenanceJob {
 
     fn retry_in(&self) -> Duration {
         self.every
+    }
+
+    fn wake(&self) -> Option<super::job::Wake> {
+        Some(self.wake.clone())
     }
 
     async fn step(&mut self, client: &mut Client) -> Result<Duration, StorageError> {

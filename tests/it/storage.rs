@@ -11,7 +11,7 @@ use lapin::BasicProperties;
 use serde_json::json;
 use tokio_postgres::Client;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_prepared};
+use crate::helpers::{TestApp, spawn_app, spawn_app_prepared, spawn_app_with};
 
 async fn storage_client(app: &TestApp) -> Client {
     storage::connect(&db::pg_config(&app.db_url).unwrap())
@@ -1099,6 +1099,56 @@ async fn a_backlog_of_past_days_lands_in_partitions_the_writers_make_ahead_not_i
         );
     }
     assert!(app.metric("candystore_partitions_created_total").await >= 20.0);
+}
+
+#[tokio::test]
+async fn rows_a_batch_leaves_in_the_default_partition_are_moved_out_in_seconds_not_at_the_next_run()
+{
+    let app = spawn_app_with(&[("MAINTENANCE_INTERVAL", "1h")], AppOptions::default()).await;
+    // The run at start-up is over before the default partition gets its rows.
+    for _ in 0..300 {
+        if app
+            .metric("candystore_maintenance_last_success_timestamp_seconds")
+            .await
+            > 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A day the default partition already holds rows of (as a pause after a failed
+    // creation, or a batch past its bound, leaves): no writer can make its
+    // partition empty; only a move can.
+    let day = days_ago(12);
+    app.db
+        .execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, generation, envelope, properties) \
+             VALUES ('waiting', 't', 's', 'r', 'x', $1, now(), '{}', 1, '{}', '{}')",
+            &[&(day + chrono::Duration::hours(3))],
+        )
+        .await
+        .unwrap();
+    app.publish(
+        "storage.backlog",
+        &cloud_event("late", Some(day + chrono::Duration::hours(5))),
+    )
+    .await;
+    app.wait_for_rows("events", 2).await;
+    // The writer woke the maintenance job, an hour before its next run.
+    let mut moved = false;
+    for _ in 0..300 {
+        if app.count("events_default").await == 0 {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(moved, "the rows waited in the default partition for 30 s");
+    let day_partition = vec![partition::partition_name(Table::Events, day)];
+    assert_eq!(partition_of(&app, "waiting").await, day_partition);
+    assert_eq!(partition_of(&app, "late").await, day_partition);
+    assert_eq!(app.count("events").await, 2);
 }
 
 #[tokio::test]
