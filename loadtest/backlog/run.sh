@@ -105,8 +105,13 @@ curl -s "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/metrics.txt"
 kill -TERM "$serve"; wait "$serve" || true
 retries=$(grep '^candystore_write_retries_total' "$WORK/metrics.txt" | awk '$2 > 0 {sub(/.*cause="/, "", $1); sub(/".*/, "", $1); printf "%s %s, ", $1, $2}')
 drain_rate=$(echo "$published / $drained_at" | bc 2>/dev/null || echo "-")
-timeouts=$(grep -ciE 'lock timeout|statement timeout|canceling statement' "$WORK/serve.log" || true)
-moves=$(grep -c 'rows_moved_from_default=[1-9]' "$WORK/serve.log" || true)
+sed 's/\x1b\[[0-9;]*m//g' "$WORK/serve.log" >"$WORK/plain.log"
+write_failures=$(grep -c 'batch write failed' "$WORK/plain.log" || true)
+creation_waits=$(grep -c 'cannot make a partition ahead' "$WORK/plain.log" || true)
+timeouts=$(grep -ciE 'lock timeout|statement timeout|canceling statement' "$WORK/plain.log" || true)
+moves=$(grep -c 'rows_moved_from_default=[1-9]' "$WORK/plain.log" || true)
+moved=$(grep -o 'rows_moved_from_default=[0-9]*' "$WORK/plain.log" | awk -F= '{s += $2} END {print s + 0}')
+made_ahead=$(grep -c 'partition created ahead' "$WORK/plain.log" || true)
 probe_row() {
   python3 - "$WORK/probe.json" <<'PY'
 import json, sys
@@ -131,8 +136,8 @@ mkdir -p reports
     echo "- Drained in ${drained_at%.*} s: **${drain_rate} events/s** while $LIVE_RATE/s of live traffic was stored alongside."
   fi
   echo "- Rows at the end: $rows (expected $expected: before + backlog + $live_count live); distinct (event_id, source): $distinct; dead letters: $dead."
-  echo "- Partitions of events at the end: $partitions; rows in the default partition: most seen $max_default, at the end $default_after; maintenance moves out of the default: $moves."
-  echo "- Write retries by cause: ${retries:-none}; timeouts in the service's log: $timeouts."
+  echo "- Partitions of events at the end: $partitions ($made_ahead made by the writers ahead of their batches); rows in the default partition: most seen $max_default, at the end $default_after; the maintenance job's moves out of it: $moves ($moved rows)."
+  echo "- Batch writes failed: $write_failures; write retries by cause: ${retries:-none}; a writer's partition creation given up (its rows left to the maintenance job): $creation_waits; timeouts of any statement in the service's log: $timeouts."
   echo
   echo "API probe (2/s each, ms):"
   echo

@@ -60,6 +60,11 @@ pub struct PartitionsAhead {
     /// The maintenance job's wake, and when this writer last rang it.
     maintenance: Wake,
     woke_at: Option<tokio::time::Instant>,
+    /// Ranges `create_empty` declined (the default partition holds rows of them:
+    /// the maintenance job's move), and when: not asked for again for
+    /// [`WAKE_GAP`], so a backlog of such a range does not cost every batch a
+    /// look under the partition lock.
+    declined: Vec<(Table, Range, tokio::time::Instant)>,
 }
 
 fn index(table: Table) -> usize {
@@ -86,6 +91,7 @@ impl PartitionsAhead {
             outside: std::collections::VecDeque::new(),
             maintenance,
             woke_at: None,
+            declined: Vec::new(),
         }
     }
 
@@ -157,13 +163,20 @@ impl PartitionsAhead {
             self.outside.pop_front();
         }
         let mut outside_left = MAX_OUTSIDE_PER_HOUR.saturating_sub(self.outside.len());
+        let declined_since = tokio::time::Instant::now() - WAKE_GAP;
+        self.declined.retain(|(_, _, at)| *at >= declined_since);
         // The ranges wanted, at most MAX_PER_BATCH, each once.
         let mut wanted: Vec<(Table, Range)> = Vec::new();
         for &(table, t) in times {
             if covered(&known[index(table)], t) {
                 continue;
             }
-            if wanted.iter().any(|(w, r)| *w == table && r.contains(t)) {
+            if wanted.iter().any(|(w, r)| *w == table && r.contains(t))
+                || self
+                    .declined
+                    .iter()
+                    .any(|(w, r, _)| *w == table && r.contains(t))
+            {
                 continue;
             }
             if wanted.len() == MAX_PER_BATCH {
@@ -187,6 +200,7 @@ impl PartitionsAhead {
             Some(c) if !c.is_closed() => c,
             slot => slot.insert(storage::connect(&self.target).await?),
         };
+        let mut declined = Vec::new();
         for (table, range) in wanted {
             if let Some(name) = partition::create_empty(client, table, range).await? {
                 tracing::info!(table = table.name(), partition = %name, from = %range.start, to = %range.end, "partition created ahead of a batch");
@@ -195,10 +209,20 @@ impl PartitionsAhead {
                     .created
                     .with_label_values(&[table.name()])
                     .inc();
+            } else {
+                declined.push((table, range));
             }
         }
         // Ours, and whatever another writer or the maintenance job made meanwhile.
-        self.known = Some(self.read().await?);
+        let known = self.read().await?;
+        let at = tokio::time::Instant::now();
+        self.declined.extend(
+            declined
+                .into_iter()
+                .filter(|(table, range)| !covered(&known[index(*table)], range.start))
+                .map(|(table, range)| (table, range, at)),
+        );
+        self.known = Some(known);
         Ok(())
     }
 
