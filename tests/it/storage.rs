@@ -1106,16 +1106,12 @@ async fn rows_a_batch_leaves_in_the_default_partition_are_moved_out_in_seconds_n
 {
     let app = spawn_app_with(&[("MAINTENANCE_INTERVAL", "1h")], AppOptions::default()).await;
     // The run at start-up is over before the default partition gets its rows.
-    for _ in 0..300 {
-        if app
-            .metric("candystore_maintenance_last_success_timestamp_seconds")
+    app.wait_until(Duration::from_secs(30), || async {
+        app.metric("candystore_maintenance_last_success_timestamp_seconds")
             .await
             > 0.0
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     // A day the default partition already holds rows of (as a pause after a failed
     // creation, or a batch past its bound, leaves): no writer can make its
     // partition empty; only a move can.
@@ -1136,15 +1132,10 @@ async fn rows_a_batch_leaves_in_the_default_partition_are_moved_out_in_seconds_n
     .await;
     app.wait_for_rows("events", 2).await;
     // The writer woke the maintenance job, an hour before its next run.
-    let mut moved = false;
-    for _ in 0..300 {
-        if app.count("events_default").await == 0 {
-            moved = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(moved, "the rows waited in the default partition for 30 s");
+    app.wait_until(Duration::from_secs(30), || async {
+        app.count("events_default").await == 0
+    })
+    .await;
     let day_partition = vec![partition::partition_name(Table::Events, day)];
     assert_eq!(partition_of(&app, "waiting").await, day_partition);
     assert_eq!(partition_of(&app, "late").await, day_partition);
