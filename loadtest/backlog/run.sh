@@ -28,7 +28,7 @@ BIN=target/release/candystore
 DB=cs_backlog_$SCENARIO
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
 export RABBIT_EXCHANGE=$DB RABBIT_QUEUE=$DB
-export API_HOST=127.0.0.1 API_PORT=18696 METRICS_PORT=19096 LOG_LEVEL=${LOG_LEVEL:-info}
+export API_HOST=127.0.0.1 API_PORT=18696 METRICS_PORT=19096 LOG_LEVEL=${LOG_LEVEL:-info,candystore::storage::partition=debug} LOG_FORMAT=console
 export QUEUE_DEPTH_INTERVAL=${QUEUE_DEPTH_INTERVAL:-1s}
 sql() { psql -h 127.0.0.1 -U postgres -d "$DB" -tAc "$1"; }
 # A metric's value summed over its labels.

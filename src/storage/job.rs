@@ -71,7 +71,7 @@ pub async fn run_forever<J: Job>(target: crate::db::PgTarget, stop: Cancellation
                 if schema_pending(&e) {
                     tracing::debug!(job = J::NAME, error = %e, "tables not there yet");
                 } else {
-                    tracing::warn!(job = J::NAME, error = %e, retryable = e.is_retryable(), "{} run failed; the next run tries again", J::NAME);
+                    tracing::warn!(job = J::NAME, error = %crate::telemetry::error_chain(&e), retryable = e.is_retryable(), "{} run failed; the next run tries again", J::NAME);
                 }
                 client = None;
                 job.retry_in()

@@ -249,7 +249,7 @@ fn failed(
     metrics: Option<&Metrics>,
     report: &mut Report,
 ) {
-    tracing::error!(table = table.name(), from = %range.start, to = %range.end, error = %e, "maintenance: partition failed; skipped until the next run");
+    tracing::error!(table = table.name(), from = %range.start, to = %range.end, error = %crate::telemetry::error_chain(e), "maintenance: partition failed; skipped until the next run");
     if let Some(m) = metrics {
         m.storage
             .range_failures
