@@ -44,6 +44,20 @@ async fn partitions(c: &Client, table: Table) -> Vec<String> {
         .collect()
 }
 
+/// Writes one bare row of `events` straight into the table (as a database written
+/// before writers made partitions holds them), wherever its time routes it.
+async fn insert_row(app: &TestApp, id: &str, time: DateTime<Utc>) {
+    app.db
+        .execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, generation, envelope, properties) \
+             VALUES ($1, 't', 's', 'r', 'x', $2, now(), '{}', 1, '{}', '{}')",
+            &[&id, &time],
+        )
+        .await
+        .unwrap();
+}
+
 /// The partition a row of `events` with this id lives in.
 async fn partition_of(app: &TestApp, id: &str) -> Vec<String> {
     app.db
@@ -1031,15 +1045,7 @@ async fn a_range_whose_partition_fails_is_skipped_counted_and_made_by_a_later_ru
     })
     .await;
     // b's row was not written: the maintenance run makes its partition.
-    app.db
-        .batch_execute(&format!(
-            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
-             payload, generation, envelope, properties) \
-             VALUES ('b', 't', 's', 'r', 'x', '{}', now(), '{{}}', 1, '{{}}', '{{}}')",
-            b.to_rfc3339()
-        ))
-        .await
-        .unwrap();
+    insert_row(&app, "b", b).await;
     assert_eq!(partition_of(&app, "a").await, vec!["events_default"]);
     assert_eq!(partition_of(&app, "b").await, vec!["events_default"]);
     let report = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
@@ -1116,15 +1122,7 @@ async fn rows_a_batch_leaves_in_the_default_partition_are_moved_out_in_seconds_n
     // creation, or a batch past its bound, leaves): no writer can make its
     // partition empty; only a move can.
     let day = days_ago(12);
-    app.db
-        .execute(
-            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
-             payload, generation, envelope, properties) \
-             VALUES ('waiting', 't', 's', 'r', 'x', $1, now(), '{}', 1, '{}', '{}')",
-            &[&(day + chrono::Duration::hours(3))],
-        )
-        .await
-        .unwrap();
+    insert_row(&app, "waiting", day + chrono::Duration::hours(3)).await;
     app.publish(
         "storage.backlog",
         &cloud_event("late", Some(day + chrono::Duration::hours(5))),
