@@ -9,6 +9,7 @@
 pub mod api;
 pub mod app;
 pub mod attest;
+pub mod audit;
 pub mod batch;
 pub mod config;
 pub mod db;

@@ -1,0 +1,5 @@
+//! The audit trail: what makes history that was rewritten, by anyone who can
+//! write to the database, show as rewritten.
+//!
+//! - `tree`: the RFC 9162 Merkle tree, pure (hashing, appending, proofs, checks).
+pub mod tree;
