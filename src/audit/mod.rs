@@ -2,4 +2,8 @@
 //! write to the database, show as rewritten.
 //!
 //! - `tree`: the RFC 9162 Merkle tree, pure (hashing, appending, proofs, checks).
+//! - `jsonb`: jsonb's canonical text, so a writer can commit to a payload as it
+//!   will be stored.
+
+pub mod jsonb;
 pub mod tree;

@@ -4,6 +4,7 @@
 mod abuse;
 mod api;
 mod audit;
+mod audit_jsonb;
 mod browser;
 mod catalog;
 mod dead_letters;
