@@ -73,7 +73,7 @@ fn bench_copy(c: &mut Criterion) {
         })
     });
     // The same with AUDIT_KEY set: one HMAC-SHA256 per row.
-    let ring = candystore::attest::Keyring::new(&["k".repeat(64)]);
+    let ring = candystore::audit::attest::Keyring::new(&["k".repeat(64)]);
     group.bench_function("encode_500_events_attested", |b| {
         let mut buf = BytesMut::with_capacity(copy::encoded_len_hint(&events));
         b.iter(|| {

@@ -115,7 +115,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         retry_max_backoff: settings.retry_max_backoff,
         skip_acks: opts.skip_acks,
     };
-    let keyring = crate::attest::Keyring::new(&settings.audit_keys).map(Arc::new);
+    let keyring = crate::audit::attest::Keyring::new(&settings.audit_keys).map(Arc::new);
     // Writers wake the maintenance job when they leave rows in the default partition.
     let maintenance_wake = crate::storage::job::Wake::default();
     let writers = (0..settings.write_concurrency)

@@ -8,7 +8,6 @@
 
 pub mod api;
 pub mod app;
-pub mod attest;
 pub mod audit;
 pub mod batch;
 pub mod config;

@@ -656,7 +656,7 @@ async fn verify(settings: &Settings, from: Option<i64>) -> anyhow::Result<ExitCo
     let target = db::pg_config(&settings.database_url)?;
     let client = db::connect(&target).await?;
     let started = std::time::Instant::now();
-    let keyring = candystore::attest::Keyring::new(&settings.audit_keys);
+    let keyring = candystore::audit::attest::Keyring::new(&settings.audit_keys);
     let report = candystore::ops::verify::verify(&client, from, keyring.as_ref()).await?;
     let secs = started.elapsed().as_secs_f64();
     let attestations = if keyring.is_some() {

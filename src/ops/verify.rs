@@ -2,7 +2,7 @@
 //! the first event that was modified, deleted, or written into a sealed range out
 //! of band, or the first checkpoint whose chain does not hold.
 //!
-//! Rows the seal job found without a valid writer attestation (`crate::attest`)
+//! Rows the seal job found without a valid writer attestation (`crate::audit::attest`)
 //! are named as written out of band. With AUDIT_KEY it also rechecks every
 //! attested row's MAC itself, so even seals rewritten together with their chain
 //! and checkpoints do not hide a forged row.
@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use tokio_postgres::Client;
 
-use crate::attest::Keyring;
+use crate::audit::attest::Keyring;
 use crate::storage::seal::{AttestedColumns, ROW_COLUMNS, chain_step, digest, judge};
 
 #[derive(Debug, thiserror::Error)]

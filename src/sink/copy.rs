@@ -7,7 +7,7 @@
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 
-use crate::attest::Keyring;
+use crate::audit::attest::Keyring;
 use crate::envelope::Event;
 
 /// The staging table every batch is copied into. `ON COMMIT DELETE ROWS` empties it
@@ -148,7 +148,7 @@ fn int4(out: &mut BytesMut, n: i32) {
 fn timestamptz(out: &mut BytesMut, t: DateTime<Utc>) {
     out.put_i32(8);
     // The attestation covers the same bytes.
-    out.put_slice(&crate::attest::pg_timestamp(t));
+    out.put_slice(&crate::audit::attest::pg_timestamp(t));
 }
 
 /// `json`'s binary format is its text (see `bytes`); jsonb's binary format is a version byte (1) and the JSON text.

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_postgres::{Client, Statement};
 
 use super::copy;
-use crate::attest::Keyring;
+use crate::audit::attest::Keyring;
 use crate::envelope::{DeadLetter, Event, Record};
 use crate::metrics::Metrics;
 
@@ -250,7 +250,7 @@ pub struct Writer {
     target: crate::db::PgTarget,
     conn: Option<Conn>,
     buf: BytesMut,
-    /// AUDIT_KEY: every row is attested (`crate::attest`).
+    /// AUDIT_KEY: every row is attested (`crate::audit::attest`).
     keyring: Option<Arc<Keyring>>,
     /// Partitions made before a batch needs them (`super::partitions`).
     partitions: Option<super::partitions::PartitionsAhead>,

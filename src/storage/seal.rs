@@ -12,7 +12,7 @@
 //! a sealed range has no digest, and a changed digest breaks the chain.
 //!
 //! A row inserted with SQL after the last seal, at a fresh position, would be
-//! sealed like a writer's row; the writers' attestations ([`crate::attest`]) tell
+//! sealed like a writer's row; the writers' attestations ([`crate::audit::attest`]) tell
 //! them apart. With AUDIT_KEY set, each row's MAC is checked as it is sealed. From
 //! the first attested row on, every later row must carry a valid one: a row
 //! without it is sealed as *unattested* (`audit_seals.attested = false`, and its
@@ -30,7 +30,7 @@ use tokio_postgres::{Client, Row};
 
 use super::StorageError;
 use super::tail_index::HORIZON;
-use crate::attest::{ATTESTED_COLUMNS, Check, Keyring};
+use crate::audit::attest::{ATTESTED_COLUMNS, Check, Keyring};
 
 /// Events sealed per step (one checkpoint) at most.
 pub const SEAL_MAX_EVENTS: i64 = 100_000;

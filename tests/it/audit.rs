@@ -281,7 +281,7 @@ async fn with_audit_key_an_event_inserted_with_sql_after_the_last_seal_is_named(
     app.wait_for_rows("events", n).await;
     let page = sealed(&app, n).await;
     assert_eq!(page["checkpoints"][0]["attested"], true, "{page}");
-    let ring = candystore::attest::Keyring::new(&[KEY.to_string()]).unwrap();
+    let ring = candystore::audit::attest::Keyring::new(&[KEY.to_string()]).unwrap();
     // The writers' rows all check: no false alarm, with the key or without it.
     let report = verify(&app.db, None, Some(&ring)).await.unwrap();
     assert_eq!(report.finding, None, "{report:?}");
@@ -371,7 +371,7 @@ async fn with_audit_key_an_event_inserted_with_sql_after_the_last_seal_is_named(
         .await
         .unwrap()
         .get(0);
-    assert_eq!(stolen.len(), candystore::attest::LEN);
+    assert_eq!(stolen.len(), candystore::audit::attest::LEN);
     insert_with_sql(&app, "g2", "forged-copy", Some(stolen)).await;
     app.wait_until(Duration::from_secs(10), || async {
         app.metric("candystore_audit_unattested_total").await == 2.0
@@ -434,7 +434,7 @@ async fn after_retention_every_checkpoint_verifies_and_a_restore_is_verified_aga
     maintain::run_once(&mut c, &keep_all, chrono::Utc::now(), None)
         .await
         .unwrap();
-    let ring = candystore::attest::Keyring::new(&[KEY.to_string()]).unwrap();
+    let ring = candystore::audit::attest::Keyring::new(&[KEY.to_string()]).unwrap();
     assert_eq!(
         verify(&app.db, None, Some(&ring)).await.unwrap().finding,
         None
@@ -569,7 +569,7 @@ async fn an_upgrade_from_before_partitioning_with_audit_key_set_raises_no_false_
         (r.get(0), r.get(1), r.get(2))
     };
     assert_eq!((attested, unchecked, flagged), (10, 10, 0));
-    let ring = candystore::attest::Keyring::new(&[KEY.to_string()]).unwrap();
+    let ring = candystore::audit::attest::Keyring::new(&[KEY.to_string()]).unwrap();
     let report = verify(&app.db, None, Some(&ring)).await.unwrap();
     assert_eq!(report.finding, None, "{report:?}");
     assert_eq!(report.events, 20);

@@ -1,5 +1,10 @@
-//! Writer attestations: a keyed MAC the batch writer puts on every row it stores,
-//! so the audit chain can tell a writer's row from one inserted with SQL.
+//! Writer attestations: a keyed MAC the batch writer puts on what it stores, so
+//! the audit trail can tell a writer's row from one inserted with SQL.
+//!
+//! Since the Merkle tree (`audit::leaf`), the MAC is part of each leaf and covers
+//! the leaf's commitment to every column the writer sends, payload included
+//! ([`Keyring::attest`]). What follows describes the rule of rows written before
+//! it (migration 0015 to 0018), which `verify` still applies to them.
 //!
 //! The seal job (`storage::seal`) digests whatever committed rows it finds, in the
 //! live tail's order. Without attestations a row inserted with SQL after the last
@@ -115,6 +120,36 @@ impl Keyring {
         out[..4].copy_from_slice(&key.id);
         out[4..].copy_from_slice(&mac.finalize().into_bytes());
         out
+    }
+
+    /// The attestation of a leaf's `message` (`audit::leaf`): key id and MAC.
+    pub fn attest(&self, message: &[u8]) -> [u8; LEN] {
+        let key = &self.keys[0];
+        let mut mac = key.mac.clone();
+        mac.update(message);
+        let mut out = [0u8; LEN];
+        out[..4].copy_from_slice(&key.id);
+        out[4..].copy_from_slice(&mac.finalize().into_bytes());
+        out
+    }
+
+    /// Checks a leaf's attestation of `message`.
+    pub fn check_message(&self, stored: Option<&[u8]>, message: &[u8]) -> Check {
+        let Some(stored) = stored else {
+            return Check::Missing;
+        };
+        if stored.len() != LEN {
+            return Check::Invalid;
+        }
+        let Some(key) = self.keys.iter().find(|k| k.id == stored[..4]) else {
+            return Check::Invalid;
+        };
+        let mut mac = key.mac.clone();
+        mac.update(message);
+        match mac.verify_slice(&stored[4..]) {
+            Ok(()) => Check::Valid,
+            Err(_) => Check::Invalid,
+        }
     }
 
     /// Checks a stored attestation against the row's columns, given in
