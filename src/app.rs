@@ -66,17 +66,58 @@ pub struct Running {
     servers: Vec<(ServerHandle, JoinHandle<std::io::Result<()>>)>,
 }
 
+/// The checkpoint signing key (SIGNING_KEY_FILE), created on first start; its
+/// public key is logged.
+pub fn signing_key(
+    settings: &Settings,
+    pg: &db::PgTarget,
+) -> Result<crate::audit::note::SigningKey, crate::config::ConfigError> {
+    let origin = settings.checkpoint_origin.clone().unwrap_or_else(|| {
+        format!(
+            "candystore/{}",
+            pg.config.get_dbname().unwrap_or("candystore")
+        )
+    });
+    let path = &settings.signing_key_file;
+    let (key, created) = crate::audit::note::load_or_create(path, &origin).map_err(|e| {
+        crate::config::ConfigError::Refused {
+            name: "SIGNING_KEY_FILE",
+            reason: e.to_string(),
+        }
+    })?;
+    tracing::info!(
+        public_key = %key.verifier().encode(),
+        file = %path.display(),
+        created,
+        "checkpoints are signed with this key (keep the file out of the database's reach; give verifiers the public key)"
+    );
+    Ok(key)
+}
+
 /// Starts every part of `candystore serve` and returns once it is consuming.
 pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Running> {
     for (name, value) in settings.redacted() {
         tracing::info!(setting = name, value = %value, "setting");
     }
     let pg = db::pg_config(&settings.database_url)?;
+    let keyring = crate::audit::attest::Keyring::new(&settings.audit_keys).map(Arc::new);
+    let signer = Arc::new(signing_key(&settings, &pg)?);
     let replay_key = {
         let client = db::connect(&pg)
             .await
             .context("cannot connect to DATABASE_URL")?;
         db::check_schema(&client).await?;
+        if let Err(e) = crate::audit::trail::check_start(&client, &signer, keyring.is_some()).await
+        {
+            return Err(match e.variable() {
+                Some(name) => crate::config::ConfigError::Refused {
+                    name,
+                    reason: e.to_string(),
+                }
+                .into(),
+                None => anyhow::Error::new(e).context("cannot read the audit trail"),
+            });
+        }
         replay_mark::load(&client)
             .await
             .context("cannot read the replay secret")?
@@ -115,7 +156,6 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         retry_max_backoff: settings.retry_max_backoff,
         skip_acks: opts.skip_acks,
     };
-    let keyring = crate::audit::attest::Keyring::new(&settings.audit_keys).map(Arc::new);
     // Writers wake the maintenance job when they leave rows in the default partition.
     let maintenance_wake = crate::storage::job::Wake::default();
     let writers = (0..settings.write_concurrency)
@@ -196,16 +236,25 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             wake: maintenance_wake,
         },
     ));
-    // The audit chain, sealed behind ingest every SEAL_INTERVAL.
-    tokio::spawn(job::run_forever(
-        pg.clone(),
-        job_stop(),
-        crate::storage::seal::SealJob::new(
-            settings.seal_interval,
-            keyring.clone(),
-            metrics.clone(),
-        ),
-    ));
+    // The audit tree, appended behind ingest and signed every SEAL_INTERVAL;
+    // supervised like the pipeline: if it ends, /ready says so.
+    {
+        let supervisor = supervisor.clone();
+        let run = job::run_forever(
+            pg.clone(),
+            job_stop(),
+            crate::audit::job::TreeJob {
+                tree: crate::audit::job::Tree::new(signer.clone(), keyring.clone()),
+                every: settings.seal_interval,
+                publisher: crate::audit::publish::Publisher::new(
+                    settings.checkpoint_dir.clone(),
+                    settings.witness_urls.clone(),
+                ),
+                metrics: metrics.clone(),
+            },
+        );
+        tokio::spawn(async move { supervisor.watch("audit-tree", run).await });
+    }
     // The catalog of event types and sources, counted behind ingest.
     tokio::spawn(job::run_forever(
         pg.clone(),
@@ -228,6 +277,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         broker,
         lifecycle: lifecycle.clone(),
         database_display: redact_url(&settings.database_url),
+        public_key: signer.verifier().encode(),
         table_sizes: Arc::default(),
     };
     let (api_server, api_addr) = api::serve_api(

@@ -270,6 +270,30 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "key(s) the writers attest rows with, comma-separated, 32+ characters each; the first signs, all verify; unset: rows are not attested",
         secret: Secret::Tokens,
     },
+    Variable {
+        name: "SIGNING_KEY_FILE",
+        default: "candystore-signing.key",
+        meaning: "the Ed25519 key checkpoints are signed with, kept outside the database; created (mode 0600) on first start when missing; every instance of one store uses the same",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "CHECKPOINT_ORIGIN",
+        default: "",
+        meaning: "the name checkpoints and the signing key carry; unset: candystore/<database name>",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "CHECKPOINT_DIR",
+        default: "",
+        meaning: "every signed checkpoint is also appended here (one file per tree size); unset: not written",
+        secret: Secret::No,
+    },
+    Variable {
+        name: "WITNESS_URLS",
+        default: "",
+        meaning: "witnesses each checkpoint is sent to (C2SP tlog-witness add-checkpoint), comma-separated base URLs",
+        secret: Secret::No,
+    },
 ];
 
 /// A setting that could not be used. The message is the one line start-up prints.
@@ -281,6 +305,10 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    /// A setting that is well-formed but cannot be used here (a key file that
+    /// does not match the trail, say).
+    #[error("{name}: {reason}")]
+    Refused { name: &'static str, reason: String },
     #[error("cannot read config file {path}: {reason}")]
     File { path: String, reason: String },
     #[error("unknown setting {key:?} in config file {path}")]
@@ -371,6 +399,14 @@ pub struct Settings {
     pub seal_interval: Duration,
     /// The writers' attestation keys (`attest::Keyring`); empty: no attestation.
     pub audit_keys: Vec<String>,
+    /// Where the checkpoint signing key is (`audit::note::load_or_create`).
+    pub signing_key_file: std::path::PathBuf,
+    /// The checkpoints' origin line; `None`: derived from the database name.
+    pub checkpoint_origin: Option<String>,
+    /// Where each signed checkpoint is also written.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Witnesses each checkpoint is sent to.
+    pub witness_urls: Vec<String>,
     /// Every variable's value as given (or defaulted), for the start-up log.
     raw: BTreeMap<&'static str, String>,
 }
@@ -482,6 +518,24 @@ impl Settings {
             maintenance_interval: r.duration("MAINTENANCE_INTERVAL")?,
             seal_interval: r.duration("SEAL_INTERVAL")?,
             audit_keys: r.keys("AUDIT_KEY")?,
+            signing_key_file: match r.get("SIGNING_KEY_FILE").trim() {
+                "" => return Err(r.invalid("SIGNING_KEY_FILE", "a path is required")),
+                path => path.into(),
+            },
+            checkpoint_origin: match r.get("CHECKPOINT_ORIGIN").trim() {
+                "" => None,
+                o if o.chars().any(|c| c.is_whitespace() || c == '+') => {
+                    return Err(
+                        r.invalid("CHECKPOINT_ORIGIN", "an origin has no spaces and no '+'")
+                    );
+                }
+                o => Some(o.to_string()),
+            },
+            checkpoint_dir: match r.get("CHECKPOINT_DIR").trim() {
+                "" => None,
+                dir => Some(dir.into()),
+            },
+            witness_urls: r.urls("WITNESS_URLS")?,
         };
         Ok(settings)
     }
@@ -757,6 +811,25 @@ impl Raw {
 
     fn keys(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
         self.secrets(name, 32, "keys")
+    }
+
+    /// Comma-separated http(s) URLs, without a trailing slash.
+    fn urls(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
+        let urls: Vec<String> = self
+            .list(name)
+            .into_iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect();
+        for u in &urls {
+            let scheme_ok = u.starts_with("http://") || u.starts_with("https://");
+            if !scheme_ok || u.chars().any(char::is_whitespace) {
+                return Err(self.invalid(
+                    name,
+                    "expected comma-separated URLs such as https://witness.example/w",
+                ));
+            }
+        }
+        Ok(urls)
     }
 
     fn origins(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {

@@ -292,6 +292,17 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        Err(e)
+            if e.downcast_ref::<candystore::config::ConfigError>()
+                .is_some() =>
+        {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "candystore cannot start with this setting"
+            );
+            eprintln!("candystore: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "candystore failed");
             eprintln!("candystore: {e:#}");

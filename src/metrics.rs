@@ -98,8 +98,14 @@ pub struct Metrics {
     pub replays_ignored: IntCounter,
     pub replay_marks_unauthenticated: IntCounter,
     pub audit_unattested: IntCounter,
-    /// When the seal job last completed a step (sealing or finding nothing to seal).
+    /// When the tree job last completed a step (appending or finding nothing new).
     pub audit_last_seal: prometheus::Gauge,
+    /// Leaves in the newest signed checkpoint.
+    pub audit_tree_size: IntGauge,
+    /// Checkpoints a witness refused or could not be sent, by reason.
+    pub audit_witness_failures: IntCounterVec,
+    /// Checkpoints that could not be written to CHECKPOINT_DIR.
+    pub audit_checkpoint_dir_failures: IntCounter,
     pub dead_letters: IntCounterVec,
     pub sanitized: IntCounter,
     pub write_retries: IntCounterVec,
@@ -221,11 +227,26 @@ impl Metrics {
             )),
             audit_last_seal: reg!(prometheus::Gauge::new(
                 "candystore_audit_last_seal_timestamp_seconds",
-                "When the audit chain's seal job last completed a step (Unix seconds); it stops moving when sealing fails or waits for AUDIT_KEY"
+                "When the audit tree's job last completed a step (Unix seconds); it stops moving when appending or signing fails"
+            )),
+            audit_tree_size: reg!(IntGauge::new(
+                "candystore_audit_tree_size",
+                "Leaves in the audit tree's newest signed checkpoint"
+            )),
+            audit_witness_failures: reg!(IntCounterVec::new(
+                Opts::new(
+                    "candystore_audit_witness_failures_total",
+                    "Checkpoints a witness did not cosign, by reason: rollback (409: it has seen a larger tree), bad_proof (422), unreachable, refused (any other answer)"
+                ),
+                &["reason"]
+            )),
+            audit_checkpoint_dir_failures: reg!(IntCounter::new(
+                "candystore_audit_checkpoint_dir_failures_total",
+                "Signed checkpoints that could not be written to CHECKPOINT_DIR"
             )),
             audit_unattested: reg!(IntCounter::new(
                 "candystore_audit_unattested_total",
-                "Events the seal job found without a valid writer attestation (AUDIT_KEY): written out of band"
+                "Leaves (or, before the tree, events) the audit job found without a valid writer attestation (AUDIT_KEY): written out of band"
             )),
             dead_letters: reg!(IntCounterVec::new(
                 Opts::new(

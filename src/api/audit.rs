@@ -1,6 +1,8 @@
-//! `GET /audit/checkpoints`: the audit chain's checkpoints, newest first
-//! (`storage::seal` writes them; `candystore verify` checks them).
+//! The audit trail over HTTP (`crate::audit` owns it): the signed checkpoint and
+//! its public key, inclusion and consistency proofs, and the legacy chain's
+//! checkpoints (`GET /audit/checkpoints`).
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
@@ -97,4 +99,194 @@ pub async fn checkpoints(
         checkpoints,
         next_before,
     }))
+}
+
+/// The newest signed checkpoint, as its note (C2SP tlog-checkpoint).
+#[utoipa::path(get, path = "/audit/checkpoint", tag = "audit", responses(
+    (status = 200, description = "the newest signed checkpoint: origin, tree size, root hash (base64), then the Ed25519 signature line", body = String, content_type = "text/plain"),
+    (status = 404, description = "no checkpoint signed yet", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "the event store cannot answer now", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn checkpoint(state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let head = crate::audit::store::head(&**client)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "no checkpoint has been signed yet"))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(head.note))
+}
+
+/// The public key checkpoints are signed with (`name+id+key`, as the Go note
+/// tools write it). Take it from here once, then keep it: a verifier that
+/// fetches it anew each time trusts whoever serves it.
+#[utoipa::path(get, path = "/audit/public-key", tag = "audit", responses(
+    (status = 200, description = "the checkpoint signing key's public half", body = String, content_type = "text/plain"),
+    (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn public_key(state: web::Data<ApiState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(format!("{}\n", state.public_key))
+}
+
+/// `{txid}-{seq}`, the tail's event position.
+fn parse_position(value: &str) -> Result<(i64, i64), Problem> {
+    value
+        .split_once('-')
+        .and_then(|(t, s)| Some((t.parse().ok()?, s.parse().ok()?)))
+        .ok_or_else(|| {
+            Problem::bad_parameter(
+                "position",
+                format!("{value:?} is not a position ({{txid}}-{{seq}}, as the live tail's ids)"),
+            )
+        })
+}
+
+/// Where the event an `id` (and `source`) names is, when exactly one does.
+pub(crate) async fn place_of(
+    client: &tokio_postgres::Client,
+    id: &str,
+    source: Option<&str>,
+) -> Result<(i64, i64), Problem> {
+    let rows = client
+        .query(
+            "SELECT txid, seq FROM events WHERE id = $1 AND ($2::text IS NULL OR source = $2) LIMIT 2",
+            &[&id, &source],
+        )
+        .await
+        .map_err(unavailable)?;
+    match rows.as_slice() {
+        [] => Err(Problem::new(StatusCode::NOT_FOUND, "no such event")),
+        [r] => Ok((r.get(0), r.get(1))),
+        _ => Err(Problem::bad_parameter(
+            if source.is_some() {
+                "position"
+            } else {
+                "source"
+            },
+            "several events have this id: name its source, or its position",
+        )),
+    }
+}
+
+/// The inclusion proof of one event (or leaf) in the newest signed checkpoint.
+#[utoipa::path(get, path = "/audit/proof/inclusion", tag = "audit", params(
+    ("id" = Option<String>, Query, description = "the event's id"),
+    ("source" = Option<String>, Query, description = "the event's source, when several events share the id"),
+    ("position" = Option<String>, Query, description = "or the leaf's position, {txid}-{seq}"),
+    ("index" = Option<u64>, Query, description = "or the leaf's index in the tree"),
+), responses(
+    (status = 200, description = "the leaf, its index, the audit path and the checkpoint it is against", body = crate::audit::proof::Inclusion),
+    (status = 400, description = "no or conflicting selectors, or a bad value, named in the problem", body = Problem, content_type = "application/problem+json"),
+    (status = 404, description = "no such event, or not in a signed checkpoint yet (the next is at most SEAL_INTERVAL away)", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "the event store cannot answer now", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn inclusion(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, Problem> {
+    let (mut id, mut source, mut position, mut index) = (None, None, None, None);
+    for (name, value) in known_pairs(req.query_string(), &["id", "source", "position", "index"])? {
+        match name {
+            "id" => id = Some(value),
+            "source" => source = Some(value),
+            "position" => position = Some(parse_position(&value)?),
+            _ => {
+                index = Some(
+                    value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n < i64::MAX as u64)
+                        .ok_or_else(|| {
+                            Problem::bad_parameter(
+                                "index",
+                                format!("{value:?} is not a leaf index"),
+                            )
+                        })?,
+                )
+            }
+        }
+    }
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let proof = match (id, position, index) {
+        (Some(id), None, None) => {
+            let place = place_of(&client, &id, source.as_deref()).await?;
+            crate::audit::proof::inclusion_of_place(&**client, place).await
+        }
+        (None, Some(place), None) if source.is_none() => {
+            crate::audit::proof::inclusion_of_place(&**client, place).await
+        }
+        (None, None, Some(index)) if source.is_none() => {
+            crate::audit::proof::inclusion_of_index(&**client, index).await
+        }
+        (None, None, None) => {
+            return Err(Problem::bad_parameter(
+                "id",
+                "name the event (id, with source if need be), or give position or index",
+            ));
+        }
+        _ => {
+            return Err(Problem::bad_parameter(
+                "position",
+                "give one of id (with source), position or index",
+            ));
+        }
+    }
+    .map_err(unavailable)?
+    .ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not in a signed checkpoint: stored before the audit tree, or not appended yet (at most SEAL_INTERVAL)",
+        )
+    })?;
+    Ok(HttpResponse::Ok().json(proof))
+}
+
+/// The consistency proof between two signed checkpoints.
+#[utoipa::path(get, path = "/audit/proof/consistency", tag = "audit", params(
+    ("from" = u64, Query, description = "the size of the earlier tree (a checkpoint was signed at it), or 0"),
+    ("to" = Option<u64>, Query, description = "the size of the later tree; default the newest"),
+), responses(
+    (status = 200, description = "the proof and both checkpoints", body = crate::audit::proof::Consistency),
+    (status = 400, description = "a bad or missing parameter, named in the problem", body = Problem, content_type = "application/problem+json"),
+    (status = 404, description = "no checkpoint was signed at one of the sizes", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "a bearer token is required (API_TOKEN is set)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "the event store cannot answer now", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn consistency(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, Problem> {
+    let (mut from, mut to) = (None, None);
+    for (name, value) in known_pairs(req.query_string(), &["from", "to"])? {
+        let n = value
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n < i64::MAX as u64)
+            .ok_or_else(|| Problem::bad_parameter(name, format!("{value:?} is not a tree size")))?;
+        if name == "from" {
+            from = Some(n);
+        } else {
+            to = Some(n);
+        }
+    }
+    let from = from.ok_or_else(|| Problem::bad_parameter("from", "from is required"))?;
+    if to.is_some_and(|t| t < from) {
+        return Err(Problem::bad_parameter("to", "to is smaller than from"));
+    }
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let proof = crate::audit::proof::consistency(&**client, from, to)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no checkpoint was signed at one of these sizes",
+            )
+        })?;
+    Ok(HttpResponse::Ok().json(proof))
 }

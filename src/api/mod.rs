@@ -86,6 +86,8 @@ pub struct ApiState {
     pub database_display: String,
     /// Rows per partition, for `total` estimates.
     pub table_sizes: Arc<sizes::TableSizes>,
+    /// The checkpoint signing key's public half (`audit::note`), as served.
+    pub public_key: String,
 }
 
 /// Binds the REST API. Returns the server (not yet polled) and the bound address.
@@ -153,6 +155,10 @@ pub fn serve_api(
             .service(get("/events/{id}", events::one))
             .service(get("/events/{id}/raw", events::raw))
             .service(get("/audit/checkpoints", audit::checkpoints))
+            .service(get("/audit/checkpoint", audit::checkpoint))
+            .service(get("/audit/public-key", audit::public_key))
+            .service(get("/audit/proof/inclusion", audit::inclusion))
+            .service(get("/audit/proof/consistency", audit::consistency))
             .service(get("/event-types", catalog::event_types))
             .service(get("/sources", catalog::sources))
             .service(get("/dead-letters", dead_letters::list))

@@ -9,9 +9,22 @@
 //! - `leaf`: what enters the tree (events, redactions, dropped ranges, the
 //!   anchor to the legacy chain) and the salted commitment to an event.
 //! - `note`: signed checkpoints (C2SP signed-note) and the keys that sign them.
+//!
+//! Above storage:
+//! - `store`: the tree's tables, and any of its hashes read back.
+//! - `job`: the tree job (append, store subtrees, sign).
+//! - `proof`: inclusion and consistency proofs, and the bundle a third party
+//!   checks with the public key alone.
+//! - `publish`: checkpoints to CHECKPOINT_DIR and to witnesses.
+//! - `trail`: the trail's key and attestation, checked before an instance starts.
 
 pub mod attest;
+pub mod job;
 pub mod jsonb;
 pub mod leaf;
 pub mod note;
+pub mod proof;
+pub mod publish;
+pub mod store;
+pub mod trail;
 pub mod tree;

@@ -33,24 +33,34 @@ CREATE TEMP TABLE IF NOT EXISTS events_staging (
     properties     json        NOT NULL,
     sanitized      bool        NOT NULL,
     original_body  bytea,
-    attestation    bytea
+    salt           bytea,
+    leaf           bytea
 ) ON COMMIT DELETE ROWS"#;
 
-pub const COPY_STAGING: &str = "COPY events_staging (ord, id, event_type, source, target, routing_key, exchange, \"timestamp\", own_time, received_at, payload, session_id, correlation_id, generation, envelope, payload_member, properties, sanitized, original_body, attestation) FROM STDIN (FORMAT binary)";
+pub const COPY_STAGING: &str = "COPY events_staging (ord, id, event_type, source, target, routing_key, exchange, \"timestamp\", own_time, received_at, payload, session_id, correlation_id, generation, envelope, payload_member, properties, sanitized, original_body, salt, leaf) FROM STDIN (FORMAT binary)";
 
-const FIELDS: i16 = 20;
+const FIELDS: i16 = 21;
+
+/// Whether rows enter the audit tree, and whose key attests their leaves.
+#[derive(Debug, Clone, Copy)]
+pub enum Audit<'k> {
+    /// Migration 0019 is pending: no salt, no leaf.
+    Off,
+    /// Each row gets a salt and a leaf (`audit::leaf::seal`), attested with the
+    /// keyring when there is one.
+    Tree(Option<&'k Keyring>),
+}
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
-/// Encodes `events` (numbered in order from 0) as one binary COPY stream, each
-/// attested when there is a keyring.
+/// Encodes `events` (numbered in order from 0) as one binary COPY stream.
 pub fn encode<'a>(
     events: impl IntoIterator<Item = &'a Event>,
-    keyring: Option<&Keyring>,
+    audit: Audit<'_>,
     out: &mut BytesMut,
 ) {
     header(out);
     for (ord, e) in events.into_iter().enumerate() {
-        row(out, ord, e, keyring);
+        row(out, ord, e, audit);
     }
     trailer(out);
 }
@@ -62,9 +72,8 @@ pub fn header(out: &mut BytesMut) {
     out.put_i32(0); // header extension length
 }
 
-/// One row; `ord` is the event's place in its batch. With a keyring the row
-/// carries the writer's attestation (`attest`), else NULL.
-pub fn row(out: &mut BytesMut, ord: usize, e: &Event, keyring: Option<&Keyring>) {
+/// One row; `ord` is the event's place in its batch.
+pub fn row(out: &mut BytesMut, ord: usize, e: &Event, audit: Audit<'_>) {
     {
         out.put_i16(FIELDS);
         int4(out, ord as i32);
@@ -93,9 +102,16 @@ pub fn row(out: &mut BytesMut, ord: usize, e: &Event, keyring: Option<&Keyring>)
         } else {
             out.put_i32(-1);
         }
-        match keyring {
-            Some(k) => bytes(out, &k.sign(e)),
-            None => out.put_i32(-1),
+        match audit {
+            Audit::Tree(keyring) => {
+                let sealed = crate::audit::leaf::seal(e, keyring);
+                bytes(out, &sealed.salt);
+                bytes(out, &sealed.leaf);
+            }
+            Audit::Off => {
+                out.put_i32(-1);
+                out.put_i32(-1);
+            }
         }
     }
 }
@@ -110,7 +126,7 @@ pub fn encoded_len_hint<'a>(events: impl IntoIterator<Item = &'a Event>) -> usiz
     events
         .into_iter()
         .map(|e| {
-            240 + e.payload.len()
+            320 + e.payload.len()
                 + e.envelope.len()
                 + e.properties.len()
                 + if e.sanitized { e.body.len() } else { 0 }
@@ -193,7 +209,7 @@ mod tests {
     #[test]
     fn the_stream_has_header_tuples_and_trailer() {
         let mut out = BytesMut::new();
-        encode([&event(), &event()], None, &mut out);
+        encode([&event(), &event()], Audit::Off, &mut out);
         assert!(out.starts_with(HEADER));
         assert_eq!(&out[out.len() - 2..], &[0xff, 0xff]);
         // first tuple: field count, then ord = 0
@@ -220,7 +236,7 @@ mod tests {
         let events = vec![event(); 10];
         let mut out = BytesMut::new();
         let ring = Keyring::new(&["k".repeat(32)]);
-        encode(&events, ring.as_ref(), &mut out);
+        encode(&events, Audit::Tree(ring.as_ref()), &mut out);
         assert!(encoded_len_hint(&events) >= out.len());
     }
 }

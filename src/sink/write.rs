@@ -20,10 +20,11 @@ use crate::metrics::Metrics;
 
 /// `inserted AS (…)`, moving the staged rows that pass `$filter` into `events`,
 /// then the new rows counted by event type: the part every move statement shares.
-/// `$extra` names the columns after `original_body` that the table has: the
-/// writer's `attestation` once migration 0015 has run, nothing before.
+/// `$extra` names the columns after `original_body` the statement stores: the
+/// event's `salt` once migration 0019 has run, nothing before; `$leaves`, the
+/// statement that stores the new rows' leaves ([`leaves!`]), or nothing.
 macro_rules! insert_staged {
-    ($filter:expr, $extra:expr) => {
+    ($filter:expr, $extra:expr, $returning:expr, $leaves:expr) => {
         concat!(
             r#"inserted AS (
     INSERT INTO events (id, event_type, source, target, routing_key, exchange, "timestamp", received_at,
@@ -43,10 +44,26 @@ macro_rules! insert_staged {
             r#"
     ORDER BY ord
     ON CONFLICT DO NOTHING
-    RETURNING event_type
-)
+    RETURNING event_type"#,
+            $returning,
+            r#"
+)"#,
+            $leaves,
+            r#"
 SELECT event_type, count(*) FROM inserted GROUP BY event_type"#
         )
+    };
+}
+
+/// Each new row's leaf (`audit::leaf`) into `audit_leaves`, at the row's place,
+/// in the same transaction: a row is never committed without its leaf. The salt
+/// is random per staged row, so it tells which staged row became which new row.
+macro_rules! leaves {
+    () => {
+        r#", leaves AS (
+    INSERT INTO audit_leaves (txid, seq, leaf)
+    SELECT i.txid, i.seq, s.leaf FROM inserted i JOIN events_staging s ON s.salt = i.salt
+)"#
     };
 }
 
@@ -88,16 +105,23 @@ macro_rules! staged_filter {
 /// 0010), so the statement works on either side of that migration as well.
 const MOVE_STAGED: &str = concat!(
     claim_staged!(),
-    insert_staged!(staged_filter!(), ", attestation")
+    insert_staged!(staged_filter!(), ", salt", ", txid, seq, salt", leaves!())
 );
-/// [`MOVE_STAGED`] for a table without `attestation` (migration 0015 pending).
-const MOVE_STAGED_UNATTESTED: &str = concat!(claim_staged!(), insert_staged!(staged_filter!(), ""));
+/// [`MOVE_STAGED`] for a database without the tree (an online migration, and
+/// 0019 behind it, pending): no salt, no leaves.
+const MOVE_STAGED_PLAIN: &str = concat!(
+    claim_staged!(),
+    insert_staged!(staged_filter!(), "", "", "")
+);
 
 /// [`MOVE_STAGED`] for a batch whose events all carry their own time (nearly
 /// every batch): no claims to make.
-const MOVE_OWN_TIME: &str = concat!("\nWITH ", insert_staged!("true", ", attestation"));
-/// [`MOVE_OWN_TIME`] for a table without `attestation` (migration 0015 pending).
-const MOVE_OWN_TIME_UNATTESTED: &str = concat!("\nWITH ", insert_staged!("true", ""));
+const MOVE_OWN_TIME: &str = concat!(
+    "\nWITH ",
+    insert_staged!("true", ", salt", ", txid, seq, salt", leaves!())
+);
+/// [`MOVE_OWN_TIME`] without the tree.
+const MOVE_OWN_TIME_PLAIN: &str = concat!("\nWITH ", insert_staged!("true", "", "", ""));
 
 /// A dead letter claims its fingerprint (its receive time differs on every
 /// redelivery, so the partitioned table's own key cannot see a repeat).
@@ -238,8 +262,9 @@ impl Written {
 
 struct Conn {
     client: Client,
-    /// The table has `attestation` (migration 0015): the move statements store it.
-    attestation_column: bool,
+    /// The tree's tables are there (migration 0019): rows are stored with their
+    /// salt and leaf.
+    tree: bool,
     move_staged: Statement,
     move_own_time: Statement,
     insert_dead_letter: Statement,
@@ -250,7 +275,7 @@ pub struct Writer {
     target: crate::db::PgTarget,
     conn: Option<Conn>,
     buf: BytesMut,
-    /// AUDIT_KEY: every row is attested (`crate::audit::attest`).
+    /// AUDIT_KEY: every leaf is attested (`crate::audit::leaf`).
     keyring: Option<Arc<Keyring>>,
     /// Partitions made before a batch needs them (`super::partitions`).
     partitions: Option<super::partitions::PartitionsAhead>,
@@ -326,25 +351,21 @@ impl Writer {
                 .await
                 .map_err(WriteError::from_pg)?;
             // The service runs while an online migration (and the plain ones after
-            // it, 0015 among them) is pending: then rows go unattested.
-            let attestation_column: bool = client
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events'::regclass \
-                     AND attname = 'attestation' AND NOT attisdropped)",
-                    &[],
-                )
+            // it, 0019 among them) is pending: then rows have no leaves yet.
+            let tree: bool = client
+                .query_one("SELECT to_regclass('audit_leaves') IS NOT NULL", &[])
                 .await
                 .map_err(WriteError::from_pg)?
                 .get(0);
-            if self.keyring.is_some() && !attestation_column {
+            if !tree {
                 tracing::warn!(
-                    "AUDIT_KEY is set but migration 0015 is pending: this writer stores rows unattested until it reconnects after `candystore migrate` (restart the service then)"
+                    "migration 0019 is pending: this writer stores rows without leaves in the audit tree until it reconnects after `candystore migrate` (restart the service then)"
                 );
             }
-            let (staged, own_time) = if attestation_column {
+            let (staged, own_time) = if tree {
                 (MOVE_STAGED, MOVE_OWN_TIME)
             } else {
-                (MOVE_STAGED_UNATTESTED, MOVE_OWN_TIME_UNATTESTED)
+                (MOVE_STAGED_PLAIN, MOVE_OWN_TIME_PLAIN)
             };
             let move_staged = client.prepare(staged).await.map_err(WriteError::from_pg)?;
             let move_own_time = client
@@ -359,7 +380,7 @@ impl Writer {
             metrics.writers_connected.inc();
             self.conn = Some(Conn {
                 client,
-                attestation_column,
+                tree,
                 move_staged,
                 move_own_time,
                 insert_dead_letter,
@@ -426,7 +447,11 @@ impl Writer {
         let mut buf = std::mem::take(&mut self.buf);
         let keyring = self.keyring.clone();
         let conn = self.connect(metrics).await?;
-        let keyring = keyring.as_deref().filter(|_| conn.attestation_column);
+        let audit = if conn.tree {
+            copy::Audit::Tree(keyring.as_deref())
+        } else {
+            copy::Audit::Off
+        };
         let step = |name: &str, seconds: f64| {
             metrics
                 .batch_duration
@@ -450,7 +475,7 @@ impl Writer {
                 buf.clear();
                 copy::header(&mut buf);
                 for (ord, e) in events.iter().enumerate() {
-                    copy::row(&mut buf, ord, e, keyring);
+                    copy::row(&mut buf, ord, e, audit);
                     if buf.len() >= COPY_CHUNK_BYTES {
                         sink.feed(buf.split().freeze()).await?;
                     }

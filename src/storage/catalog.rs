@@ -120,6 +120,7 @@ pub struct CatalogJob;
 
 impl super::job::Job for CatalogJob {
     const NAME: &'static str = "catalog";
+    type Error = StorageError;
 
     fn retry_in(&self) -> Duration {
         REST * 5

@@ -12,16 +12,35 @@ use tokio_util::sync::CancellationToken;
 
 use super::StorageError;
 
+/// What a job's failed step says of itself.
+pub trait Failure: std::error::Error + Send + 'static {
+    /// The same step may succeed later.
+    fn is_retryable(&self) -> bool;
+    /// A table or column a pending migration adds is missing.
+    fn schema_pending(&self) -> bool;
+}
+
+impl Failure for StorageError {
+    fn is_retryable(&self) -> bool {
+        StorageError::is_retryable(self)
+    }
+
+    fn schema_pending(&self) -> bool {
+        matches!(self, StorageError::Db(db) if pending_code(db))
+    }
+}
+
 /// One background job: a name for the log, and its step.
 pub trait Job: Send {
     const NAME: &'static str;
+    type Error: Failure;
     /// How long to wait after a failed step (on a new connection).
     fn retry_in(&self) -> Duration;
     /// One step; returns how long to rest before the next (zero to go on at once).
     fn step(
         &mut self,
         client: &mut Client,
-    ) -> impl Future<Output = Result<Duration, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Duration, Self::Error>> + Send;
     /// What ends the job's rest early, if anything.
     fn wake(&self) -> Option<Wake> {
         None
@@ -57,9 +76,14 @@ pub async fn run_forever<J: Job>(target: crate::db::PgTarget, stop: Cancellation
     loop {
         let outcome = async {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
-                client = Some(super::connect(&target).await?);
+                match super::connect(&target).await {
+                    Ok(c) => client = Some(c),
+                    Err(e) => return Err(Failed::Connect(e)),
+                }
             }
-            job.step(client.as_mut().expect("connected above")).await
+            job.step(client.as_mut().expect("connected above"))
+                .await
+                .map_err(Failed::Step)
         };
         let outcome = tokio::select! {
             o = outcome => o,
@@ -67,8 +91,13 @@ pub async fn run_forever<J: Job>(target: crate::db::PgTarget, stop: Cancellation
         };
         let rest = match outcome {
             Ok(rest) => rest,
-            Err(e) => {
-                if schema_pending(&e) {
+            Err(Failed::Connect(e)) => {
+                tracing::warn!(job = J::NAME, error = %crate::telemetry::error_chain(&e), "{} cannot connect; the next run tries again", J::NAME);
+                client = None;
+                job.retry_in()
+            }
+            Err(Failed::Step(e)) => {
+                if e.schema_pending() {
                     tracing::debug!(job = J::NAME, error = %e, "tables not there yet");
                 } else {
                     tracing::warn!(job = J::NAME, error = %crate::telemetry::error_chain(&e), retryable = e.is_retryable(), "{} run failed; the next run tries again", J::NAME);
@@ -97,9 +126,14 @@ pub async fn take_turn(
         .get(0))
 }
 
+/// A step's failure, or the connection's before it.
+enum Failed<E> {
+    Connect(StorageError),
+    Step(E),
+}
+
 /// A table or column a pending migration adds.
-fn schema_pending(e: &StorageError) -> bool {
+pub fn pending_code(db: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
-    matches!(e, StorageError::Db(db)
-        if db.code() == Some(&SqlState::UNDEFINED_TABLE) || db.code() == Some(&SqlState::UNDEFINED_COLUMN))
+    db.code() == Some(&SqlState::UNDEFINED_TABLE) || db.code() == Some(&SqlState::UNDEFINED_COLUMN)
 }

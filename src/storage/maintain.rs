@@ -358,6 +358,7 @@ pub struct MaintenanceJob {
 
 impl super::job::Job for MaintenanceJob {
     const NAME: &'static str = "maintenance";
+    type Error = StorageError;
 
     fn retry_in(&self) -> Duration {
         self.every

@@ -341,6 +341,7 @@ impl SealJob {
 
 impl super::job::Job for SealJob {
     const NAME: &'static str = "seal";
+    type Error = StorageError;
 
     fn retry_in(&self) -> Duration {
         self.every

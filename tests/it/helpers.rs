@@ -101,6 +101,13 @@ pub async fn connect(url: &str) -> Client {
 }
 
 impl TestApp {
+    /// This app's checkpoint signing key (its own, created on first start).
+    pub fn key_file(&self) -> std::path::PathBuf {
+        std::env::temp_dir()
+            .join("candystore-test-keys")
+            .join(format!("{}.key", self.name))
+    }
+
     /// The settings this app runs with; `extra` overrides the test defaults.
     pub fn settings(&self) -> Settings {
         let mut pairs: Vec<(String, String)> = vec![
@@ -114,6 +121,10 @@ impl TestApp {
             ("FLUSH_INTERVAL".into(), "20ms".into()),
             ("RETRY_MAX_BACKOFF".into(), "500ms".into()),
             ("SHUTDOWN_TIMEOUT".into(), "20s".into()),
+            (
+                "SIGNING_KEY_FILE".into(),
+                self.key_file().display().to_string(),
+            ),
         ];
         // `{db}` in an override stands for this test's database name.
         pairs.extend(
@@ -269,6 +280,7 @@ impl Drop for TestApp {
         if let Some(running) = self.running.take() {
             running.abort_now();
         }
+        let _ = std::fs::remove_file(self.key_file());
         // Cleanup needs async IO, and Drop may run on a runtime thread that is
         // unwinding: do it on a thread of its own.
         std::thread::spawn(move || {

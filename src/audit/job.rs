@@ -1,0 +1,421 @@
+//! The tree job: every SEAL_INTERVAL, appends the leaves committed since the
+//! last checkpoint, in the tail's order and only below its horizon (nothing can
+//! appear below it later), stores the subtrees they complete, and signs a
+//! checkpoint of the new tree. Then the checkpoint leaves the database: to
+//! CHECKPOINT_DIR and to every witness (`audit::publish`).
+//!
+//! It reads `audit_leaves` only, never the events: each leaf was fixed by the
+//! transaction that stored its row. With AUDIT_KEY it checks each leaf's
+//! attestation as it appends it: a leaf without a valid one (appended with SQL)
+//! is logged and counted, and stays in the tree for `verify` to name.
+//!
+//! The first step on a database that has the legacy chain (migrations 0013 to
+//! 0016) seals it up to the horizon one last time and appends an anchor leaf
+//! committing to its end, so the tree continues the chain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use tokio_postgres::Client;
+
+use super::attest::{Check, Keyring};
+use super::leaf::{self, Leaf};
+use super::note::{Checkpoint, SigningKey};
+use super::store::{self, HEIGHT, StoreError, WIDTH};
+use super::tree::{Frontier, Hash, leaf_hash};
+use crate::metrics::Metrics;
+use crate::storage::tail_index::HORIZON;
+
+/// Leaves appended per step at most.
+pub const STEP_LEAVES: i64 = 100_000;
+/// The advisory lock (transaction-scoped) instances take turns by: the legacy
+/// seal job's, so an old instance still running never seals beside the tree.
+const LOCK_KEY: i64 = 7_236_828_094_530_679_669;
+
+/// What one step did.
+#[derive(Debug, Default)]
+pub struct Appended {
+    pub leaves: u64,
+    /// The new checkpoint, when the tree grew (or got its first one).
+    pub head: Option<store::Head>,
+    /// Leaves appended without a valid attestation: `(txid, seq)`.
+    pub unattested: Vec<(i64, i64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error(
+        "this trail's checkpoints are signed by {expected}, and SIGNING_KEY_FILE holds {found}: not signing"
+    )]
+    OtherKey { expected: String, found: String },
+}
+
+impl From<crate::storage::StorageError> for JobError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        match e {
+            crate::storage::StorageError::Db(e) => JobError::Db(e),
+            other => JobError::Store(StoreError::Inconsistent(other.to_string())),
+        }
+    }
+}
+
+/// The tree job's state between steps.
+pub struct Tree {
+    pub signer: Arc<SigningKey>,
+    pub keyring: Option<Arc<Keyring>>,
+    /// The right edge as of the last step, so a step reads no tile back.
+    frontier: Option<Frontier>,
+}
+
+impl Tree {
+    pub fn new(signer: Arc<SigningKey>, keyring: Option<Arc<Keyring>>) -> Self {
+        Tree {
+            signer,
+            keyring,
+            frontier: None,
+        }
+    }
+
+    /// One step: append what was committed, store its subtrees, sign.
+    pub async fn step(&mut self, client: &mut Client) -> Result<Appended, JobError> {
+        let legacy = finish_legacy_chain(client, self.keyring.as_deref()).await?;
+        let tx = client.transaction().await?;
+        if !crate::storage::job::take_turn(&tx, LOCK_KEY).await? {
+            return Ok(Appended::default());
+        }
+        self.check_trail(&tx).await?;
+        let head = store::head(&tx).await?;
+        if let (None, Some(end)) = (&head, legacy) {
+            let anchor = leaf::anchor(end.to, end.count, &end.chain_hash, self.keyring.as_deref());
+            add_leaf(&tx, &anchor).await?;
+            tracing::info!(
+                to_txid = end.to.0,
+                to_seq = end.to.1,
+                events = end.count,
+                "the audit tree continues the legacy chain: its first leaf commits to the chain's last checkpoint"
+            );
+        }
+        let (size, last) = match &head {
+            Some(h) => (h.size, h.last),
+            None => (0, (i64::MIN, i64::MIN)),
+        };
+        let mut frontier = match self.frontier.take() {
+            Some(f) if f.size() == size => f,
+            _ => store::frontier(&tx, size).await?,
+        };
+        let rows = tx
+            .query_raw(
+                &format!(
+                    "SELECT txid, seq, leaf FROM audit_leaves WHERE (txid, seq) > ($1, $2) \
+                     AND txid < {HORIZON} ORDER BY txid, seq LIMIT {STEP_LEAVES}"
+                ),
+                [
+                    &last.0 as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &last.1,
+                ],
+            )
+            .await?;
+        futures::pin_mut!(rows);
+        let mut anchors: (Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+        let mut tiles: Vec<(u8, u64, Hash)> = Vec::new();
+        let mut appended = Appended::default();
+        let mut newest = last;
+        let mut attested_from: Option<i64> = tx
+            .query_one("SELECT attested_from FROM audit_trail", &[])
+            .await?
+            .get(0);
+        let began = attested_from;
+        while let Some(row) = rows.try_next().await? {
+            let (txid, seq, bytes): (i64, i64, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+            let index = frontier.size();
+            if let Some(k) = &self.keyring {
+                // From the first attested leaf on, every leaf must be.
+                match Leaf::parse(&bytes).map_or(Check::Invalid, |l| l.check(k)) {
+                    Check::Valid => {
+                        attested_from.get_or_insert(index as i64);
+                    }
+                    Check::Missing if attested_from.is_none() => {}
+                    Check::Missing | Check::Invalid => appended.unattested.push((txid, seq)),
+                }
+            }
+            if index % WIDTH == 0 {
+                anchors.0.push(index as i64);
+                anchors.1.push(txid);
+                anchors.2.push(seq);
+            }
+            frontier.append(leaf_hash(&bytes), |node, hash| {
+                if node.level >= HEIGHT && node.level % HEIGHT == 0 {
+                    tiles.push((node.level / HEIGHT, node.index, *hash));
+                }
+            });
+            newest = (txid, seq);
+            appended.leaves += 1;
+        }
+        if appended.leaves == 0 && head.is_some() {
+            self.frontier = Some(frontier);
+            return Ok(appended);
+        }
+        if !anchors.0.is_empty() {
+            tx.execute(
+                "INSERT INTO audit_anchors (idx, txid, seq) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])",
+                &[&anchors.0, &anchors.1, &anchors.2],
+            )
+            .await?;
+        }
+        store_tiles(&tx, &tiles).await?;
+        if attested_from != began {
+            tx.execute(
+                "UPDATE audit_trail SET attested_from = $1",
+                &[&attested_from],
+            )
+            .await?;
+        }
+        let size = frontier.size();
+        let root = frontier.root();
+        let note = self.signer.sign(
+            &Checkpoint {
+                origin: self.signer.name().to_string(),
+                size,
+                root,
+            }
+            .body(),
+        );
+        // An empty tree's "last leaf" sits before every place.
+        tx.execute(
+            "INSERT INTO audit_heads (size, root, last_txid, last_seq, note) VALUES ($1, $2, $3, $4, $5)",
+            &[&(size as i64), &root.as_slice(), &newest.0, &newest.1, &note],
+        )
+        .await?;
+        tx.commit().await?;
+        self.frontier = Some(frontier);
+        appended.head = Some(store::Head {
+            size,
+            root,
+            last: newest,
+            note,
+        });
+        Ok(appended)
+    }
+
+    /// Records this trail's origin and key on its first step; refuses to sign
+    /// with another key after that.
+    async fn check_trail(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), JobError> {
+        let ours = self.signer.verifier().encode();
+        let row = tx
+            .query_opt("SELECT public_key FROM audit_trail", &[])
+            .await?;
+        match row {
+            Some(r) => {
+                let expected: String = r.get(0);
+                if expected != ours {
+                    return Err(JobError::OtherKey {
+                        expected,
+                        found: ours,
+                    });
+                }
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO audit_trail (origin, public_key) VALUES ($1, $2)",
+                    &[&self.signer.name(), &ours],
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stores the tile entries of completed subtrees (in the order they completed),
+/// appending to each tile; a tile whose stored length is not where the entry
+/// goes was changed by someone else, and the step fails.
+async fn store_tiles(
+    tx: &tokio_postgres::Transaction<'_>,
+    entries: &[(u8, u64, Hash)],
+) -> Result<(), JobError> {
+    let mut i = 0;
+    while i < entries.len() {
+        let (level, index, _) = entries[i];
+        let tile = index / WIDTH;
+        let mut bytes = Vec::new();
+        let mut j = i;
+        while j < entries.len() && entries[j].0 == level && entries[j].1 / WIDTH == tile {
+            bytes.extend_from_slice(&entries[j].2);
+            j += 1;
+        }
+        let offset = ((index % WIDTH) * 32) as i32;
+        let n = tx
+            .execute(
+                "INSERT INTO audit_tiles (level, idx, hashes) SELECT $1, $2, $3 WHERE $4 = 0 \
+                 ON CONFLICT (level, idx) DO UPDATE SET hashes = audit_tiles.hashes || EXCLUDED.hashes \
+                 WHERE length(audit_tiles.hashes) = $4",
+                &[&i16::from(level), &(tile as i64), &bytes, &offset],
+            )
+            .await?;
+        if n == 0 && offset != 0 {
+            // Not there to append to: insert can't run (offset ≠ 0).
+            let n = tx
+                .execute(
+                    "UPDATE audit_tiles SET hashes = hashes || $3 \
+                     WHERE level = $1 AND idx = $2 AND length(hashes) = $4",
+                    &[&i16::from(level), &(tile as i64), &bytes, &offset],
+                )
+                .await?;
+            if n != 1 {
+                return Err(StoreError::Inconsistent(format!(
+                    "tile ({level}, {tile}) does not end where entry {index} goes"
+                ))
+                .into());
+            }
+        } else if n != 1 {
+            return Err(StoreError::Inconsistent(format!(
+                "tile ({level}, {tile}) does not end where entry {index} goes"
+            ))
+            .into());
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+/// On a database with the legacy chain and no tree yet: the chain's end, after
+/// sealing it up to the horizon one last time (each step its own transaction).
+async fn finish_legacy_chain(
+    client: &mut Client,
+    keyring: Option<&Keyring>,
+) -> Result<Option<LegacyEnd>, JobError> {
+    let started: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM audit_heads) OR NOT EXISTS (SELECT 1 FROM audit_checkpoints)",
+            &[],
+        )
+        .await?
+        .get(0);
+    if started {
+        return Ok(None);
+    }
+    loop {
+        let sealed = crate::storage::seal::step(client, keyring).await?;
+        if sealed.needs_key {
+            tracing::warn!(
+                "the legacy chain is attested and AUDIT_KEY is not set here: anchoring the tree to its last checkpoint as it stands"
+            );
+        }
+        if sealed.events < crate::storage::seal::SEAL_MAX_EVENTS {
+            break;
+        }
+    }
+    let row = client
+        .query_one(
+            "SELECT to_txid, to_seq, chain_hash, (SELECT sum(count) FROM audit_checkpoints)::bigint              FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    let hash: Vec<u8> = row.get(2);
+    Ok(Some(LegacyEnd {
+        to: (row.get(0), row.get(1)),
+        chain_hash: hash
+            .try_into()
+            .map_err(|_| StoreError::Inconsistent("a legacy chain hash is not 32 bytes".into()))?,
+        count: row.get(3),
+    }))
+}
+
+/// Where the legacy chain ends: its last checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct LegacyEnd {
+    pub to: (i64, i64),
+    pub chain_hash: Hash,
+    pub count: i64,
+}
+
+/// Adds a leaf of the job's own (an anchor, a redaction, a dropped range) at a
+/// fresh place in the tail's order: this transaction and a new `seq`.
+pub async fn add_leaf(
+    tx: &impl tokio_postgres::GenericClient,
+    leaf: &[u8],
+) -> Result<(i64, i64), tokio_postgres::Error> {
+    let row = tx
+        .query_one(
+            "INSERT INTO audit_leaves (txid, seq, leaf)              VALUES (pg_current_xact_id()::text::bigint, nextval(pg_get_serial_sequence('events', 'seq')), $1)              RETURNING txid, seq",
+            &[&leaf],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+impl crate::storage::job::Failure for JobError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            JobError::Db(_) => true,
+            JobError::Store(e) => e.is_retryable(),
+            JobError::OtherKey { .. } => false,
+        }
+    }
+
+    fn schema_pending(&self) -> bool {
+        match self {
+            JobError::Db(e) | JobError::Store(StoreError::Db(e)) => {
+                crate::storage::job::pending_code(e)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The tree as a background job: a step every SEAL_INTERVAL (at once again while
+/// steps are full), each checkpoint published after its commit.
+pub struct TreeJob {
+    pub tree: Tree,
+    pub every: Duration,
+    pub publisher: super::publish::Publisher,
+    pub metrics: Arc<Metrics>,
+}
+
+impl crate::storage::job::Job for TreeJob {
+    const NAME: &'static str = "audit-tree";
+    type Error = JobError;
+
+    fn retry_in(&self) -> Duration {
+        self.every
+    }
+
+    async fn step(&mut self, client: &mut Client) -> Result<Duration, JobError> {
+        let appended = self.tree.step(client).await?;
+        self.metrics
+            .audit_last_seal
+            .set(chrono::Utc::now().timestamp() as f64);
+        if !appended.unattested.is_empty() {
+            self.metrics
+                .audit_unattested
+                .inc_by(appended.unattested.len() as u64);
+            for (txid, seq) in appended.unattested.iter().take(10) {
+                tracing::error!(
+                    txid,
+                    seq,
+                    "a leaf without a valid attestation was appended to the audit tree: written out of band?"
+                );
+            }
+        }
+        if let Some(head) = &appended.head {
+            self.metrics.audit_tree_size.set(head.size as i64);
+            tracing::debug!(
+                size = head.size,
+                leaves = appended.leaves,
+                "checkpoint signed"
+            );
+            self.publisher.publish(client, head, &self.metrics).await;
+        }
+        Ok(if appended.leaves >= STEP_LEAVES as u64 {
+            Duration::ZERO
+        } else {
+            self.every
+        })
+    }
+}

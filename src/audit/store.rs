@@ -1,0 +1,295 @@
+//! What the tree keeps in PostgreSQL, and how any of its hashes is read back.
+//!
+//! - `audit_leaves`: every leaf at its place `(txid, seq)`; leaf `i` is the
+//!   `i`-th in that order among those the tree holds.
+//! - `audit_anchors`: the place of every 256th leaf, so a block of 256 leaves,
+//!   or one leaf's index, is found by reading at most 256 leaves.
+//! - `audit_tiles`: tile `(level, t)` holds the hashes of the complete subtrees
+//!   of `256^level` leaves numbered `256 t` to `256 t + 255` (C2SP tlog-tiles'
+//!   shape, height 8). Only complete subtrees are stored.
+//! - `audit_heads`: every signed checkpoint.
+//!
+//! A subtree of `2^h` leaves is read from the tile of level `h / 8` (`h ≥ 8`),
+//! hashing up the `2^(h mod 8)` entries under it, or from its block's leaves.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tokio_postgres::GenericClient;
+
+use super::tree::{Frontier, Hash, Node, leaf_hash, node_hash};
+
+/// Leaves per block and entries per tile.
+pub const WIDTH: u64 = 256;
+/// Tree levels a tile spans.
+pub const HEIGHT: u8 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// What the tables hold does not make the tree they claim (rows removed,
+    /// added or changed with SQL).
+    #[error("the stored tree is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Db(_))
+    }
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub size: u64,
+    pub root: Hash,
+    pub last: (i64, i64),
+    pub note: String,
+}
+
+fn hash32(bytes: &[u8], what: &str) -> Result<Hash, StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Inconsistent(format!("{what} is not 32 bytes")))
+}
+
+/// The newest checkpoint.
+pub async fn head(client: &impl GenericClient) -> Result<Option<Head>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT size, root, last_txid, last_seq, note FROM audit_heads ORDER BY size DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    row.map(|r| {
+        Ok(Head {
+            size: r.get::<_, i64>(0) as u64,
+            root: hash32(r.get(1), "a stored root")?,
+            last: (r.get(2), r.get(3)),
+            note: r.get(4),
+        })
+    })
+    .transpose()
+}
+
+/// The checkpoint of a tree of `size` leaves, when one was signed.
+pub async fn head_of(client: &impl GenericClient, size: u64) -> Result<Option<Head>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT size, root, last_txid, last_seq, note FROM audit_heads WHERE size = $1",
+            &[&(size as i64)],
+        )
+        .await?;
+    row.map(|r| {
+        Ok(Head {
+            size: r.get::<_, i64>(0) as u64,
+            root: hash32(r.get(1), "a stored root")?,
+            last: (r.get(2), r.get(3)),
+            note: r.get(4),
+        })
+    })
+    .transpose()
+}
+
+/// The leaves `[start, start + n)` (within one block), read from their anchor.
+pub async fn leaves(
+    client: &impl GenericClient,
+    start: u64,
+    n: u64,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let block = start / WIDTH * WIDTH;
+    debug_assert!(start + n <= block + WIDTH);
+    let anchor = client
+        .query_opt(
+            "SELECT txid, seq FROM audit_anchors WHERE idx = $1",
+            &[&(block as i64)],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Inconsistent(format!("no anchor for leaf {block}")))?;
+    let (txid, seq): (i64, i64) = (anchor.get(0), anchor.get(1));
+    let rows = client
+        .query(
+            "SELECT leaf FROM audit_leaves WHERE (txid, seq) >= ($1, $2) ORDER BY txid, seq \
+             OFFSET $3 LIMIT $4",
+            &[&txid, &seq, &((start - block) as i64), &(n as i64)],
+        )
+        .await?;
+    if rows.len() as u64 != n {
+        return Err(StoreError::Inconsistent(format!(
+            "{} of the {n} leaves from {start} are stored",
+            rows.len()
+        )));
+    }
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The root of the complete binary tree over `hashes` (a power of two of them).
+fn hash_up(hashes: &[Hash]) -> Hash {
+    let mut level: Vec<Hash> = hashes.to_vec();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| node_hash(&pair[0], &pair[1]))
+            .collect();
+    }
+    level[0]
+}
+
+/// The hashes of `nodes` (complete subtrees of a tree of `size` leaves), read
+/// with one query per block of leaves and one for all the tiles.
+pub async fn nodes(
+    client: &impl GenericClient,
+    nodes: &[Node],
+    size: u64,
+) -> Result<HashMap<Node, Hash>, StoreError> {
+    let mut blocks: BTreeSet<u64> = BTreeSet::new();
+    let mut tiles: BTreeSet<(i16, i64)> = BTreeSet::new();
+    for n in nodes {
+        if n.end() > size {
+            return Err(StoreError::Inconsistent(format!(
+                "{n:?} is not a complete subtree of a tree of {size}"
+            )));
+        }
+        if n.level < HEIGHT {
+            blocks.insert(n.start() / WIDTH);
+        } else {
+            let tile_level = n.level / HEIGHT;
+            let first = n.index << (n.level % HEIGHT);
+            tiles.insert((i16::from(tile_level), (first / WIDTH) as i64));
+        }
+    }
+    let mut block_hashes: HashMap<u64, Vec<Hash>> = HashMap::new();
+    for b in blocks {
+        let start = b * WIDTH;
+        let n = WIDTH.min(size - start);
+        let leaves = leaves(client, start, n).await?;
+        block_hashes.insert(b, leaves.iter().map(|l| leaf_hash(l)).collect());
+    }
+    let mut tile_hashes: BTreeMap<(i16, i64), Vec<u8>> = BTreeMap::new();
+    if !tiles.is_empty() {
+        let (levels, idxs): (Vec<i16>, Vec<i64>) = tiles.iter().copied().unzip();
+        for r in client
+            .query(
+                "SELECT level, idx, hashes FROM audit_tiles \
+                 WHERE (level, idx) IN (SELECT * FROM unnest($1::smallint[], $2::bigint[]))",
+                &[&levels, &idxs],
+            )
+            .await?
+        {
+            tile_hashes.insert((r.get(0), r.get(1)), r.get(2));
+        }
+    }
+    let mut out = HashMap::with_capacity(nodes.len());
+    for &n in nodes {
+        let hash = if n.level < HEIGHT {
+            let b = n.start() / WIDTH;
+            let hashes = &block_hashes[&b];
+            let from = (n.start() - b * WIDTH) as usize;
+            hash_up(&hashes[from..from + (1usize << n.level)])
+        } else {
+            let tile_level = n.level / HEIGHT;
+            let r = n.level % HEIGHT;
+            let first = n.index << r;
+            let key = (i16::from(tile_level), (first / WIDTH) as i64);
+            let bytes = tile_hashes
+                .get(&key)
+                .ok_or_else(|| StoreError::Inconsistent(format!("tile {key:?} is missing")))?;
+            let from = (first % WIDTH) as usize * 32;
+            let to = from + (32usize << r);
+            let entries = bytes
+                .get(from..to)
+                .ok_or_else(|| StoreError::Inconsistent(format!("tile {key:?} is too short")))?;
+            let entries: Vec<Hash> = entries
+                .chunks(32)
+                .map(|c| c.try_into().expect("32 bytes"))
+                .collect();
+            hash_up(&entries)
+        };
+        out.insert(n, hash);
+    }
+    Ok(out)
+}
+
+/// The right edge of the stored tree of `size` leaves.
+pub async fn frontier(client: &impl GenericClient, size: u64) -> Result<Frontier, StoreError> {
+    let edge = Frontier::edge(size);
+    let hashes = nodes(client, &edge, size).await?;
+    Frontier::from_edge(size, edge.iter().map(|n| hashes[n]).collect())
+        .ok_or_else(|| StoreError::Inconsistent("the edge does not match the size".into()))
+}
+
+/// The hashes a proof lists, for the leaf ranges `spans` of a tree of `size`.
+pub async fn proof(
+    client: &impl GenericClient,
+    spans: &[(u64, u64)],
+    size: u64,
+) -> Result<Vec<Hash>, StoreError> {
+    let wanted: Vec<Node> = spans
+        .iter()
+        .flat_map(|&(a, b)| super::tree::decompose(a, b))
+        .collect();
+    let hashes = nodes(client, &wanted, size).await?;
+    Ok(spans
+        .iter()
+        .map(|&(a, b)| super::tree::range_hash(a, b, |n| hashes[&n]))
+        .collect())
+}
+
+/// The index of the leaf at `place` in the tree of `size` leaves, if it holds it.
+pub async fn index_of(
+    client: &impl GenericClient,
+    place: (i64, i64),
+    size: u64,
+) -> Result<Option<u64>, StoreError> {
+    let Some(anchor) = client
+        .query_opt(
+            "SELECT idx, txid, seq FROM audit_anchors WHERE (txid, seq) <= ($1, $2) \
+             ORDER BY txid DESC, seq DESC LIMIT 1",
+            &[&place.0, &place.1],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (idx, txid, seq): (i64, i64, i64) = (anchor.get(0), anchor.get(1), anchor.get(2));
+    let before: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM audit_leaves WHERE (txid, seq) >= ($1, $2) \
+             AND (txid, seq) < ($3, $4) ORDER BY txid, seq LIMIT 257) l",
+            &[&txid, &seq, &place.0, &place.1],
+        )
+        .await?
+        .get(0);
+    let index = (idx + before) as u64;
+    Ok((before < WIDTH as i64 && index < size).then_some(index))
+}
+
+/// One leaf, with its place, by index.
+pub async fn leaf_at(
+    client: &impl GenericClient,
+    index: u64,
+) -> Result<Option<((i64, i64), Vec<u8>)>, StoreError> {
+    let block = index / WIDTH * WIDTH;
+    let Some(anchor) = client
+        .query_opt(
+            "SELECT txid, seq FROM audit_anchors WHERE idx = $1",
+            &[&(block as i64)],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let row = client
+        .query_opt(
+            "SELECT txid, seq, leaf FROM audit_leaves WHERE (txid, seq) >= ($1, $2) \
+             ORDER BY txid, seq OFFSET $3 LIMIT 1",
+            &[
+                &anchor.get::<_, i64>(0),
+                &anchor.get::<_, i64>(1),
+                &((index - block) as i64),
+            ],
+        )
+        .await?;
+    Ok(row.map(|r| ((r.get(0), r.get(1)), r.get(2))))
+}
