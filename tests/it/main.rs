@@ -5,6 +5,7 @@ mod abuse;
 mod api;
 mod audit;
 mod audit_jsonb;
+mod audit_tree;
 mod browser;
 mod catalog;
 mod dead_letters;

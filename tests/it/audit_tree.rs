@@ -1,0 +1,172 @@
+//! The audit tree through the running service: leaves fixed by the writers,
+//! appended and signed by the tree job, proofs served over HTTP and checked
+//! with the public key alone.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use candystore::app::AppOptions;
+use candystore::audit::note::{Checkpoint, VerifierKey};
+use candystore::audit::proof::{Consistency, Inclusion};
+use candystore::audit::tree;
+use serde_json::Value;
+
+use crate::helpers::{TestApp, gen1, spawn_app_with};
+
+/// The served checkpoint, once it covers `n` leaves.
+pub async fn checkpoint_covering(app: &TestApp, key: &VerifierKey, n: u64) -> (String, Checkpoint) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = app
+            .http
+            .get(app.api("/audit/checkpoint"))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            let note = res.text().await.unwrap();
+            let body = key.open(&note).expect("the served checkpoint is signed by the served key");
+            let cp = Checkpoint::parse(body).unwrap();
+            if cp.size >= n {
+                return (note, cp);
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no checkpoint covers {n} leaves");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn public_key(app: &TestApp) -> VerifierKey {
+    let text = app
+        .http
+        .get(app.api("/audit/public-key"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    VerifierKey::parse(&text).unwrap()
+}
+
+fn hashes(list: &[String]) -> Vec<[u8; 32]> {
+    list.iter()
+        .map(|h| B64.decode(h).unwrap().try_into().unwrap())
+        .collect()
+}
+
+/// RFC 9162's MTH over leaf bytes, straight from the definition.
+fn mth(leaves: &[Vec<u8>]) -> [u8; 32] {
+    match leaves.len() {
+        0 => tree::empty_root(),
+        1 => tree::leaf_hash(&leaves[0]),
+        n => {
+            let k = 1 << (usize::BITS - 1 - (n - 1).leading_zeros());
+            tree::node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_stored_event_is_proved_in_a_signed_checkpoint_that_extends_the_last() {
+    let app = spawn_app_with(&[("SEAL_INTERVAL", "100ms")], AppOptions::default()).await;
+    let key = public_key(&app).await;
+    for i in 0..40 {
+        app.publish("audit", &gen1(&format!("t-{i}"), "audit")).await;
+    }
+    app.wait_for_rows("events", 40).await;
+    let (first_note, first) = checkpoint_covering(&app, &key, 40).await;
+    // The root is the tree of the stored leaves, in the tail's order.
+    let leaves: Vec<Vec<u8>> = app
+        .db
+        .query("SELECT leaf FROM audit_leaves ORDER BY txid, seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(leaves.len() as u64, first.size);
+    assert_eq!(mth(&leaves), first.root);
+
+    for i in 40..700 {
+        app.publish("audit", &gen1(&format!("t-{i}"), "audit")).await;
+    }
+    app.wait_for_rows("events", 700).await;
+    let (_, latest) = checkpoint_covering(&app, &key, 700).await;
+
+    // Each event, by id: its leaf is in the newest tree.
+    for id in ["t-0", "t-39", "t-255", "t-256", "t-511", "t-699"] {
+        let p: Inclusion = app
+            .http
+            .get(app.api(&format!("/audit/proof/inclusion?id={id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(p.tree_size, latest.size, "{id}");
+        let body = key.open(&p.checkpoint).unwrap();
+        let cp = Checkpoint::parse(body).unwrap();
+        let leaf = B64.decode(&p.leaf).unwrap();
+        tree::verify_inclusion(
+            &tree::leaf_hash(&leaf),
+            p.leaf_index,
+            p.tree_size,
+            &hashes(&p.audit_path),
+            &cp.root,
+        )
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
+        // The leaf is the event's own: at its row's place.
+        let (txid, seq): (i64, i64) = {
+            let r = app
+                .db
+                .query_one("SELECT txid, seq FROM events WHERE id = $1", &[&id])
+                .await
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert_eq!(p.position, format!("{txid}-{seq}"));
+    }
+
+    // The newest tree extends the first one.
+    let c: Consistency = app
+        .http
+        .get(app.api(&format!("/audit/proof/consistency?from={}", first.size)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(c.from_checkpoint.as_deref(), Some(first_note.as_str()));
+    let to = Checkpoint::parse(key.open(&c.to_checkpoint).unwrap()).unwrap();
+    tree::verify_consistency(first.size, to.size, &first.root, &to.root, &hashes(&c.proof))
+        .unwrap();
+
+    // Bad requests name their parameter.
+    for (query, parameter) in [
+        ("", "id"),
+        ("?index=x", "index"),
+        ("?position=12", "position"),
+        ("?id=t-1&index=3", "position"),
+    ] {
+        let res = app
+            .http
+            .get(app.api(&format!("/audit/proof/inclusion{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{query}");
+        let problem: Value = res.json().await.unwrap();
+        assert_eq!(problem["parameter"], parameter, "{query}");
+    }
+    let res = app
+        .http
+        .get(app.api("/audit/proof/consistency?from=5&to=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
