@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use candystore::app::{self, AppOptions};
+use candystore::audit::note::VerifierKey;
 use candystore::config::Settings;
 use candystore::ops::dead_letters::Filter;
 use candystore::source::publish::{LoadSpec, Publisher, Shape};
@@ -82,12 +83,39 @@ enum Command {
     /// Deliveries that could not be stored as events: list, show, replay, purge.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
-    /// Recompute the audit chain: exit 0 when the sealed history verifies, 3 naming the first event that was
-    /// modified, deleted or inserted out of band (or the checkpoint whose chain broke).
+    /// Judge the audit trail: every row against its leaf, every leaf's attestation (with AUDIT_KEY), the tree
+    /// against its signed checkpoints, and rows from before the tree against the legacy chain. Exit 0 when all
+    /// holds, 3 naming what was modified, deleted, inserted out of band, rewritten or rolled back.
     Verify {
-        /// Start at this checkpoint (default: the first whose events are all still stored).
-        #[arg(long, value_name = "CHECKPOINT")]
-        from: Option<i64>,
+        /// Only check that the database's tree extends this checkpoint, saved earlier (from
+        /// GET /audit/checkpoint, CHECKPOINT_DIR or a witness): its signature, then its root among the stored
+        /// leaves. Needs no AUDIT_KEY.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// The checkpoints' public key (`name+id+key`, or a file holding it). Default: the public half of
+        /// SIGNING_KEY_FILE, when that file is here.
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
+    },
+    /// Write the proof that one event is in the signed tree (a JSON bundle) to standard output, for
+    /// `candystore verify-proof` or anyone with the public key.
+    Prove {
+        /// The event's id.
+        id: Option<String>,
+        /// Its source, when several events share the id.
+        #[arg(long)]
+        source: Option<String>,
+        /// Or its position, {txid}-{seq}.
+        #[arg(long)]
+        position: Option<String>,
+    },
+    /// Check a proof bundle (from `candystore prove`) with the public key alone, no database: exit 0 when the
+    /// event is in the tree the checkpoint signs, 3 when it is not.
+    VerifyProof {
+        bundle: PathBuf,
+        /// The checkpoints' public key (`name+id+key`, or a file holding it).
+        #[arg(long, value_name = "KEY")]
+        public_key: String,
     },
     /// Publish stored events again, oldest first, exactly as they were published (the /raw envelope and the
     /// original AMQP properties, plus the header x-candystore-replay) to --exchange, each confirmed by the
@@ -256,7 +284,16 @@ fn main() -> ExitCode {
                 .await
             }
             Command::DeadLetters(command) => dead_letters(&settings, command).await,
-            Command::Verify { from } => verify(&settings, from).await,
+            Command::Verify {
+                checkpoint,
+                public_key,
+            } => verify(&settings, checkpoint, public_key).await,
+            Command::Prove {
+                id,
+                source,
+                position,
+            } => prove(&settings, id, source, position).await,
+            Command::VerifyProof { bundle, public_key } => verify_proof(&bundle, &public_key),
             Command::Replay {
                 exchange,
                 session_id,
@@ -663,46 +700,173 @@ async fn replay(
     }
 }
 
-async fn verify(settings: &Settings, from: Option<i64>) -> anyhow::Result<ExitCode> {
+/// A public key given on the command line: the key itself, or a file holding it.
+fn public_key_arg(arg: &str) -> anyhow::Result<VerifierKey> {
+    let text = if std::path::Path::new(arg).is_file() {
+        std::fs::read_to_string(arg).with_context(|| format!("cannot read {arg}"))?
+    } else {
+        arg.to_string()
+    };
+    VerifierKey::parse(text.trim()).map_err(|e| {
+        anyhow::Error::new(candystore::config::ConfigError::Refused {
+            name: "--public-key",
+            reason: e.to_string(),
+        })
+    })
+}
+
+async fn verify(
+    settings: &Settings,
+    checkpoint: Option<PathBuf>,
+    public_key: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let target = db::pg_config(&settings.database_url)?;
     let client = db::connect(&target).await?;
+    let rows = db::connect(&target).await?;
     let started = std::time::Instant::now();
     let keyring = candystore::audit::attest::Keyring::new(&settings.audit_keys);
-    let report = candystore::ops::verify::verify(&client, from, keyring.as_ref()).await?;
-    let secs = started.elapsed().as_secs_f64();
-    let attestations = if keyring.is_some() {
-        format!(
-            "; {} writer attestation(s) checked with AUDIT_KEY",
-            report.attestations_checked
-        )
-    } else {
-        "; writer attestations not rechecked (AUDIT_KEY unset: the seal job's verdicts are trusted)"
-            .to_owned()
+    let (key, key_from) = match &public_key {
+        Some(k) => (Some(public_key_arg(k)?), "--public-key".to_string()),
+        None => match std::fs::read_to_string(&settings.signing_key_file) {
+            Ok(text) => (
+                Some(
+                    candystore::audit::note::SigningKey::parse(&text)
+                        .with_context(|| {
+                            format!("SIGNING_KEY_FILE {}", settings.signing_key_file.display())
+                        })?
+                        .verifier(),
+                ),
+                format!("SIGNING_KEY_FILE {}", settings.signing_key_file.display()),
+            ),
+            Err(_) => (None, String::new()),
+        },
     };
-    let from = report
-        .from
-        .map(|id| format!(" from checkpoint {id}"))
-        .unwrap_or_default();
-    match report.finding {
-        None => {
-            println!(
-                "verified {} checkpoint(s){from}: {} event(s) in {secs:.1}s ({:.0} events/s); {} sealed event(s) gone with partitions retention dropped; {} committed event(s) not sealed yet{attestations}",
+    let saved = match &checkpoint {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the checkpoint {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let report = candystore::audit::verify::verify(
+        &client,
+        &rows,
+        candystore::audit::verify::Options {
+            keyring: keyring.as_ref().filter(|_| checkpoint.is_none()),
+            key: key.as_ref(),
+            saved: saved.as_deref(),
+            tree_only: checkpoint.is_some(),
+        },
+    )
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let signatures = match &key {
+        Some(_) => format!("{} checkpoint signature(s) checked with the key from {key_from}", report.signatures),
+        None => "checkpoint signatures NOT checked (no --public-key and no SIGNING_KEY_FILE here: give the public key you hold)".to_string(),
+    };
+    let attestations = match (&keyring, checkpoint.is_some()) {
+        (_, true) => String::new(),
+        (Some(_), false) => format!(
+            "; {} leaf attestation(s) checked with AUDIT_KEY",
+            report.attestations
+        ),
+        (None, false) => "; leaf attestations not checked (AUDIT_KEY unset)".to_string(),
+    };
+    if report.ok() {
+        match &checkpoint {
+            Some(path) => println!(
+                "verified: the tree of {} leaves extends the checkpoint {} ({signatures}) in {secs:.1}s",
+                report.tree_size,
+                path.display()
+            ),
+            None => println!(
+                "verified the tree of {} leaves ({} checkpoint(s) recomputed; {signatures}): {} event(s) against their leaves, {} leaf/leaves not in a checkpoint yet, {} event(s) gone with partitions retention dropped; {} legacy event(s) in {} legacy checkpoint(s){attestations}; in {secs:.1}s",
+                report.tree_size,
                 report.checkpoints,
                 report.events,
-                report.events as f64 / secs.max(1e-9),
+                report.pending,
                 report.dropped,
-                report.unsealed
+                report.legacy_events,
+                report.legacy_checkpoints,
+            ),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &report.findings {
+        println!("NOT VERIFIED: {f}");
+    }
+    if report.more > 0 {
+        println!("NOT VERIFIED: {} more finding(s)", report.more);
+    }
+    println!(
+        "(the tree of {} leaves; {signatures}{attestations})",
+        report.tree_size
+    );
+    Ok(ExitCode::from(3))
+}
+
+async fn prove(
+    settings: &Settings,
+    id: Option<String>,
+    source: Option<String>,
+    position: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let target = db::pg_config(&settings.database_url)?;
+    let client = db::connect(&target).await?;
+    let place = match (id, position) {
+        (Some(id), None) => {
+            let rows = client
+                .query(
+                    "SELECT txid, seq FROM events WHERE id = $1 AND ($2::text IS NULL OR source = $2) LIMIT 2",
+                    &[&id, &source],
+                )
+                .await?;
+            match rows.as_slice() {
+                [] => anyhow::bail!("no event {id:?}"),
+                [r] => (r.get(0), r.get(1)),
+                _ => {
+                    anyhow::bail!("several events have the id {id:?}: give --source or --position")
+                }
+            }
+        }
+        (None, Some(p)) => p
+            .split_once('-')
+            .and_then(|(t, s)| Some((t.parse().ok()?, s.parse().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("--position {p:?} is not {{txid}}-{{seq}}"))?,
+        _ => anyhow::bail!("give the event's id, or --position"),
+    };
+    let bundle = candystore::audit::proof::bundle(&client, place).await?;
+    println!("{}", serde_json::to_string_pretty(&bundle)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_proof(path: &std::path::Path, public_key: &str) -> anyhow::Result<ExitCode> {
+    let key = public_key_arg(public_key)?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the bundle {}", path.display()))?;
+    let bundle: candystore::audit::proof::Bundle = match serde_json::from_str(&text) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("NOT PROVED: the bundle is not a proof bundle: {e}");
+            return Ok(ExitCode::from(3));
+        }
+    };
+    match candystore::audit::proof::check_bundle(&bundle, &key) {
+        Ok(p) => {
+            println!(
+                "proved: event {:?} from {:?} ({}) is leaf {} of the tree of {} leaves whose checkpoint {} signed (root {})",
+                bundle.event.id,
+                bundle.event.source,
+                bundle.event.timestamp_text,
+                p.leaf_index,
+                p.checkpoint.size,
+                key.name(),
+                candystore::hex::encode(&p.checkpoint.root),
             );
             Ok(ExitCode::SUCCESS)
         }
-        Some(finding) => {
-            let hint = match (&finding, keyring.is_some()) {
-                (candystore::ops::verify::Finding::Unattested { .. }, true) => {
-                    " (checked with this AUDIT_KEY: it must hold the key the writers used)"
-                }
-                _ => "",
-            };
-            println!("NOT VERIFIED{from}: {finding}{hint}");
+        Err(e) => {
+            println!("NOT PROVED: {e}");
             Ok(ExitCode::from(3))
         }
     }

@@ -106,7 +106,24 @@ impl Tree {
         };
         let mut frontier = match self.frontier.take() {
             Some(f) if f.size() == size => f,
-            _ => store::frontier(&tx, size).await?,
+            cached => {
+                if let Some(f) = cached.filter(|f| f.size() > size) {
+                    tracing::error!(
+                        signed = f.size(),
+                        stored = size,
+                        "the audit tree's newest checkpoint is smaller than one this instance signed: rolled back with SQL? (witnesses and saved checkpoints will refuse what follows)"
+                    );
+                }
+                let dropped = store::truncate_to(&tx, size).await?;
+                if dropped > 0 {
+                    tracing::warn!(
+                        size,
+                        dropped,
+                        "dropped anchors and tiles beyond the stored tree"
+                    );
+                }
+                store::frontier(&tx, size).await?
+            }
         };
         let rows = tx
             .query_raw(
@@ -284,20 +301,30 @@ async fn store_tiles(
     Ok(())
 }
 
-/// On a database with the legacy chain and no tree yet: the chain's end, after
-/// sealing it up to the horizon one last time (each step its own transaction).
+/// Before the tree's first checkpoint, on a database that holds rows stored
+/// before the tree (by writers without leaves, sealed by the legacy chain or
+/// not): the legacy chain's end, after sealing every such row up to the horizon
+/// (each step its own transaction). Nothing when there is nothing before.
 async fn finish_legacy_chain(
     client: &mut Client,
     keyring: Option<&Keyring>,
 ) -> Result<Option<LegacyEnd>, JobError> {
     let started: bool = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM audit_heads)", &[])
+        .await?
+        .get(0);
+    if started {
+        return Ok(None);
+    }
+    // Once, before the first checkpoint: was anything stored before the tree?
+    let before: bool = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM audit_heads) OR NOT EXISTS (SELECT 1 FROM audit_checkpoints)",
+            "SELECT EXISTS (SELECT 1 FROM audit_checkpoints) OR EXISTS (SELECT 1 FROM events WHERE salt IS NULL)",
             &[],
         )
         .await?
         .get(0);
-    if started {
+    if !before {
         return Ok(None);
     }
     loop {
@@ -311,12 +338,16 @@ async fn finish_legacy_chain(
             break;
         }
     }
-    let row = client
-        .query_one(
-            "SELECT to_txid, to_seq, chain_hash, (SELECT sum(count) FROM audit_checkpoints)::bigint              FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+    let Some(row) = client
+        .query_opt(
+            "SELECT to_txid, to_seq, chain_hash, (SELECT sum(count) FROM audit_checkpoints)::bigint \
+             FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
             &[],
         )
-        .await?;
+        .await?
+    else {
+        return Ok(None);
+    };
     let hash: Vec<u8> = row.get(2);
     Ok(Some(LegacyEnd {
         to: (row.get(0), row.get(1)),

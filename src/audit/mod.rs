@@ -16,6 +16,8 @@
 //! - `proof`: inclusion and consistency proofs, and the bundle a third party
 //!   checks with the public key alone.
 //! - `publish`: checkpoints to CHECKPOINT_DIR and to witnesses.
+//! - `verify`: every row and leaf judged, the tree recomputed against its
+//!   signed checkpoints (`candystore verify`).
 //! - `trail`: the trail's key and attestation, checked before an instance starts.
 
 pub mod attest;
@@ -28,3 +30,4 @@ pub mod publish;
 pub mod store;
 pub mod trail;
 pub mod tree;
+pub mod verify;

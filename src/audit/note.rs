@@ -326,7 +326,9 @@ impl Checkpoint {
             .ok_or(NoteError::BadCheckpoint("no origin line"))?;
         let size = lines
             .next()
-            .filter(|s| !s.starts_with('+') && !(s.len() > 1 && s.starts_with('0')))
+            .filter(|s| {
+                s.bytes().all(|b| b.is_ascii_digit()) && !(s.len() > 1 && s.starts_with('0'))
+            })
             .and_then(|s| s.parse::<u64>().ok())
             .ok_or(NoteError::BadCheckpoint(
                 "the second line is not a tree size",

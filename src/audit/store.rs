@@ -293,3 +293,42 @@ pub async fn leaf_at(
         .await?;
     Ok(row.map(|r| ((r.get(0), r.get(1)), r.get(2))))
 }
+
+/// Drops what a larger tree left beyond `size` leaves (anchors, tile entries),
+/// so appending from `size` starts clean. Nothing to drop in the normal course;
+/// after a rollback with SQL, the rest would block every append.
+pub async fn truncate_to(client: &impl GenericClient, size: u64) -> Result<u64, StoreError> {
+    let mut dropped = client
+        .execute(
+            "DELETE FROM audit_anchors WHERE idx >= $1",
+            &[&(size as i64)],
+        )
+        .await?;
+    let mut level: i16 = 1;
+    loop {
+        let shift = u32::from(HEIGHT) * level as u32;
+        if shift >= 64 {
+            break;
+        }
+        // Complete subtrees of 256^level leaves in the tree.
+        let count = (size >> shift) as i64;
+        dropped += client
+            .execute(
+                "DELETE FROM audit_tiles WHERE level = $1 AND idx * 256 >= $2",
+                &[&level, &count],
+            )
+            .await?;
+        dropped += client
+            .execute(
+                "UPDATE audit_tiles SET hashes = substring(hashes FROM 1 FOR (($2 - idx * 256) * 32)::int) \
+                 WHERE level = $1 AND length(hashes) > ($2 - idx * 256) * 32",
+                &[&level, &count],
+            )
+            .await?;
+        if count == 0 {
+            break;
+        }
+        level += 1;
+    }
+    Ok(dropped)
+}

@@ -446,6 +446,23 @@ impl Writer {
         }
         let mut buf = std::mem::take(&mut self.buf);
         let keyring = self.keyring.clone();
+        if self.conn.as_ref().is_some_and(|c| !c.tree) {
+            // Without the tree's tables (an online migration pending), each batch
+            // looks again: once `migrate` added them, rows get leaves from the
+            // next batch on, without a restart.
+            let client = &self.conn.as_ref().expect("checked above").client;
+            let tree: bool = client
+                .query_one("SELECT to_regclass('audit_leaves') IS NOT NULL", &[])
+                .await
+                .map_err(WriteError::from_pg)?
+                .get(0);
+            if tree {
+                tracing::info!(
+                    "migration 0019 applied: rows get their leaves in the audit tree from now on"
+                );
+                self.reset(metrics);
+            }
+        }
         let conn = self.connect(metrics).await?;
         let audit = if conn.tree {
             copy::Audit::Tree(keyring.as_deref())

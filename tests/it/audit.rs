@@ -1,41 +1,66 @@
-//! The audit chain: events sealed behind ingest, `GET /audit/checkpoints`, and
-//! `candystore verify` (`ops::verify`) catching each kind of tampering.
-
-use std::time::Duration;
+//! The audit trail against whoever can write to the database with SQL, each
+//! attack tried with and without the keys: `candystore verify` must name the
+//! event, the leaf or the checkpoint (`audit::verify`).
 
 use candystore::app::AppOptions;
-use candystore::ops::verify::{Finding, verify};
-use serde_json::Value;
+use candystore::audit::attest::Keyring;
+use candystore::audit::leaf::{self, CONTENT_COLUMNS, Content};
+use candystore::audit::note::{Checkpoint, SigningKey, VerifierKey};
+use candystore::audit::tree::{Frontier, leaf_hash};
+use candystore::audit::verify::{Finding, Options, Report, verify};
 
-use crate::helpers::{TestApp, gen1, spawn_app_with};
+use crate::audit_tree::checkpoint_covering;
+use crate::helpers::{TestApp, connect, gen1, spawn_app_with};
 
-/// Waits until checkpoints cover `n` events; returns them (newest first).
-async fn sealed(app: &TestApp, n: i64) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let page: Value = app
-            .http
-            .get(app.api("/audit/checkpoints"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let count: i64 = page["checkpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["count"].as_i64().unwrap())
-            .sum();
-        if count >= n {
-            return page;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sealed {count} of {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+pub const KEY: &str = "an-audit-key-of-at-least-32-characters";
+
+/// The public key of the app's own signing key file: a key from outside the
+/// database, as an operator holds it.
+pub fn outside_key(app: &TestApp) -> VerifierKey {
+    let text = std::fs::read_to_string(app.key_file()).unwrap();
+    SigningKey::parse(&text).unwrap().verifier()
+}
+
+pub async fn run_verify(
+    app: &TestApp,
+    keyring: Option<&Keyring>,
+    key: Option<&VerifierKey>,
+) -> Report {
+    let rows = connect(&app.db_url).await;
+    verify(
+        &app.db,
+        &rows,
+        Options {
+            keyring,
+            key,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn verify_saved(app: &TestApp, saved: &str) -> Report {
+    let rows = connect(&app.db_url).await;
+    let key = outside_key(app);
+    verify(
+        &app.db,
+        &rows,
+        Options {
+            key: Some(&key),
+            saved: Some(saved),
+            tree_only: true,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn publish_n(app: &TestApp, prefix: &str, range: std::ops::Range<usize>) {
+    for i in range.clone() {
+        app.publish("audit", &gen1(&format!("{prefix}-{i}"), "audit"))
+            .await;
     }
 }
 
@@ -49,490 +74,395 @@ async fn position(app: &TestApp, id: &str) -> (i64, i64) {
     (r.get(0), r.get(1))
 }
 
+fn ring() -> Keyring {
+    Keyring::new(&[KEY.to_string()]).unwrap()
+}
+
 #[tokio::test]
-async fn verify_names_a_modified_an_inserted_and_a_deleted_event() {
-    let app = spawn_app_with(&[("SEAL_INTERVAL", "100ms")], AppOptions::default()).await;
-    // Two rounds, so the events span several writing transactions.
-    for round in 0..2 {
-        for i in round * 10..round * 10 + 10 {
-            app.publish("audit", &gen1(&format!("e-{i}"), "audit"))
-                .await;
-        }
-        app.wait_for_rows("events", round * 10 + 10).await;
+async fn a_payload_changed_before_its_checkpoint_is_named_with_or_without_the_key() {
+    // No checkpoint will cover these events during the test: the leaves wait.
+    let app = spawn_app_with(
+        &[("SEAL_INTERVAL", "1h"), ("AUDIT_KEY", KEY)],
+        AppOptions::default(),
+    )
+    .await;
+    publish_n(&app, "w", 0..8).await;
+    app.wait_for_rows("events", 8).await;
+    let key = outside_key(&app);
+    let clean = run_verify(&app, Some(&ring()), Some(&key)).await;
+    assert!(clean.ok(), "{:?}", clean.findings);
+    assert_eq!((clean.pending, clean.events, clean.attestations), (8, 8, 8));
+
+    app.db
+        .execute(
+            "UPDATE events SET payload = jsonb_set(payload, '{amount}', '1000000') WHERE id = 'w-7'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let at = position(&app, "w-7").await;
+    for keyring in [None, Some(ring())] {
+        let report = run_verify(&app, keyring.as_ref(), Some(&key)).await;
+        assert_eq!(
+            report.findings,
+            vec![Finding::Modified {
+                id: "w-7".into(),
+                position: at,
+                index: None
+            }],
+            "with the key: {}",
+            keyring.is_some()
+        );
     }
-    let page = sealed(&app, 20).await;
-    let newest = &page["checkpoints"][0];
-    assert_eq!(newest["chain_hash"].as_str().unwrap().len(), 64);
-    let report = verify(&app.db, None, None).await.unwrap();
-    assert_eq!(report.finding, None, "{report:?}");
-    assert_eq!(report.events, 20);
+}
 
-    // A payload altered with SQL.
-    let original: Value = app
-        .db
-        .query_one("SELECT payload FROM events WHERE id = 'e-5'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    app.db
-        .execute(
-            "UPDATE events SET payload = '{\"forged\": true}' WHERE id = 'e-5'",
-            &[],
-        )
-        .await
-        .unwrap();
-    let (txid, seq) = position(&app, "e-5").await;
-    let finding = verify(&app.db, None, None).await.unwrap().finding;
-    assert!(
-        matches!(&finding, Some(Finding::Modified { id, seq: s, txid: t, .. }) if id == "e-5" && *s == seq && *t == txid),
-        "{finding:?}"
-    );
-    app.db
-        .execute(
-            "UPDATE events SET payload = $1 WHERE id = 'e-5'",
-            &[&original],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        verify(&app.db, None, None).await.unwrap().finding,
-        None,
-        "restored"
-    );
-
-    // A row written with SQL into a sealed range: just after the first event's
-    // position, before every later transaction's rows.
-    let (txid, seq) = position(&app, "e-0").await;
-    app.db
-        .execute(
-            "INSERT INTO events (seq, txid, id, event_type, source, target, routing_key, exchange, \"timestamp\", \
-             received_at, stored_at, payload, session_id, correlation_id, storage_latency_ms, generation, envelope, \
-             payload_member, properties, sanitized, original_body) OVERRIDING SYSTEM VALUE \
-             SELECT $2, $1, 'forged-1', event_type, source, target, routing_key, exchange, \"timestamp\", \
-             received_at, stored_at, payload, session_id, correlation_id, storage_latency_ms, generation, envelope, \
-             payload_member, properties, sanitized, original_body FROM events WHERE id = 'e-0'",
-            &[&txid, &(seq + 1_000_000)],
-        )
-        .await
-        .unwrap();
-    let next_txid: i64 = app
-        .db
-        .query_one(
-            "SELECT min(txid) FROM events WHERE txid > $1 AND id LIKE 'e-%'",
-            &[&txid],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(
-        next_txid > txid,
-        "the events span more than one transaction"
-    );
-    let finding = verify(&app.db, None, None).await.unwrap().finding;
-    assert!(
-        matches!(&finding, Some(Finding::Inserted { id, .. }) if id == "forged-1"),
-        "{finding:?}"
-    );
-    app.db
-        .execute("DELETE FROM events WHERE id = 'forged-1'", &[])
-        .await
-        .unwrap();
-    assert_eq!(verify(&app.db, None, None).await.unwrap().finding, None);
-
-    // A row altered together with its seal, recomputed: the chain breaks.
-    let e3: Value = app
-        .db
-        .query_one("SELECT payload FROM events WHERE id = 'e-3'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let e3_seal: Vec<u8> = app
-        .db
-        .query_one(
-            "SELECT digest FROM audit_seals s JOIN events e USING (txid, seq) WHERE e.id = 'e-3'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    app.db
-        .execute(
-            "UPDATE events SET payload = '{\"forged\": 2}' WHERE id = 'e-3'",
-            &[],
-        )
-        .await
-        .unwrap();
+/// What an attacker with SQL and the documented formats computes: the leaf of
+/// a row as it now stands, with its own salt (no AUDIT_KEY: no attestation).
+async fn forged_leaf(app: &TestApp, id: &str) -> Vec<u8> {
     let row = app
         .db
         .query_one(
-            &format!(
-                "SELECT {} FROM events WHERE id = 'e-3'",
-                candystore::storage::seal::SEALED_COLUMNS
-            ),
-            &[],
+            &format!("SELECT txid, seq, {CONTENT_COLUMNS}, salt FROM events WHERE id = $1"),
+            &[&id],
         )
         .await
         .unwrap();
-    let forged = candystore::storage::seal::digest(&row).unwrap();
-    let (txid, seq) = position(&app, "e-3").await;
-    app.db
-        .execute(
-            "UPDATE audit_seals SET digest = $3 WHERE txid = $1 AND seq = $2",
-            &[&txid, &seq, &forged.as_slice()],
-        )
-        .await
-        .unwrap();
-    let finding = verify(&app.db, None, None).await.unwrap().finding;
-    assert!(
-        matches!(&finding, Some(Finding::ChainBroken { .. })),
-        "a seal recomputed for a forged row does not chain: {finding:?}"
-    );
-    // Put both back: the history verifies again.
-    let (txid, seq) = position(&app, "e-3").await;
-    app.db
-        .execute("UPDATE events SET payload = $1 WHERE id = 'e-3'", &[&e3])
-        .await
-        .unwrap();
-    app.db
-        .execute(
-            "UPDATE audit_seals SET digest = $3 WHERE txid = $1 AND seq = $2",
-            &[&txid, &seq, &e3_seal],
-        )
-        .await
-        .unwrap();
-    assert_eq!(verify(&app.db, None, None).await.unwrap().finding, None);
-
-    // A sealed row deleted.
-    let (txid, seq) = position(&app, "e-12").await;
-    app.db
-        .execute("DELETE FROM events WHERE id = 'e-12'", &[])
-        .await
-        .unwrap();
-    let finding = verify(&app.db, None, None).await.unwrap().finding;
-    assert_eq!(
-        finding
-            .as_ref()
-            .map(|f| (f.to_string().contains("deleted"), f.clone())),
-        Some((
-            true,
-            Finding::Deleted {
-                checkpoint: match finding {
-                    Some(Finding::Deleted { checkpoint, .. }) => checkpoint,
-                    _ => 0,
-                },
-                txid,
-                seq
-            }
-        )),
-        "{finding:?}"
-    );
+    let t = |i: usize| -> &str { row.get(i) };
+    let content = Content {
+        id: t(2),
+        source: t(3),
+        timestamp: row.get(4),
+        event_type: t(5),
+        target: row.get(6),
+        routing_key: t(7),
+        exchange: t(8),
+        received_at: row.get(9),
+        payload: t(10).as_bytes(),
+        envelope: t(11).as_bytes(),
+        payload_member: row.get(12),
+        properties: t(13).as_bytes(),
+        session_id: row.get(14),
+        correlation_id: row.get(15),
+        generation: row.get(16),
+        sanitized: row.get(17),
+        original_body: row.get(18),
+    };
+    let salt: Vec<u8> = row.get(19);
+    leaf::event(content.timestamp, &content.commitment(&salt), None)
 }
 
-const KEY: &str = "audit-key-for-tests-0123456789abcdef";
+/// Rewrites every checkpoint to the tree the stored leaves make now, signed
+/// with a key of the attacker's, which also replaces the trail's public key.
+async fn resign_everything(app: &TestApp) {
+    let leaves: Vec<Vec<u8>> = app
+        .db
+        .query("SELECT leaf FROM audit_leaves ORDER BY txid, seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let heads: Vec<i64> = app
+        .db
+        .query("SELECT size FROM audit_heads ORDER BY size", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let origin: String = app
+        .db
+        .query_one("SELECT origin FROM audit_trail", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let forger = SigningKey::generate(&origin).unwrap();
+    let mut f = Frontier::default();
+    let mut roots = vec![f.root()];
+    for l in &leaves {
+        f.append(leaf_hash(l), |_, _| {});
+        roots.push(f.root());
+    }
+    for size in heads {
+        let root = roots[size as usize];
+        let note = forger.sign(
+            &Checkpoint {
+                origin: origin.clone(),
+                size: size as u64,
+                root,
+            }
+            .body(),
+        );
+        app.db
+            .execute(
+                "UPDATE audit_heads SET root = $2, note = $3 WHERE size = $1",
+                &[&size, &root.as_slice(), &note],
+            )
+            .await
+            .unwrap();
+    }
+    app.db
+        .execute(
+            "UPDATE audit_trail SET public_key = $1",
+            &[&forger.verifier().encode()],
+        )
+        .await
+        .unwrap();
+}
 
-/// Inserts a copy of the event `like` as `id`, with SQL, in a transaction of its
-/// own: a fresh position after everything sealed. `attestation` is what the copy
-/// carries (`None`: none).
-async fn insert_with_sql(app: &TestApp, like: &str, id: &str, attestation: Option<Vec<u8>>) {
+#[tokio::test]
+async fn a_payload_changed_after_its_checkpoint_with_leaves_and_checkpoints_rewritten_is_named() {
+    for with_key in [false, true] {
+        let mut settings = vec![("SEAL_INTERVAL", "100ms")];
+        if with_key {
+            settings.push(("AUDIT_KEY", KEY));
+        }
+        let mut app = spawn_app_with(&settings, AppOptions::default()).await;
+        publish_n(&app, "a", 0..20).await;
+        app.wait_for_rows("events", 20).await;
+        let key = outside_key(&app);
+        checkpoint_covering(&app, &key, 20).await;
+        app.stop().await;
+
+        app.db
+            .execute(
+                "UPDATE events SET payload = jsonb_set(payload, '{amount}', '1000000') WHERE id = 'a-7'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let forged = forged_leaf(&app, "a-7").await;
+        let at = position(&app, "a-7").await;
+        app.db
+            .execute(
+                "UPDATE audit_leaves SET leaf = $3 WHERE txid = $1 AND seq = $2",
+                &[&at.0, &at.1, &forged],
+            )
+            .await
+            .unwrap();
+        resign_everything(&app).await;
+
+        // With the public key from outside the database, every checkpoint from
+        // the forged leaf on is named.
+        let report = run_verify(&app, None, Some(&key)).await;
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| matches!(f, Finding::BadSignature { .. })),
+            "{:?}",
+            report.findings
+        );
+        if with_key {
+            // AUDIT_KEY names the leaf itself, even without the public key.
+            let report = run_verify(&app, Some(&ring()), None).await;
+            assert!(
+                report.findings.iter().any(|f| matches!(f,
+                    Finding::Unattested { position, index: Some(_) } if *position == at)),
+                "{:?}",
+                report.findings
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_event_and_rows_inserted_with_sql_at_any_position_are_named() {
+    let app = spawn_app_with(
+        &[("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)],
+        AppOptions::default(),
+    )
+    .await;
+    publish_n(&app, "d", 0..10).await;
+    app.wait_for_rows("events", 10).await;
+    let key = outside_key(&app);
+    checkpoint_covering(&app, &key, 10).await;
+    let clean = run_verify(&app, Some(&ring()), Some(&key)).await;
+    assert!(clean.ok(), "{:?}", clean.findings);
+    assert_eq!(clean.attestations, 10);
+
+    let deleted = position(&app, "d-3").await;
+    app.db
+        .execute("DELETE FROM events WHERE id = 'd-3'", &[])
+        .await
+        .unwrap();
+    // Copies of a stored row: at a fresh position, and at two no writer uses.
+    for (id, txid) in [
+        ("forged-0", None),
+        ("forged-1", Some(-1i64)),
+        ("forged-2", Some(9_000_000_000_000_000_000)),
+    ] {
+        app.db
+            .execute(
+                "INSERT INTO events (id, event_type, source, target, routing_key, exchange, \"timestamp\", \
+                 received_at, payload, session_id, correlation_id, generation, envelope, payload_member, \
+                 properties, sanitized, original_body, salt, txid) \
+                 SELECT $1, event_type, source, target, routing_key, exchange, \"timestamp\", received_at, \
+                 payload, session_id, correlation_id, generation, envelope, payload_member, properties, \
+                 sanitized, original_body, salt, coalesce($2, txid) FROM events WHERE id = 'd-5'",
+                &[&id, &txid],
+            )
+            .await
+            .unwrap();
+    }
+    // And one with a leaf of its own, as the writer would make it, but without
+    // the key: the tree job appends it.
     app.db
         .execute(
             "INSERT INTO events (id, event_type, source, target, routing_key, exchange, \"timestamp\", \
              received_at, payload, session_id, correlation_id, generation, envelope, payload_member, \
-             properties, sanitized, original_body, attestation) \
-             SELECT $2, event_type, source, target, routing_key, exchange, \"timestamp\", received_at, \
+             properties, sanitized, original_body, salt) \
+             SELECT 'forged-3', event_type, source, target, routing_key, exchange, \"timestamp\", received_at, \
              payload, session_id, correlation_id, generation, envelope, payload_member, properties, \
-             sanitized, original_body, $3 FROM events WHERE id = $1",
-            &[&like, &id, &attestation],
-        )
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn with_audit_key_an_event_inserted_with_sql_after_the_last_seal_is_named() {
-    let app = spawn_app_with(
-        &[("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)],
-        AppOptions::default(),
-    )
-    .await;
-    // Every column a writer attests, across the generations: targets, sessions,
-    // correlation ids, a fallback time, text PostgreSQL refuses (NUL), no payload.
-    let bodies: Vec<Vec<u8>> = vec![
-        r#"{"id": "g1", "event_type": "audit.one", "source": "svc-a", "target": "candybar",
-            "timestamp": "2026-11-20T09:00:00+02:00", "session_id": "s-0",
-            "correlation_id": "c-0", "data": {"text": "é ✓"}}"#
-            .as_bytes()
-            .to_vec(),
-        br#"{"event_id": "g2", "event_type": "audit.two", "source": {"host": "h", "app": "svc"},
-            "target": "t", "session_id": "s-1", "correlation_ids": ["c-1"],
-            "timestamp": "2026-11-20T10:00:00Z", "payload": {"k": [1, 2.50, "x"]}}"#
-            .to_vec(),
-        br#"{"specversion": "1.0", "id": "g3", "type": "audit.three", "source": "svc-c",
-            "time": "2026-11-20T10:00:01.123456789Z", "data": {"a": {"b": null}}}"#
-            .to_vec(),
-        br#"{"id": "fallback", "event_type": "audit.no_time", "data": 1}"#.to_vec(),
-        br#"{"id": "nul", "event_type": "audit.nul", "data": {"te\u0000xt": "a\u0000b"}}"#.to_vec(),
-        br#"{"id": "bare", "event_type": "audit.bare"}"#.to_vec(),
-    ];
-    let n = bodies.len() as i64;
-    for b in &bodies {
-        app.publish("audit.mixed", b).await;
-    }
-    app.wait_for_rows("events", n).await;
-    let page = sealed(&app, n).await;
-    assert_eq!(page["checkpoints"][0]["attested"], true, "{page}");
-    let ring = candystore::audit::attest::Keyring::new(&[KEY.to_string()]).unwrap();
-    // The writers' rows all check: no false alarm, with the key or without it.
-    let report = verify(&app.db, None, Some(&ring)).await.unwrap();
-    assert_eq!(report.finding, None, "{report:?}");
-    assert_eq!(report.attestations_checked, n as u64);
-    assert_eq!(verify(&app.db, None, None).await.unwrap().finding, None);
-    let flagged: i64 = app
-        .db
-        .query_one(
-            "SELECT count(*) FROM audit_seals WHERE attested IS NOT TRUE",
+             sanitized, original_body, salt FROM events WHERE id = 'd-6'",
             &[],
         )
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(flagged, 0);
-    assert_eq!(app.metric("candystore_audit_unattested_total").await, 0.0);
-    let last_seal = app
-        .metric("candystore_audit_last_seal_timestamp_seconds")
-        .await;
-    let now = chrono::Utc::now().timestamp() as f64;
-    assert!((now - 60.0..=now + 1.0).contains(&last_seal), "{last_seal}");
+        .unwrap();
+    let leaf = forged_leaf(&app, "forged-3").await;
+    let forged3 = position(&app, "forged-3").await;
+    app.db
+        .execute(
+            "INSERT INTO audit_leaves (txid, seq, leaf) VALUES ($1, $2, $3)",
+            &[&forged3.0, &forged3.1, &leaf],
+        )
+        .await
+        .unwrap();
+    checkpoint_covering(&app, &key, 11).await;
 
-    // A row inserted with SQL, after the last seal: sealed, but as unattested.
-    insert_with_sql(&app, "g3", "forged-fresh", None).await;
-    let page = sealed(&app, n + 1).await;
-    assert_eq!(page["checkpoints"][0]["unattested"], 1, "{page}");
-    app.wait_until(Duration::from_secs(5), || async {
-        app.metric("candystore_audit_unattested_total").await == 1.0
-    })
-    .await;
-    for keyring in [None, Some(&ring)] {
-        let finding = verify(&app.db, None, keyring).await.unwrap().finding;
+    let report = run_verify(&app, Some(&ring()), Some(&key)).await;
+    let f = &report.findings;
+    assert!(
+        f.iter().any(
+            |f| matches!(f, Finding::Deleted { position, index: Some(_) } if *position == deleted)
+        ),
+        "{f:?}"
+    );
+    for id in ["forged-0", "forged-1", "forged-2"] {
         assert!(
-            matches!(&finding, Some(Finding::Unattested { id, .. }) if id == "forged-fresh"),
-            "{finding:?}"
+            f.iter()
+                .any(|f| matches!(f, Finding::NotInTree { id: i, .. } if i == id)),
+            "{id}: {f:?}"
         );
-        assert!(finding.unwrap().to_string().contains("out of band"));
     }
-    // The seal's verdict rewritten as "valid": the chain no longer holds, and with
-    // the key the MAC itself names the row.
-    app.db
-        .execute(
-            "UPDATE audit_seals SET attested = true WHERE attested = false",
-            &[],
-        )
-        .await
-        .unwrap();
-    let finding = verify(&app.db, None, None).await.unwrap().finding;
     assert!(
-        matches!(&finding, Some(Finding::ChainBroken { .. })),
-        "{finding:?}"
+        f.iter().any(|f| matches!(f, Finding::Unattested { position, index: Some(_) } if *position == forged3)),
+        "{f:?}"
     );
-    let finding = verify(&app.db, None, Some(&ring)).await.unwrap().finding;
-    assert!(
-        matches!(&finding, Some(Finding::Unattested { id, .. }) if id == "forged-fresh"),
-        "{finding:?}"
-    );
-    // Cleared instead: still named, since attestation began before it.
-    app.db
-        .execute(
-            "UPDATE audit_seals SET attested = NULL WHERE txid = (SELECT txid FROM events WHERE id = 'forged-fresh')",
-            &[],
-        )
-        .await
-        .unwrap();
-    let finding = verify(&app.db, None, None).await.unwrap().finding;
-    assert!(
-        matches!(&finding, Some(Finding::Unattested { id, .. }) if id == "forged-fresh"),
-        "{finding:?}"
-    );
-    app.db
-        .execute(
-            "UPDATE audit_seals SET attested = false WHERE attested IS NULL",
-            &[],
-        )
-        .await
-        .unwrap();
-    app.db
-        .execute("DELETE FROM events WHERE id = 'forged-fresh'", &[])
-        .await
-        .unwrap();
-
-    // A writer's attestation copied onto another row does not hold for it.
-    let stolen: Vec<u8> = app
-        .db
-        .query_one("SELECT attestation FROM events WHERE id = 'g2'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(stolen.len(), candystore::audit::attest::LEN);
-    insert_with_sql(&app, "g2", "forged-copy", Some(stolen)).await;
-    app.wait_until(Duration::from_secs(10), || async {
-        app.metric("candystore_audit_unattested_total").await == 2.0
-    })
-    .await;
-    let seal: Option<bool> = app
-        .db
-        .query_one(
-            "SELECT s.attested FROM audit_seals s JOIN events e USING (txid, seq) WHERE e.id = 'forged-copy'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(seal, Some(false));
-
-    // Once the chain is attested, an instance without the key does not seal.
-    let mut client = crate::helpers::connect(&app.settings().database_url).await;
-    insert_with_sql(&app, "g1", "while-keyless", None).await;
-    let step = candystore::storage::seal::step(&mut client, None)
-        .await
-        .unwrap();
-    assert!(step.needs_key && step.events == 0, "{step:?}");
+    // Without AUDIT_KEY, all but the leaf made without it are still named.
+    let report = run_verify(&app, None, Some(&key)).await;
+    assert_eq!(report.findings.len(), 4, "{:?}", report.findings);
 }
 
 #[tokio::test]
-async fn after_retention_every_checkpoint_verifies_and_a_restore_is_verified_again() {
-    use candystore::storage::{PartitionInterval, maintain};
-    let app = spawn_app_with(
-        &[("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)],
-        AppOptions::default(),
-    )
-    .await;
-    let event = |id: &str, t: chrono::DateTime<chrono::Utc>| {
-        serde_json::to_vec(&serde_json::json!({
-            "specversion": "1.0", "id": id, "type": "audit.retention", "source": "svc",
-            "time": t.to_rfc3339(), "data": {"n": 1}
-        }))
-        .unwrap()
-    };
-    let old = PartitionInterval::Day.floor(chrono::Utc::now()) - chrono::Duration::days(10);
-    for i in 0..5 {
-        app.publish(
-            "audit.old",
-            &event(&format!("old-{i}"), old + chrono::Duration::hours(i)),
-        )
-        .await;
-    }
-    app.wait_for_rows("events", 5).await;
-    sealed(&app, 5).await;
-    // The old day gets its partition (its rows move out of the default one, their
-    // positions and digests unchanged), then today's events are sealed after them.
-    let target = candystore::db::pg_config(&app.db_url).unwrap();
-    let mut c = candystore::storage::connect(&target).await.unwrap();
-    let keep_all = maintain::Options {
-        layout: candystore::storage::partition::Layout::with_interval(PartitionInterval::Day),
-        retention: None,
-        archive_dir: None,
-    };
-    maintain::run_once(&mut c, &keep_all, chrono::Utc::now(), None)
+async fn a_tree_truncated_and_grown_again_is_a_rollback_against_a_saved_checkpoint() {
+    let app = spawn_app_with(&[("SEAL_INTERVAL", "100ms")], AppOptions::default()).await;
+    publish_n(&app, "r", 0..30).await;
+    app.wait_for_rows("events", 30).await;
+    let key = outside_key(&app);
+    let (saved, cp) = checkpoint_covering(&app, &key, 30).await;
+    assert_eq!(cp.size, 30);
+    assert!(verify_saved(&app, &saved).await.ok());
+
+    // Delete an event with its leaf and every checkpoint after it: the tree job
+    // (with the real key) appends the rest again and signs smaller trees.
+    let at = position(&app, "r-10").await;
+    app.db
+        .batch_execute(&format!(
+            "BEGIN; DELETE FROM events WHERE id = 'r-10'; \
+             DELETE FROM audit_leaves WHERE txid = {} AND seq = {}; \
+             DELETE FROM audit_heads WHERE last_txid > {0} OR (last_txid = {0} AND last_seq >= {1}); COMMIT",
+            at.0, at.1
+        ))
         .await
         .unwrap();
-    let ring = candystore::audit::attest::Keyring::new(&[KEY.to_string()]).unwrap();
+    checkpoint_covering(&app, &key, 29).await;
+    let report = verify_saved(&app, &saved).await;
+    assert!(
+        matches!(
+            report.findings.first(),
+            Some(Finding::Rollback {
+                seen: 30,
+                size: 29,
+                ..
+            })
+        ),
+        "{:?}",
+        report.findings
+    );
+    // Grown past the saved size again: the same size, another root.
+    publish_n(&app, "r", 30..35).await;
+    checkpoint_covering(&app, &key, 34).await;
+    let report = verify_saved(&app, &saved).await;
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::Rollback { seen: 30, .. })),
+        "{:?}",
+        report.findings
+    );
+    // The full verify names nothing but what the saved checkpoint shows: the
+    // tree was rebuilt consistently, which is why checkpoints are kept outside.
+    let full = run_verify(&app, None, Some(&key)).await;
+    assert!(full.ok(), "{:?}", full.findings);
+}
+
+#[tokio::test]
+async fn an_emptied_tree_is_a_finding_not_an_empty_success() {
+    let mut app = spawn_app_with(&[("SEAL_INTERVAL", "100ms")], AppOptions::default()).await;
+    publish_n(&app, "e", 0..12).await;
+    app.wait_for_rows("events", 12).await;
+    let key = outside_key(&app);
+    let (saved, _) = checkpoint_covering(&app, &key, 12).await;
+    app.stop().await;
+    // The stopped job's last transaction may still hold its locks for a moment.
+    let mut tries = 0;
+    while let Err(e) = app
+        .db
+        .batch_execute(
+            "BEGIN; TRUNCATE audit_leaves, audit_heads, audit_anchors, audit_tiles; \
+             DELETE FROM events WHERE id = 'e-4'; COMMIT",
+        )
+        .await
+    {
+        tries += 1;
+        assert!(tries < 20, "{e}");
+        let _ = app.db.batch_execute("ROLLBACK").await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let report = run_verify(&app, None, Some(&key)).await;
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::Emptied { rows: 11 })),
+        "{:?}",
+        report.findings
+    );
     assert_eq!(
-        verify(&app.db, None, Some(&ring)).await.unwrap().finding,
-        None
+        report
+            .findings
+            .iter()
+            .filter(|f| matches!(f, Finding::NotInTree { .. }))
+            .count(),
+        11
     );
-    // Today's events, and among them a late one of the old day: sealed in the same
-    // checkpoint, which retention will leave half stored.
-    for i in 0..7 {
-        app.publish("audit.new", &event(&format!("new-{i}"), chrono::Utc::now()))
-            .await;
-        if i == 3 {
-            app.publish(
-                "audit.old",
-                &event("late-old", old + chrono::Duration::hours(6)),
-            )
-            .await;
-        }
-    }
-    app.wait_for_rows("events", 13).await;
-    sealed(&app, 13).await;
-
-    let dir = std::env::temp_dir().join(format!("cs-audit-{}", uuid::Uuid::new_v4()));
-    let report = maintain::run_once(
-        &mut c,
-        &maintain::Options {
-            retention: Some(Duration::from_secs(5 * 86_400)),
-            archive_dir: Some(dir.clone()),
-            ..keep_all
-        },
-        chrono::Utc::now(),
-        None,
-    )
-    .await
-    .unwrap();
-    assert!(!report.dropped.is_empty(), "{report:?}");
-    assert_eq!(app.count("events").await, 7);
-    // Seals and checkpoints stay. Every checkpoint is walked, the half-stored one
-    // too: the sealed events timed before every partition left went with the
-    // dropped day, and everything still stored verifies.
-    let checkpoints: i64 = app
-        .db
-        .query_one("SELECT count(*) FROM audit_checkpoints", &[])
-        .await
-        .unwrap()
-        .get(0);
-    for keyring in [None, Some(&ring)] {
-        let report = verify(&app.db, None, keyring).await.unwrap();
-        assert_eq!(report.finding, None, "{report:?}");
-        assert_eq!(
-            (
-                report.from,
-                report.checkpoints,
-                report.events,
-                report.dropped
-            ),
-            (Some(1), checkpoints as u64, 7, 6),
-            "{report:?}"
-        );
-    }
-    // Restored from the archive retention wrote: the rows go back to their places
-    // in the chain, and verify covers them again, from the first checkpoint.
-    let manifest = candystore::storage::archive::read_manifest(&dir)
-        .unwrap()
-        .unwrap();
-    let files: Vec<std::path::PathBuf> = manifest.files.iter().map(|e| dir.join(&e.file)).collect();
-    candystore::storage::archive::restore(&mut c, &files, None)
-        .await
-        .unwrap();
-    assert_eq!(app.count("events").await, 13);
-    for keyring in [None, Some(&ring)] {
-        let report = verify(&app.db, None, keyring).await.unwrap();
-        assert_eq!(report.finding, None, "{report:?}");
-        assert_eq!(
-            (report.from, report.events, report.dropped),
-            (Some(1), 13, 0),
-            "{report:?}"
-        );
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-
-    // A stored event deleted with SQL is still named: its time is not before
-    // every partition.
-    let (txid, seq) = position(&app, "new-5").await;
-    app.db
-        .execute("DELETE FROM events WHERE id = 'new-5'", &[])
-        .await
-        .unwrap();
-    let finding = verify(&app.db, None, None).await.unwrap().finding;
-    assert!(
-        matches!(finding, Some(Finding::Deleted { txid: t, seq: s, .. }) if (t, s) == (txid, seq)),
-        "{finding:?}"
-    );
+    let report = verify_saved(&app, &saved).await;
+    assert!(matches!(
+        report.findings.first(),
+        Some(Finding::Rollback {
+            seen: 12,
+            size: 0,
+            ..
+        })
+    ));
 }
 
 #[tokio::test]
-async fn an_upgrade_from_before_partitioning_with_audit_key_set_raises_no_false_alarm() {
-    // A database of migration 0008 (no partitions, no txid, no audit tables): the
-    // service runs while the online migration is pending, and its writers store
-    // rows unattested, since `attestation` does not exist yet.
+async fn an_upgrade_from_before_the_tree_continues_the_legacy_chain_and_judges_both() {
+    // A database of migration 0008: the service runs while the online migration
+    // is pending, and its writers store rows without leaves.
     let mut app = crate::helpers::spawn_app_prepared(
         &[("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)],
         AppOptions::default(),
@@ -540,37 +470,49 @@ async fn an_upgrade_from_before_partitioning_with_audit_key_set_raises_no_false_
         "",
     )
     .await;
-    for i in 0..10 {
-        app.publish("audit.up", &gen1(&format!("before-{i}"), "audit.up"))
-            .await;
-    }
+    publish_n(&app, "before", 0..10).await;
     app.wait_for_rows("events", 10).await;
-    let mut c = crate::helpers::connect(&app.db_url).await;
+    let mut c = connect(&app.db_url).await;
     candystore::db::migrate(&mut c).await.unwrap();
-    // Restarted after `migrate`, as README asks: every row from now on is attested.
+    // Writers pick the tree up on their next batch, without a restart.
+    publish_n(&app, "after", 0..10).await;
+    app.wait_for_rows("events", 20).await;
     app.stop().await;
     app.start(AppOptions::default()).await;
-    for i in 0..10 {
-        app.publish("audit.up", &gen1(&format!("after-{i}"), "audit.up"))
-            .await;
-    }
-    app.wait_for_rows("events", 20).await;
-    sealed(&app, 20).await;
-    let (attested, unchecked, flagged): (i64, i64, i64) = {
-        let r = app
-            .db
-            .query_one(
-                "SELECT count(*) FILTER (WHERE attested), count(*) FILTER (WHERE attested IS NULL), \
-                 count(*) FILTER (WHERE NOT attested) FROM audit_seals",
-                &[],
-            )
-            .await
-            .unwrap();
-        (r.get(0), r.get(1), r.get(2))
-    };
-    assert_eq!((attested, unchecked, flagged), (10, 10, 0));
-    let ring = candystore::audit::attest::Keyring::new(&[KEY.to_string()]).unwrap();
-    let report = verify(&app.db, None, Some(&ring)).await.unwrap();
-    assert_eq!(report.finding, None, "{report:?}");
-    assert_eq!(report.events, 20);
+    let key = outside_key(&app);
+    checkpoint_covering(&app, &key, 11).await;
+    let report = run_verify(&app, Some(&ring()), Some(&key)).await;
+    assert!(report.ok(), "{:?}", report.findings);
+    // Rows from before the tree are the legacy chain's (it sealed everything up
+    // to its end, rows with leaves too); rows after it are compared with leaves.
+    assert!(report.legacy_events >= 10, "{report:?}");
+    assert!(report.events >= 10, "{report:?}");
+    // The first leaf commits to the legacy chain's end.
+    let kinds: Vec<i32> = app
+        .db
+        .query(
+            "SELECT get_byte(leaf, 0) FROM audit_leaves ORDER BY txid, seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == 0).count(), 1, "{kinds:?}");
+
+    // A legacy row changed is named by the legacy chain.
+    app.db
+        .execute(
+            "UPDATE events SET payload = '{\"forged\": true}' WHERE id = 'before-3'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = run_verify(&app, Some(&ring()), Some(&key)).await;
+    assert!(
+        matches!(report.findings.as_slice(), [Finding::Legacy(f)] if f.contains("before-3")),
+        "{:?}",
+        report.findings
+    );
 }

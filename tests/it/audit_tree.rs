@@ -26,13 +26,18 @@ pub async fn checkpoint_covering(app: &TestApp, key: &VerifierKey, n: u64) -> (S
             .unwrap();
         if res.status() == 200 {
             let note = res.text().await.unwrap();
-            let body = key.open(&note).expect("the served checkpoint is signed by the served key");
+            let body = key
+                .open(&note)
+                .expect("the served checkpoint is signed by the served key");
             let cp = Checkpoint::parse(body).unwrap();
             if cp.size >= n {
                 return (note, cp);
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "no checkpoint covers {n} leaves");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint covers {n} leaves"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -73,7 +78,8 @@ async fn every_stored_event_is_proved_in_a_signed_checkpoint_that_extends_the_la
     let app = spawn_app_with(&[("SEAL_INTERVAL", "100ms")], AppOptions::default()).await;
     let key = public_key(&app).await;
     for i in 0..40 {
-        app.publish("audit", &gen1(&format!("t-{i}"), "audit")).await;
+        app.publish("audit", &gen1(&format!("t-{i}"), "audit"))
+            .await;
     }
     app.wait_for_rows("events", 40).await;
     let (first_note, first) = checkpoint_covering(&app, &key, 40).await;
@@ -90,7 +96,8 @@ async fn every_stored_event_is_proved_in_a_signed_checkpoint_that_extends_the_la
     assert_eq!(mth(&leaves), first.root);
 
     for i in 40..700 {
-        app.publish("audit", &gen1(&format!("t-{i}"), "audit")).await;
+        app.publish("audit", &gen1(&format!("t-{i}"), "audit"))
+            .await;
     }
     app.wait_for_rows("events", 700).await;
     let (_, latest) = checkpoint_covering(&app, &key, 700).await;
@@ -142,8 +149,14 @@ async fn every_stored_event_is_proved_in_a_signed_checkpoint_that_extends_the_la
         .unwrap();
     assert_eq!(c.from_checkpoint.as_deref(), Some(first_note.as_str()));
     let to = Checkpoint::parse(key.open(&c.to_checkpoint).unwrap()).unwrap();
-    tree::verify_consistency(first.size, to.size, &first.root, &to.root, &hashes(&c.proof))
-        .unwrap();
+    tree::verify_consistency(
+        first.size,
+        to.size,
+        &first.root,
+        &to.root,
+        &hashes(&c.proof),
+    )
+    .unwrap();
 
     // Bad requests name their parameter.
     for (query, parameter) in [

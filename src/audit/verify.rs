@@ -1,0 +1,611 @@
+//! `candystore verify`: judges every row and every leaf, whatever its place or
+//! the instance that wrote it, and the tree against its signed checkpoints.
+//!
+//! 1. The tree: `audit_leaves` in the tail's order is recomputed; at every
+//!    signed size the root must be the signed root, each note must carry a valid
+//!    signature by the key given from outside the database (`--public-key`, or
+//!    SIGNING_KEY_FILE's public half), and the stored tiles must hold the
+//!    recomputed subtrees. A checkpoint saved earlier (`--checkpoint`) must be a
+//!    tree the current one extends: the current leaves up to its size make its
+//!    root, and the tree is not smaller (a rollback).
+//! 2. The rows (unless `tree_only`): `events` and `audit_leaves` are walked side
+//!    by side in `(txid, seq)` order. A row's columns and salt must make its
+//!    leaf's commitment (modified otherwise); a row without a leaf was written
+//!    out of band; an event leaf without its row was deleted, unless its time
+//!    lies in a range retention dropped. Leaves not yet in a checkpoint are
+//!    judged the same way, so there is no window between a commit and the next
+//!    checkpoint.
+//! 3. With AUDIT_KEY, every leaf's attestation: from the trail's first attested
+//!    leaf on (or the first valid one seen), a missing or wrong one is named.
+//! 4. Rows stored before the tree (no salt, at or before the legacy chain's
+//!    end) are judged by the legacy chain (`ops::verify`), and reported as such.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use tokio_postgres::Client;
+
+use super::attest::{Check, Keyring};
+use super::leaf::{CONTENT_COLUMNS, Content, Kind, Leaf};
+use super::note::{Checkpoint, VerifierKey};
+use super::store::{HEIGHT, WIDTH};
+use super::tree::{Frontier, Hash, leaf_hash};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("the saved checkpoint: {0}")]
+    Saved(String),
+}
+
+/// Something `verify` found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The row's columns no longer make its leaf's commitment.
+    Modified {
+        id: String,
+        position: (i64, i64),
+        index: Option<u64>,
+    },
+    /// An event leaf whose row is gone (and not with a dropped partition).
+    Deleted {
+        position: (i64, i64),
+        index: Option<u64>,
+    },
+    /// A row with no leaf, after the legacy chain: written out of band.
+    NotInTree { id: String, position: (i64, i64) },
+    /// A leaf without a valid attestation where one is required.
+    Unattested {
+        position: (i64, i64),
+        index: Option<u64>,
+    },
+    /// The recomputed tree is not the signed one at this size.
+    TreeRewritten { size: u64, reason: String },
+    /// A stored checkpoint whose signature does not hold.
+    BadSignature { size: u64, reason: String },
+    /// The tree is smaller than, or does not extend, a checkpoint seen before.
+    Rollback {
+        seen: u64,
+        size: u64,
+        reason: String,
+    },
+    /// Rows are stored but the tree reaches none of them: it was emptied.
+    Emptied { rows: i64 },
+    /// A leaf at a place no writer's transaction has reached.
+    Impossible { position: (i64, i64) },
+    /// What the legacy chain's walk found.
+    Legacy(String),
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |p: &(i64, i64), i: &Option<u64>| match i {
+            Some(i) => format!("position {}-{}, leaf {i}", p.0, p.1),
+            None => format!("position {}-{}, not in a checkpoint yet", p.0, p.1),
+        };
+        match self {
+            Finding::Modified {
+                id,
+                position,
+                index,
+            } => write!(
+                f,
+                "event {id:?} ({}) was modified after it was stored: its columns no longer make its leaf",
+                at(position, index)
+            ),
+            Finding::Deleted { position, index } => write!(
+                f,
+                "the event at {} was deleted: its leaf has no row, and no dropped partition covers its time",
+                at(position, index)
+            ),
+            Finding::NotInTree { id, position } => write!(
+                f,
+                "event {id:?} (position {}-{}) has no leaf: it was written out of band",
+                position.0, position.1
+            ),
+            Finding::Unattested { position, index } => write!(
+                f,
+                "the leaf at {} has no valid attestation (AUDIT_KEY): it was written out of band",
+                at(position, index)
+            ),
+            Finding::TreeRewritten { size, reason } => {
+                write!(f, "the signed tree of {size} leaves: {reason}")
+            }
+            Finding::BadSignature { size, reason } => {
+                write!(f, "the checkpoint of {size} leaves: {reason}")
+            }
+            Finding::Rollback { seen, size, reason } => write!(
+                f,
+                "the tree ({size} leaves) does not extend the checkpoint of {seen} leaves seen before: {reason}"
+            ),
+            Finding::Emptied { rows } => write!(
+                f,
+                "{rows} event(s) are stored and the tree reaches none of them: the audit tree was emptied"
+            ),
+            Finding::Impossible { position } => write!(
+                f,
+                "a leaf sits at position {}-{}, which no transaction has reached: inserted with SQL",
+                position.0, position.1
+            ),
+            Finding::Legacy(f2) => write!(f, "the legacy chain: {f2}"),
+        }
+    }
+}
+
+/// Where the public key checkpoints were checked with came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// Given from outside the database.
+    Outside,
+    /// None given: only the notes' shape and the roots were checked.
+    None,
+}
+
+/// What to check, and with what.
+#[derive(Default)]
+pub struct Options<'a> {
+    pub keyring: Option<&'a Keyring>,
+    /// The checkpoints' public key, from outside the database.
+    pub key: Option<&'a VerifierKey>,
+    /// A checkpoint saved earlier (its signed note).
+    pub saved: Option<&'a str>,
+    /// Only the tree and the saved checkpoint, not the rows.
+    pub tree_only: bool,
+}
+
+/// Findings named at most; the rest are counted.
+pub const MAX_FINDINGS: usize = 100;
+
+/// What a verification covered and found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub tree_size: u64,
+    /// Signed checkpoints whose root was recomputed.
+    pub checkpoints: u64,
+    /// Of those, whose signature was checked with a key from outside.
+    pub signatures: u64,
+    pub leaves: u64,
+    /// Leaves appended after the newest checkpoint (judged all the same).
+    pub pending: u64,
+    /// Rows compared with their leaf.
+    pub events: u64,
+    /// Leaf attestations checked with AUDIT_KEY.
+    pub attestations: u64,
+    /// Event leaves whose row went with a partition retention dropped.
+    pub dropped: u64,
+    /// Rows stored before the tree, judged by the legacy chain.
+    pub legacy_events: u64,
+    pub legacy_checkpoints: u64,
+    pub findings: Vec<Finding>,
+    /// Findings beyond [`MAX_FINDINGS`].
+    pub more: u64,
+}
+
+impl Report {
+    fn find(&mut self, f: Finding) {
+        if self.findings.len() < MAX_FINDINGS {
+            self.findings.push(f);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+struct HeadRow {
+    size: u64,
+    root: Hash,
+    last: (i64, i64),
+    note: String,
+}
+
+/// Verifies the trail. `rows` is a second connection the rows are read on,
+/// side by side with the leaves.
+pub async fn verify(
+    client: &Client,
+    rows: &Client,
+    opts: Options<'_>,
+) -> Result<Report, VerifyError> {
+    let mut report = Report::default();
+    let heads: Vec<HeadRow> = client
+        .query(
+            "SELECT size, root, last_txid, last_seq, note FROM audit_heads ORDER BY size",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let root: Vec<u8> = r.get(1);
+            HeadRow {
+                size: r.get::<_, i64>(0) as u64,
+                root: root.try_into().unwrap_or([0; 32]),
+                last: (r.get(2), r.get(3)),
+                note: r.get(4),
+            }
+        })
+        .collect();
+    check_notes(&heads, opts.key, &mut report);
+    let saved = match opts.saved {
+        Some(note) => Some(saved_checkpoint(note, opts.key)?),
+        None => None,
+    };
+    let newest = heads.last();
+    report.tree_size = newest.map_or(0, |h| h.size);
+    let last_in_tree = newest.map_or((i64::MIN, i64::MIN), |h| h.last);
+    if let Some(s) = &saved
+        && s.size > report.tree_size
+    {
+        report.find(Finding::Rollback {
+            seen: s.size,
+            size: report.tree_size,
+            reason: "the tree is smaller now".into(),
+        });
+    }
+    let tiles: HashMap<(i16, i64), Vec<u8>> = client
+        .query("SELECT level, idx, hashes FROM audit_tiles", &[])
+        .await?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    let attested_from: Option<i64> = client
+        .query_opt("SELECT attested_from FROM audit_trail", &[])
+        .await?
+        .and_then(|r| r.get(0));
+    let legacy_end: Option<(i64, i64)> = client
+        .query_opt(
+            "SELECT to_txid, to_seq FROM audit_checkpoints ORDER BY to_txid DESC, to_seq DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1)));
+    let dropped_ranges: Vec<(i64, i64)> = client
+        .query(
+            "SELECT from_time, to_time FROM dropped_partitions WHERE table_name = 'events'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let (a, b): (DateTime<Utc>, DateTime<Utc>) = (r.get(0), r.get(1));
+            (a.timestamp_micros(), b.timestamp_micros())
+        })
+        .collect();
+    let current_txid: i64 = client
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+        .await?
+        .get(0);
+
+    let leaves = client
+        .query_raw(
+            "SELECT txid, seq, leaf FROM audit_leaves ORDER BY txid, seq",
+            std::iter::empty::<i64>(),
+        )
+        .await?;
+    futures::pin_mut!(leaves);
+    let events = if opts.tree_only {
+        None
+    } else {
+        Some(
+            rows.query_raw(
+                &format!(
+                    "SELECT txid, seq, {CONTENT_COLUMNS}, salt FROM events ORDER BY txid, seq"
+                ),
+                std::iter::empty::<i64>(),
+            )
+            .await?,
+        )
+    };
+    let mut events = events.map(Box::pin);
+    let mut next_row = match &mut events {
+        Some(s) => s.try_next().await?,
+        None => None,
+    };
+    let mut frontier = Frontier::default();
+    let mut heads_iter = heads.iter().peekable();
+    let mut seen_valid = false;
+    let mut legacy_rows: i64 = 0;
+    // The empty tree's checkpoint, if one was signed.
+    check_size(&frontier, &mut heads_iter, saved.as_ref(), &mut report);
+    while let Some(leaf_row) = leaves.try_next().await? {
+        let place: (i64, i64) = (leaf_row.get(0), leaf_row.get(1));
+        let bytes: Vec<u8> = leaf_row.get(2);
+        report.leaves += 1;
+        let in_tree = place <= last_in_tree;
+        let index = in_tree.then(|| frontier.size());
+        if !in_tree {
+            report.pending += 1;
+            if place.0 > current_txid {
+                report.find(Finding::Impossible { position: place });
+            }
+        }
+        let parsed = Leaf::parse(&bytes).ok();
+        // The attestation.
+        if let Some(k) = opts.keyring {
+            report.attestations += 1;
+            let check = parsed.map_or(Check::Invalid, |l| l.check(k));
+            let required = seen_valid
+                || attested_from.is_some_and(|from| index.is_none_or(|i| i as i64 >= from));
+            match check {
+                Check::Valid => seen_valid = true,
+                Check::Missing if !required => {}
+                _ => report.find(Finding::Unattested {
+                    position: place,
+                    index,
+                }),
+            }
+        }
+        // The rows before this leaf have none.
+        while let Some(row) = &next_row {
+            let at: (i64, i64) = (row.get(0), row.get(1));
+            if at >= place {
+                break;
+            }
+            judge_leafless(row, at, legacy_end, &mut report, &mut legacy_rows);
+            next_row = events.as_mut().expect("rows are read").try_next().await?;
+        }
+        // The row at this leaf's place, if any.
+        let row = match &next_row {
+            Some(r) if (r.get::<_, i64>(0), r.get::<_, i64>(1)) == place => {
+                let r = next_row.take();
+                next_row = events.as_mut().expect("rows are read").try_next().await?;
+                r
+            }
+            _ => None,
+        };
+        if let (Some(leaf), false) = (parsed, opts.tree_only) {
+            judge_event(
+                leaf,
+                row.as_ref(),
+                place,
+                index,
+                &dropped_ranges,
+                &mut report,
+            );
+        }
+        if in_tree {
+            frontier.append(leaf_hash(&bytes), |node, hash| {
+                if node.level >= HEIGHT && node.level % HEIGHT == 0 {
+                    let key = (i16::from(node.level / HEIGHT), (node.index / WIDTH) as i64);
+                    let at = (node.index % WIDTH) as usize * 32;
+                    if tiles.get(&key).and_then(|t| t.get(at..at + 32)) != Some(&hash[..]) {
+                        report.find(Finding::TreeRewritten {
+                            size: node.end(),
+                            reason: format!(
+                                "the stored subtree of leaves {}..{} is not the one the leaves make (tiles altered)",
+                                node.start(),
+                                node.end()
+                            ),
+                        });
+                    }
+                }
+            });
+            check_size(&frontier, &mut heads_iter, saved.as_ref(), &mut report);
+        }
+    }
+    while let Some(row) = &next_row {
+        let at: (i64, i64) = (row.get(0), row.get(1));
+        judge_leafless(row, at, legacy_end, &mut report, &mut legacy_rows);
+        next_row = events.as_mut().expect("rows are read").try_next().await?;
+    }
+    // Heads of sizes the leaves never reached.
+    for h in heads_iter {
+        report.find(Finding::TreeRewritten {
+            size: h.size,
+            reason: format!(
+                "only {} leaves are stored before its last place: leaves were deleted",
+                frontier.size()
+            ),
+        });
+    }
+    if let Some(s) = &saved
+        && frontier.size() < s.size
+        && report.tree_size >= s.size
+    {
+        report.find(Finding::Rollback {
+            seen: s.size,
+            size: frontier.size(),
+            reason: "fewer leaves are stored than it covered".into(),
+        });
+    }
+    if !opts.tree_only {
+        let rows_stored: i64 = client
+            .query_one("SELECT count(*) FROM events", &[])
+            .await?
+            .get(0);
+        if report.leaves == 0 && rows_stored > legacy_rows {
+            report.find(Finding::Emptied {
+                rows: rows_stored - legacy_rows,
+            });
+        }
+        if legacy_end.is_some() {
+            let legacy = crate::ops::verify::verify(client, None, opts.keyring)
+                .await
+                .map_err(|e| match e {
+                    crate::ops::verify::VerifyError::Database(e) => VerifyError::Db(e),
+                    other => VerifyError::Saved(other.to_string()),
+                })?;
+            report.legacy_checkpoints = legacy.checkpoints;
+            report.legacy_events = legacy.events;
+            if let Some(f) = legacy.finding {
+                report.find(Finding::Legacy(f.to_string()));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Each stored note: its body must be the row's size and root, signed by the
+/// key from outside when there is one.
+fn check_notes(heads: &[HeadRow], key: Option<&VerifierKey>, report: &mut Report) {
+    for h in heads {
+        let body = match key {
+            Some(k) => match k.open(&h.note) {
+                Ok(b) => {
+                    report.signatures += 1;
+                    b
+                }
+                Err(e) => {
+                    report.find(Finding::BadSignature {
+                        size: h.size,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            },
+            None => match super::note::split_note(&h.note) {
+                Ok((b, _)) => b,
+                Err(e) => {
+                    report.find(Finding::BadSignature {
+                        size: h.size,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            },
+        };
+        match Checkpoint::parse(body) {
+            Ok(cp) if cp.size == h.size && cp.root == h.root => {}
+            _ => report.find(Finding::BadSignature {
+                size: h.size,
+                reason: "its note does not say the size and root stored beside it".into(),
+            }),
+        }
+    }
+}
+
+fn saved_checkpoint(note: &str, key: Option<&VerifierKey>) -> Result<Checkpoint, VerifyError> {
+    let key = key.ok_or_else(|| {
+        VerifyError::Saved("a saved checkpoint is checked with the public key: give it".into())
+    })?;
+    let body = key
+        .open(note)
+        .map_err(|e| VerifyError::Saved(e.to_string()))?;
+    Checkpoint::parse(body).map_err(|e| VerifyError::Saved(e.to_string()))
+}
+
+/// At every signed size (and the saved checkpoint's), the recomputed root.
+fn check_size(
+    frontier: &Frontier,
+    heads: &mut std::iter::Peekable<std::slice::Iter<'_, HeadRow>>,
+    saved: Option<&Checkpoint>,
+    report: &mut Report,
+) {
+    let size = frontier.size();
+    while let Some(h) = heads.peek() {
+        if h.size > size {
+            break;
+        }
+        if h.size == size {
+            report.checkpoints += 1;
+            if frontier.root() != h.root {
+                report.find(Finding::TreeRewritten {
+                    size,
+                    reason: "the stored leaves no longer make its root: a leaf was inserted, deleted or changed".into(),
+                });
+            }
+        }
+        heads.next();
+    }
+    if let Some(s) = saved
+        && s.size == size
+        && frontier.root() != s.root
+    {
+        report.find(Finding::Rollback {
+            seen: s.size,
+            size,
+            reason: "the stored leaves make another tree of that size (a fork)".into(),
+        });
+    }
+}
+
+/// A row with no leaf: stored before the tree, or written out of band.
+fn judge_leafless(
+    row: &tokio_postgres::Row,
+    at: (i64, i64),
+    legacy_end: Option<(i64, i64)>,
+    report: &mut Report,
+    legacy_rows: &mut i64,
+) {
+    let salt: Option<Vec<u8>> = row.get("salt");
+    if salt.is_none() && legacy_end.is_some_and(|end| at <= end) {
+        *legacy_rows += 1;
+        return;
+    }
+    report.find(Finding::NotInTree {
+        id: row.get("id"),
+        position: at,
+    });
+}
+
+/// An event leaf against its row (or its absence).
+fn judge_event(
+    leaf: Leaf<'_>,
+    row: Option<&tokio_postgres::Row>,
+    place: (i64, i64),
+    index: Option<u64>,
+    dropped: &[(i64, i64)],
+    report: &mut Report,
+) {
+    if leaf.kind != Kind::Event {
+        if let Some(r) = row {
+            // A row at a place only a job's own leaf may have.
+            report.find(Finding::NotInTree {
+                id: r.get("id"),
+                position: place,
+            });
+        }
+        return;
+    }
+    let (time, commitment) = leaf.event().expect("an event leaf");
+    let Some(row) = row else {
+        if dropped.iter().any(|&(a, b)| a <= time && time < b) {
+            report.dropped += 1;
+        } else {
+            report.find(Finding::Deleted {
+                position: place,
+                index,
+            });
+        }
+        return;
+    };
+    report.events += 1;
+    let id: String = row.get("id");
+    let salt: Option<Vec<u8>> = row.get("salt");
+    let made = salt.map(|salt| content(row).commitment(&salt));
+    if made != Some(commitment) {
+        report.find(Finding::Modified {
+            id,
+            position: place,
+            index,
+        });
+    }
+}
+
+/// A row read with `txid, seq, CONTENT_COLUMNS, salt`.
+fn content(row: &tokio_postgres::Row) -> Content<'_> {
+    let text = |i: usize| -> &str { row.get(i) };
+    Content {
+        id: text(2),
+        source: text(3),
+        timestamp: row.get(4),
+        event_type: text(5),
+        target: row.get(6),
+        routing_key: text(7),
+        exchange: text(8),
+        received_at: row.get(9),
+        payload: text(10).as_bytes(),
+        envelope: text(11).as_bytes(),
+        payload_member: row.get(12),
+        properties: text(13).as_bytes(),
+        session_id: row.get(14),
+        correlation_id: row.get(15),
+        generation: row.get(16),
+        sanitized: row.get(17),
+        original_body: row.get::<_, Option<&[u8]>>(18),
+    }
+}
