@@ -101,12 +101,12 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     }
     let pg = db::pg_config(&settings.database_url)?;
     let keyring = crate::audit::attest::Keyring::new(&settings.audit_keys).map(Arc::new);
-    let signer = Arc::new(signing_key(&settings, &pg)?);
-    let replay_key = {
+    let (replay_key, signer) = {
         let client = db::connect(&pg)
             .await
             .context("cannot connect to DATABASE_URL")?;
         db::check_schema(&client).await?;
+        let signer = Arc::new(signing_key(&settings, &pg)?);
         if let Err(e) = crate::audit::trail::check_start(&client, &signer, keyring.is_some()).await
         {
             return Err(match e.variable() {
@@ -118,9 +118,10 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                 None => anyhow::Error::new(e).context("cannot read the audit trail"),
             });
         }
-        replay_mark::load(&client)
+        let replay_key = replay_mark::load(&client)
             .await
-            .context("cannot read the replay secret")?
+            .context("cannot read the replay secret")?;
+        (replay_key, signer)
     };
     if replay_key.is_none() {
         tracing::warn!(

@@ -96,7 +96,7 @@ fn row_json(table: Table) -> &'static str {
              'storage_latency_ms', storage_latency_ms, 'generation', generation, 'envelope', envelope::text, \
              'payload_member', payload_member, 'properties', properties::text, 'sanitized', sanitized, \
              'original_body', translate(encode(original_body, 'base64'), E'\\n', ''), \
-             'attestation', encode(attestation, 'hex'), 'txid', txid)::text"
+             'attestation', encode(attestation, 'hex'), 'salt', encode(salt, 'hex'), 'txid', txid)::text"
         }
         Table::DeadLetter => {
             "json_build_object('seq', seq, 'fingerprint', encode(fingerprint, 'hex'), 'received_at', received_at, \
@@ -113,7 +113,7 @@ fn record_type(table: Table) -> &'static str {
             "seq int8, id text, event_type text, source text, target text, routing_key text, exchange text, \
              \"timestamp\" timestamptz, received_at timestamptz, stored_at timestamptz, payload jsonb, session_id text, \
              correlation_id text, storage_latency_ms float8, generation int2, envelope text, payload_member text, \
-             properties text, sanitized bool, original_body text, attestation text, txid int8"
+             properties text, sanitized bool, original_body text, attestation text, salt text, txid int8"
         }
         Table::DeadLetter => {
             "seq int8, fingerprint text, received_at timestamptz, stored_at timestamptz, exchange text, \
@@ -852,14 +852,15 @@ fn restore_sql(table: Table) -> String {
     // the audit chain sealed it there, so `verify` checks it against its digest
     // again, and it sits behind every live-tail position, so no stream sends it
     // (history, not news). Archives written before they kept `txid` restore at
-    // `txid` 0, before every position. The writer's attestation travels with the
-    // row too (NULL in archives written before migration 0015).
+    // `txid` 0, before every position. The legacy writer attestation and the
+    // salt of the row's leaf travel with it too (NULL in archives written before
+    // migrations 0015 and 0019), so `verify` compares it with its leaf again.
     let (columns, parsed) = match table {
         Table::Events => (
-            format!("{columns}, txid, attestation"),
+            format!("{columns}, txid, attestation, salt"),
             parsed.replacen(
                 " FROM unnest",
-                ", coalesce(r.txid, 0), decode(r.attestation, 'hex') FROM unnest",
+                ", coalesce(r.txid, 0), decode(r.attestation, 'hex'), decode(r.salt, 'hex') FROM unnest",
                 1,
             ),
         ),

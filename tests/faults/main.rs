@@ -67,6 +67,11 @@ impl Bench {
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            // Every instance of one store signs with the same key.
+            .env(
+                "SIGNING_KEY_FILE",
+                std::env::temp_dir().join(format!("{}.key", self.name)),
+            )
             .env("DATABASE_URL", database_url)
             .env("RABBIT_URL", rabbit_url)
             .env("RABBIT_EXCHANGE", self.exchange())
@@ -227,6 +232,7 @@ impl Bench {
 
 impl Drop for Bench {
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{}.key", self.name)));
         for child in &mut self.instances {
             let _ = child.kill();
             let _ = child.wait();

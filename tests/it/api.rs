@@ -885,6 +885,12 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_is_self_co
         ("/event-types", "/event-types"),
         ("/sources", "/sources"),
         ("/audit/checkpoints", "/audit/checkpoints"),
+        ("/audit/checkpoint", "/audit/checkpoint"),
+        ("/audit/public-key", "/audit/public-key"),
+        (
+            "/audit/proof/consistency",
+            "/audit/proof/consistency?from=0",
+        ),
     ];
     for (pattern, example) in served {
         assert!(
@@ -898,9 +904,13 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_is_self_co
     assert!(documented.contains("/events/stream"));
     assert!(documented.contains("/dead-letters/{id}"));
     assert!(documented.contains("/events/stream/tickets"), "a POST");
+    assert!(
+        documented.contains("/audit/proof/inclusion"),
+        "tested in audit_tree.rs"
+    );
     assert_eq!(
         documented.len(),
-        served.len() + 3,
+        served.len() + 4,
         "every documented path is served: {documented:?}"
     );
     let list_params: Vec<&str> = spec["paths"]["/events"]["get"]["parameters"]

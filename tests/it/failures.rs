@@ -128,6 +128,7 @@ async fn sigterm_mid_stream_exits_zero_and_loses_nothing() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
         .arg("serve")
         .env_clear()
+        .env("SIGNING_KEY_FILE", app.key_file())
         .env("DATABASE_URL", &settings.database_url)
         .env("RABBIT_URL", AMQP)
         .env("RABBIT_EXCHANGE", &app.exchange)

@@ -548,6 +548,7 @@ impl ServedBinary {
             .env("API_HOST", "127.0.0.1")
             .env("API_PORT", port.to_string())
             .env("METRICS_PORT", "0")
+            .env("SIGNING_KEY_FILE", app.key_file())
             .env("LOG_LEVEL", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

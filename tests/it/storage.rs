@@ -380,7 +380,7 @@ async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_lett
     let rows_before = dump(&app.db).await;
     let attested = rows_before
         .iter()
-        .filter(|r| r.contains("\"attestation\":\"\\\\x"))
+        .filter(|r| r.contains("\"salt\":\"\\\\x"))
         .count();
     assert_eq!(
         attested,
@@ -471,7 +471,7 @@ async fn dump(db: &Client) -> Vec<String> {
     let rows = db
         .query(
             &format!(
-                "SELECT row_to_json(e)::text FROM (SELECT {}, attestation, txid FROM events WHERE id LIKE 'arch-%' ORDER BY id) e",
+                "SELECT row_to_json(e)::text FROM (SELECT {}, attestation, salt, txid FROM events WHERE id LIKE 'arch-%' ORDER BY id) e",
                 candystore::storage::schema::EVENT_COLUMNS
             ),
             &[],
