@@ -231,6 +231,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                 layout: settings.partition_layout(),
                 retention: settings.retention,
                 archive_dir: settings.archive_dir.clone(),
+                keyring: keyring.clone(),
             },
             every: settings.maintenance_interval,
             metrics: metrics.clone(),

@@ -403,6 +403,8 @@ async fn maintain(settings: &Settings) -> anyhow::Result<ExitCode> {
         layout: settings.partition_layout(),
         retention: settings.retention,
         archive_dir: settings.archive_dir.clone(),
+        keyring: candystore::audit::attest::Keyring::new(&settings.audit_keys)
+            .map(std::sync::Arc::new),
     };
     let report = storage::maintain::run_once(&mut client, &opts, chrono::Utc::now(), None).await?;
     if report.skipped {
@@ -442,7 +444,15 @@ async fn archive(
     let mut client = storage::connect(&target).await?;
     let bar = Bar::new();
     let started = std::time::Instant::now();
-    let done = storage::archive::archive_before(&mut client, before, dir, drop, Some(&bar)).await?;
+    let done = storage::archive::archive_before(
+        &mut client,
+        before,
+        dir,
+        drop,
+        candystore::audit::attest::Keyring::new(&settings.audit_keys).as_ref(),
+        Some(&bar),
+    )
+    .await?;
     let rows: u64 = done.entries.iter().map(|e| e.rows).sum();
     for e in &done.entries {
         println!(

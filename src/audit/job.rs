@@ -92,7 +92,7 @@ impl Tree {
         let head = store::head(&tx).await?;
         if let (None, Some(end)) = (&head, legacy) {
             let anchor = leaf::anchor(end.to, end.count, &end.chain_hash, self.keyring.as_deref());
-            add_leaf(&tx, &anchor).await?;
+            store::add_leaf(&tx, &anchor).await?;
             tracing::info!(
                 to_txid = end.to.0,
                 to_seq = end.to.1,
@@ -364,21 +364,6 @@ pub struct LegacyEnd {
     pub to: (i64, i64),
     pub chain_hash: Hash,
     pub count: i64,
-}
-
-/// Adds a leaf of the job's own (an anchor, a redaction, a dropped range) at a
-/// fresh place in the tail's order: this transaction and a new `seq`.
-pub async fn add_leaf(
-    tx: &impl tokio_postgres::GenericClient,
-    leaf: &[u8],
-) -> Result<(i64, i64), tokio_postgres::Error> {
-    let row = tx
-        .query_one(
-            "INSERT INTO audit_leaves (txid, seq, leaf)              VALUES (pg_current_xact_id()::text::bigint, nextval(pg_get_serial_sequence('events', 'seq')), $1)              RETURNING txid, seq",
-            &[&leaf],
-        )
-        .await?;
-    Ok((row.get(0), row.get(1)))
 }
 
 impl crate::storage::job::Failure for JobError {

@@ -162,6 +162,26 @@ pub fn redaction(target: u64, receipt: &[u8], keyring: Option<&Keyring>) -> Vec<
     build(Kind::Redaction, &body, keyring)
 }
 
+/// What a dropped range's leaf commits to: the table, the partition, its time
+/// range (Unix µs) and the rows it held, as `dropped_partitions` records them.
+pub fn retention_record(
+    table: &str,
+    partition: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    rows: i64,
+) -> Vec<u8> {
+    let mut r = b"candystore/retention/v1\n".to_vec();
+    for text in [table, partition] {
+        r.extend_from_slice(&(text.len() as u64).to_be_bytes());
+        r.extend_from_slice(text.as_bytes());
+    }
+    r.extend_from_slice(&from.timestamp_micros().to_be_bytes());
+    r.extend_from_slice(&to.timestamp_micros().to_be_bytes());
+    r.extend_from_slice(&rows.to_be_bytes());
+    r
+}
+
 /// A dropped range's leaf.
 pub fn retention(record: &[u8], keyring: Option<&Keyring>) -> Vec<u8> {
     build(Kind::Retention, &Sha256::digest(record), keyring)

@@ -332,3 +332,29 @@ pub async fn truncate_to(client: &impl GenericClient, size: u64) -> Result<u64, 
     }
     Ok(dropped)
 }
+
+/// The tree's tables are there (migration 0019).
+pub async fn has_tree(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT to_regclass('audit_leaves') IS NOT NULL", &[])
+        .await?
+        .get(0))
+}
+
+/// Adds a leaf that is not a writer's (an anchor, a redaction, a dropped range)
+/// at a fresh place in the tail's order: this transaction, and a new `seq` from
+/// the events' sequence.
+pub async fn add_leaf(
+    client: &impl GenericClient,
+    leaf: &[u8],
+) -> Result<(i64, i64), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "INSERT INTO audit_leaves (txid, seq, leaf) \
+             VALUES (pg_current_xact_id()::text::bigint, nextval(pg_get_serial_sequence('events', 'seq')), $1) \
+             RETURNING txid, seq",
+            &[&leaf],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use sha2::Digest;
 use tokio_postgres::Client;
 
 use super::attest::{Check, Keyring};
@@ -75,6 +76,9 @@ pub enum Finding {
     Emptied { rows: i64 },
     /// A leaf at a place no writer's transaction has reached.
     Impossible { position: (i64, i64) },
+    /// A dropped range recorded after the tree began, without its leaf: it
+    /// excuses no missing event.
+    ForgedRetention { partition: String },
     /// What the legacy chain's walk found.
     Legacy(String),
 }
@@ -128,6 +132,10 @@ impl std::fmt::Display for Finding {
                 f,
                 "a leaf sits at position {}-{}, which no transaction has reached: inserted with SQL",
                 position.0, position.1
+            ),
+            Finding::ForgedRetention { partition } => write!(
+                f,
+                "dropped_partitions records {partition:?} dropped, but the tree holds no such drop: recorded with SQL"
             ),
             Finding::Legacy(f2) => write!(f, "the legacy chain: {f2}"),
         }
@@ -263,18 +271,7 @@ pub async fn verify(
         )
         .await?
         .map(|r| (r.get(0), r.get(1)));
-    let dropped_ranges: Vec<(i64, i64)> = client
-        .query(
-            "SELECT from_time, to_time FROM dropped_partitions WHERE table_name = 'events'",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            let (a, b): (DateTime<Utc>, DateTime<Utc>) = (r.get(0), r.get(1));
-            (a.timestamp_micros(), b.timestamp_micros())
-        })
-        .collect();
+    let dropped_ranges = dropped_ranges(client, &mut report).await?;
     let current_txid: i64 = client
         .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
         .await?
@@ -437,6 +434,48 @@ pub async fn verify(
         }
     }
     Ok(report)
+}
+
+/// The time ranges retention dropped that excuse a missing event: those the tree
+/// holds a leaf of. A range recorded after the tree began without one is named.
+async fn dropped_ranges(
+    client: &Client,
+    report: &mut Report,
+) -> Result<Vec<(i64, i64)>, VerifyError> {
+    let in_tree: std::collections::HashSet<Vec<u8>> = client
+        .query(
+            "SELECT substring(leaf FROM 2 FOR 32) FROM audit_leaves WHERE get_byte(leaf, 0) = 3",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let began: Option<DateTime<Utc>> = client
+        .query_opt("SELECT created_at FROM audit_trail", &[])
+        .await?
+        .map(|r| r.get(0));
+    let mut ranges = Vec::new();
+    for r in client
+        .query(
+            "SELECT table_name, partition, from_time, to_time, rows, dropped_at FROM dropped_partitions \
+             WHERE table_name = 'events'",
+            &[],
+        )
+        .await?
+    {
+        let (from, to): (DateTime<Utc>, DateTime<Utc>) = (r.get(2), r.get(3));
+        let record = super::leaf::retention_record(r.get(0), r.get(1), from, to, r.get(4));
+        let digest: Vec<u8> = sha2::Sha256::digest(&record).to_vec();
+        if in_tree.contains(&digest) {
+            ranges.push((from.timestamp_micros(), to.timestamp_micros()));
+        } else if began.is_some_and(|b| r.get::<_, DateTime<Utc>>(5) >= b) {
+            report.find(Finding::ForgedRetention {
+                partition: r.get(1),
+            });
+        }
+    }
+    Ok(ranges)
 }
 
 /// Each stored note: its body must be the row's size and root, signed by the

@@ -402,12 +402,13 @@ pub async fn archive_before(
     before: DateTime<Utc>,
     dir: &Path,
     drop: bool,
+    keyring: Option<&crate::audit::attest::Keyring>,
     progress: Option<&dyn Progress>,
 ) -> Result<Archived, StorageError> {
     if !super::maintain::try_lock(client).await? {
         return Err(StorageError::Busy);
     }
-    let result = archive_locked(client, before, dir, drop, progress).await;
+    let result = archive_locked(client, before, dir, drop, keyring, progress).await;
     super::maintain::unlock(client).await;
     result
 }
@@ -417,6 +418,7 @@ async fn archive_locked(
     before: DateTime<Utc>,
     dir: &Path,
     drop: bool,
+    keyring: Option<&crate::audit::attest::Keyring>,
     progress: Option<&dyn Progress>,
 ) -> Result<Archived, StorageError> {
     let mut out = Archived::default();
@@ -442,7 +444,7 @@ async fn archive_locked(
         }
         for p in todo {
             if drop {
-                let entry = archive_and_drop(client, table, &p, dir, progress).await?;
+                let entry = archive_and_drop(client, table, &p, dir, keyring, progress).await?;
                 out.entries.push(entry);
                 out.dropped.push(p.name.clone());
             } else {
@@ -462,6 +464,7 @@ pub async fn archive_and_drop(
     table: Table,
     p: &Partition,
     dir: &Path,
+    keyring: Option<&crate::audit::attest::Keyring>,
     progress: Option<&dyn Progress>,
 ) -> Result<Entry, StorageError> {
     let range = p.range.expect("a ranged partition");
@@ -504,7 +507,7 @@ pub async fn archive_and_drop(
     .await;
     match result {
         Ok(entry) => {
-            super::maintain::drop_partition(client, table, &p.name, range).await?;
+            super::maintain::drop_partition(client, table, &p.name, range, keyring).await?;
             Ok(entry)
         }
         Err(e) => {

@@ -38,6 +38,8 @@ pub struct Options {
     pub retention: Option<Duration>,
     /// Where retention archives a partition before it drops it.
     pub archive_dir: Option<PathBuf>,
+    /// AUDIT_KEY: the leaf each dropped range adds to the audit tree is attested.
+    pub keyring: Option<std::sync::Arc<crate::audit::attest::Keyring>>,
 }
 
 /// What one run did.
@@ -215,7 +217,8 @@ async fn run_locked(
                     }
                     report.archived.push(p.name.clone());
                 }
-                let rows = drop_partition(client, table, &p.name, range).await?;
+                let rows =
+                    drop_partition(client, table, &p.name, range, opts.keyring.as_deref()).await?;
                 tracing::info!(table = table.name(), partition = %p.name, from = %range.start, to = %range.end, rows, bytes = p.bytes, "partition dropped by retention");
                 if let Some(m) = metrics {
                     m.storage.dropped.with_label_values(&[table.name()]).inc();
@@ -262,13 +265,15 @@ fn failed(
 }
 
 /// Drops a partition and the redelivery keys of its range, and records the range
-/// in `dropped_partitions` (for `candystore verify`), in one transaction. Returns
-/// the rows it held, by the statistics.
+/// in `dropped_partitions` and, for `events`, as a leaf of the audit tree (so a
+/// range recorded with SQL excuses no missing event), in one transaction.
+/// Returns the rows it held, by the statistics.
 pub async fn drop_partition(
     client: &mut Client,
     table: Table,
     name: &str,
     range: Range,
+    keyring: Option<&crate::audit::attest::Keyring>,
 ) -> Result<i64, StorageError> {
     let (keys, key_time) = table.keys();
     let rows = super::estimated_rows(client, name).await?;
@@ -285,6 +290,12 @@ pub async fn drop_partition(
         &[&table.name(), &name, &range.start, &range.end, &rows],
     )
     .await?;
+    if table == Table::Events && crate::audit::store::has_tree(&tx).await? {
+        let record =
+            crate::audit::leaf::retention_record(table.name(), name, range.start, range.end, rows);
+        crate::audit::store::add_leaf(&tx, &crate::audit::leaf::retention(&record, keyring))
+            .await?;
+    }
     tx.commit().await?;
     Ok(rows)
 }

@@ -516,3 +516,107 @@ async fn an_upgrade_from_before_the_tree_continues_the_legacy_chain_and_judges_b
         report.findings
     );
 }
+
+#[tokio::test]
+async fn events_gone_with_retention_are_counted_a_restore_is_judged_again_and_a_forged_drop_excuses_nothing()
+ {
+    use candystore::storage::{PartitionInterval, maintain};
+    let app = spawn_app_with(
+        &[("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)],
+        AppOptions::default(),
+    )
+    .await;
+    let key = outside_key(&app);
+    let event = |id: &str, t: chrono::DateTime<chrono::Utc>| {
+        serde_json::to_vec(&serde_json::json!({
+            "specversion": "1.0", "id": id, "type": "audit.retention", "source": "svc",
+            "time": t.to_rfc3339(), "data": {"n": 1}
+        }))
+        .unwrap()
+    };
+    let old = PartitionInterval::Day.floor(chrono::Utc::now()) - chrono::Duration::days(10);
+    for i in 0..5 {
+        app.publish(
+            "audit.old",
+            &event(&format!("old-{i}"), old + chrono::Duration::hours(i)),
+        )
+        .await;
+    }
+    for i in 0..7 {
+        app.publish("audit.new", &event(&format!("new-{i}"), chrono::Utc::now()))
+            .await;
+        if i == 3 {
+            app.publish(
+                "audit.old",
+                &event("late-old", old + chrono::Duration::hours(6)),
+            )
+            .await;
+        }
+    }
+    app.wait_for_rows("events", 13).await;
+    checkpoint_covering(&app, &key, 13).await;
+    let target = candystore::db::pg_config(&app.db_url).unwrap();
+    let mut c = candystore::storage::connect(&target).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("cs-audit-{}", uuid::Uuid::new_v4()));
+    let report = maintain::run_once(
+        &mut c,
+        &maintain::Options {
+            layout: candystore::storage::partition::Layout::with_interval(PartitionInterval::Day),
+            retention: Some(std::time::Duration::from_secs(5 * 86_400)),
+            archive_dir: Some(dir.clone()),
+            keyring: Some(std::sync::Arc::new(ring())),
+        },
+        chrono::Utc::now(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(!report.dropped.is_empty(), "{report:?}");
+    assert_eq!(app.count("events").await, 7);
+    // The drop's own leaf enters the tree too.
+    checkpoint_covering(&app, &key, 14).await;
+    for keyring in [None, Some(ring())] {
+        let report = run_verify(&app, keyring.as_ref(), Some(&key)).await;
+        assert!(report.ok(), "{:?}", report.findings);
+        assert_eq!((report.events, report.dropped), (7, 6), "{report:?}");
+    }
+    // Restored from the archive retention wrote: the rows go back to their places
+    // and are compared with their leaves again.
+    let manifest = candystore::storage::archive::read_manifest(&dir)
+        .unwrap()
+        .unwrap();
+    let files: Vec<std::path::PathBuf> = manifest.files.iter().map(|e| dir.join(&e.file)).collect();
+    candystore::storage::archive::restore(&mut c, &files, None)
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(app.count("events").await, 13);
+    let report = run_verify(&app, Some(&ring()), Some(&key)).await;
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.events, report.dropped), (13, 0), "{report:?}");
+
+    // An event deleted, and a dropped range recorded with SQL to cover it.
+    let at = position(&app, "new-5").await;
+    app.db
+        .batch_execute(
+            "DELETE FROM events WHERE id = 'new-5'; \
+             INSERT INTO dropped_partitions (table_name, partition, from_time, to_time, rows) \
+             VALUES ('events', 'events_p_forged', now() - interval '1 day', now() + interval '1 day', 1)",
+        )
+        .await
+        .unwrap();
+    let report = run_verify(&app, None, Some(&key)).await;
+    assert!(
+        report.findings.iter().any(|f| matches!(f, Finding::ForgedRetention { partition } if partition == "events_p_forged")),
+        "{:?}",
+        report.findings
+    );
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::Deleted { position, .. } if *position == at)),
+        "{:?}",
+        report.findings
+    );
+}

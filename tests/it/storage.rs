@@ -24,6 +24,7 @@ fn opts(retention_days: Option<u64>) -> maintain::Options {
         layout: partition::Layout::with_interval(PartitionInterval::Day),
         retention: retention_days.map(|d| Duration::from_secs(d * 86_400)),
         archive_dir: None,
+        keyring: None,
     }
 }
 
@@ -390,9 +391,16 @@ async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_lett
     assert_eq!(rows_before.len(), 5);
 
     let dir = std::env::temp_dir().join(format!("cs-archive-{}", uuid::Uuid::new_v4()));
-    let done = archive::archive_before(&mut c, day + chrono::Duration::days(1), &dir, true, None)
-        .await
-        .unwrap();
+    let done = archive::archive_before(
+        &mut c,
+        day + chrono::Duration::days(1),
+        &dir,
+        true,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
     let events_file = partition::partition_name(Table::Events, day) + ".ndjson.zst";
     let dl_file = partition::partition_name(Table::DeadLetter, day) + ".ndjson.zst";
     let files: Vec<&str> = done.entries.iter().map(|e| e.file.as_str()).collect();
