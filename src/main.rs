@@ -109,6 +109,26 @@ enum Command {
         #[arg(long)]
         position: Option<String>,
     },
+    /// Run a witness (C2SP tlog-witness) for logs given by their public keys: it cosigns each checkpoint that
+    /// provably extends the newest it has seen, and refuses rollbacks and forks (409) and bad proofs (422).
+    /// Run it where the log's operators cannot write.
+    Witness {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: String,
+        /// A log's public key (`name+id+key`, or a file holding it); repeat for several.
+        #[arg(long = "log-key", required = true)]
+        log_keys: Vec<String>,
+        /// The file that keeps what the witness has seen.
+        #[arg(long, default_value = "witness-state.json")]
+        state: PathBuf,
+        /// The witness's own signing key (created, mode 0600, when missing).
+        #[arg(long, default_value = "witness.key")]
+        key_file: PathBuf,
+        /// The witness's name (its key's), for a new key.
+        #[arg(long, default_value = "candystore-witness")]
+        name: String,
+    },
     /// Check a proof bundle (from `candystore prove`) with the public key alone, no database: exit 0 when the
     /// event is in the tree the checkpoint signs, 3 when it is not.
     VerifyProof {
@@ -294,6 +314,13 @@ fn main() -> ExitCode {
                 position,
             } => prove(&settings, id, source, position).await,
             Command::VerifyProof { bundle, public_key } => verify_proof(&bundle, &public_key),
+            Command::Witness {
+                listen,
+                log_keys,
+                state,
+                key_file,
+                name,
+            } => witness(&listen, &log_keys, state, &key_file, &name).await,
             Command::Replay {
                 exchange,
                 session_id,
@@ -847,6 +874,36 @@ async fn prove(
     };
     let bundle = candystore::audit::proof::bundle(&client, place).await?;
     println!("{}", serde_json::to_string_pretty(&bundle)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn witness(
+    listen: &str,
+    log_keys: &[String],
+    state: PathBuf,
+    key_file: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<ExitCode> {
+    let logs = log_keys
+        .iter()
+        .map(|k| public_key_arg(k))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (key, created) = candystore::audit::note::load_or_create(key_file, name).map_err(|e| {
+        candystore::config::ConfigError::Refused {
+            name: "--key-file",
+            reason: e.to_string(),
+        }
+    })?;
+    let witness = std::sync::Arc::new(candystore::audit::witness::Witness::open(logs, key, state)?);
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(
+        listen,
+        public_key = %witness.public_key().encode(),
+        created,
+        "witness listening (POST /add-checkpoint)"
+    );
+    candystore::audit::witness::serve(listener, witness)?.await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -18,6 +18,8 @@
 //! - `publish`: checkpoints to CHECKPOINT_DIR and to witnesses.
 //! - `verify`: every row and leaf judged, the tree recomputed against its
 //!   signed checkpoints (`candystore verify`).
+//! - `witness`: a C2SP tlog-witness (`candystore witness`), for the tests and
+//!   for anyone who keeps one where the log's operators cannot write.
 //! - `trail`: the trail's key and attestation, checked before an instance starts.
 
 pub mod attest;
@@ -31,3 +33,4 @@ pub mod store;
 pub mod trail;
 pub mod tree;
 pub mod verify;
+pub mod witness;

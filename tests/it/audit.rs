@@ -620,3 +620,118 @@ async fn events_gone_with_retention_are_counted_a_restore_is_judged_again_and_a_
         report.findings
     );
 }
+
+/// A witness of the app's log on a port of its own; its state file is removed
+/// when the returned guard drops.
+struct TestWitness {
+    url: String,
+    witness: std::sync::Arc<candystore::audit::witness::Witness>,
+    dir: std::path::PathBuf,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl TestWitness {
+    async fn start(log: VerifierKey) -> Self {
+        let dir = std::env::temp_dir().join(format!("cs-witness-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let witness = std::sync::Arc::new(
+            candystore::audit::witness::Witness::open(
+                vec![log],
+                SigningKey::generate("witness.test").unwrap(),
+                dir.join("state.json"),
+            )
+            .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = candystore::audit::witness::serve(listener, witness.clone()).unwrap();
+        let handle = server.handle();
+        tokio::spawn(server);
+        TestWitness {
+            url,
+            witness,
+            dir,
+            server: handle,
+        }
+    }
+}
+
+impl Drop for TestWitness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let server = self.server.clone();
+        tokio::spawn(async move { server.stop(false).await });
+    }
+}
+
+#[tokio::test]
+async fn a_witness_keeps_the_tree_it_saw_and_refuses_a_rollback_and_a_fork() {
+    // The app's key exists only once it started: start it, then restart it with
+    // the witness and a checkpoint directory.
+    let mut app = spawn_app_with(&[("SEAL_INTERVAL", "100ms")], AppOptions::default()).await;
+    let key = outside_key(&app);
+    app.stop().await;
+    let witness = TestWitness::start(key.clone()).await;
+    let checkpoints = std::env::temp_dir().join(format!("cs-checkpoints-{}", uuid::Uuid::new_v4()));
+    app.set("WITNESS_URLS", &witness.url);
+    app.set("CHECKPOINT_DIR", &checkpoints.display().to_string());
+    app.start(AppOptions::default()).await;
+    publish_n(&app, "w", 0..20).await;
+    app.wait_for_rows("events", 20).await;
+    let (_, cp) = checkpoint_covering(&app, &key, 20).await;
+    let origin = cp.origin.clone();
+    app.wait_until(std::time::Duration::from_secs(10), || async {
+        witness
+            .witness
+            .seen(&origin)
+            .await
+            .is_some_and(|s| s.size >= 20)
+    })
+    .await;
+    // The checkpoint directory holds the newest note, signed.
+    let latest = std::fs::read_to_string(checkpoints.join("latest")).unwrap();
+    assert!(Checkpoint::parse(key.open(&latest).unwrap()).unwrap().size >= 20);
+
+    // Rolled back with SQL: the last event, its leaf and the checkpoints after
+    // it; the service signs a smaller tree, then one of the same size again.
+    let at = position(&app, "w-19").await;
+    app.db
+        .batch_execute(&format!(
+            "BEGIN; DELETE FROM events WHERE id = 'w-19'; \
+             DELETE FROM audit_leaves WHERE txid = {0} AND seq = {1}; \
+             DELETE FROM audit_heads WHERE last_txid > {0} OR (last_txid = {0} AND last_seq >= {1}); COMMIT",
+            at.0, at.1
+        ))
+        .await
+        .unwrap();
+    app.wait_until(std::time::Duration::from_secs(10), || async {
+        app.metric_labelled(
+            "candystore_audit_witness_failures_total",
+            "reason=\"rollback\"",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    publish_n(&app, "w", 100..101).await;
+    app.wait_for_rows("events", 20).await;
+    let (_, same) = checkpoint_covering(&app, &key, 20).await;
+    assert_eq!(same.size, 20, "another tree of the size the witness saw");
+    assert_ne!(same.root, cp.root);
+    app.wait_until(std::time::Duration::from_secs(10), || async {
+        app.metric_labelled(
+            "candystore_audit_witness_failures_total",
+            "reason=\"rollback\"",
+        )
+        .await
+            >= 2.0
+    })
+    .await;
+    // The witness still holds the tree it cosigned.
+    assert_eq!(
+        witness.witness.seen(&origin).await.unwrap().root,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cp.root)
+    );
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&checkpoints);
+}

@@ -108,6 +108,22 @@ impl TestApp {
             .join(format!("{}.key", self.name))
     }
 
+    /// Changes a setting for the next `start`.
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.extra.retain(|(k, _)| k != key);
+        self.extra.push((key.to_string(), value.to_string()));
+    }
+
+    /// A counter or gauge's value for one label set (`{reason="rollback"}`
+    /// matches lines holding `reason="rollback"`).
+    pub async fn metric_labelled(&self, name: &str, label: &str) -> f64 {
+        let body = self.metrics_text().await;
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The settings this app runs with; `extra` overrides the test defaults.
     pub fn settings(&self) -> Settings {
         let mut pairs: Vec<(String, String)> = vec![
