@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgres://$(PGUSER)@$(PGHOST):5432/$(DB_NAME)
 export LOG_FORMAT ?= console
 BIN := target/release/candystore
 
-.PHONY: run build services db migrate test browser lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost loadtest-operations test-faults fuzz schemathesis test-all loadtest-memory loadtest-backlog
+.PHONY: run build services db migrate test browser pynacl lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost loadtest-operations test-faults fuzz schemathesis test-all loadtest-memory loadtest-backlog
 
 ## build, create the database if missing, migrate, serve (Ctrl-C stops cleanly)
 run: build services db migrate
@@ -27,8 +27,13 @@ migrate: build db
 	$(BIN) migrate
 
 ## everything CI checks: format, lints, ops files, unit, integration and property tests
-test: services lint ops-check browser
+## (with the independent Python check of the audit proofs, scripts/verify_proof.py)
+test: services lint ops-check browser pynacl
 	cargo test --locked
+
+## PyNaCl, for scripts/verify_proof.py (the proofs' second implementation)
+pynacl:
+	@python3 -c 'import nacl.signing' 2>/dev/null || pip install --quiet pynacl
 
 ## Debian's chromium, for the browser test (tests/it/browser.rs), installed when missing
 browser:

@@ -183,3 +183,137 @@ async fn every_stored_event_is_proved_in_a_signed_checkpoint_that_extends_the_la
         .unwrap();
     assert_eq!(res.status(), 400);
 }
+
+/// Runs a command; returns its exit code and standard output.
+async fn run(cmd: &mut tokio::process::Command) -> (i32, String, String) {
+    let out = cmd.output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_third_party_checks_one_event_with_the_public_key_alone_in_rust_and_in_python() {
+    let app = spawn_app_with(&[("SEAL_INTERVAL", "100ms")], AppOptions::default()).await;
+    let key = public_key(&app).await;
+    for i in 0..5 {
+        app.publish("audit", &gen1(&format!("p-{i}"), "audit"))
+            .await;
+    }
+    // Text PostgreSQL refuses, removed: the original body is committed too.
+    app.publish(
+        "audit",
+        br#"{"event_id":"p-nul","event_type":"audit","source":"s","payload":{"note":"a\u0000b","n":1.50e1}}"#,
+    )
+    .await;
+    app.wait_for_rows("events", 6).await;
+    let (_, cp) = checkpoint_covering(&app, &key, 6).await;
+    let dir = std::env::temp_dir().join(format!("cs-proof-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify_proof.py");
+    let vkey = key.encode();
+    for id in ["p-0", "p-3", "p-nul"] {
+        let (code, bundle, err) = run(tokio::process::Command::new(env!(
+            "CARGO_BIN_EXE_candystore"
+        ))
+        .args(["prove", id])
+        .env_clear()
+        .env("DATABASE_URL", &app.db_url)
+        .env("LOG_LEVEL", "warn"))
+        .await;
+        assert_eq!(code, 0, "{err}");
+        let path = dir.join(format!("{id}.json"));
+        std::fs::write(&path, &bundle).unwrap();
+        let (code, out, err) = run(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
+                .args([
+                    "verify-proof",
+                    path.to_str().unwrap(),
+                    "--public-key",
+                    &vkey,
+                ])
+                .env_clear()
+                .env("LOG_LEVEL", "warn"),
+        )
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.starts_with("proved:"), "{out}");
+        let (code, out, err) = run(tokio::process::Command::new("python3").args([
+            script,
+            "inclusion",
+            path.to_str().unwrap(),
+            &vkey,
+        ]))
+        .await;
+        assert_eq!(code, 0, "python: {out}{err}");
+
+        // The same bundle with the payload changed, or signed by another key,
+        // proves nothing, to either implementation.
+        let mut forged: Value = serde_json::from_str(&bundle).unwrap();
+        forged["event"]["payload"] = Value::String("{\"n\": 2}".into());
+        let forged_path = dir.join(format!("{id}-forged.json"));
+        std::fs::write(&forged_path, forged.to_string()).unwrap();
+        let other = candystore::audit::note::SigningKey::generate(key.name())
+            .unwrap()
+            .verifier()
+            .encode();
+        for (path, k) in [(&forged_path, &vkey), (&path, &other)] {
+            let (code, out, _) = run(tokio::process::Command::new(env!(
+                "CARGO_BIN_EXE_candystore"
+            ))
+            .args(["verify-proof", path.to_str().unwrap(), "--public-key", k])
+            .env_clear())
+            .await;
+            assert_eq!(code, 3, "{out}");
+            let (code, _, err) = run(tokio::process::Command::new("python3").args([
+                script,
+                "inclusion",
+                path.to_str().unwrap(),
+                k,
+            ]))
+            .await;
+            assert_eq!(code, 3, "python: {err}");
+        }
+    }
+    // A consistency proof, checked in Python too.
+    for i in 5..9 {
+        app.publish("audit", &gen1(&format!("p-{i}"), "audit"))
+            .await;
+    }
+    checkpoint_covering(&app, &key, cp.size + 4).await;
+    let proof = app
+        .http
+        .get(app.api(&format!("/audit/proof/consistency?from={}", cp.size)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let path = dir.join("consistency.json");
+    std::fs::write(&path, &proof).unwrap();
+    let (code, out, err) = run(tokio::process::Command::new("python3").args([
+        script,
+        "consistency",
+        path.to_str().unwrap(),
+        &vkey,
+    ]))
+    .await;
+    assert_eq!(code, 0, "python: {out}{err}");
+    let mut forged: Value = serde_json::from_str(&proof).unwrap();
+    if let Some(first) = forged["proof"].get_mut(0) {
+        *first = Value::String(B64.encode([7u8; 32]));
+    }
+    std::fs::write(&path, forged.to_string()).unwrap();
+    let (code, _, _) = run(tokio::process::Command::new("python3").args([
+        script,
+        "consistency",
+        path.to_str().unwrap(),
+        &vkey,
+    ]))
+    .await;
+    assert_eq!(code, 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
