@@ -63,3 +63,15 @@ CREATE TABLE audit_trail (
     attested_from bigint,
     created_at    timestamptz NOT NULL DEFAULT now()
 );
+
+-- Redactions (audit/redact.rs): the receipt of each, by the redacted event's
+-- leaf; the receipt's SHA-256 is in the redaction's own leaf, so a receipt
+-- written with SQL is told from one `candystore redact` made.
+CREATE TABLE audit_redactions (
+    leaf_index  bigint      PRIMARY KEY,
+    txid        bigint      NOT NULL,
+    seq         bigint      NOT NULL,
+    receipt     text        NOT NULL,
+    redacted_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX audit_redactions_position_idx ON audit_redactions (txid, seq);

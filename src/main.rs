@@ -109,6 +109,25 @@ enum Command {
         #[arg(long)]
         position: Option<String>,
     },
+    /// Remove an event's payload and every copy of its body (original_body, dead-letter bodies of the same
+    /// delivery) while the audit tree still verifies: a receipt (who, when, why) enters the tree, and
+    /// `verify` reports the event as redacted.
+    Redact {
+        /// The event's id.
+        id: Option<String>,
+        /// Its source, when several events share the id.
+        #[arg(long)]
+        source: Option<String>,
+        /// Or its position, {txid}-{seq}.
+        #[arg(long)]
+        position: Option<String>,
+        /// Why (kept in the receipt, in the tree).
+        #[arg(long)]
+        reason: String,
+        /// Who asked (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Run a witness (C2SP tlog-witness) for logs given by their public keys: it cosigns each checkpoint that
     /// provably extends the newest it has seen, and refuses rollbacks and forks (409) and bad proofs (422).
     /// Run it where the log's operators cannot write.
@@ -314,6 +333,13 @@ fn main() -> ExitCode {
                 position,
             } => prove(&settings, id, source, position).await,
             Command::VerifyProof { bundle, public_key } => verify_proof(&bundle, &public_key),
+            Command::Redact {
+                id,
+                source,
+                position,
+                reason,
+                by,
+            } => redact(&settings, id, source, position, &reason, by).await,
             Command::Witness {
                 listen,
                 log_keys,
@@ -817,10 +843,11 @@ async fn verify(
                 path.display()
             ),
             None => println!(
-                "verified the tree of {} leaves ({} checkpoint(s) recomputed; {signatures}): {} event(s) against their leaves, {} leaf/leaves not in a checkpoint yet, {} event(s) gone with partitions retention dropped; {} legacy event(s) in {} legacy checkpoint(s){attestations}; in {secs:.1}s",
+                "verified the tree of {} leaves ({} checkpoint(s) recomputed; {signatures}): {} event(s) against their leaves, {} redacted, {} leaf/leaves not in a checkpoint yet, {} event(s) gone with partitions retention dropped; {} legacy event(s) in {} legacy checkpoint(s){attestations}; in {secs:.1}s",
                 report.tree_size,
                 report.checkpoints,
                 report.events,
+                report.redacted,
                 report.pending,
                 report.dropped,
                 report.legacy_events,
@@ -842,15 +869,14 @@ async fn verify(
     Ok(ExitCode::from(3))
 }
 
-async fn prove(
-    settings: &Settings,
+/// The event an id (with its source) or a position names.
+async fn place_of(
+    client: &tokio_postgres::Client,
     id: Option<String>,
     source: Option<String>,
     position: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    let target = db::pg_config(&settings.database_url)?;
-    let client = db::connect(&target).await?;
-    let place = match (id, position) {
+) -> anyhow::Result<(i64, i64)> {
+    Ok(match (id, position) {
         (Some(id), None) => {
             let rows = client
                 .query(
@@ -871,9 +897,51 @@ async fn prove(
             .and_then(|(t, s)| Some((t.parse().ok()?, s.parse().ok()?)))
             .ok_or_else(|| anyhow::anyhow!("--position {p:?} is not {{txid}}-{{seq}}"))?,
         _ => anyhow::bail!("give the event's id, or --position"),
-    };
+    })
+}
+
+async fn prove(
+    settings: &Settings,
+    id: Option<String>,
+    source: Option<String>,
+    position: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let target = db::pg_config(&settings.database_url)?;
+    let client = db::connect(&target).await?;
+    let place = place_of(&client, id, source, position).await?;
     let bundle = candystore::audit::proof::bundle(&client, place).await?;
     println!("{}", serde_json::to_string_pretty(&bundle)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn redact(
+    settings: &Settings,
+    id: Option<String>,
+    source: Option<String>,
+    position: Option<String>,
+    reason: &str,
+    by: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let target = db::pg_config(&settings.database_url)?;
+    let mut client = db::connect(&target).await?;
+    let place = place_of(&client, id, source, position).await?;
+    let by = by
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".to_string());
+    let keyring = candystore::audit::attest::Keyring::new(&settings.audit_keys);
+    let done = candystore::audit::redact::redact(
+        &mut client,
+        place,
+        &by,
+        reason,
+        keyring.as_ref(),
+        chrono::Utc::now(),
+    )
+    .await?;
+    println!(
+        "redacted the event at leaf {} ({} dead letter(s) of the same delivery emptied); receipt: {}",
+        done.leaf_index, done.dead_letters, done.receipt
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -15,6 +15,7 @@
 //! - `job`: the tree job (append, store subtrees, sign).
 //! - `proof`: inclusion and consistency proofs, and the bundle a third party
 //!   checks with the public key alone.
+//! - `redact`: an event's content removed while the tree still verifies.
 //! - `publish`: checkpoints to CHECKPOINT_DIR and to witnesses.
 //! - `verify`: every row and leaf judged, the tree recomputed against its
 //!   signed checkpoints (`candystore verify`).
@@ -29,6 +30,7 @@ pub mod leaf;
 pub mod note;
 pub mod proof;
 pub mod publish;
+pub mod redact;
 pub mod store;
 pub mod trail;
 pub mod tree;

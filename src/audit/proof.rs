@@ -339,7 +339,21 @@ pub async fn bundle(client: &impl GenericClient, place: (i64, i64)) -> Result<Bu
         .map_err(ProveError::from)?
         .ok_or(NoBundle::NoEvent)?;
     let salt: Option<Vec<u8>> = row.get("salt");
-    let salt = salt.ok_or(NoBundle::Legacy)?;
+    let Some(salt) = salt else {
+        let redacted: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM audit_redactions WHERE txid = $1 AND seq = $2)",
+                &[&place.0, &place.1],
+            )
+            .await
+            .map_err(ProveError::from)?
+            .get(0);
+        return Err(if redacted {
+            NoBundle::Redacted
+        } else {
+            NoBundle::Legacy
+        });
+    };
     let t = |i: usize| -> DateTime<Utc> { row.get(i) };
     let event = EventColumns {
         id: row.get(0),

@@ -79,6 +79,8 @@ pub enum Finding {
     /// A dropped range recorded after the tree began, without its leaf: it
     /// excuses no missing event.
     ForgedRetention { partition: String },
+    /// A redaction receipt the tree holds no leaf of (written with SQL).
+    ForgedRedaction { leaf_index: i64 },
     /// What the legacy chain's walk found.
     Legacy(String),
 }
@@ -137,6 +139,10 @@ impl std::fmt::Display for Finding {
                 f,
                 "dropped_partitions records {partition:?} dropped, but the tree holds no such drop: recorded with SQL"
             ),
+            Finding::ForgedRedaction { leaf_index } => write!(
+                f,
+                "audit_redactions holds a receipt for leaf {leaf_index} that the tree holds no redaction of: written with SQL"
+            ),
             Finding::Legacy(f2) => write!(f, "the legacy chain: {f2}"),
         }
     }
@@ -183,6 +189,8 @@ pub struct Report {
     pub attestations: u64,
     /// Event leaves whose row went with a partition retention dropped.
     pub dropped: u64,
+    /// Events redacted (`candystore redact`): content gone, receipt in the tree.
+    pub redacted: u64,
     /// Rows stored before the tree, judged by the legacy chain.
     pub legacy_events: u64,
     pub legacy_checkpoints: u64,
@@ -272,6 +280,7 @@ pub async fn verify(
         .await?
         .map(|r| (r.get(0), r.get(1)));
     let dropped_ranges = dropped_ranges(client, &mut report).await?;
+    let redactions = redactions(client, &mut report).await?;
     let current_txid: i64 = client
         .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
         .await?
@@ -358,9 +367,9 @@ pub async fn verify(
             judge_event(
                 leaf,
                 row.as_ref(),
-                place,
-                index,
+                (place, index),
                 &dropped_ranges,
+                &redactions,
                 &mut report,
             );
         }
@@ -478,6 +487,38 @@ async fn dropped_ranges(
     Ok(ranges)
 }
 
+/// The leaves whose events were redacted: those whose receipt's SHA-256 the
+/// tree holds in a redaction leaf. A receipt without one is named.
+async fn redactions(
+    client: &Client,
+    report: &mut Report,
+) -> Result<std::collections::HashSet<u64>, VerifyError> {
+    let in_tree: std::collections::HashSet<(i64, Vec<u8>)> = client
+        .query(
+            "SELECT ('x' || encode(substring(leaf FROM 2 FOR 8), 'hex'))::bit(64)::bigint, \
+             substring(leaf FROM 10 FOR 32) FROM audit_leaves WHERE get_byte(leaf, 0) = 2",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut out = std::collections::HashSet::new();
+    for r in client
+        .query("SELECT leaf_index, receipt FROM audit_redactions", &[])
+        .await?
+    {
+        let (index, receipt): (i64, String) = (r.get(0), r.get(1));
+        let digest = sha2::Sha256::digest(receipt.as_bytes()).to_vec();
+        if in_tree.contains(&(index, digest)) {
+            out.insert(index as u64);
+        } else {
+            report.find(Finding::ForgedRedaction { leaf_index: index });
+        }
+    }
+    Ok(out)
+}
+
 /// Each stored note: its body must be the row's size and root, signed by the
 /// key from outside when there is one.
 fn check_notes(heads: &[HeadRow], key: Option<&VerifierKey>, report: &mut Report) {
@@ -585,9 +626,9 @@ fn judge_leafless(
 fn judge_event(
     leaf: Leaf<'_>,
     row: Option<&tokio_postgres::Row>,
-    place: (i64, i64),
-    index: Option<u64>,
+    (place, index): ((i64, i64), Option<u64>),
     dropped: &[(i64, i64)],
+    redacted: &std::collections::HashSet<u64>,
     report: &mut Report,
 ) {
     if leaf.kind != Kind::Event {
@@ -615,6 +656,10 @@ fn judge_event(
     report.events += 1;
     let id: String = row.get("id");
     let salt: Option<Vec<u8>> = row.get("salt");
+    if salt.is_none() && index.is_some_and(|i| redacted.contains(&i)) {
+        report.redacted += 1;
+        return;
+    }
     let made = salt.map(|salt| content(row).commitment(&salt));
     if made != Some(commitment) {
         report.find(Finding::Modified {

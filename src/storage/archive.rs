@@ -630,6 +630,13 @@ pub async fn restore(
             p.start(&file_name, entry.rows);
         }
         let r = restore_file(client, table, path, &entry, progress).await?;
+        if table == Table::Events && crate::audit::store::has_tree(client).await? {
+            // An archive written before a redaction brings the content back:
+            // redacted again at once.
+            client
+                .execute(crate::audit::redact::REDACT_RESTORED, &[])
+                .await?;
+        }
         if let Some(p) = progress {
             p.finish();
         }

@@ -735,3 +735,167 @@ async fn a_witness_keeps_the_tree_it_saw_and_refuses_a_rollback_and_a_fork() {
     app.stop().await;
     let _ = std::fs::remove_dir_all(&checkpoints);
 }
+
+#[tokio::test]
+async fn a_redacted_event_verifies_as_redacted_and_its_content_is_gone_everywhere() {
+    let app = spawn_app_with(
+        &[("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)],
+        AppOptions::default(),
+    )
+    .await;
+    let key = outside_key(&app);
+    publish_n(&app, "x", 0..5).await;
+    let mut secret: serde_json::Value = serde_json::from_slice(&gen1("x-secret", "audit")).unwrap();
+    secret["data"]["text"] = "s3cr3t-payload".into();
+    app.publish("audit", &serde_json::to_vec(&secret).unwrap())
+        .await;
+    // A dead letter of the same delivery (a refused redelivery, say).
+    app.db
+        .execute(
+            "WITH k AS (INSERT INTO dead_letter_keys (fingerprint, received_at) VALUES ('\\x0909', now()) RETURNING 1) \
+             INSERT INTO dead_letter (fingerprint, received_at, exchange, routing_key, properties, body, reason, detail) \
+             SELECT '\\x0909', now(), $1, 'audit', '{}', convert_to('{\"id\": \"x-secret\", \"secret\": \"s3cr3t\"}', 'UTF8'), 'invalid_json', 'x' FROM k",
+            &[&app.exchange],
+        )
+        .await
+        .unwrap();
+    app.wait_for_rows("events", 6).await;
+    checkpoint_covering(&app, &key, 6).await;
+    let at = position(&app, "x-secret").await;
+    let mut c = connect(&app.db_url).await;
+    let done = candystore::audit::redact::redact(
+        &mut c,
+        at,
+        "dpo@example",
+        "erasure request 42",
+        Some(&ring()),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.dead_letters, 1);
+    // Gone from the row, the dead letter, and what the API serves.
+    let (payload, salt, body): (serde_json::Value, Option<Vec<u8>>, Vec<u8>) = {
+        let r = app
+            .db
+            .query_one(
+                "SELECT payload, salt, (SELECT body FROM dead_letter WHERE fingerprint = '\\x0909') \
+                 FROM events WHERE id = 'x-secret'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(
+        payload["candystore_redacted"]["leaf_index"],
+        done.leaf_index
+    );
+    assert_eq!((salt, body), (None, Vec::new()));
+    for path in ["/events/x-secret", "/events/x-secret/raw"] {
+        let text = app
+            .http
+            .get(app.api(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains("candystore_redacted"), "{path}: {text}");
+        assert!(!text.contains("s3cr3t"), "{path}: {text}");
+    }
+    // An archive written now does not hold it either.
+    let dir = std::env::temp_dir().join(format!("cs-redacted-{}", uuid::Uuid::new_v4()));
+    let table = candystore::storage::Table::Events;
+    for p in candystore::storage::partition::list(&app.db, table)
+        .await
+        .unwrap()
+    {
+        if p.range.is_some() {
+            candystore::storage::archive::archive_partition(&app.db, table, &p, &dir, None)
+                .await
+                .unwrap();
+        }
+    }
+    let mut archived = String::new();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let path = f.unwrap().path();
+        if path.extension().is_some_and(|e| e == "zst") {
+            let bytes = zstd::decode_all(std::fs::File::open(&path).unwrap()).unwrap();
+            archived.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        archived.contains("x-secret") && !archived.contains("s3cr3t"),
+        "{archived}"
+    );
+    checkpoint_covering(&app, &key, 7).await;
+    for keyring in [None, Some(ring())] {
+        let report = run_verify(&app, keyring.as_ref(), Some(&key)).await;
+        assert!(report.ok(), "{:?}", report.findings);
+        assert_eq!((report.redacted, report.events), (1, 6), "{report:?}");
+    }
+    // Its leaf is still proved; a bundle of its content is refused.
+    let res = app
+        .http
+        .get(app.api(&format!(
+            "/audit/proof/inclusion?position={}-{}",
+            at.0, at.1
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(matches!(
+        candystore::audit::proof::bundle(&app.db, at).await,
+        Err(candystore::audit::proof::NoBundle::Legacy
+            | candystore::audit::proof::NoBundle::Redacted)
+    ));
+
+    // A "redaction" with SQL: content and salt deleted, a receipt written.
+    let other = position(&app, "x-4").await;
+    let idx: i64 = {
+        let p: candystore::audit::proof::Inclusion = app
+            .http
+            .get(app.api("/audit/proof/inclusion?id=x-4"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        p.leaf_index as i64
+    };
+    app.db
+        .execute(
+            "UPDATE events SET payload = '{}', salt = NULL WHERE id = 'x-4'",
+            &[],
+        )
+        .await
+        .unwrap();
+    app.db
+        .execute(
+            "INSERT INTO audit_redactions (leaf_index, txid, seq, receipt) VALUES ($1, $2, $3, '{}')",
+            &[&idx, &other.0, &other.1],
+        )
+        .await
+        .unwrap();
+    let report = run_verify(&app, None, Some(&key)).await;
+    assert!(
+        report
+            .findings
+            .contains(&Finding::ForgedRedaction { leaf_index: idx }),
+        "{:?}",
+        report.findings
+    );
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::Modified { id, .. } if id == "x-4")),
+        "{:?}",
+        report.findings
+    );
+}
