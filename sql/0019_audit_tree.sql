@@ -61,6 +61,9 @@ CREATE TABLE audit_trail (
     origin        text        NOT NULL,
     public_key    text        NOT NULL,
     attested_from bigint,
+    -- the AUDIT_KEY ids the trail has a key leaf for (hex; the leaves, signed
+    -- with the checkpoint key, are what verify trusts)
+    keys          text[]      NOT NULL DEFAULT '{}',
     created_at    timestamptz NOT NULL DEFAULT now()
 );
 

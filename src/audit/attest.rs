@@ -122,6 +122,19 @@ impl Keyring {
         out
     }
 
+    /// The ids of the ring's keys, the attesting one first.
+    pub fn ids(&self) -> Vec<[u8; 4]> {
+        self.keys.iter().map(|k| k.id).collect()
+    }
+
+    /// The ring of one key of this one (to attest with another than the first).
+    pub fn only(&self, id: [u8; 4]) -> Option<Keyring> {
+        let key = self.keys.iter().find(|k| k.id == id)?;
+        Some(Keyring {
+            keys: vec![key.clone()],
+        })
+    }
+
     /// The attestation of a leaf's `message` (`audit::leaf`): key id and MAC.
     pub fn attest(&self, message: &[u8]) -> [u8; LEN] {
         let key = &self.keys[0];

@@ -89,6 +89,7 @@ impl Tree {
             return Ok(Appended::default());
         }
         self.check_trail(&tx).await?;
+        self.introduce_keys(&tx).await?;
         let head = store::head(&tx).await?;
         if let (None, Some(end)) = (&head, legacy) {
             let anchor = leaf::anchor(end.to, end.count, &end.chain_hash, self.keyring.as_deref());
@@ -218,6 +219,32 @@ impl Tree {
             note,
         });
         Ok(appended)
+    }
+
+    /// Adds a key leaf for each AUDIT_KEY the trail has none of yet, so a leaf
+    /// attested with a key later retired or lost is told from a forged one.
+    async fn introduce_keys(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), JobError> {
+        let Some(ring) = &self.keyring else {
+            return Ok(());
+        };
+        let known: Vec<String> = tx
+            .query_one("SELECT keys FROM audit_trail", &[])
+            .await?
+            .get(0);
+        for id in ring.ids() {
+            let hex = crate::hex::encode(&id);
+            if known.contains(&hex) {
+                continue;
+            }
+            store::add_leaf(tx, &leaf::key(id, &self.signer, ring)).await?;
+            tx.execute(
+                "UPDATE audit_trail SET keys = array_append(keys, $1)",
+                &[&hex],
+            )
+            .await?;
+            tracing::info!(key_id = %hex, "AUDIT_KEY introduced to the audit trail");
+        }
+        Ok(())
     }
 
     /// Records this trail's origin and key on its first step; refuses to sign

@@ -9,6 +9,7 @@
 //! | 1 event | event time (Unix µs, 8 bytes), commitment (32) |
 //! | 2 redaction | the redacted leaf's index (8), SHA-256 of the receipt (32) |
 //! | 3 retention | SHA-256 of the dropped range's record (32) |
+//! | 4 key | an AUDIT_KEY's id (4), the signing key's Ed25519 signature of it (64) |
 //!
 //! and the attestation is empty, or the AUDIT_KEY id and HMAC-SHA256 of
 //! `"candystore/leaf/v1\n" ‖ kind ‖ body` (36 bytes): only a holder of the key
@@ -44,6 +45,7 @@ pub enum Kind {
     Event = 1,
     Redaction = 2,
     Retention = 3,
+    Key = 4,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Anchor => 24 + 32,
             Kind::Event | Kind::Redaction => 8 + 32,
             Kind::Retention => 32,
+            Kind::Key => 4 + 64,
         }
     }
 
@@ -61,6 +64,7 @@ impl Kind {
             1 => Kind::Event,
             2 => Kind::Redaction,
             3 => Kind::Retention,
+            4 => Kind::Key,
             _ => return None,
         })
     }
@@ -111,6 +115,26 @@ impl<'a> Leaf<'a> {
                 i64::from_be_bytes(self.body[..8].try_into().expect("8 bytes")),
                 self.body[8..40].try_into().expect("32 bytes"),
             )
+        })
+    }
+
+    /// The key a key leaf introduces, if the signing key `signer` vouched for it.
+    pub fn key(&self, signer: &super::note::VerifierKey) -> Option<[u8; 4]> {
+        if self.kind != Kind::Key {
+            return None;
+        }
+        let id: [u8; 4] = self.body[..4].try_into().expect("4 bytes");
+        signer
+            .verify_raw(&key_message(id), &self.body[4..68])
+            .then_some(id)
+    }
+
+    /// The key id of the attestation, if any.
+    pub fn attested_by(&self) -> Option<[u8; 4]> {
+        self.attestation.map(|a| {
+            a[..4]
+                .try_into()
+                .expect("an attestation starts with its key id")
         })
     }
 
@@ -185,6 +209,22 @@ pub fn retention_record(
 /// A dropped range's leaf.
 pub fn retention(record: &[u8], keyring: Option<&Keyring>) -> Vec<u8> {
     build(Kind::Retention, &Sha256::digest(record), keyring)
+}
+
+/// What the signing key signs to introduce an AUDIT_KEY to the trail.
+pub fn key_message(id: [u8; 4]) -> Vec<u8> {
+    let mut m = b"candystore/key/v1\n".to_vec();
+    m.extend_from_slice(&id);
+    m
+}
+
+/// A key leaf: the AUDIT_KEY `id` joins the trail, vouched for by the
+/// checkpoint signing key, and attested by the key itself (its holder made it).
+pub fn key(id: [u8; 4], signer: &super::note::SigningKey, keyring: &Keyring) -> Vec<u8> {
+    let mut body = Vec::with_capacity(68);
+    body.extend_from_slice(&id);
+    body.extend_from_slice(&signer.sign_raw(&key_message(id)));
+    build(Kind::Key, &body, keyring.only(id).as_ref())
 }
 
 /// The anchor to the legacy chain's last checkpoint.

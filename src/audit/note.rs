@@ -126,6 +126,11 @@ impl SigningKey {
         }
     }
 
+    /// A bare Ed25519 signature of `message` (for the tree's key leaves).
+    pub fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
+        self.key.sign(message).to_bytes()
+    }
+
     /// The signed note of `body` (which ends with a newline).
     pub fn sign(&self, body: &str) -> String {
         let sig = self.key.sign(body.as_bytes());
@@ -255,6 +260,12 @@ impl VerifierKey {
                 .map_err(|_| NoteError::BadSignature(self.name.clone()));
         }
         Err(NoteError::Unsigned(self.name.clone()))
+    }
+
+    /// Checks a bare signature made with [`SigningKey::sign_raw`].
+    pub fn verify_raw(&self, message: &[u8], signature: &[u8]) -> bool {
+        ed25519_dalek::Signature::from_slice(signature)
+            .is_ok_and(|sig| self.key.verify(message, &sig).is_ok())
     }
 
     /// Checks a witness's cosignature line on a checkpoint body; returns its time.

@@ -185,8 +185,11 @@ pub struct Report {
     pub pending: u64,
     /// Rows compared with their leaf.
     pub events: u64,
-    /// Leaf attestations checked with AUDIT_KEY.
+    /// Leaf attestations that held with AUDIT_KEY.
     pub attestations: u64,
+    /// Leaves attested with a key no longer in AUDIT_KEY (retired or lost) that
+    /// a signed key leaf introduced: not checked.
+    pub retired_key: u64,
     /// Event leaves whose row went with a partition retention dropped.
     pub dropped: u64,
     /// Events redacted (`candystore redact`): content gone, receipt in the tree.
@@ -281,6 +284,7 @@ pub async fn verify(
         .map(|r| (r.get(0), r.get(1)));
     let dropped_ranges = dropped_ranges(client, &mut report).await?;
     let redactions = redactions(client, &mut report).await?;
+    let introduced = introduced_keys(client, opts.key).await?;
     let current_txid: i64 = client
         .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
         .await?
@@ -332,13 +336,19 @@ pub async fn verify(
         let parsed = Leaf::parse(&bytes).ok();
         // The attestation.
         if let Some(k) = opts.keyring {
-            report.attestations += 1;
             let check = parsed.map_or(Check::Invalid, |l| l.check(k));
             let required = seen_valid
                 || attested_from.is_some_and(|from| index.is_none_or(|i| i as i64 >= from));
+            let retired = parsed
+                .and_then(|l| l.attested_by())
+                .is_some_and(|id| !k.ids().contains(&id) && introduced.contains(&id));
             match check {
-                Check::Valid => seen_valid = true,
+                Check::Valid => {
+                    seen_valid = true;
+                    report.attestations += 1;
+                }
                 Check::Missing if !required => {}
+                Check::Invalid if retired => report.retired_key += 1,
                 _ => report.find(Finding::Unattested {
                     position: place,
                     index,
@@ -485,6 +495,26 @@ async fn dropped_ranges(
         }
     }
     Ok(ranges)
+}
+
+/// The AUDIT_KEY ids the trail introduced: key leaves whose signature by the
+/// checkpoint key (from outside the database) holds. None without that key.
+async fn introduced_keys(
+    client: &Client,
+    key: Option<&VerifierKey>,
+) -> Result<std::collections::HashSet<[u8; 4]>, VerifyError> {
+    let Some(key) = key else {
+        return Ok(Default::default());
+    };
+    Ok(client
+        .query(
+            "SELECT leaf FROM audit_leaves WHERE get_byte(leaf, 0) = 4",
+            &[],
+        )
+        .await?
+        .iter()
+        .filter_map(|r| Leaf::parse(r.get(0)).ok()?.key(key))
+        .collect())
 }
 
 /// The leaves whose events were redacted: those whose receipt's SHA-256 the

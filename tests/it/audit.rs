@@ -91,7 +91,8 @@ async fn a_payload_changed_before_its_checkpoint_is_named_with_or_without_the_ke
     let key = outside_key(&app);
     let clean = run_verify(&app, Some(&ring()), Some(&key)).await;
     assert!(clean.ok(), "{:?}", clean.findings);
-    assert_eq!((clean.pending, clean.events, clean.attestations), (8, 8, 8));
+    // The eight events' leaves, and the key leaf that introduced AUDIT_KEY.
+    assert_eq!((clean.pending, clean.events, clean.attestations), (9, 8, 9));
 
     app.db
         .execute(
@@ -279,7 +280,7 @@ async fn a_deleted_event_and_rows_inserted_with_sql_at_any_position_are_named() 
     checkpoint_covering(&app, &key, 10).await;
     let clean = run_verify(&app, Some(&ring()), Some(&key)).await;
     assert!(clean.ok(), "{:?}", clean.findings);
-    assert_eq!(clean.attestations, 10);
+    assert_eq!(clean.attestations, 11, "ten events and the key leaf");
 
     let deleted = position(&app, "d-3").await;
     app.db
@@ -554,7 +555,7 @@ async fn events_gone_with_retention_are_counted_a_restore_is_judged_again_and_a_
         }
     }
     app.wait_for_rows("events", 13).await;
-    checkpoint_covering(&app, &key, 13).await;
+    checkpoint_covering(&app, &key, 14).await;
     let target = candystore::db::pg_config(&app.db_url).unwrap();
     let mut c = candystore::storage::connect(&target).await.unwrap();
     let dir = std::env::temp_dir().join(format!("cs-audit-{}", uuid::Uuid::new_v4()));
@@ -574,7 +575,7 @@ async fn events_gone_with_retention_are_counted_a_restore_is_judged_again_and_a_
     assert!(!report.dropped.is_empty(), "{report:?}");
     assert_eq!(app.count("events").await, 7);
     // The drop's own leaf enters the tree too.
-    checkpoint_covering(&app, &key, 14).await;
+    checkpoint_covering(&app, &key, 15).await;
     for keyring in [None, Some(ring())] {
         let report = run_verify(&app, keyring.as_ref(), Some(&key)).await;
         assert!(report.ok(), "{:?}", report.findings);
@@ -895,6 +896,108 @@ async fn a_redacted_event_verifies_as_redacted_and_its_content_is_gone_everywher
             .findings
             .iter()
             .any(|f| matches!(f, Finding::Modified { id, .. } if id == "x-4")),
+        "{:?}",
+        report.findings
+    );
+}
+
+/// Why `start` refused, as `main` reports it (exit 2 naming the variable).
+async fn refused(app: &TestApp) -> String {
+    match candystore::app::start(app.settings(), AppOptions::default()).await {
+        Ok(_) => panic!("started"),
+        Err(e) => match e.downcast_ref::<candystore::config::ConfigError>() {
+            Some(candystore::config::ConfigError::Refused { name, .. }) => name.to_string(),
+            _ => panic!("refused for another reason: {e:#}"),
+        },
+    }
+}
+
+#[tokio::test]
+async fn keys_cannot_trap_an_operator_rotation_and_loss_keep_verify_honest() {
+    const B: &str = "a-second-audit-key-of-32-characters-b";
+    const C: &str = "a-third-audit-key-of-32-characters-ccc";
+    let mut app = spawn_app_with(
+        &[("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)],
+        AppOptions::default(),
+    )
+    .await;
+    let key = outside_key(&app);
+    publish_n(&app, "k", 0..5).await;
+    app.wait_for_rows("events", 5).await;
+    checkpoint_covering(&app, &key, 6).await;
+    app.stop().await;
+
+    // One start without AUDIT_KEY, as a new user might: refused, naming it.
+    app.set("AUDIT_KEY", "");
+    assert_eq!(refused(&app).await, "AUDIT_KEY");
+    // Another signing key than the trail's: refused, naming its file.
+    let other_key = std::env::temp_dir().join(format!("cs-other-{}.key", uuid::Uuid::new_v4()));
+    app.set("AUDIT_KEY", KEY);
+    app.set("SIGNING_KEY_FILE", &other_key.display().to_string());
+    assert_eq!(refused(&app).await, "SIGNING_KEY_FILE");
+    let _ = std::fs::remove_file(&other_key);
+    app.set("SIGNING_KEY_FILE", &app.key_file().display().to_string());
+
+    // Rotation: the new key attests, the old one still verifies.
+    app.set("AUDIT_KEY", &format!("{B},{KEY}"));
+    app.start(AppOptions::default()).await;
+    publish_n(&app, "k", 5..10).await;
+    app.wait_for_rows("events", 10).await;
+    checkpoint_covering(&app, &key, 12).await;
+    let both = Keyring::new(&[B.to_string(), KEY.to_string()]).unwrap();
+    let report = run_verify(&app, Some(&both), Some(&key)).await;
+    assert!(report.ok(), "{:?}", report.findings);
+    // Ten events and one key leaf per key: everything checked.
+    assert_eq!((report.attestations, report.retired_key), (12, 0));
+    // The old key dropped from the ring: its leaves are reported, not flagged.
+    let new_only = Keyring::new(&[B.to_string()]).unwrap();
+    let report = run_verify(&app, Some(&new_only), Some(&key)).await;
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.attestations, report.retired_key), (6, 6));
+    app.stop().await;
+
+    // Both keys lost: a new one is introduced, and what the lost keys attested
+    // is reported as not checked, never as forged.
+    app.set("AUDIT_KEY", C);
+    app.start(AppOptions::default()).await;
+    publish_n(&app, "k", 10..12).await;
+    app.wait_for_rows("events", 12).await;
+    checkpoint_covering(&app, &key, 15).await;
+    let lost = Keyring::new(&[C.to_string()]).unwrap();
+    let report = run_verify(&app, Some(&lost), Some(&key)).await;
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.attestations, report.retired_key), (3, 12));
+    // A leaf attested with a key no signed key leaf introduced is forged.
+    let at = position(&app, "k-11").await;
+    let forger = Keyring::new(&["an-attackers-key-of-32-characters-zzz".to_string()]).unwrap();
+    let bytes: Vec<u8> = app
+        .db
+        .query_one(
+            "SELECT leaf FROM audit_leaves WHERE txid = $1 AND seq = $2",
+            &[&at.0, &at.1],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (time, commitment) = leaf::Leaf::parse(&bytes).unwrap().event().unwrap();
+    let forged = leaf::event(
+        chrono::DateTime::from_timestamp_micros(time).unwrap(),
+        &commitment,
+        Some(&forger),
+    );
+    app.db
+        .execute(
+            "UPDATE audit_leaves SET leaf = $3 WHERE txid = $1 AND seq = $2",
+            &[&at.0, &at.1, &forged],
+        )
+        .await
+        .unwrap();
+    let report = run_verify(&app, Some(&lost), Some(&key)).await;
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::Unattested { position, .. } if *position == at)),
         "{:?}",
         report.findings
     );
