@@ -115,7 +115,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                     reason: e.to_string(),
                 }
                 .into(),
-                None => anyhow::Error::new(e).context("cannot read the audit trail"),
+                None => anyhow::Error::new(e),
             });
         }
         let replay_key = replay_mark::load(&client)

@@ -17,6 +17,10 @@ pub enum TrailError {
         "every leaf of this trail from leaf {from} on is attested, and AUDIT_KEY is not set here: set it as the other instances have it (docs/AUDIT.md, \"Keys\")"
     )]
     NeedsKey { from: i64 },
+    #[error(
+        "this cluster's transaction ids ({current}) are behind the stored rows' ({stored}): restored from a logical dump into a new cluster? New rows would sort before stored ones in the live tail and the audit tree. Advance the cluster's transaction id past {stored} first (docs/AUDIT.md, \"Moving to a new cluster\")"
+    )]
+    Behind { current: i64, stored: i64 },
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
 }
@@ -27,7 +31,7 @@ impl TrailError {
         match self {
             TrailError::OtherKey { .. } => Some("SIGNING_KEY_FILE"),
             TrailError::NeedsKey { .. } => Some("AUDIT_KEY"),
-            TrailError::Db(_) => None,
+            TrailError::Behind { .. } | TrailError::Db(_) => None,
         }
     }
 }
@@ -47,6 +51,7 @@ pub async fn check_start(
     if !exists {
         return Ok(());
     }
+    check_order(client).await?;
     let Some(row) = client
         .query_opt("SELECT public_key, attested_from FROM audit_trail", &[])
         .await?
@@ -62,4 +67,23 @@ pub async fn check_start(
         return Err(TrailError::NeedsKey { from });
     }
     Ok(())
+}
+
+/// Refuses a cluster whose transaction ids are behind the stored rows' (a
+/// logical dump restored into a new cluster): the tail and the tree order rows
+/// by the transaction that wrote them.
+pub async fn check_order(client: &impl GenericClient) -> Result<(), TrailError> {
+    let row = client
+        .query_one(
+            "SELECT pg_current_xact_id()::text::bigint, greatest( \
+               (SELECT txid FROM audit_leaves ORDER BY txid DESC, seq DESC LIMIT 1), \
+               (SELECT txid FROM events ORDER BY txid DESC, seq DESC LIMIT 1))",
+            &[],
+        )
+        .await?;
+    let (current, stored): (i64, Option<i64>) = (row.get(0), row.get(1));
+    match stored {
+        Some(stored) if stored >= current => Err(TrailError::Behind { current, stored }),
+        _ => Ok(()),
+    }
 }

@@ -1002,3 +1002,28 @@ async fn keys_cannot_trap_an_operator_rotation_and_loss_keep_verify_honest() {
         report.findings
     );
 }
+
+#[tokio::test]
+async fn a_cluster_whose_transaction_ids_are_behind_the_stored_rows_is_refused() {
+    // As after a logical dump restored into a new cluster: rows carry txids the
+    // cluster has not reached.
+    let mut app = spawn_app_with(&[("SEAL_INTERVAL", "100ms")], AppOptions::default()).await;
+    publish_n(&app, "t", 0..3).await;
+    app.wait_for_rows("events", 3).await;
+    app.stop().await;
+    app.db
+        .execute(
+            "UPDATE events SET txid = pg_current_xact_id()::text::bigint + 1000000000 WHERE id = 't-2'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = match candystore::app::start(app.settings(), AppOptions::default()).await {
+        Ok(_) => panic!("started on a cluster behind its rows"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("transaction ids") && err.contains("AUDIT.md"),
+        "{err}"
+    );
+}
