@@ -528,7 +528,9 @@ async fn big_db(rows: i64) -> (Client, Client) {
     let started = Instant::now();
     let mut caught_up = 0i64;
     loop {
-        let s = candystore::storage::seal::step(&mut c, None).await.unwrap();
+        let s = candystore::audit::legacy::seal::step(&mut c, None)
+            .await
+            .unwrap();
         caught_up += s.events;
         if s.events == 0 {
             break;

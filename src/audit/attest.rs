@@ -6,7 +6,7 @@
 //! ([`Keyring::attest`]). What follows describes the rule of rows written before
 //! it (migration 0015 to 0018), which `verify` still applies to them.
 //!
-//! The seal job (`storage::seal`) digests whatever committed rows it finds, in the
+//! The legacy seal step (`audit::legacy::seal`) digests whatever committed rows it finds, in the
 //! live tail's order. Without attestations a row inserted with SQL after the last
 //! seal, at a fresh position, would be sealed like any other. With AUDIT_KEY set,
 //! the writer computes HMAC-SHA256 over the row's columns as PostgreSQL stores them

@@ -355,13 +355,13 @@ async fn finish_legacy_chain(
         return Ok(None);
     }
     loop {
-        let sealed = crate::storage::seal::step(client, keyring).await?;
+        let sealed = crate::audit::legacy::seal::step(client, keyring).await?;
         if sealed.needs_key {
             tracing::warn!(
                 "the legacy chain is attested and AUDIT_KEY is not set here: anchoring the tree to its last checkpoint as it stands"
             );
         }
-        if sealed.events < crate::storage::seal::SEAL_MAX_EVENTS {
+        if sealed.events < crate::audit::legacy::seal::SEAL_MAX_EVENTS {
             break;
         }
     }

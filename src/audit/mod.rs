@@ -17,6 +17,7 @@
 //!   checks with the public key alone.
 //! - `redact`: an event's content removed while the tree still verifies.
 //! - `publish`: checkpoints to CHECKPOINT_DIR and to witnesses.
+//! - `legacy`: the chain before the tree (sealed once more, then anchored).
 //! - `verify`: every row and leaf judged, the tree recomputed against its
 //!   signed checkpoints (`candystore verify`).
 //! - `witness`: a C2SP tlog-witness (`candystore witness`), for the tests and
@@ -27,6 +28,7 @@ pub mod attest;
 pub mod job;
 pub mod jsonb;
 pub mod leaf;
+pub mod legacy;
 pub mod note;
 pub mod proof;
 pub mod publish;

@@ -439,10 +439,10 @@ pub async fn verify(
             });
         }
         if legacy_end.is_some() {
-            let legacy = crate::ops::verify::verify(client, None, opts.keyring)
+            let legacy = crate::audit::legacy::verify::verify(client, None, opts.keyring)
                 .await
                 .map_err(|e| match e {
-                    crate::ops::verify::VerifyError::Database(e) => VerifyError::Db(e),
+                    crate::audit::legacy::verify::VerifyError::Database(e) => VerifyError::Db(e),
                     other => VerifyError::Saved(other.to_string()),
                 })?;
             report.legacy_checkpoints = legacy.checkpoints;

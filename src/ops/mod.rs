@@ -4,4 +4,3 @@
 
 pub mod dead_letters;
 pub mod replay;
-pub mod verify;

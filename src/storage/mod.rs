@@ -8,7 +8,7 @@
 //!   service runs;
 //! - [`maintain`]: the scheduled job and its metrics;
 //! - [`archive`]: partitions to compressed NDJSON files with a manifest, and back;
-//! - [`seal`], [`catalog`]: the audit chain and the catalog, behind ingest;
+//! - [`catalog`]: the catalog, behind ingest (the audit trail is `crate::audit`);
 //! - [`job`]: the loop every background job runs in.
 
 use std::time::Duration;
@@ -22,7 +22,6 @@ pub mod maintain;
 pub mod migrate_online;
 pub mod partition;
 pub mod schema;
-pub mod seal;
 pub mod tail_index;
 
 pub use partition::{PartitionInterval, Range};

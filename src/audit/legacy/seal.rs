@@ -1,3 +1,8 @@
+//! The legacy audit chain (migrations 0013 to 0018), before the Merkle tree:
+//! kept so databases that have it stay verifiable, and sealed one last time by
+//! the tree job's first step, whose anchor leaf commits to its end. Nothing
+//! seals with it after that.
+//!
 //! The audit chain: committed events are sealed, in the live tail's order
 //! `(txid, seq)` and only below its horizon ([`HORIZON`]: committed, and nothing
 //! can appear below it later), so sealing never waits for or slows the writers.
@@ -20,17 +25,15 @@
 //! `candystore_audit_unattested_total`, logged, and named by `verify`. Once the
 //! chain is attested, an instance without AUDIT_KEY does not seal.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use postgres_types::{FromSql, Type};
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, Row};
 
-use super::StorageError;
-use super::tail_index::HORIZON;
 use crate::audit::attest::{ATTESTED_COLUMNS, Check, Keyring};
+use crate::storage::StorageError;
+use crate::storage::tail_index::HORIZON;
 
 /// Events sealed per step (one checkpoint) at most.
 pub const SEAL_MAX_EVENTS: i64 = 100_000;
@@ -172,7 +175,7 @@ pub struct Sealed {
 /// or another instance holds the turn.
 pub async fn step(client: &mut Client, keyring: Option<&Keyring>) -> Result<Sealed, StorageError> {
     let tx = client.transaction().await?;
-    if !super::job::take_turn(&tx, LOCK_KEY).await? {
+    if !crate::storage::job::take_turn(&tx, LOCK_KEY).await? {
         return Ok(Sealed::default());
     }
     let last = tx
@@ -286,91 +289,6 @@ pub async fn step(client: &mut Client, keyring: Option<&Keyring>) -> Result<Seal
         unattested,
         needs_key: false,
     })
-}
-
-/// Rows named in the log per step; the rest are counted.
-const LOGGED_PER_STEP: usize = 10;
-
-/// Logs and counts the rows a step sealed as unattested.
-fn report_unattested(s: &Sealed, metrics: &crate::metrics::Metrics) {
-    if s.unattested.is_empty() {
-        return;
-    }
-    metrics.audit_unattested.inc_by(s.unattested.len() as u64);
-    for (txid, seq, id) in s.unattested.iter().take(LOGGED_PER_STEP) {
-        tracing::error!(
-            txid,
-            seq,
-            id = %id,
-            checkpoint = s.checkpoint,
-            "an event without a valid writer attestation was sealed as unattested: written out of band?"
-        );
-    }
-    if s.unattested.len() > LOGGED_PER_STEP {
-        tracing::error!(
-            more = s.unattested.len() - LOGGED_PER_STEP,
-            checkpoint = s.checkpoint,
-            "more unattested events in the same checkpoint"
-        );
-    }
-}
-
-/// The seal as a background job: every `every`, at once again while steps are full.
-pub struct SealJob {
-    pub every: Duration,
-    pub keyring: Option<std::sync::Arc<Keyring>>,
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-    /// The missing key was logged.
-    warned: bool,
-}
-
-impl SealJob {
-    pub fn new(
-        every: Duration,
-        keyring: Option<std::sync::Arc<Keyring>>,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
-    ) -> Self {
-        SealJob {
-            every,
-            keyring,
-            metrics,
-            warned: false,
-        }
-    }
-}
-
-impl super::job::Job for SealJob {
-    const NAME: &'static str = "seal";
-    type Error = StorageError;
-
-    fn retry_in(&self) -> Duration {
-        self.every
-    }
-
-    async fn step(&mut self, client: &mut Client) -> Result<Duration, StorageError> {
-        let s = step(client, self.keyring.as_deref()).await?;
-        if s.needs_key {
-            if !self.warned {
-                tracing::warn!(
-                    "not sealing: the audit chain is attested and AUDIT_KEY is not set here (an instance with it seals)"
-                );
-                self.warned = true;
-            }
-            return Ok(self.every);
-        }
-        self.metrics
-            .audit_last_seal
-            .set(chrono::Utc::now().timestamp() as f64);
-        report_unattested(&s, &self.metrics);
-        if let Some(id) = s.checkpoint {
-            tracing::debug!(checkpoint = id, events = s.events, "sealed");
-        }
-        Ok(if s.events >= SEAL_MAX_EVENTS {
-            Duration::ZERO
-        } else {
-            self.every
-        })
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! `candystore verify`: recomputes the audit chain (`storage::seal`) and reports
+//! The legacy chain's walk, part of `candystore verify` (`audit::verify`) on a
+//! database that has it: recomputes the audit chain (`legacy::seal`) and reports
 //! the first event that was modified, deleted, or written into a sealed range out
 //! of band, or the first checkpoint whose chain does not hold.
 //!
@@ -22,8 +23,8 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use tokio_postgres::Client;
 
+use super::seal::{AttestedColumns, ROW_COLUMNS, chain_step, digest, judge};
 use crate::audit::attest::Keyring;
-use crate::storage::seal::{AttestedColumns, ROW_COLUMNS, chain_step, digest, judge};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
