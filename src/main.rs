@@ -124,8 +124,8 @@ enum Command {
         /// Why (kept in the receipt, in the tree).
         #[arg(long)]
         reason: String,
-        /// Who asked (default: $USER).
-        #[arg(long)]
+        /// Who asked (default: the login name, $USER).
+        #[arg(long, env = "USER")]
         by: Option<String>,
     },
     /// Run a witness (C2SP tlog-witness) for logs given by their public keys: it cosigns each checkpoint that
@@ -925,9 +925,7 @@ async fn redact(
     let target = db::pg_config(&settings.database_url)?;
     let mut client = db::connect(&target).await?;
     let place = place_of(&client, id, source, position).await?;
-    let by = by
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".to_string());
+    let by = by.unwrap_or_else(|| "unknown".to_string());
     let keyring = candystore::audit::attest::Keyring::new(&settings.audit_keys);
     let done = candystore::audit::redact::redact(
         &mut client,

@@ -329,7 +329,7 @@ async fn a_deleted_event_and_rows_inserted_with_sql_at_any_position_are_named() 
         )
         .await
         .unwrap();
-    checkpoint_covering(&app, &key, 11).await;
+    checkpoint_covering(&app, &key, 12).await;
 
     let report = run_verify(&app, Some(&ring()), Some(&key)).await;
     let f = &report.findings;
