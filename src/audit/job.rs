@@ -126,6 +126,13 @@ impl Tree {
                 store::frontier(&tx, size).await?
             }
         };
+        // Read before the leaves' stream: a query sent while it is open would
+        // wait behind rows nobody reads.
+        let mut attested_from: Option<i64> = tx
+            .query_one("SELECT attested_from FROM audit_trail", &[])
+            .await?
+            .get(0);
+        let began = attested_from;
         let rows = tx
             .query_raw(
                 &format!(
@@ -143,11 +150,6 @@ impl Tree {
         let mut tiles: Vec<(u8, u64, Hash)> = Vec::new();
         let mut appended = Appended::default();
         let mut newest = last;
-        let mut attested_from: Option<i64> = tx
-            .query_one("SELECT attested_from FROM audit_trail", &[])
-            .await?
-            .get(0);
-        let began = attested_from;
         while let Some(row) = rows.try_next().await? {
             let (txid, seq, bytes): (i64, i64, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
             let index = frontier.size();

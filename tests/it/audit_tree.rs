@@ -317,3 +317,95 @@ async fn a_third_party_checks_one_event_with_the_public_key_alone_in_rust_and_in
     assert_eq!(code, 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn the_tree_job_appends_a_backlog_of_many_steps_and_tiles_and_proofs_hold_across_them() {
+    // A backlog far larger than the connection's buffers (the job once waited
+    // on itself with one), over several tile levels' worth of anchors.
+    let db = crate::helpers::TempDb::new(true).await;
+    let mut c = db.client().await;
+    let n: i64 = 70_000;
+    c.execute(
+        "INSERT INTO audit_leaves (txid, seq, leaf) \
+         SELECT 1, g, '\\x01'::bytea || int8send(g) || sha256(int8send(g)) FROM generate_series(1, $1::bigint) g",
+        &[&n],
+    )
+    .await
+    .unwrap();
+    let signer =
+        std::sync::Arc::new(candystore::audit::note::SigningKey::generate("t/backlog").unwrap());
+    let mut tree = candystore::audit::job::Tree::new(signer.clone(), None);
+    let mut total = 0;
+    let mut steps = 0;
+    while total < n as u64 {
+        let a = tokio::time::timeout(Duration::from_secs(60), tree.step(&mut c))
+            .await
+            .expect("a step finishes")
+            .unwrap();
+        total += a.leaves;
+        steps += 1;
+        assert!(steps < 10);
+    }
+    assert_eq!(total, n as u64);
+    // Tiles of level 1 (256 leaves each) and level 2 (65,536) were stored.
+    let tiles: Vec<(i16, i64)> = c
+        .query(
+            "SELECT level, idx FROM audit_tiles ORDER BY level, idx",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(tiles.contains(&(2, 0)), "{tiles:?}");
+    // A fresh job (no cached edge) continues from the stored tiles.
+    c.execute(
+        "INSERT INTO audit_leaves (txid, seq, leaf) \
+         SELECT 1, g, '\\x01'::bytea || int8send(g) || sha256(int8send(g)) FROM generate_series($1::bigint + 1, $1::bigint + 1000) g",
+        &[&n],
+    )
+    .await
+    .unwrap();
+    let mut again = candystore::audit::job::Tree::new(signer.clone(), None);
+    let a = again.step(&mut c).await.unwrap();
+    let head = a.head.unwrap();
+    assert_eq!(head.size, n as u64 + 1000);
+    // Its root is the tree of all the leaves, and proofs across the blocks hold.
+    let leaves: Vec<Vec<u8>> = c
+        .query("SELECT leaf FROM audit_leaves ORDER BY txid, seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut f = tree::Frontier::default();
+    for l in &leaves {
+        f.append(tree::leaf_hash(l), |_, _| {});
+    }
+    assert_eq!(f.root(), head.root);
+    let key = signer.verifier();
+    for index in [0u64, 255, 256, 65_535, 65_536, 70_999] {
+        let p = candystore::audit::proof::inclusion_of_index(&c, index)
+            .await
+            .unwrap()
+            .unwrap();
+        let cp = Checkpoint::parse(key.open(&p.checkpoint).unwrap()).unwrap();
+        tree::verify_inclusion(
+            &tree::leaf_hash(&leaves[index as usize]),
+            index,
+            cp.size,
+            &hashes(&p.audit_path),
+            &cp.root,
+        )
+        .unwrap_or_else(|e| panic!("{index}: {e}"));
+    }
+    let c2 = candystore::audit::proof::consistency(&c, 70_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let old = Checkpoint::parse(key.open(c2.from_checkpoint.as_deref().unwrap()).unwrap()).unwrap();
+    tree::verify_consistency(70_000, head.size, &old.root, &head.root, &hashes(&c2.proof)).unwrap();
+    drop(c);
+    db.drop_it().await;
+}
