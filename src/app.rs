@@ -40,6 +40,8 @@ pub struct AppOptions {
 pub enum Fault {
     /// The sink panics when its first record arrives (that record stays unacked).
     SinkPanics,
+    /// The audit tree's job panics at its first step.
+    AuditTreePanics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,10 +244,12 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     // supervised like the pipeline: if it ends, /ready says so.
     {
         let supervisor = supervisor.clone();
+        let fault = opts.fault;
         let run = job::run_forever(
             pg.clone(),
             job_stop(),
             crate::audit::job::TreeJob {
+                panic_at_first_step: fault == Some(Fault::AuditTreePanics),
                 tree: crate::audit::job::Tree::new(signer.clone(), keyring.clone()),
                 every: settings.seal_interval,
                 publisher: crate::audit::publish::Publisher::new(

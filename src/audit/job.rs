@@ -417,6 +417,8 @@ impl crate::storage::job::Failure for JobError {
 /// The tree as a background job: a step every SEAL_INTERVAL (at once again while
 /// steps are full), each checkpoint published after its commit.
 pub struct TreeJob {
+    /// A fault the tests inject: the job panics at its first step.
+    pub panic_at_first_step: bool,
     pub tree: Tree,
     pub every: Duration,
     pub publisher: super::publish::Publisher,
@@ -432,6 +434,9 @@ impl crate::storage::job::Job for TreeJob {
     }
 
     async fn step(&mut self, client: &mut Client) -> Result<Duration, JobError> {
+        if self.panic_at_first_step {
+            panic!("injected fault: the audit tree's job panicked");
+        }
         let appended = self.tree.step(client).await?;
         self.metrics
             .audit_last_seal

@@ -295,6 +295,23 @@ async fn a_header_that_is_not_text_is_kept_as_hex_and_the_event_flagged() {
 }
 
 #[tokio::test]
+async fn an_audit_tree_job_that_stops_makes_the_service_unready() {
+    let opts = AppOptions {
+        fault: Some(candystore::app::Fault::AuditTreePanics),
+        ..Default::default()
+    };
+    let app = spawn_app_with(&[], opts).await;
+    let supervisor = app.running().supervisor();
+    tokio::time::timeout(Duration::from_secs(10), supervisor.failed())
+        .await
+        .expect("the failure is noticed");
+    let cause = supervisor.cause().unwrap();
+    assert!(cause.starts_with("audit-tree: panicked"), "{cause}");
+    let r = app.http.get(app.api("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+}
+
+#[tokio::test]
 async fn a_sink_that_panics_makes_the_service_unready_and_loses_nothing() {
     let opts = AppOptions {
         fault: Some(candystore::app::Fault::SinkPanics),
