@@ -62,15 +62,7 @@ pub async fn head(client: &impl GenericClient) -> Result<Option<Head>, StoreErro
             &[],
         )
         .await?;
-    row.map(|r| {
-        Ok(Head {
-            size: r.get::<_, i64>(0) as u64,
-            root: hash32(r.get(1), "a stored root")?,
-            last: (r.get(2), r.get(3)),
-            note: r.get(4),
-        })
-    })
-    .transpose()
+    row.as_ref().map(head_row).transpose()
 }
 
 /// The checkpoint of a tree of `size` leaves, when one was signed.
@@ -81,15 +73,17 @@ pub async fn head_of(client: &impl GenericClient, size: u64) -> Result<Option<He
             &[&(size as i64)],
         )
         .await?;
-    row.map(|r| {
-        Ok(Head {
-            size: r.get::<_, i64>(0) as u64,
-            root: hash32(r.get(1), "a stored root")?,
-            last: (r.get(2), r.get(3)),
-            note: r.get(4),
-        })
+    row.as_ref().map(head_row).transpose()
+}
+
+/// A row of `size, root, last_txid, last_seq, note`.
+fn head_row(r: &tokio_postgres::Row) -> Result<Head, StoreError> {
+    Ok(Head {
+        size: r.get::<_, i64>(0) as u64,
+        root: hash32(r.get(1), "a stored root")?,
+        last: (r.get(2), r.get(3)),
+        note: r.get(4),
     })
-    .transpose()
 }
 
 /// The leaves `[start, start + n)` (within one block), read from their anchor.

@@ -700,8 +700,8 @@ fn judge_event(
     }
 }
 
-/// A row read with `txid, seq, CONTENT_COLUMNS, salt`.
-fn content(row: &tokio_postgres::Row) -> Content<'_> {
+/// The committed columns of a row read with `txid, seq, CONTENT_COLUMNS, salt`.
+pub fn content(row: &tokio_postgres::Row) -> Content<'_> {
     let text = |i: usize| -> &str { row.get(i) };
     Content {
         id: text(2),

@@ -4,7 +4,7 @@
 
 use candystore::app::AppOptions;
 use candystore::audit::attest::Keyring;
-use candystore::audit::leaf::{self, CONTENT_COLUMNS, Content};
+use candystore::audit::leaf::{self, CONTENT_COLUMNS};
 use candystore::audit::note::{Checkpoint, SigningKey, VerifierKey};
 use candystore::audit::tree::{Frontier, leaf_hash};
 use candystore::audit::verify::{Finding, Options, Report, verify};
@@ -117,6 +117,24 @@ async fn a_payload_changed_before_its_checkpoint_is_named_with_or_without_the_ke
     }
 }
 
+/// A copy of the stored event `like` as `id`, inserted with SQL at transaction
+/// `txid` (this one's when `None`) and a fresh `seq`.
+async fn copy_event(app: &TestApp, like: &str, id: &str, txid: Option<i64>) {
+    app.db
+        .execute(
+            "INSERT INTO events (id, event_type, source, target, routing_key, exchange, \"timestamp\", \
+             received_at, payload, session_id, correlation_id, generation, envelope, payload_member, \
+             properties, sanitized, original_body, salt, txid) \
+             SELECT $2, event_type, source, target, routing_key, exchange, \"timestamp\", received_at, \
+             payload, session_id, correlation_id, generation, envelope, payload_member, properties, \
+             sanitized, original_body, salt, coalesce($3, pg_current_xact_id()::text::bigint) \
+             FROM events WHERE id = $1",
+            &[&like, &id, &txid],
+        )
+        .await
+        .unwrap();
+}
+
 /// What an attacker with SQL and the documented formats computes: the leaf of
 /// a row as it now stands, with its own salt (no AUDIT_KEY: no attestation).
 async fn forged_leaf(app: &TestApp, id: &str) -> Vec<u8> {
@@ -128,26 +146,7 @@ async fn forged_leaf(app: &TestApp, id: &str) -> Vec<u8> {
         )
         .await
         .unwrap();
-    let t = |i: usize| -> &str { row.get(i) };
-    let content = Content {
-        id: t(2),
-        source: t(3),
-        timestamp: row.get(4),
-        event_type: t(5),
-        target: row.get(6),
-        routing_key: t(7),
-        exchange: t(8),
-        received_at: row.get(9),
-        payload: t(10).as_bytes(),
-        envelope: t(11).as_bytes(),
-        payload_member: row.get(12),
-        properties: t(13).as_bytes(),
-        session_id: row.get(14),
-        correlation_id: row.get(15),
-        generation: row.get(16),
-        sanitized: row.get(17),
-        original_body: row.get(18),
-    };
+    let content = candystore::audit::verify::content(&row);
     let salt: Vec<u8> = row.get(19);
     leaf::event(content.timestamp, &content.commitment(&salt), None)
 }
@@ -293,33 +292,11 @@ async fn a_deleted_event_and_rows_inserted_with_sql_at_any_position_are_named() 
         ("forged-1", Some(-1i64)),
         ("forged-2", Some(9_000_000_000_000_000_000)),
     ] {
-        app.db
-            .execute(
-                "INSERT INTO events (id, event_type, source, target, routing_key, exchange, \"timestamp\", \
-                 received_at, payload, session_id, correlation_id, generation, envelope, payload_member, \
-                 properties, sanitized, original_body, salt, txid) \
-                 SELECT $1, event_type, source, target, routing_key, exchange, \"timestamp\", received_at, \
-                 payload, session_id, correlation_id, generation, envelope, payload_member, properties, \
-                 sanitized, original_body, salt, coalesce($2, txid) FROM events WHERE id = 'd-5'",
-                &[&id, &txid],
-            )
-            .await
-            .unwrap();
+        copy_event(&app, "d-5", id, txid).await;
     }
     // And one with a leaf of its own, as the writer would make it, but without
     // the key: the tree job appends it.
-    app.db
-        .execute(
-            "INSERT INTO events (id, event_type, source, target, routing_key, exchange, \"timestamp\", \
-             received_at, payload, session_id, correlation_id, generation, envelope, payload_member, \
-             properties, sanitized, original_body, salt) \
-             SELECT 'forged-3', event_type, source, target, routing_key, exchange, \"timestamp\", received_at, \
-             payload, session_id, correlation_id, generation, envelope, payload_member, properties, \
-             sanitized, original_body, salt FROM events WHERE id = 'd-6'",
-            &[],
-        )
-        .await
-        .unwrap();
+    copy_event(&app, "d-6", "forged-3", None).await;
     let leaf = forged_leaf(&app, "forged-3").await;
     let forged3 = position(&app, "forged-3").await;
     app.db
