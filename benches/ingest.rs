@@ -150,9 +150,18 @@ impl Env {
             ("API_PORT", "0".to_owned()),
             ("METRICS_PORT", "0".to_owned()),
             ("LOG_LEVEL", "warn".to_owned()),
+            // The database's own checkpoint signing key (its name is the origin).
+            ("SIGNING_KEY_FILE", self.key_file()),
         ];
         pairs.extend(extra.iter().cloned());
         pairs
+    }
+
+    fn key_file(&self) -> String {
+        std::env::temp_dir()
+            .join(format!("{}.key", self.name))
+            .display()
+            .to_string()
     }
 
     async fn fill(&self, count: u64, without_time: bool) -> Duration {
@@ -179,6 +188,7 @@ impl Env {
     }
 
     async fn drop_all(self) {
+        let _ = std::fs::remove_file(self.key_file());
         self.drop_queue().await;
         drop(self.db);
         self.admin
