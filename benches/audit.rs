@@ -35,8 +35,8 @@ async fn connect(url: &str) -> Client {
     c
 }
 
-/// Appends `n` attested event leaves after `from` (their seq), at txid 1: below
-/// every horizon, as committed leaves are.
+/// Appends `n` attested event leaves after `from` (their seq), each chunk at
+/// its own transaction's place, as writers' leaves are.
 async fn add_leaves(db: &Client, ring: &Keyring, from: i64, n: i64) {
     const CHUNK: i64 = 50_000;
     let mut at = from;
@@ -70,7 +70,8 @@ async fn add_leaves(db: &Client, ring: &Keyring, from: i64, n: i64) {
             })
             .collect();
         db.execute(
-            "INSERT INTO audit_leaves (txid, seq, leaf) SELECT 1, * FROM unnest($1::bigint[], $2::bytea[])",
+            "INSERT INTO audit_leaves (txid, seq, leaf) \
+             SELECT pg_current_xact_id()::text::bigint, * FROM unnest($1::bigint[], $2::bytea[])",
             &[&seqs, &leaves],
         )
         .await
@@ -150,6 +151,7 @@ async fn main() {
         .await
         .unwrap();
     let (n, took) = catch_up(&mut tree, &mut c).await;
+    assert!(n >= backlog as u64, "appended {n}");
     let rate = n as f64 / took.as_secs_f64();
     println!(
         "  {n} leaves in {:.1} s: {rate:.0} leaves/s",
@@ -183,6 +185,7 @@ async fn main() {
     );
 
     let head = candystore::audit::store::head(&c).await.unwrap().unwrap();
+    assert!(head.size > total as u64, "the tree holds every leaf: {}", head.size);
     let mut rng = Lcg(42);
     let mut times = Vec::with_capacity(samples);
     let mut size = 0;
