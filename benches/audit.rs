@@ -185,7 +185,11 @@ async fn main() {
     );
 
     let head = candystore::audit::store::head(&c).await.unwrap().unwrap();
-    assert!(head.size > total as u64, "the tree holds every leaf: {}", head.size);
+    assert!(
+        head.size > total as u64,
+        "the tree holds every leaf: {}",
+        head.size
+    );
     let mut rng = Lcg(42);
     let mut times = Vec::with_capacity(samples);
     let mut size = 0;

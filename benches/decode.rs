@@ -82,6 +82,22 @@ fn bench_copy(c: &mut Criterion) {
             buf.len()
         })
     });
+    // The leaf's parts: jsonb's text of each payload, and a salt.
+    group.bench_function("jsonb_text_500_payloads", |b| {
+        b.iter(|| {
+            events
+                .iter()
+                .map(|e| candystore::audit::jsonb::canonical(&e.payload).map_or(0, |c| c.len()))
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("salt_500", |b| {
+        b.iter(|| {
+            (0..500)
+                .map(|_| candystore::audit::leaf::salt()[0] as usize)
+                .sum::<usize>()
+        })
+    });
     let ring = candystore::audit::attest::Keyring::new(&["k".repeat(64)]);
     group.bench_function("encode_500_events_attested", |b| {
         let mut buf = BytesMut::with_capacity(copy::encoded_len_hint(&events));

@@ -195,46 +195,44 @@ impl Parser<'_> {
         self.expect(b'"')?;
         let mut s = Vec::new();
         loop {
+            // Plain text up to the next quote or backslash, in one piece.
             let start = self.at;
-            while let Some(&b) = self.s.get(self.at) {
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
-                }
-                self.at += 1;
+            let rest = &self.s[start..];
+            let end = memchr::memchr2(b'"', b'\\', rest).ok_or(JsonbError::Syntax(self.s.len()))?;
+            let plain = &rest[..end];
+            if let Some(bad) = plain.iter().position(|&b| b < 0x20) {
+                return Err(JsonbError::Syntax(start + bad));
             }
-            s.extend_from_slice(&self.s[start..self.at]);
-            match self.peek() {
-                Some(b'"') => {
-                    self.at += 1;
-                    std::str::from_utf8(&s).map_err(|_| JsonbError::Syntax(start))?;
-                    return Ok(s);
+            s.extend_from_slice(plain);
+            self.at = start + end;
+            if self.s[self.at] == b'"' {
+                self.at += 1;
+                std::str::from_utf8(&s).map_err(|_| JsonbError::Syntax(start))?;
+                return Ok(s);
+            }
+            // A backslash.
+            self.at += 1;
+            let c = self.peek().ok_or(JsonbError::Syntax(self.at))?;
+            self.at += 1;
+            let simple = match c {
+                b'"' => Some(b'"'),
+                b'\\' => Some(b'\\'),
+                b'/' => Some(b'/'),
+                b'b' => Some(0x08),
+                b'f' => Some(0x0c),
+                b'n' => Some(b'\n'),
+                b'r' => Some(b'\r'),
+                b't' => Some(b'\t'),
+                b'u' => None,
+                _ => return Err(JsonbError::Syntax(self.at - 1)),
+            };
+            match simple {
+                Some(b) => s.push(b),
+                None => {
+                    let ch = self.unicode_escape()?;
+                    let mut buf = [0u8; 4];
+                    s.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
                 }
-                Some(b'\\') => {
-                    self.at += 1;
-                    let c = self.peek().ok_or(JsonbError::Syntax(self.at))?;
-                    self.at += 1;
-                    let simple = match c {
-                        b'"' => Some(b'"'),
-                        b'\\' => Some(b'\\'),
-                        b'/' => Some(b'/'),
-                        b'b' => Some(0x08),
-                        b'f' => Some(0x0c),
-                        b'n' => Some(b'\n'),
-                        b'r' => Some(b'\r'),
-                        b't' => Some(b'\t'),
-                        b'u' => None,
-                        _ => return Err(JsonbError::Syntax(self.at - 1)),
-                    };
-                    match simple {
-                        Some(b) => s.push(b),
-                        None => {
-                            let ch = self.unicode_escape()?;
-                            let mut buf = [0u8; 4];
-                            s.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                        }
-                    }
-                }
-                _ => return Err(JsonbError::Syntax(self.at)),
             }
         }
     }
@@ -387,10 +385,16 @@ fn write_numeric(
     Ok(())
 }
 
-/// A string as jsonb prints it (`escape_json`).
+/// A string as jsonb prints it (`escape_json`): runs of plain bytes copied whole.
 fn escape(s: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
-    for &b in s {
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&s[start..i]);
+        start = i + 1;
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -399,15 +403,15 @@ fn escape(s: &[u8], out: &mut Vec<u8>) {
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
-            c if c < 0x20 => {
+            c => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(c >> 4)]);
                 out.push(HEX[usize::from(c & 0xf)]);
             }
-            c => out.push(c),
         }
     }
+    out.extend_from_slice(&s[start..]);
     out.push(b'"');
 }
 
