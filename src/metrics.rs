@@ -18,6 +18,10 @@ use crate::envelope::{Record, RejectReason};
 pub const MAX_LABEL_BYTES: usize = 100;
 /// Every `cause` of `candystore_write_retries_total` (`sink::WriteError::cause`):
 /// created at 0 so dashboards show 0, not "no data".
+/// The label values of `candystore_audit_witness_failures_total`
+/// (`audit::publish::Outcome::reason`).
+pub const WITNESS_FAILURE_REASONS: [&str; 4] = ["rollback", "bad_proof", "unreachable", "refused"];
+
 pub const WRITE_RETRY_CAUSES: [&str; 10] = [
     "lock_timeout",
     "connection_closed",
@@ -460,6 +464,11 @@ impl Metrics {
     fn with_bounded_labels(self) -> Self {
         for r in RejectReason::ALL {
             self.dead_letters.with_label_values(&[r.as_str()]);
+        }
+        // Every reason a witness may give, at 0 from the start: the alert on it
+        // sees a series before the first failure.
+        for reason in WITNESS_FAILURE_REASONS {
+            self.audit_witness_failures.with_label_values(&[reason]);
         }
         for cause in WRITE_RETRY_CAUSES {
             self.write_retries.with_label_values(&[cause]);

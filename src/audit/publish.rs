@@ -45,7 +45,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The metric's label.
+    /// The metric's label (one of `metrics::WITNESS_FAILURE_REASONS`, or
+    /// `cosigned`, which is not counted).
     pub fn reason(&self) -> &'static str {
         match self {
             Outcome::Cosigned(_) => "cosigned",
