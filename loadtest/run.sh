@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 BIN=target/release/candystore
 DB=candystore_loadtest
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
+# This database's own checkpoint signing key (the working directory's is `make run`'s).
+mkdir -p target/throwaway-keys
+export SIGNING_KEY_FILE=target/throwaway-keys/$DB.key
 export RABBIT_EXCHANGE=candystore_loadtest RABBIT_QUEUE=candystore_loadtest
 export API_HOST=127.0.0.1 API_PORT=18683 METRICS_PORT=19090 LOG_LEVEL=warn
 psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1 || createdb -h 127.0.0.1 -U postgres "$DB"

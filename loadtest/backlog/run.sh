@@ -27,6 +27,9 @@ WORK=$(mktemp -d)
 BIN=target/release/candystore
 DB=cs_backlog_$SCENARIO
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
+# This database's own checkpoint signing key (the working directory's is `make run`'s).
+mkdir -p target/throwaway-keys
+export SIGNING_KEY_FILE=target/throwaway-keys/$DB.key
 export RABBIT_EXCHANGE=$DB RABBIT_QUEUE=$DB
 export API_HOST=127.0.0.1 API_PORT=18696 METRICS_PORT=19096 LOG_LEVEL=${LOG_LEVEL:-info,candystore::storage::partition=debug} LOG_FORMAT=console
 export QUEUE_DEPTH_INTERVAL=${QUEUE_DEPTH_INTERVAL:-1s}

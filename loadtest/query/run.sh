@@ -10,6 +10,9 @@ ROWS=${ROWS:-1000000}
 DAYS=${DAYS:-30}
 DB=cs_loadtest_${ROWS}_${DAYS}d
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
+# This database's own checkpoint signing key (the working directory's is `make run`'s).
+mkdir -p target/throwaway-keys
+export SIGNING_KEY_FILE=target/throwaway-keys/$DB.key
 export RABBIT_EXCHANGE=cs_loadtest RABBIT_QUEUE=cs_loadtest
 export API_HOST=127.0.0.1 API_PORT=18684 METRICS_PORT=19092 LOG_LEVEL=warn DATABASE_READ_POOL_SIZE=16
 BIN=target/release/candystore
