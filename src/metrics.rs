@@ -150,6 +150,8 @@ pub struct StorageMetrics {
     pub dropped: IntCounterVec,
     pub archived: IntCounterVec,
     pub deferred: IntGaugeVec,
+    pub unanalyzed: IntGaugeVec,
+    pub analyzed: IntCounterVec,
     pub range_failures: IntCounterVec,
     pub last_run: Gauge,
     pub last_success: Gauge,
@@ -432,6 +434,20 @@ impl Metrics {
                     ),
                     &["table"]
                 )),
+                unanalyzed: reg!(IntGaugeVec::new(
+                    Opts::new(
+                        "candystore_partitions_unanalyzed",
+                        "Partitions of each table holding rows that have never been analysed, after the last maintenance run: the planner only guesses about them"
+                    ),
+                    &["table"]
+                )),
+                analyzed: reg!(IntCounterVec::new(
+                    Opts::new(
+                        "candystore_partitions_analyzed_total",
+                        "Partitions the maintenance job analysed because their statistics were missing or far behind"
+                    ),
+                    &["table"]
+                )),
                 range_failures: reg!(IntCounterVec::new(
                     Opts::new(
                         "candystore_maintenance_range_failures_total",
@@ -482,6 +498,8 @@ impl Metrics {
             self.storage.dropped.with_label_values(&t);
             self.storage.archived.with_label_values(&t);
             self.storage.deferred.with_label_values(&t);
+            self.storage.unanalyzed.with_label_values(&t);
+            self.storage.analyzed.with_label_values(&t);
             self.storage.range_failures.with_label_values(&t);
         }
         self

@@ -8,7 +8,15 @@ ROWS=${ROWS:-1000000}
 # DAYS: the history the rows are spread over, one partition per day (30 by default;
 # the storage issue's figures use 90).
 DAYS=${DAYS:-30}
-DB=cs_loadtest_${ROWS}_${DAYS}d
+# FILL=skewed: loadtest/fill-skewed.sql's real-shaped data (skewed types, sources,
+# sessions and payload values) and loadtest/query/skewed.js's shapes, in a database of
+# its own; FILL=even (the default): loadtest/fill.sql and loadtest/query/query.js.
+FILL=${FILL:-even}
+case "$FILL" in
+  even) DB=cs_loadtest_${ROWS}_${DAYS}d SQL=loadtest/fill.sql SCRIPT=loadtest/query/query.js ;;
+  skewed) DB=cs_loadtest_skewed_${ROWS}_${DAYS}d SQL=loadtest/fill-skewed.sql SCRIPT=loadtest/query/skewed.js ;;
+  *) echo "FILL must be even or skewed, not $FILL" >&2; exit 2 ;;
+esac
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
 # This database's own checkpoint signing key (the working directory's is `make run`'s).
 mkdir -p target/throwaway-keys
@@ -21,14 +29,14 @@ $BIN migrate >/dev/null
 have=$(psql -h 127.0.0.1 -U postgres -d "$DB" -tAc "SELECT count(*) FROM events")
 if [ "$have" -lt "$ROWS" ]; then
   echo "filling $DB with $((ROWS - have)) rows"
-  time psql -q -h 127.0.0.1 -U postgres -d "$DB" -v rows=$((ROWS - have)) -v days="$DAYS" -f loadtest/fill.sql
+  time psql -q -h 127.0.0.1 -U postgres -d "$DB" -v rows=$((ROWS - have)) -v days="$DAYS" -f "$SQL"
 fi
 $BIN serve & pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$API_PORT/ready" >/dev/null && break; sleep 0.2; done
 # A 10 s pass first, so the figures are those of a server that has been serving, not
 # of the first reads after the fill.
-k6 run --quiet -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" -e DURATION=10s loadtest/query/query.js >/dev/null 2>&1 || true
+k6 run --quiet -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" -e DURATION=10s "$SCRIPT" >/dev/null 2>&1 || true
 # INGEST_RATE=1000 measures while events are being stored at that rate, as in production.
 if [ "${INGEST_RATE:-0}" -gt 0 ]; then
   $BIN publish --count 1000000000 --rate "$INGEST_RATE" >/dev/null & pub=$!
@@ -36,7 +44,7 @@ if [ "${INGEST_RATE:-0}" -gt 0 ]; then
   sleep 2
 fi
 status=0
-k6 run -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" loadtest/query/query.js "$@" || status=$?
+k6 run -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" "$SCRIPT" "$@" || status=$?
 if [ "${INGEST_RATE:-0}" -gt 0 ]; then
   curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^candystore_(storage_latency_seconds_(count|sum)|events_stored_total|queue_depth)' || true
 fi

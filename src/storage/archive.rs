@@ -630,6 +630,16 @@ pub async fn restore(
             p.start(&file_name, entry.rows);
         }
         let r = restore_file(client, table, path, &entry, progress).await?;
+        if r.rows > r.skipped {
+            // Filled in bulk: analysed now, not whenever autovacuum gets to it.
+            for p in partition::list(client, table).await? {
+                if p.range
+                    .is_some_and(|range| range.start < entry.to && entry.from < range.end)
+                {
+                    super::statistics::analyze(client, &p.name).await?;
+                }
+            }
+        }
         if table == Table::Events && crate::audit::store::has_tree(client).await? {
             // An archive written before a redaction brings the content back:
             // redacted again at once.

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use super::partition::{self, Layout, Partition, PartitionInterval, Range};
-use super::{StorageError, Table, archive};
+use super::{StorageError, Table, archive, statistics};
 use crate::metrics::Metrics;
 
 /// Key of the maintenance job's advisory lock ("cs-maint" in ASCII).
@@ -50,6 +50,9 @@ pub struct Report {
     pub created: Vec<String>,
     /// Rows moved out of the default partitions.
     pub drained: u64,
+    /// Partitions analysed because their statistics were missing or far behind
+    /// (each moved one is analysed by the move itself).
+    pub analyzed: Vec<String>,
     pub archived: Vec<String>,
     pub dropped: Vec<String>,
     /// Partitions wanted but left for the next run ([`MAX_CREATED_PER_RUN`]).
@@ -205,6 +208,23 @@ async fn run_locked(
                 .with_label_values(&[table.name()])
                 .set(deferred as i64);
         }
+        // Statistics: whatever lost or never had them (the default partition after
+        // a move, partitions filled while no worker got to them).
+        let refreshed = statistics::refresh(client, table).await?;
+        if !refreshed.analyzed.is_empty() {
+            tracing::info!(table = table.name(), partitions = ?refreshed.analyzed, left = refreshed.left, "partitions analysed: their statistics were missing or far behind");
+        }
+        if let Some(m) = metrics {
+            m.storage
+                .analyzed
+                .with_label_values(&[table.name()])
+                .inc_by(refreshed.analyzed.len() as u64);
+            m.storage
+                .unanalyzed
+                .with_label_values(&[table.name()])
+                .set(statistics::unanalyzed(client, table).await?);
+        }
+        report.analyzed.extend(refreshed.analyzed);
         if let Some(retention) = opts.retention {
             let partitions = partition::list(client, table).await?;
             for p in past_retention(&partitions, now, retention) {

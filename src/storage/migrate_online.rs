@@ -155,6 +155,10 @@ async fn partition_table(
         )));
     }
 
+    // The new partitions were filled in bulk: analysed before they serve, so no
+    // plan over them is blind (ANALYZE of the parent covers every partition).
+    super::statistics::analyze(client, &new).await?;
+
     // 5. The swap, retried while a lock is not granted in time.
     let mut attempt = 0;
     let swap_ms = loop {

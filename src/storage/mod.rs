@@ -8,6 +8,7 @@
 //!   service runs;
 //! - [`maintain`]: the scheduled job and its metrics;
 //! - [`archive`]: partitions to compressed NDJSON files with a manifest, and back;
+//! - [`statistics`]: planner statistics for what was filled outside ingest;
 //! - [`catalog`]: the catalog, behind ingest (the audit trail is `crate::audit`);
 //! - [`job`]: the loop every background job runs in.
 
@@ -22,6 +23,7 @@ pub mod maintain;
 pub mod migrate_online;
 pub mod partition;
 pub mod schema;
+pub mod statistics;
 pub mod tail_index;
 
 pub use partition::{PartitionInterval, Range};

@@ -583,6 +583,10 @@ async fn move_from_default(
     )
     .await?;
     tx.commit().await?;
+    // Born with statistics: the copy holds (nearly) every row it will, and its
+    // statistics stay with it when it is attached. Left to autovacuum, a bulk move
+    // of many days waits for workers busy vacuuming the default partition.
+    super::statistics::analyze(client, &name).await?;
     let keys = table.key_columns();
     let key_match = keys
         .split(", ")

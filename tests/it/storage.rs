@@ -1218,3 +1218,150 @@ async fn a_move_out_of_the_default_partition_keeps_what_was_written_changed_and_
         "every write, change and delete kept, all in the day's partition"
     );
 }
+
+/// Whether the planner has statistics for `name`: analysed (by hand or by
+/// autovacuum) and with per-column statistics.
+async fn has_statistics(c: &Client, name: &str) -> bool {
+    c.query_one(
+        "SELECT c.reltuples >= 0 AND EXISTS (SELECT 1 FROM pg_stats s WHERE s.tablename = c.relname) \
+         FROM pg_class c WHERE c.oid = $1::text::regclass",
+        &[&name],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn partitions_filled_by_a_move_out_of_the_default_partition_have_statistics_when_the_job_ends()
+ {
+    let app = spawn_app().await;
+    // 6,000 events on three days of last month no partition covers: they wait in
+    // the default one (as a backlog does when partitions could not be made in time).
+    let first_day = days_ago(50);
+    app.db
+        .execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, generation, envelope, properties) \
+             SELECT 'stats-' || i, 't' || (i % 7), 's', 'r', 'x', $1::timestamptz + (i % 3) * interval '1 day', \
+             now(), jsonb_build_object('n', i % 11), 1, '{}', '{}' FROM generate_series(1, 6000) i",
+            &[&first_day],
+        )
+        .await
+        .unwrap();
+    let mut c = storage_client(&app).await;
+    let report = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    assert_eq!(report.drained, 6_000, "{report:?}");
+    let moved: Vec<&String> = report
+        .created
+        .iter()
+        .filter(|p| {
+            (0..3).any(|d| {
+                **p == partition::partition_name(
+                    Table::Events,
+                    first_day + chrono::Duration::days(d),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(moved.len(), 3, "{report:?}");
+    for p in moved {
+        assert!(
+            has_statistics(&c, p).await,
+            "{p} has no statistics after the move"
+        );
+        let rows: f32 = c
+            .query_one(
+                "SELECT reltuples FROM pg_class WHERE oid = $1::text::regclass",
+                &[p],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 2_000.0, "{p}: the planner counts its rows");
+    }
+    // The default partition, emptied, is analysed too: the planner no longer
+    // expects 6,000 rows there.
+    let default_rows: f32 = c
+        .query_one(
+            "SELECT reltuples FROM pg_class WHERE oid = 'events_default'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        default_rows <= 0.0,
+        "events_default still counts {default_rows} rows"
+    );
+}
+
+#[tokio::test]
+async fn the_maintenance_job_analyses_a_partition_filled_in_bulk_that_was_never_analysed() {
+    let app = spawn_app().await;
+    let mut c = storage_client(&app).await;
+    let name = partition::create(
+        &mut c,
+        Table::Events,
+        storage::Range {
+            start: days_ago(40),
+            end: days_ago(39),
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .0;
+    // Autovacuum off for it, so nothing but the job can analyse it.
+    c.batch_execute(&format!(
+        "ALTER TABLE {name} SET (autovacuum_enabled = false)"
+    ))
+    .await
+    .unwrap();
+    app.db
+        .execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, generation, envelope, properties) \
+             SELECT 'bulk-' || i, 't', 's', 'r', 'x', $1::timestamptz + i * interval '1 second', \
+             now(), '{}', 1, '{}', '{}' FROM generate_series(1, 5000) i",
+            &[&days_ago(40)],
+        )
+        .await
+        .unwrap();
+    assert!(!has_statistics(&c, &name).await);
+    assert!(
+        storage::statistics::stale(&c, Table::Events)
+            .await
+            .unwrap()
+            .contains(&name)
+    );
+    let metrics = candystore::metrics::Metrics::new();
+    let report = maintain::run_once(&mut c, &opts(None), Utc::now(), Some(&metrics))
+        .await
+        .unwrap();
+    assert!(report.analyzed.contains(&name), "{report:?}");
+    assert!(has_statistics(&c, &name).await);
+    // Analysed, it is no longer stale: the next run leaves it alone.
+    let again = maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    assert!(!again.analyzed.contains(&name), "{again:?}");
+    assert_eq!(
+        metrics
+            .storage
+            .unanalyzed
+            .with_label_values(&["events"])
+            .get(),
+        0
+    );
+    assert_eq!(
+        metrics
+            .storage
+            .analyzed
+            .with_label_values(&["events"])
+            .get(),
+        report.analyzed.len() as u64
+    );
+}
