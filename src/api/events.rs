@@ -70,8 +70,16 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         .map(Some)
         .chain([None])
         .peekable();
+    let mut first_window = true;
     let (filter, params, n_filter, page, window) = loop {
         let window = windows.next().expect("ends with the unbounded window");
+        // Past the first window, matches are known to be sparse (fewer than a page
+        // in it): a document is looked up in each partition's GIN index and the few
+        // matches sorted, under one reused plan, rather than planned per value over
+        // every partition, where a rare document's estimate walks whole partitions
+        // in time order looking for it.
+        let sparse_payload = q.payload_contains.is_some() && !first_window;
+        first_window = false;
         let mut params = SqlParams::default();
         let filter = q.conditions(&mut params);
         let n_filter = params.len();
@@ -87,7 +95,17 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
             &mut params,
         )?;
         let refs = params.all();
-        let page = if q.payload_contains.is_none() && q.filters.len() <= 1 {
+        let page = if sparse_payload && q.filters.len() <= 1 {
+            let tx = generic_plans(&mut client).await?;
+            tx.batch_execute("SET LOCAL enable_indexscan = off")
+                .await
+                .map_err(unavailable)?;
+            // Its own text: a cached plan keeps the settings it was made under.
+            let statement = reusable(&tx, &format!("/* sparse */ {sql}")).await?;
+            let page = fetch_page(&EVENTS, &*tx, &statement, &refs, paging.limit).await?;
+            tx.commit().await.map_err(unavailable)?;
+            page
+        } else if q.payload_contains.is_none() && q.filters.len() <= 1 {
             let tx = generic_plans(&mut client).await?;
             let statement = reusable(&tx, &sql).await?;
             let page = fetch_page(&EVENTS, &*tx, &statement, &refs, paging.limit).await?;

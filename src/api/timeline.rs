@@ -8,13 +8,14 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio_postgres::IsolationLevel;
 
 use super::ApiState;
 use super::problem::{Problem, unavailable};
 use super::query::Paging;
 use super::query::params::could_be_stored;
 use super::query::sql::{
-    EVENTS, FetchedPage, Order, fetch_page, generic_plans, page_sql, reusable,
+    EVENTS, FetchedPage, Order, fetch_page, generic_plans_at, page_sql, reusable,
 };
 use super::view::{EventView, rfc3339, views};
 use crate::query::SqlParams;
@@ -114,18 +115,19 @@ async fn timeline(
     }
     let mut client = state.pool.get().await.map_err(unavailable)?;
     // Equality on an indexed column: one reused plan fits every value (no planning
-    // of every partition per request); likewise the pages below.
-    let tx = generic_plans(&mut client).await?;
-    let summary = reusable(
-        &tx,
-        &format!(
-            "SELECT event_type, source, count(*), min(\"timestamp\"), max(\"timestamp\") \
-             FROM events WHERE {column} = $1 GROUP BY event_type, source"
-        ),
-    )
-    .await?;
-    let groups = tx.query(&summary, &[&value]).await.map_err(unavailable)?;
-    if groups.is_empty() {
+    // of every partition per request); likewise the pages below. One snapshot for
+    // the summary's counts, the rows past them and the page.
+    let tx = generic_plans_at(&mut client, IsolationLevel::RepeatableRead).await?;
+    let groups = match key {
+        Key::Session => counted_groups(&tx, &value).await?,
+        Key::Correlation => None,
+    };
+    let groups = match groups {
+        Some(groups) => groups,
+        None => grouped(&tx, column, &value).await?,
+    };
+    let count: i64 = groups.iter().map(|g| g.2).sum();
+    if count == 0 {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             format!("no events with {column} {value:?}"),
@@ -133,17 +135,18 @@ async fn timeline(
     }
     let mut by_event_type = BTreeMap::new();
     let mut by_source = BTreeMap::new();
-    let (mut count, mut first, mut last): (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
-        (0, None, None);
-    for g in &groups {
-        let n: i64 = g.get(2);
-        *by_event_type.entry(g.get::<_, String>(0)).or_insert(0) += n;
-        *by_source.entry(g.get::<_, String>(1)).or_insert(0) += n;
-        count += n;
-        let (lo, hi): (DateTime<Utc>, DateTime<Utc>) = (g.get(3), g.get(4));
-        first = Some(first.map_or(lo, |f| f.min(lo)));
-        last = Some(last.map_or(hi, |l| l.max(hi)));
+    for (event_type, source, n) in groups {
+        *by_event_type.entry(event_type).or_insert(0) += n;
+        *by_source.entry(source).or_insert(0) += n;
     }
+    // The first and last times: one probe of each partition's index at each end.
+    let ends = reusable(
+        &tx,
+        &format!("SELECT min(\"timestamp\"), max(\"timestamp\") FROM events WHERE {column} = $1"),
+    )
+    .await?;
+    let ends = tx.query_one(&ends, &[&value]).await.map_err(unavailable)?;
+    let (first, last): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (ends.get(0), ends.get(1));
 
     let mut params = SqlParams::default();
     let filter = format!("{column} = {}", params.push(value.clone()));
@@ -171,4 +174,93 @@ async fn timeline(
         has_more,
         next_cursor,
     }))
+}
+
+/// (event type, source, events) of one session or correlation.
+type Groups = Vec<(String, String, i64)>;
+
+/// Every event with `column = value`, grouped: reads all of them (the fallback).
+async fn grouped(
+    tx: &deadpool_postgres::Transaction<'_>,
+    column: &str,
+    value: &str,
+) -> Result<Groups, Problem> {
+    let statement = reusable(
+        tx,
+        &format!(
+            "SELECT event_type, source, count(*) FROM events WHERE {column} = $1 GROUP BY event_type, source"
+        ),
+    )
+    .await?;
+    let rows = tx.query(&statement, &[&value]).await.map_err(unavailable)?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// The rows past the catalog's position a summary reads at most; past them (the
+/// catalog far behind, as after an outage's backlog) it groups the session's rows.
+const LIVE_ROWS: i64 = 100_000;
+
+/// A session's counts as the catalog job keeps them (`session_counts`, up to its
+/// position) plus the rows past its position, read from the live tail's index:
+/// the same work for a session of ten events or of 600,000. `None` when the counts
+/// cannot answer (migration 0020 pending, or more than [`LIVE_ROWS`] rows past the
+/// position). Must run in one snapshot with the page (`RepeatableRead`).
+async fn counted_groups(
+    tx: &deadpool_postgres::Transaction<'_>,
+    session: &str,
+) -> Result<Option<Groups>, Problem> {
+    let position = reusable(
+        tx,
+        "SELECT txid, seq FROM catalog_position WHERE to_regclass('session_counts') IS NOT NULL",
+    )
+    .await?;
+    let Some(position) = tx.query_opt(&position, &[]).await.map_err(unavailable)? else {
+        return Ok(None);
+    };
+    let (txid, seq): (i64, i64) = (position.get(0), position.get(1));
+    // In the order of the live tail's index, so each partition's part is one range
+    // of it, and bounded, so the plan (made once) never walks the table.
+    let live = reusable(
+        tx,
+        &format!(
+            "WITH live AS MATERIALIZED (SELECT session_id, event_type, source FROM events \
+             WHERE (txid, seq) > ($1, $2) ORDER BY txid, seq LIMIT {LIVE_ROWS}) \
+             SELECT event_type, source, count(*) FILTER (WHERE session_id = $3), \
+             (SELECT count(*) FROM live) FROM live GROUP BY event_type, source"
+        ),
+    )
+    .await?;
+    let live = tx
+        .query(&live, &[&txid, &seq, &session])
+        .await
+        .map_err(unavailable)?;
+    if live
+        .first()
+        .is_some_and(|r| r.get::<_, i64>(3) >= LIVE_ROWS)
+    {
+        return Ok(None);
+    }
+    let counted = reusable(
+        tx,
+        "SELECT event_type, source, events FROM session_counts WHERE session_id = $1",
+    )
+    .await?;
+    let counted = tx.query(&counted, &[&session]).await.map_err(unavailable)?;
+    let mut groups: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for r in counted.iter() {
+        *groups.entry((r.get(0), r.get(1))).or_insert(0) += r.get::<_, i64>(2);
+    }
+    for r in live.iter() {
+        *groups.entry((r.get(0), r.get(1))).or_insert(0) += r.get::<_, i64>(2);
+    }
+    Ok(Some(
+        groups
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|((t, s), n)| (t, s, n))
+            .collect(),
+    ))
 }

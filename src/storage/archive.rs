@@ -751,7 +751,8 @@ async fn restore_file(
     entry: &Entry,
     progress: Option<&dyn Progress>,
 ) -> Result<Restored, StorageError> {
-    let insert = client.prepare(&restore_sql(table)).await?;
+    let counting = table == Table::Events && super::catalog::has_session_counts(client).await?;
+    let insert = client.prepare(&restore_sql(table, counting)).await?;
     let xmax = xmax(client).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<String>>>(2);
     let reader_path = path.to_owned();
@@ -815,7 +816,17 @@ async fn restore_file(
             }
         }
         // The lines travel as one text[] parameter: no staging table to write.
-        let row = client.query_one(&insert, &[&chunk]).await?;
+        let row = if counting {
+            // Under the catalog's turn: the rows it has passed are counted here,
+            // the others by it, none twice.
+            let tx = client.transaction().await?;
+            super::catalog::hold(&tx).await?;
+            let row = tx.query_one(&insert, &[&chunk]).await?;
+            tx.commit().await?;
+            row
+        } else {
+            client.query_one(&insert, &[&chunk]).await?
+        };
         inserted += row.get::<_, i64>(0) as u64;
         max_seq = max_seq.max(row.get::<_, Option<i64>>(1).unwrap_or(0));
         if let Some(p) = progress {
@@ -844,8 +855,9 @@ async fn restore_file(
 }
 
 /// One statement: parse the staged lines, insert the rows that are not there yet
-/// and their redelivery keys, and answer (rows inserted, highest seq).
-fn restore_sql(table: Table) -> String {
+/// and their redelivery keys (and, `counting`, their session counts), and answer
+/// (rows inserted, highest seq).
+fn restore_sql(table: Table, counting: bool) -> String {
     let name = table.name();
     let columns = table.columns();
     let parsed = format!(
@@ -854,7 +866,9 @@ fn restore_sql(table: Table) -> String {
         record_type(table)
     );
     let returned = match table {
-        Table::Events => "seq, id, source, \"timestamp\", received_at, properties",
+        Table::Events => {
+            "seq, id, source, \"timestamp\", received_at, properties, txid, session_id, event_type"
+        }
         Table::DeadLetter => "seq, fingerprint, received_at",
     };
     let keys = match table {
@@ -888,8 +902,13 @@ fn restore_sql(table: Table) -> String {
     };
     format!(
         "WITH ins AS (INSERT INTO {name} ({columns}) {parsed} ON CONFLICT DO NOTHING RETURNING {returned}), \
-         k AS ({keys}) \
-         SELECT count(*), max(seq) FROM ins"
+         k AS ({keys}){sessions} \
+         SELECT count(*), max(seq) FROM ins",
+        sessions = if counting {
+            format!(", {}", super::catalog::SESSION_COUNT_RESTORED)
+        } else {
+            String::new()
+        }
     )
 }
 

@@ -14,6 +14,12 @@
 //! What it does not follow: partitions dropped by retention or archived stay
 //! counted (the catalog says what was seen), and rows restored from an archive
 //! (back at their old positions, behind the catalog's) are not counted again.
+//!
+//! The same step counts each event with a session into `session_counts` (by
+//! session, event type and source: what a session's summary shows, migration
+//! 0020). Those counts follow what is stored: retention subtracts the rows it
+//! drops and restore adds the rows it brings back, each under [`hold`] so no
+//! step moves the position meanwhile ([`uncount_dropped`], [`SESSION_COUNT_RESTORED`]).
 
 use std::time::Duration;
 
@@ -26,7 +32,8 @@ use super::tail_index::HORIZON;
 pub const STEP_ROWS: i64 = 10_000;
 /// How long the job rests once it has caught up.
 const REST: Duration = Duration::from_secs(1);
-/// The advisory lock (transaction-scoped) instances take turns by.
+/// The advisory lock (transaction-scoped) instances take turns by; migration
+/// 0020 takes it by number.
 const LOCK_KEY: i64 = 7_236_828_094_530_679_668;
 
 /// Distinct top-level payload keys (each with one JSON type) the catalog keeps
@@ -39,10 +46,17 @@ pub const MAX_KEYS_PER_TYPE: i64 = 100;
 /// No JSON type has this name, so no real key can land in it.
 pub const OTHER_KEYS: &str = "other";
 
-fn step_sql() -> String {
+/// Adds each new event with a session to `session_counts` (a CTE of the step).
+const SESSIONS: &str = "sessions AS ( \
+   INSERT INTO session_counts AS c (session_id, event_type, source, events) \
+   SELECT session_id, event_type, source, count(*) FROM batch WHERE session_id IS NOT NULL \
+   GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
+   ON CONFLICT (session_id, event_type, source) DO UPDATE SET events = c.events + excluded.events), ";
+
+fn step_sql(sessions: bool) -> String {
     format!(
         "WITH batch AS MATERIALIZED ( \
-           SELECT e.txid, e.seq, e.event_type, e.source, e.\"timestamp\", e.payload FROM events e \
+           SELECT e.txid, e.seq, e.event_type, e.source, e.session_id, e.\"timestamp\", e.payload FROM events e \
            WHERE (e.txid, e.seq) > ($1, $2) AND e.txid < {HORIZON} \
            ORDER BY e.txid, e.seq LIMIT {STEP_ROWS}), \
          keys_in AS MATERIALIZED ( \
@@ -90,11 +104,77 @@ fn step_sql() -> String {
            ON CONFLICT (event_type, key, json_type) DO UPDATE SET count = c.count + excluded.count, \
              first_seen = least(c.first_seen, excluded.first_seen), \
              last_seen = greatest(c.last_seen, excluded.last_seen)), \
+         {sessions} \
          last AS (SELECT txid, seq FROM batch ORDER BY txid DESC, seq DESC LIMIT 1), \
          moved AS (UPDATE catalog_position p SET txid = last.txid, seq = last.seq FROM last RETURNING 1) \
-         SELECT count(*) FROM batch"
+         SELECT count(*) FROM batch",
+        sessions = if sessions { SESSIONS } else { "" }
     )
 }
+
+/// Whether migration 0020 has made `session_counts` (a service may run while it
+/// is pending).
+pub(crate) async fn has_session_counts(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT to_regclass('session_counts') IS NOT NULL", &[])
+        .await?
+        .get(0))
+}
+
+/// Waits for the catalog's turn and keeps it until `tx` ends: no step runs
+/// meanwhile, so its position holds still.
+pub(crate) async fn hold(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StorageError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+        .await?;
+    Ok(())
+}
+
+/// Subtracts from `session_counts` the rows of partition `name` that the catalog
+/// has counted, in `tx` (the drop's), under [`hold`]; counts that reach zero go.
+/// Rows past the position were never counted and, dropped, never will be.
+pub(crate) async fn uncount_dropped(
+    tx: &tokio_postgres::Transaction<'_>,
+    name: &str,
+) -> Result<(), StorageError> {
+    if !has_session_counts(tx).await? {
+        return Ok(());
+    }
+    hold(tx).await?;
+    let emptied = tx
+        .query(
+            &format!(
+                "WITH gone AS (SELECT e.session_id, e.event_type, e.source, count(*) AS n \
+                 FROM {name} e, catalog_position p \
+                 WHERE e.session_id IS NOT NULL AND (e.txid, e.seq) <= (p.txid, p.seq) GROUP BY 1, 2, 3) \
+                 , updated AS (UPDATE session_counts c SET events = c.events - g.n FROM gone g \
+                 WHERE c.session_id = g.session_id AND c.event_type = g.event_type AND c.source = g.source \
+                 RETURNING c.session_id, c.event_type, c.source, c.events) \
+                 SELECT session_id, event_type, source FROM updated WHERE events <= 0"
+            ),
+            &[],
+        )
+        .await?;
+    let column = |i: usize| -> Vec<String> { emptied.iter().map(|r| r.get(i)).collect() };
+    tx.execute(
+        "DELETE FROM session_counts WHERE (session_id, event_type, source) IN \
+         (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
+        &[&column(0), &column(1), &column(2)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A CTE for a statement whose `ins` CTE returned restored rows (`txid`, `seq`,
+/// `session_id`, `event_type`, `source`): adds those at or below the catalog's
+/// position (the job counts the others when it gets there). Run under [`hold`].
+pub(crate) const SESSION_COUNT_RESTORED: &str = "restored_sessions AS ( \
+   INSERT INTO session_counts AS c (session_id, event_type, source, events) \
+   SELECT i.session_id, i.event_type, i.source, count(*) FROM ins i, catalog_position p \
+   WHERE i.session_id IS NOT NULL AND (i.txid, i.seq) <= (p.txid, p.seq) \
+   GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
+   ON CONFLICT (session_id, event_type, source) DO UPDATE SET events = c.events + excluded.events)";
 
 /// Counts the next committed events (at most [`STEP_ROWS`]) into the catalog.
 /// Returns how many; 0 when there were none or another instance holds the turn.
@@ -109,7 +189,11 @@ pub async fn step(client: &mut Client) -> Result<u64, StorageError> {
         .query_one("SELECT txid, seq FROM catalog_position", &[])
         .await?;
     let (txid, seq): (i64, i64) = (pos.get(0), pos.get(1));
-    let n: i64 = tx.query_one(&step_sql(), &[&txid, &seq]).await?.get(0);
+    let sessions = has_session_counts(&tx).await?;
+    let n: i64 = tx
+        .query_one(&step_sql(sessions), &[&txid, &seq])
+        .await?
+        .get(0);
     tx.commit().await?;
     Ok(n as u64)
 }

@@ -286,7 +286,8 @@ fn failed(
 
 /// Drops a partition and the redelivery keys of its range, and records the range
 /// in `dropped_partitions` and, for `events`, as a leaf of the audit tree (so a
-/// range recorded with SQL excuses no missing event), in one transaction.
+/// range recorded with SQL excuses no missing event) and takes its rows out of
+/// the session counts, in one transaction.
 /// Returns the rows it held, by the statistics.
 pub async fn drop_partition(
     client: &mut Client,
@@ -298,6 +299,10 @@ pub async fn drop_partition(
     let (keys, key_time) = table.keys();
     let rows = super::estimated_rows(client, name).await?;
     let tx = client.transaction().await?;
+    if table == Table::Events {
+        // Session summaries count what is stored: the rows go, their counts too.
+        super::catalog::uncount_dropped(&tx, name).await?;
+    }
     tx.batch_execute(&format!("DROP TABLE {name}")).await?;
     tx.execute(
         &format!("DELETE FROM {keys} WHERE {key_time} >= $1 AND {key_time} < $2"),

@@ -156,8 +156,12 @@ async fn partition_table(
     }
 
     // The new partitions were filled in bulk: analysed before they serve, so no
-    // plan over them is blind (ANALYZE of the parent covers every partition).
-    super::statistics::analyze(client, &new).await?;
+    // plan over them is blind (ANALYZE of the parent covers every partition). Not
+    // when empty (a new database): statistics of nothing would read as current
+    // while the first rows arrive (`api::sizes`).
+    if old > 0 {
+        super::statistics::analyze(client, &new).await?;
+    }
 
     // 5. The swap, retried while a lock is not granted in time.
     let mut attempt = 0;

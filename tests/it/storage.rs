@@ -1365,3 +1365,148 @@ async fn the_maintenance_job_analyses_a_partition_filled_in_bulk_that_was_never_
         report.analyzed.len() as u64
     );
 }
+
+/// Writes `n` events of session `session` at `at` (types and sources taken in
+/// turn from three and two), straight into the table.
+async fn insert_session(app: &TestApp, session: &str, prefix: &str, n: i64, at: DateTime<Utc>) {
+    app.db
+        .execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, session_id, generation, envelope, properties) \
+             SELECT $1 || i, 'type-' || (i % 3), 'src-' || (i % 2), 'r', 'x', $2::timestamptz + i * interval '1 second', \
+             now(), '{}', $3, 1, '{}', '{}' FROM generate_series(1, $4::bigint) i",
+            &[&prefix, &at, &session, &n],
+        )
+        .await
+        .unwrap();
+}
+
+/// The summary `GET /sessions/{session}` gives, and what grouping its stored rows says.
+async fn summary_and_truth(app: &TestApp, session: &str) -> (serde_json::Value, serde_json::Value) {
+    let r = app
+        .http
+        .get(app.api(&format!("/sessions/{session}?limit=1")))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    let summary = if status == 404 {
+        json!(null)
+    } else {
+        let s = &body["summary"];
+        json!({"count": s["count"], "by_event_type": s["by_event_type"], "by_source": s["by_source"],
+               "first": micros(&s["first_timestamp"]), "last": micros(&s["last_timestamp"])})
+    };
+    let mut truth: serde_json::Value = app
+        .db
+        .query_one(
+            "SELECT CASE WHEN count(*) = 0 THEN 'null'::jsonb ELSE jsonb_build_object( \
+               'count', count(*), \
+               'by_event_type', (SELECT jsonb_object_agg(event_type, n) FROM (SELECT event_type, count(*) n FROM events WHERE session_id = $1 GROUP BY 1) t), \
+               'by_source', (SELECT jsonb_object_agg(source, n) FROM (SELECT source, count(*) n FROM events WHERE session_id = $1 GROUP BY 1) s), \
+               'first', to_char(min(\"timestamp\") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+               'last', to_char(max(\"timestamp\") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) END \
+             FROM events WHERE session_id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if truth.is_object() {
+        truth["first"] = micros(&truth["first"]);
+        truth["last"] = micros(&truth["last"]);
+    }
+    (summary, truth)
+}
+
+/// An RFC 3339 time written with microseconds, whatever its form.
+fn micros(v: &serde_json::Value) -> serde_json::Value {
+    let t = DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    json!(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+/// What `session_counts` holds for `session` (what the catalog has counted).
+async fn counted(app: &TestApp, session: &str) -> i64 {
+    app.db
+        .query_one(
+            "SELECT coalesce(sum(events), 0)::int8 FROM session_counts WHERE session_id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_session_summary_matches_its_stored_events_through_counting_retention_and_restore() {
+    let app = spawn_app().await;
+    let mut c = storage_client(&app).await;
+    let old_day = days_ago(20);
+    partition::create(
+        &mut c,
+        Table::Events,
+        storage::Range {
+            start: old_day,
+            end: days_ago(19),
+        },
+    )
+    .await
+    .unwrap();
+    insert_session(&app, "sess-sum", "old-", 30, old_day).await;
+    insert_session(&app, "sess-other", "other-", 5, old_day).await;
+    // Right away (the catalog may not have counted them yet: the summary adds the
+    // rows past its position) and once counted, the summary is what the rows say.
+    let (summary, truth) = summary_and_truth(&app, "sess-sum").await;
+    assert_eq!(truth["count"], 30);
+    assert_eq!(summary, truth);
+    app.wait_until(Duration::from_secs(20), || async {
+        counted(&app, "sess-sum").await == 30
+    })
+    .await;
+    insert_session(
+        &app,
+        "sess-sum",
+        "new-",
+        20,
+        Utc::now() - chrono::Duration::minutes(5),
+    )
+    .await;
+    let (summary, truth) = summary_and_truth(&app, "sess-sum").await;
+    assert_eq!(truth["count"], 50);
+    assert_eq!(summary, truth);
+    app.wait_until(Duration::from_secs(20), || async {
+        counted(&app, "sess-sum").await == 50
+    })
+    .await;
+
+    // Retention drops the old day (archived first): its 30 leave the counts too.
+    let dir = std::env::temp_dir().join(format!("cs-session-counts-{}", uuid::Uuid::new_v4()));
+    archive::archive_before(&mut c, days_ago(19), &dir, true, None, None)
+        .await
+        .unwrap();
+    let (summary, truth) = summary_and_truth(&app, "sess-sum").await;
+    assert_eq!(truth["count"], 20);
+    assert_eq!(summary, truth);
+    assert_eq!(counted(&app, "sess-sum").await, 20);
+    // A session whose every event went is gone from the counts and the API.
+    assert_eq!(counted(&app, "sess-other").await, 0);
+    assert_eq!(
+        summary_and_truth(&app, "sess-other").await,
+        (json!(null), json!(null))
+    );
+
+    // Restored: counted again, once, however often it is restored.
+    let file = dir.join(partition::partition_name(Table::Events, old_day) + ".ndjson.zst");
+    for _ in 0..2 {
+        archive::restore(&mut c, std::slice::from_ref(&file), None)
+            .await
+            .unwrap();
+        let (summary, truth) = summary_and_truth(&app, "sess-sum").await;
+        assert_eq!(truth["count"], 50);
+        assert_eq!(summary, truth);
+        assert_eq!(counted(&app, "sess-sum").await, 50);
+        assert_eq!(counted(&app, "sess-other").await, 5);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
