@@ -15,7 +15,8 @@ use super::query::params::could_be_stored;
 use super::query::sql::{
     EVENTS, FetchedPage, Order, fetch_page, generic_plans, page_sql, reusable,
 };
-use super::query::totals::{Seen, total};
+use super::query::totals::{Seen, counted_up_to_cap, total, walked_total};
+use super::query::walk;
 use super::query::{EventFilters, EventQuery};
 use super::view::{COLUMNS, EventView, render, views};
 use super::{ApiState, large};
@@ -70,15 +71,59 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         .map(Some)
         .chain([None])
         .peekable();
+    // Statements whose one plan fits every value (`sql::reusable`).
+    let reusable_filter = q.payload_contains.is_none() && q.filters.len() <= 1;
+    // A document a window may hold few of. (Two values that rarely meet are left
+    // to the planner: without an index holding both, reading each partition costs
+    // a bitmap of the commoner one, more than the planner's walk.)
+    let may_be_sparse = q.payload_contains.is_some();
     let mut first_window = true;
     let (filter, params, n_filter, page, window) = loop {
         let window = windows.next().expect("ends with the unbounded window");
-        // Past the first window, matches are known to be sparse (fewer than a page
-        // in it): a document is looked up in each partition's GIN index and the few
-        // matches sorted, under one reused plan, rather than planned per value over
-        // every partition, where a rare document's estimate walks whole partitions
-        // in time order looking for it.
-        let sparse_payload = q.payload_contains.is_some() && !first_window;
+        // Past the first window the matches are known to be sparse (fewer than a
+        // page in it): read partition by partition, newest first, until the page
+        // is full (`query::walk`).
+        if may_be_sparse && !first_window && paging.offset == 0 {
+            let tx = generic_plans(&mut client).await?;
+            tx.batch_execute("SET LOCAL enable_indexscan = off")
+                .await
+                .map_err(unavailable)?;
+            if let Some(walked) = walk::newest_first(tx.client(), &q).await? {
+                let mut params = SqlParams::default();
+                let filter = q.conditions(&mut params);
+                let seen = Seen {
+                    through: walked.page.rows.len() as i64,
+                    has_more: walked.page.has_more,
+                    whole_prefix: paging.cursor.is_none(),
+                    window: None,
+                };
+                let (total, total_is_estimate) = walked_total(
+                    &tx,
+                    &state.table_sizes,
+                    &filter,
+                    &params.all(),
+                    seen,
+                    walked.reached,
+                    anchor,
+                )
+                .await?;
+                tx.commit().await.map_err(unavailable)?;
+                let FetchedPage {
+                    rows,
+                    has_more,
+                    next_cursor,
+                } = walked.page;
+                return Ok(HttpResponse::Ok().json(Page {
+                    events: views(&rows)?,
+                    total,
+                    total_is_estimate,
+                    limit: paging.limit,
+                    offset: paging.offset,
+                    has_more,
+                    next_cursor,
+                }));
+            }
+        }
         first_window = false;
         let mut params = SqlParams::default();
         let filter = q.conditions(&mut params);
@@ -95,17 +140,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
             &mut params,
         )?;
         let refs = params.all();
-        let page = if sparse_payload && q.filters.len() <= 1 {
-            let tx = generic_plans(&mut client).await?;
-            tx.batch_execute("SET LOCAL enable_indexscan = off")
-                .await
-                .map_err(unavailable)?;
-            // Its own text: a cached plan keeps the settings it was made under.
-            let statement = reusable(&tx, &format!("/* sparse */ {sql}")).await?;
-            let page = fetch_page(&EVENTS, &*tx, &statement, &refs, paging.limit).await?;
-            tx.commit().await.map_err(unavailable)?;
-            page
-        } else if q.payload_contains.is_none() && q.filters.len() <= 1 {
+        let page = if reusable_filter {
             let tx = generic_plans(&mut client).await?;
             let statement = reusable(&tx, &sql).await?;
             let page = fetch_page(&EVENTS, &*tx, &statement, &refs, paging.limit).await?;
@@ -133,19 +168,34 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         next_cursor,
     } = page;
     // The filter's parameters come first in the page's.
-    let (total, total_is_estimate) = total(
-        &client,
-        &state.table_sizes,
-        &filter,
-        &params.refs(n_filter),
-        Seen {
-            through: paging.offset + rows.len() as i64,
-            has_more,
-            whole_prefix: paging.cursor.is_none() && (paging.offset == 0 || !rows.is_empty()),
-            window: window.map(|lower| (lower, anchor)),
-        },
-    )
-    .await?;
+    let seen = Seen {
+        through: paging.offset + rows.len() as i64,
+        has_more,
+        whole_prefix: paging.cursor.is_none() && (paging.offset == 0 || !rows.is_empty()),
+        window: window.map(|lower| (lower, anchor)),
+    };
+    // One equality filter at most: its plan is the same for every value, so
+    // counting up to the cap (an index walk of at most 1,001 entries under a
+    // reused plan) comes before any estimate, whose planning would visit every
+    // partition the window covers.
+    let counted = if reusable_filter && (seen.has_more || !seen.whole_prefix) {
+        counted_up_to_cap(&mut client, &filter, &params.refs(n_filter)).await?
+    } else {
+        None
+    };
+    let (total, total_is_estimate) = match counted {
+        Some(exact) => (exact, false),
+        None => {
+            total(
+                &client,
+                &state.table_sizes,
+                &filter,
+                &params.refs(n_filter),
+                seen,
+            )
+            .await?
+        }
+    };
     Ok(HttpResponse::Ok().json(Page {
         events: views(&rows)?,
         total,

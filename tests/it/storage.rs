@@ -696,8 +696,8 @@ async fn pages_that_look_back_a_window_first_walk_every_event_once_in_order() {
             .execute(
                 "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
                  payload, generation, envelope, properties, session_id) \
-                 VALUES ($1, 'walk', 'svc', 'walk', 'x', $2, $2, '{}', 3, '{}', '{}', $3)",
-                &[&format!("walk-{i:03}"), t, &(if i % 3 == 0 { "s-3" } else { "s-other" })],
+                 VALUES ($1, 'walk', 'svc', 'walk', 'x', $2, $2, jsonb_build_object('k', $4::int % 4), 3, '{}', '{}', $3)",
+                &[&format!("walk-{i:03}"), t, &(if i % 3 == 0 { "s-3" } else { "s-other" }), &(i as i32)],
             )
             .await
             .unwrap();
@@ -706,32 +706,68 @@ async fn pages_that_look_back_a_window_first_walk_every_event_once_in_order() {
     maintain::run_once(&mut c, &opts(None), Utc::now(), None)
         .await
         .unwrap();
-    let expected = |session: Option<&str>| {
+    let expected = |condition: &str| {
         let db = &app.db;
-        let session = session.map(str::to_owned);
+        let sql = format!(
+            "SELECT id FROM events WHERE {condition} ORDER BY \"timestamp\" DESC, seq DESC"
+        );
         async move {
-            db.query(
-                "SELECT id FROM events WHERE ($1::text IS NULL OR session_id = $1) ORDER BY \"timestamp\" DESC, seq DESC",
-                &[&session],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect::<Vec<_>>()
+            db.query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
         }
     };
     // Pages with at most one equality filter run a reused generic plan (every
     // request below reuses the read pool's few connections); two filters and
     // payload_contains plan per value. Both must walk the same rows.
-    for (session, filter) in [
-        (None, ""),
-        (Some("s-3"), "&session_id=s-3"),
-        (Some("s-none"), "&session_id=s-none"),
-        (Some("s-3"), "&session_id=s-3&event_type=walk"),
-        (None, "&payload_contains=%7B%7D"),
+    // payload_contains past the first window reads partition by partition
+    // (`query::walk`), with time bounds that cut into partitions.
+    let (from, to) = (
+        now - chrono::Duration::days(52) - chrono::Duration::hours(7),
+        now - chrono::Duration::hours(30) - chrono::Duration::minutes(1),
+    );
+    let bounds = format!(
+        "&start_time={}&end_time={}",
+        from.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        to.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    );
+    let within = format!("\"timestamp\" >= '{from}' AND \"timestamp\" <= '{to}'");
+    for (condition, filter) in [
+        ("TRUE".to_owned(), "".to_owned()),
+        (
+            "session_id = 's-3'".to_owned(),
+            "&session_id=s-3".to_owned(),
+        ),
+        (
+            "session_id = 's-none'".to_owned(),
+            "&session_id=s-none".to_owned(),
+        ),
+        (
+            "session_id = 's-3'".to_owned(),
+            "&session_id=s-3&event_type=walk".to_owned(),
+        ),
+        ("TRUE".to_owned(), "&payload_contains=%7B%7D".to_owned()),
+        (
+            "payload @> '{\"k\": 1}'".to_owned(),
+            "&payload_contains=%7B%22k%22%3A1%7D".to_owned(),
+        ),
+        (
+            "payload @> '{\"k\": 9}'".to_owned(),
+            "&payload_contains=%7B%22k%22%3A9%7D".to_owned(),
+        ),
+        (
+            format!("payload @> '{{\"k\": 2}}' AND {within}"),
+            format!(
+                "&payload_contains=%7B%22k%22%3A2%7D{}",
+                bounds.replace('+', "%2B")
+            ),
+        ),
     ] {
-        let want = expected(session).await;
+        let filter = filter.as_str();
+        let want = expected(&condition).await;
         // By cursor.
         let mut got = Vec::new();
         let mut cursor = String::new();

@@ -136,17 +136,39 @@ pub(crate) async fn fetch_page<C: GenericClient, S: ?Sized + ToStatement + Sync 
     params: &[&(dyn ToSql + Sync)],
     limit: i64,
 ) -> Result<FetchedPage, Problem> {
+    fetch_page_within(listing, client, statement, params, limit, MAX_PAGE_BYTES).await
+}
+
+/// [`fetch_page`] holding at most `max_bytes` of payload (always at least one row).
+pub(crate) async fn fetch_page_within<C: GenericClient, S: ?Sized + ToStatement + Sync + Send>(
+    listing: &Listing,
+    client: &C,
+    statement: &S,
+    params: &[&(dyn ToSql + Sync)],
+    limit: i64,
+    max_bytes: usize,
+) -> Result<FetchedPage, Problem> {
     let stream = client
         .query_raw(statement, params.iter().copied())
         .await
         .map_err(unavailable)?;
+    read_page(listing, stream, limit, max_bytes).await
+}
+
+/// Reads a page from `stream` as [`fetch_page_within`] does.
+pub(crate) async fn read_page(
+    listing: &Listing,
+    stream: tokio_postgres::RowStream,
+    limit: i64,
+    max_bytes: usize,
+) -> Result<FetchedPage, Problem> {
     pin_mut!(stream);
     let mut rows = Vec::new();
     let mut bytes = 0;
     let mut has_more = false;
     while let Some(row) = stream.try_next().await.map_err(unavailable)? {
         let size = (listing.row_bytes)(&row)?;
-        if rows.len() as i64 >= limit || (!rows.is_empty() && bytes + size > MAX_PAGE_BYTES) {
+        if rows.len() as i64 >= limit || (!rows.is_empty() && bytes + size > max_bytes) {
             has_more = true;
             break;
         }

@@ -94,6 +94,96 @@ pub(crate) async fn total(
     }
 }
 
+/// The matches of `filter` when there are at most [`EXACT_TOTAL_UP_TO`], counted
+/// under a reused plan (for filters whose plan fits every value: see
+/// `sql::reusable`); `None` when there are more.
+pub(crate) async fn counted_up_to_cap(
+    client: &mut deadpool_postgres::Client,
+    filter: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<i64>, Problem> {
+    let tx = super::sql::generic_plans(client).await?;
+    let counted = super::sql::reusable(
+        &tx,
+        &format!(
+            "SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
+            EXACT_TOTAL_UP_TO + 1
+        ),
+    )
+    .await?;
+    let n: i64 = tx
+        .query_one(&counted, params)
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    tx.commit().await.map_err(unavailable)?;
+    Ok((n <= EXACT_TOTAL_UP_TO).then_some(n))
+}
+
+/// `total` for a page read partition by partition (`walk`), which reached back to
+/// `reached`: the page's matches scaled by the rows of the whole table over the
+/// rows from `reached` to `anchor` (no planning: the planner's estimate is what
+/// the walk avoids), and below [`ESTIMATE_TRUSTED_ABOVE`] a count of at most
+/// [`EXACT_TOTAL_UP_TO`] + 1 matches, run like the walk (a generic plan of GIN
+/// probes, `tx`). While statistics are missing, as [`total`].
+pub(crate) async fn walked_total(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sizes: &TableSizes,
+    filter: &str,
+    params: &[&(dyn ToSql + Sync)],
+    seen: Seen,
+    reached: Option<DateTime<Utc>>,
+    anchor: DateTime<Utc>,
+) -> Result<(i64, bool), Problem> {
+    if seen.whole_prefix && !seen.has_more {
+        return Ok((seen.through, false));
+    }
+    if !sizes
+        .statistics_current(tx.client())
+        .await
+        .map_err(unavailable)?
+    {
+        return total(tx.client(), sizes, filter, params, seen).await;
+    }
+    let at_least = if seen.whole_prefix {
+        seen.through + 1
+    } else {
+        0
+    };
+    let scale = match reached {
+        Some(lower) => sizes
+            .rows_between(tx.client(), lower, anchor)
+            .await
+            .map_err(unavailable)?
+            .map_or(1.0, |(all, inside)| (all / inside.max(1.0)).max(1.0)),
+        None => 1.0,
+    };
+    let estimate = ((seen.through.max(1) as f64) * scale).round() as i64;
+    if at_least > EXACT_TOTAL_UP_TO || estimate > ESTIMATE_TRUSTED_ABOVE {
+        return Ok((estimate.max(at_least), true));
+    }
+    // Planned once per connection, under the walk's settings (its own text: a
+    // cached plan keeps the settings it was made under).
+    let counted = super::sql::reusable(
+        tx,
+        &format!(
+            "/* walk */ SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
+            EXACT_TOTAL_UP_TO + 1
+        ),
+    )
+    .await?;
+    let exact: i64 = tx
+        .query_one(&counted, params)
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    if exact <= EXACT_TOTAL_UP_TO {
+        Ok((exact, false))
+    } else {
+        Ok((estimate.max(exact).max(at_least), true))
+    }
+}
+
 /// The planner's estimate of the matches from `lower` to `upper` (the window the
 /// page was read in, so only its partitions are planned), scaled by the rows of the
 /// whole table over the rows in the window (partition statistics, cached). Without
