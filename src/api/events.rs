@@ -78,6 +78,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
     // a bitmap of the commoner one, more than the planner's walk.)
     let may_be_sparse = q.payload_contains.is_some();
     let mut first_window = true;
+    let mut windows_read = 0;
     let (filter, params, n_filter, page, window) = loop {
         let window = windows.next().expect("ends with the unbounded window");
         // Past the first window the matches are known to be sparse (fewer than a
@@ -125,6 +126,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
             }
         }
         first_window = false;
+        windows_read += 1;
         let mut params = SqlParams::default();
         let filter = q.conditions(&mut params);
         let n_filter = params.len();
@@ -174,11 +176,12 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         whole_prefix: paging.cursor.is_none() && (paging.offset == 0 || !rows.is_empty()),
         window: window.map(|lower| (lower, anchor)),
     };
-    // One equality filter at most: its plan is the same for every value, so
-    // counting up to the cap (an index walk of at most 1,001 entries under a
-    // reused plan) comes before any estimate, whose planning would visit every
-    // partition the window covers.
-    let counted = if reusable_filter && (seen.has_more || !seen.whole_prefix) {
+    // Matches too few for the first window, under one equality filter at most
+    // (a plan the same for every value): counting up to the cap (an index walk of
+    // at most 1,001 entries under a reused plan) comes before any estimate, whose
+    // planning would visit every partition the wider window covers. A page the
+    // first window filled takes its estimate from that window's few partitions.
+    let counted = if reusable_filter && windows_read > 1 && (seen.has_more || !seen.whole_prefix) {
         counted_up_to_cap(&mut client, &filter, &params.refs(n_filter)).await?
     } else {
         None

@@ -192,10 +192,14 @@ pub(crate) async fn read_page(
 
 /// The most statements a read connection keeps prepared (see [`reusable`]); past it
 /// the connection's cache is emptied and refills with the shapes in use. A generic
-/// plan over 95 partitions takes 1–2 MB of the server's memory (measured with
-/// `pg_backend_memory_contexts`), so this bounds it at ~30 MB per read connection;
-/// Candybar's pages use fewer than ten shapes.
-const MAX_CACHED_STATEMENTS: usize = 16;
+/// plan over 95 partitions takes ~1 MB of the server's memory (measured with
+/// `pg_backend_memory_contexts`), so this bounds it at ~64 MB per read connection
+/// (the pool hands out the connection used last, so a few connections stay hot
+/// and the others hold little). Each shape of request uses one to four statements
+/// (a window each, its count, a timeline's summary): at 16, the 18 shapes of
+/// `loadtest/query/skewed.js` emptied the cache over and over, and each refill
+/// planned every partition again (first page p50 1.8 → 12 ms).
+const MAX_CACHED_STATEMENTS: usize = 64;
 
 /// A read-only transaction in which prepared statements run with their generic
 /// plan (`plan_cache_mode = force_generic_plan`, for this transaction only): one
