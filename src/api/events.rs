@@ -17,7 +17,7 @@ use super::query::sql::{
 };
 use super::query::totals::{Seen, counted_up_to_cap, total, walked_total};
 use super::query::walk;
-use super::query::{EventFilters, EventQuery};
+use super::query::{EventFilters, EventQuery, Paging};
 use super::view::{COLUMNS, EventView, render, views};
 use super::{ApiState, large};
 use crate::query::SqlParams;
@@ -109,20 +109,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
                 )
                 .await?;
                 tx.commit().await.map_err(unavailable)?;
-                let FetchedPage {
-                    rows,
-                    has_more,
-                    next_cursor,
-                } = walked.page;
-                return Ok(HttpResponse::Ok().json(Page {
-                    events: views(&rows)?,
-                    total,
-                    total_is_estimate,
-                    limit: paging.limit,
-                    offset: paging.offset,
-                    has_more,
-                    next_cursor,
-                }));
+                return answer(walked.page, (total, total_is_estimate), &paging);
             }
         }
         first_window = false;
@@ -199,14 +186,31 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
             .await?
         }
     };
+    answer(
+        FetchedPage {
+            rows,
+            has_more,
+            next_cursor,
+        },
+        (total, total_is_estimate),
+        &paging,
+    )
+}
+
+/// The page as `GET /events` answers it.
+fn answer(
+    page: FetchedPage,
+    (total, total_is_estimate): (i64, bool),
+    paging: &Paging,
+) -> Result<HttpResponse, Problem> {
     Ok(HttpResponse::Ok().json(Page {
-        events: views(&rows)?,
+        events: views(&page.rows)?,
         total,
         total_is_estimate,
         limit: paging.limit,
         offset: paging.offset,
-        has_more,
-        next_cursor,
+        has_more: page.has_more,
+        next_cursor: page.next_cursor,
     }))
 }
 

@@ -94,6 +94,30 @@ pub(crate) async fn total(
     }
 }
 
+/// The matches of `filter`, counted up to [`EXACT_TOTAL_UP_TO`] + 1 under a plan
+/// made once per connection (`sql::reusable`, in `tx`); `marker` starts the
+/// statement's text, to keep plans made under other settings apart.
+async fn reused_capped_count(
+    tx: &deadpool_postgres::Transaction<'_>,
+    marker: &str,
+    filter: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<i64, Problem> {
+    let counted = super::sql::reusable(
+        tx,
+        &format!(
+            "{marker}SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
+            EXACT_TOTAL_UP_TO + 1
+        ),
+    )
+    .await?;
+    Ok(tx
+        .query_one(&counted, params)
+        .await
+        .map_err(unavailable)?
+        .get(0))
+}
+
 /// The matches of `filter` when there are at most [`EXACT_TOTAL_UP_TO`], counted
 /// under a reused plan (for filters whose plan fits every value: see
 /// `sql::reusable`); `None` when there are more.
@@ -103,19 +127,7 @@ pub(crate) async fn counted_up_to_cap(
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Option<i64>, Problem> {
     let tx = super::sql::generic_plans(client).await?;
-    let counted = super::sql::reusable(
-        &tx,
-        &format!(
-            "SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
-            EXACT_TOTAL_UP_TO + 1
-        ),
-    )
-    .await?;
-    let n: i64 = tx
-        .query_one(&counted, params)
-        .await
-        .map_err(unavailable)?
-        .get(0);
+    let n = reused_capped_count(&tx, "", filter, params).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok((n <= EXACT_TOTAL_UP_TO).then_some(n))
 }
@@ -162,21 +174,9 @@ pub(crate) async fn walked_total(
     if at_least > EXACT_TOTAL_UP_TO || estimate > ESTIMATE_TRUSTED_ABOVE {
         return Ok((estimate.max(at_least), true));
     }
-    // Planned once per connection, under the walk's settings (its own text: a
-    // cached plan keeps the settings it was made under).
-    let counted = super::sql::reusable(
-        tx,
-        &format!(
-            "/* walk */ SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {}) s",
-            EXACT_TOTAL_UP_TO + 1
-        ),
-    )
-    .await?;
-    let exact: i64 = tx
-        .query_one(&counted, params)
-        .await
-        .map_err(unavailable)?
-        .get(0);
+    // Under the walk's settings, so its own text: a cached plan keeps the
+    // settings it was made under.
+    let exact = reused_capped_count(tx, "/* walk */ ", filter, params).await?;
     if exact <= EXACT_TOTAL_UP_TO {
         Ok((exact, false))
     } else {
