@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, read_sse, spawn_app};
+use crate::helpers::{TestApp, event_ids, read_sse, spawn_app, walk_cursors};
 
 /// Publishes `n` generation-1 events: sessions s0..s2, types t0..t1, and pairs of
 /// events sharing one timestamp so the tie-break matters.
@@ -40,31 +40,6 @@ async fn get(app: &TestApp, path: &str) -> (u16, Value, String) {
         res.json().await.unwrap_or(Value::Null),
         content_type,
     )
-}
-
-/// Follows `path` (which has a query string) through its `next_cursor`s and returns
-/// the ids of every page, in order.
-async fn walk_cursors(app: &TestApp, path: &str) -> Vec<String> {
-    let mut walked = Vec::new();
-    let mut next = path.to_owned();
-    loop {
-        let (status, page, _) = get(app, &next).await;
-        assert_eq!(status, 200, "{next}: {page}");
-        walked.extend(ids(&page));
-        match page["next_cursor"].as_str() {
-            Some(c) => next = format!("{path}&cursor={c}"),
-            None => return walked,
-        }
-    }
-}
-
-fn ids(page: &Value) -> Vec<String> {
-    page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]
@@ -123,7 +98,7 @@ async fn events_come_newest_first_with_a_stable_tie_break_and_the_contract_field
     assert_eq!(keys, contract);
     // The same request twice gives the same order.
     let (_, again, _) = get(&app, "/events?limit=5").await;
-    assert_eq!(ids(&page), ids(&again));
+    assert_eq!(event_ids(&page), event_ids(&again));
 }
 
 #[tokio::test]
@@ -133,7 +108,7 @@ async fn offset_walks_and_cursor_walks_visit_every_event_exactly_once() {
     let mut by_offset = Vec::new();
     for offset in (0..41).step_by(6) {
         let (_, page, _) = get(&app, &format!("/events?limit=6&offset={offset}")).await;
-        by_offset.extend(ids(&page));
+        by_offset.extend(event_ids(&page));
     }
     assert_eq!(by_offset.len(), 41);
     assert_eq!(by_offset.iter().collect::<HashSet<_>>().len(), 41);
@@ -143,7 +118,7 @@ async fn offset_walks_and_cursor_walks_visit_every_event_exactly_once() {
     loop {
         let (status, page, _) = get(&app, &path).await;
         assert_eq!(status, 200);
-        by_cursor.extend(ids(&page));
+        by_cursor.extend(event_ids(&page));
         // New events keep arriving during the walk.
         if by_cursor.len() == 4 {
             app.publish("late", br#"{"id": "late-1", "event_type": "t0", "session_id": "s1", "timestamp": "2026-11-20T14:00:30Z"}"#).await;
@@ -223,7 +198,7 @@ async fn payload_contains_matches_by_jsonb_containment_through_its_index() {
             let q: String = url_encode(filter);
             let (status, page, _) = get(app, &format!("/events?payload_contains={q}")).await;
             assert_eq!(status, 200, "{filter}: {page}");
-            let mut ids = ids(&page);
+            let mut ids = event_ids(&page);
             ids.sort();
             assert_eq!(page["total"].as_i64(), Some(ids.len() as i64), "{filter}");
             ids
@@ -266,7 +241,7 @@ async fn payload_contains_matches_by_jsonb_containment_through_its_index() {
         ),
     )
     .await;
-    assert_eq!(ids(&page), ["p1"]);
+    assert_eq!(event_ids(&page), ["p1"]);
     // The GIN index (each partition's) serves the search (the planner would scan a
     // table this small).
     let plan: Vec<String> = {
@@ -431,7 +406,7 @@ async fn total_is_exact_up_to_a_thousand_and_past_that_an_estimate_that_says_so(
     // Offset pages are served by the deferred join: same rows as a direct walk.
     let (_, deep, _) = get(&app, "/events?offset=1990&limit=5").await;
     assert_eq!(
-        ids(&deep),
+        event_ids(&deep),
         [
             "bulk-10010",
             "bulk-10009",
@@ -509,7 +484,7 @@ async fn a_page_of_large_events_stops_at_the_byte_cap_and_the_walk_still_visits_
             &format!("/events?limit=1000&offset={}", by_offset.len()),
         )
         .await;
-        by_offset.extend(ids(&page));
+        by_offset.extend(event_ids(&page));
         if page["has_more"] == false {
             break;
         }
@@ -621,7 +596,7 @@ async fn a_session_timeline_is_in_time_order_with_a_summary_and_pages() {
     for offset in (0..10).step_by(3) {
         let (_, page, _) = get(&app, &format!("/sessions/s1?limit=3&offset={offset}")).await;
         assert_eq!(page["has_more"], offset + 3 < 10, "offset {offset}");
-        by_offset.extend(ids(&page));
+        by_offset.extend(event_ids(&page));
     }
     assert_eq!(by_offset, expected);
 

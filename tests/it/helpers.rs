@@ -598,3 +598,31 @@ impl ServedBinary {
         peak_kb
     }
 }
+
+/// Follows `path` (which has a query string) through its `next_cursor`s and returns
+/// the ids of every page, in order.
+pub async fn walk_cursors(app: &TestApp, path: &str) -> Vec<String> {
+    let mut walked = Vec::new();
+    let mut next = path.to_owned();
+    loop {
+        let res = app.http.get(app.api(&next)).send().await.unwrap();
+        let status = res.status().as_u16();
+        let page: serde_json::Value = res.json().await.unwrap_or_default();
+        assert_eq!(status, 200, "{next}: {page}");
+        walked.extend(event_ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => next = format!("{path}&cursor={c}"),
+            None => return walked,
+        }
+    }
+}
+
+/// The ids of a page's events, in order.
+pub fn event_ids(page: &serde_json::Value) -> Vec<String> {
+    page["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a page: {page}"))
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}

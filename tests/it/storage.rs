@@ -11,7 +11,7 @@ use lapin::BasicProperties;
 use serde_json::json;
 use tokio_postgres::Client;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_prepared, spawn_app_with};
+use crate::helpers::{TestApp, spawn_app, spawn_app_prepared, spawn_app_with, walk_cursors};
 
 async fn storage_client(app: &TestApp) -> Client {
     storage::connect(&db::pg_config(&app.db_url).unwrap())
@@ -769,30 +769,7 @@ async fn pages_that_look_back_a_window_first_walk_every_event_once_in_order() {
         let filter = filter.as_str();
         let want = expected(&condition).await;
         // By cursor.
-        let mut got = Vec::new();
-        let mut cursor = String::new();
-        loop {
-            let page: serde_json::Value = app
-                .http
-                .get(app.api(&format!("/events?limit=7{filter}{cursor}")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            got.extend(
-                page["events"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| e["id"].as_str().unwrap().to_owned()),
-            );
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = format!("&cursor={c}"),
-                None => break,
-            }
-        }
+        let got = walk_cursors(&app, &format!("/events?limit=7{filter}")).await;
         assert_eq!(got, want, "cursor walk, {filter:?}");
         // By offset.
         let mut got = Vec::new();
@@ -1621,32 +1598,17 @@ async fn a_document_absent_from_the_newest_rows_is_found_further_back_in_order()
             .collect();
         assert!(want.len() > 20, "{condition}");
         let limit = if condition.contains("filler") { 700 } else { 7 };
-        let mut got = Vec::new();
-        let mut cursor = String::new();
-        let mut first_total = None;
-        loop {
-            let page: serde_json::Value = app
-                .http
-                .get(app.api(&format!("/events?limit={limit}{filter}{cursor}")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            first_total.get_or_insert((page["total"].clone(), page["total_is_estimate"].clone()));
-            got.extend(
-                page["events"]
-                    .as_array()
-                    .unwrap_or_else(|| panic!("{page}"))
-                    .iter()
-                    .map(|e| e["id"].as_str().unwrap().to_owned()),
-            );
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = format!("&cursor={c}"),
-                None => break,
-            }
-        }
+        let first: serde_json::Value = app
+            .http
+            .get(app.api(&format!("/events?limit={limit}{filter}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let first_total = Some((first["total"].clone(), first["total_is_estimate"].clone()));
+        let got = walk_cursors(&app, &format!("/events?limit={limit}{filter}")).await;
         assert_eq!(got, want, "{filter}");
         if want.len() <= 1_000 {
             assert_eq!(
