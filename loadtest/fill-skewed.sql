@@ -17,7 +17,7 @@
 --   quadratic skew (repo-0 ~1.4%, repo-4990 ~0.01%: ~1,000 events), status `error` in
 --   2% (else `ok`), a message text and a counter.
 --
--- Usage: psql -v rows=10000000 [-v days=90] -f loadtest/fill-skewed.sql "$DATABASE_URL"
+-- Usage: psql -v rows=10000000 [-v days=90] [-v interval=week] -f loadtest/fill-skewed.sql "$DATABASE_URL"
 -- (loadtest/query/run.sh with FILL=skewed).
 \set ON_ERROR_STOP on
 \if :{?days}
@@ -25,21 +25,30 @@
 \set days 30
 \endif
 SELECT set_config('fill.days', :'days', false) \gset
--- A partition per day first (what the maintenance job would have made as the days
--- went by), so no row lands in the default partition.
+-- A partition per :interval (day, week or month; day by default) first, what the
+-- maintenance job would have made as the days went by, so no row lands in the default
+-- partition. Cut as PARTITION_INTERVAL cuts them (weeks from Monday, months from the
+-- 1st, UTC) and named by their first day.
+\if :{?interval}
+\else
+\set interval day
+\endif
+SELECT set_config('fill.interval', :'interval', false) \gset
 DO $parts$
 DECLARE
   d date;
+  step interval := ('1 ' || current_setting('fill.interval'))::interval;
 BEGIN
   IF (SELECT relkind FROM pg_class WHERE oid = 'events'::regclass) <> 'p' THEN
     RETURN;
   END IF;
-  FOR d IN SELECT generate_series((now() AT TIME ZONE 'UTC')::date - current_setting('fill.days')::int - 1,
-                                  (now() AT TIME ZONE 'UTC')::date, interval '1 day')::date LOOP
+  FOR d IN SELECT generate_series(date_trunc(current_setting('fill.interval'),
+                                             (now() AT TIME ZONE 'UTC')::date - current_setting('fill.days')::int - 1),
+                                  (now() AT TIME ZONE 'UTC')::date, step)::date LOOP
     IF to_regclass('events_p' || to_char(d, 'YYYYMMDD')) IS NULL THEN
       EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%L) TO (%L) '
                      'WITH (autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 100000)',
-                     'events_p' || to_char(d, 'YYYYMMDD'), d::text || ' 00:00:00+00', (d + 1)::text || ' 00:00:00+00');
+                     'events_p' || to_char(d, 'YYYYMMDD'), d::text || ' 00:00:00+00', (d + step)::date::text || ' 00:00:00+00');
       EXECUTE format('ALTER TABLE %I ALTER COLUMN payload SET STATISTICS 1000', 'events_p' || to_char(d, 'YYYYMMDD'));
     END IF;
   END LOOP;

@@ -146,27 +146,60 @@ pub struct Migration {
     pub checksum: String,
     /// Runs in code, in many transactions; the running service works before,
     /// during and after it, so `serve` starts while it is pending (and says so).
-    pub online: bool,
+    online: Option<OnlineStep>,
 }
 
-/// The online migrations, by version: partitioning `events` and `dead_letter`
-/// (`storage::migrate_online`), and the live tail's `(txid, seq)` index
-/// (`storage::tail_index`). Their checksum is that of their statements' text.
-const ONLINE: &[(i64, &str)] = &[
-    (9, "0009_partition_by_time (online)"),
-    (10, "0010_events_txid (online)"),
-];
+/// What an online migration runs.
+#[derive(Debug, Clone, Copy)]
+enum OnlineStep {
+    /// Partitioning `events` and `dead_letter` (`storage::migrate_online`).
+    Partition,
+    /// The live tail's `(txid, seq)` index (`storage::tail_index`).
+    TailIndex,
+    /// An index of `events` built partition by partition (`storage::online_index`).
+    Index(crate::storage::online_index::OnlineIndex),
+}
 
-fn online_text(version: i64) -> String {
-    match version {
-        9 => format!(
-            "{}{}",
-            crate::storage::schema::EVENTS,
-            crate::storage::schema::DEAD_LETTER
-        ),
-        _ => crate::storage::tail_index::DDL.to_owned(),
+impl OnlineStep {
+    /// Its statements as text: their checksum is the migration's.
+    fn text(self) -> String {
+        match self {
+            OnlineStep::Partition => format!(
+                "{}{}",
+                crate::storage::schema::EVENTS,
+                crate::storage::schema::DEAD_LETTER
+            ),
+            OnlineStep::TailIndex => crate::storage::tail_index::DDL.to_owned(),
+            OnlineStep::Index(index) => index.ddl(),
+        }
+    }
+
+    async fn run(
+        self,
+        client: &mut Client,
+        interval: crate::storage::PartitionInterval,
+    ) -> Result<(), crate::storage::StorageError> {
+        match self {
+            OnlineStep::Partition => crate::storage::migrate_online::run(client, interval)
+                .await
+                .map(drop),
+            OnlineStep::TailIndex => crate::storage::tail_index::run(client).await,
+            OnlineStep::Index(index) => index.build(client).await,
+        }
     }
 }
+
+/// The online migrations: version, name, step. Each entry names its own step, so
+/// a new one cannot run another's code.
+const ONLINE: &[(i64, &str, OnlineStep)] = &[
+    (9, "0009_partition_by_time (online)", OnlineStep::Partition),
+    (10, "0010_events_txid (online)", OnlineStep::TailIndex),
+    (
+        21,
+        "0021_events_type_source (online)",
+        OnlineStep::Index(crate::storage::online_index::TYPE_SOURCE),
+    ),
+];
 
 /// The embedded migrations, in order.
 pub fn migrations() -> Result<Vec<Migration>, DbError> {
@@ -182,17 +215,17 @@ pub fn migrations() -> Result<Vec<Migration>, DbError> {
                 name,
                 sql,
                 checksum: checksum(sql),
-                online: false,
+                online: None,
             })
         })
         .collect::<Result<Vec<_>, DbError>>()?;
-    for (version, name) in ONLINE {
+    for (version, name, step) in ONLINE {
         all.push(Migration {
             version: *version,
             name,
             sql: "",
-            checksum: checksum(&online_text(*version)),
-            online: true,
+            checksum: checksum(&step.text()),
+            online: Some(*step),
         });
     }
     all.sort_by_key(|m| m.version);
@@ -259,17 +292,13 @@ async fn migrate_locked(
         .iter()
         .filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version))
     {
-        if m.online {
-            let ran = match m.version {
-                9 => crate::storage::migrate_online::run(client, interval)
-                    .await
-                    .map(drop),
-                _ => crate::storage::tail_index::run(client).await,
-            };
-            ran.map_err(|e| DbError::Online {
-                name: m.name.to_owned(),
-                reason: crate::telemetry::error_chain(&e),
-            })?;
+        if let Some(step) = m.online {
+            step.run(client, interval)
+                .await
+                .map_err(|e| DbError::Online {
+                    name: m.name.to_owned(),
+                    reason: crate::telemetry::error_chain(&e),
+                })?;
             client
                 .execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
@@ -381,9 +410,12 @@ pub async fn check_schema(client: &Client) -> Result<(), DbError> {
     // add nothing `serve` needs (ARCHITECTURE.md, "Migrations").
     let first_online = pending
         .iter()
-        .position(|m| m.online)
+        .position(|m| m.online.is_some())
         .unwrap_or(pending.len());
-    let blocking = pending[..first_online].iter().filter(|m| !m.online).count();
+    let blocking = pending[..first_online]
+        .iter()
+        .filter(|m| m.online.is_none())
+        .count();
     if blocking > 0 {
         return Err(DbError::Pending(pending.len()));
     }

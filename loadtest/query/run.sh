@@ -12,11 +12,21 @@ DAYS=${DAYS:-30}
 # sessions and payload values) and loadtest/query/skewed.js's shapes, in a database of
 # its own; FILL=even (the default): loadtest/fill.sql and loadtest/query/query.js.
 FILL=${FILL:-even}
+# INTERVAL=week|month (FILL=skewed only): partitions of a week or a month rather than a
+# day, in a database of their own, served with the same PARTITION_INTERVAL.
+INTERVAL=${INTERVAL:-day}
+case "$INTERVAL" in
+  day) SUFFIX= ;;
+  week|month) SUFFIX=_$INTERVAL ;;
+  *) echo "INTERVAL must be day, week or month, not $INTERVAL" >&2; exit 2 ;;
+esac
 case "$FILL" in
-  even) DB=cs_loadtest_${ROWS}_${DAYS}d SQL=loadtest/fill.sql SCRIPT=loadtest/query/query.js ;;
-  skewed) DB=cs_loadtest_skewed_${ROWS}_${DAYS}d SQL=loadtest/fill-skewed.sql SCRIPT=loadtest/query/skewed.js ;;
+  even) DB=cs_loadtest_${ROWS}_${DAYS}d SQL=loadtest/fill.sql SCRIPT=loadtest/query/query.js
+        [ "$INTERVAL" = day ] || { echo "INTERVAL is for FILL=skewed" >&2; exit 2; } ;;
+  skewed) DB=cs_loadtest_skewed_${ROWS}_${DAYS}d$SUFFIX SQL=loadtest/fill-skewed.sql SCRIPT=loadtest/query/skewed.js ;;
   *) echo "FILL must be even or skewed, not $FILL" >&2; exit 2 ;;
 esac
+export PARTITION_INTERVAL="1 $INTERVAL"
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
 # This database's own checkpoint signing key (the working directory's is `make run`'s).
 mkdir -p target/throwaway-keys
@@ -29,7 +39,7 @@ $BIN migrate >/dev/null
 have=$(psql -h 127.0.0.1 -U postgres -d "$DB" -tAc "SELECT count(*) FROM events")
 if [ "$have" -lt "$ROWS" ]; then
   echo "filling $DB with $((ROWS - have)) rows"
-  time psql -q -h 127.0.0.1 -U postgres -d "$DB" -v rows=$((ROWS - have)) -v days="$DAYS" -f "$SQL"
+  time psql -q -h 127.0.0.1 -U postgres -d "$DB" -v rows=$((ROWS - have)) -v days="$DAYS" -v interval="$INTERVAL" -f "$SQL"
 fi
 # PREWARM=1 reads the tables into the OS cache first (pg_prewarm), so the figures are those
 # of a server whose memory holds its working set rather than of first reads from disk.
@@ -38,12 +48,23 @@ if [ "${PREWARM:-0}" = 1 ]; then
     SELECT sum(pg_prewarm(c.oid, 'read')) FROM pg_class c WHERE c.relkind IN ('r', 'i') \
     AND c.relnamespace = 'public'::regnamespace AND (c.relname LIKE 'events%' OR c.relname LIKE 'session_counts%')" >/dev/null
 fi
+# PARTITIONS=1 counts the partitions each shape plans and touches (partitions.py) rather
+# than time the shapes: the read pool's sessions load auto_explain, which logs every
+# plan with the rows its nodes produced (slower; not for timing).
+if [ "${PARTITIONS:-0}" = 1 ]; then
+  explain="-c session_preload_libraries=auto_explain -c auto_explain.log_min_duration=0 -c auto_explain.log_analyze=on -c auto_explain.log_timing=off -c auto_explain.log_format=json"
+  export READ_DATABASE_URL="$DATABASE_URL?options=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$explain")"
+fi
 $BIN serve & pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$API_PORT/ready" >/dev/null && break; sleep 0.2; done
 # A 10 s pass first, so the figures are those of a server that has been serving, not
 # of the first reads after the fill.
 k6 run --quiet -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" -e DURATION=10s "$SCRIPT" >/dev/null 2>&1 || true
+if [ "${PARTITIONS:-0}" = 1 ]; then
+  python3 loadtest/query/partitions.py "http://127.0.0.1:$API_PORT" "${PG_LOG:-/var/log/postgresql/postgresql-15-main.log}" "${ITERATIONS:-3}"
+  exit 0
+fi
 # INGEST_RATE=1000 measures while events are being stored at that rate, as in production.
 if [ "${INGEST_RATE:-0}" -gt 0 ]; then
   $BIN publish --count 1000000000 --rate "$INGEST_RATE" >/dev/null & pub=$!

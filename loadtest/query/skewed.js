@@ -3,7 +3,8 @@
 // event types, sources, sessions and payload values (issue 20).
 //
 // Each iteration asks every shape once, in the same order; each request is tagged with
-// its shape, and each shape has its threshold. SHAPES=a,b runs a subset.
+// its shape, and each shape has its threshold. SHAPES=a,b runs a subset; ITERATIONS=n
+// asks each shape n times rather than for DURATION (loadtest/query/partitions.py).
 import http from 'k6/http';
 import crypto from 'k6/crypto';
 import { check } from 'k6';
@@ -55,7 +56,11 @@ const shapes = {
 
 const chosen = __ENV.SHAPES ? __ENV.SHAPES.split(',') : Object.keys(shapes);
 export const options = {
-  scenarios: { candybar: { executor: 'constant-vus', vus: 1, duration: DURATION } },
+  scenarios: {
+    candybar: __ENV.ITERATIONS
+      ? { executor: 'shared-iterations', vus: 1, iterations: Number(__ENV.ITERATIONS) }
+      : { executor: 'constant-vus', vus: 1, duration: DURATION },
+  },
   thresholds: Object.assign(
     Object.fromEntries(chosen.map((n) => [`http_req_duration{shape:${n}}`, [`p(95)<${shapes[n][0]}`]])),
     chosen.includes('cursor_pages_by_type') ? { cursor_walk_10_pages: ['p(95)<100'] } : {},

@@ -77,6 +77,14 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
     // to the planner: without an index holding both, reading each partition costs
     // a bitmap of the commoner one, more than the planner's walk.)
     let may_be_sparse = q.payload_contains.is_some();
+    // A session or a correlation is a set of events spread over its own span, not
+    // a rate: when the last day does not hold its page, the next step is its whole
+    // index (one descent per partition, a reused plan) rather than 8 and 64 days
+    // first, each planned and read in turn.
+    let names_a_set = q
+        .filters
+        .iter()
+        .any(|(name, _)| matches!(*name, "session_id" | "correlation_id"));
     let mut first_window = true;
     let mut windows_read = 0;
     let (filter, params, n_filter, page, window) = loop {
@@ -145,7 +153,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         }
         // Too few: a window with nothing at all says the matches are rare, and the
         // next step is everything (one wide query rather than several).
-        if page.rows.is_empty() && paging.offset == 0 {
+        if (page.rows.is_empty() && paging.offset == 0) || names_a_set {
             while windows.peek().is_some_and(Option::is_some) {
                 windows.next();
             }

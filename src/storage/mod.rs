@@ -6,6 +6,7 @@
 //! - [`schema`]: the partitioned tables' definitions;
 //! - [`migrate_online`]: moving a plain table to the partitioned layout while the
 //!   service runs;
+//! - [`online_index`]: an index of `events` built while the service writes;
 //! - [`maintain`]: the scheduled job and its metrics;
 //! - [`archive`]: partitions to compressed NDJSON files with a manifest, and back;
 //! - [`statistics`]: planner statistics for what was filled outside ingest;
@@ -21,6 +22,7 @@ pub mod catalog;
 pub mod job;
 pub mod maintain;
 pub mod migrate_online;
+pub mod online_index;
 pub mod partition;
 pub mod schema;
 pub mod statistics;

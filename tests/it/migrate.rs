@@ -2,6 +2,8 @@
 
 use crate::helpers::TempDb;
 use candystore::db;
+use candystore::storage::{PartitionInterval, Range, Table, partition};
+use chrono::Utc;
 
 #[tokio::test]
 async fn two_processes_migrating_at_once_both_succeed() {
@@ -60,6 +62,7 @@ async fn the_schema_has_the_indexes_the_query_api_needs() {
     for leading in [
         "(session_id, \"timestamp\" DESC",
         "(event_type, \"timestamp\" DESC",
+        "(event_type, source, \"timestamp\" DESC",
         "(source, \"timestamp\" DESC",
         "(correlation_id, \"timestamp\" DESC",
         "(\"timestamp\" DESC, seq DESC)",
@@ -71,6 +74,89 @@ async fn the_schema_has_the_indexes_the_query_api_needs() {
             "no index on {leading}: {defs:#?}"
         );
     }
+    db.drop_it().await;
+}
+
+#[tokio::test]
+async fn the_type_and_source_index_is_built_online_on_every_partition_and_on_those_made_later() {
+    let db = TempDb::new(false).await;
+    let mut c = db.client().await;
+    // Partitioned (0009) and up to the migration before the index.
+    db::migrate_with(&mut c, PartitionInterval::Day, 20)
+        .await
+        .unwrap();
+    let day = |d: i64| {
+        let start = Utc::now()
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            - chrono::Duration::days(d);
+        Range {
+            start,
+            end: start + chrono::Duration::days(1),
+        }
+    };
+    for d in [3, 2] {
+        partition::create(&mut c, Table::Events, day(d))
+            .await
+            .unwrap()
+            .expect("a new partition");
+    }
+    c.batch_execute(
+        "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+         payload, generation, envelope, properties) \
+         SELECT 'e' || g, 'evt.' || (g % 3), 'svc-' || (g % 2), 'r', 'x', now() - interval '2 days', now(), \
+         '{}', 3, '{}', '{}' FROM generate_series(1, 50) g",
+    )
+    .await
+    .unwrap();
+    let applied = db::migrate(&mut c).await.unwrap();
+    assert!(
+        applied.contains(&"0021_events_type_source (online)"),
+        "{applied:?}"
+    );
+    // A partition made after the migration takes the parent's index.
+    partition::create(&mut c, Table::Events, day(1))
+        .await
+        .unwrap()
+        .expect("a new partition");
+    let (valid, attached, partitions): (bool, i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT i.indisvalid, \
+                   (SELECT count(*) FROM pg_inherits h JOIN pg_index x ON x.indexrelid = h.inhrelid \
+                     WHERE h.inhparent = 'events_type_source_idx'::regclass AND x.indisvalid), \
+                   (SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass) \
+                 FROM pg_index i WHERE i.indexrelid = 'events_type_source_idx'::regclass",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert!(valid, "the parent's index is valid");
+    // The default partition, the three days made here and those the partitioning made.
+    assert!(partitions >= 4, "{partitions}");
+    assert_eq!(
+        attached, partitions,
+        "every partition has a valid index attached"
+    );
+    // The planner takes it for a type with a source (over the type's index, once
+    // tables this small are not simply read whole).
+    c.batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        .await
+        .unwrap();
+    let plan: String = c
+        .query("EXPLAIN (COSTS OFF) SELECT seq FROM events WHERE event_type = 'evt.1' AND source = 'svc-1' \
+                ORDER BY \"timestamp\" DESC, seq DESC LIMIT 5", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("type_source_idx"), "{plan}");
     db.drop_it().await;
 }
 
