@@ -89,23 +89,30 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
     let mut windows_read = 0;
     let (filter, params, n_filter, page, window) = loop {
         let window = windows.next().expect("ends with the unbounded window");
-        // Past the first window the matches are known to be sparse (fewer than a
-        // page in it): read partition by partition, newest first, until the page
-        // is full (`query::walk`).
-        if may_be_sparse && !first_window && paging.offset == 0 {
+        // A document is read partition by partition, newest first, until the page
+        // is full (`query::walk`): a plan per value would be chosen on estimates
+        // that cannot see how time and document go together.
+        if may_be_sparse && first_window && paging.offset == 0 {
             let tx = generic_plans(&mut client).await?;
-            tx.batch_execute("SET LOCAL enable_indexscan = off")
-                .await
-                .map_err(unavailable)?;
             if let Some(walked) = walk::newest_first(tx.client(), &q).await? {
                 let mut params = SqlParams::default();
                 let filter = q.conditions(&mut params);
-                let seen = Seen {
+                let mut seen = Seen {
                     through: walked.page.rows.len() as i64,
                     has_more: walked.page.has_more,
                     whole_prefix: paging.cursor.is_none(),
                     window: None,
                 };
+                // A document the page's first partition holds more of than a page:
+                // the planner's estimate over that partition (its statistics see
+                // the document), scaled to the table, as for a page a window held.
+                if walked.partitions_read == 1 && walked.page.has_more {
+                    tx.commit().await.map_err(unavailable)?;
+                    seen.window = walked.reached.map(|lower| (lower, anchor));
+                    let counted =
+                        total(&client, &state.table_sizes, &filter, &params.all(), seen).await?;
+                    return answer(walked.page, counted, &paging);
+                }
                 let (total, total_is_estimate) = walked_total(
                     &tx,
                     &state.table_sizes,
