@@ -106,7 +106,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
                 // A document the page's first partition holds more of than a page:
                 // the planner's estimate over that partition (its statistics see
                 // the document), scaled to the table, as for a page a window held.
-                if walked.partitions_read == 1 && walked.page.has_more {
+                if walked.filled_in_first_round {
                     tx.commit().await.map_err(unavailable)?;
                     seen.window = walked.reached.map(|lower| (lower, anchor));
                     let counted =

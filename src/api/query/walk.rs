@@ -76,8 +76,9 @@ pub(crate) struct Walked {
     /// The oldest partition start the walk reached (the matches from there to now
     /// are known), and the rows it has by the statistics.
     pub reached: Option<DateTime<Utc>>,
-    /// The partitions whose rows were read (1: the page's first partition held it).
-    pub partitions_read: usize,
+    /// The page was filled in the first round: the partition the page starts in
+    /// (or one ahead of it) holds more than a page of matches.
+    pub filled_in_first_round: bool,
 }
 
 /// One page of `q` (newest first, from its cursor, no offset) read partition by
@@ -114,21 +115,30 @@ pub(crate) async fn newest_first(
     let mut bytes = 0usize;
     let mut has_more = false;
     let mut reached = None;
-    let mut partitions_read = 0;
+    let mut filled_in_first_round = false;
     let mut next = 0;
-    // The first partition alone, judged on its newest rows first; then 2, 4, 8, …
-    // at once, the matches known to be sparse.
-    let mut round = 1;
+    // The first round: the partitions ahead of the page's start (made in advance,
+    // empty unless a publisher sent times to come: a probe each) and the one the
+    // page starts in, judged on its newest rows first. Then 2, 4, 8, … at once,
+    // the matches known to be sparse.
+    let start = upper.unwrap_or_else(Utc::now);
+    let starts_in = todo
+        .iter()
+        .position(|(_, r)| r.start <= start)
+        .unwrap_or(todo.len().saturating_sub(1));
+    let mut round = starts_in + 1;
     'walk: while next < todo.len() {
         let parts = &todo[next..(next + round).min(todo.len())];
         let first = next == 0;
         next += parts.len();
-        round *= 2;
+        round = if first { 2 } else { round * 2 };
+        filled_in_first_round = first;
         let want = limit - rows.len() as i64 + 1;
         let statements: Vec<(String, SqlParams, Vec<Type>)> = parts
             .iter()
-            .map(|(name, range)| {
-                let newest = first.then_some(NEWEST_ROWS.max(want));
+            .enumerate()
+            .map(|(i, (name, range))| {
+                let newest = (first && i == starts_in).then_some(NEWEST_ROWS.max(want));
                 statement(q, name, *range, cursor, want, newest)
             })
             .collect();
@@ -151,7 +161,6 @@ pub(crate) async fn newest_first(
         .await?;
         for (page, (_, range)) in pages.into_iter().zip(parts) {
             reached = Some(range.start);
-            partitions_read += 1;
             for row in page.rows {
                 let size = (EVENTS.row_bytes)(&row)?;
                 if rows.len() as i64 >= limit || (!rows.is_empty() && bytes + size > MAX_PAGE_BYTES)
@@ -184,7 +193,7 @@ pub(crate) async fn newest_first(
             next_cursor,
         },
         reached,
-        partitions_read,
+        filled_in_first_round: has_more && filled_in_first_round,
     }))
 }
 
@@ -250,17 +259,18 @@ fn statement(
     }
     let cuts = cuts.join(" AND ");
     debug_assert_eq!(types.len(), params.len());
-    let matches = format!("(SELECT * FROM {name} WHERE {filter} OFFSET 0) g WHERE {cuts}");
+    let matches = format!("(SELECT {COLUMNS} FROM {name} WHERE {filter} OFFSET 0) g WHERE {cuts}");
     let order = "ORDER BY \"timestamp\" DESC, seq DESC";
     let sql = match newest {
         None => format!("SELECT {COLUMNS} FROM {matches} {order} LIMIT {want}"),
         // The conditions on `newest` and `hits` hold no column of a row: each is
-        // judged once, before the probe below runs at all.
+        // judged once, before the probe below runs at all, and `newest` is read
+        // only as far as `hits` needs when the page fills there.
         Some(n) => format!(
-            "WITH newest AS MATERIALIZED (SELECT * FROM {name} WHERE {cuts} {order} LIMIT {n}), \
-                  hits AS MATERIALIZED (SELECT * FROM newest WHERE {filter}) \
-             SELECT {COLUMNS} FROM (SELECT * FROM hits UNION ALL SELECT g.* FROM {matches} \
-               AND (SELECT count(*) FROM newest) = {n} AND (SELECT count(*) FROM hits) < {want} \
+            "WITH newest AS MATERIALIZED (SELECT {COLUMNS} FROM {name} WHERE {cuts} {order} LIMIT {n}), \
+                  hits AS MATERIALIZED (SELECT * FROM newest WHERE {filter} LIMIT {want}) \
+             SELECT {COLUMNS} FROM (SELECT * FROM hits UNION ALL SELECT {COLUMNS} FROM {matches} \
+               AND (SELECT count(*) FROM hits) < {want} AND (SELECT count(*) FROM newest) = {n} \
                AND (\"timestamp\", seq) < (SELECT \"timestamp\", seq FROM newest \
                                           ORDER BY \"timestamp\", seq LIMIT 1)) u \
              {order} LIMIT {want}"
