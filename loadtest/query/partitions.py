@@ -7,12 +7,16 @@ it runs, with the rows each node produced. For each shape this asks it ITERATION
 times (k6, one shape at a time) and reads the plans logged meanwhile from the
 PostgreSQL log. Per request it reports:
 
-- statements: the statements the API ran (an EXPLAIN for an estimate is planned,
-  not run, and is not among them);
+- statements: the statements the API ran for the request;
 - planned: the partitions of `events` in those plans, counting the ones a generic
   plan removed when it started ("Subplans Removed");
 - touched: the partition scans that ran (a node the executor never reached, or
-  removed at start, is not touched).
+  removed at start, is not touched);
+- estimates: the EXPLAINs a `total` estimate asked for (planned, never run), and
+  the partitions they planned.
+
+The stream poller's head query (`api::tail`, every 200 ms on the read pool whether
+or not a stream is open) is left out: it is no request's.
 
 Usage: partitions.py BASE_URL PG_LOG ITERATIONS [SHAPE...]
 """
@@ -58,8 +62,8 @@ def walk(node, counts):
         walk(child, counts)
 
 
-print(f"| shape | statements | partitions planned | partitions touched |")
-print(f"|---|---|---|---|")
+print("| shape | statements | partitions planned | partitions touched | estimates (partitions planned) |")
+print("|---|---|---|---|---|")
 for shape in shapes:
     with open(log, "rb") as f:
         f.seek(0, 2)
@@ -74,8 +78,14 @@ for shape in shapes:
         f.seek(offset)
         text = f.read().decode("utf-8", "replace")
     counts = {"statements": 0, "planned": 0, "touched": 0}
+    estimates = {"statements": 0, "planned": 0, "touched": 0}
     for doc in plans(text):
-        counts["statements"] += 1
-        walk(doc["Plan"], counts)
+        query = doc.get("Query Text", "")
+        if query.startswith("SELECT txid, seq FROM events WHERE txid <"):
+            continue
+        into = estimates if query.startswith("EXPLAIN") else counts
+        into["statements"] += 1
+        walk(doc["Plan"], into)
     n = iterations
-    print(f"| {shape} | {counts['statements'] / n:.1f} | {counts['planned'] / n:.0f} | {counts['touched'] / n:.0f} |")
+    print(f"| {shape} | {counts['statements'] / n:.1f} | {counts['planned'] / n:.0f} "
+          f"| {counts['touched'] / n:.0f} | {estimates['statements'] / n:.1f} ({estimates['planned'] / n:.0f}) |")

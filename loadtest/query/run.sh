@@ -58,6 +58,13 @@ fi
 $BIN serve & pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$API_PORT/ready" >/dev/null && break; sleep 0.2; done
+# Session summaries read the catalog job's counts: after a fill, wait until the job
+# has counted it (10M events: ~5 min), or the session shapes measure the fallback.
+for _ in $(seq 1 600); do
+  behind=$(psql -h 127.0.0.1 -U postgres -d "$DB" -tAc "SELECT coalesce((SELECT max(seq) FROM events), 0) - coalesce((SELECT seq FROM catalog_position), 0)")
+  [ "$behind" -le 0 ] && break
+  sleep 1
+done
 # A 10 s pass first, so the figures are those of a server that has been serving, not
 # of the first reads after the fill.
 k6 run --quiet -e BASE_URL="http://127.0.0.1:$API_PORT" -e ROWS="$ROWS" -e DURATION=10s "$SCRIPT" >/dev/null 2>&1 || true
