@@ -16,8 +16,8 @@ use super::query::sql::{
     EVENTS, FetchedPage, Order, fetch_page, generic_plans, page_sql, reusable,
 };
 use super::query::totals::{Seen, counted_up_to_cap, total, walked_total};
-use super::query::walk;
 use super::query::{EventFilters, EventQuery, Paging};
+use super::query::{span, walk};
 use super::view::{COLUMNS, EventView, render, views};
 use super::{ApiState, large};
 use crate::query::SqlParams;
@@ -85,6 +85,13 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         .filters
         .iter()
         .any(|(name, _)| matches!(*name, "session_id" | "correlation_id"));
+    // Where the rows lie: the walk's partitions, and the span a page is bounded by
+    // so that it reads partitions in order (`query::span`).
+    let parts = span::partitions(&client).await?;
+    let within = parts
+        .as_ref()
+        .and_then(span::Partitions::span)
+        .map(span::within);
     let mut first_window = true;
     let mut windows_read = 0;
     let (filter, params, n_filter, page, window) = loop {
@@ -92,9 +99,12 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         // A document is read partition by partition, newest first, until the page
         // is full (`query::walk`): a plan per value would be chosen on estimates
         // that cannot see how time and document go together.
-        if may_be_sparse && first_window && paging.offset == 0 {
+        if let Some(parts) = parts
+            .as_ref()
+            .filter(|_| may_be_sparse && first_window && paging.offset == 0)
+        {
             let tx = generic_plans(&mut client).await?;
-            if let Some(walked) = walk::newest_first(tx.client(), &q).await? {
+            if let Some(walked) = walk::newest_first(tx.client(), parts, &q).await? {
                 let mut params = SqlParams::default();
                 let filter = q.conditions(&mut params);
                 let mut seen = Seen {
@@ -132,10 +142,13 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         let mut params = SqlParams::default();
         let filter = q.conditions(&mut params);
         let n_filter = params.len();
-        let page_filter = match window {
+        let mut page_filter = match window {
             Some(lower) => format!("{filter} AND \"timestamp\" >= {}", params.push(lower)),
             None => filter.clone(),
         };
+        if let Some(within) = &within {
+            page_filter = format!("{page_filter} AND {within}");
+        }
         let sql = page_sql(
             &EVENTS,
             &page_filter,

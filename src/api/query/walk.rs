@@ -27,43 +27,12 @@ use tokio_postgres::Row;
 use super::EventQuery;
 use tokio_postgres::types::{ToSql, Type};
 
+use super::span::Partitions;
 use super::sql::{EVENTS, FetchedPage, MAX_PAGE_BYTES, read_page};
 use crate::api::problem::{Problem, unavailable};
 use crate::api::view::COLUMNS;
 use crate::query::{Cursor, SqlParams};
-use crate::storage::partition::{Range, parse_bound};
-
-/// The partitions of `events`: ranged ones newest first, and whether the default
-/// partition holds a row. `None` when `events` is not partitioned.
-async fn partitions(
-    client: &tokio_postgres::Client,
-) -> Result<Option<(Vec<(String, Range)>, bool)>, Problem> {
-    let rows = client
-        .query(
-            "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid), \
-                    c.relname = 'events_default' AND EXISTS (SELECT 1 FROM events_default) \
-             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = to_regclass('events')",
-            &[],
-        )
-        .await
-        .map_err(unavailable)?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let mut ranged = Vec::new();
-    let mut default_holds = false;
-    for r in &rows {
-        let name: String = r.get(0);
-        let bound: String = r.get(1);
-        default_holds |= r.get::<_, bool>(2);
-        if let Some(range) = parse_bound(&bound) {
-            ranged.push((name, range));
-        }
-    }
-    ranged.sort_by_key(|p| std::cmp::Reverse(p.1.start));
-    Ok(Some((ranged, default_holds)))
-}
+use crate::storage::partition::Range;
 
 /// The newest rows of the first partition judged in order before its filters'
 /// indexes are asked (see [`statement`]): enough to fill a page of a document
@@ -83,19 +52,17 @@ pub(crate) struct Walked {
 
 /// One page of `q` (newest first, from its cursor, no offset) read partition by
 /// partition. Run it in a transaction with generic plans (`sql::generic_plans`).
-/// `None` when the walk cannot answer exactly: the
-/// table is not partitioned, or its default partition holds rows (which may lie
-/// at any time).
+/// `None` when the walk cannot answer exactly: the default partition holds rows
+/// (which may lie at any time).
 pub(crate) async fn newest_first(
     client: &tokio_postgres::Client,
+    parts: &Partitions,
     q: &EventQuery,
 ) -> Result<Option<Walked>, Problem> {
-    let Some((ranged, default_holds)) = partitions(client).await? else {
-        return Ok(None);
-    };
-    if default_holds {
+    if parts.default_holds {
         return Ok(None);
     }
+    let ranged = &parts.ranged;
     let limit = q.paging.limit;
     let cursor = match &q.paging.cursor {
         Some(c) => Some((super::params::cursor_time(c)?, c.seq)),
