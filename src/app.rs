@@ -285,6 +285,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         database_display: redact_url(&settings.database_url),
         public_key: signer.verifier().encode(),
         table_sizes: Arc::default(),
+        partitions: Arc::default(),
     };
     let (api_server, api_addr) = api::serve_api(
         SocketAddr::new(settings.api_host, settings.api_port),

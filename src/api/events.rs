@@ -8,12 +8,12 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::Serialize;
-use tokio_postgres::Row;
+use tokio_postgres::{IsolationLevel, Row};
 
 use super::problem::{Problem, unavailable};
 use super::query::params::could_be_stored;
 use super::query::sql::{
-    EVENTS, FetchedPage, Order, fetch_page, generic_plans, page_sql, reusable,
+    EVENTS, FetchedPage, Order, fetch_page, generic_plans, generic_plans_at, page_sql, reusable,
 };
 use super::query::totals::{Seen, counted_up_to_cap, total, walked_total};
 use super::query::{EventFilters, EventQuery, Paging};
@@ -87,7 +87,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         .any(|(name, _)| matches!(*name, "session_id" | "correlation_id"));
     // Where the rows lie: the walk's partitions, and the span a page is bounded by
     // so that it reads partitions in order (`query::span`).
-    let parts = span::partitions(&client).await?;
+    let parts = state.partitions.read(&client).await?;
     let within = parts
         .as_ref()
         .and_then(span::Partitions::span)
@@ -104,7 +104,11 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
             .filter(|_| may_be_sparse && first_window && paging.offset == 0)
         {
             let tx = generic_plans(&mut client).await?;
-            if let Some(walked) = walk::newest_first(tx.client(), parts, &q).await? {
+            if let Some(walked) = walk::newest_first(&tx, parts, &q).await? {
+                if let Some(total) = walked.total {
+                    tx.commit().await.map_err(unavailable)?;
+                    return answer(walked.page, (total, false), &paging);
+                }
                 let mut params = SqlParams::default();
                 let filter = q.conditions(&mut params);
                 let mut seen = Seen {
@@ -191,6 +195,38 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         whole_prefix: paging.cursor.is_none() && (paging.offset == 0 || !rows.is_empty()),
         window: window.map(|lower| (lower, anchor)),
     };
+    // A session's events are counted as its summary counts them (the catalog's
+    // counts and the rows past its position): exact at any size and on any page,
+    // where counting its index reads a descent of every partition (a session over
+    // 90 days: 95) and an estimate scaled from a window is far off for a set of
+    // events that keeps to its own span.
+    if let [("session_id", session)] = q.filters.as_slice()
+        && q.payload_contains.is_none()
+        && q.start_time.is_none()
+        && q.end_time.is_none()
+        && !(seen.whole_prefix && !seen.has_more)
+    {
+        let tx = generic_plans_at(&mut client, IsolationLevel::RepeatableRead).await?;
+        let counted = super::timeline::counted_total(&tx, session).await?;
+        tx.commit().await.map_err(unavailable)?;
+        if let Some(counted) = counted {
+            // What the page proves exists, should the counts' snapshot be older.
+            let at_least = if seen.whole_prefix {
+                seen.through + i64::from(has_more)
+            } else {
+                0
+            };
+            return answer(
+                FetchedPage {
+                    rows,
+                    has_more,
+                    next_cursor,
+                },
+                (counted.max(at_least), false),
+                &paging,
+            );
+        }
+    }
     // Matches too few for the first window, under one equality filter at most
     // (a plan the same for every value): counting up to the cap (an index walk of
     // at most 1,001 entries under a reused plan) comes before any estimate, whose

@@ -86,6 +86,8 @@ pub struct ApiState {
     pub database_display: String,
     /// Rows per partition, for `total` estimates.
     pub table_sizes: Arc<sizes::TableSizes>,
+    /// The partitions of `events`, read again when they change.
+    pub partitions: Arc<query::span::KnownPartitions>,
     /// The checkpoint signing key's public half (`audit::note`), as served.
     pub public_key: String,
 }

@@ -177,7 +177,7 @@ async fn timeline(
 }
 
 /// (event type, source, events) of one session or correlation.
-type Groups = Vec<(String, String, i64)>;
+pub(crate) type Groups = Vec<(String, String, i64)>;
 
 /// Every event with `column = value`, grouped: reads all of them (the fallback).
 async fn grouped(
@@ -208,7 +208,59 @@ const LIVE_ROWS: i64 = 100_000;
 /// the same work for a session of ten events or of 600,000. `None` when the counts
 /// cannot answer (migration 0020 pending, or more than [`LIVE_ROWS`] rows past the
 /// position). Must run in one snapshot with the page (`RepeatableRead`).
-async fn counted_groups(
+pub(crate) async fn counted_groups(
+    tx: &deadpool_postgres::Transaction<'_>,
+    session: &str,
+) -> Result<Option<Groups>, Problem> {
+    let Some(live) = past_the_counts(tx, session).await? else {
+        return Ok(None);
+    };
+    let counted = reusable(
+        tx,
+        "SELECT event_type, source, events FROM session_counts WHERE session_id = $1",
+    )
+    .await?;
+    let counted = tx.query(&counted, &[&session]).await.map_err(unavailable)?;
+    let mut groups: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for r in counted.iter() {
+        *groups.entry((r.get(0), r.get(1))).or_insert(0) += r.get::<_, i64>(2);
+    }
+    for (t, s, n) in live {
+        *groups.entry((t, s)).or_insert(0) += n;
+    }
+    Ok(Some(
+        groups
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|((t, s), n)| (t, s, n))
+            .collect(),
+    ))
+}
+
+/// A session's events, counted as [`counted_groups`] counts them, in one sum.
+pub(crate) async fn counted_total(
+    tx: &deadpool_postgres::Transaction<'_>,
+    session: &str,
+) -> Result<Option<i64>, Problem> {
+    let Some(live) = past_the_counts(tx, session).await? else {
+        return Ok(None);
+    };
+    let counted = reusable(
+        tx,
+        "SELECT coalesce(sum(events), 0)::int8 FROM session_counts WHERE session_id = $1",
+    )
+    .await?;
+    let counted: i64 = tx
+        .query_one(&counted, &[&session])
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    Ok(Some(counted + live.iter().map(|(_, _, n)| n).sum::<i64>()))
+}
+
+/// The session's rows past the catalog's position, grouped; `None` when the
+/// counts cannot answer (see [`counted_groups`]).
+async fn past_the_counts(
     tx: &deadpool_postgres::Transaction<'_>,
     session: &str,
 ) -> Result<Option<Groups>, Problem> {
@@ -243,24 +295,9 @@ async fn counted_groups(
     {
         return Ok(None);
     }
-    let counted = reusable(
-        tx,
-        "SELECT event_type, source, events FROM session_counts WHERE session_id = $1",
-    )
-    .await?;
-    let counted = tx.query(&counted, &[&session]).await.map_err(unavailable)?;
-    let mut groups: BTreeMap<(String, String), i64> = BTreeMap::new();
-    for r in counted.iter() {
-        *groups.entry((r.get(0), r.get(1))).or_insert(0) += r.get::<_, i64>(2);
-    }
-    for r in live.iter() {
-        *groups.entry((r.get(0), r.get(1))).or_insert(0) += r.get::<_, i64>(2);
-    }
     Ok(Some(
-        groups
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|((t, s), n)| (t, s, n))
+        live.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect(),
     ))
 }

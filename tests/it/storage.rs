@@ -1496,6 +1496,71 @@ fn micros(v: &serde_json::Value) -> serde_json::Value {
     json!(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
+#[tokio::test]
+async fn a_session_the_last_day_holds_little_of_has_an_exact_total_at_any_size() {
+    let app = spawn_app().await;
+    let mut c = storage_client(&app).await;
+    let old_day = days_ago(20);
+    partition::create(
+        &mut c,
+        Table::Events,
+        storage::Range {
+            start: old_day,
+            end: days_ago(19),
+        },
+    )
+    .await
+    .unwrap();
+    // Past the exact-count cap of 1,000, and fewer than a page in the last day.
+    insert_session(&app, "sess-big", "old-", 1_150, old_day).await;
+    insert_session(
+        &app,
+        "sess-big",
+        "new-",
+        10,
+        Utc::now() - chrono::Duration::minutes(5),
+    )
+    .await;
+    // Analysed, so totals past the cap are estimated (not counted, as while the
+    // partitions have no statistics).
+    app.db.batch_execute("ANALYZE events").await.unwrap();
+    let page = |path: String| {
+        let app = &app;
+        async move {
+            let page: serde_json::Value = app
+                .http
+                .get(app.api(&path))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            page
+        }
+    };
+    // Before the catalog has counted them (the rows past its position) and after.
+    for counted_yet in [false, true] {
+        if counted_yet {
+            app.wait_until(Duration::from_secs(20), || async {
+                counted(&app, "sess-big").await == 1_160
+            })
+            .await;
+        }
+        let first = page("/events?session_id=sess-big&limit=100".to_owned()).await;
+        assert_eq!(first["total"], 1_160, "{counted_yet}: {}", first["total"]);
+        assert_eq!(first["total_is_estimate"], false);
+        assert_eq!(first["has_more"], true);
+        let cursor = first["next_cursor"].as_str().unwrap();
+        let next = page(format!(
+            "/events?session_id=sess-big&limit=100&cursor={cursor}"
+        ))
+        .await;
+        assert_eq!(next["total"], 1_160);
+        assert_eq!(next["total_is_estimate"], false);
+    }
+}
+
 /// What `session_counts` holds for `session` (what the catalog has counted).
 async fn counted(app: &TestApp, session: &str) -> i64 {
     app.db

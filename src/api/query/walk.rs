@@ -28,7 +28,8 @@ use super::EventQuery;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::span::Partitions;
-use super::sql::{EVENTS, FetchedPage, MAX_PAGE_BYTES, read_page};
+use super::sql::{EVENTS, FetchedPage, MAX_PAGE_BYTES, read_page, reusable};
+use super::totals::EXACT_TOTAL_UP_TO;
 use crate::api::problem::{Problem, unavailable};
 use crate::api::view::COLUMNS;
 use crate::query::{Cursor, SqlParams};
@@ -48,6 +49,8 @@ pub(crate) struct Walked {
     /// The page was filled in the first round: the partition the page starts in
     /// (or one ahead of it) holds more than a page of matches.
     pub filled_in_first_round: bool,
+    /// The exact total, when the walk read every match.
+    pub total: Option<i64>,
 }
 
 /// One page of `q` (newest first, from its cursor, no offset) read partition by
@@ -55,13 +58,14 @@ pub(crate) struct Walked {
 /// `None` when the walk cannot answer exactly: the default partition holds rows
 /// (which may lie at any time).
 pub(crate) async fn newest_first(
-    client: &tokio_postgres::Client,
+    tx: &deadpool_postgres::Transaction<'_>,
     parts: &Partitions,
     q: &EventQuery,
 ) -> Result<Option<Walked>, Problem> {
     if parts.default_holds {
         return Ok(None);
     }
+    let client = tx.client();
     let ranged = &parts.ranged;
     let limit = q.paging.limit;
     let cursor = match &q.paging.cursor {
@@ -126,6 +130,25 @@ pub(crate) async fn newest_first(
             read_page(&EVENTS, stream, want, budget).await
         }))
         .await?;
+        // The first round did not fill the page: the document is sparse here. A
+        // plain "where is this document" page (no cursor, no time bounds) reads
+        // every match at once when there are few, which gives the exact total too.
+        if first
+            && !pages.iter().any(|p| p.has_more)
+            && pages.iter().map(|p| p.rows.len()).sum::<usize>() < limit as usize
+            && next < todo.len()
+            && cursor.is_none()
+            && q.start_time.is_none()
+            && q.end_time.is_none()
+            && let Some((page, total)) = every_match(tx, q).await?
+        {
+            return Ok(Some(Walked {
+                page,
+                reached: todo.last().map(|(_, r)| r.start),
+                filled_in_first_round: false,
+                total: Some(total),
+            }));
+        }
         for (page, (_, range)) in pages.into_iter().zip(parts) {
             reached = Some(range.start);
             for row in page.rows {
@@ -161,7 +184,41 @@ pub(crate) async fn newest_first(
         },
         reached,
         filled_in_first_round: has_more && filled_in_first_round,
+        total: None,
     }))
+}
+
+/// A page of `q` (no cursor, no time bounds) and its exact total, read from every
+/// match at once when there are at most [`EXACT_TOTAL_UP_TO`]: one statement, one
+/// plan per connection (a GIN probe of each partition, the matches' rows fetched
+/// once for both the page and the count), where rounds of partitions and then a
+/// count would read the same matches twice. `None` when there are more (then the
+/// statement stopped at the cap's worth of matches).
+async fn every_match(
+    tx: &deadpool_postgres::Transaction<'_>,
+    q: &EventQuery,
+) -> Result<Option<(FetchedPage, i64)>, Problem> {
+    let mut params = SqlParams::default();
+    let filter = q.conditions(&mut params);
+    let want = params.push(q.paging.limit + 1);
+    let sql = format!(
+        "SELECT * FROM (SELECT *, count(*) OVER () AS matches FROM \
+           (SELECT {COLUMNS} FROM events WHERE {filter} LIMIT {cap}) m) c \
+         ORDER BY \"timestamp\" DESC, seq DESC LIMIT {want}",
+        cap = EXACT_TOTAL_UP_TO + 1
+    );
+    let statement = reusable(tx, &sql).await?;
+    let refs = params.all();
+    let stream = tx
+        .query_raw(&statement, refs.iter().copied())
+        .await
+        .map_err(unavailable)?;
+    let page = read_page(&EVENTS, stream, q.paging.limit, MAX_PAGE_BYTES).await?;
+    let matches = match page.rows.first() {
+        Some(row) => row.try_get::<_, i64>("matches").map_err(unavailable)?,
+        None => 0,
+    };
+    Ok((matches <= EXACT_TOTAL_UP_TO).then_some((page, matches)))
 }
 
 /// One partition's statement: `q`'s filters (without its time bounds), the time
