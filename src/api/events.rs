@@ -204,7 +204,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         && q.payload_contains.is_none()
         && q.start_time.is_none()
         && q.end_time.is_none()
-        && !(seen.whole_prefix && !seen.has_more)
+        && (!seen.whole_prefix || seen.has_more)
     {
         let tx = generic_plans_at(&mut client, IsolationLevel::RepeatableRead).await?;
         let counted = super::timeline::counted_total(&tx, session).await?;

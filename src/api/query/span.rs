@@ -15,10 +15,13 @@ use std::sync::{Arc, Mutex};
 use crate::api::problem::{Problem, unavailable};
 use crate::storage::partition::{Range, parse_bound, pg_time};
 
+/// Ranged partitions (name, range), newest first.
+type Ranged = Arc<Vec<(String, Range)>>;
+
 /// The partitions of `events`.
 pub(crate) struct Partitions {
     /// The ranged partitions, newest first.
-    pub ranged: Arc<Vec<(String, Range)>>,
+    pub ranged: Ranged,
     /// The default partition holds a row (which may lie at any time).
     pub default_holds: bool,
 }
@@ -45,7 +48,7 @@ impl Partitions {
 /// new table.
 #[derive(Default)]
 pub struct KnownPartitions {
-    cached: Mutex<Option<(Vec<i64>, Arc<Vec<(String, Range)>>)>>,
+    cached: Mutex<Option<(Vec<i64>, Ranged)>>,
 }
 
 impl KnownPartitions {
