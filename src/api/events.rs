@@ -104,8 +104,8 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
             .filter(|_| may_be_sparse && first_window && paging.offset == 0)
         {
             let tx = generic_plans(&mut client).await?;
-            if let Some(walked) = walk::newest_first(&tx, parts, &q).await? {
-                if let Some(total) = walked.total {
+            if let Some(walked) = walk::newest_first(&tx, &state.pool, parts, &q).await? {
+                if let walk::Matches::Exactly(total) = walked.matches {
                     tx.commit().await.map_err(unavailable)?;
                     return answer(walked.page, (total, false), &paging);
                 }
@@ -116,6 +116,10 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
                     has_more: walked.page.has_more,
                     whole_prefix: paging.cursor.is_none(),
                     window: None,
+                    known: match walked.matches {
+                        walk::Matches::MoreThan(n) => n + 1,
+                        _ => 0,
+                    },
                 };
                 // A document the page's first partition holds more of than a page:
                 // the planner's estimate over that partition (its statistics see
@@ -194,6 +198,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         has_more,
         whole_prefix: paging.cursor.is_none() && (paging.offset == 0 || !rows.is_empty()),
         window: window.map(|lower| (lower, anchor)),
+        known: 0,
     };
     // A session's events are counted as its summary counts them (the catalog's
     // counts and the rows past its position): exact at any size and on any page,

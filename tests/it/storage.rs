@@ -1647,6 +1647,57 @@ async fn a_session_summary_matches_its_stored_events_through_counting_retention_
 }
 
 #[tokio::test]
+async fn a_document_sparse_today_is_counted_exactly_up_to_the_cap_and_estimated_past_it() {
+    let app = spawn_app().await;
+    let now = Utc::now();
+    // Three documents, none of them in the newest day: 1,000 (the cap), 1,001 and
+    // 3,000 events an hour apart from two days back; the page must be the newest of
+    // them whichever way the total is found.
+    for (k, n) in [(1, 1_000), (2, 1_001), (3, 3_000)] {
+        app.db
+            .execute(
+                "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+                 payload, generation, envelope, properties) \
+                 SELECT 'doc-' || $2::int || '-' || i, 'd', 'svc', 'd', 'x', \
+                 $1::timestamptz - interval '2 days' - i * interval '1 hour' - $2::int * interval '1 second', \
+                 now(), jsonb_build_object('k', $2::int), 1, '{}', '{}' FROM generate_series(1, $3::int) i",
+                &[&now, &k, &n],
+            )
+            .await
+            .unwrap();
+    }
+    let mut c = storage_client(&app).await;
+    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    // Analysed, as a live table is: past the cap the total is an estimate.
+    app.db.batch_execute("ANALYZE events").await.unwrap();
+    for (k, n) in [(1, 1_000), (2, 1_001), (3, 3_000)] {
+        let want: Vec<String> = (1..=30).map(|i| format!("doc-{k}-{i}")).collect();
+        let page: serde_json::Value = app
+            .http
+            .get(app.api(&format!(
+                "/events?limit=30&payload_contains=%7B%22k%22%3A{k}%7D"
+            )))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(crate::helpers::event_ids(&page), want, "k={k}");
+        assert_eq!(page["has_more"], true);
+        if n <= 1_000 {
+            assert_eq!(page["total"], n, "k={k}");
+            assert_eq!(page["total_is_estimate"], false, "k={k}");
+        } else {
+            assert!(page["total"].as_i64().unwrap() > 1_000, "k={k}: {page}");
+            assert_eq!(page["total_is_estimate"], true, "k={k}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_document_absent_from_the_newest_rows_is_found_further_back_in_order() {
     let app = spawn_app().await;
     let now = Utc::now();

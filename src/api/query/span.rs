@@ -55,17 +55,22 @@ impl KnownPartitions {
     /// The partitions of `events` now; `None` when it is not partitioned.
     pub(crate) async fn read(
         &self,
-        client: &tokio_postgres::Client,
+        client: &deadpool_postgres::Client,
     ) -> Result<Option<Partitions>, Problem> {
-        let Some(row) = client
-            .query_opt(
+        // Both statements prepared once per connection: parsing them is most of
+        // their cost.
+        let attached = client
+            .prepare_cached(
                 "SELECT c.relkind = 'p', \
                         coalesce((SELECT array_agg(inhrelid::int8 ORDER BY inhrelid) \
                                   FROM pg_inherits WHERE inhparent = c.oid), '{}'), \
                         to_regclass('events_default') IS NOT NULL \
                  FROM pg_class c WHERE c.oid = to_regclass('events')",
-                &[],
             )
+            .await
+            .map_err(unavailable)?;
+        let Some(row) = client
+            .query_opt(&attached, &[])
             .await
             .map_err(unavailable)?
         else {
@@ -95,12 +100,17 @@ impl KnownPartitions {
         // Asked on every request: a row lands in the default partition whenever a
         // publisher dates an event where no partition is (until the maintenance job
         // moves it), and a page must not miss it.
-        let default_holds = has_default
-            && client
-                .query_one("SELECT EXISTS (SELECT 1 FROM events_default)", &[])
+        let default_holds = has_default && {
+            let holds = client
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM events_default)")
+                .await
+                .map_err(unavailable)?;
+            client
+                .query_one(&holds, &[])
                 .await
                 .map_err(unavailable)?
-                .get(0);
+                .get(0)
+        };
         Ok(Some(Partitions {
             ranged,
             default_holds,

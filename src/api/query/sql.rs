@@ -163,31 +163,78 @@ pub(crate) async fn read_page(
     max_bytes: usize,
 ) -> Result<FetchedPage, Problem> {
     pin_mut!(stream);
-    let mut rows = Vec::new();
-    let mut bytes = 0;
-    let mut has_more = false;
+    let mut page = PageBuilder::new(listing, limit, max_bytes);
     while let Some(row) = stream.try_next().await.map_err(unavailable)? {
-        let size = (listing.row_bytes)(&row)?;
-        if rows.len() as i64 >= limit || (!rows.is_empty() && bytes + size > max_bytes) {
-            has_more = true;
+        if !page.push(row)? {
             break;
         }
-        bytes += size;
-        rows.push(row);
     }
-    let next_cursor = has_more.then(|| rows.last()).flatten().map(|r| {
-        let t: DateTime<Utc> = r.get(listing.time);
-        Cursor {
-            timestamp_micros: t.timestamp_micros(),
-            seq: r.get("seq"),
+    Ok(page.finish())
+}
+
+/// A page filled row by row, in page order, within `limit` rows and `max_bytes`
+/// of payload (always at least one row).
+pub(crate) struct PageBuilder<'l> {
+    listing: &'l Listing,
+    limit: i64,
+    max_bytes: usize,
+    rows: Vec<Row>,
+    bytes: usize,
+    has_more: bool,
+}
+
+impl<'l> PageBuilder<'l> {
+    pub fn new(listing: &'l Listing, limit: i64, max_bytes: usize) -> Self {
+        PageBuilder {
+            listing,
+            limit,
+            max_bytes,
+            rows: Vec::new(),
+            bytes: 0,
+            has_more: false,
         }
-        .encode()
-    });
-    Ok(FetchedPage {
-        rows,
-        has_more,
-        next_cursor,
-    })
+    }
+
+    /// Adds `row` to the page; `false` when it is past the page (which then has
+    /// more, and takes no more rows).
+    pub fn push(&mut self, row: Row) -> Result<bool, Problem> {
+        let size = (self.listing.row_bytes)(&row)?;
+        if self.rows.len() as i64 >= self.limit
+            || (!self.rows.is_empty() && self.bytes + size > self.max_bytes)
+        {
+            self.has_more = true;
+            return Ok(false);
+        }
+        self.bytes += size;
+        self.rows.push(row);
+        Ok(true)
+    }
+
+    /// The rows the page holds.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Rows follow the page that were not offered to it.
+    pub fn more_follow(&mut self) {
+        self.has_more = true;
+    }
+
+    pub fn finish(self) -> FetchedPage {
+        let next_cursor = self.has_more.then(|| self.rows.last()).flatten().map(|r| {
+            let t: DateTime<Utc> = r.get(self.listing.time);
+            Cursor {
+                timestamp_micros: t.timestamp_micros(),
+                seq: r.get("seq"),
+            }
+            .encode()
+        });
+        FetchedPage {
+            rows: self.rows,
+            has_more: self.has_more,
+            next_cursor,
+        }
+    }
 }
 
 /// The most statements a read connection keeps prepared (see [`reusable`]); past it

@@ -32,6 +32,9 @@ pub(crate) struct Seen {
     /// the time window the page was read under (its lower bound and the anchor),
     /// if it needed none wider
     pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// matches known to exist whatever the page shows (a walk that stopped
+    /// counting at the cap knows of the cap and one); 0 when nothing is known
+    pub known: i64,
 }
 
 /// `total` for `GET /events`: exact up to [`EXACT_TOTAL_UP_TO`] matching events,
@@ -54,7 +57,8 @@ pub(crate) async fn total(
         seen.through + 1
     } else {
         0
-    };
+    }
+    .max(seen.known);
     if at_least <= EXACT_WHILE_UNANALYZED
         && !sizes
             .statistics_current(client)
@@ -137,7 +141,8 @@ pub(crate) async fn counted_up_to_cap(
 /// rows from `reached` to `anchor` (no planning: the planner's estimate is what
 /// the walk avoids), and below [`ESTIMATE_TRUSTED_ABOVE`] a count of at most
 /// [`EXACT_TOTAL_UP_TO`] + 1 matches, run like the walk (a generic plan of GIN
-/// probes, `tx`). While statistics are missing, as [`total`].
+/// probes, `tx`), unless the walk already knows of more (`Seen::known`). While
+/// statistics are missing, as [`total`].
 pub(crate) async fn walked_total(
     tx: &deadpool_postgres::Transaction<'_>,
     sizes: &TableSizes,
@@ -161,7 +166,8 @@ pub(crate) async fn walked_total(
         seen.through + 1
     } else {
         0
-    };
+    }
+    .max(seen.known);
     let scale = match reached {
         Some(lower) => sizes
             .rows_between(tx.client(), lower, anchor)

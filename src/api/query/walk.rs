@@ -22,17 +22,18 @@
 
 use chrono::{DateTime, Utc};
 use futures::future::try_join_all;
-use tokio_postgres::Row;
 
 use super::EventQuery;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::span::Partitions;
-use super::sql::{EVENTS, FetchedPage, MAX_PAGE_BYTES, read_page, reusable};
+use super::sql::{
+    EVENTS, FetchedPage, MAX_PAGE_BYTES, PageBuilder, generic_plans, read_page, reusable,
+};
 use super::totals::EXACT_TOTAL_UP_TO;
 use crate::api::problem::{Problem, unavailable};
 use crate::api::view::COLUMNS;
-use crate::query::{Cursor, SqlParams};
+use crate::query::SqlParams;
 use crate::storage::partition::Range;
 
 /// The newest rows of the first partition judged in order before its filters'
@@ -49,8 +50,19 @@ pub(crate) struct Walked {
     /// The page was filled in the first round: the partition the page starts in
     /// (or one ahead of it) holds more than a page of matches.
     pub filled_in_first_round: bool,
-    /// The exact total, when the walk read every match.
-    pub total: Option<i64>,
+    /// What the walk learnt of the total.
+    pub matches: Matches,
+}
+
+/// The number of matches, as far as the walk knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Matches {
+    /// Not counted.
+    Unknown,
+    /// Counted: every match was read.
+    Exactly(i64),
+    /// More than this many (counting stopped at the cap).
+    MoreThan(i64),
 }
 
 /// One page of `q` (newest first, from its cursor, no offset) read partition by
@@ -59,6 +71,7 @@ pub(crate) struct Walked {
 /// (which may lie at any time).
 pub(crate) async fn newest_first(
     tx: &deadpool_postgres::Transaction<'_>,
+    pool: &deadpool_postgres::Pool,
     parts: &Partitions,
     q: &EventQuery,
 ) -> Result<Option<Walked>, Problem> {
@@ -82,11 +95,10 @@ pub(crate) async fn newest_first(
         .iter()
         .filter(|(_, r)| upper.is_none_or(|u| r.start <= u) && lower.is_none_or(|l| r.end > l))
         .collect();
-    let mut rows: Vec<Row> = Vec::new();
-    let mut bytes = 0usize;
-    let mut has_more = false;
+    let mut page = PageBuilder::new(&EVENTS, limit, MAX_PAGE_BYTES);
     let mut reached = None;
     let mut filled_in_first_round = false;
+    let mut matches = Matches::Unknown;
     let mut next = 0;
     // The first round: the partitions ahead of the page's start (made in advance,
     // empty unless a publisher sent times to come: a probe each) and the one the
@@ -104,7 +116,7 @@ pub(crate) async fn newest_first(
         next += parts.len();
         round = if first { 2 } else { round * 2 };
         filled_in_first_round = first;
-        let want = limit - rows.len() as i64 + 1;
+        let want = limit - page.len() as i64 + 1;
         let statements: Vec<(String, SqlParams, Vec<Type>)> = parts
             .iter()
             .enumerate()
@@ -140,71 +152,120 @@ pub(crate) async fn newest_first(
             && cursor.is_none()
             && q.start_time.is_none()
             && q.end_time.is_none()
-            && let Some((page, total)) = every_match(tx, q).await?
         {
-            return Ok(Some(Walked {
-                page,
-                reached: todo.last().map(|(_, r)| r.start),
-                filled_in_first_round: false,
-                total: Some(total),
-            }));
+            match every_match(tx, pool, &todo, q).await? {
+                Ok((page, total)) => {
+                    return Ok(Some(Walked {
+                        page,
+                        reached: todo.last().map(|(_, r)| r.start),
+                        filled_in_first_round: false,
+                        matches: Matches::Exactly(total),
+                    }));
+                }
+                // More than the cap: the walk goes on for the page; the total is
+                // an estimate, and nothing counts these matches again.
+                Err(more_than) => matches = Matches::MoreThan(more_than),
+            }
         }
-        for (page, (_, range)) in pages.into_iter().zip(parts) {
+        for (part, (_, range)) in pages.into_iter().zip(parts) {
             reached = Some(range.start);
-            for row in page.rows {
-                let size = (EVENTS.row_bytes)(&row)?;
-                if rows.len() as i64 >= limit || (!rows.is_empty() && bytes + size > MAX_PAGE_BYTES)
-                {
-                    has_more = true;
+            for row in part.rows {
+                if !page.push(row)? {
                     break 'walk;
                 }
-                bytes += size;
-                rows.push(row);
             }
             // Rows left in this partition come before every later partition's.
-            if page.has_more {
-                has_more = true;
+            if part.has_more {
+                page.more_follow();
                 break 'walk;
             }
         }
     }
-    let next_cursor = has_more.then(|| rows.last()).flatten().map(|r| {
-        let t: DateTime<Utc> = r.get("timestamp");
-        Cursor {
-            timestamp_micros: t.timestamp_micros(),
-            seq: r.get("seq"),
-        }
-        .encode()
-    });
+    let page = page.finish();
     Ok(Some(Walked {
-        page: FetchedPage {
-            rows,
-            has_more,
-            next_cursor,
-        },
+        filled_in_first_round: page.has_more && filled_in_first_round,
+        page,
         reached,
-        filled_in_first_round: has_more && filled_in_first_round,
-        total: None,
+        matches,
     }))
 }
 
 /// A page of `q` (no cursor, no time bounds) and its exact total, read from every
-/// match at once when there are at most [`EXACT_TOTAL_UP_TO`]: one statement, one
-/// plan per connection (a GIN probe of each partition, the matches' rows fetched
-/// once for both the page and the count), where rounds of partitions and then a
-/// count would read the same matches twice. `None` when there are more (then the
-/// statement stopped at the cap's worth of matches).
+/// match at once when there are at most [`EXACT_TOTAL_UP_TO`]: the matches' rows
+/// fetched once for both the page and the count (a GIN probe of each partition),
+/// where rounds of partitions and then a count would read them twice. The newer
+/// and the older half of the partitions are read at once on two connections (a
+/// thousand matches are a thousand heap pages, ~12 ms from the OS cache on one
+/// backend; PostgreSQL plans no parallel workers under the cap's LIMIT), each
+/// under a plan made once per connection and pruned to its half by literal
+/// bounds. `Err(cap)` when there are more than the cap (each half stopped at the
+/// cap's worth of matches).
 async fn every_match(
     tx: &deadpool_postgres::Transaction<'_>,
+    pool: &deadpool_postgres::Pool,
+    todo: &[&(String, Range)],
     q: &EventQuery,
-) -> Result<Option<(FetchedPage, i64)>, Problem> {
+) -> Result<Result<(FetchedPage, i64), i64>, Problem> {
+    let halves: Vec<Range> = {
+        let (newer, older) = todo.split_at(todo.len() / 2);
+        [newer, older]
+            .iter()
+            .filter(|h| !h.is_empty())
+            .map(|h| Range {
+                start: h.iter().map(|(_, r)| r.start).min().expect("not empty"),
+                end: h.iter().map(|(_, r)| r.end).max().expect("not empty"),
+            })
+            .collect()
+    };
+    let (newer, older) = match halves.as_slice() {
+        [newer, older] => {
+            let mut other = pool.get().await.map_err(unavailable)?;
+            let other = generic_plans(&mut other).await?;
+            let (a, b) = futures::try_join!(
+                matches_within(tx, q, *newer),
+                matches_within(&other, q, *older)
+            )?;
+            other.commit().await.map_err(unavailable)?;
+            (a, Some(b))
+        }
+        [only] => (matches_within(tx, q, *only).await?, None),
+        _ => unreachable!("called with partitions left to read"),
+    };
+    let total = newer.1 + older.as_ref().map_or(0, |o| o.1);
+    if total > EXACT_TOTAL_UP_TO {
+        return Ok(Err(EXACT_TOTAL_UP_TO));
+    }
+    // The halves do not overlap in time: the newer one's rows come first.
+    let mut page = PageBuilder::new(&EVENTS, q.paging.limit, MAX_PAGE_BYTES);
+    'join: for (half, _) in std::iter::once(newer).chain(older) {
+        for row in half.rows {
+            if !page.push(row)? {
+                break 'join;
+            }
+        }
+        if half.has_more {
+            page.more_follow();
+            break;
+        }
+    }
+    Ok(Ok((page.finish(), total)))
+}
+
+/// The newest page of `q`'s matches in `within` and how many match there (up to
+/// the cap and one), from every match at most the cap and one.
+async fn matches_within(
+    tx: &deadpool_postgres::Transaction<'_>,
+    q: &EventQuery,
+    within: Range,
+) -> Result<(FetchedPage, i64), Problem> {
     let mut params = SqlParams::default();
     let filter = q.conditions(&mut params);
     let want = params.push(q.paging.limit + 1);
     let sql = format!(
         "SELECT * FROM (SELECT *, count(*) OVER () AS matches FROM \
-           (SELECT {COLUMNS} FROM events WHERE {filter} LIMIT {cap}) m) c \
+           (SELECT {COLUMNS} FROM events WHERE {filter} AND {within} LIMIT {cap}) m) c \
          ORDER BY \"timestamp\" DESC, seq DESC LIMIT {want}",
+        within = super::span::within(within),
         cap = EXACT_TOTAL_UP_TO + 1
     );
     let statement = reusable(tx, &sql).await?;
@@ -218,7 +279,7 @@ async fn every_match(
         Some(row) => row.try_get::<_, i64>("matches").map_err(unavailable)?,
         None => 0,
     };
-    Ok((matches <= EXACT_TOTAL_UP_TO).then_some((page, matches)))
+    Ok((page, matches))
 }
 
 /// One partition's statement: `q`'s filters (without its time bounds), the time
