@@ -36,7 +36,7 @@ pub struct Page {
 
 /// Events matching the filters, newest first.
 ///
-/// `total` is exact up to 1,000 matches, then PostgreSQL's estimate (`total_is_estimate`).
+/// `total` is exact up to 1,000 matches (for `session_id` alone, at any size), then PostgreSQL's estimate (`total_is_estimate`).
 /// `next_cursor` continues the walk with `cursor=`; it visits every event once.
 /// A page holds fewer than `limit` events when their payloads would pass 8 MiB
 /// (`has_more` stays exact): advance an offset by the events received.
