@@ -180,6 +180,18 @@ impl TestApp {
         format!("http://{}{}", self.running().api_addr, path)
     }
 
+    /// The JSON body of `GET path` (whatever its status).
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.api(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Graceful stop, as on SIGTERM.
     pub async fn stop(&mut self) {
         let running = self.running.take().expect("the app is running");

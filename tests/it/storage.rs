@@ -820,15 +820,9 @@ async fn a_page_bounded_by_the_partitions_span_still_finds_an_event_the_default_
         async move {
             let mut got = Vec::new();
             for offset in (0..21).step_by(6) {
-                let page: serde_json::Value = app
-                    .http
-                    .get(app.api(&format!("/events?limit=6&offset={offset}{filter}")))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let page = app
+                    .get_json(&format!("/events?limit=6&offset={offset}{filter}"))
+                    .await;
                 got.extend(crate::helpers::event_ids(&page));
             }
             got
@@ -1436,6 +1430,20 @@ async fn the_maintenance_job_analyses_a_partition_filled_in_bulk_that_was_never_
     );
 }
 
+/// Makes the partition of `events` for the day starting at `day`.
+async fn make_day(c: &mut Client, day: DateTime<Utc>) {
+    partition::create(
+        c,
+        Table::Events,
+        storage::Range {
+            start: day,
+            end: day.checked_add_days(Days::new(1)).unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+}
+
 /// Writes `n` events of session `session` at `at` (types and sources taken in
 /// turn from three and two), straight into the table.
 async fn insert_session(app: &TestApp, session: &str, prefix: &str, n: i64, at: DateTime<Utc>) {
@@ -1501,16 +1509,7 @@ async fn a_session_the_last_day_holds_little_of_has_an_exact_total_at_any_size()
     let app = spawn_app().await;
     let mut c = storage_client(&app).await;
     let old_day = days_ago(20);
-    partition::create(
-        &mut c,
-        Table::Events,
-        storage::Range {
-            start: old_day,
-            end: days_ago(19),
-        },
-    )
-    .await
-    .unwrap();
+    make_day(&mut c, old_day).await;
     // Past the exact-count cap of 1,000, and fewer than a page in the last day.
     insert_session(&app, "sess-big", "old-", 1_150, old_day).await;
     insert_session(
@@ -1524,21 +1523,6 @@ async fn a_session_the_last_day_holds_little_of_has_an_exact_total_at_any_size()
     // Analysed, so totals past the cap are estimated (not counted, as while the
     // partitions have no statistics).
     app.db.batch_execute("ANALYZE events").await.unwrap();
-    let page = |path: String| {
-        let app = &app;
-        async move {
-            let page: serde_json::Value = app
-                .http
-                .get(app.api(&path))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            page
-        }
-    };
     // Before the catalog has counted them (the rows past its position) and after.
     for counted_yet in [false, true] {
         if counted_yet {
@@ -1547,15 +1531,16 @@ async fn a_session_the_last_day_holds_little_of_has_an_exact_total_at_any_size()
             })
             .await;
         }
-        let first = page("/events?session_id=sess-big&limit=100".to_owned()).await;
+        let first = app.get_json("/events?session_id=sess-big&limit=100").await;
         assert_eq!(first["total"], 1_160, "{counted_yet}: {}", first["total"]);
         assert_eq!(first["total_is_estimate"], false);
         assert_eq!(first["has_more"], true);
         let cursor = first["next_cursor"].as_str().unwrap();
-        let next = page(format!(
-            "/events?session_id=sess-big&limit=100&cursor={cursor}"
-        ))
-        .await;
+        let next = app
+            .get_json(&format!(
+                "/events?session_id=sess-big&limit=100&cursor={cursor}"
+            ))
+            .await;
         assert_eq!(next["total"], 1_160);
         assert_eq!(next["total_is_estimate"], false);
     }
@@ -1578,16 +1563,7 @@ async fn a_session_summary_matches_its_stored_events_through_counting_retention_
     let app = spawn_app().await;
     let mut c = storage_client(&app).await;
     let old_day = days_ago(20);
-    partition::create(
-        &mut c,
-        Table::Events,
-        storage::Range {
-            start: old_day,
-            end: days_ago(19),
-        },
-    )
-    .await
-    .unwrap();
+    make_day(&mut c, old_day).await;
     insert_session(&app, "sess-sum", "old-", 30, old_day).await;
     insert_session(&app, "sess-other", "other-", 5, old_day).await;
     // Right away (the catalog may not have counted them yet: the summary adds the
@@ -1674,17 +1650,11 @@ async fn a_document_sparse_today_is_counted_exactly_up_to_the_cap_and_estimated_
     app.db.batch_execute("ANALYZE events").await.unwrap();
     for (k, n) in [(1, 1_000), (2, 1_001), (3, 3_000)] {
         let want: Vec<String> = (1..=30).map(|i| format!("doc-{k}-{i}")).collect();
-        let page: serde_json::Value = app
-            .http
-            .get(app.api(&format!(
+        let page = app
+            .get_json(&format!(
                 "/events?limit=30&payload_contains=%7B%22k%22%3A{k}%7D"
-            )))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            ))
+            .await;
         assert_eq!(crate::helpers::event_ids(&page), want, "k={k}");
         assert_eq!(page["has_more"], true);
         if n <= 1_000 {
