@@ -1623,6 +1623,57 @@ async fn a_session_summary_matches_its_stored_events_through_counting_retention_
 }
 
 #[tokio::test]
+async fn the_writers_keep_the_payload_index_pending_list_short_for_searches() {
+    let app = spawn_app().await;
+    // ~5 MB of document index entries (2,000 events of 50 members each): past the
+    // writers' 256 kB pending list many times, and past PostgreSQL's default 4 MB.
+    for i in 0..2_000 {
+        let data: serde_json::Map<String, serde_json::Value> = (0..50)
+            .map(|k| (format!("member-{k}"), json!(format!("value-{i}-{k}"))))
+            .collect();
+        let event = json!({"specversion": "1.0", "id": format!("gin-{i}"), "type": "gin.test",
+                           "source": "svc-gin", "data": data});
+        app.publish("gin.test", &serde_json::to_vec(&event).unwrap())
+            .await;
+    }
+    settle(&app).await;
+    assert_eq!(
+        app.db
+            .query_one(
+                "SELECT count(*) FROM events WHERE event_type = 'gin.test'",
+                &[]
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        2_000
+    );
+    app.db
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        .await
+        .unwrap();
+    let pending: i32 = app
+        .db
+        .query_one(
+            "SELECT (pgstatginindex(i.indexrelid)).pending_pages FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE i.indrelid = (SELECT tableoid FROM events WHERE id = 'gin-0') \
+               AND c.relname LIKE '%payload%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // 256 kB is 32 pages; one event's entries may pass it before the merge.
+    assert!(pending <= 40, "{pending} pending pages");
+    // And a search finds what the pending list and the merged index hold.
+    let page = app
+        .get_json("/events?payload_contains=%7B%22member-7%22%3A%22value-1999-7%22%7D")
+        .await;
+    assert_eq!(crate::helpers::event_ids(&page), vec!["gin-1999"]);
+}
+
+#[tokio::test]
 async fn a_document_sparse_today_is_counted_exactly_up_to_the_cap_and_estimated_past_it() {
     let app = spawn_app().await;
     let now = Utc::now();
