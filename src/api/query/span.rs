@@ -99,10 +99,15 @@ impl KnownPartitions {
         };
         // Asked on every request: a row lands in the default partition whenever a
         // publisher dates an event where no partition is (until the maintenance job
-        // moves it), and a page must not miss it.
+        // moves it), and a page must not miss it. Asked through `events` (the API's
+        // role may read no partition by name): the times no ranged partition covers,
+        // in literals, leave only the default partition in the plan.
         let default_holds = has_default && {
             let holds = client
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM events_default)")
+                .prepare_cached(&format!(
+                    "SELECT EXISTS (SELECT 1 FROM events WHERE {})",
+                    uncovered(&ranged)
+                ))
                 .await
                 .map_err(unavailable)?;
             client
@@ -135,6 +140,35 @@ async fn ranged(client: &tokio_postgres::Client) -> Result<Vec<(String, Range)>,
         .collect();
     ranged.sort_by_key(|p| std::cmp::Reverse(p.1.start));
     Ok(ranged)
+}
+
+/// A condition on the time column true of the times no range of `ranged` covers:
+/// where the rows of the default partition lie.
+fn uncovered(ranged: &[(String, Range)]) -> String {
+    let mut ranges: Vec<Range> = ranged.iter().map(|(_, r)| *r).collect();
+    ranges.sort_by_key(|r| r.start);
+    let mut gaps = Vec::new();
+    let mut covered_to: Option<chrono::DateTime<chrono::Utc>> = None;
+    for r in &ranges {
+        match covered_to {
+            None => gaps.push(format!(
+                "\"timestamp\" < '{}'::timestamptz",
+                pg_time(r.start)
+            )),
+            Some(to) if to < r.start => gaps.push(format!(
+                "(\"timestamp\" >= '{}'::timestamptz AND \"timestamp\" < '{}'::timestamptz)",
+                pg_time(to),
+                pg_time(r.start)
+            )),
+            Some(_) => {}
+        }
+        covered_to = Some(covered_to.map_or(r.end, |to| to.max(r.end)));
+    }
+    match covered_to {
+        Some(to) => gaps.push(format!("\"timestamp\" >= '{}'::timestamptz", pg_time(to))),
+        None => gaps.push("TRUE".to_owned()),
+    }
+    gaps.join(" OR ")
 }
 
 /// `span` as a condition on the time column, in literals (a parameter would leave
@@ -175,6 +209,23 @@ mod tests {
             "\"timestamp\" >= '2026-12-01 00:00:00.000000+00'::timestamptz \
              AND \"timestamp\" < '2026-12-04 00:00:00.000000+00'::timestamptz"
         );
+    }
+
+    #[test]
+    fn the_uncovered_times_are_before_after_and_between_the_ranges() {
+        let ranged = vec![
+            ("c".to_owned(), day(5)),
+            ("b".to_owned(), day(2)),
+            ("a".to_owned(), day(1)),
+        ];
+        assert_eq!(
+            uncovered(&ranged),
+            "\"timestamp\" < '2026-12-01 00:00:00.000000+00'::timestamptz OR \
+             (\"timestamp\" >= '2026-12-03 00:00:00.000000+00'::timestamptz \
+             AND \"timestamp\" < '2026-12-05 00:00:00.000000+00'::timestamptz) OR \
+             \"timestamp\" >= '2026-12-06 00:00:00.000000+00'::timestamptz"
+        );
+        assert_eq!(uncovered(&[]), "TRUE");
     }
 
     #[test]

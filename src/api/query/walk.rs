@@ -120,9 +120,9 @@ pub(crate) async fn newest_first(
         let statements: Vec<(String, SqlParams, Vec<Type>)> = parts
             .iter()
             .enumerate()
-            .map(|(i, (name, range))| {
+            .map(|(i, (_, range))| {
                 let newest = (first && i == starts_in).then_some(NEWEST_ROWS.max(want));
-                statement(q, name, *range, cursor, want, newest)
+                statement(q, *range, cursor, want, newest)
             })
             .collect();
         // A round holds at most a page's bytes, whatever its partitions return.
@@ -300,7 +300,6 @@ async fn matches_within(
 /// walk of the whole partition in order.
 fn statement(
     q: &EventQuery,
-    name: &str,
     range: Range,
     cursor: Option<(DateTime<Utc>, i64)>,
     want: i64,
@@ -344,7 +343,10 @@ fn statement(
     }
     let cuts = cuts.join(" AND ");
     debug_assert_eq!(types.len(), params.len());
-    let matches = format!("(SELECT {COLUMNS} FROM {name} WHERE {filter} OFFSET 0) g WHERE {cuts}");
+    // Through `events` (the API's role may read no partition by name), the
+    // partition's range in literals: planned, it is that partition alone.
+    let part = format!("events WHERE {}", super::span::within(range));
+    let matches = format!("(SELECT {COLUMNS} FROM {part} AND {filter} OFFSET 0) g WHERE {cuts}");
     let order = "ORDER BY \"timestamp\" DESC, seq DESC";
     let sql = match newest {
         None => format!("SELECT {COLUMNS} FROM {matches} {order} LIMIT {want}"),
@@ -352,7 +354,7 @@ fn statement(
         // judged once, before the probe below runs at all, and `newest` is read
         // only as far as `hits` needs when the page fills there.
         Some(n) => format!(
-            "WITH newest AS MATERIALIZED (SELECT {COLUMNS} FROM {name} WHERE {cuts} {order} LIMIT {n}), \
+            "WITH newest AS MATERIALIZED (SELECT {COLUMNS} FROM {part} AND {cuts} {order} LIMIT {n}), \
                   hits AS MATERIALIZED (SELECT * FROM newest WHERE {filter} LIMIT {want}) \
              SELECT {COLUMNS} FROM (SELECT * FROM hits UNION ALL SELECT {COLUMNS} FROM {matches} \
                AND (SELECT count(*) FROM hits) < {want} AND (SELECT count(*) FROM newest) = {n} \
