@@ -13,6 +13,7 @@ use tokio_postgres::IsolationLevel;
 use super::ApiState;
 use super::problem::{Problem, unavailable};
 use super::query::Paging;
+use super::query::span::{self, Partitions};
 use super::query::params::could_be_stored;
 use super::query::sql::{
     EVENTS, FetchedPage, Order, fetch_page, generic_plans_at, page_sql, reusable,
@@ -114,6 +115,16 @@ async fn timeline(
         ));
     }
     let mut client = state.pool.get().await.map_err(unavailable)?;
+    // The ends and the page bounded by the partitions' span: each read partition
+    // after partition in order, stopping where it has what it needs
+    // (`query::span`), where a Merge Append descends every partition first.
+    let within = state
+        .partitions
+        .read(&client)
+        .await?
+        .as_ref()
+        .and_then(Partitions::span)
+        .map_or_else(String::new, |span| format!(" AND {}", span::within(span)));
     // Equality on an indexed column: one reused plan fits every value (no planning
     // of every partition per request); likewise the pages below. One snapshot for
     // the summary's counts, the rows past them and the page.
@@ -139,17 +150,20 @@ async fn timeline(
         *by_event_type.entry(event_type).or_insert(0) += n;
         *by_source.entry(source).or_insert(0) += n;
     }
-    // The first and last times: one probe of each partition's index at each end.
+    // The first and last times: the oldest and newest partition holding one, from
+    // each end of the index.
     let ends = reusable(
         &tx,
-        &format!("SELECT min(\"timestamp\"), max(\"timestamp\") FROM events WHERE {column} = $1"),
+        &format!(
+            "SELECT min(\"timestamp\"), max(\"timestamp\") FROM events WHERE {column} = $1{within}"
+        ),
     )
     .await?;
     let ends = tx.query_one(&ends, &[&value]).await.map_err(unavailable)?;
     let (first, last): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (ends.get(0), ends.get(1));
 
     let mut params = SqlParams::default();
-    let filter = format!("{column} = {}", params.push(value.clone()));
+    let filter = format!("{column} = {}{within}", params.push(value.clone()));
     let sql = page_sql(&EVENTS, &filter, Order::OldestFirst, &paging, &mut params)?;
     let statement = reusable(&tx, &sql).await?;
     let FetchedPage {
