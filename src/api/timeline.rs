@@ -13,8 +13,8 @@ use tokio_postgres::IsolationLevel;
 use super::ApiState;
 use super::problem::{Problem, unavailable};
 use super::query::Paging;
-use super::query::span::{self, Partitions};
 use super::query::params::could_be_stored;
+use super::query::span::{self, Partitions};
 use super::query::sql::{
     EVENTS, FetchedPage, Order, fetch_page, generic_plans_at, page_sql, reusable,
 };
