@@ -210,13 +210,29 @@ impl<'l> PageBuilder<'l> {
         Ok(true)
     }
 
+    /// Adds the rows of `part`, a page of what comes next in page order; `false`
+    /// when the page is full or rows follow `part` that it did not hold (nothing
+    /// after it may be added then).
+    pub fn append(&mut self, part: FetchedPage) -> Result<bool, Problem> {
+        for row in part.rows {
+            if !self.push(row)? {
+                return Ok(false);
+            }
+        }
+        if part.has_more {
+            self.more_follow();
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// The rows the page holds.
     pub fn len(&self) -> usize {
         self.rows.len()
     }
 
     /// Rows follow the page that were not offered to it.
-    pub fn more_follow(&mut self) {
+    fn more_follow(&mut self) {
         self.has_more = true;
     }
 

@@ -169,14 +169,8 @@ pub(crate) async fn newest_first(
         }
         for (part, (_, range)) in pages.into_iter().zip(parts) {
             reached = Some(range.start);
-            for row in part.rows {
-                if !page.push(row)? {
-                    break 'walk;
-                }
-            }
             // Rows left in this partition come before every later partition's.
-            if part.has_more {
-                page.more_follow();
+            if !page.append(part)? {
                 break 'walk;
             }
         }
@@ -237,14 +231,8 @@ async fn every_match(
     }
     // The halves do not overlap in time: the newer one's rows come first.
     let mut page = PageBuilder::new(&EVENTS, q.paging.limit, MAX_PAGE_BYTES);
-    'join: for (half, _) in std::iter::once(newer).chain(older) {
-        for row in half.rows {
-            if !page.push(row)? {
-                break 'join;
-            }
-        }
-        if half.has_more {
-            page.more_follow();
+    for (half, _) in std::iter::once(newer).chain(older) {
+        if !page.append(half)? {
             break;
         }
     }
