@@ -1,7 +1,8 @@
 //! Wiring and start-up order: schema check, pools, metrics, the bounded channel,
 //! the sink, the source, the HTTP servers. And the shutdown order, intake first:
 //! not ready → cancel the consumer → the sink flushes, commits, acks → close the
-//! broker connection → stop the HTTP servers, all within SHUTDOWN_TIMEOUT.
+//! broker connection → stop the HTTP servers → stop the live tail and the jobs (each after
+//! the step it is in), all within SHUTDOWN_TIMEOUT.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,8 +62,12 @@ pub struct Running {
     lifecycle: Arc<Lifecycle>,
     supervisor: Arc<Supervisor>,
     stop_intake: CancellationToken,
-    /// Stops the live tail's poller and the maintenance job.
+    /// Stops the live tail's poller.
     tail_stop: CancellationToken,
+    /// Stops the background jobs, each after the step it is in.
+    jobs_stop: CancellationToken,
+    /// The background jobs (maintenance, audit tree, catalog), each supervised.
+    jobs: Vec<JoinHandle<Option<()>>>,
     source: JoinHandle<Option<Option<BrokerLink>>>,
     sink: JoinHandle<Option<()>>,
     servers: Vec<(ServerHandle, JoinHandle<std::io::Result<()>>)>,
@@ -189,9 +194,13 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     {
         // A failed pipeline makes this instance unready at once.
         let (supervisor, lifecycle) = (supervisor.clone(), lifecycle.clone());
+        let failures = metrics.task_failures.clone();
         tokio::spawn(async move {
             supervisor.failed().await;
             lifecycle.set_failed();
+            if let Some(task) = supervisor.failed_task() {
+                failures.with_label_values(&[task]).inc();
+            }
         });
     }
 
@@ -223,11 +232,21 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
 
     let mut servers = Vec::new();
     let tail_stop = CancellationToken::new();
+    // The background jobs: each supervised like the pipeline (one that panics or
+    // ends turns /ready 503 and the process exits for its supervisor to restart
+    // it: every job is vital, see ARCHITECTURE.md), each awaited at shutdown.
+    let jobs_stop = CancellationToken::new();
+    let mut jobs = Vec::new();
+    let mut supervise_job = |name: &'static str, run| {
+        let supervisor = supervisor.clone();
+        jobs.push(tokio::spawn(
+            async move { supervisor.watch(name, run).await },
+        ));
+    };
     // Partitions ahead, the default partition drained, RETENTION: now and on schedule.
-    let job_stop = || tail_stop.child_token();
-    tokio::spawn(job::run_forever(
+    let maintenance = job::run_forever(
         pg.clone(),
-        job_stop(),
+        jobs_stop.clone(),
         crate::storage::maintain::MaintenanceJob {
             opts: crate::storage::maintain::Options {
                 layout: settings.partition_layout(),
@@ -239,15 +258,14 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             metrics: metrics.clone(),
             wake: maintenance_wake,
         },
-    ));
-    // The audit tree, appended behind ingest and signed every SEAL_INTERVAL;
-    // supervised like the pipeline: if it ends, /ready says so.
+    );
+    supervise_job("maintenance", Box::pin(maintenance) as JobRun);
+    // The audit tree, appended behind ingest and signed every SEAL_INTERVAL.
     {
-        let supervisor = supervisor.clone();
         let fault = opts.fault;
         let run = job::run_forever(
             pg.clone(),
-            job_stop(),
+            jobs_stop.clone(),
             crate::audit::job::TreeJob {
                 panic_at_first_step: fault == Some(Fault::AuditTreePanics),
                 tree: crate::audit::job::Tree::new(signer.clone(), keyring.clone()),
@@ -259,14 +277,17 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                 metrics: metrics.clone(),
             },
         );
-        tokio::spawn(async move { supervisor.watch("audit-tree", run).await });
+        supervise_job("audit-tree", Box::pin(run));
     }
     // The catalog of event types and sources, counted behind ingest.
-    tokio::spawn(job::run_forever(
-        pg.clone(),
-        job_stop(),
-        crate::storage::catalog::CatalogJob,
-    ));
+    supervise_job(
+        "catalog",
+        Box::pin(job::run_forever(
+            pg.clone(),
+            jobs_stop.clone(),
+            crate::storage::catalog::CatalogJob,
+        )),
+    );
     let state = ApiState {
         tail: api::tail::TailHub::start(pool.clone(), tail_stop.clone()),
         streams: Arc::new(api::stream::Streams::new(
@@ -334,11 +355,16 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         supervisor,
         stop_intake,
         tail_stop,
+        jobs_stop,
+        jobs,
         source,
         sink,
         servers,
     })
 }
+
+/// A background job's loop, boxed so that the jobs share one spawner.
+type JobRun = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Running {
     /// The watcher of the pipeline tasks: `failed()` resolves when one of them
@@ -356,6 +382,8 @@ impl Running {
             supervisor,
             stop_intake,
             tail_stop,
+            jobs_stop,
+            jobs,
             source,
             sink,
             servers,
@@ -363,7 +391,8 @@ impl Running {
         } = self;
         supervisor.stopping();
         lifecycle.set_stopping();
-        let aborts = [source.abort_handle(), sink.abort_handle()];
+        let mut aborts = vec![source.abort_handle(), sink.abort_handle()];
+        aborts.extend(jobs.iter().map(|j| j.abort_handle()));
         let handles: Vec<ServerHandle> = servers.iter().map(|(h, _)| h.clone()).collect();
         let ordered = async {
             stop_intake.cancel();
@@ -380,6 +409,11 @@ impl Running {
                 let _ = join.await;
             }
             tail_stop.cancel();
+            // Each job finishes the step it is in (an archive is written whole).
+            jobs_stop.cancel();
+            for job in jobs {
+                job.await.map_err(|e| ShutdownError::Task(e.to_string()))?;
+            }
             Ok(())
         };
         let result = tokio::time::timeout(limit, ordered)
@@ -404,6 +438,10 @@ impl Running {
     /// tasks end when the runtime next polls them or shuts down.
     pub fn abort_now(self) {
         self.tail_stop.cancel();
+        self.jobs_stop.cancel();
+        for job in &self.jobs {
+            job.abort();
+        }
         self.source.abort();
         self.sink.abort();
         for (handle, join) in self.servers {
@@ -416,6 +454,10 @@ impl Running {
     /// Stops at once, like a crash: nothing is flushed or acked.
     pub async fn abort(self) {
         self.tail_stop.cancel();
+        self.jobs_stop.cancel();
+        for job in &self.jobs {
+            job.abort();
+        }
         self.source.abort();
         self.sink.abort();
         let _ = self.source.await;

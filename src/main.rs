@@ -38,8 +38,8 @@ enum Command {
     /// NDJSON, one file per partition, with manifest.json (rows, SHA-256); each file is read back and checked.
     Archive {
         /// RFC 3339 time or a date (YYYY-MM-DD, midnight UTC).
-        #[arg(long, value_name = "DATE")]
-        before: String,
+        #[arg(long, value_name = "DATE", value_parser = cli_time)]
+        before: chrono::DateTime<chrono::Utc>,
         /// Directory for the files and manifest.json (created if missing).
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
@@ -164,25 +164,30 @@ enum Command {
         /// The exchange to publish to (it must exist; an unroutable event is an error).
         #[arg(long)]
         exchange: String,
-        #[arg(long)]
+        /// Only events of this session.
+        #[arg(long, value_parser = |s: &str| filter("session_id", s))]
         session_id: Option<String>,
-        #[arg(long)]
+        /// Only events of this type.
+        #[arg(long, value_parser = |s: &str| filter("event_type", s))]
         event_type: Option<String>,
-        #[arg(long)]
+        /// Only events from this source.
+        #[arg(long, value_parser = |s: &str| filter("source", s))]
         source: Option<String>,
-        #[arg(long)]
+        /// Only events for this target.
+        #[arg(long, value_parser = |s: &str| filter("target", s))]
         target: Option<String>,
-        #[arg(long)]
+        /// Only events of this correlation.
+        #[arg(long, value_parser = |s: &str| filter("correlation_id", s))]
         correlation_id: Option<String>,
         /// A JSON object the payload contains (jsonb @>).
-        #[arg(long, value_name = "JSON")]
-        payload_contains: Option<String>,
+        #[arg(long, value_name = "JSON", value_parser = |s: &str| candystore::query::containment(s).map_err(|e| e.reason))]
+        payload_contains: Option<serde_json::Value>,
         /// Events at or after this time (RFC 3339, or YYYY-MM-DD).
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = cli_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
         /// Events at or before this time (RFC 3339, or YYYY-MM-DD).
-        #[arg(long, value_name = "TIME")]
-        until: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = cli_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
         /// Events per second; 0 for as fast as the broker confirms.
         #[arg(long, default_value_t = 0)]
         rate: u64,
@@ -202,11 +207,11 @@ struct DeadLetterFilter {
     #[arg(long)]
     routing_key: Option<String>,
     /// Received at or after (RFC 3339, or YYYY-MM-DD).
-    #[arg(long, value_name = "TIME")]
-    since: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = cli_time)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
     /// Received at or before (RFC 3339, or YYYY-MM-DD).
-    #[arg(long, value_name = "TIME")]
-    until: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = cli_time)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Subcommand)]
@@ -260,10 +265,17 @@ const EXIT_CODES: &str = "Exit codes:
   0   a clean stop: everything held was committed and acked
   1   a command failed (the message says why)
   2   a bad setting or argument (one line names it); do not restart in a loop
-  70  the consumer or the writer task ended or panicked; restart
+  70  a supervised task (consumer, writer, a background job) ended or panicked; restart
   3   `candystore verify` found the sealed history altered (it names the first event)
   75  SIGTERM took longer than SHUTDOWN_TIMEOUT (what was not committed is redelivered)
   130 `candystore replay` interrupted by Ctrl-C (it printed the position for --resume)";
+
+/// A command line the options' own parsers could not refuse (two options that
+/// contradict each other, a `--resume` this command never printed): exit 2, like
+/// clap's own refusals.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
 
 fn main() -> ExitCode {
     let help = format!("{}\n{EXIT_CODES}", Settings::help());
@@ -292,7 +304,7 @@ fn main() -> ExitCode {
             Command::Serve => serve(settings).await,
             Command::Migrate => migrate(&settings).await,
             Command::Maintain => maintain(&settings).await,
-            Command::Archive { before, to, drop } => archive(&settings, &before, &to, drop).await,
+            Command::Archive { before, to, drop } => archive(&settings, before, &to, drop).await,
             Command::Restore { files } => restore(&settings, &files).await,
             Command::Publish {
                 count,
@@ -360,23 +372,28 @@ fn main() -> ExitCode {
                 rate,
                 resume,
             } => {
-                let mut pairs: Vec<(&'static str, String)> = [
-                    ("session_id", session_id),
-                    ("event_type", event_type),
-                    ("source", source),
-                    ("target", target),
-                    ("correlation_id", correlation_id),
-                    ("payload_contains", payload_contains),
-                ]
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| (k, v)))
-                .collect();
-                for (name, value) in [("start_time", since), ("end_time", until)] {
-                    if let Some(v) = value {
-                        pairs.push((name, parse_date(&v)?.to_rfc3339()));
-                    }
+                if let (Some(s), Some(u)) = (since, until)
+                    && u < s
+                {
+                    return Err(Usage("invalid --until: it is before --since".into()).into());
                 }
-                replay(&settings, pairs, &exchange, rate, resume.as_deref()).await
+                let query = candystore::query::EventQuery {
+                    filters: [
+                        ("session_id", session_id),
+                        ("event_type", event_type),
+                        ("source", source),
+                        ("target", target),
+                        ("correlation_id", correlation_id),
+                    ]
+                    .into_iter()
+                    .filter_map(|(k, v)| v.map(|v| (k, v)))
+                    .collect(),
+                    start_time: since,
+                    end_time: until,
+                    payload_contains,
+                    ..Default::default()
+                };
+                replay(&settings, query, &exchange, rate, resume.as_deref()).await
             }
         }
     });
@@ -390,6 +407,10 @@ fn main() -> ExitCode {
                 error = format!("{e:#}"),
                 "candystore cannot start with this setting"
             );
+            eprintln!("candystore: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(e) if e.downcast_ref::<Usage>().is_some() => {
             eprintln!("candystore: {e:#}");
             ExitCode::from(2)
         }
@@ -477,22 +498,27 @@ async fn maintain(settings: &Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_date(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+/// A time option (`--before`, `--since`, `--until`): a date (midnight UTC) or an
+/// RFC 3339 time. Clap names the option in the error and exits 2.
+fn cli_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
     }
-    candystore::envelope::parse_time(s).ok_or_else(|| {
-        anyhow::anyhow!("invalid --before {s:?}: expected YYYY-MM-DD or an RFC 3339 time")
-    })
+    candystore::envelope::parse_time(s)
+        .ok_or_else(|| "expected YYYY-MM-DD or an RFC 3339 time".to_owned())
+}
+
+/// An equality filter option: a value a stored identifier could be.
+fn filter(name: &'static str, s: &str) -> Result<String, String> {
+    candystore::query::identifier(name, s).map_err(|e| e.reason)
 }
 
 async fn archive(
     settings: &Settings,
-    before: &str,
+    before: chrono::DateTime<chrono::Utc>,
     dir: &std::path::Path,
     drop: bool,
 ) -> anyhow::Result<ExitCode> {
-    let before = parse_date(before)?;
     let target = db::pg_config(&settings.database_url)?;
     let mut client = storage::connect(&target).await?;
     let bar = Bar::new();
@@ -604,22 +630,14 @@ async fn publish(settings: &Settings, spec: LoadSpec) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-fn dead_letter_filter(ids: Vec<i64>, f: DeadLetterFilter) -> anyhow::Result<Filter> {
-    let time = |name: &str, v: Option<String>| -> anyhow::Result<_> {
-        v.map(|s| {
-            parse_date(&s).map_err(|_| {
-                anyhow::anyhow!("invalid --{name} {s:?}: expected YYYY-MM-DD or an RFC 3339 time")
-            })
-        })
-        .transpose()
-    };
-    Ok(Filter {
+fn dead_letter_filter(ids: Vec<i64>, f: DeadLetterFilter) -> Filter {
+    Filter {
         ids,
         reason: f.reason,
         routing_key: f.routing_key,
-        since: time("since", f.since)?,
-        until: time("until", f.until)?,
-    })
+        since: f.since,
+        until: f.until,
+    }
 }
 
 async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow::Result<ExitCode> {
@@ -628,13 +646,15 @@ async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow
     let mut client = db::connect(&target).await?;
     let selected = |filter: &Filter, all: bool| {
         if filter.is_empty() && !all {
-            anyhow::bail!("select dead letters by id or filter, or pass --all");
+            return Err(anyhow::Error::from(Usage(
+                "select dead letters by id or filter, or pass --all".into(),
+            )));
         }
         Ok(())
     };
     match command {
         DeadLetterCommand::List { filter, limit } => {
-            let filter = dead_letter_filter(Vec::new(), filter)?;
+            let filter = dead_letter_filter(Vec::new(), filter);
             println!(
                 "{:>10}  {:<27}  {:<22}  {:>9}  {:>7}  routing key",
                 "id", "received at", "reason", "bytes", "replays"
@@ -669,7 +689,7 @@ async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow
             force,
             all,
         } => {
-            let filter = dead_letter_filter(ids, filter)?;
+            let filter = dead_letter_filter(ids, filter);
             selected(&filter, all)?;
             let publisher =
                 candystore::source::publish::Republisher::connect(&settings.rabbit_url).await?;
@@ -685,7 +705,7 @@ async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow
             dry_run,
             all,
         } => {
-            let filter = dead_letter_filter(ids, filter)?;
+            let filter = dead_letter_filter(ids, filter);
             selected(&filter, all)?;
             let gone = dl::purge(&mut client, &filter, dry_run).await?;
             let verb = if dry_run { "would delete" } else { "deleted" };
@@ -703,18 +723,18 @@ async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow
 
 async fn replay(
     settings: &Settings,
-    filters: Vec<(&'static str, String)>,
+    query: candystore::query::EventQuery,
     exchange: &str,
     rate: u64,
     resume: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     use candystore::ops::replay::{self, Progress, Replay};
-    let query = candystore::api::query::EventQuery::from_pairs(filters)
-        .map_err(|p| anyhow::anyhow!("{}", p.detail.replace("parameter", "option")))?;
     let resume = resume
         .map(|r| {
             candystore::api::query::Cursor::decode(r).ok_or_else(|| {
-                anyhow::anyhow!("invalid --resume {r:?}: not a position this command printed")
+                Usage(format!(
+                    "invalid --resume {r:?}: not a position this command printed"
+                ))
             })
         })
         .transpose()?;

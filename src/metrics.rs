@@ -93,6 +93,8 @@ pub struct Metrics {
     pub events_received: IntCounterVec,
     pub events_stored: IntCounterVec,
     pub events_failed: IntCounterVec,
+    /// Supervised tasks (source, sink, each background job) that ended or panicked.
+    pub task_failures: IntCounterVec,
     pub storage_latency: Histogram,
     pub storage_latency_last_ms: prometheus::Gauge,
     pub consumer_connected: IntGauge,
@@ -197,6 +199,13 @@ impl Metrics {
                     "Deliveries that could not be stored as events (dead-lettered)"
                 ),
                 &["event_type", "error_type"]
+            )),
+            task_failures: reg!(IntCounterVec::new(
+                Opts::new(
+                    "candystore_task_failures_total",
+                    "Supervised tasks (source, sink, maintenance, audit-tree, catalog) that panicked or ended before shutdown; the first is logged and the process exits for its supervisor to restart it"
+                ),
+                &["task"]
             )),
             storage_latency: reg!(histogram(
                 "candystore_storage_latency_seconds",

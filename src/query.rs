@@ -85,6 +85,57 @@ pub struct EventQuery {
     pub payload_contains: Option<serde_json::Value>,
 }
 
+/// A filter value no stored event could match: which filter, and why. The API
+/// answers it as a problem naming the parameter; the CLI names its option.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}: {reason}")]
+pub struct InvalidFilter {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+impl InvalidFilter {
+    fn new(name: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            name,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// An equality filter's value: what a stored identifier could be.
+pub fn identifier(name: &'static str, value: &str) -> Result<String, InvalidFilter> {
+    if value.is_empty() || value.contains('\0') {
+        return Err(InvalidFilter::new(name, "must be non-empty text"));
+    }
+    if value.len() > crate::envelope::MAX_IDENT_BYTES {
+        return Err(InvalidFilter::new(
+            name,
+            "is longer than 1024 bytes, which no stored value is",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// `payload_contains`: a JSON object, matched by jsonb containment. PostgreSQL's
+/// jsonb cannot hold `\u0000`, so a document with one could match nothing: it is
+/// refused here rather than failing in the database.
+pub fn containment(value: &str) -> Result<serde_json::Value, InvalidFilter> {
+    const NAME: &str = "payload_contains";
+    let doc: serde_json::Value = serde_json::from_str(value)
+        .map_err(|e| InvalidFilter::new(NAME, format!("is not JSON: {e}")))?;
+    if !doc.is_object() {
+        return Err(InvalidFilter::new(NAME, "must be a JSON object"));
+    }
+    if crate::envelope::json_has_nul(&doc) {
+        return Err(InvalidFilter::new(
+            NAME,
+            "contains \\u0000, which no stored payload can hold",
+        ));
+    }
+    Ok(doc)
+}
+
 /// The equality filters, each on a column that leads an index.
 pub const FILTERS: [&str; 5] = [
     "session_id",

@@ -1,7 +1,7 @@
-//! Supervision of the pipeline tasks: never a process that serves but does not
-//! ingest.
+//! Supervision of the pipeline tasks and the background jobs: never a process
+//! that serves but does not ingest, sign, or keep its partitions.
 //!
-//! The consumer and the writer run until shutdown. If either ends or panics
+//! The consumer, the writer and the jobs run until shutdown. If either ends or panics
 //! before shutdown was asked for, [`Supervisor::fail`] logs the cause once, turns
 //! `/ready` to 503 and fires [`Supervisor::failed`]; `main` then shuts down
 //! within SHUTDOWN_TIMEOUT and exits non-zero so the process supervisor restarts
@@ -21,6 +21,7 @@ pub struct Supervisor {
     stopping: AtomicBool,
     failed: CancellationToken,
     cause: Mutex<Option<String>>,
+    task: Mutex<Option<&'static str>>,
 }
 
 impl Supervisor {
@@ -35,6 +36,7 @@ impl Supervisor {
         if first.is_none() {
             tracing::error!(task, cause = %cause, "pipeline task failed; the process will exit for its supervisor to restart it");
             *first = Some(format!("{task}: {cause}"));
+            *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
             self.failed.cancel();
         }
     }
@@ -51,6 +53,11 @@ impl Supervisor {
     /// The first failure, as `task: cause`.
     pub fn cause(&self) -> Option<String> {
         self.cause.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The task that failed first.
+    pub fn failed_task(&self) -> Option<&'static str> {
+        *self.task.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs a pipeline task, catching its panic. `None` when it panicked. Ending

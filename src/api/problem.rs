@@ -145,3 +145,9 @@ fn sqlstate(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     }
     None
 }
+
+impl From<crate::query::InvalidFilter> for Problem {
+    fn from(e: crate::query::InvalidFilter) -> Self {
+        Problem::bad_parameter(e.name, e.reason)
+    }
+}

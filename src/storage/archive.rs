@@ -165,13 +165,16 @@ pub async fn archive_partition(
         p.start(&partition.name, expected as u64);
     }
 
-    // PostgreSQL renders each row; a thread compresses and hashes.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    // PostgreSQL renders each row; a blocking thread compresses and hashes, fed
+    // through an async channel (the runtime's workers never wait on it). The
+    // `.part` file goes away if this future is dropped before the rename.
+    let part = PartFile(Some(part_path.clone()));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
     let writer_path = part_path.clone();
-    let writer = std::thread::spawn(move || -> std::io::Result<(u64, String)> {
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
         let file = HashingWriter::new(File::create(&writer_path)?);
         let mut enc = zstd::stream::write::Encoder::new(file, ZSTD_LEVEL)?;
-        for chunk in rx {
+        while let Some(chunk) = rx.blocking_recv() {
             enc.write_all(&chunk)?;
         }
         let mut file = enc.finish()?;
@@ -213,6 +216,7 @@ pub async fn archive_partition(
         if buf.len() >= 1 << 20
             && tx
                 .send(std::mem::replace(&mut buf, Vec::with_capacity(1 << 20)))
+                .await
                 .is_err()
         {
             break;
@@ -224,21 +228,25 @@ pub async fn archive_partition(
         }
     }
     if !buf.is_empty() {
-        let _ = tx.send(buf);
+        let _ = tx.send(buf).await;
     }
     drop(tx);
     let written = writer
-        .join()
+        .await
         .map_err(|_| archive_err(&part_path, "the compressing thread panicked"))?;
-    if let Err(e) = streamed {
-        let _ = std::fs::remove_file(&part_path);
-        return Err(e);
-    }
+    // An error here leaves `part` to remove the file.
+    streamed?;
     let (bytes, sha256) = written?;
     std::fs::rename(&part_path, &path)?;
+    part.kept();
 
-    // Read it back before anyone relies on it.
-    let (lines, check) = verify_file(&path)?;
+    // Read it back before anyone relies on it (decompressing it all: a blocking thread).
+    let (lines, check) = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || verify_file(&path))
+            .await
+            .map_err(|_| archive_err(dir, "the reading-back thread panicked"))??
+    };
     if lines != count || check != sha256 {
         return Err(archive_err(
             &path,
@@ -263,6 +271,26 @@ pub async fn archive_partition(
     };
     record(dir, &entry)?;
     Ok(entry)
+}
+
+/// A `.part` file being written: removed when dropped before [`PartFile::kept`]
+/// (an error, or the archiving future dropped at shutdown's deadline), so no
+/// half-written file is left beside the archives.
+struct PartFile(Option<PathBuf>);
+
+impl PartFile {
+    /// Renamed into place: nothing to remove.
+    fn kept(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// `<partition>.ndjson.zst`, or `<partition>-2.ndjson.zst`, ... when a partition of
@@ -756,7 +784,7 @@ async fn restore_file(
     let xmax = xmax(client).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<String>>>(2);
     let reader_path = path.to_owned();
-    let reader = std::thread::spawn(move || {
+    let reader = tokio::task::spawn_blocking(move || {
         let send = |chunk| tx.blocking_send(chunk).is_ok();
         let mut file = match File::open(&reader_path).and_then(zstd::stream::read::Decoder::new) {
             Ok(d) => BufReader::with_capacity(1 << 20, d),
@@ -833,7 +861,7 @@ async fn restore_file(
             p.advance(chunk.len() as u64);
         }
     }
-    let _ = reader.join();
+    let _ = reader.await;
     // Restored rows keep their seq; new rows must be numbered above them. Each
     // was checked against the manifest's highest seq and MAX_RESTORED_SEQ.
     client

@@ -1,7 +1,7 @@
 //! The loop every background job runs in (maintenance, the audit chain's seal,
 //! the catalog): one storage connection, opened again after any failure; a step;
-//! a rest the step chooses; failures logged and retried; `stop` ends it between
-//! or during steps (a step cut short rolls back).
+//! a rest the step chooses; failures logged and retried; `stop` ends it after the
+//! step under way (or during its rest).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +62,7 @@ impl Wake {
     }
 }
 
-/// Runs `job` until `stop`. After a success the job rests for what the step
+/// Runs `job` until `stop`, which lets a step under way finish. After a success the job rests for what the step
 /// returned; after a failure, for its `retry_in`, on a new connection. A schema
 /// that is not there yet (an online migration, and the plain ones behind it, still
 /// pending) is logged at debug only.
@@ -74,21 +74,28 @@ pub async fn run_forever<J: Job>(target: crate::db::PgTarget, stop: Cancellation
         None => std::future::pending().await,
     };
     loop {
-        let outcome = async {
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
-                match super::connect(&target).await {
-                    Ok(c) => client = Some(c),
-                    Err(e) => return Err(Failed::Connect(e)),
-                }
+        // Connecting is cut by a stop (nothing is under way yet); a step under way
+        // is finished, not cut: an archive is written whole and a chain step
+        // commits. Shutdown bounds the wait (SHUTDOWN_TIMEOUT) and aborts the task
+        // past it; what a cut step held then rolls back.
+        let connected = if client.as_ref().is_none_or(|c| c.is_closed()) {
+            tokio::select! {
+                c = super::connect(&target) => c.map(|c| client = Some(c)),
+                _ = stop.cancelled() => return,
             }
-            job.step(client.as_mut().expect("connected above"))
+        } else {
+            Ok(())
+        };
+        let outcome = match connected {
+            Ok(()) => job
+                .step(client.as_mut().expect("connected above"))
                 .await
-                .map_err(Failed::Step)
+                .map_err(Failed::Step),
+            Err(e) => Err(Failed::Connect(e)),
         };
-        let outcome = tokio::select! {
-            o = outcome => o,
-            _ = stop.cancelled() => return,
-        };
+        if stop.is_cancelled() {
+            return;
+        }
         let rest = match outcome {
             Ok(rest) => rest,
             Err(Failed::Connect(e)) => {

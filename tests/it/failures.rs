@@ -309,6 +309,13 @@ async fn an_audit_tree_job_that_stops_makes_the_service_unready() {
     assert!(cause.starts_with("audit-tree: panicked"), "{cause}");
     let r = app.http.get(app.api("/ready")).send().await.unwrap();
     assert_eq!(r.status(), 503);
+    // Counted by name (the counter is raised just after /ready turns).
+    app.wait_until(Duration::from_secs(5), || async {
+        app.metric_labelled("candystore_task_failures_total", "task=\"audit-tree\"")
+            .await
+            == 1.0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -377,6 +384,31 @@ async fn a_session_holding_a_lock_the_writer_needs_times_the_write_out_and_nothi
     assert_eq!(health.status(), 200, "the process serves while it waits");
 
     blocker.batch_execute("COMMIT").await.unwrap();
-    app.wait_for_rows("events", 20).await;
+    // Every event stored once, nothing left in the queue or unacked.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app.count("events").await < 20 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored: Vec<String> = app
+        .db
+        .query("SELECT id FROM events ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        stored.len(),
+        20,
+        "stored {stored:?}; dead letters {}; queue (ready, consumers) {:?}; metrics:\n{}",
+        app.count("dead_letter").await,
+        app.queue_state().await,
+        app.metrics_text()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("candystore_") && !l.contains("_bucket"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert_eq!(app.queue_state().await, (0, 1));
 }

@@ -134,37 +134,14 @@ pub(crate) fn parse_time_parameter(
         .ok_or_else(|| Problem::bad_parameter(name, format!("{value:?} is not an RFC 3339 time")))
 }
 
-/// An equality filter's value: what a stored identifier could be.
+/// An equality filter's value (`query::identifier`), as a problem naming it.
 pub(crate) fn parse_identifier(name: &'static str, value: &str) -> Result<String, Problem> {
-    if value.is_empty() || value.contains('\0') {
-        return Err(Problem::bad_parameter(name, "must be non-empty text"));
-    }
-    if value.len() > MAX_IDENT_BYTES {
-        return Err(Problem::bad_parameter(
-            name,
-            "is longer than 1024 bytes, which no stored value is",
-        ));
-    }
-    Ok(value.to_owned())
+    crate::query::identifier(name, value).map_err(Problem::from)
 }
 
-/// `payload_contains`: a JSON object, matched by jsonb containment. PostgreSQL's
-/// jsonb cannot hold `\u0000`, so a document with one could match nothing: it is
-/// refused here rather than failing in the database.
+/// `payload_contains` (`query::containment`), as a problem naming it.
 pub(crate) fn parse_containment(value: &str) -> Result<serde_json::Value, Problem> {
-    const NAME: &str = "payload_contains";
-    let doc: serde_json::Value = serde_json::from_str(value)
-        .map_err(|e| Problem::bad_parameter(NAME, format!("is not JSON: {e}")))?;
-    if !doc.is_object() {
-        return Err(Problem::bad_parameter(NAME, "must be a JSON object"));
-    }
-    if crate::envelope::json_has_nul(&doc) {
-        return Err(Problem::bad_parameter(
-            NAME,
-            "contains \\u0000, which no stored payload can hold",
-        ));
-    }
-    Ok(doc)
+    crate::query::containment(value).map_err(Problem::from)
 }
 
 /// Whether `id` could name a stored row: stored identifiers hold no NUL and at
