@@ -130,6 +130,12 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             .context("cannot read the replay secret")?;
         (replay_key, signer)
     };
+    // Every instance derives the same ticket key from the installation's secret;
+    // without one yet (migration 0017 pending), a key of this process.
+    let tickets = Arc::new(api::tickets::Tickets::new(&match &replay_key {
+        Some(k) => k.derive(b"stream tickets"),
+        None => rand::random(),
+    }));
     if replay_key.is_none() {
         tracing::warn!(
             "no replay secret yet (migration 0017 pending): replayed deliveries are stored and absorbed as duplicates"
@@ -305,6 +311,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         lifecycle: lifecycle.clone(),
         database_display: redact_url(&settings.database_url),
         public_key: signer.verifier().encode(),
+        tickets,
         table_sizes: Arc::default(),
         partitions: Arc::default(),
     };

@@ -55,6 +55,15 @@ impl ReplayKey {
         }
     }
 
+    /// A key for another use of the installation's secret (`purpose` names it),
+    /// which shares nothing with the replay marks: HMAC(secret, purpose).
+    pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(b"candystore derived key\0");
+        mac.update(purpose);
+        mac.finalize().into_bytes().into()
+    }
+
     /// The MAC state over what a mark covers.
     fn over(&self, seq: i64, routing_key: &str, body: &[u8]) -> HmacSha256 {
         let mut mac = self.mac.clone();

@@ -90,6 +90,8 @@ pub struct ApiState {
     pub partitions: Arc<query::span::KnownPartitions>,
     /// The checkpoint signing key's public half (`audit::note`), as served.
     pub public_key: String,
+    /// Makes and checks live-tail tickets (signed, never stored).
+    pub tickets: Arc<tickets::Tickets>,
 }
 
 /// Binds the REST API. Returns the server (not yet polled) and the bound address.

@@ -345,7 +345,7 @@ pub async fn stream(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
     // The auth middleware let a request with a ticket through without a bearer
     // token: the ticket is the credential, and it is spent here, once.
     if let Some(ticket) = ticket {
-        super::tickets::spend(&state, &ticket).await?;
+        super::tickets::spend(&state, &ticket)?;
     }
     let Ok(permit) = state.streams.slots.clone().try_acquire_owned() else {
         return Ok(Problem::new(
