@@ -395,7 +395,7 @@ impl Metrics {
             )),
             inflight_bytes: reg!(IntGauge::new(
                 "candystore_inflight_bytes",
-                "Bytes of decoded records between the consumer and COMMIT, as last taken by the consumer; at most MAX_INFLIGHT_BYTES"
+                "Bytes of decoded records held between the consumer and COMMIT (0 once every batch is written); at most MAX_INFLIGHT_BYTES"
             )),
             prefetch: reg!(IntGauge::new(
                 "candystore_prefetch",
@@ -528,7 +528,6 @@ impl Metrics {
     /// Counts one delivery as received.
     pub fn observe_received(&self, record: &Record) {
         self.deliveries_received.inc();
-        self.in_flight.inc();
         if let Record::Event(e) = record {
             self.events_decoded.inc();
             let source = self.source_label(&e.source);
@@ -567,6 +566,25 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One unit of a gauge, held: raised when made, lowered when dropped, so the gauge
+/// counts what is alive on every path (sent, abandoned at shutdown, or settled),
+/// never by hand.
+#[derive(Debug)]
+pub struct Raised(IntGauge);
+
+impl Raised {
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

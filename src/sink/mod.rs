@@ -74,6 +74,8 @@ pub async fn run(
 /// A committed batch waiting for its acks.
 struct Committed {
     tokens: Vec<AckToken>,
+    /// The records' units of `candystore_in_flight`, lowered once they are acked.
+    in_flight: Vec<crate::metrics::Raised>,
     written: Written,
     rows: usize,
     bytes: usize,
@@ -100,11 +102,14 @@ async fn write_batch(
     let mut received = Vec::with_capacity(n);
     // The records' share of MAX_INFLIGHT_BYTES is given back once they are written.
     let mut memory = Vec::with_capacity(n);
+    // Each record counts as in flight until its batch is settled.
+    let mut in_flight = Vec::with_capacity(n);
     for item in batch.items {
         records.push(item.record);
         tokens.push(item.ack);
         received.push(item.received);
         memory.push(item.memory);
+        in_flight.push(item.in_flight);
     }
     let written = write_all(&mut records, &mut writer, &opts, &metrics).await;
     let committed = Instant::now();
@@ -123,6 +128,7 @@ async fn write_batch(
     metrics.batches_committed.inc();
     let done = Committed {
         tokens,
+        in_flight,
         written,
         rows: n,
         bytes: batch.bytes,
@@ -143,7 +149,7 @@ async fn settle(done: Committed, opts: &SinkOptions, metrics: &Metrics) {
         metrics.ack_frames.inc_by(settled.frames as u64);
         metrics.ack_failures.inc_by(settled.failed as u64);
     }
-    metrics.in_flight.sub(done.rows as i64);
+    drop(done.in_flight);
     tracing::debug!(
         rows = done.rows,
         bytes = done.bytes,

@@ -19,6 +19,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::mpsc;
+
+use super::MemoryShare;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -310,6 +312,7 @@ async fn session(
         }
         let record = decode::decode(raw);
         metrics.observe_received(&record);
+        let in_flight = crate::metrics::Raised::new(&metrics.in_flight);
         // Wait for room under MAX_INFLIGHT_BYTES (a record larger than the whole
         // budget takes all of it). Meanwhile nothing is read, acks go on, and the
         // broker stops at PREFETCH_COUNT unacked deliveries.
@@ -317,35 +320,31 @@ async fn session(
         let memory = tokio::select! {
             biased;
             _ = stop.cancelled() => {
-                metrics.in_flight.dec();
+                drop(in_flight);
                 return stopped(connection, channel, consumer_tag, depth).await;
             }
-            permit = budget.clone().acquire_many_owned(share) => match permit {
-                Ok(p) => p,
-                Err(_) => return Ok(Outcome::WriterGone),
+            share = MemoryShare::acquire(budget, cfg.max_inflight_bytes, share, &metrics.inflight_bytes) => match share {
+                Some(s) => s,
+                None => return Ok(Outcome::WriterGone),
             },
         };
-        metrics
-            .inflight_bytes
-            .set((cfg.max_inflight_bytes - budget.available_permits()) as i64);
         let inbound = Inbound {
             record,
             ack: AckToken::new(acks.clone(), tag),
             received,
             memory,
+            in_flight,
         };
         tokio::select! {
             biased;
             sent = tx.send(inbound) => {
                 if sent.is_err() {
-                    metrics.in_flight.dec();
                     return Ok(Outcome::WriterGone);
                 }
                 metrics.channel_sent.inc();
             }
             _ = stop.cancelled() => {
                 // The record in hand is dropped unacked: the broker redelivers it.
-                metrics.in_flight.dec();
                 return stopped(connection, channel, consumer_tag, depth).await;
             }
         }

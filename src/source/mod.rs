@@ -24,5 +24,48 @@ pub struct Inbound {
     pub received: Instant,
     /// This record's share of MAX_INFLIGHT_BYTES, given back when it is dropped
     /// (after its batch committed, or when it is abandoned unacked).
-    pub memory: tokio::sync::OwnedSemaphorePermit,
+    pub memory: MemoryShare,
+    /// Its unit of `candystore_in_flight` (received, not yet settled).
+    pub in_flight: crate::metrics::Raised,
+}
+
+/// A record's share of MAX_INFLIGHT_BYTES. Dropping it gives the share back and
+/// sets `candystore_inflight_bytes` to what is still held, so the gauge falls when
+/// a batch is written, not only when the next delivery arrives.
+#[derive(Debug)]
+pub struct MemoryShare {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
+    max: usize,
+    gauge: prometheus::IntGauge,
+}
+
+impl MemoryShare {
+    /// Waits for `share` bytes of the `max`-byte budget; `None` when it was closed.
+    pub async fn acquire(
+        budget: &std::sync::Arc<tokio::sync::Semaphore>,
+        max: usize,
+        share: u32,
+        gauge: &prometheus::IntGauge,
+    ) -> Option<Self> {
+        let permit = budget.clone().acquire_many_owned(share).await.ok()?;
+        gauge.set(held(budget, max));
+        Some(Self {
+            permit: Some(permit),
+            budget: budget.clone(),
+            max,
+            gauge: gauge.clone(),
+        })
+    }
+}
+
+impl Drop for MemoryShare {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.gauge.set(held(&self.budget, self.max));
+    }
+}
+
+fn held(budget: &tokio::sync::Semaphore, max: usize) -> i64 {
+    max.saturating_sub(budget.available_permits()) as i64
 }

@@ -49,6 +49,8 @@ async fn the_books_balance_after_a_mixed_stream() {
     );
     assert_eq!(app.count("events").await as f64, stored);
     assert_eq!(app.count("dead_letter").await as f64, dead);
+    // Every record's share of MAX_INFLIGHT_BYTES is given back, and the gauge says so.
+    assert_eq!(app.metric("candystore_inflight_bytes").await, 0.0);
 }
 
 #[tokio::test]
