@@ -130,7 +130,7 @@ async fn main() {
         .unwrap();
     let url = format!("{PG}/{name}");
     let mut c = connect(&url).await;
-    candystore::db::migrate(&mut c).await.unwrap();
+    candystore::schema::migrate(&mut c).await.unwrap();
     let ring = Keyring::new(&["a-bench-audit-key-of-at-least-32-chars".to_string()]).unwrap();
     let signer = std::sync::Arc::new(SigningKey::generate("candystore.bench/audit").unwrap());
     let mut tree = Tree::new(signer.clone(), Some(std::sync::Arc::new(ring.clone())));

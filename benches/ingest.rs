@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use candystore::app::{self, AppOptions};
 use candystore::config::Settings;
-use candystore::db;
+use candystore::schema;
 use candystore::source::publish::{LoadSpec, Publisher};
 use futures::StreamExt;
 use lapin::options::{
@@ -214,7 +214,7 @@ async fn migrated_db(name: &str) -> (Client, Client) {
             .unwrap();
     }
     let mut db = connect(&format!("{PG}/{name}")).await;
-    db::migrate(&mut db).await.unwrap();
+    schema::migrate(&mut db).await.unwrap();
     (admin, db)
 }
 

@@ -19,6 +19,7 @@ use crate::config::{Settings, redact_url};
 use crate::db;
 use crate::metrics::Metrics;
 use crate::replay_mark;
+use crate::schema;
 use crate::sink::{self, SinkOptions, Writer};
 use crate::source::amqp::{self, BrokerLink, BrokerStatus, SourceConfig};
 use crate::storage::job;
@@ -112,7 +113,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         let client = db::connect(&pg)
             .await
             .context("cannot connect to DATABASE_URL")?;
-        db::check_schema(&client).await?;
+        schema::check_schema(&client).await?;
         let signer = Arc::new(signing_key(&settings, &pg)?);
         if let Err(e) = crate::audit::trail::check_start(&client, &signer, keyring.is_some()).await
         {

@@ -4,7 +4,9 @@
 //! parsed from text with one rule, so a bad value is always reported the same way:
 //! one line naming the variable and the value. The environment wins over the file.
 
+pub use crate::source::amqp::QueueType;
 use crate::storage::PartitionInterval;
+pub use crate::telemetry::LogFormat;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -313,22 +315,6 @@ pub enum ConfigError {
     File { path: String, reason: String },
     #[error("unknown setting {key:?} in config file {path}")]
     UnknownKey { path: String, key: String },
-}
-
-/// The kind of queue this service declares and consumes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QueueType {
-    Classic,
-    /// A quorum queue with a delivery limit: a message that has been delivered
-    /// RABBIT_DELIVERY_LIMIT times without an ack (because it killed the consumer,
-    /// say) is moved by the broker to `<queue>.parked` instead of looping forever.
-    Quorum,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Console,
 }
 
 /// The validated settings of one process.

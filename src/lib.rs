@@ -19,6 +19,7 @@ pub mod ops;
 pub mod query;
 pub mod replay_mark;
 pub mod retry;
+pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod storage;

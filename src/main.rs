@@ -459,7 +459,9 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
     let config = db::pg_config(&settings.database_url)?;
     let mut client = db::connect(&config).await?;
-    let applied = db::migrate_with(&mut client, settings.partition_interval, i64::MAX).await?;
+    let applied =
+        candystore::schema::migrate_with(&mut client, settings.partition_interval, i64::MAX)
+            .await?;
     if applied.is_empty() {
         println!("database is up to date");
     } else {

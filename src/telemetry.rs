@@ -2,10 +2,15 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
-
 const QUIET_DEPENDENCIES: &str =
     "tokio_postgres=warn,lapin=warn,actix_server=warn,actix_web=warn,amq_protocol=warn";
+
+/// How log lines are written (LOG_FORMAT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Console,
+}
 
 /// Installs the global subscriber. A second call (tests) is a no-op.
 pub fn init(level: &str, format: LogFormat) {

@@ -28,10 +28,19 @@ use super::Inbound;
 use super::ack::{AckChannel, AckError, AckToken, Acknowledge};
 use super::decode::{self, FrameRepairs, Properties, RawDelivery};
 use super::prefetch::Prefetch;
-use crate::config::QueueType;
 use crate::metrics::Metrics;
 use crate::replay_mark::{self, Mark};
 use crate::retry::Backoff;
+
+/// The kind of queue this service declares and consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueType {
+    Classic,
+    /// A quorum queue with a delivery limit: a message that has been delivered
+    /// RABBIT_DELIVERY_LIMIT times without an ack (because it killed the consumer,
+    /// say) is moved by the broker to `<queue>.parked` instead of looping forever.
+    Quorum,
+}
 
 /// What the consumer needs to know.
 #[derive(Clone, Debug)]

@@ -199,3 +199,14 @@ pub async fn is_partitioned(client: &Client, table: Table) -> Result<bool, Stora
         .await?;
     Ok(row.get(0))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_metrics_label_every_partitioned_table() {
+        assert_eq!(
+            super::Table::ALL.map(super::Table::name),
+            crate::metrics::PARTITIONED_TABLES
+        );
+    }
+}

@@ -45,7 +45,7 @@ impl OnlineIndex {
         client.batch_execute(&super::session_settings()).await?;
         // Index builds wait for writers' transactions; no lock wait is short here.
         client.batch_execute("SET lock_timeout = 0").await?;
-        // Tried rather than waited for, for the reason `db::migrate_with` gives.
+        // Tried rather than waited for, for the reason `schema::migrate_with` gives.
         while !client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
             .await?

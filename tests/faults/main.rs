@@ -42,7 +42,7 @@ impl Bench {
             .await
             .unwrap();
         let mut db = connect(&format!("{PG}/{name}")).await;
-        candystore::db::migrate(&mut db).await.unwrap();
+        candystore::schema::migrate(&mut db).await.unwrap();
         let log = std::env::temp_dir().join(format!("{name}.log"));
         Bench {
             name,

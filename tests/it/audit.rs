@@ -455,7 +455,7 @@ async fn an_upgrade_from_before_the_tree_continues_the_legacy_chain_and_judges_b
     publish_n(&app, "before", 0..10).await;
     app.wait_for_rows("events", 10).await;
     let mut c = connect(&app.db_url).await;
-    candystore::db::migrate(&mut c).await.unwrap();
+    candystore::schema::migrate(&mut c).await.unwrap();
     // Writers pick the tree up on their next batch, without a restart.
     publish_n(&app, "after", 0..10).await;
     app.wait_for_rows("events", 20).await;

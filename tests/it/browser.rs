@@ -125,26 +125,9 @@ fetch(api + "/events/stream/tickets", {{ method: "POST", headers: {{ "Authorizat
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
-    let ticket: serde_json::Value = app
-        .http
-        .post(app.api("/events/stream/tickets"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let t = ticket["ticket"].as_str().unwrap();
-    let first = app
-        .http
-        .get(app.api(&format!("/events/stream?ticket={t}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(first.status(), 200);
-    drop(first);
-    for bad in [t, "not-a-ticket"] {
+    let (t, first) = app.open_stream_by_ticket(Some(TOKEN)).await;
+    assert_eq!(first, 200);
+    for bad in [t.as_str(), "not-a-ticket"] {
         let res = app
             .http
             .get(app.api(&format!("/events/stream?ticket={bad}")))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use candystore::app::{self, AppOptions, Running};
 use candystore::config::Settings;
-use candystore::db;
+use candystore::schema;
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -61,7 +61,7 @@ pub async fn spawn_app_prepared(
         .await
         .expect("create test database");
     let mut db = connect(&db_url).await;
-    db::migrate_with(&mut db, candystore::storage::PartitionInterval::Day, upto)
+    schema::migrate_with(&mut db, candystore::storage::PartitionInterval::Day, upto)
         .await
         .expect("migrate test database");
     if !prepare.is_empty() {
@@ -216,6 +216,24 @@ impl TestApp {
             .expect("publish");
     }
 
+    /// A live-tail ticket (with `token` as the bearer, if given), and the status
+    /// of the stream it opens.
+    pub async fn open_stream_by_ticket(&self, token: Option<&str>) -> (String, u16) {
+        let mut req = self.http.post(self.api("/events/stream/tickets"));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let ticket: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+        let t = ticket["ticket"].as_str().unwrap().to_owned();
+        let stream = self
+            .http
+            .get(self.api(&format!("/events/stream?ticket={t}")))
+            .send()
+            .await
+            .unwrap();
+        (t, stream.status().as_u16())
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         self.db
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
@@ -363,7 +381,7 @@ impl TempDb {
             .expect("create test database");
         let url = format!("{PG}/{name}");
         if migrated {
-            db::migrate(&mut connect(&url).await)
+            schema::migrate(&mut connect(&url).await)
                 .await
                 .expect("migrate test database");
         }

@@ -76,3 +76,161 @@ fn nothing_below_the_api_depends_on_it() {
         }
     }
 }
+
+/// The crate's top-level modules, highest first: each may import only those
+/// after it (ARCHITECTURE.md, "Layers"). `main.rs` and `lib.rs` sit above all.
+const ORDER: &[&str] = &[
+    "app",
+    "supervise",
+    "api",
+    "ops",
+    "sink",
+    "batch",
+    "config",
+    "schema",
+    "audit",
+    "storage",
+    "source",
+    "metrics",
+    "db",
+    "query",
+    "envelope",
+    "replay_mark",
+    "telemetry",
+    "retry",
+    "hex",
+];
+
+/// Imports that still point up, each named with what it is: the list only
+/// shrinks (a test fails when one is gone, so it is struck off here).
+const STILL_UP: &[(&str, &str)] = &[
+    // Retention adds a leaf to the audit tree for each dropped range, and restore
+    // marks redacted rows: storage calls into audit::{attest, leaf, store, redact}
+    // while audit's jobs run on storage's job loop. Issue 21 moves the job loop
+    // out of storage, then audit sits below it.
+    ("storage", "audit"),
+];
+
+/// The top-level modules `text` names through `crate::` (comments skipped):
+/// `crate::a::…` and each first segment of `crate::{a, b::{…}}`.
+fn crate_imports(text: &str) -> Vec<String> {
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = Vec::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // The group up to its closing brace, cut at the commas of depth 0.
+            let (mut depth, mut parts, mut start) = (0, Vec::new(), 0);
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        parts.push(&group[start..i]);
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        parts.push(&group[start..i]);
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            for part in parts {
+                let name: String = part
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    out.push(name);
+                }
+            }
+        } else {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Every (importer, imported) pair of top-level modules, with a file that does it.
+fn module_imports() -> Vec<(String, String, String)> {
+    let mut pairs = Vec::new();
+    for (path, text) in files() {
+        let top = path
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".rs")
+            .to_owned();
+        if top == "main" || top == "lib" {
+            continue;
+        }
+        for name in crate_imports(&text) {
+            if name != top && !pairs.iter().any(|(a, b, _)| *a == top && *b == name) {
+                pairs.push((top.clone(), name, path.clone()));
+            }
+        }
+    }
+    pairs
+}
+
+#[test]
+fn every_import_points_down_the_stated_order() {
+    let rank = |m: &str| ORDER.iter().position(|o| *o == m);
+    let mut up = Vec::new();
+    for (from, to, path) in module_imports() {
+        let (Some(a), Some(b)) = (rank(&from), rank(&to)) else {
+            panic!("{path}: module {from} or {to} is not in ORDER (tests/it/layers.rs)");
+        };
+        if a >= b && !STILL_UP.contains(&(from.as_str(), to.as_str())) {
+            up.push(format!("{path}: {from} imports {to}, which is above it"));
+        }
+    }
+    assert!(up.is_empty(), "imports pointing up:\n{}", up.join("\n"));
+}
+
+#[test]
+fn every_import_still_pointing_up_is_still_there() {
+    let pairs = module_imports();
+    for (from, to) in STILL_UP {
+        assert!(
+            pairs.iter().any(|(a, b, _)| a == from && b == to),
+            "{from} no longer imports {to}: strike it off STILL_UP"
+        );
+    }
+}
+
+#[test]
+fn every_module_is_placed_in_the_order() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for entry in std::fs::read_dir(src).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let module = name.trim_end_matches(".rs");
+        if module == "main" || module == "lib" {
+            continue;
+        }
+        assert!(ORDER.contains(&module), "src/{name} is not in ORDER");
+    }
+}
+
+#[test]
+fn a_grouped_crate_import_names_each_of_its_modules() {
+    assert_eq!(
+        crate_imports("use crate::{db::{self, PgTarget}, storage::Table, hex};\n// crate::api\n"),
+        ["db", "storage", "hex"]
+    );
+    assert_eq!(
+        crate_imports("let x = crate::query::EventQuery::default();"),
+        ["query"]
+    );
+}

@@ -1,7 +1,7 @@
 //! The migrations runner against a real PostgreSQL.
 
 use crate::helpers::TempDb;
-use candystore::db;
+use candystore::schema;
 use candystore::storage::{PartitionInterval, Range, Table, partition};
 use chrono::Utc;
 
@@ -9,9 +9,9 @@ use chrono::Utc;
 async fn two_processes_migrating_at_once_both_succeed() {
     let db = TempDb::new(false).await;
     let (mut a, mut b) = (db.client().await, db.client().await);
-    let (ra, rb) = tokio::join!(db::migrate(&mut a), db::migrate(&mut b));
+    let (ra, rb) = tokio::join!(schema::migrate(&mut a), schema::migrate(&mut b));
     let (ra, rb) = (ra.expect("first runner"), rb.expect("second runner"));
-    let total = db::migrations().unwrap().len();
+    let total = schema::migrations().unwrap().len();
     assert_eq!(
         ra.len() + rb.len(),
         total,
@@ -23,9 +23,9 @@ async fn two_processes_migrating_at_once_both_succeed() {
         .unwrap()
         .get(0);
     assert_eq!(n as usize, total);
-    db::check_schema(&a).await.expect("schema is current");
+    schema::check_schema(&a).await.expect("schema is current");
     // A second run is a no-op.
-    assert!(db::migrate(&mut a).await.unwrap().is_empty());
+    assert!(schema::migrate(&mut a).await.unwrap().is_empty());
     db.drop_it().await;
 }
 
@@ -33,16 +33,16 @@ async fn two_processes_migrating_at_once_both_succeed() {
 async fn an_applied_migration_that_was_edited_is_refused() {
     let db = TempDb::new(false).await;
     let mut c = db.client().await;
-    db::migrate(&mut c).await.unwrap();
+    schema::migrate(&mut c).await.unwrap();
     c.batch_execute("UPDATE schema_migrations SET checksum = 'abc' WHERE version = 1")
         .await
         .unwrap();
-    let err = db::migrate(&mut c).await.unwrap_err().to_string();
+    let err = schema::migrate(&mut c).await.unwrap_err().to_string();
     assert!(
         err.contains("0001_events.sql") && err.contains("edited"),
         "{err}"
     );
-    assert!(db::check_schema(&c).await.is_err());
+    assert!(schema::check_schema(&c).await.is_err());
     db.drop_it().await;
 }
 
@@ -50,7 +50,7 @@ async fn an_applied_migration_that_was_edited_is_refused() {
 async fn the_schema_has_the_indexes_the_query_api_needs() {
     let db = TempDb::new(false).await;
     let mut c = db.client().await;
-    db::migrate(&mut c).await.unwrap();
+    schema::migrate(&mut c).await.unwrap();
     let rows = c
         .query(
             "SELECT indexdef FROM pg_indexes WHERE tablename = 'events'",
@@ -82,7 +82,7 @@ async fn the_type_and_source_index_is_built_online_on_every_partition_and_on_tho
     let db = TempDb::new(false).await;
     let mut c = db.client().await;
     // Partitioned (0009) and up to the migration before the index.
-    db::migrate_with(&mut c, PartitionInterval::Day, 20)
+    schema::migrate_with(&mut c, PartitionInterval::Day, 20)
         .await
         .unwrap();
     let day = |d: i64| {
@@ -111,7 +111,7 @@ async fn the_type_and_source_index_is_built_online_on_every_partition_and_on_tho
     )
     .await
     .unwrap();
-    let applied = db::migrate(&mut c).await.unwrap();
+    let applied = schema::migrate(&mut c).await.unwrap();
     assert!(
         applied.contains(&"0021_events_type_source (online)"),
         "{applied:?}"
@@ -167,7 +167,7 @@ async fn a_migration_that_deadlocks_with_the_running_service_is_tried_again() {
     // then audit_checkpoints. PostgreSQL rolls one of the two back.
     let db = TempDb::new(false).await;
     let mut c = db.client().await;
-    db::migrate_with(&mut c, candystore::storage::PartitionInterval::Day, 15)
+    schema::migrate_with(&mut c, candystore::storage::PartitionInterval::Day, 15)
         .await
         .unwrap();
     let mut service = db.client().await;
@@ -176,7 +176,7 @@ async fn a_migration_that_deadlocks_with_the_running_service_is_tried_again() {
         .await
         .unwrap();
     let migrating = tokio::spawn(async move {
-        let r = db::migrate(&mut c).await.map_err(|e| e.to_string());
+        let r = schema::migrate(&mut c).await.map_err(|e| e.to_string());
         (c, r)
     });
     // Let the migration take audit_seals and wait for audit_checkpoints.
@@ -202,7 +202,7 @@ async fn a_migration_that_deadlocks_with_the_running_service_is_tried_again() {
         applied.contains(&"0016_seal_event_times.sql"),
         "{applied:?}"
     );
-    db::check_schema(&c).await.expect("schema is current");
+    schema::check_schema(&c).await.expect("schema is current");
     drop((c, service));
     db.drop_it().await;
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use candystore::app::AppOptions;
-use candystore::db;
 use candystore::storage::{self, PartitionInterval, Table, archive, maintain, partition};
+use candystore::{db, schema};
 use chrono::{DateTime, Days, TimeZone, Utc};
 use lapin::BasicProperties;
 use serde_json::json;
@@ -539,11 +539,11 @@ async fn the_online_migration_of_a_million_events_with_ingest_running_loses_and_
     };
     let migrating = async {
         let mut c = crate::helpers::connect(&app.db_url).await;
-        let applied = db::migrate_with(&mut c, PartitionInterval::Day, i64::MAX)
+        let applied = schema::migrate_with(&mut c, PartitionInterval::Day, i64::MAX)
             .await
             .unwrap();
         // The two online steps, then every plain migration numbered after them.
-        let after_8: Vec<&str> = db::migrations()
+        let after_8: Vec<&str> = schema::migrations()
             .unwrap()
             .iter()
             .filter(|m| m.version > 8)
@@ -633,7 +633,7 @@ async fn the_online_migration_of_a_million_events_with_ingest_running_loses_and_
     };
     assert!(max_all > max_legacy);
     // The schema is current and the service's own check agrees.
-    db::check_schema(&app.db).await.unwrap();
+    schema::check_schema(&app.db).await.unwrap();
 }
 
 #[tokio::test]

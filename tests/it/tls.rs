@@ -147,24 +147,7 @@ async fn the_api_reads_as_a_read_only_role_given_by_read_database_url() {
             let body = r.text().await.unwrap();
             assert_eq!(status, 200, "{path}: {body}");
         }
-        let ticket: serde_json::Value = app
-            .http
-            .post(app.api("/events/stream/tickets"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let t = ticket["ticket"].as_str().unwrap();
-        let stream = app
-            .http
-            .get(app.api(&format!("/events/stream?ticket={t}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(stream.status(), 200);
-        drop(stream);
+        assert_eq!(app.open_stream_by_ticket(None).await.1, 200);
         let readers: i64 = app
             .db
             .query_one(
