@@ -257,16 +257,39 @@ enum DeadLetterCommand {
     },
 }
 
-/// Exit status when a pipeline task (consumer or writer) ended or panicked.
-const EXIT_PIPELINE_FAILED: u8 = 70;
+/// The exit statuses, by name (docs/contract.md has them too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Exit {
+    /// A clean stop: everything held was committed and acked.
+    Clean = 0,
+    /// A command failed (the message says why).
+    Failed = 1,
+    /// A bad setting or argument (one line names it); do not restart in a loop.
+    Usage = 2,
+    /// `verify` or `verify-proof` found the history altered, or a proof that does not prove.
+    Tampered = 3,
+    /// A supervised task (consumer, writer, a background job) ended or panicked.
+    TaskFailed = 70,
+    /// SIGTERM took longer than SHUTDOWN_TIMEOUT.
+    ShutdownTimedOut = 75,
+    /// `replay` interrupted by Ctrl-C.
+    Interrupted = 130,
+}
 
-/// The exit codes, for `--help` (docs/contract.md has them too).
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// The exit codes, for `--help`.
 const EXIT_CODES: &str = "Exit codes:
   0   a clean stop: everything held was committed and acked
   1   a command failed (the message says why)
   2   a bad setting or argument (one line names it); do not restart in a loop
-  70  a supervised task (consumer, writer, a background job) ended or panicked; restart
   3   `candystore verify` found the sealed history altered (it names the first event)
+  70  a supervised task (consumer, writer, a background job) ended or panicked; restart
   75  SIGTERM took longer than SHUTDOWN_TIMEOUT (what was not committed is redelivered)
   130 `candystore replay` interrupted by Ctrl-C (it printed the position for --resume)";
 
@@ -285,7 +308,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("candystore: {e}");
-            return ExitCode::from(2);
+            return Exit::Usage.into();
         }
     };
     telemetry::init(&settings.log_level, settings.log_format);
@@ -296,7 +319,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("candystore: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(Exit::Failed);
         }
     };
     let result = runtime.block_on(async {
@@ -408,16 +431,16 @@ fn main() -> ExitCode {
                 "candystore cannot start with this setting"
             );
             eprintln!("candystore: {e:#}");
-            ExitCode::from(2)
+            Exit::Usage.into()
         }
         Err(e) if e.downcast_ref::<Usage>().is_some() => {
             eprintln!("candystore: {e:#}");
-            ExitCode::from(2)
+            Exit::Usage.into()
         }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "candystore failed");
             eprintln!("candystore: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(Exit::Failed)
         }
     }
 }
@@ -435,13 +458,13 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let shutdown = running.shutdown().await;
     if supervisor.has_failed() {
         // Logged once by the supervisor; exit for the process supervisor to restart us.
-        return Ok(ExitCode::from(EXIT_PIPELINE_FAILED));
+        return Ok(Exit::TaskFailed.into());
     }
     match shutdown {
-        Ok(()) => Ok(ExitCode::SUCCESS),
+        Ok(()) => Ok(ExitCode::from(Exit::Clean)),
         Err(e) => {
             tracing::error!(error = %e, "shutdown did not complete; unacknowledged deliveries stay with the broker");
-            Ok(ExitCode::from(75))
+            Ok(Exit::ShutdownTimedOut.into())
         }
     }
 }
@@ -469,7 +492,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
             println!("applied {name}");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(Exit::Clean))
 }
 
 async fn maintain(settings: &Settings) -> anyhow::Result<ExitCode> {
@@ -497,7 +520,7 @@ async fn maintain(settings: &Settings) -> anyhow::Result<ExitCode> {
             println!("dropped {name}");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(Exit::Clean))
 }
 
 /// A time option (`--before`, `--since`, `--until`): a date (midnight UTC) or an
@@ -551,7 +574,7 @@ async fn archive(
         rows as f64 / secs.max(1e-9),
         dir.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(Exit::Clean))
 }
 
 async fn restore(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
@@ -578,7 +601,7 @@ async fn restore(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitC
         done.len(),
         rows as f64 / secs.max(1e-9)
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(Exit::Clean))
 }
 
 /// A progress bar on a terminal (stderr); nothing otherwise.
@@ -629,7 +652,7 @@ async fn publish(settings: &Settings, spec: LoadSpec) -> anyhow::Result<ExitCode
         elapsed.as_secs_f64(),
         spec.count as f64 / elapsed.as_secs_f64()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(Exit::Clean))
 }
 
 fn dead_letter_filter(ids: Vec<i64>, f: DeadLetterFilter) -> Filter {
@@ -720,7 +743,7 @@ async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow
             println!("{verb} {} dead letter(s)", gone.len());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(Exit::Clean))
 }
 
 async fn replay(
@@ -772,7 +795,7 @@ async fn replay(
     match outcome {
         Some(Ok(())) => {
             println!("{summary}");
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitCode::from(Exit::Clean))
         }
         Some(Err(e)) => {
             eprintln!("{summary}");
@@ -780,7 +803,7 @@ async fn replay(
         }
         None => {
             eprintln!("interrupted: {summary}");
-            Ok(ExitCode::from(130))
+            Ok(Exit::Interrupted.into())
         }
     }
 }
@@ -876,7 +899,7 @@ async fn verify(
                 report.legacy_checkpoints,
             ),
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(ExitCode::from(Exit::Clean));
     }
     for f in &report.findings {
         println!("NOT VERIFIED: {f}");
@@ -888,7 +911,7 @@ async fn verify(
         "(the tree of {} leaves; {signatures}{attestations})",
         report.tree_size
     );
-    Ok(ExitCode::from(3))
+    Ok(Exit::Tampered.into())
 }
 
 /// The event an id (with its source) or a position names.
@@ -933,7 +956,7 @@ async fn prove(
     let place = place_of(&client, id, source, position).await?;
     let bundle = candystore::audit::proof::bundle(&client, place).await?;
     println!("{}", serde_json::to_string_pretty(&bundle)?);
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(Exit::Clean))
 }
 
 async fn redact(
@@ -962,7 +985,7 @@ async fn redact(
         "redacted the event at leaf {} ({} dead letter(s) of the same delivery emptied); receipt: {}",
         done.leaf_index, done.dead_letters, done.receipt
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(Exit::Clean))
 }
 
 async fn witness(
@@ -992,7 +1015,7 @@ async fn witness(
         "witness listening (POST /add-checkpoint)"
     );
     candystore::audit::witness::serve(listener, witness)?.await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(Exit::Clean))
 }
 
 fn verify_proof(path: &std::path::Path, public_key: &str) -> anyhow::Result<ExitCode> {
@@ -1003,7 +1026,7 @@ fn verify_proof(path: &std::path::Path, public_key: &str) -> anyhow::Result<Exit
         Ok(b) => b,
         Err(e) => {
             println!("NOT PROVED: the bundle is not a proof bundle: {e}");
-            return Ok(ExitCode::from(3));
+            return Ok(Exit::Tampered.into());
         }
     };
     match candystore::audit::proof::check_bundle(&bundle, &key) {
@@ -1018,11 +1041,37 @@ fn verify_proof(path: &std::path::Path, public_key: &str) -> anyhow::Result<Exit
                 key.name(),
                 candystore::hex::encode(&p.checkpoint.root),
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitCode::from(Exit::Clean))
         }
         Err(e) => {
             println!("NOT PROVED: {e}");
-            Ok(ExitCode::from(3))
+            Ok(Exit::Tampered.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_exit_status_is_in_the_help_text() {
+        for (exit, number) in [
+            (Exit::Clean, "0 "),
+            (Exit::Failed, "1 "),
+            (Exit::Usage, "2 "),
+            (Exit::Tampered, "3 "),
+            (Exit::TaskFailed, "70 "),
+            (Exit::ShutdownTimedOut, "75 "),
+            (Exit::Interrupted, "130 "),
+        ] {
+            assert_eq!((exit as u8).to_string() + " ", number);
+            assert!(
+                EXIT_CODES
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(number)),
+                "{exit:?}"
+            );
         }
     }
 }
