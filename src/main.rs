@@ -319,7 +319,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("candystore: cannot start the runtime: {e}");
-            return ExitCode::from(Exit::Failed);
+            return Exit::Failed.into();
         }
     };
     let result = runtime.block_on(async {
@@ -440,7 +440,7 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "candystore failed");
             eprintln!("candystore: {e:#}");
-            ExitCode::from(Exit::Failed)
+            Exit::Failed.into()
         }
     }
 }
@@ -461,7 +461,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         return Ok(Exit::TaskFailed.into());
     }
     match shutdown {
-        Ok(()) => Ok(ExitCode::from(Exit::Clean)),
+        Ok(()) => Ok(Exit::Clean.into()),
         Err(e) => {
             tracing::error!(error = %e, "shutdown did not complete; unacknowledged deliveries stay with the broker");
             Ok(Exit::ShutdownTimedOut.into())
@@ -492,7 +492,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
             println!("applied {name}");
         }
     }
-    Ok(ExitCode::from(Exit::Clean))
+    Ok(Exit::Clean.into())
 }
 
 async fn maintain(settings: &Settings) -> anyhow::Result<ExitCode> {
@@ -520,7 +520,7 @@ async fn maintain(settings: &Settings) -> anyhow::Result<ExitCode> {
             println!("dropped {name}");
         }
     }
-    Ok(ExitCode::from(Exit::Clean))
+    Ok(Exit::Clean.into())
 }
 
 /// A time option (`--before`, `--since`, `--until`): a date (midnight UTC) or an
@@ -574,7 +574,7 @@ async fn archive(
         rows as f64 / secs.max(1e-9),
         dir.display()
     );
-    Ok(ExitCode::from(Exit::Clean))
+    Ok(Exit::Clean.into())
 }
 
 async fn restore(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
@@ -601,7 +601,7 @@ async fn restore(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitC
         done.len(),
         rows as f64 / secs.max(1e-9)
     );
-    Ok(ExitCode::from(Exit::Clean))
+    Ok(Exit::Clean.into())
 }
 
 /// A progress bar on a terminal (stderr); nothing otherwise.
@@ -652,7 +652,7 @@ async fn publish(settings: &Settings, spec: LoadSpec) -> anyhow::Result<ExitCode
         elapsed.as_secs_f64(),
         spec.count as f64 / elapsed.as_secs_f64()
     );
-    Ok(ExitCode::from(Exit::Clean))
+    Ok(Exit::Clean.into())
 }
 
 fn dead_letter_filter(ids: Vec<i64>, f: DeadLetterFilter) -> Filter {
@@ -743,7 +743,7 @@ async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow
             println!("{verb} {} dead letter(s)", gone.len());
         }
     }
-    Ok(ExitCode::from(Exit::Clean))
+    Ok(Exit::Clean.into())
 }
 
 async fn replay(
@@ -795,7 +795,7 @@ async fn replay(
     match outcome {
         Some(Ok(())) => {
             println!("{summary}");
-            Ok(ExitCode::from(Exit::Clean))
+            Ok(Exit::Clean.into())
         }
         Some(Err(e)) => {
             eprintln!("{summary}");
@@ -899,7 +899,7 @@ async fn verify(
                 report.legacy_checkpoints,
             ),
         }
-        return Ok(ExitCode::from(Exit::Clean));
+        return Ok(Exit::Clean.into());
     }
     for f in &report.findings {
         println!("NOT VERIFIED: {f}");
@@ -956,7 +956,7 @@ async fn prove(
     let place = place_of(&client, id, source, position).await?;
     let bundle = candystore::audit::proof::bundle(&client, place).await?;
     println!("{}", serde_json::to_string_pretty(&bundle)?);
-    Ok(ExitCode::from(Exit::Clean))
+    Ok(Exit::Clean.into())
 }
 
 async fn redact(
@@ -985,7 +985,7 @@ async fn redact(
         "redacted the event at leaf {} ({} dead letter(s) of the same delivery emptied); receipt: {}",
         done.leaf_index, done.dead_letters, done.receipt
     );
-    Ok(ExitCode::from(Exit::Clean))
+    Ok(Exit::Clean.into())
 }
 
 async fn witness(
@@ -1015,7 +1015,7 @@ async fn witness(
         "witness listening (POST /add-checkpoint)"
     );
     candystore::audit::witness::serve(listener, witness)?.await?;
-    Ok(ExitCode::from(Exit::Clean))
+    Ok(Exit::Clean.into())
 }
 
 fn verify_proof(path: &std::path::Path, public_key: &str) -> anyhow::Result<ExitCode> {
@@ -1041,7 +1041,7 @@ fn verify_proof(path: &std::path::Path, public_key: &str) -> anyhow::Result<Exit
                 key.name(),
                 candystore::hex::encode(&p.checkpoint.root),
             );
-            Ok(ExitCode::from(Exit::Clean))
+            Ok(Exit::Clean.into())
         }
         Err(e) => {
             println!("NOT PROVED: {e}");

@@ -26,7 +26,8 @@ use super::problem::Problem;
 pub const TICKET_TTL_SECS: i64 = 60;
 
 /// Spent tickets one instance remembers at most (each until it expires): past
-/// this many spent within a minute, spending waits for the oldest to expire.
+/// this many spent within a minute, a ticket is refused with a 503 until the
+/// oldest expire.
 const MAX_SPENT: usize = 100_000;
 
 /// What the MAC covers first, so no other use of the key can make a ticket.

@@ -35,7 +35,6 @@ pub struct Inbound {
 #[derive(Debug)]
 pub struct MemoryShare {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    budget: std::sync::Arc<tokio::sync::Semaphore>,
     max: usize,
     gauge: prometheus::IntGauge,
 }
@@ -49,10 +48,9 @@ impl MemoryShare {
         gauge: &prometheus::IntGauge,
     ) -> Option<Self> {
         let permit = budget.clone().acquire_many_owned(share).await.ok()?;
-        gauge.set(held(budget, max));
+        gauge.set(held(max, budget.available_permits()));
         Some(Self {
             permit: Some(permit),
-            budget: budget.clone(),
             max,
             gauge: gauge.clone(),
         })
@@ -61,11 +59,15 @@ impl MemoryShare {
 
 impl Drop for MemoryShare {
     fn drop(&mut self) {
-        drop(self.permit.take());
-        self.gauge.set(held(&self.budget, self.max));
+        if let Some(permit) = self.permit.take() {
+            let free = permit.semaphore().available_permits() + permit.num_permits();
+            drop(permit);
+            self.gauge.set(held(self.max, free));
+        }
     }
 }
 
-fn held(budget: &tokio::sync::Semaphore, max: usize) -> i64 {
-    max.saturating_sub(budget.available_permits()) as i64
+/// Bytes of the `max`-byte budget held while `free` are available.
+fn held(max: usize, free: usize) -> i64 {
+    max.saturating_sub(free) as i64
 }
