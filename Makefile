@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgres://$(PGUSER)@$(PGHOST):5432/$(DB_NAME)
 export LOG_FORMAT ?= console
 BIN := target/release/candystore
 
-.PHONY: run build services db migrate test browser pynacl lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost loadtest-operations test-faults fuzz schemathesis test-all loadtest-memory loadtest-backlog
+.PHONY: run build services db migrate test browser pynacl lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost loadtest-operations test-faults fuzz schemathesis test-all loadtest-memory loadtest-backlog loadtest-archive
 
 ## build, create the database if missing, migrate, serve (Ctrl-C stops cleanly)
 run: build services db migrate
@@ -81,6 +81,8 @@ ops-check:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
+	# The release build, without the tests' fault-injection feature.
+	cargo clippy --locked --lib --bins -- -D warnings
 
 ## benchmarks: criterion (decode, COPY encoding) and the ingest drain/latency run; figures in reports/
 bench: services
@@ -111,6 +113,11 @@ loadtest-backlog: build services
 ## 1M-event partition (reports/storage.md); about 15 minutes
 loadtest-storage: build services
 	ROWS=$${ROWS:-1000000} bash loadtest/storage/run.sh
+
+## ingest latency at RATE (1000) events/s while serve archives and drops a ROWS-event
+## partition (reports/archive-under-ingest.md)
+loadtest-archive: build services
+	ROWS=$${ROWS:-1000000} RATE=$${RATE:-1000} bash loadtest/storage/archive-under-ingest.sh
 
 ## what PostgreSQL spends per event on each step of the write path and on each index
 ## (reports/write-cost.md); about 2 minutes

@@ -1,4 +1,5 @@
-//! Embeds the migrations in `sql/` into the binary, in file-name order.
+//! Embeds the migrations in `sql/` into the binary, in file-name order: plain
+//! ones (`.sql`) and the declarations of online ones (`.online`).
 
 use std::{env, fs, path::PathBuf};
 
@@ -8,7 +9,7 @@ fn main() {
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)
         .expect("sql/ exists")
         .map(|e| e.expect("readable entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .filter(|p| p.extension().is_some_and(|e| e == "sql" || e == "online"))
         .collect();
     files.sort();
     let mut out = String::from(

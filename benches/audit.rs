@@ -12,27 +12,23 @@
 //! and written straight into `audit_leaves`, so the figures are the tree's own,
 //! not ingest's. Writes `reports/audit.md`.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::{PG, connect};
+
 use std::time::{Duration, Instant};
 
 use candystore::audit::attest::Keyring;
 use candystore::audit::job::Tree;
 use candystore::audit::note::SigningKey;
 use candystore::audit::{leaf, proof};
-use tokio_postgres::{Client, NoTls};
-
-const PG: &str = "postgres://postgres@127.0.0.1:5432";
+use tokio_postgres::Client;
 
 fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-async fn connect(url: &str) -> Client {
-    let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c
 }
 
 /// Appends `n` attested event leaves after `from` (their seq), each chunk at

@@ -18,6 +18,10 @@
 //! BENCH_BACKLOG (1000000), BENCH_ONLY (comma-separated: ceiling, drain, big,
 //! steady, curve, rss).
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::{AMQP, PG, connect};
+
 use std::time::{Duration, Instant};
 
 use candystore::app::{self, AppOptions};
@@ -31,10 +35,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use tokio_postgres::{Client, NoTls};
-
-const PG: &str = "postgres://postgres@127.0.0.1:5432";
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use tokio_postgres::Client;
 
 fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -216,12 +217,6 @@ async fn migrated_db(name: &str) -> (Client, Client) {
     let mut db = connect(&format!("{PG}/{name}")).await;
     schema::migrate(&mut db).await.unwrap();
     (admin, db)
-}
-
-async fn connect(url: &str) -> Client {
-    let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c
 }
 
 /// A consumer with `prefetch` that acks every `ack_every`th delivery (multiple)

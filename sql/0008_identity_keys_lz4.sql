@@ -4,7 +4,7 @@
 -- timestamp) is its identity. An event whose time is a fallback (the AMQP timestamp
 -- property, else the receive time) can come back with another time, possibly in
 -- another partition: its (id, source) is claimed here first, in the writer's
--- transaction, and only the claimant inserts the row. ARCHITECTURE.md, "Identity".
+-- transaction, and only the claimant inserts the row. docs/identity.md.
 CREATE TABLE event_keys (
     id          text COLLATE "C" NOT NULL,
     source      text COLLATE "C" NOT NULL,

@@ -17,27 +17,38 @@ use crate::api::{self, ApiState, Lifecycle};
 use crate::batch::Limits;
 use crate::config::{Settings, redact_url};
 use crate::db;
+use crate::jobs;
 use crate::metrics::Metrics;
 use crate::replay_mark;
 use crate::schema;
 use crate::sink::{self, SinkOptions, Writer};
 use crate::source::amqp::{self, BrokerLink, BrokerStatus, SourceConfig};
-use crate::storage::job;
 use crate::supervise::Supervisor;
 
 /// Connections of the probes' own pool (`/health`, `/ready`).
 const PROBE_POOL_SIZE: usize = 2;
 
-/// Start-up choices that are not settings (tests use them).
+/// Start-up choices that are not settings. A release build has none; the tests
+/// build with the `fault-injection` feature, which adds the faults they inject.
 #[derive(Clone, Debug, Default)]
 pub struct AppOptions {
-    /// Commit batches but never ack them, as if the process died between the two.
-    pub skip_acks: bool,
     /// A fault to inject, for the tests of supervision.
+    #[cfg(feature = "fault-injection")]
     pub fault: Option<Fault>,
 }
 
-/// Faults the tests inject into a running pipeline.
+impl AppOptions {
+    /// Whether `fault` is to be injected (never, without the feature).
+    #[allow(unused_variables)]
+    fn injects(&self, fault: Fault) -> bool {
+        #[cfg(feature = "fault-injection")]
+        return self.fault == Some(fault);
+        #[cfg(not(feature = "fault-injection"))]
+        false
+    }
+}
+
+/// Faults the tests inject into a running pipeline (`fault-injection` builds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// The sink panics when its first record arrives (that record stays unacked).
@@ -169,10 +180,9 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             age: settings.flush_interval,
         },
         retry_max_backoff: settings.retry_max_backoff,
-        skip_acks: opts.skip_acks,
     };
     // Writers wake the maintenance job when they leave rows in the default partition.
-    let maintenance_wake = crate::storage::job::Wake::default();
+    let maintenance_wake = crate::jobs::Wake::default();
     let writers = (0..settings.write_concurrency)
         .map(|_| {
             Writer::new(pg.clone())
@@ -184,12 +194,12 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     let sink = {
         let supervisor = supervisor.clone();
         let metrics = metrics.clone();
-        let fault = opts.fault;
+        let panics = opts.injects(Fault::SinkPanics);
         tokio::spawn(async move {
             supervisor
                 .watch("sink", async move {
                     let mut rx = rx;
-                    if fault == Some(Fault::SinkPanics) {
+                    if panics {
                         let _ = rx.recv().await;
                         panic!("injected fault: the sink panicked");
                     }
@@ -241,7 +251,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     let tail_stop = CancellationToken::new();
     // The background jobs: each supervised like the pipeline (one that panics or
     // ends turns /ready 503 and the process exits for its supervisor to restart
-    // it: every job is vital, see ARCHITECTURE.md), each awaited at shutdown.
+    // it: every job is vital, see docs/lifecycle.md), each awaited at shutdown.
     let jobs_stop = CancellationToken::new();
     let mut jobs = Vec::new();
     let mut supervise_job = |name: &'static str, run| {
@@ -251,7 +261,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         ));
     };
     // Partitions ahead, the default partition drained, RETENTION: now and on schedule.
-    let maintenance = job::run_forever(
+    let maintenance = jobs::run_forever(
         pg.clone(),
         jobs_stop.clone(),
         crate::storage::maintain::MaintenanceJob {
@@ -269,12 +279,12 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     supervise_job("maintenance", Box::pin(maintenance) as JobRun);
     // The audit tree, appended behind ingest and signed every SEAL_INTERVAL.
     {
-        let fault = opts.fault;
-        let run = job::run_forever(
+        let run = jobs::run_forever(
             pg.clone(),
             jobs_stop.clone(),
             crate::audit::job::TreeJob {
-                panic_at_first_step: fault == Some(Fault::AuditTreePanics),
+                #[cfg(feature = "fault-injection")]
+                panic_at_first_step: opts.injects(Fault::AuditTreePanics),
                 tree: crate::audit::job::Tree::new(signer.clone(), keyring.clone()),
                 every: settings.seal_interval,
                 publisher: crate::audit::publish::Publisher::new(
@@ -289,7 +299,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     // The catalog of event types and sources, counted behind ingest.
     supervise_job(
         "catalog",
-        Box::pin(job::run_forever(
+        Box::pin(jobs::run_forever(
             pg.clone(),
             jobs_stop.clone(),
             crate::storage::catalog::CatalogJob,

@@ -34,269 +34,390 @@ pub enum Secret {
     Tokens,
 }
 
-/// Every variable this service reads: the one table of settings. The TOML file
-/// uses the same names in lower case (`batch_size = 500`); `--help`, the start-up
-/// log and docs/contract.md are made from (or checked against) it.
-pub const VARIABLES: &[Variable] = &[
-    Variable {
+/// Declares every setting once: its field, its variable, its default, what it
+/// means, how its value is shown, and the rule that parses it. From the one list
+/// come [`VARIABLES`] (for `--help`, the start-up log, the file's keys and the
+/// docs' checks), the typed fields of [`Settings`], and the builder, which hands
+/// each rule its own variable's text: nothing is looked up by name, so a setting
+/// cannot be read as another's, or as an empty one.
+macro_rules! settings {
+    ($(
+        $(#[$attr:meta])*
+        $field:ident: $ty:ty {
+            name: $name:literal,
+            default: $default:literal,
+            meaning: $meaning:literal,
+            secret: $secret:ident,
+            parse: $parse:expr,
+        }
+    )*) => {
+        /// Every variable this service reads: the one table of settings. The TOML
+        /// file uses the same names in lower case (`batch_size = 500`); `--help`,
+        /// the start-up log and docs/contract.md are made from (or checked against) it.
+        pub const VARIABLES: &[Variable] = &[$(
+            Variable { name: $name, default: $default, meaning: $meaning, secret: Secret::$secret },
+        )*];
+
+        /// The validated settings of one process.
+        #[derive(Clone)]
+        pub struct Settings {
+            $( $(#[$attr])* pub $field: $ty, )*
+            /// Every variable's value as given (or defaulted), for the start-up log.
+            raw: BTreeMap<&'static str, String>,
+        }
+
+        impl Settings {
+            /// Each variable's text (given, else its default) through its own rule.
+            fn parse(raw: BTreeMap<&'static str, String>) -> Result<Self, ConfigError> {
+                Ok(Settings {
+                    $( $field: {
+                        let rule: fn(Value<'_>) -> Result<$ty, ConfigError> = $parse;
+                        rule(Value::new(
+                            $name,
+                            raw.get($name).map_or($default, String::as_str),
+                            Secret::$secret,
+                        ))?
+                    }, )*
+                    raw,
+                })
+            }
+        }
+    };
+}
+
+settings! {
+    rabbit_url: String {
         name: "RABBIT_URL",
         default: "amqp://guest:guest@localhost:5672/%2f",
         meaning: "the broker (amqps:// for TLS)",
-        secret: Secret::Url,
-    },
-    Variable {
+        secret: Url,
+        parse: |v| v.url(&["amqp://", "amqps://"]),
+    }
+    rabbit_exchange: String {
         name: "RABBIT_EXCHANGE",
         default: "events",
         meaning: "the topic exchange to bind to (declared durable if missing)",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.name(true),
+    }
+    rabbit_queue: String {
         name: "RABBIT_QUEUE",
         default: "candystore",
         meaning: "the durable queue this service consumes",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.name(false),
+    }
+    rabbit_bindings: Vec<String> {
         name: "RABBIT_BINDING",
         default: "#",
         meaning: "binding key(s), comma-separated",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.bindings(),
+    }
+    rabbit_queue_type: QueueType {
         name: "RABBIT_QUEUE_TYPE",
         default: "classic",
         meaning: "classic, or quorum (with a delivery limit and <queue>.parked)",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.queue_type(),
+    }
+    /// Quorum queues only: deliveries of one message before the broker parks it.
+    rabbit_delivery_limit: u32 {
         name: "RABBIT_DELIVERY_LIMIT",
         default: "5",
         meaning: "quorum queues: deliveries of one message before it is parked",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| Ok(v.positive(1_000)? as u32),
+    }
+    database_url: String {
         name: "DATABASE_URL",
         default: "postgres://postgres@localhost:5432/candystore",
         meaning: "PostgreSQL (sslmode, sslrootcert for TLS)",
-        secret: Secret::Url,
-    },
-    Variable {
+        secret: Url,
+        parse: |v| v.database_url(),
+    }
+    /// The API's read pool connects here (a read-only role, a replica); empty
+    /// means DATABASE_URL.
+    read_database_url: Option<String> {
         name: "READ_DATABASE_URL",
         default: "",
         meaning: "the API's read pool (a read-only role, a replica); unset: DATABASE_URL",
-        secret: Secret::Url,
-    },
-    Variable {
+        secret: Url,
+        parse: |v| v.optional(Value::database_url),
+    }
+    api_host: IpAddr {
         name: "API_HOST",
         default: "0.0.0.0",
         meaning: "the REST API's address",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.parse("an IP address"),
+    }
+    api_port: u16 {
         name: "API_PORT",
         default: "8683",
         meaning: "the REST API's port (0 picks a free one)",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.parse("a port number from 0 to 65535"),
+    }
+    metrics_enabled: bool {
         name: "METRICS_ENABLED",
         default: "true",
         meaning: "serve /metrics",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.boolean(),
+    }
+    metrics_port: u16 {
         name: "METRICS_PORT",
         default: "9090",
         meaning: "the /metrics port (0 picks a free one)",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.parse("a port number from 0 to 65535"),
+    }
+    /// Where `/metrics` listens; unset means API_HOST.
+    metrics_host: Option<IpAddr> {
         name: "METRICS_HOST",
         default: "",
         meaning: "the /metrics address; unset: API_HOST",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.optional(|v| v.parse("an IP address")),
+    }
+    /// Bearer tokens `/metrics` requires; empty means it is open.
+    metrics_tokens: Vec<String> {
         name: "METRICS_TOKEN",
         default: "",
         meaning: "bearer token(s) /metrics requires; unset: open",
-        secret: Secret::Tokens,
-    },
-    Variable {
+        secret: Tokens,
+        parse: |v| v.tokens(),
+    }
+    log_level: String {
         name: "LOG_LEVEL",
         default: "info",
         meaning: "a level or an EnvFilter (info,candystore::sink=debug)",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.log_level(),
+    }
+    log_format: LogFormat {
         name: "LOG_FORMAT",
         default: "json",
         meaning: "json, or console for people",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.log_format(),
+    }
+    /// AMQP QoS: the most unacknowledged deliveries the broker hands us.
+    prefetch_count: u16 {
         name: "PREFETCH_COUNT",
         default: "100",
         meaning: "AMQP QoS: unacked deliveries in hand at most",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| Ok(v.positive(65_535)? as u16),
+    }
+    /// Rows per COPY batch at most (capped at `prefetch_count`, see [`Settings::batch_rows`]).
+    batch_size: usize {
         name: "BATCH_SIZE",
         default: "50",
         meaning: "rows per COPY batch at most",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.positive(100_000),
+    }
+    /// The longest an event waits for its batch to fill.
+    flush_interval: Duration {
         name: "FLUSH_INTERVAL",
         default: "50ms",
         meaning: "the longest an event waits in an open batch",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.duration(),
+    }
+    /// A batch is flushed once its events hold this many bytes.
+    max_batch_bytes: usize {
         name: "MAX_BATCH_BYTES",
         default: "16777216",
         meaning: "a batch closes once its events hold this many bytes",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.positive(1 << 30),
+    }
+    /// Decoded records held between the consumer and COMMIT, in bytes at most.
+    max_inflight_bytes: usize {
         name: "MAX_INFLIGHT_BYTES",
         default: "33554432",
         meaning: "bytes of decoded deliveries in hand at most",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.positive(u32::MAX as usize),
+    }
+    /// Batches written at once, each on its own connection.
+    write_concurrency: usize {
         name: "WRITE_CONCURRENCY",
         default: "2",
         meaning: "batches written at once, each on its own connection",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.positive(16),
+    }
+    database_read_pool_size: usize {
         name: "DATABASE_READ_POOL_SIZE",
         default: "8",
         meaning: "connections of the API's read pool",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.positive(1_000),
+    }
+    /// The longest pause between two attempts at a failing write or connection.
+    retry_max_backoff: Duration {
         name: "RETRY_MAX_BACKOFF",
         default: "10s",
         meaning: "the longest pause between retries",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.duration(),
+    }
+    /// How long shutdown may take before the process gives up and exits non-zero.
+    shutdown_timeout: Duration {
         name: "SHUTDOWN_TIMEOUT",
         default: "30s",
         meaning: "how long SIGTERM may take (then exit 75)",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.duration(),
+    }
+    /// How often the queue depth (ingest lag) is read from the broker.
+    queue_depth_interval: Duration {
         name: "QUEUE_DEPTH_INTERVAL",
         default: "15s",
         meaning: "how often the queue depth (the ingest lag) is read",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.duration(),
+    }
+    /// Live-tail streams open at once; one more gets a 503.
+    stream_max_clients: usize {
         name: "STREAM_MAX_CLIENTS",
         default: "100",
         meaning: "live-tail streams open at once",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.positive(100_000),
+    }
+    /// A live-tail client that takes nothing for this long is cut.
+    stream_write_timeout: Duration {
         name: "STREAM_WRITE_TIMEOUT",
         default: "10s",
         meaning: "a live-tail client that takes nothing this long is cut",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.duration(),
+    }
+    /// A live-tail stream ends after this long (EventSource resumes).
+    stream_max_lifetime: Duration {
         name: "STREAM_MAX_LIFETIME",
         default: "10m",
         meaning: "a live-tail stream ends after this long (EventSource resumes)",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.duration(),
+    }
+    /// Bearer tokens the API accepts; empty means the API is open.
+    api_tokens: Vec<String> {
         name: "API_TOKEN",
         default: "",
         meaning: "bearer token(s) the API requires; unset: open",
-        secret: Secret::Tokens,
-    },
-    Variable {
+        secret: Tokens,
+        parse: |v| v.tokens(),
+    }
+    /// Origins allowed to call the API from a browser (`*` for any); empty means none.
+    cors_allowed_origins: Vec<String> {
         name: "CORS_ALLOWED_ORIGINS",
         default: "",
         meaning: "origins allowed to call the API from a browser, or *",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.origins(),
+    }
+    /// The time range of one partition of `events` and `dead_letter`.
+    partition_interval: PartitionInterval {
         name: "PARTITION_INTERVAL",
         default: "1 day",
         meaning: "one partition's time range: 1 day, 1 week or 1 month",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| PartitionInterval::parse(v.text()).ok_or_else(|| v.invalid("expected 1 day, 1 week or 1 month")),
+    }
+    /// Beyond these from now, events get coarse partitions (`storage::partition::Layout`).
+    partition_window_past: Duration {
         name: "PARTITION_WINDOW_PAST",
         default: "366d",
         meaning: "events older than this get a partition per calendar year, not per PARTITION_INTERVAL (at most 100 years)",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.window(),
+    }
+    partition_window_future: Duration {
         name: "PARTITION_WINDOW_FUTURE",
         default: "31d",
         meaning: "events dated further ahead share one partition up to year 9999, split as the window reaches it (at most 100 years)",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.window(),
+    }
+    /// Partitions that ended longer ago than this are dropped; `None` keeps all.
+    retention: Option<Duration> {
         name: "RETENTION",
         default: "",
         meaning: "partitions older than this are dropped (90d); unset: keep everything",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.optional(Value::duration),
+    }
+    /// Where retention archives a partition before dropping it; `None`: no archive.
+    archive_dir: Option<std::path::PathBuf> {
         name: "ARCHIVE_DIR",
         default: "",
         meaning: "with RETENTION: archive each partition here before dropping it",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| Ok(v.path()),
+    }
+    /// How often the maintenance job runs.
+    maintenance_interval: Duration {
         name: "MAINTENANCE_INTERVAL",
         default: "5m",
         meaning: "how often the maintenance job runs",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.duration(),
+    }
+    /// How often committed events are sealed into the audit chain.
+    seal_interval: Duration {
         name: "SEAL_INTERVAL",
         default: "10s",
         meaning: "how often committed events are sealed into the audit chain (also every 100,000)",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.duration(),
+    }
+    /// The writers' attestation keys (`attest::Keyring`); empty: no attestation.
+    audit_keys: Vec<String> {
         name: "AUDIT_KEY",
         default: "",
         meaning: "key(s) the writers attest rows with, comma-separated, 32+ characters each; the first signs, all verify; unset: rows are not attested",
-        secret: Secret::Tokens,
-    },
-    Variable {
+        secret: Tokens,
+        parse: |v| v.keys(),
+    }
+    /// Where the checkpoint signing key is (`audit::note::load_or_create`).
+    signing_key_file: std::path::PathBuf {
         name: "SIGNING_KEY_FILE",
         default: "candystore-signing.key",
         meaning: "the Ed25519 key checkpoints are signed with, kept outside the database; created (mode 0600) on first start when missing; every instance of one store uses the same",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.path().ok_or_else(|| v.invalid("a path is required")),
+    }
+    /// The checkpoints' origin line; `None`: derived from the database name.
+    checkpoint_origin: Option<String> {
         name: "CHECKPOINT_ORIGIN",
         default: "",
         meaning: "the name checkpoints and the signing key carry; unset: candystore/<database name>",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| v.origin(),
+    }
+    /// Where each signed checkpoint is also written.
+    checkpoint_dir: Option<std::path::PathBuf> {
         name: "CHECKPOINT_DIR",
         default: "",
         meaning: "every signed checkpoint is also appended here (one file per tree size); unset: not written",
-        secret: Secret::No,
-    },
-    Variable {
+        secret: No,
+        parse: |v| Ok(v.path()),
+    }
+    /// Witnesses each checkpoint is sent to.
+    witness_urls: Vec<String> {
         name: "WITNESS_URLS",
         default: "",
         meaning: "witnesses each checkpoint is sent to (C2SP tlog-witness add-checkpoint), comma-separated base URLs",
-        secret: Secret::No,
-    },
-];
+        secret: No,
+        parse: |v| v.urls(),
+    }
+}
 
 /// A setting that could not be used. The message is the one line start-up prints.
 #[derive(Debug, thiserror::Error)]
@@ -315,86 +436,6 @@ pub enum ConfigError {
     File { path: String, reason: String },
     #[error("unknown setting {key:?} in config file {path}")]
     UnknownKey { path: String, key: String },
-}
-
-/// The validated settings of one process.
-#[derive(Clone)]
-pub struct Settings {
-    pub rabbit_url: String,
-    pub rabbit_exchange: String,
-    pub rabbit_queue: String,
-    pub rabbit_bindings: Vec<String>,
-    pub rabbit_queue_type: QueueType,
-    /// Quorum queues only: deliveries of one message before the broker parks it.
-    pub rabbit_delivery_limit: u32,
-    pub database_url: String,
-    /// The API's read pool connects here (a read-only role, a replica); empty
-    /// means DATABASE_URL.
-    pub read_database_url: Option<String>,
-    pub api_host: IpAddr,
-    pub api_port: u16,
-    pub metrics_enabled: bool,
-    pub metrics_port: u16,
-    /// Where `/metrics` listens; unset means API_HOST.
-    pub metrics_host: Option<IpAddr>,
-    /// Bearer tokens `/metrics` requires; empty means it is open.
-    pub metrics_tokens: Vec<String>,
-    pub log_level: String,
-    pub log_format: LogFormat,
-    /// AMQP QoS: the most unacknowledged deliveries the broker hands us.
-    pub prefetch_count: u16,
-    /// Rows per COPY batch at most (capped at `prefetch_count`, see [`Settings::batch_rows`]).
-    pub batch_size: usize,
-    /// The longest an event waits for its batch to fill.
-    pub flush_interval: Duration,
-    /// A batch is flushed once its events hold this many bytes.
-    pub max_batch_bytes: usize,
-    /// Decoded records held between the consumer and COMMIT, in bytes at most.
-    pub max_inflight_bytes: usize,
-    /// Batches written at once, each on its own connection.
-    pub write_concurrency: usize,
-    pub database_read_pool_size: usize,
-    /// The longest pause between two attempts at a failing write or connection.
-    pub retry_max_backoff: Duration,
-    /// How long shutdown may take before the process gives up and exits non-zero.
-    pub shutdown_timeout: Duration,
-    /// How often the queue depth (ingest lag) is read from the broker.
-    pub queue_depth_interval: Duration,
-    /// Live-tail streams open at once; one more gets a 503.
-    pub stream_max_clients: usize,
-    /// A live-tail client that takes nothing for this long is cut.
-    pub stream_write_timeout: Duration,
-    /// A live-tail stream ends after this long (EventSource resumes).
-    pub stream_max_lifetime: Duration,
-    /// Bearer tokens the API accepts; empty means the API is open.
-    pub api_tokens: Vec<String>,
-    /// Origins allowed to call the API from a browser (`*` for any); empty means none.
-    pub cors_allowed_origins: Vec<String>,
-    /// The time range of one partition of `events` and `dead_letter`.
-    pub partition_interval: PartitionInterval,
-    /// Beyond these from now, events get coarse partitions (`storage::partition::Layout`).
-    pub partition_window_past: Duration,
-    pub partition_window_future: Duration,
-    /// Partitions that ended longer ago than this are dropped; `None` keeps all.
-    pub retention: Option<Duration>,
-    /// Where retention archives a partition before dropping it; `None`: no archive.
-    pub archive_dir: Option<std::path::PathBuf>,
-    /// How often the maintenance job runs.
-    pub maintenance_interval: Duration,
-    /// How often committed events are sealed into the audit chain.
-    pub seal_interval: Duration,
-    /// The writers' attestation keys (`attest::Keyring`); empty: no attestation.
-    pub audit_keys: Vec<String>,
-    /// Where the checkpoint signing key is (`audit::note::load_or_create`).
-    pub signing_key_file: std::path::PathBuf,
-    /// The checkpoints' origin line; `None`: derived from the database name.
-    pub checkpoint_origin: Option<String>,
-    /// Where each signed checkpoint is also written.
-    pub checkpoint_dir: Option<std::path::PathBuf>,
-    /// Witnesses each checkpoint is sent to.
-    pub witness_urls: Vec<String>,
-    /// Every variable's value as given (or defaulted), for the start-up log.
-    raw: BTreeMap<&'static str, String>,
 }
 
 impl Settings {
@@ -448,82 +489,7 @@ impl Settings {
                 raw.insert(v.name, value);
             }
         }
-        let r = Raw(raw);
-        let settings = Settings {
-            raw: r.0.clone(),
-            rabbit_url: r.url("RABBIT_URL", &["amqp://", "amqps://"])?,
-            rabbit_exchange: r.name("RABBIT_EXCHANGE", true)?,
-            rabbit_queue: r.name("RABBIT_QUEUE", false)?,
-            rabbit_bindings: r.bindings("RABBIT_BINDING")?,
-            rabbit_queue_type: r.queue_type("RABBIT_QUEUE_TYPE")?,
-            rabbit_delivery_limit: r.positive("RABBIT_DELIVERY_LIMIT", 1_000)? as u32,
-            database_url: r.database_url("DATABASE_URL")?,
-            read_database_url: match r.get("READ_DATABASE_URL").trim() {
-                "" => None,
-                _ => Some(r.database_url("READ_DATABASE_URL")?),
-            },
-            api_host: r.parse("API_HOST", "an IP address")?,
-            api_port: r.parse("API_PORT", "a port number from 0 to 65535")?,
-            metrics_enabled: r.boolean("METRICS_ENABLED")?,
-            metrics_port: r.parse("METRICS_PORT", "a port number from 0 to 65535")?,
-            metrics_host: match r.get("METRICS_HOST").trim() {
-                "" => None,
-                _ => Some(r.parse("METRICS_HOST", "an IP address")?),
-            },
-            metrics_tokens: r.tokens("METRICS_TOKEN")?,
-            log_level: r.log_level("LOG_LEVEL")?,
-            log_format: r.log_format("LOG_FORMAT")?,
-            prefetch_count: r.positive("PREFETCH_COUNT", 65_535)? as u16,
-            batch_size: r.positive("BATCH_SIZE", 100_000)?,
-            flush_interval: r.duration("FLUSH_INTERVAL")?,
-            max_batch_bytes: r.positive("MAX_BATCH_BYTES", 1 << 30)?,
-            max_inflight_bytes: r.positive("MAX_INFLIGHT_BYTES", u32::MAX as usize)?,
-            write_concurrency: r.positive("WRITE_CONCURRENCY", 16)?,
-            database_read_pool_size: r.positive("DATABASE_READ_POOL_SIZE", 1_000)?,
-            retry_max_backoff: r.duration("RETRY_MAX_BACKOFF")?,
-            shutdown_timeout: r.duration("SHUTDOWN_TIMEOUT")?,
-            queue_depth_interval: r.duration("QUEUE_DEPTH_INTERVAL")?,
-            stream_max_clients: r.positive("STREAM_MAX_CLIENTS", 100_000)?,
-            stream_write_timeout: r.duration("STREAM_WRITE_TIMEOUT")?,
-            stream_max_lifetime: r.duration("STREAM_MAX_LIFETIME")?,
-            api_tokens: r.tokens("API_TOKEN")?,
-            cors_allowed_origins: r.origins("CORS_ALLOWED_ORIGINS")?,
-            partition_interval: PartitionInterval::parse(r.get("PARTITION_INTERVAL")).ok_or_else(
-                || r.invalid("PARTITION_INTERVAL", "expected 1 day, 1 week or 1 month"),
-            )?,
-            partition_window_past: r.window("PARTITION_WINDOW_PAST")?,
-            partition_window_future: r.window("PARTITION_WINDOW_FUTURE")?,
-            retention: match r.get("RETENTION").trim() {
-                "" => None,
-                _ => Some(r.duration("RETENTION")?),
-            },
-            archive_dir: match r.get("ARCHIVE_DIR").trim() {
-                "" => None,
-                dir => Some(dir.into()),
-            },
-            maintenance_interval: r.duration("MAINTENANCE_INTERVAL")?,
-            seal_interval: r.duration("SEAL_INTERVAL")?,
-            audit_keys: r.keys("AUDIT_KEY")?,
-            signing_key_file: match r.get("SIGNING_KEY_FILE").trim() {
-                "" => return Err(r.invalid("SIGNING_KEY_FILE", "a path is required")),
-                path => path.into(),
-            },
-            checkpoint_origin: match r.get("CHECKPOINT_ORIGIN").trim() {
-                "" => None,
-                o if o.chars().any(|c| c.is_whitespace() || c == '+') => {
-                    return Err(
-                        r.invalid("CHECKPOINT_ORIGIN", "an origin has no spaces and no '+'")
-                    );
-                }
-                o => Some(o.to_string()),
-            },
-            checkpoint_dir: match r.get("CHECKPOINT_DIR").trim() {
-                "" => None,
-                dir => Some(dir.into()),
-            },
-            witness_urls: r.urls("WITNESS_URLS")?,
-        };
-        Ok(settings)
+        Self::parse(raw)
     }
 
     /// How partitions are cut: PARTITION_INTERVAL within the window, coarse outside.
@@ -596,7 +562,9 @@ impl fmt::Debug for Settings {
 }
 
 mod redact;
+mod value;
 pub use redact::redact_url;
+use value::Value;
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     let shown = path.display().to_string();
@@ -631,225 +599,6 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
         out.insert(key, text);
     }
     Ok(out)
-}
-
-struct Raw(BTreeMap<&'static str, String>);
-
-impl Raw {
-    fn get(&self, name: &'static str) -> &str {
-        self.0.get(name).map(String::as_str).unwrap_or_default()
-    }
-
-    fn invalid(&self, name: &'static str, reason: impl Into<String>) -> ConfigError {
-        let value = self.get(name);
-        let secret = VARIABLES
-            .iter()
-            .find(|v| v.name == name)
-            .map_or(Secret::No, |v| v.secret);
-        let value = match secret {
-            Secret::Tokens => "***".to_owned(),
-            Secret::Url => redact_url(value),
-            Secret::No => value.to_owned(),
-        };
-        ConfigError::Invalid {
-            name,
-            value,
-            reason: reason.into(),
-        }
-    }
-
-    fn parse<T: std::str::FromStr>(
-        &self,
-        name: &'static str,
-        what: &str,
-    ) -> Result<T, ConfigError> {
-        self.get(name)
-            .trim()
-            .parse()
-            .map_err(|_| self.invalid(name, format!("expected {what}")))
-    }
-
-    fn positive(&self, name: &'static str, max: usize) -> Result<usize, ConfigError> {
-        let what = format!("a whole number from 1 to {max}");
-        let n: usize = self.parse(name, &what)?;
-        if n == 0 || n > max {
-            return Err(self.invalid(name, format!("expected {what}")));
-        }
-        Ok(n)
-    }
-
-    fn queue_type(&self, name: &'static str) -> Result<QueueType, ConfigError> {
-        match self.get(name).trim().to_ascii_lowercase().as_str() {
-            "classic" => Ok(QueueType::Classic),
-            "quorum" => Ok(QueueType::Quorum),
-            _ => Err(self.invalid(name, "expected classic or quorum")),
-        }
-    }
-
-    fn boolean(&self, name: &'static str) -> Result<bool, ConfigError> {
-        match self.get(name).trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Ok(true),
-            "false" | "0" | "no" | "off" => Ok(false),
-            _ => Err(self.invalid(name, "expected true or false")),
-        }
-    }
-
-    fn duration(&self, name: &'static str) -> Result<Duration, ConfigError> {
-        let d = humantime::parse_duration(self.get(name).trim()).map_err(|e| {
-            self.invalid(
-                name,
-                format!("expected a duration such as 50ms or 2s ({e})"),
-            )
-        })?;
-        if d.is_zero() {
-            return Err(self.invalid(name, "expected a duration above zero"));
-        }
-        Ok(d)
-    }
-
-    /// A partition window: a duration of at most 100 years.
-    fn window(&self, name: &'static str) -> Result<Duration, ConfigError> {
-        let d = self.duration(name)?;
-        if d > Duration::from_secs(100 * 366 * 86_400) {
-            return Err(self.invalid(name, "expected at most 100 years"));
-        }
-        Ok(d)
-    }
-
-    fn url(&self, name: &'static str, schemes: &[&str]) -> Result<String, ConfigError> {
-        let v = self.get(name).trim();
-        if !schemes.iter().any(|s| v.starts_with(s)) || v.len() <= 8 {
-            return Err(self.invalid(
-                name,
-                format!("expected a URL starting with {}", schemes.join(" or ")),
-            ));
-        }
-        Ok(v.to_owned())
-    }
-
-    fn database_url(&self, name: &'static str) -> Result<String, ConfigError> {
-        let v = self.url(name, &["postgres://", "postgresql://"])?;
-        // The TLS parameters are ours (libpq's meanings); the rest is tokio-postgres's.
-        crate::db::pg_config(&v).map_err(|e| {
-            let reason = match &e {
-                crate::db::DbError::Url(e) => format!("not a PostgreSQL URL ({e})"),
-                other => crate::telemetry::error_chain(other),
-            };
-            self.invalid(name, reason)
-        })?;
-        Ok(v)
-    }
-
-    fn name(&self, name: &'static str, allow_empty: bool) -> Result<String, ConfigError> {
-        let v = self.get(name);
-        if (!allow_empty && v.is_empty()) || v.len() > 255 {
-            return Err(self.invalid(name, "expected a name of 1 to 255 bytes"));
-        }
-        Ok(v.to_owned())
-    }
-
-    fn bindings(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
-        let keys: Vec<String> = self
-            .get(name)
-            .split(',')
-            .map(|k| k.trim().to_owned())
-            .filter(|k| !k.is_empty())
-            .collect();
-        if keys.is_empty() || keys.iter().any(|k| k.len() > 255) {
-            return Err(self.invalid(name, "expected one or more comma-separated binding keys"));
-        }
-        Ok(keys)
-    }
-
-    fn list(&self, name: &'static str) -> Vec<String> {
-        self.get(name)
-            .split(',')
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-            .collect()
-    }
-
-    /// Comma-separated secrets, each at least `min` characters and without spaces.
-    fn secrets(
-        &self,
-        name: &'static str,
-        min: usize,
-        what: &str,
-    ) -> Result<Vec<String>, ConfigError> {
-        let secrets = self.list(name);
-        if secrets
-            .iter()
-            .any(|t| t.len() < min || t.chars().any(|c| c.is_whitespace() || c.is_control()))
-        {
-            return Err(self.invalid(
-                name,
-                format!(
-                    "expected comma-separated {what} of at least {min} characters, without spaces"
-                ),
-            ));
-        }
-        Ok(secrets)
-    }
-
-    fn tokens(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
-        self.secrets(name, 16, "tokens")
-    }
-
-    fn keys(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
-        self.secrets(name, 32, "keys")
-    }
-
-    /// Comma-separated http(s) URLs, without a trailing slash.
-    fn urls(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
-        let urls: Vec<String> = self
-            .list(name)
-            .into_iter()
-            .map(|u| u.trim_end_matches('/').to_string())
-            .collect();
-        for u in &urls {
-            let scheme_ok = u.starts_with("http://") || u.starts_with("https://");
-            if !scheme_ok || u.chars().any(char::is_whitespace) {
-                return Err(self.invalid(
-                    name,
-                    "expected comma-separated URLs such as https://witness.example/w",
-                ));
-            }
-        }
-        Ok(urls)
-    }
-
-    fn origins(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
-        let origins = self.list(name);
-        for o in &origins {
-            let scheme_ok = o.starts_with("http://") || o.starts_with("https://");
-            if o != "*" && (!scheme_ok || o.ends_with('/')) {
-                return Err(self.invalid(
-                    name,
-                    "expected * or origins such as https://candybar.example:3000",
-                ));
-            }
-        }
-        Ok(origins)
-    }
-
-    fn log_level(&self, name: &'static str) -> Result<String, ConfigError> {
-        let v = self.get(name).trim().to_ascii_lowercase();
-        v.parse::<tracing_subscriber::EnvFilter>().map_err(|e| {
-            self.invalid(
-                name,
-                format!("expected trace, debug, info, warn, error or a filter ({e})"),
-            )
-        })?;
-        Ok(v)
-    }
-
-    fn log_format(&self, name: &'static str) -> Result<LogFormat, ConfigError> {
-        match self.get(name).trim().to_ascii_lowercase().as_str() {
-            "json" => Ok(LogFormat::Json),
-            "console" | "text" | "pretty" => Ok(LogFormat::Console),
-            _ => Err(self.invalid(name, "expected json or console")),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1021,6 +770,25 @@ mod tests {
                 .audit_keys
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn each_variable_is_declared_once_and_read_by_its_own_rule() {
+        let mut names: Vec<&str> = VARIABLES.iter().map(|v| v.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), VARIABLES.len(), "a variable is declared twice");
+        // A value given for one variable reaches its field and no other.
+        let s = Settings::from_pairs([("METRICS_PORT", "9999"), ("API_PORT", "8000")]);
+        assert_eq!((s.api_port, s.metrics_port), (8000, 9999));
+        let s = Settings::from_pairs([("RETENTION", "90d")]);
+        assert_eq!(s.retention, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(s.archive_dir, None);
+        // A secret's error hides the value, whichever rule refused it.
+        let err = Settings::try_from_pairs([("METRICS_TOKEN", "short secret")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("METRICS_TOKEN=\"***\""), "{err}");
     }
 
     #[test]

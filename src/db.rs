@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
+pub mod horizon;
 pub mod tls;
+
+pub use horizon::HORIZON;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::Client;
@@ -36,6 +39,10 @@ pub enum DbError {
     Online { name: String, reason: String },
     #[error("migration file name {0} does not start with a number")]
     BadName(String),
+    #[error("migration file {name} is refused: {reason}")]
+    BadFile { name: String, reason: String },
+    #[error("the migrations embedded in this binary are refused: {0}")]
+    Registry(String),
     #[error(
         "the database schema is not up to date ({0} migration(s) pending): run `candystore migrate`"
     )]
@@ -85,6 +92,33 @@ pub async fn connect(target: &PgTarget) -> Result<Client, DbError> {
         }
     });
     Ok(client)
+}
+
+/// How long a worker's statements (maintenance, the jobs) wait for a lock before
+/// giving up until the next run: a partition is never worth stalling ingest or
+/// the API for longer.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection for background work (storage, the jobs): UTC (partition bounds
+/// are read and written in it), a bounded lock wait, no statement timeout (an
+/// archive reads for minutes).
+pub async fn connect_worker(target: &PgTarget) -> Result<Client, DbError> {
+    let client = connect(target).await?;
+    client
+        .batch_execute(&format!(
+            "{} SET application_name = 'candystore-storage'",
+            worker_settings()
+        ))
+        .await?;
+    Ok(client)
+}
+
+/// The settings every worker session runs with (see [`connect_worker`]).
+pub fn worker_settings() -> String {
+    format!(
+        "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET lock_timeout = '{}ms'; SET statement_timeout = 0;",
+        LOCK_TIMEOUT.as_millis()
+    )
 }
 
 /// Bounds every API query: no request can hold a connection longer than this.

@@ -46,7 +46,7 @@ pub struct Event {
     /// every byte-identical repeat carries the same time, and (id, source, timestamp)
     /// identifies the event. A fallback time (AMQP `timestamp`, receive time) can
     /// differ between two deliveries of one event: such an event claims its
-    /// (id, source) in `event_keys` first (ARCHITECTURE.md, "Identity").
+    /// (id, source) in `event_keys` first (docs/identity.md).
     pub own_time: bool,
     pub received_at: DateTime<Utc>,
     /// The payload as JSON text (`{}` when the envelope had none).

@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod hex;
+pub mod jobs;
 pub mod metrics;
 pub mod ops;
 pub mod query;

@@ -82,410 +82,398 @@ const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-pub struct Metrics {
-    registry: Registry,
-    event_types: LabelValues,
-    sources: LabelValues,
-    pub labels_capped: IntCounter,
-    pub streams_open: IntGauge,
-    pub inflight_bytes: IntGauge,
-    pub prefetch: IntGauge,
-    pub events_received: IntCounterVec,
-    pub events_stored: IntCounterVec,
-    pub events_failed: IntCounterVec,
-    /// Supervised tasks (source, sink, each background job) that ended or panicked.
-    pub task_failures: IntCounterVec,
-    pub storage_latency: Histogram,
-    pub storage_latency_last_ms: prometheus::Gauge,
-    pub consumer_connected: IntGauge,
-    pub database_connections: IntGauge,
-    pub deliveries_received: IntCounter,
-    pub duplicates: IntCounter,
-    pub replays_ignored: IntCounter,
-    pub replay_marks_unauthenticated: IntCounter,
-    pub audit_unattested: IntCounter,
-    /// When the tree job last completed a step (appending or finding nothing new).
-    pub audit_last_seal: prometheus::Gauge,
-    /// Leaves in the newest signed checkpoint.
-    pub audit_tree_size: IntGauge,
-    /// Checkpoints a witness refused or could not be sent, by reason.
-    pub audit_witness_failures: IntCounterVec,
-    /// Checkpoints that could not be written to CHECKPOINT_DIR.
-    pub audit_checkpoint_dir_failures: IntCounter,
-    pub dead_letters: IntCounterVec,
-    pub sanitized: IntCounter,
-    pub write_retries: IntCounterVec,
-    pub batches_committed: IntCounter,
-    pub batch_rows: Histogram,
-    pub batch_bytes: Histogram,
-    pub batch_age: Histogram,
-    pub batch_duration: HistogramVec,
-    pub batch_splits: IntCounter,
-    pub acks: IntCounter,
-    pub ack_frames: IntCounter,
-    pub ack_failures: IntCounter,
-    pub reconnects: IntCounter,
-    pub channel_sent: IntCounter,
-    pub channel_received: IntCounter,
-    pub in_flight: IntGauge,
-    pub events_decoded: IntCounter,
-    pub nacks: IntCounter,
-    pub queue_depth: IntGauge,
-    pub parked_messages: IntGauge,
-    pub queue_consumers: IntGauge,
-    pub writers_connected: IntGauge,
-    pub pool_size: IntGauge,
-    pub pool_in_use: IntGauge,
-    pub pool_waiting: IntGauge,
-    pub http_requests: IntCounterVec,
-    pub http_duration: HistogramVec,
-    pub storage: StorageMetrics,
+/// Declares a set of metrics once each: its field, its type and how it is made
+/// (name, help, labels, buckets). The struct and its `register`, which makes
+/// every metric and registers it, come from the one list; the struct's other
+/// fields are given with what they start as (`$registry` names the registry).
+macro_rules! metric_set {
+    (
+        $(#[$sattr:meta])*
+        pub struct $name:ident($registry:ident) {
+            $( $xvis:vis $xf:ident: $xty:ty = $xinit:expr; )*
+        }
+        metrics {
+            $( $(#[$attr:meta])* $field:ident: $ty:ty = $make:expr, )*
+        }
+    ) => {
+        $(#[$sattr])*
+        pub struct $name {
+            $( $xvis $xf: $xty, )*
+            $( $(#[$attr])* pub $field: $ty, )*
+        }
+
+        impl $name {
+            fn register($registry: &Registry) -> Self {
+                $name {
+                    $( $field: register($registry, $make), )*
+                    $( $xf: $xinit, )*
+                }
+            }
+        }
+    };
+}
+
+/// Makes one metric's registration: a bad definition or a name used twice is
+/// a bug found by the first test that makes `Metrics`.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    made: prometheus::Result<M>,
+) -> M {
+    let m = made.expect("metric definition is valid");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric names are unique");
+    m
+}
+
+fn counter(name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    IntCounter::new(name, help)
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+fn int_gauge(name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    IntGauge::new(name, help)
+}
+
+fn int_gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+}
+
+fn gauge(name: &str, help: &str) -> prometheus::Result<Gauge> {
+    Gauge::new(name, help)
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
+    GaugeVec::new(Opts::new(name, help), labels)
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+}
+
+fn histogram_vec(
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> prometheus::Result<HistogramVec> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+}
+
+/// `n` buckets from `start`, each `factor` times the one before.
+fn exponential(start: f64, factor: f64, n: usize) -> Vec<f64> {
+    prometheus::exponential_buckets(start, factor, n).expect("valid buckets")
+}
+
+metric_set! {
+    /// Every metric, in one registry; label values from publishers' data bounded.
+    pub struct Metrics(registry) {
+        registry: Registry = registry.clone();
+        event_types: LabelValues = LabelValues::default();
+        sources: LabelValues = LabelValues::default();
+        pub storage: StorageMetrics = StorageMetrics::register(registry);
+    }
+    metrics {
+        labels_capped: IntCounter = counter(
+            "candystore_metric_labels_capped_total",
+            "Event types or sources counted as \"other\" because they were too long or too many distinct values were already known",
+        ),
+        streams_open: IntGauge = int_gauge(
+            "candystore_streams_open",
+            "Live-tail (SSE) streams open now; at most STREAM_MAX_CLIENTS",
+        ),
+        inflight_bytes: IntGauge = int_gauge(
+            "candystore_inflight_bytes",
+            "Bytes of decoded records held between the consumer and COMMIT (0 once every batch is written); at most MAX_INFLIGHT_BYTES",
+        ),
+        prefetch: IntGauge = int_gauge(
+            "candystore_prefetch",
+            "The consumer's prefetch now: PREFETCH_COUNT, or less while deliveries are so large that PREFETCH_COUNT of them would pass MAX_INFLIGHT_BYTES",
+        ),
+        events_received: IntCounterVec = counter_vec(
+            "candystore_events_received_total",
+            "Events received from Bloodbank",
+            &["event_type", "source"],
+        ),
+        events_stored: IntCounterVec = counter_vec(
+            "candystore_events_stored_total",
+            "Events stored (new rows committed)",
+            &["event_type"],
+        ),
+        events_failed: IntCounterVec = counter_vec(
+            "candystore_events_failed_total",
+            "Deliveries that could not be stored as events (dead-lettered)",
+            &["event_type", "error_type"],
+        ),
+        /// Supervised tasks (source, sink, each background job) that ended or panicked.
+        task_failures: IntCounterVec = counter_vec(
+            "candystore_task_failures_total",
+            "Supervised tasks (source, sink, maintenance, audit-tree, catalog) that panicked or ended before shutdown; the first is logged and the process exits for its supervisor to restart it",
+            &["task"],
+        ),
+        storage_latency: Histogram = histogram(
+            "candystore_storage_latency_seconds",
+            "From delivery to the commit that stored it",
+            LATENCY_BUCKETS,
+        ),
+        storage_latency_last_ms: Gauge = gauge(
+            "candystore_storage_latency_milliseconds",
+            "The latest committed batch's storage latency: its oldest delivery to its commit, in milliseconds (the original design's gauge; the histogram is candystore_storage_latency_seconds)",
+        ),
+        consumer_connected: IntGauge = int_gauge(
+            "candystore_consumer_connected",
+            "1 while consuming from the broker, else 0",
+        ),
+        database_connections: IntGauge = int_gauge(
+            "candystore_database_connections",
+            "Open PostgreSQL connections (writer and read pool)",
+        ),
+        deliveries_received: IntCounter = counter(
+            "candystore_deliveries_received_total",
+            "Deliveries taken from the broker, events or not",
+        ),
+        duplicates: IntCounter = counter(
+            "candystore_events_duplicate_total",
+            "Deliveries whose event was already stored (redeliveries and repeats)",
+        ),
+        replays_ignored: IntCounter = counter(
+            "candystore_replays_ignored_total",
+            "Deliveries published by `candystore replay` (an authentic x-candystore-replay mark): acked, not stored again",
+        ),
+        replay_marks_unauthenticated: IntCounter = counter(
+            "candystore_replay_marks_unauthenticated_total",
+            "Deliveries with an x-candystore-replay header this installation did not make for them: stored like any event",
+        ),
+        audit_unattested: IntCounter = counter(
+            "candystore_audit_unattested_total",
+            "Leaves (or, before the tree, events) the audit job found without a valid writer attestation (AUDIT_KEY): written out of band",
+        ),
+        /// When the tree job last completed a step (appending or finding nothing new).
+        audit_last_seal: Gauge = gauge(
+            "candystore_audit_last_seal_timestamp_seconds",
+            "When the audit tree's job last completed a step (Unix seconds); it stops moving when appending or signing fails",
+        ),
+        /// Leaves in the newest signed checkpoint.
+        audit_tree_size: IntGauge = int_gauge(
+            "candystore_audit_tree_size",
+            "Leaves in the audit tree's newest signed checkpoint",
+        ),
+        /// Checkpoints a witness refused or could not be sent, by reason.
+        audit_witness_failures: IntCounterVec = counter_vec(
+            "candystore_audit_witness_failures_total",
+            "Checkpoints a witness did not cosign, by reason: rollback (409: it has seen a larger tree), bad_proof (422), unreachable, refused (any other answer)",
+            &["reason"],
+        ),
+        /// Checkpoints that could not be written to CHECKPOINT_DIR.
+        audit_checkpoint_dir_failures: IntCounter = counter(
+            "candystore_audit_checkpoint_dir_failures_total",
+            "Signed checkpoints that could not be written to CHECKPOINT_DIR",
+        ),
+        dead_letters: IntCounterVec = counter_vec(
+            "candystore_dead_letters_total",
+            "Rows written to dead_letter, by reason",
+            &["reason"],
+        ),
+        sanitized: IntCounter = counter(
+            "candystore_events_sanitized_total",
+            "Events stored with text PostgreSQL refuses removed",
+        ),
+        write_retries: IntCounterVec = counter_vec(
+            "candystore_write_retries_total",
+            "Batch writes retried, by cause",
+            &["cause"],
+        ),
+        batches_committed: IntCounter = counter(
+            "candystore_batches_committed_total",
+            "Batch transactions committed",
+        ),
+        batch_rows: Histogram = histogram(
+            "candystore_batch_rows",
+            "Deliveries per committed batch",
+            &exponential(1.0, 2.0, 15),
+        ),
+        batch_bytes: Histogram = histogram(
+            "candystore_batch_bytes",
+            "Bytes held by a batch at flush",
+            &exponential(1024.0, 4.0, 10),
+        ),
+        batch_age: Histogram = histogram(
+            "candystore_batch_age_seconds",
+            "Age of a batch's oldest delivery at flush",
+            LATENCY_BUCKETS,
+        ),
+        batch_duration: HistogramVec = histogram_vec(
+            "candystore_batch_duration_seconds",
+            "Time spent in each step of a batch write",
+            DURATION_BUCKETS,
+            &["step"],
+        ),
+        batch_splits: IntCounter = counter(
+            "candystore_batch_splits_total",
+            "Batches split to isolate a row PostgreSQL refused",
+        ),
+        acks: IntCounter = counter("candystore_acks_total", "Deliveries acknowledged after commit"),
+        ack_frames: IntCounter = counter(
+            "candystore_ack_frames_total",
+            "basic.ack frames sent (multiple-acks cover many deliveries)",
+        ),
+        ack_failures: IntCounter = counter(
+            "candystore_ack_failures_total",
+            "Acks that failed because their channel was gone (redelivered later)",
+        ),
+        reconnects: IntCounter = counter(
+            "candystore_reconnects_total",
+            "Broker connections re-established after a failure",
+        ),
+        channel_sent: IntCounter = counter(
+            "candystore_channel_sent_total",
+            "Records the consumer put into the batch channel",
+        ),
+        channel_received: IntCounter = counter(
+            "candystore_channel_received_total",
+            "Records the writer took from the batch channel",
+        ),
+        in_flight: IntGauge = int_gauge(
+            "candystore_events_in_flight",
+            "Deliveries received and not yet settled (channel, batch, write)",
+        ),
+        events_decoded: IntCounter = counter(
+            "candystore_events_decoded_total",
+            "Deliveries decoded into events (the rest are dead-lettered)",
+        ),
+        nacks: IntCounter = counter(
+            "candystore_nacks_total",
+            "Deliveries nacked; Candystore never nacks (unsettled deliveries are redelivered), so this stays 0",
+        ),
+        queue_depth: IntGauge = int_gauge(
+            "candystore_queue_depth",
+            "Messages ready in RABBIT_QUEUE, read from the broker at an interval: the ingest lag",
+        ),
+        parked_messages: IntGauge = int_gauge(
+            "candystore_parked_messages",
+            "Messages the broker set aside in <RABBIT_QUEUE>.parked after RABBIT_DELIVERY_LIMIT unacked deliveries (quorum queues; always 0 for classic)",
+        ),
+        queue_consumers: IntGauge = int_gauge(
+            "candystore_queue_consumers",
+            "Consumers on RABBIT_QUEUE, read with the depth",
+        ),
+        writers_connected: IntGauge = int_gauge(
+            "candystore_writer_connections",
+            "Open connections of the batch writers",
+        ),
+        pool_size: IntGauge = int_gauge(
+            "candystore_database_pool_size",
+            "Connections open in the API's read pool",
+        ),
+        pool_in_use: IntGauge = int_gauge(
+            "candystore_database_pool_in_use",
+            "Read-pool connections lent to requests right now",
+        ),
+        pool_waiting: IntGauge = int_gauge(
+            "candystore_database_pool_waiting",
+            "Requests waiting for a read-pool connection",
+        ),
+        http_requests: IntCounterVec = counter_vec(
+            "candystore_http_requests_total",
+            "HTTP requests served, by route, method and status",
+            &["route", "method", "status"],
+        ),
+        http_duration: HistogramVec = histogram_vec(
+            "candystore_http_request_duration_seconds",
+            "HTTP request latency by route",
+            DURATION_BUCKETS,
+            &["route"],
+        ),
+    }
 }
 
 /// The partitioned tables' names, the `table` label of the storage metrics
 /// (`storage::Table::ALL`'s names; a test there keeps the two equal).
 pub const PARTITIONED_TABLES: [&str; 2] = ["events", "dead_letter"];
 
-/// What the maintenance job (`storage::maintain`) exports.
-pub struct StorageMetrics {
-    pub partitions: IntGaugeVec,
-    pub oldest_partition: GaugeVec,
-    pub partition_bytes: IntGaugeVec,
-    pub default_rows: IntGaugeVec,
-    pub created: IntCounterVec,
-    pub dropped: IntCounterVec,
-    pub archived: IntCounterVec,
-    pub deferred: IntGaugeVec,
-    pub unanalyzed: IntGaugeVec,
-    pub analyzed: IntCounterVec,
-    pub range_failures: IntCounterVec,
-    pub last_run: Gauge,
-    pub last_success: Gauge,
-    pub failures: IntCounter,
+metric_set! {
+    /// What the maintenance job (`storage::maintain`) exports.
+    pub struct StorageMetrics(registry) {}
+    metrics {
+        partitions: IntGaugeVec = int_gauge_vec(
+            "candystore_partitions",
+            "Partitions of each table, the default partition included",
+            &["table"],
+        ),
+        oldest_partition: GaugeVec = gauge_vec(
+            "candystore_oldest_partition_timestamp_seconds",
+            "Start of each table's oldest partition (Unix time): how far back the stored history reaches",
+            &["table"],
+        ),
+        partition_bytes: IntGaugeVec = int_gauge_vec(
+            "candystore_partition_bytes",
+            "Bytes on disk of each partition (heap, TOAST and indexes)",
+            &["table", "partition"],
+        ),
+        default_rows: IntGaugeVec = int_gauge_vec(
+            "candystore_default_partition_rows",
+            "Rows in each table's default partition after the last maintenance run (drained to 0 unless a partition could not be made)",
+            &["table"],
+        ),
+        created: IntCounterVec = counter_vec(
+            "candystore_partitions_created_total",
+            "Partitions created by the maintenance job",
+            &["table"],
+        ),
+        dropped: IntCounterVec = counter_vec(
+            "candystore_partitions_dropped_total",
+            "Partitions dropped by retention",
+            &["table"],
+        ),
+        archived: IntCounterVec = counter_vec(
+            "candystore_partitions_archived_total",
+            "Partitions archived to ARCHIVE_DIR by retention",
+            &["table"],
+        ),
+        deferred: IntGaugeVec = int_gauge_vec(
+            "candystore_partitions_deferred",
+            "Partitions the last maintenance run wanted but left for the next runs (it creates at most 100 per table)",
+            &["table"],
+        ),
+        unanalyzed: IntGaugeVec = int_gauge_vec(
+            "candystore_partitions_unanalyzed",
+            "Partitions of each table holding rows that have never been analysed, after the last maintenance run: the planner only guesses about them",
+            &["table"],
+        ),
+        analyzed: IntCounterVec = counter_vec(
+            "candystore_partitions_analyzed_total",
+            "Partitions the maintenance job analysed because their statistics were missing or far behind",
+            &["table"],
+        ),
+        range_failures: IntCounterVec = counter_vec(
+            "candystore_maintenance_range_failures_total",
+            "Partitions the maintenance job failed to create or split (logged with the range); the run went on and the next one retries",
+            &["table"],
+        ),
+        last_run: Gauge = gauge(
+            "candystore_maintenance_last_run_timestamp_seconds",
+            "When the maintenance job last ran on this instance (Unix time), whatever its outcome",
+        ),
+        last_success: Gauge = gauge(
+            "candystore_maintenance_last_success_timestamp_seconds",
+            "When the maintenance job last completed on this instance (Unix time)",
+        ),
+        failures: IntCounter = counter(
+            "candystore_maintenance_failures_total",
+            "Maintenance runs that failed (logged with the cause); the next run tries again",
+        ),
+    }
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        macro_rules! reg {
-            ($m:expr) => {{
-                let m = $m.expect("metric definition is valid");
-                registry
-                    .register(Box::new(m.clone()))
-                    .expect("metric names are unique");
-                m
-            }};
-        }
-        let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-        };
-        let rows_buckets = prometheus::exponential_buckets(1.0, 2.0, 15).expect("valid buckets");
-        let bytes_buckets =
-            prometheus::exponential_buckets(1024.0, 4.0, 10).expect("valid buckets");
-        Metrics {
-            events_received: reg!(IntCounterVec::new(
-                Opts::new(
-                    "candystore_events_received_total",
-                    "Events received from Bloodbank"
-                ),
-                &["event_type", "source"]
-            )),
-            events_stored: reg!(IntCounterVec::new(
-                Opts::new(
-                    "candystore_events_stored_total",
-                    "Events stored (new rows committed)"
-                ),
-                &["event_type"]
-            )),
-            events_failed: reg!(IntCounterVec::new(
-                Opts::new(
-                    "candystore_events_failed_total",
-                    "Deliveries that could not be stored as events (dead-lettered)"
-                ),
-                &["event_type", "error_type"]
-            )),
-            task_failures: reg!(IntCounterVec::new(
-                Opts::new(
-                    "candystore_task_failures_total",
-                    "Supervised tasks (source, sink, maintenance, audit-tree, catalog) that panicked or ended before shutdown; the first is logged and the process exits for its supervisor to restart it"
-                ),
-                &["task"]
-            )),
-            storage_latency: reg!(histogram(
-                "candystore_storage_latency_seconds",
-                "From delivery to the commit that stored it",
-                LATENCY_BUCKETS
-            )),
-            storage_latency_last_ms: reg!(prometheus::Gauge::new(
-                "candystore_storage_latency_milliseconds",
-                "The latest committed batch's storage latency: its oldest delivery to its commit, in milliseconds (the original design's gauge; the histogram is candystore_storage_latency_seconds)"
-            )),
-            consumer_connected: reg!(IntGauge::new(
-                "candystore_consumer_connected",
-                "1 while consuming from the broker, else 0"
-            )),
-            database_connections: reg!(IntGauge::new(
-                "candystore_database_connections",
-                "Open PostgreSQL connections (writer and read pool)"
-            )),
-            deliveries_received: reg!(IntCounter::new(
-                "candystore_deliveries_received_total",
-                "Deliveries taken from the broker, events or not"
-            )),
-            duplicates: reg!(IntCounter::new(
-                "candystore_events_duplicate_total",
-                "Deliveries whose event was already stored (redeliveries and repeats)"
-            )),
-            replays_ignored: reg!(IntCounter::new(
-                "candystore_replays_ignored_total",
-                "Deliveries published by `candystore replay` (an authentic x-candystore-replay mark): acked, not stored again"
-            )),
-            replay_marks_unauthenticated: reg!(IntCounter::new(
-                "candystore_replay_marks_unauthenticated_total",
-                "Deliveries with an x-candystore-replay header this installation did not make for them: stored like any event"
-            )),
-            audit_last_seal: reg!(prometheus::Gauge::new(
-                "candystore_audit_last_seal_timestamp_seconds",
-                "When the audit tree's job last completed a step (Unix seconds); it stops moving when appending or signing fails"
-            )),
-            audit_tree_size: reg!(IntGauge::new(
-                "candystore_audit_tree_size",
-                "Leaves in the audit tree's newest signed checkpoint"
-            )),
-            audit_witness_failures: reg!(IntCounterVec::new(
-                Opts::new(
-                    "candystore_audit_witness_failures_total",
-                    "Checkpoints a witness did not cosign, by reason: rollback (409: it has seen a larger tree), bad_proof (422), unreachable, refused (any other answer)"
-                ),
-                &["reason"]
-            )),
-            audit_checkpoint_dir_failures: reg!(IntCounter::new(
-                "candystore_audit_checkpoint_dir_failures_total",
-                "Signed checkpoints that could not be written to CHECKPOINT_DIR"
-            )),
-            audit_unattested: reg!(IntCounter::new(
-                "candystore_audit_unattested_total",
-                "Leaves (or, before the tree, events) the audit job found without a valid writer attestation (AUDIT_KEY): written out of band"
-            )),
-            dead_letters: reg!(IntCounterVec::new(
-                Opts::new(
-                    "candystore_dead_letters_total",
-                    "Rows written to dead_letter, by reason"
-                ),
-                &["reason"]
-            )),
-            sanitized: reg!(IntCounter::new(
-                "candystore_events_sanitized_total",
-                "Events stored with text PostgreSQL refuses removed"
-            )),
-            write_retries: reg!(IntCounterVec::new(
-                Opts::new(
-                    "candystore_write_retries_total",
-                    "Batch writes retried, by cause"
-                ),
-                &["cause"]
-            )),
-            batches_committed: reg!(IntCounter::new(
-                "candystore_batches_committed_total",
-                "Batch transactions committed"
-            )),
-            batch_rows: reg!(histogram(
-                "candystore_batch_rows",
-                "Deliveries per committed batch",
-                &rows_buckets
-            )),
-            batch_bytes: reg!(histogram(
-                "candystore_batch_bytes",
-                "Bytes held by a batch at flush",
-                &bytes_buckets
-            )),
-            batch_age: reg!(histogram(
-                "candystore_batch_age_seconds",
-                "Age of a batch's oldest delivery at flush",
-                LATENCY_BUCKETS
-            )),
-            batch_duration: reg!(HistogramVec::new(
-                HistogramOpts::new(
-                    "candystore_batch_duration_seconds",
-                    "Time spent in each step of a batch write"
-                )
-                .buckets(DURATION_BUCKETS.to_vec()),
-                &["step"]
-            )),
-            batch_splits: reg!(IntCounter::new(
-                "candystore_batch_splits_total",
-                "Batches split to isolate a row PostgreSQL refused"
-            )),
-            acks: reg!(IntCounter::new(
-                "candystore_acks_total",
-                "Deliveries acknowledged after commit"
-            )),
-            ack_frames: reg!(IntCounter::new(
-                "candystore_ack_frames_total",
-                "basic.ack frames sent (multiple-acks cover many deliveries)"
-            )),
-            ack_failures: reg!(IntCounter::new(
-                "candystore_ack_failures_total",
-                "Acks that failed because their channel was gone (redelivered later)"
-            )),
-            reconnects: reg!(IntCounter::new(
-                "candystore_reconnects_total",
-                "Broker connections re-established after a failure"
-            )),
-            channel_sent: reg!(IntCounter::new(
-                "candystore_channel_sent_total",
-                "Records the consumer put into the batch channel"
-            )),
-            channel_received: reg!(IntCounter::new(
-                "candystore_channel_received_total",
-                "Records the writer took from the batch channel"
-            )),
-            in_flight: reg!(IntGauge::new(
-                "candystore_events_in_flight",
-                "Deliveries received and not yet settled (channel, batch, write)"
-            )),
-            events_decoded: reg!(IntCounter::new(
-                "candystore_events_decoded_total",
-                "Deliveries decoded into events (the rest are dead-lettered)"
-            )),
-            nacks: reg!(IntCounter::new(
-                "candystore_nacks_total",
-                "Deliveries nacked; Candystore never nacks (unsettled deliveries are redelivered), so this stays 0"
-            )),
-            queue_depth: reg!(IntGauge::new(
-                "candystore_queue_depth",
-                "Messages ready in RABBIT_QUEUE, read from the broker at an interval: the ingest lag"
-            )),
-            parked_messages: reg!(IntGauge::new(
-                "candystore_parked_messages",
-                "Messages the broker set aside in <RABBIT_QUEUE>.parked after RABBIT_DELIVERY_LIMIT unacked deliveries (quorum queues; always 0 for classic)"
-            )),
-            queue_consumers: reg!(IntGauge::new(
-                "candystore_queue_consumers",
-                "Consumers on RABBIT_QUEUE, read with the depth"
-            )),
-            writers_connected: reg!(IntGauge::new(
-                "candystore_writer_connections",
-                "Open connections of the batch writers"
-            )),
-            pool_size: reg!(IntGauge::new(
-                "candystore_database_pool_size",
-                "Connections open in the API's read pool"
-            )),
-            pool_in_use: reg!(IntGauge::new(
-                "candystore_database_pool_in_use",
-                "Read-pool connections lent to requests right now"
-            )),
-            pool_waiting: reg!(IntGauge::new(
-                "candystore_database_pool_waiting",
-                "Requests waiting for a read-pool connection"
-            )),
-            http_requests: reg!(IntCounterVec::new(
-                Opts::new("candystore_http_requests_total", "HTTP requests served, by route, method and status"),
-                &["route", "method", "status"]
-            )),
-            http_duration: reg!(HistogramVec::new(
-                HistogramOpts::new("candystore_http_request_duration_seconds", "HTTP request latency by route")
-                    .buckets(DURATION_BUCKETS.to_vec()),
-                &["route"]
-            )),
-            labels_capped: reg!(IntCounter::new(
-                "candystore_metric_labels_capped_total",
-                "Event types or sources counted as \"other\" because they were too long or too many distinct values were already known"
-            )),
-            streams_open: reg!(IntGauge::new(
-                "candystore_streams_open",
-                "Live-tail (SSE) streams open now; at most STREAM_MAX_CLIENTS"
-            )),
-            inflight_bytes: reg!(IntGauge::new(
-                "candystore_inflight_bytes",
-                "Bytes of decoded records held between the consumer and COMMIT (0 once every batch is written); at most MAX_INFLIGHT_BYTES"
-            )),
-            prefetch: reg!(IntGauge::new(
-                "candystore_prefetch",
-                "The consumer's prefetch now: PREFETCH_COUNT, or less while deliveries are so large that PREFETCH_COUNT of them would pass MAX_INFLIGHT_BYTES"
-            )),
-            storage: StorageMetrics {
-                partitions: reg!(IntGaugeVec::new(
-                    Opts::new("candystore_partitions", "Partitions of each table, the default partition included"),
-                    &["table"]
-                )),
-                oldest_partition: reg!(GaugeVec::new(
-                    Opts::new(
-                        "candystore_oldest_partition_timestamp_seconds",
-                        "Start of each table's oldest partition (Unix time): how far back the stored history reaches"
-                    ),
-                    &["table"]
-                )),
-                partition_bytes: reg!(IntGaugeVec::new(
-                    Opts::new("candystore_partition_bytes", "Bytes on disk of each partition (heap, TOAST and indexes)"),
-                    &["table", "partition"]
-                )),
-                default_rows: reg!(IntGaugeVec::new(
-                    Opts::new(
-                        "candystore_default_partition_rows",
-                        "Rows in each table's default partition after the last maintenance run (drained to 0 unless a partition could not be made)"
-                    ),
-                    &["table"]
-                )),
-                created: reg!(IntCounterVec::new(
-                    Opts::new("candystore_partitions_created_total", "Partitions created by the maintenance job"),
-                    &["table"]
-                )),
-                dropped: reg!(IntCounterVec::new(
-                    Opts::new("candystore_partitions_dropped_total", "Partitions dropped by retention"),
-                    &["table"]
-                )),
-                archived: reg!(IntCounterVec::new(
-                    Opts::new("candystore_partitions_archived_total", "Partitions archived to ARCHIVE_DIR by retention"),
-                    &["table"]
-                )),
-                deferred: reg!(IntGaugeVec::new(
-                    Opts::new(
-                        "candystore_partitions_deferred",
-                        "Partitions the last maintenance run wanted but left for the next runs (it creates at most 100 per table)"
-                    ),
-                    &["table"]
-                )),
-                unanalyzed: reg!(IntGaugeVec::new(
-                    Opts::new(
-                        "candystore_partitions_unanalyzed",
-                        "Partitions of each table holding rows that have never been analysed, after the last maintenance run: the planner only guesses about them"
-                    ),
-                    &["table"]
-                )),
-                analyzed: reg!(IntCounterVec::new(
-                    Opts::new(
-                        "candystore_partitions_analyzed_total",
-                        "Partitions the maintenance job analysed because their statistics were missing or far behind"
-                    ),
-                    &["table"]
-                )),
-                range_failures: reg!(IntCounterVec::new(
-                    Opts::new(
-                        "candystore_maintenance_range_failures_total",
-                        "Partitions the maintenance job failed to create or split (logged with the range); the run went on and the next one retries"
-                    ),
-                    &["table"]
-                )),
-                last_run: reg!(Gauge::new(
-                    "candystore_maintenance_last_run_timestamp_seconds",
-                    "When the maintenance job last ran on this instance (Unix time), whatever its outcome"
-                )),
-                last_success: reg!(Gauge::new(
-                    "candystore_maintenance_last_success_timestamp_seconds",
-                    "When the maintenance job last completed on this instance (Unix time)"
-                )),
-                failures: reg!(IntCounter::new(
-                    "candystore_maintenance_failures_total",
-                    "Maintenance runs that failed (logged with the cause); the next run tries again"
-                )),
-            },
-            event_types: LabelValues::default(),
-            sources: LabelValues::default(),
-            registry,
-        }
-        .with_bounded_labels()
+        Self::register(&Registry::new()).with_bounded_labels()
     }
 
     /// Creates every series whose label values are known in advance, so they are

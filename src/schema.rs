@@ -1,5 +1,7 @@
 //! The schema and its migrations, in one registry: the files in `sql/`, embedded
-//! at build time, and the online steps in code, each entry naming its own step.
+//! at build time and keyed by file name. A `.sql` file is run as it is; a
+//! `.online` file declares the step in code it runs (`step: partition`), so
+//! nothing here matches on a migration's number.
 //!
 //! Applied in version order, each file in its own transaction and recorded in
 //! `schema_migrations` (version, name, checksum, time). A session advisory lock
@@ -31,7 +33,7 @@ pub struct Migration {
 }
 
 /// What an online migration runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum OnlineStep {
     /// Partitioning `events` and `dead_letter` (`storage::migrate_online`).
     Partition,
@@ -42,6 +44,45 @@ enum OnlineStep {
 }
 
 impl OnlineStep {
+    /// Every step, by the name a `.online` file declares.
+    const NAMED: &[(&str, OnlineStep)] = &[
+        ("partition", OnlineStep::Partition),
+        ("tail-index", OnlineStep::TailIndex),
+        (
+            "type-source-index",
+            OnlineStep::Index(crate::storage::online_index::TYPE_SOURCE),
+        ),
+    ];
+
+    /// The step a `.online` file declares in its one `step: NAME` line.
+    fn declared(file: &str, text: &str) -> Result<OnlineStep, DbError> {
+        let bad = |reason: String| DbError::BadFile {
+            name: file.to_owned(),
+            reason,
+        };
+        let mut names = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("step:"))
+            .map(str::trim);
+        let name = names
+            .next()
+            .ok_or_else(|| bad("it declares no `step: NAME` line".to_owned()))?;
+        if names.next().is_some() {
+            return Err(bad("it declares more than one step".to_owned()));
+        }
+        Self::NAMED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, step)| *step)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::NAMED.iter().map(|(n, _)| *n).collect();
+                bad(format!(
+                    "no online step is named {name:?} (known: {})",
+                    known.join(", ")
+                ))
+            })
+    }
+
     /// Its statements as text: their checksum is the migration's.
     fn text(self) -> String {
         match self {
@@ -70,46 +111,52 @@ impl OnlineStep {
     }
 }
 
-/// The online migrations: version, name, step. Each entry names its own step, so
-/// a new one cannot run another's code.
-const ONLINE: &[(i64, &str, OnlineStep)] = &[
-    (9, "0009_partition_by_time (online)", OnlineStep::Partition),
-    (10, "0010_events_txid (online)", OnlineStep::TailIndex),
-    (
-        21,
-        "0021_events_type_source (online)",
-        OnlineStep::Index(crate::storage::online_index::TYPE_SOURCE),
-    ),
-];
-
 /// The embedded migrations, in order.
 pub fn migrations() -> Result<Vec<Migration>, DbError> {
-    let mut all = MIGRATIONS
-        .iter()
-        .map(|(name, sql)| {
-            let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
-            let version = digits
-                .parse()
-                .map_err(|_| DbError::BadName((*name).to_owned()))?;
-            Ok(Migration {
+    static REGISTRY: std::sync::OnceLock<Result<Vec<Migration>, String>> =
+        std::sync::OnceLock::new();
+    REGISTRY
+        .get_or_init(|| registry(MIGRATIONS).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(DbError::Registry)
+}
+
+/// The migrations of `files` (file name, text), in version order.
+fn registry(files: &[(&'static str, &'static str)]) -> Result<Vec<Migration>, DbError> {
+    let mut all = Vec::with_capacity(files.len());
+    for (file, text) in files {
+        let digits: String = file.chars().take_while(char::is_ascii_digit).collect();
+        let version = digits
+            .parse()
+            .map_err(|_| DbError::BadName((*file).to_owned()))?;
+        all.push(match file.strip_suffix(".online") {
+            // The ledger names an online migration as it always has.
+            Some(stem) => {
+                let step = OnlineStep::declared(file, text)?;
+                Migration {
+                    version,
+                    name: String::leak(format!("{stem} (online)")),
+                    sql: "",
+                    checksum: checksum(&step.text()),
+                    online: Some(step),
+                }
+            }
+            None => Migration {
                 version,
-                name,
-                sql,
-                checksum: checksum(sql),
+                name: file,
+                sql: text,
+                checksum: checksum(text),
                 online: None,
-            })
-        })
-        .collect::<Result<Vec<_>, DbError>>()?;
-    for (version, name, step) in ONLINE {
-        all.push(Migration {
-            version: *version,
-            name,
-            sql: "",
-            checksum: checksum(&step.text()),
-            online: Some(*step),
+            },
         });
     }
     all.sort_by_key(|m| m.version);
+    if let Some(w) = all.windows(2).find(|w| w[0].version == w[1].version) {
+        return Err(DbError::BadFile {
+            name: w[1].name.to_owned(),
+            reason: format!("its number is also {}'s", w[0].name),
+        });
+    }
     Ok(all)
 }
 
@@ -288,7 +335,7 @@ pub async fn check_schema(client: &Client) -> Result<(), DbError> {
     // The service runs on either side of an online migration, so only the others
     // stop it, and only those before the first pending online one: the ones after
     // it are applied by the same `migrate`, once the online step is through, and
-    // add nothing `serve` needs (ARCHITECTURE.md, "Migrations").
+    // add nothing `serve` needs (docs/storage.md, "Migrations").
     let first_online = pending
         .iter()
         .position(|m| m.online.is_some())
@@ -319,6 +366,64 @@ mod tests {
         assert!(all.len() >= 2);
         assert!(all.windows(2).all(|w| w[0].version < w[1].version));
         assert_eq!(all[0].name, "0001_events.sql");
+    }
+
+    #[test]
+    fn each_online_file_runs_the_step_it_declares() {
+        let all = migrations().unwrap();
+        let step = |name: &str| all.iter().find(|m| m.name == name).unwrap().online;
+        assert_eq!(
+            step("0009_partition_by_time (online)"),
+            Some(OnlineStep::Partition)
+        );
+        assert_eq!(
+            step("0010_events_txid (online)"),
+            Some(OnlineStep::TailIndex)
+        );
+        assert_eq!(
+            step("0021_events_type_source (online)"),
+            Some(OnlineStep::Index(crate::storage::online_index::TYPE_SOURCE))
+        );
+        assert_eq!(step("0011_dead_letter_replays.sql"), None);
+        // Every step is declared by exactly one file.
+        for (name, s) in OnlineStep::NAMED {
+            let n = all.iter().filter(|m| m.online == Some(*s)).count();
+            assert_eq!(n, 1, "step {name} is declared by {n} files");
+        }
+    }
+
+    #[test]
+    fn an_online_file_naming_no_known_step_is_refused_naming_the_file() {
+        for (text, says) in [
+            (
+                "-- comment\nstep: reindex-everything\n",
+                "no online step is named \"reindex-everything\"",
+            ),
+            ("-- no step here\n", "declares no `step: NAME` line"),
+            ("step: partition\nstep: tail-index\n", "more than one step"),
+        ] {
+            let err = registry(&[("0023_new.online", text)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("0023_new.online") && err.contains(says),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_files_with_one_number_are_refused() {
+        let err = registry(&[
+            ("0005_a.sql", "SELECT 1"),
+            ("0005_b.online", "step: partition"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("0005_b (online)") && err.contains("0005_a.sql"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
     let mut client = state.pool.get().await.map_err(unavailable)?;
     // Newest first over time partitions: look back a short window from the page's
     // start first (only the partitions it covers are planned and read), and widen
-    // only when it holds too few matches (ARCHITECTURE.md, "Query path").
+    // only when it holds too few matches (docs/queries.md).
     let paging = q.paging;
     let anchor = match &paging.cursor {
         Some(c) => super::query::params::cursor_time(c)?,

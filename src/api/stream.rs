@@ -390,7 +390,7 @@ pub async fn stream(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
     let metrics = state.streams.open.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        metrics.inc();
+        let _open = crate::metrics::Raised::new(&metrics);
         if let Err(Ended::SlowReader) = feed.run(batches, head).await {
             // The client stopped reading: close its socket, which makes actix
             // drop the connection and its buffered chunks.
@@ -399,7 +399,6 @@ pub async fn stream(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
             }
             tracing::debug!("live-tail client cut: it took nothing within the write timeout");
         }
-        metrics.dec();
     });
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()

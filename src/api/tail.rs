@@ -12,7 +12,7 @@
 //! never grows again, and every row that becomes readable later belongs to a newer
 //! transaction: it sorts after everything already read in (txid, seq) order. So a
 //! stream that follows that order never skips and never repeats, with any number
-//! of writers and instances. ARCHITECTURE.md, "Live tail". Streams
+//! of writers and instances. docs/live-tail.md. Streams
 //! filter batches in memory with [`TailFilter`], which matches exactly what the
 //! SQL filter of `GET /events` matches. So 150 open streams cost one query per
 //! interval, not 150, and never hold a read-pool connection.
@@ -37,8 +37,8 @@ use super::problem::unavailable;
 use super::query::EventQuery;
 use super::query::sql::{generic_plans, reusable};
 use super::view::{COLUMNS, JsonText, view};
+use crate::db::HORIZON;
 use crate::query::SqlParams;
-use crate::storage::tail_index::HORIZON;
 
 /// How often the newest events are read while a stream listens.
 pub const POLL_EVERY: Duration = Duration::from_millis(200);

@@ -24,8 +24,8 @@ use super::leaf::{self, Leaf};
 use super::note::{Checkpoint, SigningKey};
 use super::store::{self, HEIGHT, StoreError, WIDTH};
 use super::tree::{Frontier, Hash, leaf_hash};
+use crate::db::HORIZON;
 use crate::metrics::Metrics;
-use crate::storage::tail_index::HORIZON;
 
 /// Leaves appended per step at most.
 pub const STEP_LEAVES: i64 = 100_000;
@@ -55,15 +55,6 @@ pub enum JobError {
     OtherKey { expected: String, found: String },
 }
 
-impl From<crate::storage::StorageError> for JobError {
-    fn from(e: crate::storage::StorageError) -> Self {
-        match e {
-            crate::storage::StorageError::Db(e) => JobError::Db(e),
-            other => JobError::Store(StoreError::Inconsistent(other.to_string())),
-        }
-    }
-}
-
 /// The tree job's state between steps.
 pub struct Tree {
     pub signer: Arc<SigningKey>,
@@ -85,7 +76,7 @@ impl Tree {
     pub async fn step(&mut self, client: &mut Client) -> Result<Appended, JobError> {
         let legacy = finish_legacy_chain(client, self.keyring.as_deref()).await?;
         let tx = client.transaction().await?;
-        if !crate::storage::job::take_turn(&tx, LOCK_KEY).await? {
+        if !crate::jobs::take_turn(&tx, LOCK_KEY).await? {
             return Ok(Appended::default());
         }
         self.check_trail(&tx).await?;
@@ -395,7 +386,7 @@ pub struct LegacyEnd {
     pub count: i64,
 }
 
-impl crate::storage::job::Failure for JobError {
+impl crate::jobs::Failure for JobError {
     fn is_retryable(&self) -> bool {
         match self {
             JobError::Db(_) => true,
@@ -406,9 +397,7 @@ impl crate::storage::job::Failure for JobError {
 
     fn schema_pending(&self) -> bool {
         match self {
-            JobError::Db(e) | JobError::Store(StoreError::Db(e)) => {
-                crate::storage::job::pending_code(e)
-            }
+            JobError::Db(e) | JobError::Store(StoreError::Db(e)) => crate::jobs::pending_code(e),
             _ => false,
         }
     }
@@ -418,6 +407,7 @@ impl crate::storage::job::Failure for JobError {
 /// steps are full), each checkpoint published after its commit.
 pub struct TreeJob {
     /// A fault the tests inject: the job panics at its first step.
+    #[cfg(feature = "fault-injection")]
     pub panic_at_first_step: bool,
     pub tree: Tree,
     pub every: Duration,
@@ -425,7 +415,7 @@ pub struct TreeJob {
     pub metrics: Arc<Metrics>,
 }
 
-impl crate::storage::job::Job for TreeJob {
+impl crate::jobs::Job for TreeJob {
     const NAME: &'static str = "audit-tree";
     type Error = JobError;
 
@@ -434,6 +424,7 @@ impl crate::storage::job::Job for TreeJob {
     }
 
     async fn step(&mut self, client: &mut Client) -> Result<Duration, JobError> {
+        #[cfg(feature = "fault-injection")]
         if self.panic_at_first_step {
             panic!("injected fault: the audit tree's job panicked");
         }

@@ -30,8 +30,6 @@ pub use write::{WriteError, Writer, Written};
 pub struct SinkOptions {
     pub limits: Limits,
     pub retry_max_backoff: Duration,
-    /// Test-only: commit but never ack, as if the process died between the two.
-    pub skip_acks: bool,
 }
 
 /// Runs until the channel is closed and everything it held is committed and acked.
@@ -63,7 +61,7 @@ pub async fn run(
                 }
             }
             Some((writer, done)) = in_flight.next(), if !in_flight.is_empty() => {
-                settle(done, &opts, &metrics).await;
+                settle(done, &metrics).await;
                 idle.push(writer);
             }
         }
@@ -139,16 +137,11 @@ async fn write_batch(
 }
 
 /// Acks a committed batch. The only place the pipeline acks anything.
-async fn settle(done: Committed, opts: &SinkOptions, metrics: &Metrics) {
-    if opts.skip_acks {
-        // Dropping the tokens leaves the deliveries unacked for the broker to redeliver.
-        drop(done.tokens);
-    } else {
-        let settled = source::ack::settle(done.tokens).await;
-        metrics.acks.inc_by(settled.acked as u64);
-        metrics.ack_frames.inc_by(settled.frames as u64);
-        metrics.ack_failures.inc_by(settled.failed as u64);
-    }
+async fn settle(done: Committed, metrics: &Metrics) {
+    let settled = source::ack::settle(done.tokens).await;
+    metrics.acks.inc_by(settled.acked as u64);
+    metrics.ack_frames.inc_by(settled.frames as u64);
+    metrics.ack_failures.inc_by(settled.failed as u64);
     drop(done.in_flight);
     tracing::debug!(
         rows = done.rows,

@@ -27,8 +27,8 @@
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
+use crate::jobs::Wake;
 use crate::metrics::Metrics;
-use crate::storage::job::Wake;
 use crate::storage::partition::{self, Layout, Range};
 use crate::storage::{self, StorageError, Table};
 

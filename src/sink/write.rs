@@ -93,7 +93,7 @@ macro_rules! staged_filter {
 
 /// Moves staged rows into `events` and returns how many rows of each type were new.
 ///
-/// Identity (ARCHITECTURE.md, "Identity"): an event that carries its own time is
+/// Identity (docs/identity.md): an event that carries its own time is
 /// one row per (id, source, timestamp), which the primary key enforces inside the
 /// partition the time selects. An event whose time is a fallback is one row per
 /// (id, source) among fallback-timed events: it first claims its (id, source) in
@@ -277,6 +277,8 @@ struct Conn {
     move_staged: Statement,
     move_own_time: Statement,
     insert_dead_letter: Statement,
+    /// Counts this connection in `candystore_writer_connections` while it lives.
+    _counted: crate::metrics::Raised,
 }
 
 /// The batch writer's connection and statements.
@@ -306,7 +308,7 @@ impl Writer {
     pub fn making_partitions(
         mut self,
         layout: crate::storage::partition::Layout,
-        maintenance: crate::storage::job::Wake,
+        maintenance: crate::jobs::Wake,
     ) -> Self {
         self.partitions = Some(super::partitions::PartitionsAhead::new(
             self.target.clone(),
@@ -323,10 +325,8 @@ impl Writer {
     }
 
     /// Forgets the connection; the next write opens a new one.
-    fn reset(&mut self, metrics: &Metrics) {
-        if self.conn.take().is_some() {
-            metrics.writers_connected.dec();
-        }
+    fn reset(&mut self) {
+        self.conn = None;
     }
 
     async fn connect(&mut self, metrics: &Metrics) -> Result<&mut Conn, WriteError> {
@@ -334,7 +334,7 @@ impl Writer {
             // Closed between batches (the server restarted, an operator terminated
             // the backend): nothing was lost, but it is worth knowing.
             tracing::warn!("writer connection closed by the server; reconnecting");
-            self.reset(metrics);
+            self.reset();
         }
         if self.conn.is_none() {
             let (client, connection) = self
@@ -387,8 +387,8 @@ impl Writer {
                 .await
                 .map_err(WriteError::from_pg)?;
             tracing::debug!("writer connected");
-            metrics.writers_connected.inc();
             self.conn = Some(Conn {
+                _counted: crate::metrics::Raised::new(&metrics.writers_connected),
                 client,
                 tree,
                 move_staged,
@@ -409,12 +409,12 @@ impl Writer {
             Ok(Ok(w)) => Ok(w),
             Ok(Err(e)) => {
                 if e.is_retryable() && e.cause() != "lock_timeout" {
-                    self.reset(metrics);
+                    self.reset();
                 }
                 Err(e)
             }
             Err(_) => {
-                self.reset(metrics);
+                self.reset();
                 Err(WriteError::Unavailable {
                     cause: "timeout",
                     source: None,
@@ -470,7 +470,7 @@ impl Writer {
                 tracing::info!(
                     "migration 0019 applied: rows get their leaves in the audit tree from now on"
                 );
-                self.reset(metrics);
+                self.reset();
             }
         }
         let conn = self.connect(metrics).await?;

@@ -144,6 +144,31 @@ fn archive_err(path: &Path, reason: impl Into<String>) -> StorageError {
     }
 }
 
+/// Runs `work` on a thread of its own, at a lower CPU priority (nice 10, on
+/// Linux): an archive is background work, and on a small machine its compression
+/// and read-back would otherwise take the core that ingest needs. `None` when
+/// the thread panicked (or could not be started).
+async fn in_background<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            // On Linux a nice value is per thread: `who` 0 is this thread alone.
+            #[cfg(target_os = "linux")]
+            // SAFETY: setpriority reads no memory of ours; a failure (a
+            // container refusing it) leaves the priority as it was.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            }
+            let _ = tx.send(work());
+        })
+        .ok()?;
+    rx.await.ok()
+}
+
 /// Writes `partition` (attached or detached) to `dir`, verifies the file and
 /// records it in the manifest. Returns the manifest entry.
 pub async fn archive_partition(
@@ -171,17 +196,20 @@ pub async fn archive_partition(
     let part = PartFile(Some(part_path.clone()));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
     let writer_path = part_path.clone();
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
-        let file = HashingWriter::new(File::create(&writer_path)?);
-        let mut enc = zstd::stream::write::Encoder::new(file, ZSTD_LEVEL)?;
-        while let Some(chunk) = rx.blocking_recv() {
-            enc.write_all(&chunk)?;
-        }
-        let mut file = enc.finish()?;
-        file.flush()?;
-        file.inner.sync_all()?;
-        Ok((file.written, hex(&file.hasher.finalize())))
-    });
+    let writer = in_background(
+        "archive-write",
+        move || -> std::io::Result<(u64, String)> {
+            let file = HashingWriter::new(File::create(&writer_path)?);
+            let mut enc = zstd::stream::write::Encoder::new(file, ZSTD_LEVEL)?;
+            while let Some(chunk) = rx.blocking_recv() {
+                enc.write_all(&chunk)?;
+            }
+            let mut file = enc.finish()?;
+            file.flush()?;
+            file.inner.sync_all()?;
+            Ok((file.written, hex(&file.hasher.finalize())))
+        },
+    );
     let txid = match table {
         Table::Events => "txid",
         Table::DeadLetter => "NULL::int8",
@@ -213,6 +241,9 @@ pub async fn archive_partition(
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
         count += 1;
+        // Rows arrive faster than they can be taken: without this the loop would
+        // hold its runtime worker for as long as the server keeps it fed.
+        tokio::task::consume_budget().await;
         if buf.len() >= 1 << 20
             && tx
                 .send(std::mem::replace(&mut buf, Vec::with_capacity(1 << 20)))
@@ -233,7 +264,7 @@ pub async fn archive_partition(
     drop(tx);
     let written = writer
         .await
-        .map_err(|_| archive_err(&part_path, "the compressing thread panicked"))?;
+        .ok_or_else(|| archive_err(&part_path, "the compressing thread panicked"))?;
     // An error here leaves `part` to remove the file.
     streamed?;
     let (bytes, sha256) = written?;
@@ -243,9 +274,9 @@ pub async fn archive_partition(
     // Read it back before anyone relies on it (decompressing it all: a blocking thread).
     let (lines, check) = {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || verify_file(&path))
+        in_background("archive-check", move || verify_file(&path))
             .await
-            .map_err(|_| archive_err(dir, "the reading-back thread panicked"))??
+            .ok_or_else(|| archive_err(dir, "the reading-back thread panicked"))??
     };
     if lines != count || check != sha256 {
         return Err(archive_err(
@@ -988,4 +1019,40 @@ fn hex(bytes: &[u8]) -> String {
 /// Entries by file, for tests and tools.
 pub fn entries_by_file(m: &Manifest) -> BTreeMap<&str, &Entry> {
     m.files.iter().map(|e| (e.file.as_str(), e)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_background;
+
+    #[tokio::test]
+    async fn background_work_runs_on_a_named_thread_of_lower_priority() {
+        #[cfg(target_os = "linux")]
+        // SAFETY: getpriority reads no memory of ours.
+        let before = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let (name, nice) = in_background("archive-test", || {
+            // SAFETY: getpriority reads no memory of ours.
+            #[cfg(target_os = "linux")]
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            #[cfg(not(target_os = "linux"))]
+            let nice = 10;
+            (std::thread::current().name().map(str::to_owned), nice)
+        })
+        .await
+        .expect("the work ran");
+        assert_eq!(name.as_deref(), Some("archive-test"));
+        assert!(nice >= 10, "nice {nice}");
+        // The caller's thread keeps its own priority.
+        #[cfg(target_os = "linux")]
+        assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, before);
+    }
+
+    #[tokio::test]
+    async fn background_work_that_panics_is_none() {
+        assert!(
+            in_background("archive-test", || panic!("boom"))
+                .await
+                .is_none()
+        );
+    }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::StorageError;
-use super::tail_index::HORIZON;
+use crate::db::HORIZON;
 
 /// Events counted per step (one transaction) at most.
 pub const STEP_ROWS: i64 = 10_000;
@@ -180,7 +180,7 @@ pub(crate) const SESSION_COUNT_RESTORED: &str = "restored_sessions AS ( \
 /// Returns how many; 0 when there were none or another instance holds the turn.
 pub async fn step(client: &mut Client) -> Result<u64, StorageError> {
     let tx = client.transaction().await?;
-    if !super::job::take_turn(&tx, LOCK_KEY).await? {
+    if !crate::jobs::take_turn(&tx, LOCK_KEY).await? {
         return Ok(0);
     }
     // The position as parameters, so it bounds the index scans (as a joined row it
@@ -202,7 +202,7 @@ pub async fn step(client: &mut Client) -> Result<u64, StorageError> {
 /// (catching up), otherwise every [`REST`].
 pub struct CatalogJob;
 
-impl super::job::Job for CatalogJob {
+impl crate::jobs::Job for CatalogJob {
     const NAME: &'static str = "catalog";
     type Error = StorageError;
 

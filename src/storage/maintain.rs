@@ -389,10 +389,10 @@ pub struct MaintenanceJob {
     /// Rung by a writer that left rows in the default partition
     /// (`sink::partitions`), so they are moved out in seconds, not at the next
     /// scheduled run.
-    pub wake: super::job::Wake,
+    pub wake: crate::jobs::Wake,
 }
 
-impl super::job::Job for MaintenanceJob {
+impl crate::jobs::Job for MaintenanceJob {
     const NAME: &'static str = "maintenance";
     type Error = StorageError;
 
@@ -400,7 +400,7 @@ impl super::job::Job for MaintenanceJob {
         self.every
     }
 
-    fn wake(&self) -> Option<super::job::Wake> {
+    fn wake(&self) -> Option<crate::jobs::Wake> {
         Some(self.wake.clone())
     }
 

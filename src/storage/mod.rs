@@ -10,16 +10,12 @@
 //! - [`maintain`]: the scheduled job and its metrics;
 //! - [`archive`]: partitions to compressed NDJSON files with a manifest, and back;
 //! - [`statistics`]: planner statistics for what was filled outside ingest;
-//! - [`catalog`]: the catalog, behind ingest (the audit trail is `crate::audit`);
-//! - [`job`]: the loop every background job runs in.
-
-use std::time::Duration;
+//! - [`catalog`]: the catalog, behind ingest (the audit trail is `crate::audit`).
 
 use tokio_postgres::Client;
 
 pub mod archive;
 pub mod catalog;
-pub mod job;
 pub mod maintain;
 pub mod migrate_online;
 pub mod online_index;
@@ -152,29 +148,27 @@ impl StorageError {
     }
 }
 
-/// How long maintenance statements wait for a lock before giving up until the
-/// next run: a partition is never worth stalling ingest or the API for longer.
-pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+impl crate::jobs::Failure for StorageError {
+    fn is_retryable(&self) -> bool {
+        StorageError::is_retryable(self)
+    }
 
-/// A connection for storage work: UTC (partition bounds are read and written in
-/// it), a bounded lock wait, no statement timeout (an archive reads for minutes).
+    fn schema_pending(&self) -> bool {
+        matches!(self, StorageError::Db(db) if crate::jobs::pending_code(db))
+    }
+}
+
+/// How long maintenance statements wait for a lock (see [`crate::db::LOCK_TIMEOUT`]).
+pub use crate::db::LOCK_TIMEOUT;
+
+/// A connection for storage work (see [`crate::db::connect_worker`]).
 pub async fn connect(target: &crate::db::PgTarget) -> Result<Client, StorageError> {
-    let client = crate::db::connect(target).await?;
-    client
-        .batch_execute(&format!(
-            "{} SET application_name = 'candystore-storage'",
-            session_settings()
-        ))
-        .await?;
-    Ok(client)
+    Ok(crate::db::connect_worker(target).await?)
 }
 
 /// The settings every storage session runs with (see [`connect`]).
 pub(crate) fn session_settings() -> String {
-    format!(
-        "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET lock_timeout = '{}ms'; SET statement_timeout = 0;",
-        LOCK_TIMEOUT.as_millis()
-    )
+    crate::db::worker_settings()
 }
 
 /// The rows a table holds by its statistics (0 before its first ANALYZE):

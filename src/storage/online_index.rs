@@ -17,7 +17,7 @@ use super::maintain::MAINTENANCE_LOCK;
 
 /// One index of `events`: the parent's name, each partition's (`{partition}_{suffix}`)
 /// and what it indexes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OnlineIndex {
     pub parent: &'static str,
     pub suffix: &'static str,
@@ -176,8 +176,7 @@ pub(super) async fn index_valid(client: &Client, name: &str) -> Result<Option<bo
 
 /// The type-and-source index (online migration 0021): a rare type with a source it
 /// rarely meets is found by one descent per partition, where the type's index alone
-/// walked every event of the type for the few from that source (ARCHITECTURE.md,
-/// "Query path").
+/// walked every event of the type for the few from that source (docs/queries.md).
 pub const TYPE_SOURCE: OnlineIndex = OnlineIndex {
     parent: "events_type_source_idx",
     suffix: "type_source_idx",

@@ -527,7 +527,7 @@ async fn create_empty_locked(
 ///    constrained to `range` (so attaching it reads none of its rows), gets a copy
 ///    of the rows, while they stay in the default partition for every reader.
 /// 2. The switch, one transaction under ACCESS EXCLUSIVE on the table (readers
-///    and writers wait; see ARCHITECTURE.md, "Partition changes", for why a move
+///    and writers wait; see docs/storage.md, for why a move
 ///    needs that lock): rows written or changed in the default partition since the
 ///    copy are copied again, rows deleted since leave the copy, the originals are
 ///    deleted, the table is attached. It costs the change since the copy plus one

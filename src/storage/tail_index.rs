@@ -1,5 +1,5 @@
 //! Online migration 0010: `events.txid`, the transaction that wrote each row, and
-//! the `(txid, seq)` index the live tail reads by (ARCHITECTURE.md, "Live tail"),
+//! the `(txid, seq)` index the live tail reads by (docs/live-tail.md),
 //! built without stopping ingest; the plain `seq` index it replaces is dropped.
 //!
 //! Writers no longer commit one at a time in `seq` order, so the tail cannot follow
@@ -13,26 +13,6 @@
 //!
 //! The index is built online (`super::online_index`): each partition's
 //! `CONCURRENTLY`, then the parent's `ON ONLY` with each attached.
-
-/// The tail's horizon, as of the statement's snapshot: the oldest transaction
-/// still running that may have written to this database (else the snapshot's
-/// `xmax`). Rows of older transactions are final (see the module's docs).
-///
-/// A transaction of another database cannot write here, so it is left out: one
-/// is left out when, in one reading of the lock table (taken after the snapshot),
-/// the backend holding its transaction-id lock also holds a relation lock in
-/// another database (a backend is connected to one database for life). Anything
-/// not so proven, e.g. a transaction that ended meanwhile, counts. So a long write
-/// elsewhere on the server does not hold the tail back.
-pub const HORIZON: &str = "(WITH l AS MATERIALIZED (SELECT pid, locktype, transactionid, database FROM pg_locks), \
-       s AS MATERIALIZED (SELECT pg_current_snapshot() AS snap) \
-     SELECT least( \
-       (SELECT pg_snapshot_xmax(snap)::text::bigint FROM s), \
-       (SELECT min(x::text::bigint) FROM s, pg_snapshot_xip(s.snap) x \
-         WHERE NOT EXISTS (SELECT 1 FROM l t JOIN l r ON r.pid = t.pid \
-                           WHERE t.locktype = 'transactionid' AND t.transactionid = xid(x) \
-                             AND r.locktype = 'relation' AND r.database <> 0 \
-                             AND r.database <> (SELECT oid FROM pg_database WHERE datname = current_database())))))";
 
 use tokio_postgres::Client;
 

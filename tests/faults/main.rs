@@ -8,7 +8,8 @@
 //! at a time (`--test-threads=1`), apart from `make test`. docs/RELIABILITY.md
 //! lists each fault and its result.
 
-mod proxy;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,10 +20,8 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use tokio_postgres::{Client, NoTls};
 
-use proxy::{Mode, Proxy};
-
-const PG: &str = "postgres://postgres@127.0.0.1:5432";
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use support::proxy::{Mode, Proxy};
+use support::{AMQP, AMQP_ADDR, PG, PG_ADDR, connect};
 
 /// One test's database, exchange and queue, and the instances it runs.
 struct Bench {
@@ -35,14 +34,8 @@ struct Bench {
 
 impl Bench {
     async fn new() -> Bench {
-        let name = format!("cs_fault_{}", uuid::Uuid::new_v4().simple());
-        let admin = connect(&format!("{PG}/postgres")).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let mut db = connect(&format!("{PG}/{name}")).await;
-        candystore::schema::migrate(&mut db).await.unwrap();
+        let name = support::unique_name("cs_fault");
+        let db = support::create_database(&name, Some(i64::MAX)).await;
         let log = std::env::temp_dir().join(format!("{name}.log"));
         Bench {
             name,
@@ -240,43 +233,8 @@ impl Drop for Bench {
         if std::env::var("FAULT_KEEP_LOGS").is_err() {
             let _ = std::fs::remove_file(&self.log);
         }
-        let (name, queue, exchange) = (self.name.clone(), self.queue(), self.exchange());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
-                    && let Ok(ch) = conn.create_channel().await
-                {
-                    let _ = ch
-                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                    let _ = ch
-                        .exchange_delete(exchange.as_str().into(), Default::default())
-                        .await;
-                    let _ = conn.close(200, "bye".into()).await;
-                }
-                if let Ok((admin, c)) =
-                    tokio_postgres::connect(&format!("{PG}/postgres"), NoTls).await
-                {
-                    tokio::spawn(c);
-                    let _ = admin
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join()
-        .ok();
+        support::remove_everything(&self.name, &self.exchange(), &self.queue());
     }
-}
-
-async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
 }
 
 async fn queue_state(queue: &str) -> Option<(u32, u32)> {
@@ -457,11 +415,7 @@ async fn a_lock_held_on_events_for_30_seconds() {
 /// Runs one proxy fault on the link to `upstream` (the broker or the database).
 async fn proxy_fault(to_broker: bool, mode: Mode, hold: Duration) {
     let mut b = Bench::new().await;
-    let upstream = if to_broker {
-        "127.0.0.1:5672"
-    } else {
-        "127.0.0.1:5432"
-    };
+    let upstream = if to_broker { AMQP_ADDR } else { PG_ADDR };
     let proxy = Proxy::start(upstream).await;
     let (rabbit, db) = if to_broker {
         (

@@ -5,30 +5,30 @@ use std::time::Duration;
 
 use candystore::app::AppOptions;
 
-use crate::helpers::{AMQP, Proxy, TempDb, gen1, spawn_app, spawn_app_with};
+use crate::helpers::{AMQP, AMQP_ADDR, PG_ADDR, Proxy, TempDb, gen1, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_consumer_stopped_between_commit_and_ack_gives_one_row_after_restart() {
-    let mut app = spawn_app_with(
-        &[],
-        AppOptions {
-            skip_acks: true,
-            ..Default::default()
-        },
-    )
-    .await;
-    let n = 50;
+    let (mut app, proxy) = crate::helpers::spawn_app_losing_acks().await;
+    let n = i64::from(crate::helpers::LOSING_ACKS_PREFETCH);
     for i in 0..n {
         app.publish("c.a", &gen1(&format!("ca-{i}"), "c.a")).await;
     }
     app.wait_for_rows("events", n).await;
-    assert_eq!(app.metric("candystore_acks_total").await, 0.0);
+    // Acked by the service, and every ack lost: the broker holds them all.
+    app.wait_until(Duration::from_secs(5), || async {
+        app.metric("candystore_acks_total").await == n as f64
+    })
+    .await;
     app.crash().await;
+    // Its sockets close with it.
+    proxy.reset();
 
     // The broker redelivers all of them; each is already stored.
     app.start(AppOptions::default()).await;
     app.wait_until(Duration::from_secs(15), || async {
         app.metric("candystore_acks_total").await == n as f64
+            && app.metric("candystore_events_duplicate_total").await == n as f64
     })
     .await;
     assert_eq!(app.count("events").await, n);
@@ -42,7 +42,7 @@ async fn a_consumer_stopped_between_commit_and_ack_gives_one_row_after_restart()
 
 #[tokio::test]
 async fn the_database_unreachable_mid_stream_loses_nothing_and_acks_nothing() {
-    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let proxy = Proxy::start(PG_ADDR).await;
     let url = format!("postgres://postgres@{}/{{db}}", proxy.addr);
     let app = spawn_app_with(
         &[("DATABASE_URL", &url), ("PREFETCH_COUNT", "20")],
@@ -90,7 +90,7 @@ async fn the_database_unreachable_mid_stream_loses_nothing_and_acks_nothing() {
 
 #[tokio::test]
 async fn a_broker_connection_drop_reconnects_and_resumes() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(AMQP_ADDR).await;
     let url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
     let app = spawn_app_with(&[("RABBIT_URL", &url)], AppOptions::default()).await;
     for i in 0..30 {
@@ -227,7 +227,7 @@ async fn serve_refuses_to_start_on_an_unmigrated_database() {
 
 #[tokio::test]
 async fn shutdown_with_the_database_away_gives_up_in_bounded_time_and_acks_nothing() {
-    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let proxy = Proxy::start(PG_ADDR).await;
     let url = format!("postgres://postgres@{}/{{db}}", proxy.addr);
     let mut app = spawn_app_with(
         &[("DATABASE_URL", &url), ("SHUTDOWN_TIMEOUT", "2s")],
@@ -298,7 +298,6 @@ async fn a_header_that_is_not_text_is_kept_as_hex_and_the_event_flagged() {
 async fn an_audit_tree_job_that_stops_makes_the_service_unready() {
     let opts = AppOptions {
         fault: Some(candystore::app::Fault::AuditTreePanics),
-        ..Default::default()
     };
     let app = spawn_app_with(&[], opts).await;
     let supervisor = app.running().supervisor();
@@ -322,7 +321,6 @@ async fn an_audit_tree_job_that_stops_makes_the_service_unready() {
 async fn a_sink_that_panics_makes_the_service_unready_and_loses_nothing() {
     let opts = AppOptions {
         fault: Some(candystore::app::Fault::SinkPanics),
-        ..Default::default()
     };
     let mut app = spawn_app_with(&[("SHUTDOWN_TIMEOUT", "10s")], opts).await;
     app.publish("p.a", &gen1("p-1", "p.a")).await;

@@ -2,23 +2,17 @@
 //! exchange and queue, against the real PostgreSQL and RabbitMQ. Dropping the
 //! handle removes the database, the exchange and the queue.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use candystore::app::{self, AppOptions, Running};
 use candystore::config::Settings;
-use candystore::schema;
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_postgres::{Client, NoTls};
-use tokio_util::sync::CancellationToken;
+use tokio_postgres::Client;
 
-pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub use crate::support::proxy::{Mode, Proxy};
+pub use crate::support::{AMQP, AMQP_ADDR, PG, PG_ADDR, TempDb, connect};
 
 pub struct TestApp {
     pub name: String,
@@ -42,6 +36,30 @@ pub async fn spawn_app_with(settings: &[(&str, &str)], opts: AppOptions) -> Test
     spawn_app_prepared(settings, opts, i64::MAX, "").await
 }
 
+/// The deliveries a service losing its acks stores at most (see below).
+pub const LOSING_ACKS_PREFETCH: u16 = candystore::source::prefetch::SLOW_START;
+
+/// Starts the service with its broker link through a proxy that, once the
+/// consumer is subscribed, swallows everything the service sends: it commits and
+/// acks, and no ack reaches the broker, as when a process dies between the two.
+/// After a crash, [`Proxy::reset`] closes its sockets, as a dead process's close.
+///
+/// Its prefetch is [`LOSING_ACKS_PREFETCH`] from the start: a change would need a
+/// new subscription, which the proxy would swallow too, and the broker hands over
+/// no more than that many deliveries without acks.
+pub async fn spawn_app_losing_acks() -> (TestApp, Proxy) {
+    let proxy = Proxy::start(AMQP_ADDR).await;
+    let rabbit = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    let prefetch = LOSING_ACKS_PREFETCH.to_string();
+    let app = spawn_app_with(
+        &[("RABBIT_URL", &rabbit), ("PREFETCH_COUNT", &prefetch)],
+        AppOptions::default(),
+    )
+    .await;
+    proxy.set(Mode::SwallowUpstream);
+    (app, proxy)
+}
+
 /// Starts the service on a database migrated up to version `upto` only, after
 /// running `prepare` (SQL) in it: an older schema, holding older rows.
 pub async fn spawn_app_prepared(
@@ -53,17 +71,9 @@ pub async fn spawn_app_prepared(
     if let Ok(level) = std::env::var("TEST_LOG") {
         candystore::telemetry::init(&level, candystore::config::LogFormat::Console);
     }
-    let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
+    let name = crate::support::unique_name("cs_test");
     let db_url = format!("{PG}/{name}");
-    let admin = connect(&format!("{PG}/postgres")).await;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create test database");
-    let mut db = connect(&db_url).await;
-    schema::migrate_with(&mut db, candystore::storage::PartitionInterval::Day, upto)
-        .await
-        .expect("migrate test database");
+    let db = crate::support::create_database(&name, Some(upto)).await;
     if !prepare.is_empty() {
         db.batch_execute(prepare)
             .await
@@ -90,14 +100,6 @@ pub async fn spawn_app_prepared(
     };
     app.start(opts).await;
     app
-}
-
-pub async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .expect("connect to PostgreSQL");
-    tokio::spawn(conn);
-    client
 }
 
 impl TestApp {
@@ -327,145 +329,7 @@ impl Drop for TestApp {
             running.abort_now();
         }
         let _ = std::fs::remove_file(self.key_file());
-        // Cleanup needs async IO, and Drop may run on a runtime thread that is
-        // unwinding: do it on a thread of its own.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
-                    && let Ok(ch) = conn.create_channel().await
-                {
-                    for q in [queue.clone(), format!("{queue}.parked")] {
-                        let _ = ch
-                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                    let _ = ch
-                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
-                    let _ = conn.close(200, "bye".into()).await;
-                }
-                if let Ok((admin, conn)) =
-                    tokio_postgres::connect(&format!("{PG}/postgres"), NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = admin
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join()
-        .ok();
-    }
-}
-
-/// A database of its own for a test that does not need the whole service.
-pub struct TempDb {
-    pub name: String,
-    pub url: String,
-    admin: Client,
-}
-
-impl TempDb {
-    /// Creates the database; migrates it when `migrated`.
-    pub async fn new(migrated: bool) -> Self {
-        let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = connect(&format!("{PG}/postgres")).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
-        let url = format!("{PG}/{name}");
-        if migrated {
-            schema::migrate(&mut connect(&url).await)
-                .await
-                .expect("migrate test database");
-        }
-        Self { name, url, admin }
-    }
-
-    pub async fn client(&self) -> Client {
-        connect(&self.url).await
-    }
-
-    pub async fn drop_it(self) {
-        self.admin
-            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
-            .await
-            .expect("drop test database");
-    }
-}
-
-/// A TCP proxy that can cut every connection through it and refuse new ones,
-/// to take PostgreSQL or RabbitMQ away from the service mid-stream.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    epoch: Arc<std::sync::Mutex<CancellationToken>>,
-    stop: CancellationToken,
-}
-
-impl Proxy {
-    pub async fn start(upstream: &str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy address");
-        let upstream = upstream.to_owned();
-        let cut = Arc::new(AtomicBool::new(false));
-        let epoch = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
-        let stop = CancellationToken::new();
-        let (c, e, s) = (cut.clone(), epoch.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let (mut client, _) = tokio::select! {
-                    _ = s.cancelled() => return,
-                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
-                };
-                if c.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let token = e.lock().unwrap().clone();
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = token.cancelled() => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            cut,
-            epoch,
-            stop,
-        }
-    }
-
-    /// Drops every open connection and refuses new ones.
-    pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        let mut epoch = self.epoch.lock().unwrap();
-        epoch.cancel();
-        *epoch = CancellationToken::new();
-    }
-
-    pub fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        self.epoch.lock().unwrap().cancel();
+        crate::support::remove_everything(&name, &exchange, &queue);
     }
 }
 

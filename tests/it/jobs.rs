@@ -1,4 +1,4 @@
-//! The background jobs' loop (`storage::job::run_forever`) under supervision: a
+//! The background jobs' loop (`jobs::run_forever`) under supervision: a
 //! stop lets the step under way finish, and a job that panics is reported once,
 //! by name.
 
@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use candystore::db;
+use candystore::jobs::{Job, run_forever};
 use candystore::storage::StorageError;
-use candystore::storage::job::{Job, run_forever};
 use candystore::supervise::Supervisor;
 use tokio::sync::Notify;
 use tokio_postgres::Client;

@@ -23,6 +23,8 @@ mod raw_amqp;
 mod replay;
 mod restore;
 mod storage;
+#[path = "../support/mod.rs"]
+mod support;
 mod tail;
 mod tls;
 mod writer;

@@ -66,7 +66,7 @@ async fn the_schema_has_the_indexes_the_query_api_needs() {
         "(source, \"timestamp\" DESC",
         "(correlation_id, \"timestamp\" DESC",
         "(\"timestamp\" DESC, seq DESC)",
-        // The identity, with the partition key (ARCHITECTURE.md, "Identity").
+        // The identity, with the partition key (docs/identity.md).
         "(id, source, \"timestamp\")",
     ] {
         assert!(

@@ -196,14 +196,7 @@ async fn a_publisher_repeat_across_a_partition_boundary_leaves_one_row() {
 
 #[tokio::test]
 async fn a_redelivery_of_an_event_timed_at_its_receipt_leaves_one_row() {
-    let mut app = crate::helpers::spawn_app_with(
-        &[],
-        AppOptions {
-            skip_acks: true,
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let (mut app, proxy) = crate::helpers::spawn_app_losing_acks().await;
     // No time anywhere: the receive time is the event's time, and the redelivery
     // is received later.
     app.publish("storage.redeliver", &cloud_event("redelivered-1", None))
@@ -219,6 +212,8 @@ async fn a_redelivery_of_an_event_timed_at_its_receipt_leaves_one_row() {
         .unwrap()
         .get(0);
     app.crash().await;
+    // Its sockets close with it.
+    proxy.reset();
     tokio::time::sleep(Duration::from_millis(100)).await;
     app.start(AppOptions::default()).await;
     settle(&app).await;
@@ -874,7 +869,7 @@ async fn repeats_written_by_concurrent_writers_leave_one_row_per_kind_of_time() 
         }
     }
     settle(&app).await;
-    // The rule (ARCHITECTURE.md, "Identity"): one row per (id, source, time) for
+    // The rule (docs/identity.md): one row per (id, source, time) for
     // events with their own time, one per (id, source) among fallback-timed ones,
     // and the two kinds are two events.
     let row = app

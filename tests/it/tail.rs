@@ -136,18 +136,15 @@ async fn four_writers_committing_in_any_order_leave_no_gap_and_no_repeat_in_the_
     assert!(app.metric("candystore_batches_committed_total").await > 100.0);
 }
 
-#[tokio::test]
-async fn a_long_write_in_another_database_of_the_server_does_not_hold_the_tail_back() {
+/// Opens a transaction in another database of the server with `begin`, and
+/// checks an event stored meanwhile is sent while it still runs.
+async fn not_held_back_by_another_database_running(begin: &str) {
     let app = spawn_app().await;
     let mut stream = open_stream(&app, None).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Another database on the same server, with a write transaction left open.
     let other = crate::helpers::TempDb::new(false).await;
     let elsewhere = other.client().await;
-    elsewhere
-        .batch_execute("BEGIN; CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
+    elsewhere.batch_execute(begin).await.unwrap();
     insert(&app.db, "meanwhile").await;
     // Sent while the other database's transaction still runs.
     let sent = nothing_within(&mut stream, Duration::from_secs(3)).await;
@@ -158,6 +155,47 @@ async fn a_long_write_in_another_database_of_the_server_does_not_hold_the_tail_b
     elsewhere.batch_execute("ROLLBACK").await.unwrap();
     drop(elsewhere);
     other.drop_it().await;
+}
+
+#[tokio::test]
+async fn a_long_write_in_another_database_of_the_server_does_not_hold_the_tail_back() {
+    not_held_back_by_another_database_running(
+        "BEGIN; CREATE TABLE t (a int); INSERT INTO t VALUES (1)",
+    )
+    .await;
+}
+
+/// CREATE and DROP DATABASE hold a transaction id and no relation lock of the
+/// database they are connected to; tests (and operators) run them at any time.
+#[tokio::test]
+async fn a_transaction_of_another_database_holding_no_table_lock_does_not_hold_the_tail_back() {
+    // A transaction id, and no lock on any table.
+    not_held_back_by_another_database_running("BEGIN; SELECT pg_current_xact_id()").await;
+}
+
+/// The same transaction in the tail's own database may still write rows below
+/// the ones sent next: it holds the tail back until it ends.
+#[tokio::test]
+async fn a_transaction_of_the_same_database_holds_the_tail_back_until_it_ends() {
+    let app = spawn_app().await;
+    let mut stream = open_stream(&app, None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = crate::helpers::connect(&app.db_url).await;
+    open.batch_execute("BEGIN; SELECT pg_current_xact_id()")
+        .await
+        .unwrap();
+    insert(&app.db, "meanwhile").await;
+    let sent = nothing_within(&mut stream, Duration::from_secs(2)).await;
+    assert!(
+        !sent.iter().any(|l| l.contains("\"meanwhile\"")),
+        "sent past a transaction of this database still running: {sent:?}"
+    );
+    open.batch_execute("ROLLBACK").await.unwrap();
+    let sent = nothing_within(&mut stream, Duration::from_secs(3)).await;
+    assert!(
+        sent.iter().any(|l| l.contains("\"meanwhile\"")),
+        "not sent once the transaction ended: {sent:?}"
+    );
 }
 
 #[tokio::test]

@@ -99,10 +99,13 @@ async fn the_api_reads_as_a_read_only_role_given_by_read_database_url() {
         .unwrap();
     {
         let app = spawn_app_with(
-            &[(
-                "READ_DATABASE_URL",
-                &format!("postgres://{role}@127.0.0.1:5432/{{db}}"),
-            )],
+            &[
+                (
+                    "READ_DATABASE_URL",
+                    &format!("postgres://{role}@127.0.0.1:5432/{{db}}"),
+                ),
+                ("SEAL_INTERVAL", "200ms"),
+            ],
             Default::default(),
         )
         .await;
@@ -111,7 +114,25 @@ async fn the_api_reads_as_a_read_only_role_given_by_read_database_url() {
         app.db.batch_execute(&grants).await.unwrap();
         app.publish("ro.a", &gen1("ro-1", "ro.a")).await;
         app.publish("ro.a", &gen1("ro-2", "ro.a")).await;
+        app.publish("ro.bad", b"{not json").await;
         app.wait_for_rows("events", 2).await;
+        app.wait_for_rows("dead_letter", 1).await;
+        // Both events in a signed checkpoint, read through the role.
+        app.wait_until(std::time::Duration::from_secs(20), || async {
+            let r = app
+                .http
+                .get(app.api("/audit/proof/inclusion?id=ro-2"))
+                .send()
+                .await;
+            r.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        let dead: i64 = app
+            .db
+            .query_one("SELECT max(seq) FROM dead_letter", &[])
+            .await
+            .unwrap()
+            .get(0);
         // A page by one filter, a document's (read partition by partition), a
         // session's with more to come (its total from the session counts).
         for path in [
@@ -128,26 +149,50 @@ async fn the_api_reads_as_a_read_only_role_given_by_read_database_url() {
                 "{path}: {page}"
             );
         }
-        // Every other read route, and the live tail by ticket: nothing the API
-        // serves needs a write or a table the role cannot read.
+        // Every other read route (each GET the OpenAPI document lists), and the
+        // live tail by ticket: nothing the API serves needs a write or a table the
+        // role cannot read.
         let id = "ro-1";
-        for path in [
+        let paths = [
+            "/events?source=whisperlivekit".to_owned(),
             format!("/events/{id}"),
             format!("/events/{id}/raw"),
             "/sessions/abc-123".to_owned(),
             "/event-types".to_owned(),
             "/sources".to_owned(),
+            "/correlations/7c4d58ac-4a34-4261-b7a7-a99cdf62813a".to_owned(),
             "/dead-letters".to_owned(),
+            format!("/dead-letters/{dead}"),
             "/audit/checkpoints".to_owned(),
+            "/audit/checkpoint".to_owned(),
             "/audit/public-key".to_owned(),
+            "/audit/proof/inclusion?id=ro-1".to_owned(),
+            "/audit/proof/consistency?from=0".to_owned(),
+            "/openapi.json".to_owned(),
+            "/docs".to_owned(),
+            "/health".to_owned(),
             "/ready".to_owned(),
-        ] {
-            let r = app.http.get(app.api(&path)).send().await.unwrap();
+        ];
+        for path in &paths {
+            let r = app.http.get(app.api(path)).send().await.unwrap();
             let status = r.status().as_u16();
             let body = r.text().await.unwrap();
             assert_eq!(status, 200, "{path}: {body}");
         }
         assert_eq!(app.open_stream_by_ticket(None).await.1, 200);
+        // No documented route was left out above.
+        let spec: serde_json::Value = app.get_json("/openapi.json").await;
+        for pattern in spec["paths"].as_object().unwrap().keys() {
+            let covered = pattern.starts_with("/events/stream")
+                || paths.iter().any(|p| {
+                    let p = p.split('?').next().unwrap();
+                    let (a, b): (Vec<&str>, Vec<&str>) =
+                        (pattern.split('/').collect(), p.split('/').collect());
+                    a.len() == b.len()
+                        && a.iter().zip(&b).all(|(x, y)| x.starts_with('{') || x == y)
+                });
+            assert!(covered, "{pattern} is not called under the read-only role");
+        }
         let readers: i64 = app
             .db
             .query_one(

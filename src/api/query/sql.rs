@@ -310,7 +310,7 @@ pub(crate) async fn generic_plans_at(
 /// partition in time order looking for a rare document (seconds where the
 /// per-value plan takes milliseconds), nor for two equality filters, where the
 /// generic plan picks one index whatever the values and may walk every match of a
-/// common value looking for a rare one. ARCHITECTURE.md, "Query path".
+/// common value looking for a rare one. docs/queries.md.
 pub(crate) async fn reusable(
     tx: &deadpool_postgres::Transaction<'_>,
     sql: &str,

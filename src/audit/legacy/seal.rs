@@ -32,8 +32,8 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, Row};
 
 use crate::audit::attest::{ATTESTED_COLUMNS, Check, Keyring};
-use crate::storage::StorageError;
-use crate::storage::tail_index::HORIZON;
+
+use crate::db::HORIZON;
 
 /// Events sealed per step (one checkpoint) at most.
 pub const SEAL_MAX_EVENTS: i64 = 100_000;
@@ -173,9 +173,12 @@ pub struct Sealed {
 /// Seals the next committed events (at most [`SEAL_MAX_EVENTS`]) and writes their
 /// checkpoint, checking attestations with `keyring`. Nothing when there are none
 /// or another instance holds the turn.
-pub async fn step(client: &mut Client, keyring: Option<&Keyring>) -> Result<Sealed, StorageError> {
+pub async fn step(
+    client: &mut Client,
+    keyring: Option<&Keyring>,
+) -> Result<Sealed, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    if !crate::storage::job::take_turn(&tx, LOCK_KEY).await? {
+    if !crate::jobs::take_turn(&tx, LOCK_KEY).await? {
         return Ok(Sealed::default());
     }
     let last = tx

@@ -1,7 +1,8 @@
-//! The loop every background job runs in (maintenance, the audit chain's seal,
-//! the catalog): one storage connection, opened again after any failure; a step;
-//! a rest the step chooses; failures logged and retried; `stop` ends it after the
-//! step under way (or during its rest).
+//! The loop every background job runs in (maintenance, the audit tree, the
+//! catalog): one worker connection, opened again after any failure; a step; a
+//! rest the step chooses; failures logged and retried; `stop` ends it after the
+//! step under way (or during its rest). The jobs themselves live with what they
+//! keep (`storage::maintain`, `storage::catalog`, `audit::job`) and register here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::StorageError;
+use crate::db::DbError;
 
 /// What a job's failed step says of itself.
 pub trait Failure: std::error::Error + Send + 'static {
@@ -18,16 +19,6 @@ pub trait Failure: std::error::Error + Send + 'static {
     fn is_retryable(&self) -> bool;
     /// A table or column a pending migration adds is missing.
     fn schema_pending(&self) -> bool;
-}
-
-impl Failure for StorageError {
-    fn is_retryable(&self) -> bool {
-        StorageError::is_retryable(self)
-    }
-
-    fn schema_pending(&self) -> bool {
-        matches!(self, StorageError::Db(db) if pending_code(db))
-    }
 }
 
 /// One background job: a name for the log, and its step.
@@ -80,7 +71,7 @@ pub async fn run_forever<J: Job>(target: crate::db::PgTarget, stop: Cancellation
         // past it; what a cut step held then rolls back.
         let connected = if client.as_ref().is_none_or(|c| c.is_closed()) {
             tokio::select! {
-                c = super::connect(&target) => c.map(|c| client = Some(c)),
+                c = crate::db::connect_worker(&target) => c.map(|c| client = Some(c)),
                 _ = stop.cancelled() => return,
             }
         } else {
@@ -126,7 +117,7 @@ pub async fn run_forever<J: Job>(target: crate::db::PgTarget, stop: Cancellation
 pub async fn take_turn(
     tx: &tokio_postgres::Transaction<'_>,
     lock_key: i64,
-) -> Result<bool, StorageError> {
+) -> Result<bool, tokio_postgres::Error> {
     Ok(tx
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&lock_key])
         .await?
@@ -135,7 +126,7 @@ pub async fn take_turn(
 
 /// A step's failure, or the connection's before it.
 enum Failed<E> {
-    Connect(StorageError),
+    Connect(DbError),
     Step(E),
 }
 

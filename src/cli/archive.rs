@@ -1,0 +1,76 @@
+//! `archive` and `restore`: partitions to files and back.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use candystore::config::Settings;
+use candystore::{db, storage};
+
+use super::exit::Exit;
+use super::progress::Bar;
+
+pub(crate) async fn archive(
+    settings: &Settings,
+    before: chrono::DateTime<chrono::Utc>,
+    dir: &std::path::Path,
+    drop: bool,
+) -> anyhow::Result<ExitCode> {
+    let target = db::pg_config(&settings.database_url)?;
+    let mut client = storage::connect(&target).await?;
+    let bar = Bar::new();
+    let started = std::time::Instant::now();
+    let done = storage::archive::archive_before(
+        &mut client,
+        before,
+        dir,
+        drop,
+        candystore::audit::attest::Keyring::new(&settings.audit_keys).as_ref(),
+        Some(&bar),
+    )
+    .await?;
+    let rows: u64 = done.entries.iter().map(|e| e.rows).sum();
+    for e in &done.entries {
+        println!(
+            "{}: {} rows, {} bytes, sha256 {}",
+            e.file, e.rows, e.bytes, e.sha256
+        );
+    }
+    for name in &done.dropped {
+        println!("dropped {name}");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "archived {} partition(s), {rows} rows in {secs:.1}s ({:.0} rows/s) to {}",
+        done.entries.len(),
+        rows as f64 / secs.max(1e-9),
+        dir.display()
+    );
+    Ok(Exit::Clean.into())
+}
+
+pub(crate) async fn restore(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let target = db::pg_config(&settings.database_url)?;
+    let mut client = storage::connect(&target).await?;
+    let bar = Bar::new();
+    let started = std::time::Instant::now();
+    let done = storage::archive::restore(&mut client, files, Some(&bar)).await?;
+    let mut rows = 0;
+    for r in &done {
+        rows += r.rows;
+        println!(
+            "{}: {} rows into {} ({} new, {} already stored)",
+            r.file.display(),
+            r.rows,
+            r.table,
+            r.rows - r.skipped,
+            r.skipped
+        );
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "restored {} file(s), {rows} rows in {secs:.1}s ({:.0} rows/s)",
+        done.len(),
+        rows as f64 / secs.max(1e-9)
+    );
+    Ok(Exit::Clean.into())
+}

@@ -1,0 +1,73 @@
+//! `replay`: stored events published again, with a resumable position.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use candystore::config::Settings;
+use candystore::{db, storage};
+
+use super::exit::{Exit, Usage};
+use super::progress::Bar;
+
+pub(crate) async fn replay(
+    settings: &Settings,
+    query: candystore::query::EventQuery,
+    exchange: &str,
+    rate: u64,
+    resume: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    use candystore::ops::replay::{self, Progress, Replay};
+    let resume = resume
+        .map(|r| {
+            candystore::api::query::Cursor::decode(r).ok_or_else(|| {
+                Usage(format!(
+                    "invalid --resume {r:?}: not a position this command printed"
+                ))
+            })
+        })
+        .transpose()?;
+    let target = db::pg_config(&settings.database_url)?;
+    let client = db::connect(&target).await?;
+    let publisher = candystore::source::publish::Republisher::connect(&settings.rabbit_url)
+        .await
+        .context("cannot connect to the broker")?;
+    let job = Replay {
+        query: &query,
+        exchange,
+        rate,
+        resume,
+    };
+    let bar = Bar::new();
+    storage::archive::Progress::start(&bar, "replaying", replay::count(&client, &job).await?);
+    let mut progress = Progress::default();
+    let started = std::time::Instant::now();
+    let outcome = tokio::select! {
+        r = replay::run(&client, &publisher, &job, &mut progress, |_| bar.0.inc(1)) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    bar.0.finish_and_clear();
+    let resume_hint = progress
+        .resume_token()
+        .map(|t| format!("; resume with --resume {t}"))
+        .unwrap_or_default();
+    let summary = format!(
+        "replayed {} event(s) to {exchange} in {:.1}s{resume_hint}",
+        progress.published,
+        started.elapsed().as_secs_f64()
+    );
+    match outcome {
+        Some(Ok(())) => {
+            println!("{summary}");
+            Ok(Exit::Clean.into())
+        }
+        Some(Err(e)) => {
+            eprintln!("{summary}");
+            Err(e.into())
+        }
+        None => {
+            eprintln!("interrupted: {summary}");
+            Ok(Exit::Interrupted.into())
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! What every test crate shares (`tests/it`, `tests/faults`, the benches): where
+//! the servers are, a connection, a database of one's own, the teardown that
+//! leaves nothing behind, and the link-fault proxy. Each crate includes it with
+//! `#[path]` and uses part of it.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+use tokio_postgres::{Client, NoTls};
+
+/// The machine's PostgreSQL (trust auth) and RabbitMQ.
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The same servers as socket addresses, for the proxy.
+pub const PG_ADDR: &str = "127.0.0.1:5432";
+pub const AMQP_ADDR: &str = "127.0.0.1:5672";
+
+/// A name no other test uses: its database, and its exchange and queue
+/// (`{name}_x`, `{name}_q`).
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+/// Creates database `name` and connects to it, migrated up to version `upto`
+/// (`None`: not migrated).
+pub async fn create_database(name: &str, upto: Option<i64>) -> Client {
+    connect(&format!("{PG}/postgres"))
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    let mut db = connect(&format!("{PG}/{name}")).await;
+    if let Some(upto) = upto {
+        candystore::schema::migrate_with(
+            &mut db,
+            candystore::storage::PartitionInterval::Day,
+            upto,
+        )
+        .await
+        .expect("migrate test database");
+    }
+    db
+}
+
+/// Removes a test's queue (and its `.parked` queue), exchange and database,
+/// whatever state they are in. Blocking: it runs on a thread of its own, since
+/// a `Drop` may run on a runtime thread, or while unwinding.
+pub fn remove_everything(database: &str, exchange: &str, queue: &str) {
+    let (database, exchange, queue) = (database.to_owned(), exchange.to_owned(), queue.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
+                && let Ok(ch) = conn.create_channel().await
+            {
+                for q in [queue.clone(), format!("{queue}.parked")] {
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                let _ = ch
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+                let _ = conn.close(200, "bye".into()).await;
+            }
+            if let Ok((admin, conn)) =
+                tokio_postgres::connect(&format!("{PG}/postgres"), NoTls).await
+            {
+                tokio::spawn(conn);
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                    .await;
+            }
+        });
+    })
+    .join()
+    .ok();
+}
+
+/// A database of its own for a test that does not need the whole service.
+pub struct TempDb {
+    pub name: String,
+    pub url: String,
+    admin: Client,
+}
+
+impl TempDb {
+    /// Creates the database; migrates it when `migrated`.
+    pub async fn new(migrated: bool) -> Self {
+        let name = unique_name("cs_test");
+        create_database(&name, migrated.then_some(i64::MAX)).await;
+        let admin = connect(&format!("{PG}/postgres")).await;
+        let url = format!("{PG}/{name}");
+        Self { name, url, admin }
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+
+    pub async fn drop_it(self) {
+        self.admin
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .await
+            .expect("drop test database");
+    }
+}
