@@ -34,20 +34,11 @@ export RABBIT_EXCHANGE=$DB RABBIT_QUEUE=$DB
 export API_HOST=127.0.0.1 API_PORT=18696 METRICS_PORT=19096 LOG_LEVEL=${LOG_LEVEL:-info,candystore::storage::partition=debug} LOG_FORMAT=console
 export QUEUE_DEPTH_INTERVAL=${QUEUE_DEPTH_INTERVAL:-1s}
 sql() { psql -h 127.0.0.1 -U postgres -d "$DB" -tAc "$1"; }
-# A metric's value summed over its labels.
-metric() { curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2; n++} END {if (n) print s}'; }
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rabbitmqctl -q delete_queue "$RABBIT_QUEUE" >/dev/null 2>&1 || true
-  rabbitmqctl -q delete_exchange "$RABBIT_EXCHANGE" >/dev/null 2>&1 || true
-  [ -n "${KEEP_DB:-}" ] || psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-}
+# shellcheck source=loadtest/lib.sh
+. loadtest/lib.sh
 trap cleanup EXIT
-ready() { for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$API_PORT/health" >/dev/null && return 0; sleep 0.2; done; return 1; }
 
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
+drop_database "$DB"
 rabbitmqctl -q delete_queue "$RABBIT_QUEUE" >/dev/null 2>&1 || true
 createdb -h 127.0.0.1 -U postgres "$DB"
 $BIN migrate >"$WORK/migrate.log" 2>&1

@@ -23,20 +23,13 @@ export SIGNING_KEY_FILE=target/throwaway-keys/$DB.key
 export RABBIT_EXCHANGE=$DB RABBIT_QUEUE=$DB
 export API_HOST=127.0.0.1 API_PORT=18697 METRICS_PORT=19097 LOG_LEVEL=info LOG_FORMAT=console
 PSQL=(psql -X -q -h 127.0.0.1 -U postgres -d "$DB" -v ON_ERROR_STOP=1)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rabbitmqctl -q delete_queue "$RABBIT_QUEUE" >/dev/null 2>&1 || true
-  rabbitmqctl -q delete_exchange "$RABBIT_EXCHANGE" >/dev/null 2>&1 || true
-  [ -n "${KEEP_DB:-}" ] || psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
+# shellcheck source=loadtest/lib.sh
+. loadtest/lib.sh
+REMOVE_WORK=1
 trap cleanup EXIT
-ready() { for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$API_PORT/health" >/dev/null && return 0; sleep 0.2; done; return 1; }
 
 [ -x "$BIN" ] || cargo build --release --locked
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
+drop_database "$DB"
 createdb -h 127.0.0.1 -U postgres "$DB"
 $BIN migrate >/dev/null 2>&1
 DAY=$(date -u -d '100 days ago' +%F)

@@ -4,7 +4,7 @@
 //! It runs at start-up and every MAINTENANCE_INTERVAL, on a connection of its
 //! own, under a session advisory lock taken with `pg_try_advisory_lock`: when
 //! several instances share a database, one runs it and the others skip that turn.
-//! Every statement waits at most `storage::LOCK_TIMEOUT` for a lock; a run that
+//! Every statement waits at most `db::LOCK_TIMEOUT` for a lock; a run that
 //! could not get one fails, is counted, and the next run does the work.
 
 use std::path::PathBuf;

@@ -46,7 +46,7 @@ pub async fn run(
     client: &mut Client,
     interval: PartitionInterval,
 ) -> Result<Vec<Migrated>, StorageError> {
-    client.batch_execute(&super::session_settings()).await?;
+    client.batch_execute(&crate::db::worker_settings()).await?;
     let mut out = Vec::new();
     for table in Table::ALL {
         if super::is_partitioned(client, table).await? {

@@ -158,17 +158,9 @@ impl crate::jobs::Failure for StorageError {
     }
 }
 
-/// How long maintenance statements wait for a lock (see [`crate::db::LOCK_TIMEOUT`]).
-pub use crate::db::LOCK_TIMEOUT;
-
 /// A connection for storage work (see [`crate::db::connect_worker`]).
 pub async fn connect(target: &crate::db::PgTarget) -> Result<Client, StorageError> {
     Ok(crate::db::connect_worker(target).await?)
-}
-
-/// The settings every storage session runs with (see [`connect`]).
-pub(crate) fn session_settings() -> String {
-    crate::db::worker_settings()
 }
 
 /// The rows a table holds by its statistics (0 before its first ANALYZE):

@@ -42,7 +42,7 @@ impl OnlineIndex {
 
     /// Builds the index unless it is there and valid, under the maintenance lock.
     pub async fn build(&self, client: &mut Client) -> Result<(), StorageError> {
-        client.batch_execute(&super::session_settings()).await?;
+        client.batch_execute(&crate::db::worker_settings()).await?;
         // Index builds wait for writers' transactions; no lock wait is short here.
         client.batch_execute("SET lock_timeout = 0").await?;
         // Tried rather than waited for, for the reason `schema::migrate_with` gives.

@@ -40,7 +40,7 @@ const TAIL: OnlineIndex = OnlineIndex {
 /// Adds the column, builds the index (each partition's, then the parent's)
 /// unless it exists, and drops the `seq` index.
 pub async fn run(client: &mut Client) -> Result<(), StorageError> {
-    client.batch_execute(&super::session_settings()).await?;
+    client.batch_execute(&crate::db::worker_settings()).await?;
     add_column(client).await?;
     TAIL.build(client).await?;
     // Its own transaction: ACCESS EXCLUSIVE on `events`, held for a catalog
