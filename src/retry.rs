@@ -29,11 +29,6 @@ impl Backoff {
         half + half.mul_f64(unit_random())
     }
 
-    /// The step the next wait is drawn from (for logs).
-    pub fn step(&self) -> Duration {
-        self.step
-    }
-
     /// After a success: start again from the first step.
     pub fn reset(&mut self) {
         self.step = self.first;

@@ -148,15 +148,6 @@ impl std::fmt::Display for Finding {
     }
 }
 
-/// Where the public key checkpoints were checked with came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// Given from outside the database.
-    Outside,
-    /// None given: only the notes' shape and the roots were checked.
-    None,
-}
-
 /// What to check, and with what.
 #[derive(Default)]
 pub struct Options<'a> {

@@ -16,7 +16,6 @@
 //! Restoring loads files in chunks, each its own transaction, creating the
 //! partitions they need; `ON CONFLICT DO NOTHING` makes a second restore a no-op.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -1014,11 +1013,6 @@ impl Read for HashingReader<'_> {
 
 fn hex(bytes: &[u8]) -> String {
     crate::hex::encode(bytes)
-}
-
-/// Entries by file, for tests and tools.
-pub fn entries_by_file(m: &Manifest) -> BTreeMap<&str, &Entry> {
-    m.files.iter().map(|e| (e.file.as_str(), e)).collect()
 }
 
 #[cfg(test)]
