@@ -147,12 +147,16 @@ fn archive_err(path: &Path, reason: impl Into<String>) -> StorageError {
 /// Linux): an archive is background work, and on a small machine its compression
 /// and read-back would otherwise take the core that ingest needs. `None` when
 /// the thread panicked (or could not be started).
-async fn in_background<T: Send + 'static>(
-    name: &str,
+///
+/// The thread starts when this is called, not when the answer is awaited: the
+/// archive feeds its writer through a bounded channel before it awaits it, and
+/// a writer that started only then would never drain that channel.
+fn in_background<T: Send + 'static>(
+    name: &'static str,
     work: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
+) -> impl Future<Output = Option<T>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
+    let started = std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
             // On Linux a nice value is per thread: `who` 0 is this thread alone.
@@ -163,9 +167,11 @@ async fn in_background<T: Send + 'static>(
                 libc::setpriority(libc::PRIO_PROCESS, 0, 10);
             }
             let _ = tx.send(work());
-        })
-        .ok()?;
-    rx.await.ok()
+        });
+    async move {
+        started.ok()?;
+        rx.await.ok()
+    }
 }
 
 /// Writes `partition` (attached or detached) to `dir`, verifies the file and
@@ -1039,6 +1045,32 @@ mod tests {
         // The caller's thread keeps its own priority.
         #[cfg(target_os = "linux")]
         assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, before);
+    }
+
+    #[tokio::test]
+    async fn background_work_starts_before_its_answer_is_awaited() {
+        // As the archive uses it: the caller feeds the work through a bounded
+        // channel, more than the channel holds, and only then awaits the answer.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(2);
+        let sum = in_background("archive-test", move || {
+            let mut sum = 0;
+            while let Some(n) = rx.blocking_recv() {
+                sum += n;
+            }
+            sum
+        });
+        let fed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            for n in 1..=10 {
+                tx.send(n).await.expect("the work is receiving");
+            }
+        })
+        .await;
+        assert!(
+            fed.is_ok(),
+            "the channel was never drained: the work had not started"
+        );
+        drop(tx);
+        assert_eq!(sum.await, Some(55));
     }
 
     #[tokio::test]

@@ -459,6 +459,59 @@ async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_lett
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn an_archive_larger_than_the_writers_channel_is_written_whole() {
+    // About 13 MB of rendered rows: more 1 MB chunks than the channel to the
+    // compressing thread holds, so the archive completes only if that thread
+    // drains it while the rows are still streaming.
+    let app = spawn_app().await;
+    let day = days_ago(12);
+    app.db
+        .execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, generation, envelope, properties) \
+             SELECT 'big-' || g, 't', 's', 'r', 'x', $1::timestamptz + g * interval '1 second', now(), \
+                    jsonb_build_object('text', repeat(md5(g::text), 128)), 1, '{}', '{}' \
+             FROM generate_series(1, 3000) g",
+            &[&day],
+        )
+        .await
+        .unwrap();
+    let mut c = storage_client(&app).await;
+    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("cs-archive-{}", uuid::Uuid::new_v4()));
+    let done = tokio::time::timeout(
+        Duration::from_secs(120),
+        archive::archive_before(
+            &mut c,
+            day + chrono::Duration::days(1),
+            &dir,
+            true,
+            None,
+            None,
+        ),
+    )
+    .await
+    .expect("the archive finished within two minutes")
+    .unwrap();
+    let entry = &done.entries[0];
+    assert_eq!(entry.rows, 3000);
+    let (lines, sha) = archive::verify_file(&dir.join(&entry.file)).unwrap();
+    assert_eq!((lines, sha.as_str()), (3000, entry.sha256.as_str()));
+    assert_eq!(
+        app.db
+            .query_one("SELECT count(*) FROM events", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        0,
+        "archived, then dropped"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Restores `paths`: (rows read, rows already stored) per file.
 async fn restore_counts(c: &mut Client, paths: &[std::path::PathBuf]) -> Vec<(u64, u64)> {
     archive::restore(c, paths, None)
