@@ -101,7 +101,8 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection for background work (storage, the jobs): UTC (partition bounds
 /// are read and written in it), a bounded lock wait, no statement timeout (an
-/// archive reads for minutes).
+/// archive reads for minutes), and no parallel workers: background work takes
+/// one server process, never every core ingest and the API share with it.
 pub async fn connect_worker(target: &PgTarget) -> Result<Client, DbError> {
     let client = connect(target).await?;
     client
@@ -116,7 +117,8 @@ pub async fn connect_worker(target: &PgTarget) -> Result<Client, DbError> {
 /// The settings every worker session runs with (see [`connect_worker`]).
 pub fn worker_settings() -> String {
     format!(
-        "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET lock_timeout = '{}ms'; SET statement_timeout = 0;",
+        "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET lock_timeout = '{}ms'; SET statement_timeout = 0; \
+         SET max_parallel_workers_per_gather = 0; SET max_parallel_maintenance_workers = 0;",
         LOCK_TIMEOUT.as_millis()
     )
 }

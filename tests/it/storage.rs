@@ -460,6 +460,24 @@ async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_lett
 }
 
 #[tokio::test]
+async fn a_storage_session_runs_in_utc_with_a_bounded_lock_wait_and_no_parallel_workers() {
+    let app = spawn_app().await;
+    let c = storage_client(&app).await;
+    let mut got = Vec::new();
+    for name in [
+        "TimeZone",
+        "lock_timeout",
+        "statement_timeout",
+        "max_parallel_workers_per_gather",
+        "max_parallel_maintenance_workers",
+    ] {
+        let row = c.query_one(&format!("SHOW {name}"), &[]).await.unwrap();
+        got.push(row.get::<_, String>(0));
+    }
+    assert_eq!(got, ["UTC", "5s", "0", "0", "0"]);
+}
+
+#[tokio::test]
 async fn an_archive_larger_than_the_writers_channel_is_written_whole() {
     // About 13 MB of rendered rows: more 1 MB chunks than the channel to the
     // compressing thread holds, so the archive completes only if that thread
