@@ -117,6 +117,15 @@ for name, lo, hi in [("before (ingest alone)", 15, grace),
     p50, n = quantile(d, 0.5)
     p99, _ = quantile(d, 0.99)
     print(f"| {name} | {lo:.0f}–{hi:.0f} s | {n:.0f} | {p50:.1f} | **{p99:.1f}** | {over(d, 0.1):.0f} |")
+# Where the slow ones fell: events over 100 ms in each 30 s of the archive.
+spans = []
+lo = grace
+while lo < dropped:
+    hi = min(lo + 30, dropped)
+    spans.append(f"{lo:.0f}–{hi:.0f} s: {over(window(lo, hi), 0.1):.0f}")
+    lo = hi
+print()
+print("Events over 100 ms by 30 s of the archive: " + ", ".join(spans) + ".")
 PY
 
 mkdir -p reports
@@ -138,6 +147,11 @@ mkdir -p reports
   echo
   echo "- The partition was dropped ${dropped_at%.*} s after start; dropped from the catalog: $left."
   echo "- ${archived_line#*INFO }"
+  # The line's own time (RFC 3339, first field), as seconds since serve started.
+  archived_ts=$(awk '{print $1; exit}' <<<"$archived_line")
+  if archived_s=$(date -u -d "$archived_ts" +%s.%N 2>/dev/null); then
+    echo "- Archived (written and read back) $(echo "$archived_s - $start" | bc | cut -d. -f1) s after start; the drop followed."
+  fi
   echo "- Live events stored meanwhile: $stored."
 } >"$REPORT"
 cat "$REPORT"

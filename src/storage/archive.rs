@@ -47,6 +47,59 @@ pub const MAX_LINE_BYTES: usize = 320 << 20;
 /// No restored row moves the `seq` sequence past this, whatever its file says:
 /// half the range of bigint stays for new events.
 pub const MAX_RESTORED_SEQ: i64 = 1 << 62;
+/// How fast the maintenance job inside `serve` reads a partition it archives:
+/// 16 MiB of rendered rows a second. PostgreSQL renders those rows on the same
+/// cores that commit ingest's batches; unpaced (~40 MB/s on two cores) the
+/// rendering pushed ingest's p99 past its 100 ms target
+/// (`reports/archive-under-ingest.md`). At this pace a day of 1,000 events/s
+/// (~86M rows of ~1 KB) is archived in about 1.5 hours. The `archive` command
+/// is not paced: an operator running it chose the moment.
+pub const BACKGROUND_PACE: Pace = Pace::BytesPerSecond(16 << 20);
+
+/// How fast an archive may read its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// As fast as the server renders them.
+    Full,
+    /// At most this many bytes of rendered rows a second, on average.
+    BytesPerSecond(u64),
+}
+
+/// Holds a reader to its [`Pace`]: after each row it sleeps until the time the
+/// bytes read so far are due, once that is more than [`Pacer::SLACK`] ahead, so
+/// the server renders in bursts of at most SLACK's worth and then waits on a
+/// full socket.
+struct Pacer {
+    rate: Option<u64>,
+    start: tokio::time::Instant,
+    read: u64,
+}
+
+impl Pacer {
+    const SLACK: std::time::Duration = std::time::Duration::from_millis(10);
+
+    fn new(pace: Pace) -> Self {
+        let rate = match pace {
+            Pace::Full => None,
+            Pace::BytesPerSecond(r) => Some(r.max(1)),
+        };
+        Self {
+            rate,
+            start: tokio::time::Instant::now(),
+            read: 0,
+        }
+    }
+
+    /// When the bytes read so far are due, if that is more than SLACK from now.
+    fn read(&mut self, bytes: usize) -> Option<tokio::time::Instant> {
+        let rate = self.rate?;
+        self.read += bytes as u64;
+        let nanos = u128::from(self.read) * 1_000_000_000 / u128::from(rate);
+        let due =
+            self.start + std::time::Duration::from_nanos(nanos.try_into().unwrap_or(u64::MAX));
+        (due > tokio::time::Instant::now() + Self::SLACK).then_some(due)
+    }
+}
 
 /// One archived partition.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -174,14 +227,16 @@ fn in_background<T: Send + 'static>(
     }
 }
 
-/// Writes `partition` (attached or detached) to `dir`, verifies the file and
-/// records it in the manifest. Returns the manifest entry.
+/// Writes `partition` (attached or detached) to `dir`, reading its rows at
+/// `pace`, verifies the file and records it in the manifest. Returns the
+/// manifest entry.
 pub async fn archive_partition(
     client: &Client,
     table: Table,
     partition: &Partition,
     dir: &Path,
     progress: Option<&dyn Progress>,
+    pace: Pace,
 ) -> Result<Entry, StorageError> {
     let range = partition
         .range
@@ -231,6 +286,7 @@ pub async fn archive_partition(
     futures::pin_mut!(rows);
     let mut buf = Vec::with_capacity(1 << 20);
     let mut count = 0u64;
+    let mut pacer = Pacer::new(pace);
     let mut streamed: Result<(), StorageError> = Ok(());
     while let Some(row) = rows.next().await {
         let row = match row {
@@ -249,6 +305,9 @@ pub async fn archive_partition(
         // Rows arrive faster than they can be taken: without this the loop would
         // hold its runtime worker for as long as the server keeps it fed.
         tokio::task::consume_budget().await;
+        if let Some(due) = pacer.read(line.len() + 1) {
+            tokio::time::sleep_until(due).await;
+        }
         if buf.len() >= 1 << 20
             && tx
                 .send(std::mem::replace(&mut buf, Vec::with_capacity(1 << 20)))
@@ -513,7 +572,7 @@ async fn archive_locked(
                 out.dropped.push(p.name.clone());
             } else {
                 out.entries
-                    .push(archive_partition(client, table, &p, dir, progress).await?);
+                    .push(archive_partition(client, table, &p, dir, progress, Pace::Full).await?);
             }
         }
     }
@@ -555,7 +614,7 @@ pub async fn archive_and_drop(
             .await?;
     }
     let result = async {
-        let entry = archive_partition(client, table, p, dir, progress).await?;
+        let entry = archive_partition(client, table, p, dir, progress, Pace::Full).await?;
         let rows: i64 = client
             .query_one(&format!("SELECT count(*) FROM {}", p.name), &[])
             .await?
@@ -1023,7 +1082,21 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::in_background;
+    use std::time::Duration;
+
+    use super::{Pace, Pacer, in_background};
+
+    #[test]
+    fn a_paced_reader_waits_until_its_bytes_are_due_and_a_full_one_never_waits() {
+        let mut full = Pacer::new(Pace::Full);
+        assert_eq!(full.read(1 << 30), None);
+
+        // 1 MB/s: 5 kB are due in 5 ms, within the slack; 100 kB more in 105 ms.
+        let mut paced = Pacer::new(Pace::BytesPerSecond(1_000_000));
+        assert_eq!(paced.read(5_000), None);
+        let due = paced.read(100_000).expect("105 ms ahead of the pace");
+        assert_eq!(due - paced.start, Duration::from_millis(105));
+    }
 
     #[tokio::test]
     async fn background_work_runs_on_a_named_thread_of_lower_priority() {

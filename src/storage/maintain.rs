@@ -230,7 +230,15 @@ async fn run_locked(
             for p in past_retention(&partitions, now, retention) {
                 let range = p.range.expect("never the default partition");
                 if let Some(dir) = &opts.archive_dir {
-                    let entry = archive::archive_partition(client, table, p, dir, None).await?;
+                    let entry = archive::archive_partition(
+                        client,
+                        table,
+                        p,
+                        dir,
+                        None,
+                        archive::BACKGROUND_PACE,
+                    )
+                    .await?;
                     tracing::info!(table = table.name(), partition = %p.name, rows = entry.rows, file = %entry.file, "partition archived");
                     if let Some(m) = metrics {
                         m.storage.archived.with_label_values(&[table.name()]).inc();

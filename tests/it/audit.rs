@@ -795,9 +795,16 @@ async fn a_redacted_event_verifies_as_redacted_and_its_content_is_gone_everywher
         .unwrap()
     {
         if p.range.is_some() {
-            candystore::storage::archive::archive_partition(&app.db, table, &p, &dir, None)
-                .await
-                .unwrap();
+            candystore::storage::archive::archive_partition(
+                &app.db,
+                table,
+                &p,
+                &dir,
+                None,
+                candystore::storage::archive::Pace::Full,
+            )
+            .await
+            .unwrap();
         }
     }
     let mut archived = String::new();

@@ -1,6 +1,7 @@
 //! Time partitions, the maintenance job, retention, archive and restore, and the
 //! online migration from the plain table (issue: "A year of events").
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use candystore::app::AppOptions;
@@ -385,29 +386,13 @@ async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_lett
     );
     assert_eq!(rows_before.len(), 5);
 
-    let dir = std::env::temp_dir().join(format!("cs-archive-{}", uuid::Uuid::new_v4()));
-    let done = archive::archive_before(
-        &mut c,
-        day + chrono::Duration::days(1),
-        &dir,
-        true,
-        None,
-        None,
-    )
-    .await
-    .unwrap();
+    let (done, dir) = archive_day(&mut c, day).await;
     let events_file = partition::partition_name(Table::Events, day) + ".ndjson.zst";
     let dl_file = partition::partition_name(Table::DeadLetter, day) + ".ndjson.zst";
     let files: Vec<&str> = done.entries.iter().map(|e| e.file.as_str()).collect();
     assert_eq!(files, [events_file.as_str(), dl_file.as_str()]);
     assert_eq!(done.entries[0].rows, 4);
     assert_eq!(done.entries[1].rows, 1);
-    // The manifest agrees with the files.
-    let manifest = archive::read_manifest(&dir).unwrap().unwrap();
-    for e in &manifest.files {
-        let (lines, sha) = archive::verify_file(&dir.join(&e.file)).unwrap();
-        assert_eq!((lines, sha.as_str()), (e.rows, e.sha256.as_str()));
-    }
     // Dropped: gone from the API and the catalog.
     assert_eq!(raw(&app, "arch-gen1").await.0, 404);
     assert!(
@@ -499,25 +484,10 @@ async fn an_archive_larger_than_the_writers_channel_is_written_whole() {
     maintain::run_once(&mut c, &opts(None), Utc::now(), None)
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("cs-archive-{}", uuid::Uuid::new_v4()));
-    let done = tokio::time::timeout(
-        Duration::from_secs(120),
-        archive::archive_before(
-            &mut c,
-            day + chrono::Duration::days(1),
-            &dir,
-            true,
-            None,
-            None,
-        ),
-    )
-    .await
-    .expect("the archive finished within two minutes")
-    .unwrap();
-    let entry = &done.entries[0];
-    assert_eq!(entry.rows, 3000);
-    let (lines, sha) = archive::verify_file(&dir.join(&entry.file)).unwrap();
-    assert_eq!((lines, sha.as_str()), (3000, entry.sha256.as_str()));
+    let (done, dir) = tokio::time::timeout(Duration::from_secs(120), archive_day(&mut c, day))
+        .await
+        .expect("the archive finished within two minutes");
+    assert_eq!(done.entries[0].rows, 3000);
     assert_eq!(
         app.db
             .query_one("SELECT count(*) FROM events", &[])
@@ -528,6 +498,22 @@ async fn an_archive_larger_than_the_writers_channel_is_written_whole() {
         "archived, then dropped"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Archives and drops `day`'s partitions into a new directory, and checks that
+/// the manifest agrees with each file, read back whole.
+async fn archive_day(c: &mut Client, day: DateTime<Utc>) -> (archive::Archived, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("cs-archive-{}", uuid::Uuid::new_v4()));
+    let done = archive::archive_before(c, day + chrono::Duration::days(1), &dir, true, None, None)
+        .await
+        .unwrap();
+    let manifest = archive::read_manifest(&dir).unwrap().unwrap();
+    assert_eq!(manifest.files.len(), done.entries.len());
+    for e in &manifest.files {
+        let (lines, sha) = archive::verify_file(&dir.join(&e.file)).unwrap();
+        assert_eq!((lines, sha.as_str()), (e.rows, e.sha256.as_str()));
+    }
+    (done, dir)
 }
 
 /// Restores `paths`: (rows read, rows already stored) per file.
