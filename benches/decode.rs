@@ -1,7 +1,7 @@
 //! CPU cost of the per-event path: decode + projection, and COPY encoding.
 
 use bytes::BytesMut;
-use candystore::envelope::{Event, Record};
+use candystore::model::envelope::{Event, Record};
 use candystore::sink::copy;
 use candystore::source::decode::{Properties, RawDelivery, decode};
 use candystore::source::publish::sample_event;

@@ -83,7 +83,7 @@ fn main() {
         let raw = delivery(body);
         let (peak, record) = peak_of(move || decode(raw));
         assert!(
-            matches!(record, candystore::envelope::Record::Event(_)),
+            matches!(record, candystore::model::envelope::Record::Event(_)),
             "{name} decodes to an event"
         );
         let mb = |b: usize| b as f64 / 1e6;

@@ -12,7 +12,7 @@ use prometheus::{
 use std::collections::HashSet;
 use std::sync::RwLock;
 
-use crate::envelope::{Record, RejectReason};
+use crate::model::envelope::{Record, RejectReason};
 
 /// Longest label value taken from publishers' data; a longer one counts as `other`.
 pub const MAX_LABEL_BYTES: usize = 100;

@@ -161,7 +161,7 @@ fn registry(files: &[(&'static str, &'static str)]) -> Result<Vec<Migration>, Db
 }
 
 fn checksum(sql: &str) -> String {
-    crate::hex::encode(&Sha256::digest(sql.as_bytes()))
+    crate::model::hex::encode(&Sha256::digest(sql.as_bytes()))
 }
 
 const LEDGER: &str = r#"

@@ -16,8 +16,8 @@ use super::query::params::{known_pairs, parse_time_parameter};
 use super::query::sql::{FetchedPage, Listing, Order, fetch_page, page_sql};
 use super::view::{JsonText, rfc3339};
 use super::{ApiState, large};
-use crate::envelope::RejectReason;
-use crate::query::SqlParams;
+use crate::model::envelope::RejectReason;
+use crate::model::query::SqlParams;
 
 /// The columns of a listed dead letter (its body only as a size).
 const COLUMNS: &str = "seq, received_at, stored_at, exchange, routing_key, reason, detail, \

@@ -20,7 +20,7 @@ use super::query::{EventFilters, EventQuery, Paging};
 use super::query::{span, walk};
 use super::view::{COLUMNS, EventView, render, views};
 use super::{ApiState, large};
-use crate::query::SqlParams;
+use crate::model::query::SqlParams;
 
 /// One page of `GET /events`.
 #[derive(Serialize, utoipa::ToSchema)]

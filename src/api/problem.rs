@@ -146,8 +146,8 @@ fn sqlstate(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
-impl From<crate::query::InvalidFilter> for Problem {
-    fn from(e: crate::query::InvalidFilter) -> Self {
+impl From<crate::model::query::InvalidFilter> for Problem {
+    fn from(e: crate::model::query::InvalidFilter) -> Self {
         Problem::bad_parameter(e.name, e.reason)
     }
 }

@@ -83,16 +83,16 @@ impl Tickets {
         let tag = self.tag(expires, &nonce).finalize().into_bytes();
         format!(
             "{}{}{}",
-            crate::hex::encode(&expires.to_be_bytes()),
-            crate::hex::encode(&nonce),
-            crate::hex::encode(&tag)
+            crate::model::hex::encode(&expires.to_be_bytes()),
+            crate::model::hex::encode(&nonce),
+            crate::model::hex::encode(&tag)
         )
     }
 
     /// Spends `ticket` at `now`: Ok once per instance for a ticket this
     /// installation issued that has not expired.
     pub fn spend(&self, ticket: &str, now: i64) -> Result<(), Refused> {
-        let bytes = crate::hex::decode(ticket).map_err(|_| Refused::Invalid)?;
+        let bytes = crate::model::hex::decode(ticket).map_err(|_| Refused::Invalid)?;
         let e: [u8; 56] = bytes.as_slice().try_into().map_err(|_| Refused::Invalid)?;
         let expires = i64::from_be_bytes(e[..8].try_into().expect("8 bytes"));
         let nonce: [u8; 16] = e[8..24].try_into().expect("16 bytes");
@@ -185,7 +185,7 @@ mod tests {
         let real = ours.issue(NOW);
         let later = format!(
             "{}{}",
-            crate::hex::encode(&(NOW + 3600).to_be_bytes()),
+            crate::model::hex::encode(&(NOW + 3600).to_be_bytes()),
             &real[16..]
         );
         assert_eq!(ours.spend(&later, NOW), Err(Refused::Invalid));

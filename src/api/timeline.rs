@@ -19,7 +19,7 @@ use super::query::sql::{
     EVENTS, FetchedPage, Order, fetch_page, generic_plans_at, page_sql, reusable,
 };
 use super::view::{EventView, rfc3339, views};
-use crate::query::SqlParams;
+use crate::model::query::SqlParams;
 
 /// Which column groups the timeline.
 #[derive(Clone, Copy)]

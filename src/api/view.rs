@@ -34,7 +34,7 @@ pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
-pub(crate) use crate::query::JsonText;
+pub(crate) use crate::model::query::JsonText;
 
 pub(crate) fn view(row: &Row) -> Result<EventView, Problem> {
     let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
@@ -69,7 +69,7 @@ pub(crate) fn render(row: &Row, raw_envelope: bool) -> Result<Vec<u8>, Problem> 
     let JsonText(envelope) = row.try_get("envelope").map_err(unavailable)?;
     let JsonText(payload) = row.try_get("payload").map_err(unavailable)?;
     let member: Option<&str> = row.get("payload_member");
-    crate::envelope::rebuild(envelope, payload, member).ok_or_else(|| {
+    crate::model::envelope::rebuild(envelope, payload, member).ok_or_else(|| {
         unavailable(BadEnvelope(
             String::from_utf8_lossy(&envelope[..envelope.len().min(40)]).into_owned(),
         ))

@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::envelope::Event;
+use crate::model::envelope::Event;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -244,7 +244,7 @@ mod tests {
             authentic_replay: false,
         };
         match crate::source::decode::decode(raw) {
-            crate::envelope::Record::Event(e) => *e,
+            crate::model::envelope::Record::Event(e) => *e,
             other => panic!("{other:?}"),
         }
     }

@@ -225,7 +225,7 @@ impl Tree {
             .await?
             .get(0);
         for id in ring.ids() {
-            let hex = crate::hex::encode(&id);
+            let hex = crate::model::hex::encode(&id);
             if known.contains(&hex) {
                 continue;
             }

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 
 use super::attest::{Check, Keyring};
 use super::tree::Hash;
-use crate::envelope::Event;
+use crate::model::envelope::Event;
 
 pub const SALT_LEN: usize = 32;
 const LEAF_DOMAIN: &[u8] = b"candystore/leaf/v1\n";
@@ -371,7 +371,7 @@ mod tests {
             authentic_replay: false,
         };
         match crate::source::decode::decode(raw) {
-            crate::envelope::Record::Event(e) => *e,
+            crate::model::envelope::Record::Event(e) => *e,
             other => panic!("{other:?}"),
         }
     }

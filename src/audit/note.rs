@@ -108,7 +108,7 @@ impl SigningKey {
         format!(
             "PRIVATE+KEY+{}+{}+{}",
             self.name,
-            crate::hex::encode(&v.id),
+            crate::model::hex::encode(&v.id),
             B64.encode(raw)
         )
     }
@@ -164,7 +164,7 @@ fn split_key(text: &str) -> Result<(&str, [u8; 4], Vec<u8>), NoteError> {
             "the name is empty or holds a space or '+'",
         ));
     }
-    let id = crate::hex::decode(id)
+    let id = crate::model::hex::decode(id)
         .ok()
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .ok_or(NoteError::BadKey("the key id is 8 hex digits"))?;
@@ -224,7 +224,7 @@ impl VerifierKey {
         format!(
             "{}+{}+{}",
             self.name,
-            crate::hex::encode(&self.id),
+            crate::model::hex::encode(&self.id),
             B64.encode(raw)
         )
     }

@@ -268,7 +268,7 @@ pub fn check_bundle(bundle: &Bundle, key: &VerifierKey) -> Result<Proved, Bundle
     if content.commitment(&salt) != commitment || time != e.timestamp {
         return Err(BundleError::Commitment);
     }
-    let rebuilt = crate::envelope::rebuild(
+    let rebuilt = crate::model::envelope::rebuild(
         e.envelope.as_bytes(),
         e.payload.as_bytes(),
         e.payload_member.as_deref(),
@@ -376,7 +376,7 @@ pub async fn bundle(client: &impl GenericClient, place: (i64, i64)) -> Result<Bu
         original_body: row.get::<_, Option<Vec<u8>>>(16).map(|b| B64.encode(b)),
         salt: B64.encode(&salt),
     };
-    let raw = crate::envelope::rebuild(
+    let raw = crate::model::envelope::rebuild(
         event.envelope.as_bytes(),
         event.payload.as_bytes(),
         event.payload_member.as_deref(),

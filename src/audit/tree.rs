@@ -375,11 +375,11 @@ mod tests {
         // The empty tree and the one-leaf tree of the empty leaf (RFC 6962's
         // reference vectors, kept by RFC 9162 implementations).
         assert_eq!(
-            crate::hex::encode(&empty_root()),
+            crate::model::hex::encode(&empty_root()),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(
-            crate::hex::encode(&leaf_hash(b"")),
+            crate::model::hex::encode(&leaf_hash(b"")),
             "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
         );
         // The eight leaves of Certificate Transparency's reference tests.
@@ -398,7 +398,7 @@ mod tests {
             f.append(leaf_hash(d), |_, _| {});
         }
         assert_eq!(
-            crate::hex::encode(&f.root()),
+            crate::model::hex::encode(&f.root()),
             "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"
         );
     }

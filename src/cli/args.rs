@@ -13,13 +13,13 @@ pub(crate) fn cli_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String>
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
     }
-    candystore::envelope::parse_time(s)
+    candystore::model::envelope::parse_time(s)
         .ok_or_else(|| "expected YYYY-MM-DD or an RFC 3339 time".to_owned())
 }
 
 /// An equality filter option: a value a stored identifier could be.
 pub(crate) fn filter(name: &'static str, s: &str) -> Result<String, String> {
-    candystore::query::identifier(name, s).map_err(|e| e.reason)
+    candystore::model::query::identifier(name, s).map_err(|e| e.reason)
 }
 
 pub(crate) fn dead_letter_filter(ids: Vec<i64>, f: DeadLetterFilter) -> Filter {

@@ -228,7 +228,7 @@ pub(crate) fn verify_proof(path: &std::path::Path, public_key: &str) -> anyhow::
                 p.leaf_index,
                 p.checkpoint.size,
                 key.name(),
-                candystore::hex::encode(&p.checkpoint.root),
+                candystore::model::hex::encode(&p.checkpoint.root),
             );
             Ok(Exit::Clean.into())
         }

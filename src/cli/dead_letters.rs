@@ -51,7 +51,7 @@ pub(crate) async fn dead_letters(
             out["properties"] = d.properties;
             match std::str::from_utf8(&d.body) {
                 Ok(text) => out["body_text"] = text.into(),
-                Err(_) => out["body_hex"] = candystore::hex::encode(&d.body).into(),
+                Err(_) => out["body_hex"] = candystore::model::hex::encode(&d.body).into(),
             }
             println!("{}", serde_json::to_string_pretty(&out)?);
         }

@@ -190,7 +190,7 @@ pub(crate) enum Command {
         #[arg(long, value_parser = |s: &str| filter("correlation_id", s))]
         correlation_id: Option<String>,
         /// A JSON object the payload contains (jsonb @>).
-        #[arg(long, value_name = "JSON", value_parser = |s: &str| candystore::query::containment(s).map_err(|e| e.reason))]
+        #[arg(long, value_name = "JSON", value_parser = |s: &str| candystore::model::query::containment(s).map_err(|e| e.reason))]
         payload_contains: Option<serde_json::Value>,
         /// Events at or after this time (RFC 3339, or YYYY-MM-DD).
         #[arg(long, value_name = "TIME", value_parser = cli_time)]
@@ -348,7 +348,7 @@ pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<
             {
                 return Err(Usage("invalid --until: it is before --since".into()).into());
             }
-            let query = candystore::query::EventQuery {
+            let query = candystore::model::query::EventQuery {
                 filters: [
                     ("session_id", session_id),
                     ("event_type", event_type),

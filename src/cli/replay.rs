@@ -12,7 +12,7 @@ use super::progress::Bar;
 
 pub(crate) async fn replay(
     settings: &Settings,
-    query: candystore::query::EventQuery,
+    query: candystore::model::query::EventQuery,
     exchange: &str,
     rate: u64,
     resume: Option<&str>,

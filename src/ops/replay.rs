@@ -1,6 +1,6 @@
 //! `candystore replay`: stored events published again, exactly as they were
 //! published (the `/raw` envelope and the original AMQP properties, plus the
-//! authenticated `x-candystore-replay` mark, `crate::replay_mark`), in time order, to an exchange the operator names, so that
+//! authenticated `x-candystore-replay` mark, `crate::model::replay_mark`), in time order, to an exchange the operator names, so that
 //! downstream services can rebuild their state. Candystore's own ingest acks a
 //! replayed delivery without storing it again.
 //!
@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
-use crate::envelope::rebuild;
-use crate::query::{Cursor, EventQuery, JsonText, SqlParams};
+use crate::model::envelope::rebuild;
+use crate::model::query::{Cursor, EventQuery, JsonText, SqlParams};
 use crate::source::publish::{RepublishError, Republisher};
 
 /// Events read per query.
@@ -114,7 +114,7 @@ pub async fn run(
     progress: &mut Progress,
     mut on_event: impl FnMut(&Progress),
 ) -> Result<(), ReplayError> {
-    let key = crate::replay_mark::load(client)
+    let key = crate::model::replay_mark::load(client)
         .await?
         .ok_or(ReplayError::NoReplaySecret)?;
     let started = Instant::now();

@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 
 use crate::audit::attest::Keyring;
-use crate::envelope::Event;
+use crate::model::envelope::Event;
 
 /// The staging table every batch is copied into. `ON COMMIT DELETE ROWS` empties it
 /// at each commit; a rollback empties it too.
@@ -177,7 +177,7 @@ fn jsonb(out: &mut BytesMut, json: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::Generation;
+    use crate::model::envelope::Generation;
 
     fn event() -> Event {
         Event {

@@ -6,6 +6,7 @@
 //! PostgreSQL refuses is split until the refused row is alone, and that row goes to
 //! `dead_letter` while the rest is stored.
 
+pub(crate) mod batch;
 pub mod copy;
 pub mod partitions;
 pub mod write;
@@ -18,10 +19,10 @@ use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::batch::{Batch, Batcher, Limits};
-use crate::envelope::{DeadLetter, Record};
 use crate::metrics::Metrics;
+use crate::model::envelope::{DeadLetter, Record};
 use crate::retry::Backoff;
+use crate::sink::batch::{Batch, Batcher, Limits};
 use crate::source::{self, AckToken, Inbound};
 pub use write::{WriteError, Writer, Written};
 

@@ -15,8 +15,8 @@ use tokio_postgres::{Client, Statement};
 
 use super::copy;
 use crate::audit::attest::Keyring;
-use crate::envelope::{DeadLetter, Event, Record};
 use crate::metrics::Metrics;
+use crate::model::envelope::{DeadLetter, Event, Record};
 
 /// `inserted AS (…)`, moving the staged rows that pass `$filter` into `events`,
 /// then the new rows counted by event type: the part every move statement shares.

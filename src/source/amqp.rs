@@ -29,7 +29,7 @@ use super::ack::{AckChannel, AckError, AckToken, Acknowledge};
 use super::decode::{self, FrameRepairs, Properties, RawDelivery};
 use super::prefetch::Prefetch;
 use crate::metrics::Metrics;
-use crate::replay_mark::{self, Mark};
+use crate::model::replay_mark::{self, Mark};
 use crate::retry::Backoff;
 
 /// The kind of queue this service declares and consumes.
@@ -60,7 +60,7 @@ pub struct SourceConfig {
     pub max_inflight_bytes: usize,
     /// The installation's replay secret (`replay_mark`): only a delivery whose
     /// mark it authenticates is taken for a replay. `None`: every mark is stored.
-    pub replay_key: Option<crate::replay_mark::ReplayKey>,
+    pub replay_key: Option<crate::model::replay_mark::ReplayKey>,
 }
 
 /// Whether the consumer is connected, for health checks.
@@ -631,7 +631,7 @@ fn raw_delivery(d: lapin::message::Delivery) -> RawDelivery {
 fn headers_wire(t: &FieldTable) -> Option<String> {
     let table = lapin::types::generation::gen_field_table(t);
     let bytes = cookie_factory::gen_simple(table, Vec::new()).ok()?;
-    Some(crate::hex::encode(&bytes))
+    Some(crate::model::hex::encode(&bytes))
 }
 
 /// Converts AMQP headers to JSON. Byte strings that are not clean UTF-8 text are
@@ -673,7 +673,7 @@ impl HeadersJson {
 
     fn value(&mut self, v: &AMQPValue, depth: usize) -> serde_json::Value {
         use serde_json::Value as J;
-        let hex = |b: &[u8]| serde_json::json!({ "$hex": crate::hex::encode(b) });
+        let hex = |b: &[u8]| serde_json::json!({ "$hex": crate::model::hex::encode(b) });
         if depth > lapin::types::parsing::MAX_NESTING_DEPTH {
             // Only a container cut off by the parser, or the innermost value of a
             // publisher nesting this deep, can sit here.

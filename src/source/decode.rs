@@ -13,10 +13,10 @@ use serde::Serialize;
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
-use crate::envelope::{DeadLetter, Event, Generation, Record, RejectReason};
+use crate::model::envelope::{DeadLetter, Event, Generation, Record, RejectReason};
 
-use crate::envelope::{MAX_IDENT_BYTES, in_range, parse_time};
-use crate::hex;
+use crate::model::envelope::{MAX_IDENT_BYTES, in_range, parse_time};
+use crate::model::hex;
 
 /// Deepest nesting of arrays and objects a body may have to be stored as an event.
 /// Deeper bodies are dead-lettered. The API passes payloads through as text but
@@ -203,7 +203,7 @@ pub fn decode(raw: RawDelivery) -> Record {
             body,
         })),
         Err(r) => Record::DeadLetter(Box::new(DeadLetter {
-            fingerprint: crate::envelope::fingerprint(
+            fingerprint: crate::model::envelope::fingerprint(
                 &exchange,
                 &routing_key,
                 properties.message_id.as_deref(),

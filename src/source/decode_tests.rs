@@ -3,7 +3,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::envelope::{Record, RejectReason, rebuild};
+use crate::model::envelope::{Record, RejectReason, rebuild};
 
 fn received() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
@@ -289,7 +289,10 @@ fn nul_is_removed_from_strings_and_keys_and_the_original_is_kept() {
     assert_eq!(e.routing_key, "rkx");
     let props = json_of(&e.properties);
     assert_eq!(props["app_id"], "ab");
-    assert_eq!(props["routing_key_hex"], crate::hex::encode(b"rk\0x"));
+    assert_eq!(
+        props["routing_key_hex"],
+        crate::model::hex::encode(b"rk\0x")
+    );
 }
 
 /// The JSON value with NUL removed from every string and key, as decode does.
@@ -503,7 +506,7 @@ fn a_delivery_with_an_authentic_replay_mark_is_not_an_event_to_store_again() {
     // The header alone (any publisher can set it) leaves it an event.
     let mut raw = delivery(br#"{"id": "r-1", "event_type": "x", "data": {}}"#);
     let mut headers = serde_json::Map::new();
-    headers.insert(crate::replay_mark::HEADER.into(), 42.into());
+    headers.insert(crate::model::replay_mark::HEADER.into(), 42.into());
     raw.properties.headers = Some(headers);
     assert_eq!(event(decode(raw)).id, "r-1");
     // Any other header leaves it an event.

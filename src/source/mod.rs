@@ -12,7 +12,7 @@ pub mod publish;
 
 use tokio::time::Instant;
 
-use crate::envelope::Record;
+use crate::model::envelope::Record;
 pub use ack::{AckChannel, AckToken, Acknowledge, RecordingAcks, Settled};
 
 /// One delivery on its way to the sink.

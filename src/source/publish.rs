@@ -423,14 +423,14 @@ impl Republisher {
     /// `CC` and `BCC` headers are left out (logged): RabbitMQ would route the copy
     /// to the keys they name on the target exchange too. Waits for the confirm.
     /// `replay_of` (the installation's key and the event's `seq`) marks the message
-    /// with [`crate::replay_mark::HEADER`], a MAC over the routing key and body sent.
+    /// with [`crate::model::replay_mark::HEADER`], a MAC over the routing key and body sent.
     pub async fn publish(
         &self,
         exchange: &str,
         stored_routing_key: &str,
         body: &[u8],
         properties: &serde_json::Value,
-        replay_of: Option<(&crate::replay_mark::ReplayKey, i64)>,
+        replay_of: Option<(&crate::model::replay_mark::ReplayKey, i64)>,
     ) -> Result<(), RepublishError> {
         self.start(exchange, stored_routing_key, body, properties, replay_of)
             .await?
@@ -445,7 +445,7 @@ impl Republisher {
         stored_routing_key: &str,
         body: &[u8],
         properties: &serde_json::Value,
-        replay_of: Option<(&crate::replay_mark::ReplayKey, i64)>,
+        replay_of: Option<(&crate::model::replay_mark::ReplayKey, i64)>,
     ) -> Result<
         impl std::future::Future<Output = Result<(), RepublishError>> + Send + 'static,
         RepublishError,
@@ -462,7 +462,7 @@ impl Republisher {
         if let Some((key, seq)) = replay_of {
             let mut headers = props.headers().clone().unwrap_or_default();
             headers.insert(
-                crate::replay_mark::HEADER.into(),
+                crate::model::replay_mark::HEADER.into(),
                 lapin::types::AMQPValue::LongString(key.mark(seq, &routing_key, body).into()),
             );
             props = props.with_headers(headers);

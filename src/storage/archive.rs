@@ -1077,7 +1077,7 @@ impl Read for HashingReader<'_> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    crate::hex::encode(bytes)
+    crate::model::hex::encode(bytes)
 }
 
 #[cfg(test)]

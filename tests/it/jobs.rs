@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use candystore::app::supervise::Supervisor;
 use candystore::db;
 use candystore::jobs::{Job, run_forever};
 use candystore::storage::StorageError;
-use candystore::supervise::Supervisor;
 use tokio::sync::Notify;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;

@@ -53,7 +53,7 @@ fn archive_of(lines: &[Vec<u8>], max_seq: Option<i64>) -> (PathBuf, PathBuf) {
             to: day() + chrono::Duration::days(1),
             rows: lines.len() as u64,
             bytes: bytes.len() as u64,
-            sha256: candystore::hex::encode(&Sha256::digest(&bytes)),
+            sha256: candystore::model::hex::encode(&Sha256::digest(&bytes)),
             archived_at: Utc::now(),
             max_seq,
             max_txid: None,

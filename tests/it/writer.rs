@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use candystore::envelope::Record;
 use candystore::metrics::Metrics;
+use candystore::model::envelope::Record;
 use candystore::sink::Writer;
 use candystore::source::decode::{Properties, RawDelivery, decode};
 use proptest::prelude::*;

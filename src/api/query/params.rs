@@ -6,10 +6,10 @@ use actix_web::http::StatusCode;
 use chrono::{DateTime, Utc};
 
 use crate::api::problem::Problem;
-use crate::envelope::{MAX_IDENT_BYTES, parse_time};
+use crate::model::envelope::{MAX_IDENT_BYTES, parse_time};
 
 pub const MAX_LIMIT: i64 = 1000;
-pub use crate::query::{Cursor, DEFAULT_LIMIT, EventQuery, FILTERS, Paging};
+pub use crate::model::query::{Cursor, DEFAULT_LIMIT, EventQuery, FILTERS, Paging};
 
 /// The cursor's timestamp; a 400 problem naming `cursor` when it is not one this
 /// API made.
@@ -136,12 +136,12 @@ pub(crate) fn parse_time_parameter(
 
 /// An equality filter's value (`query::identifier`), as a problem naming it.
 pub(crate) fn parse_identifier(name: &'static str, value: &str) -> Result<String, Problem> {
-    crate::query::identifier(name, value).map_err(Problem::from)
+    crate::model::query::identifier(name, value).map_err(Problem::from)
 }
 
 /// `payload_contains` (`query::containment`), as a problem naming it.
 pub(crate) fn parse_containment(value: &str) -> Result<serde_json::Value, Problem> {
-    crate::query::containment(value).map_err(Problem::from)
+    crate::model::query::containment(value).map_err(Problem::from)
 }
 
 /// Whether `id` could name a stored row: stored identifiers hold no NUL and at

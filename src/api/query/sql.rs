@@ -11,7 +11,7 @@ use tokio_postgres::{GenericClient, Statement, ToStatement};
 use super::params::{Cursor, Paging};
 use crate::api::problem::{Problem, unavailable};
 use crate::api::view::COLUMNS;
-use crate::query::{JsonText, SqlParams};
+use crate::model::query::{JsonText, SqlParams};
 
 /// The most payload a page (or a live-tail chunk) holds. A page stops short of
 /// `limit` rather than pass it, so a page of large events cannot exhaust memory;

@@ -33,7 +33,7 @@ use super::sql::{
 use super::totals::EXACT_TOTAL_UP_TO;
 use crate::api::problem::{Problem, unavailable};
 use crate::api::view::COLUMNS;
-use crate::query::SqlParams;
+use crate::model::query::SqlParams;
 use crate::storage::partition::Range;
 
 /// The newest rows of the first partition judged in order before its filters'

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use postgres_types::{FromSql, Type, accepts};
 use tokio_postgres::types::ToSql;
 
-use crate::hex;
+use crate::model::hex;
 
 /// Events a page holds when the request does not say.
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -108,7 +108,7 @@ pub fn identifier(name: &'static str, value: &str) -> Result<String, InvalidFilt
     if value.is_empty() || value.contains('\0') {
         return Err(InvalidFilter::new(name, "must be non-empty text"));
     }
-    if value.len() > crate::envelope::MAX_IDENT_BYTES {
+    if value.len() > crate::model::envelope::MAX_IDENT_BYTES {
         return Err(InvalidFilter::new(
             name,
             "is longer than 1024 bytes, which no stored value is",
@@ -127,7 +127,7 @@ pub fn containment(value: &str) -> Result<serde_json::Value, InvalidFilter> {
     if !doc.is_object() {
         return Err(InvalidFilter::new(NAME, "must be a JSON object"));
     }
-    if crate::envelope::json_has_nul(&doc) {
+    if crate::model::envelope::json_has_nul(&doc) {
         return Err(InvalidFilter::new(
             NAME,
             "contains \\u0000, which no stored payload can hold",

@@ -80,7 +80,7 @@ impl ReplayKey {
     pub fn mark(&self, seq: i64, routing_key: &str, body: &[u8]) -> String {
         format!(
             "v1:{seq}:{}",
-            crate::hex::encode(&self.over(seq, routing_key, body).finalize().into_bytes())
+            crate::model::hex::encode(&self.over(seq, routing_key, body).finalize().into_bytes())
         )
     }
 

@@ -144,7 +144,7 @@ pub enum Record {
     Event(Box<Event>),
     DeadLetter(Box<DeadLetter>),
     /// A delivery `candystore replay` published (it carries an authentic mark,
-    /// `crate::replay_mark`): the
+    /// `crate::model::replay_mark`): the
     /// event is stored already, so it is acked with its batch and adds no row.
     Replayed,
 }
@@ -189,7 +189,7 @@ pub fn json_has_nul(v: &serde_json::Value) -> bool {
 /// of the payload. `None` when `envelope` is not an object's text.
 ///
 /// ```
-/// use candystore::envelope::rebuild;
+/// use candystore::model::envelope::rebuild;
 /// let doc = rebuild(br#"{"id": "1", "type": "t"}"#, br#"{"k": [1, 2]}"#, Some("data")).unwrap();
 /// let doc: serde_json::Value = serde_json::from_slice(&doc).unwrap();
 /// assert_eq!(doc, serde_json::json!({"id": "1", "type": "t", "data": {"k": [1, 2]}}));

@@ -4,6 +4,8 @@
 //! broker connection → stop the HTTP servers → stop the live tail and the jobs (each after
 //! the step it is in), all within SHUTDOWN_TIMEOUT.
 
+pub mod supervise;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -13,17 +15,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use self::supervise::Supervisor;
 use crate::api::{self, ApiState, Lifecycle};
-use crate::batch::Limits;
 use crate::config::{Settings, redact_url};
 use crate::db;
 use crate::jobs;
 use crate::metrics::Metrics;
-use crate::replay_mark;
+use crate::model::replay_mark;
 use crate::schema;
+use crate::sink::batch::Limits;
 use crate::sink::{self, SinkOptions, Writer};
 use crate::source::amqp::{self, BrokerLink, BrokerStatus, SourceConfig};
-use crate::supervise::Supervisor;
 
 /// Connections of the probes' own pool (`/health`, `/ready`).
 const PROBE_POOL_SIZE: usize = 2;
