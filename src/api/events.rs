@@ -15,7 +15,7 @@ use super::query::params::could_be_stored;
 use super::query::sql::{
     EVENTS, FetchedPage, Order, fetch_page, generic_plans, generic_plans_at, page_sql, reusable,
 };
-use super::query::totals::{Seen, counted_up_to_cap, total, walked_total};
+use super::query::totals::{Seen, counted_up_to_cap, exact_up_to, total, walked_total};
 use super::query::{EventFilters, EventQuery, Paging};
 use super::query::{span, walk};
 use super::view::{COLUMNS, EventView, render, views};
@@ -36,7 +36,7 @@ pub struct Page {
 
 /// Events matching the filters, newest first.
 ///
-/// `total` is exact up to 1,000 matches (for `session_id` alone, at any size), then PostgreSQL's estimate (`total_is_estimate`).
+/// `total` is exact up to 1,000 matches (250 with `payload_contains`; for `session_id` alone, at any size), then an estimate (`total_is_estimate`).
 /// `next_cursor` continues the walk with `cursor=`; it visits every event once.
 /// A page holds fewer than `limit` events when their payloads would pass 8 MiB
 /// (`has_more` stays exact): advance an offset by the events received.
@@ -111,11 +111,13 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
                 }
                 let mut params = SqlParams::default();
                 let filter = q.conditions(&mut params);
-                let mut seen = Seen {
+                // The walk read the matches from the oldest partition it reached
+                // to the anchor.
+                let seen = Seen {
                     through: walked.page.rows.len() as i64,
                     has_more: walked.page.has_more,
                     whole_prefix: paging.cursor.is_none(),
-                    window: None,
+                    window: walked.reached.map(|lower| (lower, anchor)),
                     known: match walked.matches {
                         walk::Matches::MoreThan(n) => n + 1,
                         _ => 0,
@@ -126,9 +128,15 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
                 // the document), scaled to the table, as for a page a window held.
                 if walked.filled_in_first_round {
                     tx.commit().await.map_err(unavailable)?;
-                    seen.window = walked.reached.map(|lower| (lower, anchor));
-                    let counted =
-                        total(&client, &state.table_sizes, &filter, &params.all(), seen).await?;
+                    let counted = total(
+                        &client,
+                        &state.table_sizes,
+                        &filter,
+                        &params.all(),
+                        seen,
+                        exact_up_to(&q),
+                    )
+                    .await?;
                     return answer(walked.page, counted, &paging);
                 }
                 let (total, total_is_estimate) = walked_total(
@@ -137,8 +145,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
                     &filter,
                     &params.all(),
                     seen,
-                    walked.reached,
-                    anchor,
+                    exact_up_to(&q),
                 )
                 .await?;
                 tx.commit().await.map_err(unavailable)?;
@@ -251,6 +258,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
                 &filter,
                 &params.refs(n_filter),
                 seen,
+                exact_up_to(&q),
             )
             .await?
         }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use candystore::api::query::totals::EXACT_DOCUMENT_TOTAL_UP_TO;
 use candystore::app::AppOptions;
 use candystore::storage::{self, PartitionInterval, Table, archive, maintain, partition};
 use candystore::{db, schema};
@@ -1729,10 +1730,12 @@ async fn the_writers_keep_the_payload_index_pending_list_short_for_searches() {
 async fn a_document_sparse_today_is_counted_exactly_up_to_the_cap_and_estimated_past_it() {
     let app = spawn_app().await;
     let now = Utc::now();
-    // Three documents, none of them in the newest day: 1,000 (the cap), 1,001 and
-    // 3,000 events an hour apart from two days back; the page must be the newest of
-    // them whichever way the total is found.
-    for (k, n) in [(1, 1_000), (2, 1_001), (3, 3_000)] {
+    // Three documents, none of them in the newest day: the document cap (250), one
+    // more, and 3,000 events an hour apart from two days back; the page must be
+    // the newest of them whichever way the total is found.
+    let cap = EXACT_DOCUMENT_TOTAL_UP_TO as i32;
+    let documents = [(1, cap), (2, cap + 1), (3, 3_000)];
+    for (k, n) in documents {
         app.db
             .execute(
                 "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
@@ -1751,7 +1754,7 @@ async fn a_document_sparse_today_is_counted_exactly_up_to_the_cap_and_estimated_
         .unwrap();
     // Analysed, as a live table is: past the cap the total is an estimate.
     app.db.batch_execute("ANALYZE events").await.unwrap();
-    for (k, n) in [(1, 1_000), (2, 1_001), (3, 3_000)] {
+    for (k, n) in documents {
         let want: Vec<String> = (1..=30).map(|i| format!("doc-{k}-{i}")).collect();
         let page = app
             .get_json(&format!(
@@ -1760,11 +1763,14 @@ async fn a_document_sparse_today_is_counted_exactly_up_to_the_cap_and_estimated_
             .await;
         assert_eq!(crate::helpers::event_ids(&page), want, "k={k}");
         assert_eq!(page["has_more"], true);
-        if n <= 1_000 {
+        if n <= cap {
             assert_eq!(page["total"], n, "k={k}");
             assert_eq!(page["total_is_estimate"], false, "k={k}");
         } else {
-            assert!(page["total"].as_i64().unwrap() > 1_000, "k={k}: {page}");
+            assert!(
+                page["total"].as_i64().unwrap() > cap.into(),
+                "k={k}: {page}"
+            );
             assert_eq!(page["total_is_estimate"], true, "k={k}");
         }
     }

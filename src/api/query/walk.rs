@@ -30,7 +30,6 @@ use super::span::Partitions;
 use super::sql::{
     EVENTS, FetchedPage, MAX_PAGE_BYTES, PageBuilder, generic_plans, read_page, reusable,
 };
-use super::totals::EXACT_TOTAL_UP_TO;
 use crate::api::problem::{Problem, unavailable};
 use crate::api::view::COLUMNS;
 use crate::model::query::SqlParams;
@@ -153,7 +152,7 @@ pub(crate) async fn newest_first(
             && q.start_time.is_none()
             && q.end_time.is_none()
         {
-            match every_match(tx, pool, &todo, q).await? {
+            match every_match(tx, pool, &todo, q, super::totals::exact_up_to(q)).await? {
                 Ok((page, total)) => {
                     return Ok(Some(Walked {
                         page,
@@ -185,7 +184,7 @@ pub(crate) async fn newest_first(
 }
 
 /// A page of `q` (no cursor, no time bounds) and its exact total, read from every
-/// match at once when there are at most [`EXACT_TOTAL_UP_TO`]: the matches' rows
+/// match at once when there are at most `cap`: the matches' rows
 /// fetched once for both the page and the count (a GIN probe of each partition),
 /// where rounds of partitions and then a count would read them twice. The newer
 /// and the older half of the partitions are read at once on two connections (a
@@ -199,6 +198,7 @@ async fn every_match(
     pool: &deadpool_postgres::Pool,
     todo: &[&(String, Range)],
     q: &EventQuery,
+    cap: i64,
 ) -> Result<Result<(FetchedPage, i64), i64>, Problem> {
     let halves: Vec<Range> = {
         let (newer, older) = todo.split_at(todo.len() / 2);
@@ -216,18 +216,18 @@ async fn every_match(
             let mut other = pool.get().await.map_err(unavailable)?;
             let other = generic_plans(&mut other).await?;
             let (a, b) = futures::try_join!(
-                matches_within(tx, q, *newer),
-                matches_within(&other, q, *older)
+                matches_within(tx, q, *newer, cap),
+                matches_within(&other, q, *older, cap)
             )?;
             other.commit().await.map_err(unavailable)?;
             (a, Some(b))
         }
-        [only] => (matches_within(tx, q, *only).await?, None),
+        [only] => (matches_within(tx, q, *only, cap).await?, None),
         _ => unreachable!("called with partitions left to read"),
     };
     let total = newer.1 + older.as_ref().map_or(0, |o| o.1);
-    if total > EXACT_TOTAL_UP_TO {
-        return Ok(Err(EXACT_TOTAL_UP_TO));
+    if total > cap {
+        return Ok(Err(cap));
     }
     // The halves do not overlap in time: the newer one's rows come first.
     let mut page = PageBuilder::new(&EVENTS, q.paging.limit, MAX_PAGE_BYTES);
@@ -245,6 +245,7 @@ async fn matches_within(
     tx: &deadpool_postgres::Transaction<'_>,
     q: &EventQuery,
     within: Range,
+    cap: i64,
 ) -> Result<(FetchedPage, i64), Problem> {
     let mut params = SqlParams::default();
     let filter = q.conditions(&mut params);
@@ -254,7 +255,7 @@ async fn matches_within(
            (SELECT {COLUMNS} FROM events WHERE {filter} AND {within} LIMIT {cap}) m) c \
          ORDER BY \"timestamp\" DESC, seq DESC LIMIT {want}",
         within = super::span::within(within),
-        cap = EXACT_TOTAL_UP_TO + 1
+        cap = cap + 1
     );
     let statement = reusable(tx, &sql).await?;
     let refs = params.all();
