@@ -73,8 +73,14 @@ if [ "${PARTITIONS:-0}" = 1 ]; then
   exit 0
 fi
 # INGEST_RATE=1000 measures while events are being stored at that rate, as in production.
+# INGEST_SHAPE: what those events look like; `skewed` (the default on FILL=skewed) draws
+# them as the fill drew its rows, so they join its sessions and hold its documents, as live
+# traffic would; `text` (the default on FILL=even) publishes `candystore publish`'s sample
+# events, which hold none of the skewed fill's documents (a document common yesterday and
+# absent from today's newest rows, the hard case).
+INGEST_SHAPE=${INGEST_SHAPE:-$([ "$FILL" = skewed ] && echo skewed || echo text)}
 if [ "${INGEST_RATE:-0}" -gt 0 ]; then
-  $BIN publish --count 1000000000 --rate "$INGEST_RATE" >/dev/null & pub=$!
+  $BIN publish --count 1000000000 --rate "$INGEST_RATE" --shape "$INGEST_SHAPE" >/dev/null & pub=$!
   trap 'kill $pub 2>/dev/null; kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
   sleep 2
 fi

@@ -77,9 +77,10 @@ pub(crate) enum Command {
         /// Envelope generation 1, 2 or 3; 0 mixes all three.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
         generation: u8,
-        /// What pads the body: `text`, or `int-array` (one array of integers, the
-        /// worst case for a JSON parser's memory).
-        #[arg(long, default_value = "text", value_parser = ["text", "int-array"])]
+        /// What pads the body: `text`, `int-array` (one array of integers, the
+        /// worst case for a JSON parser's memory), or `skewed` (generation-1 events
+        /// drawn like loadtest/fill-skewed.sql's rows, ~1 KB whatever --size says).
+        #[arg(long, default_value = "text", value_parser = ["text", "int-array", "skewed"])]
         shape: String,
         /// Leave the envelope's time out (the events are stored at their receive
         /// time); text shape only.
@@ -294,10 +295,10 @@ pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<
                     rate,
                     generation,
                     run_id: uuid::Uuid::new_v4().to_string(),
-                    shape: if shape == "int-array" {
-                        Shape::IntArray
-                    } else {
-                        Shape::Text
+                    shape: match shape.as_str() {
+                        "int-array" => Shape::IntArray,
+                        "skewed" => Shape::Skewed,
+                        _ => Shape::Text,
                     },
                     without_time,
                     days_back,

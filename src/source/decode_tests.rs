@@ -516,3 +516,52 @@ fn a_delivery_with_an_authentic_replay_mark_is_not_an_event_to_store_again() {
     raw.properties.headers = Some(headers);
     assert_eq!(event(decode(raw)).id, "r-1");
 }
+
+#[test]
+fn skewed_load_events_are_stored_as_the_skewed_fill_stores_its_rows() {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    let mut targets = std::collections::BTreeSet::new();
+    let mut sessions = std::collections::HashMap::<String, u32>::new();
+    for i in 0..2_000 {
+        let (routing_key, body) = crate::source::publish::skewed_event(&mut rng, "run", i);
+        let e = event(decode(delivery(&body)));
+        assert_eq!(e.event_type, routing_key);
+        let t: u32 = e.event_type["evt.".len()..e.event_type.len() - ".done".len()]
+            .parse()
+            .unwrap();
+        assert!(t < 60, "{}", e.event_type);
+        assert!(e.source.starts_with("svc-"), "{}", e.source);
+        targets.insert(e.target.clone());
+        let session = e.session_id.unwrap();
+        assert!(
+            session.len() == 32 && session.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{session}"
+        );
+        *sessions.entry(session).or_insert(0) += 1;
+        let payload = json_of(&e.payload);
+        assert!(
+            ["opus", "sonnet", "haiku", "gpt"]
+                .contains(&payload["agent"]["model"].as_str().unwrap()),
+            "{payload}"
+        );
+        assert!(
+            payload["repo"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("repo-")
+        );
+        assert_eq!(payload["counter"], i);
+        assert!((550..800).contains(&e.payload.len()), "{}", e.payload.len());
+    }
+    // A missing target is stored as none, as the fill leaves it NULL.
+    assert_eq!(
+        targets,
+        [None, Some("candybar".into()), Some("hermes".into())].into()
+    );
+    // The fill's session names, md5('session-' || k) as PostgreSQL prints it; the
+    // largest session is k = 0 (PostgreSQL: 2fad5b7464f7758e83e4d801b2af1879).
+    assert_eq!(
+        sessions.iter().max_by_key(|(_, n)| **n).unwrap().0,
+        "2fad5b7464f7758e83e4d801b2af1879"
+    );
+}

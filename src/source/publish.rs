@@ -39,6 +39,9 @@ pub enum Shape {
     /// One array of single-digit integers as the payload (generation 1): the
     /// worst case for a parser that builds a tree.
     IntArray,
+    /// Generation-1 envelopes shaped like `loadtest/fill-skewed.sql`'s rows (see
+    /// [`skewed_event`]): live traffic that looks like the data already stored.
+    Skewed,
 }
 
 pub struct Publisher {
@@ -98,6 +101,7 @@ impl Publisher {
     pub async fn publish_load(&self, spec: &LoadSpec) -> Result<Duration, lapin::Error> {
         let start = Instant::now();
         let mut pending = std::collections::VecDeque::new();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0x5ca1ab1e);
         for i in 0..spec.count {
             if spec.rate > 0 {
                 let due = start + Duration::from_secs_f64(i as f64 / spec.rate as f64);
@@ -119,6 +123,7 @@ impl Publisher {
                 }
                 Shape::Text => sample_event(&spec.run_id, i, spec.size, generation),
                 Shape::IntArray => int_array_event(&spec.run_id, i, spec.size),
+                Shape::Skewed => skewed_event(&mut rng, &spec.run_id, i),
             };
             pending.push_back(
                 self.publish_nowait(&routing_key, &body, BasicProperties::default())
@@ -154,6 +159,65 @@ pub fn int_array_event(run_id: &str, i: u64, size: usize) -> (String, Vec<u8>) {
     }
     body.extend_from_slice(b"]}");
     ("load.int_array".into(), body)
+}
+
+/// A generation-1 envelope drawn as `loadtest/fill-skewed.sql` draws its rows: 60
+/// event types with a cubic skew, 12 sources (nine in ten from the type's home),
+/// 10% target `candybar` and 5% `hermes`, sessions named as the fill names them
+/// (`md5('session-' || k)`, `k` with the fill's power law, so live events join its
+/// large sessions), 0.3% up to an hour late, and the fill's ~700-byte payload
+/// (`agent {name, model}`, `repo {name}` of 5,000 skewed names, `status` `error`
+/// in 2%, a text, a counter). Its size is the fill's, whatever `--size` says.
+pub fn skewed_event(rng: &mut impl rand::Rng, run_id: &str, i: u64) -> (String, Vec<u8>) {
+    use md5::Digest;
+    let md5 = |text: &str| {
+        md5::Md5::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let mut u = || rng.random::<f64>();
+    let t = (60.0 * u().powi(3)) as u32;
+    let source = if u() < 0.9 {
+        t % 12
+    } else {
+        (12.0 * u().powi(2)) as u32
+    };
+    let target = match u() {
+        x if x < 0.10 => Some("candybar"),
+        x if x < 0.15 => Some("hermes"),
+        _ => None,
+    };
+    let agent = (40.0 * u().powi(2)) as u32;
+    let model = ["opus", "sonnet", "haiku", "gpt"][(4.0 * u().powi(2)) as usize];
+    let repo = (5000.0 * u().powi(2)) as u32;
+    let status = if u() < 0.02 { "error" } else { "ok" };
+    let session = (200_000.0 * u().powf(4.5)) as u32;
+    let late = if u() < 0.003 {
+        chrono::Duration::milliseconds((u() * 3_600_000.0) as i64)
+    } else {
+        chrono::Duration::zero()
+    };
+    let text = "the agent read the diff, ran the tests and wrote a summary; ".repeat(10);
+    let from = (i % 40) as usize;
+    let event_type = format!("evt.{t}.done");
+    let body = serde_json::json!({
+        "id": md5(&format!("{run_id}-{i}")),
+        "event_type": event_type,
+        "source": format!("svc-{source}"),
+        "target": target,
+        "timestamp": (chrono::Utc::now() - late).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "session_id": md5(&format!("session-{session}")),
+        "correlation_id": md5(&format!("corr-{run_id}-{}", i / 5)),
+        "data": {
+            "agent": { "name": format!("agent-{agent}"), "model": model },
+            "repo": { "name": format!("repo-{repo}") },
+            "status": status,
+            "message": format!("step {i} of task {}: {}", md5(&i.to_string()), &text[from..(from + 480).min(text.len())]),
+            "counter": i,
+        }
+    });
+    (event_type, serde_json::to_vec(&body).unwrap_or_default())
 }
 
 /// A realistic envelope of the given generation, padded to about `size` bytes.
