@@ -22,7 +22,7 @@ pub const MAX_LABEL_BYTES: usize = 100;
 /// (`audit::publish::Outcome::reason`).
 pub const WITNESS_FAILURE_REASONS: [&str; 4] = ["rollback", "bad_proof", "unreachable", "refused"];
 
-pub const WRITE_RETRY_CAUSES: [&str; 10] = [
+pub const WRITE_RETRY_CAUSES: [&str; 11] = [
     "lock_timeout",
     "connection_closed",
     "connection",
@@ -33,6 +33,7 @@ pub const WRITE_RETRY_CAUSES: [&str; 10] = [
     "server",
     "timeout",
     "refused",
+    "rerouted",
 ];
 /// Distinct values one such label may take; later new values count as `other`.
 pub const MAX_LABEL_VALUES: usize = 500;

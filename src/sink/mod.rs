@@ -188,6 +188,12 @@ fn record_written(w: &Written, records: &[Record], metrics: &Metrics) {
     }
 }
 
+/// Writes of one part in a row that may find the partitions changed under them
+/// (`WriteError::Rerouted`) before its rows are judged refused: each change is one
+/// partition attached, so a second write already sees it; more say the rows fit
+/// no partition at all.
+const MAX_REROUTES: u32 = 5;
+
 /// Writes every record, retrying what the database could not take now and
 /// splitting what it refused. Returns only once all of it is committed.
 /// A record PostgreSQL refuses on its own is replaced, in `records`, by its dead letter.
@@ -199,6 +205,9 @@ async fn write_all(
 ) -> Written {
     let mut total = Written::default();
     let mut backoff = Backoff::new(Duration::from_millis(50), opts.retry_max_backoff);
+    // Writes in a row that found the partitions changed under them (reset by a
+    // write that succeeds).
+    let mut rerouted = 0;
     // Ranges of `records` still to write, last one first.
     let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
     todo.push(0..records.len());
@@ -209,8 +218,16 @@ async fn write_all(
             Ok(w) => {
                 total.absorb(w);
                 backoff.reset();
+                rerouted = 0;
             }
-            Err(e) if e.is_retryable() || matches!(part[..], [Record::DeadLetter(_)]) => {
+            Err(e)
+                if e.is_retryable()
+                    || (e.is_rerouted() && rerouted < MAX_REROUTES)
+                    || matches!(part[..], [Record::DeadLetter(_)]) =>
+            {
+                if e.is_rerouted() {
+                    rerouted += 1;
+                }
                 metrics.write_retries.with_label_values(&[e.cause()]).inc();
                 let wait = backoff.next_wait();
                 log_retry(&e, wait, part.len());

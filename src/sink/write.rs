@@ -177,11 +177,26 @@ pub enum WriteError {
     /// PostgreSQL refused something in the data: retrying the same rows fails again.
     #[error("database refused the batch")]
     Refused(#[source] tokio_postgres::Error),
+    /// A row was routed by partitions that changed before it was written: the
+    /// statement sent it to the default partition while a partition for its time
+    /// was being attached, and once it had the default partition's lock PostgreSQL
+    /// checked that partition's new constraint and refused the row (a check
+    /// violation naming no constraint; a table's own CHECK constraints are named).
+    /// Written again, the rows are routed by the partitions as they are now.
+    #[error("the table's partitions changed while the batch was routed")]
+    Rerouted(#[source] tokio_postgres::Error),
 }
 
 impl WriteError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, WriteError::Unavailable { .. })
+    }
+
+    /// Worth writing again a few times, but not forever: see [`WriteError::Rerouted`]
+    /// (a row that fits no partition at all, with the default partition gone, fails
+    /// the same way every time).
+    pub fn is_rerouted(&self) -> bool {
+        matches!(self, WriteError::Rerouted(_))
     }
 
     /// A bounded label for the retries metric: one of
@@ -190,6 +205,7 @@ impl WriteError {
         match self {
             WriteError::Unavailable { cause, .. } => cause,
             WriteError::Refused(_) => "refused",
+            WriteError::Rerouted(_) => "rerouted",
         }
     }
 
@@ -221,6 +237,11 @@ impl WriteError {
                 cause: "timeout",
                 source: Some(e),
             };
+        }
+        if *code == tokio_postgres::error::SqlState::CHECK_VIOLATION
+            && e.as_db_error().is_some_and(|d| d.constraint().is_none())
+        {
+            return WriteError::Rerouted(e);
         }
         let cause = match &code.code()[..2] {
             "22" | "23" | "54" => return WriteError::Refused(e),

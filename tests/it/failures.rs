@@ -359,6 +359,82 @@ async fn a_sink_that_panics_makes_the_service_unready_and_loses_nothing() {
 }
 
 #[tokio::test]
+async fn an_event_routed_to_the_default_partition_while_its_partition_is_attached_is_stored_not_dead_lettered()
+ {
+    let app = spawn_app().await;
+    // What the maintenance job (or another writer) does to make the partition of a
+    // time the default partition would take (`partition::create_empty_locked`),
+    // held open: the default partition locked against writes, the new partition
+    // attached, not yet committed.
+    let attacher = crate::helpers::connect(&app.db_url).await;
+    attacher
+        .batch_execute(
+            "BEGIN; LOCK TABLE events_default IN EXCLUSIVE MODE; \
+             CREATE TABLE events_p20261120 (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS); \
+             ALTER TABLE events ATTACH PARTITION events_p20261120 \
+               FOR VALUES FROM ('2026-11-20 00:00:00+00') TO ('2026-11-21 00:00:00+00')",
+        )
+        .await
+        .unwrap();
+    // Dated 2026-11-20: routed by the partitions the writer's statement sees, the
+    // default one, whose lock it then waits for.
+    app.publish("r.a", &gen1("routed-1", "r.a")).await;
+    app.wait_until(Duration::from_secs(10), || async {
+        app.db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query LIKE '%INSERT INTO events (id%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    attacher.batch_execute("COMMIT").await.unwrap();
+    // PostgreSQL checks the default partition's constraint again once the writer
+    // has its lock, and refuses the row it routed there; written again, the row
+    // goes to the new partition.
+    app.wait_until(Duration::from_secs(20), || async {
+        app.count("events").await + app.count("dead_letter").await > 0
+    })
+    .await;
+    let dead: Vec<String> = app
+        .db
+        .query("SELECT reason || ': ' || detail FROM dead_letter", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(dead.is_empty(), "dead-lettered: {dead:?}");
+    let stored: Vec<(String, String)> = app
+        .db
+        .query("SELECT id, tableoid::regclass::text FROM events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        stored,
+        [("routed-1".to_owned(), "events_p20261120".to_owned())]
+    );
+    assert_eq!(
+        app.metric_labelled("candystore_write_retries_total", "cause=\"rerouted\"")
+            .await,
+        1.0,
+        "the row was refused once by the default partition's new constraint"
+    );
+    app.wait_until(Duration::from_secs(10), || async {
+        app.queue_state().await == (0, 1)
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_session_holding_a_lock_the_writer_needs_times_the_write_out_and_nothing_is_lost() {
     let app = spawn_app().await;
     let blocker = crate::helpers::connect(&app.db_url).await;
@@ -398,8 +474,14 @@ async fn a_session_holding_a_lock_the_writer_needs_times_the_write_out_and_nothi
     assert_eq!(
         stored.len(),
         20,
-        "stored {stored:?}; dead letters {}; queue (ready, consumers) {:?}; metrics:\n{}",
-        app.count("dead_letter").await,
+        "stored {stored:?}; dead letters {:?}; queue (ready, consumers) {:?}; metrics:\n{}",
+        app.db
+            .query("SELECT reason || ': ' || detail FROM dead_letter", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>(),
         app.queue_state().await,
         app.metrics_text()
             .await
