@@ -15,7 +15,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("invalid DATABASE_URL: {0}")]
+    #[error("invalid DATABASE_URL")]
     Url(#[source] tokio_postgres::Error),
     #[error("invalid TLS settings in the database URL: {0}")]
     Tls(String),

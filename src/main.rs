@@ -31,5 +31,6 @@ fn main() -> ExitCode {
             return cli::Exit::Failed.into();
         }
     };
-    cli::exit_status(runtime.block_on(cli::run(cli.command, settings)))
+    let serving = matches!(cli.command, cli::Command::Serve);
+    cli::exit_status(runtime.block_on(cli::run(cli.command, settings)), serving)
 }

@@ -103,7 +103,7 @@ pub fn signing_key(
     let (key, created) = crate::audit::note::load_or_create(path, &origin).map_err(|e| {
         crate::config::ConfigError::Refused {
             name: "SIGNING_KEY_FILE",
-            reason: e.to_string(),
+            reason: crate::telemetry::error_chain(&e),
         }
     })?;
     tracing::info!(
@@ -133,7 +133,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             return Err(match e.variable() {
                 Some(name) => crate::config::ConfigError::Refused {
                     name,
-                    reason: e.to_string(),
+                    reason: crate::telemetry::error_chain(&e),
                 }
                 .into(),
                 None => anyhow::Error::new(e),

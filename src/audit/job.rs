@@ -47,7 +47,7 @@ pub struct Appended {
 pub enum JobError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] tokio_postgres::Error),
     #[error(
         "this trail's checkpoints are signed by {expected}, and SIGNING_KEY_FILE holds {found}: not signing"

@@ -23,7 +23,7 @@ use super::tree::{self, Hash, ProofError};
 pub enum ProveError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] tokio_postgres::Error),
 }
 
@@ -195,11 +195,11 @@ pub enum BundleError {
     Commitment,
     #[error("the raw document is not the event's columns rebuilt")]
     Raw,
-    #[error("the checkpoint: {0}")]
+    #[error("the checkpoint")]
     Note(#[from] NoteError),
     #[error("the checkpoint is of a tree of {0} leaves, the proof of one of {1}")]
     Size(u64, u64),
-    #[error("the audit path: {0}")]
+    #[error("the audit path")]
     Path(#[from] ProofError),
 }
 

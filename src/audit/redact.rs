@@ -22,7 +22,7 @@ use super::store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedactError {
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Store(#[from] store::StoreError),

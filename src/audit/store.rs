@@ -25,7 +25,7 @@ pub const HEIGHT: u8 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] tokio_postgres::Error),
     /// What the tables hold does not make the tree they claim (rows removed,
     /// added or changed with SQL).

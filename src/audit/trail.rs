@@ -21,7 +21,7 @@ pub enum TrailError {
         "this cluster's transaction ids ({current}) are behind the stored rows' ({stored}): restored from a logical dump into a new cluster? New rows would sort before stored ones in the live tail and the audit tree. Advance the cluster's transaction id past {stored} first (docs/AUDIT.md, \"Moving to a new cluster\")"
     )]
     Behind { current: i64, stored: i64 },
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] tokio_postgres::Error),
 }
 

@@ -35,7 +35,7 @@ use super::tree::{Frontier, Hash, leaf_hash};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] tokio_postgres::Error),
     #[error("the saved checkpoint: {0}")]
     Saved(String),

@@ -233,7 +233,7 @@ pub(crate) fn verify_proof(path: &std::path::Path, public_key: &str) -> anyhow::
             Ok(Exit::Clean.into())
         }
         Err(e) => {
-            println!("NOT PROVED: {e}");
+            println!("NOT PROVED: {}", candystore::telemetry::error_chain(&e));
             Ok(Exit::Tampered.into())
         }
     }

@@ -28,11 +28,12 @@ pub(crate) async fn dead_letters(
     match command {
         DeadLetterCommand::List { filter, limit } => {
             let filter = dead_letter_filter(Vec::new(), filter);
+            let listed = dl::list(&client, &filter, limit).await?;
             println!(
                 "{:>10}  {:<27}  {:<22}  {:>9}  {:>7}  routing key",
                 "id", "received at", "reason", "bytes", "replays"
             );
-            for d in dl::list(&client, &filter, limit).await? {
+            for d in listed {
                 println!(
                     "{:>10}  {:<27}  {:<22}  {:>9}  {:>7}  {}",
                     d.id,

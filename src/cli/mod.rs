@@ -370,29 +370,47 @@ pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<
     }
 }
 
-/// The exit status of a command's result; an error is printed once, on stderr.
-pub(crate) fn exit_status(result: anyhow::Result<ExitCode>) -> ExitCode {
-    match result {
-        Ok(code) => code,
-        Err(e)
-            if e.downcast_ref::<candystore::config::ConfigError>()
-                .is_some() =>
-        {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "candystore cannot start with this setting"
-            );
-            eprintln!("candystore: {e:#}");
-            Exit::Usage.into()
+/// The exit status of a command's result. An error is written once: by `serve` as
+/// a log line (its log is the service's record, JSON for collectors), by every
+/// other command as one `candystore: …` line on stderr for the person who typed it.
+pub(crate) fn exit_status(result: anyhow::Result<ExitCode>, serving: bool) -> ExitCode {
+    let e = match result {
+        Ok(code) => return code,
+        Err(e) => e,
+    };
+    let usage = e
+        .downcast_ref::<candystore::config::ConfigError>()
+        .is_some()
+        || e.downcast_ref::<Usage>().is_some()
+        || matches!(
+            e.downcast_ref::<candystore::ops::dead_letters::OpsError>(),
+            Some(candystore::ops::dead_letters::OpsError::NotFound(_))
+        );
+    let message = describe(&e);
+    match (serving, usage) {
+        (true, true) => {
+            tracing::error!(error = message, "candystore cannot start with this setting")
         }
-        Err(e) if e.downcast_ref::<Usage>().is_some() => {
-            eprintln!("candystore: {e:#}");
-            Exit::Usage.into()
-        }
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "candystore failed");
-            eprintln!("candystore: {e:#}");
-            Exit::Failed.into()
-        }
+        (true, false) => tracing::error!(error = message, "candystore failed"),
+        (false, _) => eprintln!("candystore: {message}"),
     }
+    if usage { Exit::Usage } else { Exit::Failed }.into()
+}
+
+/// An error and its causes on one line, with what to do when the cause is one a
+/// newcomer meets first: a database without Candystore's tables.
+fn describe(e: &anyhow::Error) -> String {
+    let mut message = format!("{e:#}");
+    let undefined_table = e.chain().any(|cause| {
+        cause
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::code)
+            == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+    });
+    if undefined_table {
+        message.push_str(
+            " (DATABASE_URL has no Candystore tables yet: run `candystore migrate` first)",
+        );
+    }
+    message
 }

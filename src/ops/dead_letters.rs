@@ -60,9 +60,9 @@ impl Filter {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
-    #[error("database: {0}")]
+    #[error("database")]
     Database(#[from] tokio_postgres::Error),
-    #[error("dead letter {id}: {source}")]
+    #[error("dead letter {id}")]
     Publish {
         id: i64,
         #[source]

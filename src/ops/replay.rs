@@ -29,9 +29,9 @@ const CONFIRM_WINDOW: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("database: {0}")]
+    #[error("database")]
     Database(#[from] tokio_postgres::Error),
-    #[error("event seq {seq}: {source}")]
+    #[error("event seq {seq}")]
     Publish {
         seq: i64,
         #[source]

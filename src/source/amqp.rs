@@ -102,7 +102,7 @@ impl BrokerLink {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("broker error: {0}")]
+    #[error("broker")]
     Broker(#[from] lapin::Error),
     #[error("the broker cancelled the consumer")]
     Cancelled,

@@ -454,7 +454,7 @@ pub struct Republisher {
 /// Why a replay publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RepublishError {
-    #[error("broker: {0}")]
+    #[error("broker")]
     Broker(#[from] lapin::Error),
     #[error("the broker did not confirm the message (nacked)")]
     Nacked,

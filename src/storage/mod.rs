@@ -107,9 +107,9 @@ impl Table {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] tokio_postgres::Error),
-    #[error("cannot connect to the database: {0}")]
+    #[error("cannot connect to the database")]
     Connect(#[from] crate::db::DbError),
     #[error("partition {partition} has a bound Candystore cannot read: {bound}")]
     Bound { partition: String, bound: String },
@@ -117,7 +117,7 @@ pub enum StorageError {
     NotPartitioned { table: &'static str },
     #[error("archive {path}: {reason}")]
     Archive { path: String, reason: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("the online migration stopped: {0}")]
     Migration(String),

@@ -28,7 +28,7 @@ use crate::audit::attest::Keyring;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("database: {0}")]
+    #[error("database")]
     Database(#[from] tokio_postgres::Error),
     #[error("no checkpoint {0}")]
     NoCheckpoint(i64),
