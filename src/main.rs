@@ -20,7 +20,8 @@ fn main() -> ExitCode {
             return cli::Exit::Usage.into();
         }
     };
-    telemetry::init(&settings.log_level, settings.log_format);
+    let serving = matches!(cli.command, cli::Command::Serve);
+    telemetry::init(&settings.log_level, settings.log_format, serving);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,6 +32,5 @@ fn main() -> ExitCode {
             return cli::Exit::Failed.into();
         }
     };
-    let serving = matches!(cli.command, cli::Command::Serve);
     cli::exit_status(runtime.block_on(cli::run(cli.command, settings)), serving)
 }

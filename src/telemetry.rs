@@ -12,10 +12,21 @@ pub enum LogFormat {
     Console,
 }
 
-/// Installs the global subscriber. A second call (tests) is a no-op.
-pub fn init(level: &str, format: LogFormat) {
+/// A command other than `serve` reports the broker's errors itself, once, in its
+/// own words; lapin's own lines (a returned message dumped byte by byte, a channel
+/// closed by a refusal the command names) would repeat it.
+const QUIET_FOR_COMMANDS: &str = "lapin=off";
+
+/// Installs the global subscriber; `serving` for `serve`, else a command. A second
+/// call (tests) is a no-op.
+pub fn init(level: &str, format: LogFormat, serving: bool) {
     // Dependencies speak at warn unless LOG_LEVEL names them (`info,lapin=debug`).
-    let directives = format!("{QUIET_DEPENDENCIES},{level}");
+    let quiet = if serving {
+        QUIET_DEPENDENCIES.to_owned()
+    } else {
+        format!("{QUIET_DEPENDENCIES},{QUIET_FOR_COMMANDS}")
+    };
+    let directives = format!("{quiet},{level}");
     let filter = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -30,14 +41,44 @@ pub fn init(level: &str, format: LogFormat) {
     };
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line. A cause whose text the line already
+/// ends with is not written again: some errors (lapin's protocol errors among
+/// them) write their source into their own message and return it as `source()`.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("NOT_FOUND - no exchange 'x'")]
+    struct Refusal;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("protocol error: {0}")]
+    struct Repeats(#[source] Refusal);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("broker")]
+    struct Outer(#[source] Repeats);
+
+    #[test]
+    fn a_cause_already_in_its_parents_message_is_written_once() {
+        assert_eq!(
+            error_chain(&Outer(Repeats(Refusal))),
+            "broker: protocol error: NOT_FOUND - no exchange 'x'"
+        );
+    }
 }

@@ -67,6 +67,9 @@ pub(crate) async fn dead_letters(
             selected(&filter, all)?;
             let publisher =
                 candystore::source::publish::Republisher::connect(&settings.rabbit_url).await?;
+            if let Some(exchange) = &exchange {
+                publisher.check_exchange(exchange).await?;
+            }
             let done = dl::replay(&client, &publisher, &filter, exchange.as_deref(), force).await?;
             for id in &done.skipped {
                 println!("skipped {id}: replayed before (--force replays it again)");

@@ -385,6 +385,10 @@ pub(crate) fn exit_status(result: anyhow::Result<ExitCode>, serving: bool) -> Ex
         || matches!(
             e.downcast_ref::<candystore::ops::dead_letters::OpsError>(),
             Some(candystore::ops::dead_letters::OpsError::NotFound(_))
+        )
+        || matches!(
+            e.downcast_ref::<candystore::source::publish::RepublishError>(),
+            Some(candystore::source::publish::RepublishError::NoExchange { .. })
         );
     let message = describe(&e);
     match (serving, usage) {
@@ -400,7 +404,7 @@ pub(crate) fn exit_status(result: anyhow::Result<ExitCode>, serving: bool) -> Ex
 /// An error and its causes on one line, with what to do when the cause is one a
 /// newcomer meets first: a database without Candystore's tables.
 fn describe(e: &anyhow::Error) -> String {
-    let mut message = format!("{e:#}");
+    let mut message = candystore::telemetry::error_chain(e.as_ref());
     let undefined_table = e.chain().any(|cause| {
         cause
             .downcast_ref::<tokio_postgres::Error>()

@@ -32,6 +32,7 @@ pub(crate) async fn replay(
     let publisher = candystore::source::publish::Republisher::connect(&settings.rabbit_url)
         .await
         .context("cannot connect to the broker")?;
+    publisher.check_exchange(exchange).await?;
     let job = Replay {
         query: &query,
         exchange,
@@ -62,7 +63,7 @@ pub(crate) async fn replay(
             Ok(Exit::Clean.into())
         }
         Some(Err(e)) => {
-            eprintln!("{summary}");
+            eprintln!("stopped: {summary}");
             Err(e.into())
         }
         None => {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::time::Instant;
 
@@ -443,11 +443,23 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The broker's 404: what a passive declare of a missing exchange gets.
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(
+                amqp.kind(),
+                lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
+            )
+    )
+}
+
 /// A publisher to any exchange, for replays: nothing is declared (the exchange
 /// must exist), every publish waits for the broker's confirm, and a message the
 /// broker could not route is an error (`mandatory`), never silently lost.
 pub struct Republisher {
-    _connection: Connection,
+    connection: Connection,
     channel: Channel,
 }
 
@@ -458,6 +470,8 @@ pub enum RepublishError {
     Broker(#[from] lapin::Error),
     #[error("the broker did not confirm the message (nacked)")]
     Nacked,
+    #[error("exchange {exchange:?} does not exist on the broker (declare it, or name another)")]
+    NoExchange { exchange: String },
     #[error(
         "the broker could not route the message: exchange {exchange:?} has no binding for {routing_key:?}"
     )]
@@ -475,9 +489,40 @@ impl Republisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(Self {
-            _connection: connection,
+            connection,
             channel,
         })
+    }
+
+    /// Refuses an exchange that does not exist, before anything is published to
+    /// it: a passive declare, on a channel of its own (the broker closes the
+    /// channel of a passive declare that fails). The default exchange always exists.
+    pub async fn check_exchange(&self, exchange: &str) -> Result<(), RepublishError> {
+        if exchange.is_empty() {
+            return Ok(());
+        }
+        let probe = self.connection.create_channel().await?;
+        let declared = probe
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await;
+        match declared {
+            Ok(()) => {
+                let _ = probe.close(200, "checked".into()).await;
+                Ok(())
+            }
+            Err(e) if is_not_found(&e) => Err(RepublishError::NoExchange {
+                exchange: exchange.to_owned(),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Publishes `body` exactly as it was received: with the AMQP properties

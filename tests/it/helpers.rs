@@ -69,7 +69,7 @@ pub async fn spawn_app_prepared(
     prepare: &str,
 ) -> TestApp {
     if let Ok(level) = std::env::var("TEST_LOG") {
-        candystore::telemetry::init(&level, candystore::config::LogFormat::Console);
+        candystore::telemetry::init(&level, candystore::config::LogFormat::Console, true);
     }
     let name = crate::support::unique_name("cs_test");
     let db_url = format!("{PG}/{name}");

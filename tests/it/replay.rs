@@ -467,3 +467,66 @@ async fn cli_replays_of_a_large_selection_hold_a_bounded_number_of_bytes() {
     assert_eq!(got.len(), n as usize + 24);
     sink.remove().await;
 }
+
+#[tokio::test]
+async fn a_replay_to_a_missing_or_unbound_exchange_says_so_once_without_dumping_messages() {
+    let app = spawn_app().await;
+    publish_mix(&app, 3).await;
+    app.wait_for_rows("events", 3).await;
+    let settings = app.settings();
+    let sink = Sink::new(&app).await;
+    let run = |exchange: String| {
+        let url = settings.database_url.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
+                .args(["replay", "--exchange", &exchange])
+                .env_clear()
+                .env("DATABASE_URL", url)
+                .env("RABBIT_URL", AMQP)
+                .env("LOG_FORMAT", "console")
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.code().unwrap(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    // No such exchange: refused before anything is published, exit 2, one line.
+    let missing = format!("{}_missing", app.exchange);
+    let (code, stderr) = run(missing.clone()).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "candystore: exchange {missing:?} does not exist on the broker (declare it, or name another)"
+        )
+    );
+    // An exchange with no binding: the first unroutable event stops it, exit 1,
+    // named in one line with the position so far, and no message dumped.
+    sink.channel
+        .queue_unbind(
+            sink.queue.as_str().into(),
+            sink.exchange.as_str().into(),
+            "#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (code, stderr) = run(sink.exchange.clone()).await;
+    assert_eq!(code, 1, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with("stopped: replayed 0 event(s)"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("the broker could not route the message")
+            && lines[1].contains("has no binding for"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("BasicReturnMessage"), "{stderr}");
+    sink.remove().await;
+}
