@@ -110,8 +110,8 @@ pub struct DeadLetterPage {
 #[utoipa::path(get, path = "/dead-letters", tag = "dead letters", params(
     ("reason" = Option<String>, Query, description = "only this reason (invalid_json, unrecognised_envelope, …)"),
     ("routing_key" = Option<String>, Query, min_length = 1, max_length = 255, description = "only this routing key"),
-    ("start_time" = Option<String>, Query, format = DateTime, description = "received at or after (RFC 3339)"),
-    ("end_time" = Option<String>, Query, format = DateTime, description = "received at or before (RFC 3339)"),
+    ("start_time" = Option<String>, Query, format = DateTime, description = "received at or after (RFC 3339 time, or a date YYYY-MM-DD: its midnight UTC)"),
+    ("end_time" = Option<String>, Query, format = DateTime, description = "received at or before (RFC 3339 time, or a date YYYY-MM-DD: its midnight UTC)"),
     ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
     ("cursor" = Option<String>, Query, pattern = "^[0-9a-fA-F]{32}$", description = "next_cursor of the previous page"),
 ), responses(

@@ -10,10 +10,7 @@ use super::DeadLetterFilter;
 /// A time option (`--before`, `--since`, `--until`): a date (midnight UTC) or an
 /// RFC 3339 time. Clap names the option in the error and exits 2.
 pub(crate) fn cli_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
-    }
-    candystore::model::envelope::parse_time(s)
+    candystore::model::query::time_bound(s)
         .ok_or_else(|| "expected YYYY-MM-DD or an RFC 3339 time".to_owned())
 }
 

@@ -103,6 +103,16 @@ impl InvalidFilter {
     }
 }
 
+/// A time bound (`start_time`, `end_time`, and the command line's `--since`,
+/// `--until`, `--before`): an RFC 3339 time (any offset; none is UTC), or a date
+/// `YYYY-MM-DD`, which is that day's midnight UTC. One rule for the API and the CLI.
+pub fn time_bound(value: &str) -> Option<DateTime<Utc>> {
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d") {
+        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    }
+    crate::model::envelope::parse_time(value)
+}
+
 /// An equality filter's value: what a stored identifier could be.
 pub fn identifier(name: &'static str, value: &str) -> Result<String, InvalidFilter> {
     if value.is_empty() || value.contains('\0') {

@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use chrono::{DateTime, Utc};
 
 use crate::api::problem::Problem;
-use crate::model::envelope::{MAX_IDENT_BYTES, parse_time};
+use crate::model::envelope::MAX_IDENT_BYTES;
 
 pub const MAX_LIMIT: i64 = 1000;
 pub use crate::model::query::{Cursor, DEFAULT_LIMIT, EventQuery, FILTERS, Paging};
@@ -125,13 +125,18 @@ impl Paging {
     }
 }
 
-/// `start_time`, `end_time`: RFC 3339 (any offset; none is UTC).
+/// `start_time`, `end_time`: RFC 3339 (any offset; none is UTC) or a date
+/// (`query::time_bound`: midnight UTC), as the command line takes them.
 pub(crate) fn parse_time_parameter(
     name: &'static str,
     value: &str,
 ) -> Result<DateTime<Utc>, Problem> {
-    parse_time(value)
-        .ok_or_else(|| Problem::bad_parameter(name, format!("{value:?} is not an RFC 3339 time")))
+    crate::model::query::time_bound(value).ok_or_else(|| {
+        Problem::bad_parameter(
+            name,
+            format!("{value:?} is not an RFC 3339 time or a date (YYYY-MM-DD)"),
+        )
+    })
 }
 
 /// An equality filter's value (`query::identifier`), as a problem naming it.
@@ -171,10 +176,10 @@ pub struct EventFilters {
     /// only this correlation id
     #[param(min_length = 1, max_length = 1024)]
     correlation_id: Option<String>,
-    /// RFC 3339, inclusive
+    /// RFC 3339 time, or a date YYYY-MM-DD (its midnight UTC); inclusive
     #[param(format = DateTime)]
     start_time: Option<String>,
-    /// RFC 3339, inclusive, not before start_time
+    /// RFC 3339 time, or a date YYYY-MM-DD (its midnight UTC); inclusive, not before start_time
     #[param(format = DateTime)]
     end_time: Option<String>,
     /// a JSON object the payload contains (jsonb @>), e.g. {"status":"failed"}
@@ -276,6 +281,24 @@ mod tests {
         }
         let p = EventQuery::parse("sesion_id=x").unwrap_err();
         assert!(p.detail.contains("sesion_id"), "{}", p.detail);
+    }
+
+    #[test]
+    fn a_date_is_its_midnight_utc_as_on_the_command_line() {
+        let q = EventQuery::parse("start_time=2026-12-03&end_time=2026-12-04").unwrap();
+        assert_eq!(
+            q.start_time.unwrap().to_rfc3339(),
+            "2026-12-03T00:00:00+00:00"
+        );
+        assert_eq!(
+            q.end_time.unwrap().to_rfc3339(),
+            "2026-12-04T00:00:00+00:00"
+        );
+        for bad in ["2026-12-32", "2026-12", "03-12-2026"] {
+            let p = EventQuery::parse(&format!("start_time={bad}")).unwrap_err();
+            assert_eq!(p.parameter, Some("start_time"), "{bad}");
+            assert!(p.detail.contains("or a date (YYYY-MM-DD)"), "{}", p.detail);
+        }
     }
 
     #[test]
