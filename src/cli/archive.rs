@@ -45,6 +45,20 @@ pub(crate) async fn archive(
         rows as f64 / secs.max(1e-9),
         dir.display()
     );
+    for (table, rows) in &done.waiting {
+        let at_least = if *rows >= storage::archive::WAITING_COUNTED_UP_TO {
+            "at least "
+        } else {
+            ""
+        };
+        println!(
+            "not archived: {at_least}{rows} row(s) of {} before {} wait in {}, which no archive takes; \
+             `candystore maintain` moves them into partitions of their own, then archive again",
+            table.name(),
+            before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            table.default_partition()
+        );
+    }
     Ok(Exit::Clean.into())
 }
 
@@ -53,7 +67,8 @@ pub(crate) async fn restore(settings: &Settings, files: &[PathBuf]) -> anyhow::R
     let mut client = storage::connect(&target).await?;
     let bar = Bar::new();
     let started = std::time::Instant::now();
-    let done = storage::archive::restore(&mut client, files, Some(&bar)).await?;
+    let files = storage::archive::archive_files(files)?;
+    let done = storage::archive::restore(&mut client, &files, Some(&bar)).await?;
     let mut rows = 0;
     for r in &done {
         rows += r.rows;

@@ -60,6 +60,8 @@ pub(crate) enum Command {
     /// Load archive files back (idempotent: rows already stored are skipped). Files are checked against the
     /// manifest.json beside them first.
     Restore {
+        /// Archive files (`events_p….ndjson.zst`, `dead_letter_p….ndjson.zst`), or an archive's directory
+        /// (or its manifest.json) for every file its manifest lists.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
@@ -231,11 +233,15 @@ pub(crate) enum DeadLetterCommand {
     List {
         #[command(flatten)]
         filter: DeadLetterFilter,
+        /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
     /// One dead letter whole, as JSON: metadata, properties, and its body (as text when it is UTF-8, else hex).
-    Show { id: i64 },
+    Show {
+        /// The dead letter's id (the first column of `list`).
+        id: i64,
+    },
     /// Publish dead letters again, oldest first: the exact bytes, with their routing key and properties, to the
     /// exchange they came from (or --exchange), with publisher confirms. One already replayed needs --force.
     Replay {
@@ -256,10 +262,12 @@ pub(crate) enum DeadLetterCommand {
     },
     /// Delete dead letters (never events). --dry-run prints what would go.
     Purge {
+        /// The dead letters' ids; or select them with the filters (or --all).
         #[arg(value_name = "ID")]
         ids: Vec<i64>,
         #[command(flatten)]
         filter: DeadLetterFilter,
+        /// Print what would be deleted, and delete nothing.
         #[arg(long)]
         dry_run: bool,
         /// Select every dead letter (when no id or filter is given).

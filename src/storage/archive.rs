@@ -516,7 +516,16 @@ pub fn read_manifest(dir: &Path) -> Result<Option<Manifest>, StorageError> {
 pub struct Archived {
     pub entries: Vec<Entry>,
     pub dropped: Vec<String>,
+    /// Rows before the date that no archive could take: they wait in a table's
+    /// default partition (no partition covers their time yet) until the
+    /// maintenance job moves them into partitions of their own. At most
+    /// [`WAITING_COUNTED_UP_TO`] a table are counted.
+    pub waiting: Vec<(Table, u64)>,
 }
+
+/// How far `Archived::waiting` counts: enough to say "some" or "many", without
+/// reading a large backlog whole.
+pub const WAITING_COUNTED_UP_TO: u64 = 100_000;
 
 /// `candystore archive --before DATE --to DIR [--drop]`: every partition that ends
 /// at or before `before`, of both tables. Holds the maintenance lock meanwhile.
@@ -575,8 +584,58 @@ async fn archive_locked(
                     .push(archive_partition(client, table, &p, dir, progress, Pace::Full).await?);
             }
         }
+        let waiting = waiting_in_default(client, table, before).await?;
+        if waiting > 0 {
+            out.waiting.push((table, waiting));
+        }
     }
     Ok(out)
+}
+
+/// Rows of `table` before `before` in its default partition (up to
+/// [`WAITING_COUNTED_UP_TO`]).
+async fn waiting_in_default(
+    client: &Client,
+    table: Table,
+    before: DateTime<Utc>,
+) -> Result<u64, StorageError> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} < $1 LIMIT {WAITING_COUNTED_UP_TO}) w",
+                table.default_partition(),
+                table.time_column()
+            ),
+            &[&before],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// The archive files a restore is given: a file as it is; a directory, or the
+/// `manifest.json` in one, as every file its manifest lists, in its order.
+pub fn archive_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, StorageError> {
+    let mut files = Vec::new();
+    for path in paths {
+        let dir = if path.is_dir() {
+            path.as_path()
+        } else if path.file_name().is_some_and(|n| n == MANIFEST) {
+            path.parent().unwrap_or(Path::new("."))
+        } else {
+            files.push(path.clone());
+            continue;
+        };
+        let manifest = read_manifest(dir)?.ok_or_else(|| {
+            archive_err(
+                path,
+                format!(
+                    "a directory without {MANIFEST}: pass the archive's directory, its {MANIFEST}, or its .ndjson.zst files"
+                ),
+            )
+        })?;
+        files.extend(manifest.files.into_iter().map(|e| dir.join(e.file)));
+    }
+    Ok(files)
 }
 
 /// Detach, archive, verify against the detached table's count, drop. If the
@@ -706,7 +765,9 @@ pub async fn restore(
         let table = Table::of_partition(&file_name).ok_or_else(|| {
             archive_err(
                 path,
-                "not an archive file name (events_p… or dead_letter_p…)",
+                format!(
+                    "not an archive file name (events_p….ndjson.zst or dead_letter_p….ndjson.zst); a directory or its {MANIFEST} restores every file the manifest lists"
+                ),
             )
         })?;
         if !super::is_partitioned(client, table).await? {

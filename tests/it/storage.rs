@@ -1871,3 +1871,67 @@ async fn a_document_absent_from_the_newest_rows_is_found_further_back_in_order()
         }
     }
 }
+
+#[tokio::test]
+async fn archive_says_what_waits_in_the_default_partition_and_restore_takes_the_archives_directory()
+{
+    let app = spawn_app().await;
+    let old = Utc::now() - chrono::Duration::days(3 * 365);
+    for i in 0..3 {
+        insert_row(&app, &format!("old-{i}"), old).await;
+    }
+    assert_eq!(partition_of(&app, "old-0").await, vec!["events_default"]);
+    let dir = std::env::temp_dir().join(format!("cs-waiting-{}", uuid::Uuid::new_v4()));
+    // Rows this far back get one partition per calendar year: archived whole
+    // once the year has ended.
+    let before = Utc
+        .with_ymd_and_hms(chrono::Datelike::year(&old) + 1, 1, 1, 0, 0, 0)
+        .unwrap();
+    let mut c = storage_client(&app).await;
+    // No partition covers them yet: nothing to archive, and the answer says why.
+    let done = archive::archive_before(&mut c, before, &dir, false, None, None)
+        .await
+        .unwrap();
+    assert!(done.entries.is_empty(), "{:?}", done.entries);
+    assert_eq!(done.waiting, vec![(Table::Events, 3)]);
+    // Once the maintenance job has moved them, they are archived.
+    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    let done = archive::archive_before(&mut c, before, &dir, false, None, None)
+        .await
+        .unwrap();
+    assert!(done.waiting.is_empty(), "{:?}", done.waiting);
+    assert_eq!(done.entries.iter().map(|e| e.rows).sum::<u64>(), 3);
+    // A restore given the directory, or its manifest, means every file listed.
+    let listed: Vec<PathBuf> = done.entries.iter().map(|e| dir.join(&e.file)).collect();
+    assert_eq!(
+        archive::archive_files(std::slice::from_ref(&dir)).unwrap(),
+        listed
+    );
+    assert_eq!(
+        archive::archive_files(&[dir.join("manifest.json")]).unwrap(),
+        listed
+    );
+    let empty = std::env::temp_dir().join(format!("cs-empty-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let refused = archive::archive_files(std::slice::from_ref(&empty))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains(".ndjson.zst files"), "{refused}");
+    app.db
+        .execute("DELETE FROM events WHERE id LIKE 'old-%'", &[])
+        .await
+        .unwrap();
+    let restored = archive::restore(
+        &mut c,
+        &archive::archive_files(&[dir.clone()]).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(restored.iter().map(|r| r.rows - r.skipped).sum::<u64>(), 3);
+    assert_eq!(partition_of(&app, "old-2").await.len(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&empty).unwrap();
+}
