@@ -530,6 +530,17 @@ impl Settings {
             .collect()
     }
 
+    /// The variables whose value is not their default, as [`Settings::redacted`]
+    /// shows them: what the start-up log says at info (every one is at debug).
+    pub fn redacted_changes(&self) -> Vec<(&'static str, String)> {
+        VARIABLES
+            .iter()
+            .zip(self.redacted())
+            .filter(|(v, _)| self.raw.get(v.name).map(String::as_str).unwrap_or("") != v.default)
+            .map(|(_, shown)| shown)
+            .collect()
+    }
+
     /// Every variable, its default and its meaning, for `candystore --help`.
     pub fn help() -> String {
         let width = VARIABLES.iter().map(|v| v.name.len()).max().unwrap_or(0);

@@ -115,11 +115,31 @@ pub fn signing_key(
     Ok(key)
 }
 
+/// The URL a person on this machine opens for a listening address (an
+/// unspecified address, 0.0.0.0 or ::, is reached on the loopback).
+fn local_url(addr: std::net::SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
+}
+
 /// Starts every part of `candystore serve` and returns once it is consuming.
 pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Running> {
     for (name, value) in settings.redacted() {
-        tracing::info!(setting = name, value = %value, "setting");
+        tracing::debug!(setting = name, value = %value, "setting");
     }
+    let changed: Vec<String> = settings
+        .redacted_changes()
+        .into_iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    tracing::info!(
+        settings = %changed.join(" "),
+        "candystore starting; settings not at their default listed (all of them at LOG_LEVEL=debug)"
+    );
     let pg = db::pg_config(&settings.database_url)?;
     let keyring = crate::audit::attest::Keyring::new(&settings.audit_keys).map(Arc::new);
     let (replay_key, signer) = {
@@ -365,7 +385,16 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         None
     };
     lifecycle.set_serving();
-    tracing::info!(api = %api_addr, metrics = ?metrics_addr, "candystore serving");
+    let api_url = local_url(api_addr);
+    tracing::info!(
+        api = %api_url,
+        docs = %format!("{api_url}/docs"),
+        metrics = %metrics_addr.map(|a| format!("{}/metrics", local_url(a))).unwrap_or_else(|| "off".into()),
+        store = %crate::config::redact_url(&settings.database_url),
+        exchange = %settings.rabbit_exchange,
+        queue = %settings.rabbit_queue,
+        "candystore serving"
+    );
     Ok(Running {
         api_addr,
         metrics_addr,

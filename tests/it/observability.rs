@@ -191,9 +191,10 @@ async fn database_connections_count_the_writers_and_the_read_pool() {
     );
 }
 
-#[tokio::test]
-async fn start_up_logs_every_effective_setting_with_secrets_redacted() {
-    // Port 1 refuses connections: the service logs its settings, then fails to start.
+/// `serve` with no server to reach: it logs its settings, then fails to start.
+/// (exit status, the JSON log lines, stderr whole).
+async fn serve_unreachable(level: &str) -> (bool, Vec<serde_json::Value>, String) {
+    // Port 1 refuses connections.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
         .arg("serve")
         .env_clear()
@@ -203,20 +204,56 @@ async fn start_up_logs_every_effective_setting_with_secrets_redacted() {
         )
         .env("RABBIT_URL", "amqp://guest:rabbitpw@127.0.0.1:1/%2f")
         .env("LOG_FORMAT", "json")
+        .env("LOG_LEVEL", level)
         .output()
         .await
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         !stderr.contains("hunter2") && !stderr.contains("rabbitpw"),
         "{stderr}"
     );
-    let settings: Vec<serde_json::Value> = stderr
+    let lines = stderr
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == "setting")
         .collect();
+    (out.status.success(), lines, stderr)
+}
+
+#[tokio::test]
+async fn start_up_logs_the_settings_changed_at_info_and_every_one_at_debug_secrets_redacted() {
+    // At info: one line, the settings not at their default.
+    let (ok, lines, stderr) = serve_unreachable("info").await;
+    assert!(!ok);
+    assert!(!lines.iter().any(|v| v["message"] == "setting"), "{stderr}");
+    let starting: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("candystore starting"))
+        })
+        .collect();
+    assert_eq!(starting.len(), 1, "{stderr}");
+    assert_eq!(
+        starting[0]["settings"],
+        // LOG_LEVEL=info and LOG_FORMAT=json are the defaults.
+        "RABBIT_URL=amqp://guest:***@127.0.0.1:1/%2f \
+         DATABASE_URL=postgres://postgres:***@127.0.0.1:1/candystore"
+    );
+    // The failure is logged once, with its cause, and not printed again.
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("cannot connect"), "{}", errors[0]);
+    assert!(!stderr.contains("candystore: "), "{stderr}");
+
+    // At debug: every setting, each on its line.
+    let (_, lines, stderr) = serve_unreachable("debug").await;
+    let settings: Vec<&serde_json::Value> =
+        lines.iter().filter(|v| v["message"] == "setting").collect();
     assert_eq!(
         settings.len(),
         candystore::config::VARIABLES.len(),
@@ -230,13 +267,6 @@ async fn start_up_logs_every_effective_setting_with_secrets_redacted() {
         db["value"],
         "postgres://postgres:***@127.0.0.1:1/candystore"
     );
-    // The failure is logged once, with its cause.
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("\"level\":\"ERROR\""))
-        .collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(errors[0].contains("cannot connect"), "{}", errors[0]);
 }
 
 #[tokio::test]
