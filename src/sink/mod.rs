@@ -9,6 +9,7 @@
 pub(crate) mod batch;
 pub mod copy;
 pub mod partitions;
+pub mod progress;
 pub mod write;
 
 use std::sync::Arc;
@@ -50,8 +51,16 @@ pub async fn run(
     let mut idle = writers;
     let mut in_flight = FuturesOrdered::new();
     let mut closed = false;
+    let mut progress = progress::Progress::start(progress::Reading::of(&metrics), Instant::now());
+    let mut minute = tokio::time::interval_at(Instant::now() + progress::EVERY, progress::EVERY);
+    minute.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !(closed && in_flight.is_empty()) {
         tokio::select! {
+            _ = minute.tick() => {
+                if let Some(line) = progress.line(progress::Reading::of(&metrics), Instant::now()) {
+                    tracing::info!("{line}");
+                }
+            }
             batch = batcher.next_batch(&mut rx, |i: &Inbound| i.record.size_bytes()), if !closed && !idle.is_empty() => {
                 match batch {
                     Some(batch) => {
