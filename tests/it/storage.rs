@@ -1925,7 +1925,7 @@ async fn archive_says_what_waits_in_the_default_partition_and_restore_takes_the_
         .unwrap();
     let restored = archive::restore(
         &mut c,
-        &archive::archive_files(&[dir.clone()]).unwrap(),
+        &archive::archive_files(std::slice::from_ref(&dir)).unwrap(),
         None,
     )
     .await
