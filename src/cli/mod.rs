@@ -93,6 +93,16 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 0)]
         days_back: u32,
     },
+    /// Publish one event by hand: the document in FILE (or standard input) to RABBIT_EXCHANGE with ROUTING_KEY,
+    /// persistent, confirmed by the broker. Nothing is checked: what Candystore cannot store as an event becomes a
+    /// dead letter, as it would from any publisher.
+    Send {
+        /// The routing key (by Bloodbank's convention, the event type: `agent.task.started`).
+        routing_key: String,
+        /// The body's file; `-` or none for standard input.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
     /// Deliveries that could not be stored as events: list, show, replay, purge.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
@@ -313,6 +323,9 @@ pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<
                 },
             )
             .await
+        }
+        Command::Send { routing_key, file } => {
+            publish::send(&settings, &routing_key, file.as_deref()).await
         }
         Command::DeadLetters(command) => dead_letters::dead_letters(&settings, command).await,
         Command::Verify {

@@ -145,3 +145,51 @@ fn a_bad_replay_filter_names_its_option_not_an_api_parameter() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_event_sent_by_hand_from_standard_input_is_stored() {
+    use tokio::io::AsyncWriteExt;
+    let app = crate::helpers::spawn_app().await;
+    let settings = app.settings();
+    let body = serde_json::json!({
+        "event_id": "by-hand-1",
+        "event_type": "agent.task.started",
+        "source": "a-person",
+        "timestamp": "2026-12-06T10:00:00Z",
+        "payload": {"note": "sent with candystore send"}
+    })
+    .to_string();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
+        .args(["send", "agent.task.started"])
+        .env_clear()
+        .env("RABBIT_URL", crate::helpers::AMQP)
+        .env("RABBIT_EXCHANGE", &app.exchange)
+        .env("DATABASE_URL", &settings.database_url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(body.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("(confirmed)"), "{stdout}");
+    app.wait_for_rows("events", 1).await;
+    let event = app.get_json("/events/by-hand-1").await;
+    assert_eq!(event["source"], "a-person", "{event}");
+    assert_eq!(event["payload"]["note"], "sent with candystore send");
+    // A file that is not there is a usage error naming it.
+    let (code, stderr) = run(&["send", "k", "/nonexistent/event.json"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("cannot read /nonexistent/event.json"),
+        "{stderr}"
+    );
+}
