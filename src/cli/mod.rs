@@ -4,6 +4,7 @@
 mod archive;
 mod args;
 mod audit;
+mod check;
 mod dead_letters;
 mod exit;
 mod progress;
@@ -38,6 +39,10 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Consume, store and serve until SIGTERM or SIGINT.
     Serve,
+    /// Check what `serve` needs without serving: the settings, the database and its schema, the broker (exchange,
+    /// queue, a binding tried on a temporary queue), the signing key file, the ports. Exit 0 when all holds, 1
+    /// naming what does not.
+    Check,
     /// Apply the migrations in sql/ to DATABASE_URL and exit. Safe to run twice, and from two processes at once.
     /// Moving a plain events table to time partitions runs online: the service keeps ingesting and answering.
     Migrate,
@@ -290,6 +295,7 @@ pub(crate) enum DeadLetterCommand {
 pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve => service::serve(settings).await,
+        Command::Check => check::check(&settings).await,
         Command::Migrate => service::migrate(&settings).await,
         Command::Maintain => service::maintain(&settings).await,
         Command::Archive { before, to, drop } => {

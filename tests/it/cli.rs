@@ -193,3 +193,71 @@ async fn an_event_sent_by_hand_from_standard_input_is_stored() {
         "{stderr}"
     );
 }
+
+/// `candystore check` with these variables: (exit code, stdout).
+fn check(vars: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_candystore"))
+        .arg("check")
+        .env_clear()
+        .env("RABBIT_URL", crate::helpers::AMQP)
+        .env("METRICS_PORT", "0")
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_passes_where_serve_can_start_and_names_each_thing_that_would_stop_it() {
+    let app = crate::helpers::spawn_app().await;
+    let settings = app.settings();
+    let key = app.key_file();
+    let key = key.to_str().unwrap();
+    let (code, out) = check(&[
+        ("DATABASE_URL", &settings.database_url),
+        ("RABBIT_EXCHANGE", &app.exchange),
+        ("RABBIT_QUEUE", &app.queue),
+        ("API_PORT", "0"),
+        ("SIGNING_KEY_FILE", key),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "ok    schema: every migration applied",
+        &format!("ok    exchange: {:?} exists", app.exchange),
+        &format!(
+            "ok    binding: a queue can be bound to {:?} with #",
+            app.exchange
+        ),
+        "1 consumer(s)",
+        "every check holds",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+
+    // A database not migrated, and an API port taken.
+    let db = TempDb::new(false).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, out) = check(&[
+        ("DATABASE_URL", &db.url),
+        ("RABBIT_EXCHANGE", &app.exchange),
+        ("RABBIT_QUEUE", &app.queue),
+        ("API_HOST", "127.0.0.1"),
+        ("API_PORT", &port),
+        ("SIGNING_KEY_FILE", key),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  schema: "), "{out}");
+    assert!(out.contains("run `candystore migrate`"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "FAIL  API port: cannot listen on 127.0.0.1:{port}"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("2 check(s) failed"), "{out}");
+    db.drop_it().await;
+}
