@@ -7,10 +7,11 @@ export DATABASE_URL ?= postgres://$(PGUSER)@$(PGHOST):5432/$(DB_NAME)
 export LOG_FORMAT ?= console
 BIN := target/release/candystore
 
-.PHONY: run build services db migrate test browser pynacl lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost loadtest-operations test-faults fuzz schemathesis test-all loadtest-memory loadtest-backlog loadtest-archive
+.PHONY: run build services migrate test browser pynacl lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost loadtest-operations test-faults fuzz schemathesis test-all loadtest-memory loadtest-backlog loadtest-archive
 
-## build, create the database if missing, migrate, serve (Ctrl-C stops cleanly)
-run: build services db migrate
+## build, create the database if missing, migrate, serve (Ctrl-C stops cleanly); a given
+## DATABASE_URL is used whole (its host, port, user and database)
+run: build services migrate
 	$(BIN) serve
 
 build:
@@ -19,12 +20,8 @@ build:
 services:
 	@bash scripts/ensure-services.sh
 
-db: services
-	@psql -h $(PGHOST) -U $(PGUSER) -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$(DB_NAME)'" | grep -q 1 \
-	  || createdb -h $(PGHOST) -U $(PGUSER) $(DB_NAME)
-
-migrate: build db
-	$(BIN) migrate
+migrate: build services
+	$(BIN) migrate --create-database
 
 ## everything CI checks: format, lints, ops files, unit, integration and property tests
 ## (with the independent Python check of the audit proofs, scripts/verify_proof.py)

@@ -61,6 +61,42 @@ pub struct PgTarget {
     pub tls: MakeRustlsConnect,
 }
 
+/// Whether a connection was refused because its database does not exist.
+pub fn is_missing_database(e: &DbError) -> bool {
+    matches!(e, DbError::Connect(pg)
+        if pg.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME))
+}
+
+/// Creates the database `target` names, connecting to the same server as the
+/// same user with the `postgres` database. Another process creating it at the
+/// same moment is not an error.
+pub async fn create_database(target: &PgTarget) -> Result<String, DbError> {
+    let name = target
+        .config
+        .get_dbname()
+        .map(str::to_owned)
+        .or_else(|| target.config.get_user().map(str::to_owned))
+        .unwrap_or_else(|| "postgres".to_owned());
+    let mut admin = target.config.clone();
+    admin.dbname("postgres");
+    let client = connect(&PgTarget {
+        config: admin,
+        tls: target.tls.clone(),
+    })
+    .await?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match client
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .await
+    {
+        Ok(()) => Ok(name),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {
+            Ok(name)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Parses a PostgreSQL URL (DATABASE_URL, READ_DATABASE_URL) and sets the
 /// timeouts every connection of ours uses.
 pub fn pg_config(url: &str) -> Result<PgTarget, DbError> {

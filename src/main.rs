@@ -21,7 +21,23 @@ fn main() -> ExitCode {
         }
     };
     let serving = matches!(cli.command, cli::Command::Serve);
-    telemetry::init(&settings.log_level, settings.log_format, serving);
+    // A command says what it did on stdout: its log speaks only of what went
+    // wrong, unless LOG_LEVEL asks for more than its default.
+    let level = if serving || settings.log_level != "info" {
+        settings.log_level.as_str()
+    } else {
+        "warn"
+    };
+    telemetry::init(level, settings.log_format, serving);
+    if !serving {
+        // `candystore dead-letters list | head` ends quietly when head does,
+        // as other commands of a shell do, instead of panicking on a closed pipe.
+        // (`serve` keeps Rust's default: a write to a closed socket is an error.)
+        // SAFETY: resetting a signal's disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -45,7 +45,12 @@ pub(crate) enum Command {
     Check,
     /// Apply the migrations in sql/ to DATABASE_URL and exit. Safe to run twice, and from two processes at once.
     /// Moving a plain events table to time partitions runs online: the service keeps ingesting and answering.
-    Migrate,
+    Migrate {
+        /// Create DATABASE_URL's database first when it does not exist (as its user, through the server's
+        /// `postgres` database).
+        #[arg(long)]
+        create_database: bool,
+    },
     /// Run the maintenance job once: partitions ahead, the default partition drained, RETENTION (archiving to
     /// ARCHIVE_DIR first when set). `serve` runs it every MAINTENANCE_INTERVAL.
     Maintain,
@@ -296,7 +301,7 @@ pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<
     match command {
         Command::Serve => service::serve(settings).await,
         Command::Check => check::check(&settings).await,
-        Command::Migrate => service::migrate(&settings).await,
+        Command::Migrate { create_database } => service::migrate(&settings, create_database).await,
         Command::Maintain => service::maintain(&settings).await,
         Command::Archive { before, to, drop } => {
             archive::archive(&settings, before, &to, drop).await
@@ -442,6 +447,14 @@ fn describe(e: &anyhow::Error) -> String {
         message.push_str(
             " (DATABASE_URL has no Candystore tables yet: run `candystore migrate` first)",
         );
+    }
+    let missing_database = e.chain().any(|cause| {
+        cause
+            .downcast_ref::<candystore::db::DbError>()
+            .is_some_and(candystore::db::is_missing_database)
+    });
+    if missing_database {
+        message.push_str(" (create it, or run `candystore migrate --create-database`)");
     }
     message
 }

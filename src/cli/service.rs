@@ -44,9 +44,19 @@ pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
+pub(crate) async fn migrate(
+    settings: &Settings,
+    create_database: bool,
+) -> anyhow::Result<ExitCode> {
     let config = db::pg_config(&settings.database_url)?;
-    let mut client = db::connect(&config).await?;
+    let mut client = match db::connect(&config).await {
+        Err(e) if create_database && db::is_missing_database(&e) => {
+            let name = db::create_database(&config).await?;
+            println!("created database {name}");
+            db::connect(&config).await?
+        }
+        connected => connected?,
+    };
     let applied =
         candystore::schema::migrate_with(&mut client, settings.partition_interval, i64::MAX)
             .await?;

@@ -261,3 +261,46 @@ async fn check_passes_where_serve_can_start_and_names_each_thing_that_would_stop
     assert!(out.contains("2 check(s) failed"), "{out}");
     db.drop_it().await;
 }
+
+#[tokio::test]
+async fn migrate_creates_the_database_its_url_names_only_when_asked() {
+    let name = crate::support::unique_name("cs_create");
+    let url = format!("{}/{name}", crate::support::PG);
+    let (code, stderr) = run_on(&url, &["migrate"]);
+    assert_eq!(code, 1, "{stderr}");
+    one_line_once(&stderr);
+    assert!(
+        stderr.contains(&format!(r#"database "{name}" does not exist"#))
+            && stderr.contains("run `candystore migrate --create-database`"),
+        "{stderr}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_candystore"))
+        .args(["migrate", "--create-database"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("created database {name}\n")),
+        "{stdout}"
+    );
+    // A command logs only what went wrong at the default level: its stdout says what it did.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = crate::support::connect(&url).await;
+    candystore::schema::check_schema(&db).await.unwrap();
+    drop(db);
+    crate::support::connect(&format!("{}/postgres", crate::support::PG))
+        .await
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
