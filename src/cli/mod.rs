@@ -404,7 +404,8 @@ pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<
 
 /// The exit status of a command's result. An error is written once: by `serve` as
 /// a log line (its log is the service's record, JSON for collectors), by every
-/// other command as one `candystore: …` line on stderr for the person who typed it.
+/// other command (and by `serve` with its log off) as one `candystore: …` line on
+/// stderr for the person who typed it.
 pub(crate) fn exit_status(result: anyhow::Result<ExitCode>, serving: bool) -> ExitCode {
     let e = match result {
         Ok(code) => return code,
@@ -423,7 +424,9 @@ pub(crate) fn exit_status(result: anyhow::Result<ExitCode>, serving: bool) -> Ex
             Some(candystore::source::publish::RepublishError::NoExchange { .. })
         );
     let message = describe(&e);
-    match (serving, usage) {
+    // A log that would not show an error (LOG_LEVEL=off) does not hide this one.
+    let logged = serving && tracing::enabled!(tracing::Level::ERROR);
+    match (logged, usage) {
         (true, true) => {
             tracing::error!(error = message, "candystore cannot start with this setting")
         }
