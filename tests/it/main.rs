@@ -22,6 +22,7 @@ mod observability;
 mod raw_amqp;
 mod replay;
 mod restore;
+mod setup;
 mod storage;
 #[path = "../support/mod.rs"]
 mod support;

@@ -1,0 +1,112 @@
+//! The set-up a fresh machine gets from `make run` and `make test`:
+//! `scripts/ensure-services.sh` decides what to install and start for which
+//! store and purpose, shown with `--plan` against machines it is told about.
+
+use std::process::Command;
+
+/// The script's plan for a machine with `open` ports answering, `installed`
+/// services, apt-get or not: its lines, in order.
+fn plan(
+    purpose: &str,
+    database_url: Option<&str>,
+    open: &str,
+    installed: &str,
+    apt: bool,
+) -> Vec<String> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/ensure-services.sh"
+    ))
+    .args(["--for", purpose, "--plan"])
+    .env("ENSURE_OPEN", open)
+    .env("ENSURE_INSTALLED", installed)
+    .env("ENSURE_APT", if apt { "yes" } else { "no" })
+    .env_remove("DATABASE_URL");
+    if let Some(url) = database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_machine_with_both_services_running_gets_nothing() {
+    assert_eq!(
+        plan("test", None, "5432 5672", "postgresql rabbitmq", true),
+        [
+            "postgresql: running on 127.0.0.1:5432",
+            "rabbitmq: running on 127.0.0.1:5672"
+        ]
+    );
+}
+
+#[test]
+fn installed_services_that_are_down_are_started_not_installed() {
+    assert_eq!(
+        plan("run", None, "", "postgresql rabbitmq", true),
+        [
+            "postgresql: installed, start it",
+            "rabbitmq: installed, start it"
+        ]
+    );
+}
+
+#[test]
+fn a_fresh_debian_machine_installs_what_the_store_and_the_purpose_need() {
+    // The default store is PostgreSQL: both.
+    assert_eq!(
+        plan("run", None, "", "", true),
+        [
+            "postgresql: install with apt-get, then start it",
+            "rabbitmq: install with apt-get, then start it"
+        ]
+    );
+    // A PostgreSQL URL given whole: the same.
+    assert_eq!(
+        plan("run", Some("postgres://me@127.0.0.1/events"), "", "", true)[0],
+        "postgresql: install with apt-get, then start it"
+    );
+    // An embedded store runs without PostgreSQL: only the broker.
+    assert_eq!(
+        plan("run", Some("sqlite:candystore.db"), "", "", true),
+        [
+            "postgresql: not needed (DATABASE_URL=sqlite:candystore.db)",
+            "rabbitmq: install with apt-get, then start it"
+        ]
+    );
+    // The tests need PostgreSQL whatever the URL.
+    assert_eq!(
+        plan(
+            "test",
+            Some("sqlite:candystore.db"),
+            "5672",
+            "rabbitmq",
+            true
+        ),
+        [
+            "postgresql: install with apt-get, then start it",
+            "rabbitmq: running on 127.0.0.1:5672"
+        ]
+    );
+}
+
+#[test]
+fn a_machine_without_apt_is_told_the_one_command_that_gets_a_missing_service() {
+    assert_eq!(
+        plan("run", None, "5432", "postgresql", false),
+        [
+            "postgresql: running on 127.0.0.1:5432",
+            "rabbitmq: missing, and no apt-get here: docker compose -f ops/compose.yaml up -d rabbitmq"
+        ]
+    );
+}
