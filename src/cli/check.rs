@@ -6,11 +6,8 @@
 
 use std::process::ExitCode;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
-
 use candystore::config::{Settings, redact_url};
+use candystore::source::probe::Probe;
 use candystore::telemetry::error_chain;
 use candystore::{db, schema};
 
@@ -97,148 +94,62 @@ async fn schema_state(url: &str) -> Outcome {
 /// each only if the one before it holds.
 async fn broker(settings: &Settings) -> Vec<(&'static str, Outcome)> {
     let url = redact_url(&settings.rabbit_url);
-    let connection =
-        match Connection::connect(&settings.rabbit_url, ConnectionProperties::default()).await {
-            Ok(c) => c,
-            Err(e) => return vec![("broker", Err(format!("{} ({url})", error_chain(&e))))],
-        };
+    let probe = match Probe::connect(&settings.rabbit_url).await {
+        Ok(p) => p,
+        Err(e) => return vec![("broker", Err(format!("{} ({url})", error_chain(&e))))],
+    };
     let mut out = vec![("broker", Ok(format!("connected to {url}")))];
     let exchange = &settings.rabbit_exchange;
-    // A passive declare that fails closes its channel: one channel per question.
-    let exists = match passive_exchange(&connection, exchange).await {
-        Ok(()) => {
-            out.push((
-                "exchange",
-                Ok(format!("{exchange:?} exists (RABBIT_EXCHANGE)")),
-            ));
-            true
-        }
-        Err(e) if is_not_found(&e) => {
-            out.push((
-                "exchange",
-                Ok(format!(
-                    "{exchange:?} does not exist yet; `serve` declares it (durable topic), which needs the configure permission"
-                )),
-            ));
-            false
-        }
+    let exists = match probe.exchange_exists(exchange).await {
+        Ok(exists) => exists,
         Err(e) => {
             out.push(("exchange", Err(error_chain(&e))));
+            probe.close().await;
             return out;
         }
     };
+    out.push((
+        "exchange",
+        Ok(if exists {
+            format!("{exchange:?} exists (RABBIT_EXCHANGE)")
+        } else {
+            format!(
+                "{exchange:?} does not exist yet; `serve` declares it (durable topic), which needs the configure permission"
+            )
+        }),
+    ));
     let queue = &settings.rabbit_queue;
-    out.push(("queue", passive_queue(&connection, queue).await));
+    out.push((
+        "queue",
+        match probe.queue(queue).await {
+            Ok(Some(q)) => Ok(format!(
+                "{queue:?} exists: {} message(s) waiting, {} consumer(s) (RABBIT_QUEUE)",
+                q.messages, q.consumers
+            )),
+            Ok(None) => Ok(format!(
+                "{queue:?} does not exist yet; `serve` declares it (durable) and binds it"
+            )),
+            Err(e) => Err(error_chain(&e)),
+        },
+    ));
     if exists {
+        let keys = &settings.rabbit_bindings;
         out.push((
             "binding",
-            try_binding(&connection, exchange, &settings.rabbit_bindings).await,
+            match probe.bind(exchange, keys).await {
+                Ok(()) => Ok(format!(
+                    "a queue can be bound to {exchange:?} with {} (RABBIT_BINDING)",
+                    keys.join(", ")
+                )),
+                Err(e) => Err(format!(
+                    "cannot bind a queue to {exchange:?} (read permission on the exchange?): {}",
+                    error_chain(&e)
+                )),
+            },
         ));
     }
-    let _ = connection.close(200, "checked".into()).await;
+    probe.close().await;
     out
-}
-
-async fn passive_exchange(connection: &Connection, exchange: &str) -> Result<(), lapin::Error> {
-    let channel = connection.create_channel().await?;
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let _ = channel.close(200, "checked".into()).await;
-    Ok(())
-}
-
-async fn passive_queue(connection: &Connection, queue: &str) -> Outcome {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| error_chain(&e))?;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match declared {
-        Ok(q) => {
-            let _ = channel.close(200, "checked".into()).await;
-            Ok(format!(
-                "{queue:?} exists: {} message(s) waiting, {} consumer(s) (RABBIT_QUEUE)",
-                q.message_count(),
-                q.consumer_count()
-            ))
-        }
-        Err(e) if is_not_found(&e) => Ok(format!(
-            "{queue:?} does not exist yet; `serve` declares it (durable) and binds it"
-        )),
-        Err(e) => Err(error_chain(&e)),
-    }
-}
-
-/// Binds a temporary exclusive queue to the exchange with RABBIT_BINDING's keys:
-/// what `serve` does with its own queue, tried with the broker's permissions.
-async fn try_binding(connection: &Connection, exchange: &str, keys: &[String]) -> Outcome {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| error_chain(&e))?;
-    let probe = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("cannot declare a temporary queue: {}", error_chain(&e)))?;
-    for key in keys {
-        channel
-            .queue_bind(
-                probe.name().clone(),
-                exchange.into(),
-                key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot bind to {exchange:?} with {key:?} (read permission on the exchange?): {}",
-                    error_chain(&e)
-                )
-            })?;
-    }
-    let _ = channel.close(200, "checked".into()).await;
-    Ok(format!(
-        "a queue can be bound to {exchange:?} with {} (RABBIT_BINDING)",
-        keys.join(", ")
-    ))
-}
-
-fn is_not_found(e: &lapin::Error) -> bool {
-    matches!(
-        e.kind(),
-        lapin::ErrorKind::ProtocolError(amqp)
-            if matches!(
-                amqp.kind(),
-                lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
-            )
-    )
 }
 
 fn signing_key(path: &std::path::Path) -> Outcome {

@@ -1,6 +1,7 @@
 //! The source: RabbitMQ deliveries in, decoded records with their ack tokens out.
 //!
-//! `amqp` is the only module in the crate that uses lapin. `decode` is pure. What
+//! The source is the only part of the crate that uses lapin (`amqp` consumes,
+//! `publish` publishes, `probe` asks what `candystore check` needs). `decode` is pure. What
 //! leaves this module is an [`Inbound`]: a record and the token that acks it, which
 //! only the sink may settle.
 
@@ -8,6 +9,7 @@ pub mod ack;
 pub mod amqp;
 pub mod decode;
 pub mod prefetch;
+pub mod probe;
 pub mod publish;
 
 use tokio::time::Instant;

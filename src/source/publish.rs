@@ -443,18 +443,6 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The broker's 404: what a passive declare of a missing exchange gets.
-fn is_not_found(e: &lapin::Error) -> bool {
-    matches!(
-        e.kind(),
-        lapin::ErrorKind::ProtocolError(amqp)
-            if matches!(
-                amqp.kind(),
-                lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
-            )
-    )
-}
-
 /// A publisher to any exchange, for replays: nothing is declared (the exchange
 /// must exist), every publish waits for the broker's confirm, and a message the
 /// broker could not route is an error (`mandatory`), never silently lost.
@@ -518,7 +506,7 @@ impl Republisher {
                 let _ = probe.close(200, "checked".into()).await;
                 Ok(())
             }
-            Err(e) if is_not_found(&e) => Err(RepublishError::NoExchange {
+            Err(e) if super::probe::is_not_found(&e) => Err(RepublishError::NoExchange {
                 exchange: exchange.to_owned(),
             }),
             Err(e) => Err(e.into()),
