@@ -33,7 +33,8 @@ mkdir -p target/throwaway-keys
 export SIGNING_KEY_FILE=target/throwaway-keys/$DB.key
 export RABBIT_EXCHANGE=cs_loadtest RABBIT_QUEUE=cs_loadtest
 export API_HOST=127.0.0.1 API_PORT=18684 METRICS_PORT=19092 LOG_LEVEL=warn DATABASE_READ_POOL_SIZE=16
-BIN=target/release/candystore
+# BIN=: another build of the service (an A/B of two builds on one database).
+BIN=${BIN:-target/release/candystore}
 psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1 || createdb -h 127.0.0.1 -U postgres "$DB"
 $BIN migrate >/dev/null
 have=$(psql -h 127.0.0.1 -U postgres -d "$DB" -tAc "SELECT count(*) FROM events")
