@@ -110,3 +110,27 @@ fn a_machine_without_apt_is_told_the_one_command_that_gets_a_missing_service() {
         ]
     );
 }
+
+#[test]
+fn every_production_file_the_project_ships_names_postgresql() {
+    for (file, line) in [
+        ("Dockerfile", "ENV DATABASE_URL=postgres://"),
+        (
+            "ops/systemd/candystore.service",
+            "Environment=DATABASE_URL=postgres://",
+        ),
+        ("ops/compose.yaml", "DATABASE_URL: postgres://"),
+        (
+            "config/high-throughput.toml",
+            "database_url = \"postgres://",
+        ),
+    ] {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + file)
+                .unwrap();
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(line)),
+            "{file} names no PostgreSQL store ({line}…)"
+        );
+    }
+}
