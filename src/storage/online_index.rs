@@ -130,13 +130,23 @@ impl OnlineIndex {
             suffix,
             columns,
         } = self;
+        // The parent's index, then each partition's attached in a transaction of
+        // its own: the step never holds one partition's lock while it waits for
+        // another's. In one transaction it did, and a read planning over the
+        // partitions in its own order could deadlock with it; PostgreSQL then
+        // cancelled the read, and the API answered 503 during an online migration
+        // (clean-clone run 22 of 2026-12-06). The parent stays invalid, unused by
+        // the planner, until its last partition is attached.
         let tx = client.transaction().await?;
         tx.batch_execute("SET LOCAL lock_timeout = '1s'").await?;
         tx.batch_execute(&format!(
             "CREATE INDEX IF NOT EXISTS {parent} ON ONLY events ({columns})"
         ))
         .await?;
+        tx.commit().await?;
         for p in partitions {
+            let tx = client.transaction().await?;
+            tx.batch_execute("SET LOCAL lock_timeout = '1s'").await?;
             let attached: bool = tx
                 .query_one(
                     "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = $1::text::regclass \
@@ -151,8 +161,8 @@ impl OnlineIndex {
                 ))
                 .await?;
             }
+            tx.commit().await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 }
