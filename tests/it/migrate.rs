@@ -206,3 +206,82 @@ async fn a_migration_that_deadlocks_with_the_running_service_is_tried_again() {
     drop((c, service));
     db.drop_it().await;
 }
+
+#[tokio::test]
+async fn reads_planning_over_every_partition_never_deadlock_with_the_online_index_step() {
+    // Clean-clone run 22: the API's read planned over the partitions while the
+    // online step attached their indexes in one transaction; PostgreSQL found a
+    // deadlock, cancelled the read, and the API answered 503.
+    let db = TempDb::new(false).await;
+    let mut c = db.client().await;
+    schema::migrate_with(&mut c, PartitionInterval::Day, 20)
+        .await
+        .unwrap();
+    let today = Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    for d in 1..=40 {
+        let start = today - chrono::Duration::days(d);
+        let range = Range {
+            start,
+            end: start + chrono::Duration::days(1),
+        };
+        partition::create(&mut c, Table::Events, range)
+            .await
+            .unwrap();
+    }
+    c.batch_execute(
+        "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+         payload, generation, envelope, properties) \
+         SELECT 'e' || g, 'evt.' || (g % 3), 'svc-' || (g % 2), 'r', 'x', \
+         now() - (g % 40 + 1) * interval '1 day', now(), '{}', 3, '{}', '{}' FROM generate_series(1, 400) g",
+    )
+    .await
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let reader = db.client().await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let (mut reads, mut failures) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // What `/events?event_type=…&source=…` plans: every partition and its indexes.
+                match reader
+                    .query(
+                        "SELECT seq FROM events WHERE event_type = 'evt.1' AND source = 'svc-1' \
+                         ORDER BY \"timestamp\" DESC, seq DESC LIMIT 5",
+                        &[],
+                    )
+                    .await
+                {
+                    Ok(_) => reads += 1,
+                    Err(e) => failures.push(format!("{e:?}")),
+                }
+            }
+            (reads, failures)
+        }));
+    }
+    use candystore::storage::online_index::OnlineIndex;
+    let probe = |parent, suffix| OnlineIndex {
+        parent,
+        suffix,
+        columns: "source, \"timestamp\" DESC",
+    };
+    for step in [
+        probe("events_probe_a_idx", "probe_a_idx"),
+        probe("events_probe_b_idx", "probe_b_idx"),
+        probe("events_probe_c_idx", "probe_c_idx"),
+    ] {
+        step.build(&mut c).await.expect("the online step");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        let (reads, failures) = reader.await.unwrap();
+        assert!(reads > 0, "the reader ran");
+        assert!(failures.is_empty(), "reads failed: {failures:#?}");
+    }
+    db.drop_it().await;
+}
