@@ -29,19 +29,7 @@ impl Probe {
 
     /// `Ok(false)` when the exchange does not exist.
     pub async fn exchange_exists(&self, exchange: &str) -> Result<bool, lapin::Error> {
-        let channel = self.connection.create_channel().await?;
-        let declared = channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        settle(channel, declared.map(|()| true)).await
+        exchange_exists(&self.connection, exchange).await
     }
 
     /// `Ok(None)` when the queue does not exist.
@@ -99,6 +87,31 @@ impl Probe {
     pub async fn close(self) {
         let _ = self.connection.close(200, "checked".into()).await;
     }
+}
+
+/// Whether `exchange` exists (`Ok(false)` when not): a passive declare, on a
+/// channel of its own, since the broker closes the channel of one that fails.
+/// The default exchange (`""`) always exists.
+pub(crate) async fn exchange_exists(
+    connection: &Connection,
+    exchange: &str,
+) -> Result<bool, lapin::Error> {
+    if exchange.is_empty() {
+        return Ok(true);
+    }
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    settle(channel, declared.map(|()| true)).await
 }
 
 /// A not-found answer as `Ok(default)`; the channel closed when it is still open.

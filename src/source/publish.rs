@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::time::Instant;
 
@@ -482,34 +482,14 @@ impl Republisher {
         })
     }
 
-    /// Refuses an exchange that does not exist, before anything is published to
-    /// it: a passive declare, on a channel of its own (the broker closes the
-    /// channel of a passive declare that fails). The default exchange always exists.
+    /// Refuses an exchange that does not exist, before anything is published to it.
     pub async fn check_exchange(&self, exchange: &str) -> Result<(), RepublishError> {
-        if exchange.is_empty() {
-            return Ok(());
-        }
-        let probe = self.connection.create_channel().await?;
-        let declared = probe
-            .exchange_declare(
-                exchange.into(),
-                lapin::ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await;
-        match declared {
-            Ok(()) => {
-                let _ = probe.close(200, "checked".into()).await;
-                Ok(())
-            }
-            Err(e) if super::probe::is_not_found(&e) => Err(RepublishError::NoExchange {
+        if super::probe::exchange_exists(&self.connection, exchange).await? {
+            Ok(())
+        } else {
+            Err(RepublishError::NoExchange {
                 exchange: exchange.to_owned(),
-            }),
-            Err(e) => Err(e.into()),
+            })
         }
     }
 
