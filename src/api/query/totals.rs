@@ -188,15 +188,17 @@ pub(crate) async fn walked_total(
         0
     }
     .max(seen.known);
-    let scale = match seen.window {
+    let rows = match seen.window {
         Some((lower, anchor)) => sizes
             .rows_between(tx.client(), lower, anchor)
             .await
-            .map_err(unavailable)?
-            .map_or(1.0, |(all, inside)| (all / inside.max(1.0)).max(1.0)),
-        None => 1.0,
+            .map_err(unavailable)?,
+        None => None,
     };
-    let estimate = ((seen.through.max(1) as f64) * scale).round() as i64;
+    let estimate = match rows {
+        Some((all, inside)) => scaled(seen.through.max(1) as f64, all, inside),
+        None => seen.through.max(1),
+    };
     if at_least > cap || estimate > ESTIMATE_TRUSTED_ABOVE_CAP * cap {
         return Ok((estimate.max(at_least), true));
     }
@@ -248,9 +250,15 @@ async fn scaled_estimate(
         .map_err(unavailable)?
         .get(0);
     let matching = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0);
-    Ok(Some(
-        (matching * (all / inside.max(1.0)).max(1.0)).round() as i64
-    ))
+    Ok(Some(scaled(matching, all, inside)))
+}
+
+/// `matching` rows of the `inside` ones scaled to `all` the table's rows, and
+/// never more than those: a table of 121 rows has no total of 283.
+fn scaled(matching: f64, all: f64, inside: f64) -> i64 {
+    (matching * (all / inside.max(1.0)).max(1.0))
+        .min(all)
+        .round() as i64
 }
 
 /// The matches, counted up to `cap + 1` rows at most.
