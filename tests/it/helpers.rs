@@ -358,21 +358,74 @@ pub fn sse_id(v: &str) -> SseId {
 
 /// Reads SSE events (id, data) from a streaming response until `n` arrived.
 pub async fn read_sse(res: reqwest::Response, n: usize) -> Vec<(SseId, serde_json::Value)> {
+    match read_sse_within(res, n, SSE_WAIT).await {
+        Ok(events) => events,
+        Err(short) => panic!("events arrive in time: {short}"),
+    }
+}
+
+/// How long [`read_sse`] waits for its events. Generous: the tests run in
+/// parallel on two cores, some writing a million rows.
+pub const SSE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a stream had sent when it fell short of the events awaited.
+#[derive(Debug)]
+pub struct ShortStream {
+    pub got: Vec<(SseId, serde_json::Value)>,
+    pub wanted: usize,
+    /// Why it stopped: the wait ran out, or the stream ended.
+    pub reason: &'static str,
+    /// Comment lines (`: keep-alive`, ...) the stream sent meanwhile.
+    pub comments: usize,
+}
+
+impl std::fmt::Display for ShortStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} of {} events, the last {:?}, {} comment lines",
+            self.reason,
+            self.got.len(),
+            self.wanted,
+            self.got.last().map(|(id, _)| *id),
+            self.comments
+        )
+    }
+}
+
+/// Reads SSE events (id, data) until `n` arrived, or says what had arrived when
+/// `wait` ran out or the stream ended.
+pub async fn read_sse_within(
+    res: reqwest::Response,
+    n: usize,
+    wait: std::time::Duration,
+) -> Result<Vec<(SseId, serde_json::Value)>, ShortStream> {
     use futures::StreamExt;
     let mut body = res.bytes_stream();
     let mut buf = String::new();
     let mut out = Vec::new();
-    // Generous: the tests run in parallel on two cores, some writing a million rows.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut comments = 0;
+    let deadline = tokio::time::Instant::now() + wait;
     while out.len() < n {
-        let chunk = tokio::time::timeout_at(deadline, body.next())
-            .await
-            .expect("events arrive in time")
-            .expect("stream open")
-            .unwrap();
-        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        let reason = match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(chunk)) => {
+                buf.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+                None
+            }
+            Ok(None) => Some("the stream ended"),
+            Err(_) => Some("the wait ran out"),
+        };
+        if let Some(reason) = reason {
+            return Err(ShortStream {
+                got: out,
+                wanted: n,
+                reason,
+                comments,
+            });
+        }
         while let Some(end) = buf.find("\n\n") {
             let block: String = buf.drain(..end + 2).collect();
+            comments += block.lines().filter(|l| l.starts_with(':')).count();
             let id = block
                 .lines()
                 .find_map(|l| l.strip_prefix("id: "))
@@ -386,7 +439,7 @@ pub async fn read_sse(res: reqwest::Response, n: usize) -> Vec<(SseId, serde_jso
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// A rule in the database that decode cannot know about: events of `event_type`

@@ -7,7 +7,10 @@ use std::time::Duration;
 use candystore::app::AppOptions;
 use serde_json::json;
 
-use crate::helpers::{SseId, TestApp, connect, read_sse, spawn_app, spawn_app_with};
+use crate::helpers::{
+    SSE_WAIT, ShortStream, SseId, TestApp, connect, read_sse, read_sse_within, spawn_app,
+    spawn_app_with,
+};
 
 /// Inserts one event the way a writer does (the row's `txid` is its transaction).
 async fn insert(c: &tokio_postgres::Client, id: &str) {
@@ -118,14 +121,18 @@ async fn four_writers_committing_in_any_order_leave_no_gap_and_no_repeat_in_the_
                 None => open_stream(&app, last).await,
             };
             let want = (N - seen.len()).min(300);
-            let mut part = read_sse(res, want).await;
+            let mut part = read_fully(&app, res, want, "a resumed stream").await;
             part.truncate(want);
             last = part.last().map(|(id, _)| *id);
             seen.extend(part);
         }
         seen
     };
-    let (_, got, hopped) = tokio::join!(publishing, read_sse(stream, N), hopping);
+    let (_, got, hopped) = tokio::join!(
+        publishing,
+        read_fully(&app, stream, N, "one stream"),
+        hopping
+    );
     for (name, events) in [("one stream", got), ("a resumed stream", hopped)] {
         let ids: Vec<&str> = events
             .iter()
@@ -143,6 +150,58 @@ async fn four_writers_committing_in_any_order_leave_no_gap_and_no_repeat_in_the_
     assert_eq!(stored, N as i64);
     // The stream can have been correct only if writers really overlapped.
     assert!(app.metric("candystore_batches_committed_total").await > 100.0);
+}
+
+/// `n` events of a stream; if they do not come, the failure says what the store
+/// held meanwhile, so a stall is told from slow ingest.
+async fn read_fully(
+    app: &TestApp,
+    res: reqwest::Response,
+    n: usize,
+    name: &str,
+) -> Vec<(SseId, serde_json::Value)> {
+    match read_sse_within(res, n, SSE_WAIT).await {
+        Ok(events) => events,
+        Err(short) => panic!("{name}: {short}; {}", store_state(app, &short).await),
+    }
+}
+
+/// What the store holds past a short stream's last event: all rows, and those
+/// the tail may read (below its horizon).
+async fn store_state(app: &TestApp, short: &ShortStream) -> String {
+    let (txid, seq) = short.got.last().map(|(id, _)| *id).unwrap_or((0, 0));
+    let row = app
+        .db
+        .query_one(
+            &format!(
+                "SELECT count(*), count(*) FILTER (WHERE (txid, seq) > ($1, $2)), \
+                   count(*) FILTER (WHERE (txid, seq) > ($1, $2) AND txid < {horizon}), \
+                   max(txid), {horizon} FROM events",
+                horizon = candystore::db::HORIZON
+            ),
+            &[&txid, &seq],
+        )
+        .await
+        .unwrap();
+    let running = app
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+               AND backend_xid IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    format!(
+        "the store holds {} events, {} past the last sent ({} of them below the horizon), \
+         the newest txid {:?}, the horizon {:?}, {} transactions of this database running",
+        row.get::<_, i64>(0),
+        row.get::<_, i64>(1),
+        row.get::<_, i64>(2),
+        row.get::<_, Option<i64>>(3),
+        row.get::<_, Option<i64>>(4),
+        running.get::<_, i64>(0),
+    )
 }
 
 /// Opens a transaction in another database of the server with `begin`, and
