@@ -9,6 +9,10 @@
 /// is left out when the backend holding its transaction-id lock (`pg_locks`) is
 /// connected to another database (`pg_stat_activity.datid`; a backend is
 /// connected to one database for life, and both columns are visible to any role).
+/// Only the owner's own lock counts (`ExclusiveLock`): a backend that waited for
+/// a transaction holds a `ShareLock` on its id for a moment after it ended
+/// (`XactLockTableWait`), and were that waiter of another database, a
+/// transaction of this one that committed after the snapshot would be left out.
 /// That covers a backend holding no relation lock at all, such as CREATE or DROP
 /// DATABASE of another database, which an earlier proof by relation locks
 /// counted. The two views are read one after the other, after the snapshot; a
@@ -18,7 +22,7 @@
 /// database) counts. So a long write elsewhere on the server, or a database
 /// being created or dropped, does not hold the tail back.
 pub const HORIZON: &str = "(WITH l AS MATERIALIZED (SELECT pid, transactionid FROM pg_locks \
-                                  WHERE locktype = 'transactionid' AND granted), \
+                                  WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted), \
        a AS MATERIALIZED (SELECT pid, datid FROM pg_stat_activity), \
        s AS MATERIALIZED (SELECT pg_current_snapshot() AS snap) \
      SELECT least( \

@@ -407,21 +407,16 @@ pub async fn read_sse_within(
     let mut comments = 0;
     let deadline = tokio::time::Instant::now() + wait;
     while out.len() < n {
-        let reason = match tokio::time::timeout_at(deadline, body.next()).await {
-            Ok(Some(chunk)) => {
-                buf.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
-                None
-            }
-            Ok(None) => Some("the stream ended"),
-            Err(_) => Some("the wait ran out"),
+        let short = |reason, got, comments| ShortStream {
+            got,
+            wanted: n,
+            reason,
+            comments,
         };
-        if let Some(reason) = reason {
-            return Err(ShortStream {
-                got: out,
-                wanted: n,
-                reason,
-                comments,
-            });
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(chunk)) => buf.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap()),
+            Ok(None) => return Err(short("the stream ended", out, comments)),
+            Err(_) => return Err(short("the wait ran out", out, comments)),
         }
         while let Some(end) = buf.find("\n\n") {
             let block: String = buf.drain(..end + 2).collect();

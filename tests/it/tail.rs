@@ -121,7 +121,7 @@ async fn four_writers_committing_in_any_order_leave_no_gap_and_no_repeat_in_the_
                 None => open_stream(&app, last).await,
             };
             let want = (N - seen.len()).min(300);
-            let mut part = read_fully(&app, res, want, "a resumed stream").await;
+            let mut part = read_fully(&app, res, want, "a resumed stream", last).await;
             part.truncate(want);
             last = part.last().map(|(id, _)| *id);
             seen.extend(part);
@@ -130,7 +130,7 @@ async fn four_writers_committing_in_any_order_leave_no_gap_and_no_repeat_in_the_
     };
     let (_, got, hopped) = tokio::join!(
         publishing,
-        read_fully(&app, stream, N, "one stream"),
+        read_fully(&app, stream, N, "one stream", None),
         hopping
     );
     for (name, events) in [("one stream", got), ("a resumed stream", hopped)] {
@@ -152,24 +152,35 @@ async fn four_writers_committing_in_any_order_leave_no_gap_and_no_repeat_in_the_
     assert!(app.metric("candystore_batches_committed_total").await > 100.0);
 }
 
-/// `n` events of a stream; if they do not come, the failure says what the store
-/// held meanwhile, so a stall is told from slow ingest.
+/// `n` events of a stream opened at `from` (`Last-Event-ID`; `None` for the
+/// head); if they do not come, the failure says what the store held meanwhile,
+/// so a stall is told from slow ingest.
 async fn read_fully(
     app: &TestApp,
     res: reqwest::Response,
     n: usize,
     name: &str,
+    from: Option<SseId>,
 ) -> Vec<(SseId, serde_json::Value)> {
     match read_sse_within(res, n, SSE_WAIT).await {
         Ok(events) => events,
-        Err(short) => panic!("{name}: {short}; {}", store_state(app, &short).await),
+        Err(short) => panic!(
+            "{name} from {from:?}: {short}; {}",
+            store_state(app, &short, from).await
+        ),
     }
 }
 
-/// What the store holds past a short stream's last event: all rows, and those
-/// the tail may read (below its horizon).
-async fn store_state(app: &TestApp, short: &ShortStream) -> String {
-    let (txid, seq) = short.got.last().map(|(id, _)| *id).unwrap_or((0, 0));
+/// What the store holds past the last event a short stream sent (or past where
+/// it resumed, if it sent none): all rows, and those the tail may read (below
+/// its horizon).
+async fn store_state(app: &TestApp, short: &ShortStream, from: Option<SseId>) -> String {
+    let (txid, seq) = short
+        .got
+        .last()
+        .map(|(id, _)| *id)
+        .or(from)
+        .unwrap_or((0, 0));
     let row = app
         .db
         .query_one(
