@@ -197,6 +197,7 @@ impl Feed {
                 _ => upto,
             };
             let frames: Vec<Bytes> = events.iter().map(|e| e.frame.clone()).collect();
+            tracing::debug!(from = ?self.last, to = ?next, events = events.len(), "live tail: a stream caught up");
             self.last = next;
             self.send_frames(&frames).await?;
         }
@@ -225,6 +226,7 @@ impl Feed {
     }
 
     async fn apply(&mut self, batch: Arc<TailBatch>) -> Result<(), Ended> {
+        tracing::debug!(last = ?self.last, after = ?batch.after, upto = ?batch.upto, events = batch.events.len(), "live tail: a stream takes a batch");
         if batch.upto <= self.last {
             return Ok(());
         }
@@ -306,7 +308,9 @@ impl Feed {
                     Ok(batch) => self.apply(batch).await?,
                     // Fell behind the channel: the next batch starts past `last`,
                     // and `apply` catches up from the database.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(last = ?self.last, batches = n, "live tail: a stream fell behind the broadcast");
+                    }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
                 _ = tick.tick() => {
@@ -376,6 +380,7 @@ pub async fn stream(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
         Some((_, at)) => at,
         None => head,
     };
+    tracing::debug!(?last, ?head, "live tail: a stream opens");
     let socket = req.conn_data::<ClientSocket>().cloned();
     let (tx, rx) = mpsc::channel::<Bytes>(1);
     let feed = Feed {

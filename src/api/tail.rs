@@ -452,6 +452,9 @@ async fn poll(pool: Pool, tx: broadcast::Sender<Arc<TailBatch>>, stop: Cancellat
                         events: Vec::new(),
                     }));
                 }
+                if last != Some(h) {
+                    tracing::debug!(?last, head = ?h, "live tail: the poller follows the head");
+                }
                 last = Some(h);
                 (Vec::new(), false)
             }),
@@ -464,6 +467,7 @@ async fn poll(pool: Pool, tx: broadcast::Sender<Arc<TailBatch>>, stop: Cancellat
                 }
                 if let (Some(after), Some(newest)) = (last, events.last()) {
                     let upto = newest.pos;
+                    tracing::debug!(?after, ?upto, events = events.len(), "live tail: a batch");
                     full = cut_short;
                     last = Some(upto);
                     let _ = tx.send(Arc::new(TailBatch {

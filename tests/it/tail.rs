@@ -123,6 +123,7 @@ async fn four_writers_committing_in_any_order_leave_no_gap_and_no_repeat_in_the_
             let want = (N - seen.len()).min(300);
             let mut part = read_fully(&app, res, want, "a resumed stream", last).await;
             part.truncate(want);
+            same_as_stored(&app, &part, last, "a resumed stream").await;
             last = part.last().map(|(id, _)| *id);
             seen.extend(part);
         }
@@ -133,6 +134,7 @@ async fn four_writers_committing_in_any_order_leave_no_gap_and_no_repeat_in_the_
         read_fully(&app, stream, N, "one stream", None),
         hopping
     );
+    same_as_stored(&app, &got, None, "one stream").await;
     for (name, events) in [("one stream", got), ("a resumed stream", hopped)] {
         let ids: Vec<&str> = events
             .iter()
@@ -150,6 +152,59 @@ async fn four_writers_committing_in_any_order_leave_no_gap_and_no_repeat_in_the_
     assert_eq!(stored, N as i64);
     // The stream can have been correct only if writers really overlapped.
     assert!(app.metric("candystore_batches_committed_total").await > 100.0);
+}
+
+/// Checks that `part`, events a stream sent after `from` (`None`: from the
+/// start), are every stored row from there to its last event, in order: all of
+/// them were final when sent, so the store holds no other. If not, says which
+/// rows the stream left out or sent that are not there.
+async fn same_as_stored(
+    app: &TestApp,
+    part: &[(SseId, serde_json::Value)],
+    from: Option<SseId>,
+    name: &str,
+) {
+    let Some(((to_txid, to_seq), _)) = part.last() else {
+        return;
+    };
+    let (from_txid, from_seq) = from.unwrap_or((0, 0));
+    let rows = app
+        .db
+        .query(
+            "SELECT txid, seq, stored_at::text, tableoid::regclass::text, xmin::text FROM events \
+             WHERE (txid, seq) > ($1, $2) AND (txid, seq) <= ($3, $4) ORDER BY txid, seq",
+            &[&from_txid, &from_seq, to_txid, to_seq],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<SseId> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let sent: Vec<SseId> = part.iter().map(|(id, _)| *id).collect();
+    if stored != sent {
+        let sent_set: HashSet<SseId> = sent.iter().copied().collect();
+        let stored_set: HashSet<SseId> = stored.iter().copied().collect();
+        let left_out: Vec<String> = rows
+            .iter()
+            .filter(|r| !sent_set.contains(&(r.get(0), r.get(1))))
+            .map(|r| {
+                format!(
+                    "({}, {}) stored at {} in {} by xmin {}",
+                    r.get::<_, i64>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, String>(2),
+                    r.get::<_, String>(3),
+                    r.get::<_, String>(4)
+                )
+            })
+            .collect();
+        let not_stored: Vec<&SseId> = sent.iter().filter(|id| !stored_set.contains(id)).collect();
+        panic!(
+            "{name} from {from:?} sent {} events up to {:?}, the store holds {} there; \
+             left out: {left_out:?}; sent and not stored: {not_stored:?}; sent: {sent:?}",
+            sent.len(),
+            (to_txid, to_seq),
+            stored.len()
+        );
+    }
 }
 
 /// `n` events of a stream opened at `from` (`Last-Event-ID`; `None` for the
