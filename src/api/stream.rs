@@ -363,7 +363,7 @@ pub async fn stream(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
     };
     // Subscribe before reading the head, so no batch falls between the two.
     let batches = state.tail.subscribe();
-    let head = tail::head(&state.pool).await?;
+    let head = state.tail.head(&state.pool).await?;
     // No stream sent an id past the newest position: such an id would make the
     // stream wait, silent, for events that may never come.
     let last = match resume {

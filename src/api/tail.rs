@@ -338,10 +338,20 @@ enum HeadError {
     Db(#[from] tokio_postgres::Error),
 }
 
-/// Reads events past `after` (and up to `upto` when given) that are final (see
-/// the module's docs), the filter's SQL applied, at most [`BATCH_EVENTS`] and
-/// [`BATCH_BYTES`], in position order. The flag says whether a bound cut the read
-/// short (more may follow).
+/// Reads events past `after` that are final (see the module's docs), the
+/// filter's SQL applied, at most [`BATCH_EVENTS`] and [`BATCH_BYTES`], in
+/// position order. The flag says whether a bound cut the read short (more may
+/// follow).
+///
+/// With `upto`, only events up to it, and `upto` must be final already: a
+/// position an earlier read returned, or a head. Every row at or before it is
+/// then committed and visible, so that read asks no horizon. It must not: the
+/// horizon can dip for a moment below a position read before it (a
+/// transaction of another database that ended between this statement's
+/// snapshot and its look at `pg_locks` is counted, as any that ended
+/// meanwhile), and a read up to `upto` that the dip cut short would look
+/// complete to a caller that goes on from `upto` (clean-clone run 7: a resumed
+/// stream skipped two events that way).
 pub async fn read_after(
     pool: &Pool,
     after: Position,
@@ -355,17 +365,17 @@ pub async fn read_after(
         None => "TRUE".to_owned(),
     };
     let (txid, seq) = (params.push(after.txid), params.push(after.seq));
-    let upto_clause = match &upto {
+    let bound = match &upto {
         Some(u) => format!(
-            " AND (txid, seq) <= ({}, {})",
+            "(txid, seq) <= ({}, {})",
             params.push(u.txid),
             params.push(u.seq)
         ),
-        None => String::new(),
+        None => format!("txid < {HORIZON}"),
     };
     let sql = format!(
-        "SELECT {COLUMNS}, txid FROM events WHERE {clause} AND (txid, seq) > ({txid}, {seq}){upto_clause} \
-         AND txid < {HORIZON} ORDER BY txid, seq LIMIT {BATCH_EVENTS}"
+        "SELECT {COLUMNS}, txid FROM events WHERE {clause} AND (txid, seq) > ({txid}, {seq}) \
+         AND {bound} ORDER BY txid, seq LIMIT {BATCH_EVENTS}"
     );
     let refs = params.all();
     // Without a filter (the poller), one reused plan: the same statement runs
@@ -401,19 +411,46 @@ pub async fn read_after(
 #[derive(Clone, Debug)]
 pub struct TailHub {
     tx: broadcast::Sender<Arc<TailBatch>>,
+    newest: Newest,
 }
 
 impl TailHub {
     /// Starts the poller; it stops with `stop`.
     pub fn start(pool: Pool, stop: CancellationToken) -> Self {
         let (tx, _) = broadcast::channel(BROADCAST_BATCHES);
-        let hub = TailHub { tx: tx.clone() };
-        tokio::spawn(poll(pool, tx, stop));
+        let newest = Newest::default();
+        let hub = TailHub {
+            tx: tx.clone(),
+            newest: newest.clone(),
+        };
+        tokio::spawn(poll(pool, tx, newest, stop));
         hub
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<TailBatch>> {
         self.tx.subscribe()
+    }
+
+    /// The newest final position: the head read now, or a newer one read before
+    /// (the head can dip for a moment, see [`read_after`]; finality cannot).
+    pub async fn head(&self, pool: &Pool) -> Result<Position, super::problem::Problem> {
+        Ok(self.newest.raise(head(pool).await?))
+    }
+}
+
+/// The newest position this instance has read below a horizon: it only grows.
+#[derive(Clone, Debug, Default)]
+struct Newest(Arc<std::sync::Mutex<Position>>);
+
+impl Newest {
+    /// Raises the newest position to `seen` if it is newer; returns the newest.
+    fn raise(&self, seen: Position) -> Position {
+        let mut newest = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *newest = (*newest).max(seen);
+        *newest
     }
 }
 
@@ -428,7 +465,12 @@ async fn max_position(pool: &Pool) -> Result<Position, String> {
 /// per interval), so a stream, which reads the head after subscribing, is never
 /// behind the first batch it receives by more than it catches up from the
 /// database. Its first position is broadcast as an empty batch for the same reason.
-async fn poll(pool: Pool, tx: broadcast::Sender<Arc<TailBatch>>, stop: CancellationToken) {
+async fn poll(
+    pool: Pool,
+    tx: broadcast::Sender<Arc<TailBatch>>,
+    newest: Newest,
+    stop: CancellationToken,
+) {
     let mut last: Option<Position> = None;
     let mut failing = false;
     let mut full = false;
@@ -443,6 +485,7 @@ async fn poll(pool: Pool, tx: broadcast::Sender<Arc<TailBatch>>, stop: Cancellat
         let result = match last {
             Some(after) if tx.receiver_count() > 0 => read_after_quiet(&pool, after).await,
             _ => max_position(&pool).await.map(|h| {
+                newest.raise(h);
                 if last.is_none() {
                     // The first position: streams that subscribed before it
                     // learn where the batches will start, and catch up to it.
@@ -465,9 +508,10 @@ async fn poll(pool: Pool, tx: broadcast::Sender<Arc<TailBatch>>, stop: Cancellat
                     tracing::info!("live tail reading again");
                     failing = false;
                 }
-                if let (Some(after), Some(newest)) = (last, events.last()) {
-                    let upto = newest.pos;
+                if let (Some(after), Some(latest)) = (last, events.last()) {
+                    let upto = latest.pos;
                     tracing::debug!(?after, ?upto, events = events.len(), "live tail: a batch");
+                    newest.raise(upto);
                     full = cut_short;
                     last = Some(upto);
                     let _ = tx.send(Arc::new(TailBatch {

@@ -21,6 +21,13 @@
 /// Anything not so proven (a transaction that ended meanwhile, a process with no
 /// database) counts. So a long write elsewhere on the server, or a database
 /// being created or dropped, does not hold the tail back.
+///
+/// Counting a transaction that ended meanwhile makes the horizon dip, for one
+/// statement, below one read before (a transaction of another database, left
+/// out then, ending between this statement's snapshot and its look at
+/// `pg_locks`). Rows below it are final all the same; read past a position,
+/// never up to one (`api::tail::read_after` reads up to a known final
+/// position without it).
 pub const HORIZON: &str = "(WITH l AS MATERIALIZED (SELECT pid, transactionid FROM pg_locks \
                                   WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted), \
        a AS MATERIALIZED (SELECT pid, datid FROM pg_stat_activity), \
