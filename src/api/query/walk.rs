@@ -310,9 +310,9 @@ impl Half {
 /// fenced GIN probe per partition, each pruned to its partition by literal
 /// bounds, under the cap's LIMIT. An Append runs its children in the order given
 /// and stops at the LIMIT, so every partition but the last one reached is read
-/// whole. A Parallel Append would run them in any order, so parallel workers are
-/// off for the statement (`SET LOCAL`, restored after: the plan, made once per
-/// connection, keeps the setting it was made under).
+/// whole. A Parallel Append would run them in any order: the read pool's
+/// sessions plan no parallel workers (`db::read_pool`), and the transaction
+/// says so again (`SET LOCAL`), since the page depends on it.
 async fn newest_matches(
     tx: &deadpool_postgres::Transaction<'_>,
     q: &EventQuery,
@@ -352,9 +352,6 @@ async fn newest_matches(
         .await
         .map_err(unavailable)?;
     let page = read_page(&EVENTS, stream, q.paging.limit, MAX_PAGE_BYTES).await?;
-    tx.batch_execute("SET LOCAL max_parallel_workers_per_gather TO DEFAULT")
-        .await
-        .map_err(unavailable)?;
     let (matches, whole) = match page.rows.first() {
         Some(row) => (
             row.try_get::<_, i64>("matches").map_err(unavailable)?,
