@@ -1787,6 +1787,78 @@ async fn a_document_sparse_today_is_counted_exactly_up_to_the_cap_and_estimated_
 }
 
 #[tokio::test]
+async fn documents_past_the_cap_are_paged_newest_first_through_every_match_once() {
+    let app = spawn_app().await;
+    let now = Utc::now();
+    // None in the newest day, so the page is looked for past its first partition:
+    // k=1, 600 events 25 a day from two days back (the newer half of the
+    // partitions holds more than the cap of 250); k=2, 40 events in the newest
+    // days and 500 from 60 days back (the newer half holds 40, the older half
+    // more than the cap).
+    for (k, n, from_days, per_day) in [(1, 600, 2, 25), (2, 40, 2, 10), (2, 500, 60, 25)] {
+        app.db
+            .execute(
+                "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+                 payload, generation, envelope, properties) \
+                 SELECT 'doc-' || $2::int || '-' || $4::int || '-' || i, 'd', 'svc', 'd', 'x', \
+                 $1::timestamptz - $4::int * interval '1 day' - i * interval '1 day' / $5::int, \
+                 now(), jsonb_build_object('k', $2::int), 1, '{}', '{}' FROM generate_series(1, $3::int) i",
+                &[&now, &k, &n, &from_days, &per_day],
+            )
+            .await
+            .unwrap();
+    }
+    let mut c = storage_client(&app).await;
+    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    assert_eq!(app.count("events_default").await, 0);
+    app.db.batch_execute("ANALYZE events").await.unwrap();
+    for k in [1, 2] {
+        let every: Vec<String> = app
+            .db
+            .query(
+                "SELECT id FROM events WHERE payload @> jsonb_build_object('k', $1::int) \
+                 ORDER BY \"timestamp\" DESC, seq DESC",
+                &[&k],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = app
+                .get_json(&format!(
+                    "/events?limit=100&payload_contains=%7B%22k%22%3A{k}%7D{}",
+                    cursor.as_ref().map_or(String::new(), |c| format!("&cursor={c}"))
+                ))
+                .await;
+            if cursor.is_none() {
+                assert!(page["total"].as_i64().unwrap() > 250, "k={k}: {page}");
+                assert_eq!(page["total_is_estimate"], true, "k={k}");
+            }
+            let ids = crate::helpers::event_ids(&page);
+            assert_eq!(
+                ids,
+                every[seen.len()..(seen.len() + 100).min(every.len())],
+                "k={k}: the page after {} events",
+                seen.len()
+            );
+            seen.extend(ids);
+            assert_eq!(page["has_more"], seen.len() < every.len(), "k={k}");
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, every, "k={k}");
+    }
+}
+
+#[tokio::test]
 async fn a_table_under_the_cap_whose_page_fills_from_today_is_counted_exactly_at_any_hour() {
     let app = spawn_app().await;
     let now = Utc::now();

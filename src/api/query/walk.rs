@@ -19,6 +19,12 @@
 //! ten matches a day, all of them only for a value with less than a page in the
 //! whole table. The statements of a round go out together (pipelined on the
 //! connection), and rounds double: 1, 2, 4, 8, … partitions.
+//!
+//! A plain "where is this document" page (no cursor, no time bounds) that the
+//! first round does not fill reads the matches of every partition at once
+//! instead, newest first, up to the document cap ([`every_match`]): under the
+//! cap that is the page and the exact total in one read; past it, the
+//! partitions read whole usually hold the page, and no round is needed.
 
 use chrono::{DateTime, Utc};
 use futures::future::try_join_all;
@@ -152,8 +158,9 @@ pub(crate) async fn newest_first(
             && q.start_time.is_none()
             && q.end_time.is_none()
         {
-            match every_match(tx, pool, &todo, q, super::totals::exact_up_to(q)).await? {
-                Ok((page, total)) => {
+            let cap = super::totals::exact_up_to(q);
+            match every_match(tx, pool, &todo, q, cap).await? {
+                Everything::Counted(page, total) => {
                     return Ok(Some(Walked {
                         page,
                         reached: todo.last().map(|(_, r)| r.start),
@@ -161,9 +168,22 @@ pub(crate) async fn newest_first(
                         matches: Matches::Exactly(total),
                     }));
                 }
+                // More than the cap, the page known: the total is an estimate
+                // from the rows as far back as the page reaches.
+                Everything::PastTheCap(page) => {
+                    let last = page.rows.last().map(|r| r.get::<_, DateTime<Utc>>("timestamp"));
+                    return Ok(Some(Walked {
+                        reached: last.and_then(|t| {
+                            todo.iter().map(|(_, r)| r.start).find(|s| *s <= t)
+                        }),
+                        page,
+                        filled_in_first_round: false,
+                        matches: Matches::MoreThan(cap),
+                    }));
+                }
                 // More than the cap: the walk goes on for the page; the total is
                 // an estimate, and nothing counts these matches again.
-                Err(more_than) => matches = Matches::MoreThan(more_than),
+                Everything::Unknown => matches = Matches::MoreThan(cap),
             }
         }
         for (part, (_, range)) in pages.into_iter().zip(parts) {
@@ -183,80 +203,148 @@ pub(crate) async fn newest_first(
     }))
 }
 
+/// What [`every_match`] learnt.
+enum Everything {
+    /// Every match was read: the page and the exact total (at most the cap).
+    Counted(FetchedPage, i64),
+    /// More than the cap match; the page is known all the same (the partitions
+    /// read whole hold it).
+    PastTheCap(FetchedPage),
+    /// More than the cap match, and the partitions read whole do not hold the
+    /// page: the walk goes on for it.
+    Unknown,
+}
+
 /// A page of `q` (no cursor, no time bounds) and its exact total, read from every
-/// match at once when there are at most `cap`: the matches' rows
-/// fetched once for both the page and the count (a GIN probe of each partition),
-/// where rounds of partitions and then a count would read them twice. The newer
-/// and the older half of the partitions are read at once on two connections (a
-/// thousand matches are a thousand heap pages, ~12 ms from the OS cache on one
-/// backend; PostgreSQL plans no parallel workers under the cap's LIMIT), each
-/// under a plan made once per connection and pruned to its half by literal
-/// bounds. `Err(cap)` when there are more than the cap (each half stopped at the
-/// cap's worth of matches).
+/// match at once when there are at most `cap`: the matches' rows fetched once for
+/// both the page and the count (a GIN probe of each partition), where rounds of
+/// partitions and then a count would read them twice. The newer and the older
+/// half of the partitions are read at once on two connections (a thousand
+/// matches are a thousand heap pages, ~12 ms from the OS cache on one backend).
+///
+/// Each half is read partition by partition, newest first (see
+/// [`newest_matches`]), and stops at the cap and one matches. So past the cap
+/// the partitions read whole hold the newest matches of their half: when they
+/// hold the page, it is answered from them (the total is then "more than the
+/// cap"), and nothing is read again.
 async fn every_match(
     tx: &deadpool_postgres::Transaction<'_>,
     pool: &deadpool_postgres::Pool,
     todo: &[&(String, Range)],
     q: &EventQuery,
     cap: i64,
-) -> Result<Result<(FetchedPage, i64), i64>, Problem> {
-    let halves: Vec<Range> = {
-        let (newer, older) = todo.split_at(todo.len() / 2);
-        [newer, older]
-            .iter()
-            .filter(|h| !h.is_empty())
-            .map(|h| Range {
-                start: h.iter().map(|(_, r)| r.start).min().expect("not empty"),
-                end: h.iter().map(|(_, r)| r.end).max().expect("not empty"),
-            })
-            .collect()
-    };
-    let (newer, older) = match halves.as_slice() {
-        [newer, older] => {
+) -> Result<Everything, Problem> {
+    let (newer, older) = todo.split_at(todo.len() / 2);
+    let (newer, older) = match (newer, older) {
+        ([], only) | (only, []) => (newest_matches(tx, q, only, cap).await?, None),
+        (newer, older) => {
             let mut other = pool.get().await.map_err(unavailable)?;
             let other = generic_plans(&mut other).await?;
             let (a, b) = futures::try_join!(
-                matches_within(tx, q, *newer, cap),
-                matches_within(&other, q, *older, cap)
+                newest_matches(tx, q, newer, cap),
+                newest_matches(&other, q, older, cap)
             )?;
             other.commit().await.map_err(unavailable)?;
             (a, Some(b))
         }
-        [only] => (matches_within(tx, q, *only, cap).await?, None),
-        _ => unreachable!("called with partitions left to read"),
     };
-    let total = newer.1 + older.as_ref().map_or(0, |o| o.1);
-    if total > cap {
-        return Ok(Err(cap));
-    }
+    let total = newer.matches + older.as_ref().map_or(0, |o| o.matches);
+    let counted = newer.matches <= cap && older.as_ref().is_none_or(|o| o.matches <= cap);
     // The halves do not overlap in time: the newer one's rows come first.
     let mut page = PageBuilder::new(&EVENTS, q.paging.limit, MAX_PAGE_BYTES);
-    for (half, _) in std::iter::once(newer).chain(older) {
-        if !page.append(half)? {
+    let mut known = true;
+    for half in std::iter::once(newer).chain(older) {
+        let (part, whole) = half.known(cap);
+        let (before, offered) = (page.len(), part.rows.len());
+        if !page.append(part)? {
+            // The page was full within rows known to be the newest, or more
+            // rows follow: known when the half was read whole, or when the page
+            // took all it may hold.
+            known = page.len() - before < offered
+                || whole
+                || page.len() as i64 == q.paging.limit;
             break;
         }
     }
-    Ok(Ok((page.finish(), total)))
+    let page = page.finish();
+    Ok(match (counted && total <= cap, known) {
+        (true, _) => Everything::Counted(page, total),
+        (false, true) => Everything::PastTheCap(page),
+        (false, false) => Everything::Unknown,
+    })
 }
 
-/// The newest page of `q`'s matches in `within` and how many match there (up to
-/// the cap and one), from every match at most the cap and one.
-async fn matches_within(
+/// The newest rows of a half's matches (a page and one), how many it read (at
+/// most the cap and one), and how many of those lie in partitions read whole.
+struct Half {
+    page: FetchedPage,
+    matches: i64,
+    whole: i64,
+}
+
+impl Half {
+    /// The rows known to be the half's newest matches, in order, and whether what
+    /// follows them is known too (`has_more` is exact). Past the cap, the rows of
+    /// the last partition reached are a few of its matches, not its newest: the
+    /// rows before them are the known ones, and more follow.
+    fn known(self, cap: i64) -> (FetchedPage, bool) {
+        let Half {
+            mut page,
+            matches,
+            whole,
+        } = self;
+        // Every match read; or the page stopped (at its limit or its bytes) at
+        // a row the partitions read whole hold.
+        if matches <= cap || (page.rows.len() as i64) < whole {
+            return (page, true);
+        }
+        page.rows.truncate(whole as usize);
+        page.has_more = true;
+        page.next_cursor = None;
+        (page, false)
+    }
+}
+
+/// The newest page of `q`'s matches in `parts` (newest first, each a partition;
+/// see [`Half`]), reading at most the cap and one matches: a `UNION ALL` of one
+/// fenced GIN probe per partition, each pruned to its partition by literal
+/// bounds, under the cap's LIMIT. An Append runs its children in the order given
+/// and stops at the LIMIT, so every partition but the last one reached is read
+/// whole. A Parallel Append would run them in any order: the read pool's
+/// sessions plan no parallel workers (`db::read_pool`), and the transaction
+/// says so again (`SET LOCAL`), since the page depends on it.
+async fn newest_matches(
     tx: &deadpool_postgres::Transaction<'_>,
     q: &EventQuery,
-    within: Range,
+    parts: &[&(String, Range)],
     cap: i64,
-) -> Result<(FetchedPage, i64), Problem> {
+) -> Result<Half, Problem> {
     let mut params = SqlParams::default();
     let filter = q.conditions(&mut params);
     let want = params.push(q.paging.limit + 1);
+    let arms: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(k, (_, range))| {
+            format!(
+                "SELECT {COLUMNS}, {k} AS k FROM \
+                   (SELECT {COLUMNS} FROM events WHERE {within} AND {filter} OFFSET 0) p{k}",
+                within = super::span::within(*range),
+            )
+        })
+        .collect();
     let sql = format!(
-        "SELECT * FROM (SELECT *, count(*) OVER () AS matches FROM \
-           (SELECT {COLUMNS} FROM events WHERE {filter} AND {within} LIMIT {cap}) m) c \
-         ORDER BY \"timestamp\" DESC, seq DESC LIMIT {want}",
-        within = super::span::within(within),
+        "WITH m AS MATERIALIZED ({arms} LIMIT {cap}), \
+              l AS (SELECT max(k) AS last FROM m) \
+         SELECT m.*, count(*) OVER () AS matches, \
+                count(*) FILTER (WHERE m.k < l.last) OVER () AS whole \
+         FROM m, l ORDER BY \"timestamp\" DESC, seq DESC LIMIT {want}",
+        arms = arms.join(" UNION ALL "),
         cap = cap + 1
     );
+    tx.batch_execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        .await
+        .map_err(unavailable)?;
     let statement = reusable(tx, &sql).await?;
     let refs = params.all();
     let stream = tx
@@ -264,11 +352,18 @@ async fn matches_within(
         .await
         .map_err(unavailable)?;
     let page = read_page(&EVENTS, stream, q.paging.limit, MAX_PAGE_BYTES).await?;
-    let matches = match page.rows.first() {
-        Some(row) => row.try_get::<_, i64>("matches").map_err(unavailable)?,
-        None => 0,
+    let (matches, whole) = match page.rows.first() {
+        Some(row) => (
+            row.try_get::<_, i64>("matches").map_err(unavailable)?,
+            row.try_get::<_, i64>("whole").map_err(unavailable)?,
+        ),
+        None => (0, 0),
     };
-    Ok((page, matches))
+    Ok(Half {
+        page,
+        matches,
+        whole,
+    })
 }
 
 /// One partition's statement: `q`'s filters (without its time bounds), the time
