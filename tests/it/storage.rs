@@ -1833,7 +1833,9 @@ async fn documents_past_the_cap_are_paged_newest_first_through_every_match_once(
             let page = app
                 .get_json(&format!(
                     "/events?limit=100&payload_contains=%7B%22k%22%3A{k}%7D{}",
-                    cursor.as_ref().map_or(String::new(), |c| format!("&cursor={c}"))
+                    cursor
+                        .as_ref()
+                        .map_or(String::new(), |c| format!("&cursor={c}"))
                 ))
                 .await;
             if cursor.is_none() {

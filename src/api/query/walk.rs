@@ -171,11 +171,13 @@ pub(crate) async fn newest_first(
                 // More than the cap, the page known: the total is an estimate
                 // from the rows as far back as the page reaches.
                 Everything::PastTheCap(page) => {
-                    let last = page.rows.last().map(|r| r.get::<_, DateTime<Utc>>("timestamp"));
+                    let last = page
+                        .rows
+                        .last()
+                        .map(|r| r.get::<_, DateTime<Utc>>("timestamp"));
                     return Ok(Some(Walked {
-                        reached: last.and_then(|t| {
-                            todo.iter().map(|(_, r)| r.start).find(|s| *s <= t)
-                        }),
+                        reached: last
+                            .and_then(|t| todo.iter().map(|(_, r)| r.start).find(|s| *s <= t)),
                         page,
                         filled_in_first_round: false,
                         matches: Matches::MoreThan(cap),
@@ -260,9 +262,7 @@ async fn every_match(
             // The page was full within rows known to be the newest, or more
             // rows follow: known when the half was read whole, or when the page
             // took all it may hold.
-            known = page.len() - before < offered
-                || whole
-                || page.len() as i64 == q.paging.limit;
+            known = page.len() - before < offered || whole || page.len() as i64 == q.paging.limit;
             break;
         }
     }
