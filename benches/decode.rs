@@ -2,9 +2,9 @@
 
 use bytes::BytesMut;
 use candystore::model::envelope::{Event, Record};
-use candystore::sink::copy;
 use candystore::source::decode::{Properties, RawDelivery, decode};
 use candystore::source::publish::sample_event;
+use candystore::store::postgres::copy;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 fn delivery(body: Vec<u8>) -> RawDelivery {

@@ -12,11 +12,12 @@
 //! 4. Steady: events published at a fixed rate with the defaults; storage latency
 //!    (delivery → commit) p50/p99, then the curve up to saturation (`reports/ingest-latency.svg`).
 //! 5. Peak RSS draining a 1,000,000-event backlog and 1,000 events of 1 MB.
+//! 6. The drains of 2. into the embedded store (a SQLite file), beside PostgreSQL's.
 //!
 //! Writes `reports/ingest.md`. Knobs (environment, bench only): BENCH_EVENTS
 //! (200000), BENCH_RATE (1000), BENCH_STEADY_SECS (30), BENCH_BIG_ROWS (10000000),
-//! BENCH_BACKLOG (1000000), BENCH_ONLY (comma-separated: ceiling, drain, big,
-//! steady, curve, rss).
+//! BENCH_BACKLOG (1000000), BENCH_ONLY (comma-separated: ceiling, drain, sqlite,
+//! big, steady, curve, rss).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -322,6 +323,8 @@ fn settings_file(path: &str) -> Vec<(&'static str, String)> {
     text.lines()
         .filter_map(|l| l.split_once('='))
         .filter(|(k, _)| !k.trim_start().starts_with('#'))
+        // The bench names its own store.
+        .filter(|(k, _)| !k.trim().eq_ignore_ascii_case("database_url"))
         .map(|(k, v)| {
             let key: &'static str = Box::leak(k.trim().to_uppercase().into_boxed_str());
             (key, v.trim().trim_matches('"').to_owned())
@@ -384,6 +387,48 @@ async fn drain_into(
         cpu,
         batch_rows,
     }
+}
+
+/// A drain into the embedded store: the same events and settings as
+/// [`drain_into`], into a SQLite file of its own. Returns the rate and the
+/// file's bytes per event (after a checkpoint folds the log into it).
+async fn drain_into_sqlite(env: &Env, events: u64, tuning: &[(&str, String)]) -> (Drain, f64) {
+    let dir = std::env::temp_dir().join(format!("{}_sqlite", env.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("candystore.db");
+    let published = env.fill(events, false).await;
+    let mut pairs = env.pairs(tuning);
+    pairs.push(("DATABASE_URL", format!("sqlite:{}", file.display())));
+    let settings = Settings::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())));
+    let running = app::start(settings, AppOptions::default()).await.unwrap();
+    let cpu_before = cpu_by_group();
+    let start = Instant::now();
+    wait_stored(&running, events).await;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cores_used(&cpu_before, &cpu_by_group(), secs);
+    let text = running.metrics.render();
+    let batch_rows = metric(&text, "candystore_batch_rows_sum")
+        / metric(&text, "candystore_batch_rows_count").max(1.0);
+    running.shutdown().await.unwrap();
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, events as i64, "every event stored exactly once");
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    drop(conn);
+    let bytes = std::fs::metadata(&file).unwrap().len() as f64 / rows as f64;
+    std::fs::remove_dir_all(&dir).unwrap();
+    (
+        Drain {
+            rate: events as f64 / secs,
+            publish_rate: events as f64 / published.as_secs_f64(),
+            cpu,
+            batch_rows,
+        },
+        bytes,
+    )
 }
 
 /// Events the running service has stored, from its own metrics: polling
@@ -909,6 +954,30 @@ async fn main() {
             } else {
                 empty_high = d.rate;
             }
+            env.drop_all().await;
+        }
+    }
+    if run("sqlite") {
+        for (label, tuning) in [
+            ("defaults", Vec::new()),
+            ("config/high-throughput.toml", high.clone()),
+        ] {
+            println!("drain into the embedded store ({label}): {events} pre-published events...");
+            let env = Env::new("sqlite").await;
+            let (d, bytes) = drain_into_sqlite(&env, events, &tuning).await;
+            println!(
+                "  {:.0} events/s, {:.0} rows per batch, {bytes:.0} bytes per event; cores: {}",
+                d.rate, d.batch_rows, d.cpu
+            );
+            let beside = match timed.get(&tuning.is_empty()) {
+                Some(pg) => format!("{:.2} of PostgreSQL's drain above", d.rate / pg),
+                None => "(PostgreSQL's drain not run: BENCH_ONLY)".to_owned(),
+            };
+            report += &format!(
+                "| drain of {events} events into the embedded store (SQLite, WAL, synchronous=FULL), {label} | **{:.0} events/s** ({:.0} rows per batch; the file {bytes:.0} bytes per event) | {beside} |\n",
+                d.rate, d.batch_rows
+            );
+            cpu_notes.push(format!("- drain into SQLite, {label}: {}", d.cpu));
             env.drop_all().await;
         }
     }

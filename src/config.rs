@@ -132,7 +132,7 @@ settings! {
     database_url: String {
         name: "DATABASE_URL",
         default: "postgres://postgres@localhost:5432/candystore",
-        meaning: "PostgreSQL (sslmode, sslrootcert for TLS)",
+        meaning: "the store: postgres://… (sslmode, sslrootcert for TLS), or sqlite:PATH (one embedded file)",
         secret: Url,
         parse: |v| v.database_url(),
     }
@@ -143,7 +143,7 @@ settings! {
         default: "",
         meaning: "the API's read pool (a read-only role, a replica); unset: DATABASE_URL",
         secret: Url,
-        parse: |v| v.optional(Value::database_url),
+        parse: |v| v.optional(Value::pg_url),
     }
     api_host: IpAddr {
         name: "API_HOST",
@@ -489,7 +489,40 @@ impl Settings {
                 raw.insert(v.name, value);
             }
         }
-        Self::parse(raw)
+        let settings = Self::parse(raw)?;
+        settings.refuse_what_the_store_cannot_use()?;
+        Ok(settings)
+    }
+
+    /// Where events are stored: DATABASE_URL.
+    pub fn database(&self) -> Database<'_> {
+        match sqlite_path(&self.database_url) {
+            Some(path) => Database::Sqlite(path),
+            None => Database::Postgres(&self.database_url),
+        }
+    }
+
+    /// Refuses settings the store has no use for (the embedded store has no
+    /// partitions, no second server to read from), naming the first.
+    fn refuse_what_the_store_cannot_use(&self) -> Result<(), ConfigError> {
+        if let Database::Sqlite(_) = self.database() {
+            for &name in SQLITE_REFUSES {
+                let given = self.raw.get(name).map(String::as_str).unwrap_or("");
+                let default = VARIABLES
+                    .iter()
+                    .find(|v| v.name == name)
+                    .map_or("", |v| v.default);
+                if given != default {
+                    return Err(ConfigError::Refused {
+                        name,
+                        reason: "not applicable to an embedded store (DATABASE_URL=sqlite:…): \
+                                 one file, no partitions, no second server; unset it"
+                            .into(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// How partitions are cut: PARTITION_INTERVAL within the window, coarse outside.
@@ -572,6 +605,29 @@ impl fmt::Debug for Settings {
     }
 }
 
+/// Where events are stored (DATABASE_URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database<'a> {
+    /// A PostgreSQL URL.
+    Postgres(&'a str),
+    /// The embedded store's file.
+    Sqlite(&'a Path),
+}
+
+/// Settings that mean nothing on the embedded store: given, they stop start-up.
+const SQLITE_REFUSES: &[&str] = &[
+    "READ_DATABASE_URL",
+    "PARTITION_INTERVAL",
+    "PARTITION_WINDOW_PAST",
+    "PARTITION_WINDOW_FUTURE",
+];
+
+/// The file of a `sqlite:PATH` (or `sqlite://PATH`) URL.
+fn sqlite_path(url: &str) -> Option<&Path> {
+    let rest = url.strip_prefix("sqlite:")?;
+    Some(Path::new(rest.strip_prefix("//").unwrap_or(rest)))
+}
+
 mod redact;
 mod value;
 pub use redact::redact_url;
@@ -636,6 +692,53 @@ mod tests {
         assert_eq!(s.flush_interval, Duration::from_millis(50));
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.rabbit_queue_type, QueueType::Classic);
+    }
+
+    #[test]
+    fn a_sqlite_url_names_the_embedded_store_and_a_postgres_url_the_server() {
+        for (url, path) in [
+            ("sqlite:candystore.db", "candystore.db"),
+            (
+                "sqlite:///var/lib/candystore/events.db",
+                "/var/lib/candystore/events.db",
+            ),
+            ("sqlite://rel/events.db", "rel/events.db"),
+        ] {
+            let s = Settings::from_sources(None, env(&[("DATABASE_URL", url)])).unwrap();
+            assert_eq!(s.database(), Database::Sqlite(Path::new(path)), "{url}");
+        }
+        let s = Settings::from_sources(None, env(&[])).unwrap();
+        assert!(matches!(s.database(), Database::Postgres(_)));
+        let err = Settings::from_sources(None, env(&[("DATABASE_URL", "sqlite:")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid DATABASE_URL=\"sqlite:\""), "{err}");
+        let err = Settings::from_sources(None, env(&[("DATABASE_URL", "mysql://x/y")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sqlite:PATH"), "{err}");
+    }
+
+    #[test]
+    fn a_setting_the_embedded_store_cannot_use_stops_start_up_naming_it() {
+        for (name, value) in [
+            ("READ_DATABASE_URL", "postgres://replica/db"),
+            ("PARTITION_INTERVAL", "1 week"),
+            ("PARTITION_WINDOW_PAST", "30d"),
+        ] {
+            let err = Settings::from_sources(
+                None,
+                env(&[("DATABASE_URL", "sqlite:x.db"), (name, value)]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with(&format!("{name}: not applicable")), "{err}");
+        }
+        // The read pool is PostgreSQL's.
+        let err = Settings::from_sources(None, env(&[("READ_DATABASE_URL", "sqlite:x.db")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid READ_DATABASE_URL"), "{err}");
     }
 
     #[test]

@@ -21,4 +21,5 @@ pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod storage;
+pub mod store;
 pub mod telemetry;

@@ -16,12 +16,24 @@ use crate::model::envelope::{Record, RejectReason};
 
 /// Longest label value taken from publishers' data; a longer one counts as `other`.
 pub const MAX_LABEL_BYTES: usize = 100;
-/// Every `cause` of `candystore_write_retries_total` (`sink::WriteError::cause`):
-/// created at 0 so dashboards show 0, not "no data".
+/// The API's read connections at a scrape, whichever store they read.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolReading {
+    /// Connections of the read pool.
+    pub size: usize,
+    pub in_use: usize,
+    /// Requests waiting for one.
+    pub waiting: usize,
+    /// Every connection the API holds (the read pool and the probes').
+    pub connections: usize,
+}
+
 /// The label values of `candystore_audit_witness_failures_total`
 /// (`audit::publish::Outcome::reason`).
 pub const WITNESS_FAILURE_REASONS: [&str; 4] = ["rollback", "bad_proof", "unreachable", "refused"];
 
+/// Every `cause` of `candystore_write_retries_total` (`store::WriteError::cause`):
+/// created at 0 so dashboards show 0, not "no data".
 pub const WRITE_RETRY_CAUSES: [&str; 11] = [
     "lock_timeout",
     "connection_closed",
@@ -508,14 +520,12 @@ impl Metrics {
     }
 
     /// Sets the gauges that are read rather than counted, just before a scrape.
-    /// `read` is the API's pool; `probe` the probes' own (counted in the total only).
-    pub fn observe_pool(&self, read: deadpool_postgres::Status, probe: deadpool_postgres::Status) {
+    pub fn observe_pool(&self, read: PoolReading) {
         self.pool_size.set(read.size as i64);
-        self.pool_in_use
-            .set(read.size.saturating_sub(read.available) as i64);
+        self.pool_in_use.set(read.in_use as i64);
         self.pool_waiting.set(read.waiting as i64);
         self.database_connections
-            .set((read.size + probe.size) as i64 + self.writers_connected.get());
+            .set(read.connections as i64 + self.writers_connected.get());
     }
 
     /// Counts one delivery as received.

@@ -66,7 +66,7 @@ pub async fn checkpoints(
             }
         }
     }
-    let client = state.pool.get().await.map_err(unavailable)?;
+    let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     let rows = client
         .query(
             "SELECT id, from_txid, from_seq, to_txid, to_seq, count, prev_hash, chain_hash, \
@@ -109,7 +109,7 @@ pub async fn checkpoints(
     (status = 503, description = "the event store cannot answer now", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn checkpoint(state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
-    let client = state.pool.get().await.map_err(unavailable)?;
+    let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     let head = crate::audit::store::head(&**client)
         .await
         .map_err(unavailable)?
@@ -211,7 +211,7 @@ pub async fn inclusion(
             }
         }
     }
-    let client = state.pool.get().await.map_err(unavailable)?;
+    let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     let proof = match (id, position, index) {
         (Some(id), None, None) => {
             let place = place_of(&client, &id, source.as_deref()).await?;
@@ -278,7 +278,7 @@ pub async fn consistency(
     if to.is_some_and(|t| t < from) {
         return Err(Problem::bad_parameter("to", "to is smaller than from"));
     }
-    let client = state.pool.get().await.map_err(unavailable)?;
+    let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     let proof = crate::audit::proof::consistency(&**client, from, to)
         .await
         .map_err(unavailable)?

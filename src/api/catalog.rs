@@ -102,7 +102,7 @@ pub async fn event_types(
             _ => after = value,
         }
     }
-    let client = state.pool.get().await.map_err(unavailable)?;
+    let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     let mut types = client
         .query(
             "SELECT event_type, count, first_seen, last_seen, payload_keys_capped FROM catalog_event_types \
@@ -173,7 +173,7 @@ pub async fn sources(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, Problem> {
     no_parameters(&req)?;
-    let client = state.pool.get().await.map_err(unavailable)?;
+    let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     let rows = client
         .query(
             "SELECT source, count, first_seen, last_seen FROM catalog_sources ORDER BY source",

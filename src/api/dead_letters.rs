@@ -97,6 +97,46 @@ fn view(row: &Row) -> Result<DeadLetterView, Problem> {
     })
 }
 
+/// What a dead letter counts towards a page of the embedded store's: its
+/// metadata, as [`row_bytes`] counts it, within the events' page bytes.
+const DEAD_LETTER_PAGE_BYTES: crate::store::sqlite::read::PageBounds =
+    crate::store::sqlite::read::PageBounds {
+        exact_up_to: 0,
+        max_bytes: super::query::sql::MAX_PAGE_BYTES,
+        overhead_bytes: 256,
+    };
+
+/// A dead letter of the embedded store as the API shows it.
+fn stored_view(
+    d: &crate::store::sqlite::read::StoredDeadLetter,
+) -> Result<DeadLetterView, Problem> {
+    let time = |micros: i64| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros)
+            .map(rfc3339)
+            .unwrap_or_default()
+    };
+    Ok(DeadLetterView {
+        id: d.seq,
+        received_at: time(d.received_at),
+        stored_at: time(d.stored_at),
+        exchange: d.exchange.clone(),
+        routing_key: d.routing_key.clone(),
+        reason: d.reason.clone(),
+        detail: d.detail.clone(),
+        properties: RawValue::from_string(d.properties.clone()).map_err(unavailable)?,
+        body_bytes: d.body_bytes as i32,
+        body_text: d
+            .body
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .map(str::to_owned),
+        body_base64: d
+            .body
+            .as_deref()
+            .map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+    })
+}
+
 /// One page of `GET /dead-letters`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct DeadLetterPage {
@@ -122,9 +162,7 @@ pub struct DeadLetterPage {
 ))]
 pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
     let mut paging = Paging::default();
-    let mut params = SqlParams::default();
-    let mut clauses = vec!["TRUE".to_owned()];
-    let (mut start, mut end) = (None, None);
+    let mut filter = crate::store::sqlite::read::DeadLetterFilter::default();
     for (name, value) in known_pairs(req.query_string(), &PARAMETERS)? {
         if paging.take(name, &value)? {
             continue;
@@ -142,10 +180,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
                             format!("{value:?} is not one of {}", known.join(", ")),
                         )
                     })?;
-                clauses.push(format!(
-                    "reason = {}",
-                    params.push(reason.as_str().to_owned())
-                ));
+                filter.reason = Some(reason.as_str());
             }
             "routing_key" => {
                 if value.is_empty() || value.len() > MAX_ROUTING_KEY_BYTES {
@@ -154,22 +189,53 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
                         "must be 1 to 255 bytes, as AMQP carries it",
                     ));
                 }
-                clauses.push(format!("routing_key = {}", params.push(value)));
+                filter.routing_key = Some(value);
             }
-            "start_time" => start = Some(parse_time_parameter(name, &value)?),
-            _ => end = Some(parse_time_parameter(name, &value)?),
+            "start_time" => filter.start = Some(parse_time_parameter(name, &value)?),
+            _ => filter.end = Some(parse_time_parameter(name, &value)?),
         }
     }
-    if let (Some(s), Some(e)) = (start, end)
+    if let (Some(s), Some(e)) = (filter.start, filter.end)
         && s > e
     {
         return Err(Problem::bad_parameter("end_time", "is before start_time"));
     }
     paging.check()?;
-    if let Some(s) = start {
+    if let super::Store::Sqlite(reader) = &state.store {
+        let page = reader
+            .read(move |c| {
+                crate::store::sqlite::read::dead_letters(
+                    c,
+                    &filter,
+                    &paging,
+                    DEAD_LETTER_PAGE_BYTES,
+                )
+            })
+            .await
+            .map_err(unavailable)?;
+        return Ok(HttpResponse::Ok().json(DeadLetterPage {
+            dead_letters: page
+                .dead_letters
+                .iter()
+                .map(stored_view)
+                .collect::<Result<_, _>>()?,
+            limit: paging.limit,
+            has_more: page.has_more,
+            next_cursor: page.next_cursor.map(|c| c.encode()),
+        }));
+    }
+    let mut params = SqlParams::default();
+    let mut clauses = vec!["TRUE".to_owned()];
+    if let Some(reason) = filter.reason {
+        clauses.push(format!("reason = {}", params.push(reason.to_owned())));
+    }
+    if let Some(key) = filter.routing_key {
+        clauses.push(format!("routing_key = {}", params.push(key)));
+    }
+    if let Some(s) = filter.start {
         clauses.push(format!("received_at >= {}", params.push(s)));
     }
-    if let Some(e) = end {
+    if let Some(e) = filter.end {
         clauses.push(format!("received_at <= {}", params.push(e)));
     }
     let sql = page_sql(
@@ -179,7 +245,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         &paging,
         &mut params,
     )?;
-    let client = state.pool.get().await.map_err(unavailable)?;
+    let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     let FetchedPage {
         rows,
         has_more,
@@ -213,12 +279,21 @@ pub async fn one(
     let Ok(id) = path.parse::<i64>() else {
         return Err(not_found());
     };
+    if let super::Store::Sqlite(reader) = &state.store {
+        let found = reader
+            .read(move |c| crate::store::sqlite::read::dead_letter(c, id))
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(not_found)?;
+        let body = serde_json::to_vec(&stored_view(&found)?).map_err(unavailable)?;
+        return Ok(json(bytes::Bytes::from(body)));
+    }
     // One query: the whole row when its body is small (the common case), only
     // its place when it is large. Its size as received (octet_length reads the
     // length without decompressing), not as stored: 30 MB of one byte compress
     // to almost nothing. The body is encoded here, not in a statement
     // that could outlast the statement timeout.
-    let client = state.pool.get().await.map_err(unavailable)?;
+    let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     let row = client
         .query_opt(
             &format!(
@@ -237,7 +312,7 @@ pub async fn one(
     // one of the large-read permits, on a connection then closed (its buffer grew).
     let received_at: chrono::DateTime<chrono::Utc> = row.get("received_at");
     drop(client);
-    let pool = state.pool.clone();
+    let pool = state.postgres()?.pool.clone();
     let body = state
         .large_reads
         .read((large::Kind::DeadLetter, id), async move {

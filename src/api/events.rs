@@ -18,7 +18,7 @@ use super::query::sql::{
 use super::query::totals::{Seen, counted_up_to_cap, exact_up_to, total, walked_total};
 use super::query::{EventFilters, EventQuery, Paging};
 use super::query::{span, walk};
-use super::view::{COLUMNS, EventView, render, views};
+use super::view::{COLUMNS, EventView, render, render_stored, stored_view, views};
 use super::{ApiState, large};
 use crate::model::query::SqlParams;
 
@@ -53,7 +53,10 @@ pub struct Page {
 ))]
 pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
     let q = EventQuery::parse(req.query_string())?;
-    let mut client = state.pool.get().await.map_err(unavailable)?;
+    if let super::Store::Sqlite(reader) = &state.store {
+        return embedded_page(reader, q).await;
+    }
+    let mut client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     // Newest first over time partitions: look back a short window from the page's
     // start first (only the partitions it covers are planned and read), and widen
     // only when it holds too few matches (docs/queries.md).
@@ -87,7 +90,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         .any(|(name, _)| matches!(*name, "session_id" | "correlation_id"));
     // Where the rows lie: the walk's partitions, and the span a page is bounded by
     // so that it reads partitions in order (`query::span`).
-    let parts = state.partitions.read(&client).await?;
+    let parts = state.postgres()?.partitions.read(&client).await?;
     let within = parts
         .as_ref()
         .and_then(span::Partitions::span)
@@ -104,7 +107,9 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
             .filter(|_| may_be_sparse && first_window && paging.offset == 0)
         {
             let tx = generic_plans(&mut client).await?;
-            if let Some(walked) = walk::newest_first(&tx, &state.pool, parts, &q).await? {
+            if let Some(walked) =
+                walk::newest_first(&tx, &state.postgres()?.pool, parts, &q).await?
+            {
                 if let walk::Matches::Exactly(total) = walked.matches {
                     tx.commit().await.map_err(unavailable)?;
                     return answer(walked.page, (total, false), &paging);
@@ -130,7 +135,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
                     tx.commit().await.map_err(unavailable)?;
                     let counted = total(
                         &client,
-                        &state.table_sizes,
+                        &state.postgres()?.table_sizes,
                         &filter,
                         &params.all(),
                         seen,
@@ -141,7 +146,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
                 }
                 let (total, total_is_estimate) = walked_total(
                     &tx,
-                    &state.table_sizes,
+                    &state.postgres()?.table_sizes,
                     &filter,
                     &params.all(),
                     seen,
@@ -254,7 +259,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         None => {
             total(
                 &client,
-                &state.table_sizes,
+                &state.postgres()?.table_sizes,
                 &filter,
                 &params.refs(n_filter),
                 seen,
@@ -272,6 +277,37 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         (total, total_is_estimate),
         &paging,
     )
+}
+
+/// A page of the embedded store (`store::sqlite::read::page`): one indexed walk,
+/// with the same bounds as PostgreSQL's pages.
+async fn embedded_page(
+    reader: &crate::store::sqlite::read::Reader,
+    q: EventQuery,
+) -> Result<HttpResponse, Problem> {
+    let bounds = crate::store::sqlite::read::PageBounds {
+        exact_up_to: exact_up_to(&q),
+        max_bytes: super::query::sql::MAX_PAGE_BYTES,
+        overhead_bytes: super::query::sql::EVENT_OVERHEAD_BYTES,
+    };
+    let paging = q.paging;
+    let page = reader
+        .read(move |c| crate::store::sqlite::read::page(c, &q, bounds))
+        .await
+        .map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(Page {
+        events: page
+            .events
+            .iter()
+            .map(stored_view)
+            .collect::<Result<_, _>>()?,
+        total: page.total,
+        total_is_estimate: page.total_is_estimate,
+        limit: paging.limit,
+        offset: paging.offset,
+        has_more: page.has_more,
+        next_cursor: page.next_cursor.map(|c| c.encode()),
+    }))
 }
 
 /// The page as `GET /events` answers it.
@@ -316,6 +352,15 @@ async fn find_rendered(
     if !could_be_stored(id) {
         return Err(not_found(id));
     }
+    if let super::Store::Sqlite(reader) = &state.store {
+        let owned = id.to_owned();
+        let found = reader
+            .read(move |c| crate::store::sqlite::read::one(c, &owned, raw_envelope))
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| not_found(id))?;
+        return render_stored(&found, raw_envelope).map(bytes::Bytes::from);
+    }
     // One query: the whole row when it is small (the common case), only its
     // place and size when it is large.
     let (size, extra) = if raw_envelope {
@@ -331,7 +376,7 @@ async fn find_rendered(
         "SELECT {columns}{extra}, small FROM (SELECT *, {size} <= $2 AS small FROM events \
          WHERE id = $1 ORDER BY seq LIMIT 1) e"
     );
-    let mut client = state.pool.get().await.map_err(unavailable)?;
+    let mut client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     // With no time to prune by, every partition is in the plan: a reused plan
     // saves planning them all on each request.
     let tx = generic_plans(&mut client).await?;
@@ -353,7 +398,7 @@ async fn find_rendered(
     } else {
         large::Kind::EventView
     };
-    let pool = state.pool.clone();
+    let pool = state.postgres()?.pool.clone();
     state
         .large_reads
         .read((kind, seq), async move {

@@ -12,15 +12,25 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn database_ok(state: &ApiState) -> Result<(), String> {
     let check = async {
-        let client = state
-            .probe_pool
-            .get()
-            .await
-            .map_err(|e| format!("no database connection: {e}"))?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| format!("database query failed: {e}"))?;
+        match &state.store {
+            super::Store::Postgres(pg) => {
+                let client = pg
+                    .probe_pool
+                    .get()
+                    .await
+                    .map_err(|e| format!("no database connection: {e}"))?;
+                client
+                    .simple_query("SELECT 1")
+                    .await
+                    .map_err(|e| format!("database query failed: {e}"))?;
+            }
+            super::Store::Sqlite(reader) => {
+                reader
+                    .read(|c| c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())))
+                    .await
+                    .map_err(|e| format!("embedded store read failed: {e}"))?;
+            }
+        }
         Ok(())
     };
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {

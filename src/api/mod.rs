@@ -68,15 +68,59 @@ impl Lifecycle {
     }
 }
 
-/// What handlers share.
+/// The store the API reads.
 #[derive(Clone)]
-pub struct ApiState {
+pub enum Store {
+    Postgres(Postgres),
+    /// The embedded store's read connections.
+    Sqlite(crate::store::sqlite::read::Reader),
+}
+
+/// What the API reads PostgreSQL with.
+#[derive(Clone)]
+pub struct Postgres {
     pub pool: Pool,
     /// A small pool of its own for `/health` and `/ready`, so probes never wait
     /// behind API queries.
     pub probe_pool: Pool,
     /// The one poller behind every live-tail stream.
     pub tail: tail::TailHub,
+    /// Rows per partition, for `total` estimates.
+    pub table_sizes: Arc<sizes::TableSizes>,
+    /// The partitions of `events`, read again when they change.
+    pub partitions: Arc<query::span::KnownPartitions>,
+}
+
+impl Store {
+    /// The read side's connections, for the metrics.
+    fn observe(&self, metrics: &Metrics) {
+        match self {
+            Store::Postgres(pg) => {
+                let (read, probe) = (pg.pool.status(), pg.probe_pool.status());
+                metrics.observe_pool(crate::metrics::PoolReading {
+                    size: read.size,
+                    in_use: read.size.saturating_sub(read.available),
+                    waiting: read.waiting,
+                    connections: read.size + probe.size,
+                });
+            }
+            Store::Sqlite(reader) => {
+                let (open, in_use, _) = reader.status();
+                metrics.observe_pool(crate::metrics::PoolReading {
+                    size: open,
+                    in_use,
+                    waiting: 0,
+                    connections: open,
+                });
+            }
+        }
+    }
+}
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
     pub streams: Arc<stream::Streams>,
     /// Reads of single large events: bounded, and shared by concurrent clients.
     pub large_reads: Arc<large::LargeReads>,
@@ -84,14 +128,24 @@ pub struct ApiState {
     pub lifecycle: Arc<Lifecycle>,
     /// DATABASE_URL with its password removed.
     pub database_display: String,
-    /// Rows per partition, for `total` estimates.
-    pub table_sizes: Arc<sizes::TableSizes>,
-    /// The partitions of `events`, read again when they change.
-    pub partitions: Arc<query::span::KnownPartitions>,
     /// The checkpoint signing key's public half (`audit::note`), as served.
     pub public_key: String,
     /// Makes and checks live-tail tickets (signed, never stored).
     pub tickets: Arc<tickets::Tickets>,
+}
+
+impl ApiState {
+    /// The PostgreSQL store, for what the embedded store does not serve yet: a
+    /// 501 problem there.
+    pub(crate) fn postgres(&self) -> Result<&Postgres, problem::Problem> {
+        match &self.store {
+            Store::Postgres(pg) => Ok(pg),
+            Store::Sqlite(_) => Err(problem::Problem::new(
+                actix_web::http::StatusCode::NOT_IMPLEMENTED,
+                "not served by the embedded store yet (DATABASE_URL=sqlite:…); PostgreSQL serves it",
+            )),
+        }
+    }
 }
 
 /// Binds the REST API. Returns the server (not yet polled) and the bound address.
@@ -226,12 +280,11 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
     cors
 }
 
-/// What the Prometheus endpoint reads: the pools whose sizes it reports, and
-/// the bearer token it may require (METRICS_TOKEN).
+/// What the Prometheus endpoint reads: the store whose connections it reports,
+/// and the bearer token it may require (METRICS_TOKEN).
 #[derive(Clone)]
 pub struct MetricsEndpoint {
-    pub read_pool: Pool,
-    pub probe_pool: Pool,
+    pub store: Store,
     pub auth: auth::Auth,
 }
 
@@ -272,7 +325,7 @@ async fn scrape(
         )
         .response();
     }
-    metrics.observe_pool(endpoint.read_pool.status(), endpoint.probe_pool.status());
+    endpoint.store.observe(&metrics);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics.render())

@@ -303,8 +303,10 @@ pub fn jsonb_contains_within(doc: &Value, pattern: &Value, steps: &mut u32) -> O
     })
 }
 
-/// The newest readable position: where a stream without `Last-Event-ID` starts.
-pub async fn head(pool: &Pool) -> Result<Position, super::problem::Problem> {
+/// The newest readable position now. Below a horizon, which may dip below a
+/// position read before (`db::horizon`): streams ask [`TailHub::head`], which
+/// never goes back.
+async fn head(pool: &Pool) -> Result<Position, super::problem::Problem> {
     head_quiet(pool).await.map_err(unavailable)
 }
 

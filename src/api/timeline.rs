@@ -114,11 +114,15 @@ async fn timeline(
             format!("no events with {column} {value:?}"),
         ));
     }
-    let mut client = state.pool.get().await.map_err(unavailable)?;
+    if let super::Store::Sqlite(reader) = &state.store {
+        return embedded_timeline(reader, column, value, paging).await;
+    }
+    let mut client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     // The ends and the page bounded by the partitions' span: each read partition
     // after partition in order, stopping where it has what it needs
     // (`query::span`), where a Merge Append descends every partition first.
     let within = state
+        .postgres()?
         .partitions
         .read(&client)
         .await?
@@ -187,6 +191,64 @@ async fn timeline(
         offset: paging.offset,
         has_more,
         next_cursor,
+    }))
+}
+
+/// A timeline of the embedded store (`store::sqlite::read::timeline`): its
+/// summary counted from its rows, its page oldest first.
+async fn embedded_timeline(
+    reader: &crate::store::sqlite::read::Reader,
+    column: &'static str,
+    value: String,
+    paging: Paging,
+) -> Result<HttpResponse, Problem> {
+    let bounds = crate::store::sqlite::read::PageBounds {
+        exact_up_to: super::query::totals::EXACT_TOTAL_UP_TO,
+        max_bytes: super::query::sql::MAX_PAGE_BYTES,
+        overhead_bytes: super::query::sql::EVENT_OVERHEAD_BYTES,
+    };
+    let asked = value.clone();
+    let t = reader
+        .read(move |c| crate::store::sqlite::read::timeline(c, column, &asked, &paging, bounds))
+        .await
+        .map_err(unavailable)?;
+    let count: i64 = t.groups.iter().map(|g| g.2).sum();
+    if count == 0 {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no events with {column} {value:?}"),
+        ));
+    }
+    let mut by_event_type = BTreeMap::new();
+    let mut by_source = BTreeMap::new();
+    for (event_type, source, n) in t.groups {
+        *by_event_type.entry(event_type).or_insert(0) += n;
+        *by_source.entry(source).or_insert(0) += n;
+    }
+    let time = |t: Option<i64>| {
+        t.and_then(DateTime::<Utc>::from_timestamp_micros)
+            .map(rfc3339)
+            .unwrap_or_default()
+    };
+    Ok(HttpResponse::Ok().json(Timeline {
+        key: column,
+        value,
+        summary: Summary {
+            count,
+            first_timestamp: time(t.first),
+            last_timestamp: time(t.last),
+            by_event_type,
+            by_source,
+        },
+        events: t
+            .events
+            .iter()
+            .map(super::view::stored_view)
+            .collect::<Result<_, _>>()?,
+        limit: paging.limit,
+        offset: paging.offset,
+        has_more: t.has_more,
+        next_cursor: t.next_cursor.map(|c| c.encode()),
     }))
 }
 

@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 use tokio_postgres::Row;
 
 use super::problem::{Problem, unavailable};
+use crate::store::sqlite::read::StoredEvent;
 
 /// The columns an [`EventView`] is made from.
 pub(crate) const COLUMNS: &str = "seq, id, event_type, source, target, routing_key, \"timestamp\", stored_at, payload, session_id, correlation_id, storage_latency_ms";
@@ -55,6 +56,47 @@ pub(crate) fn view(row: &Row) -> Result<EventView, Problem> {
         storage_latency_ms: row.get("storage_latency_ms"),
     })
 }
+
+/// An event of the embedded store as the API shows it: the same fields, the
+/// same text (its payload is jsonb's canonical text, as PostgreSQL returns it).
+pub(crate) fn stored_view(e: &StoredEvent) -> Result<EventView, Problem> {
+    let time = |micros: i64| {
+        DateTime::<Utc>::from_timestamp_micros(micros)
+            .map(rfc3339)
+            .ok_or_else(|| unavailable(BadTime(micros)))
+    };
+    Ok(EventView {
+        id: e.id.clone(),
+        event_type: e.event_type.clone(),
+        source: e.source.clone(),
+        target: e.target.clone(),
+        routing_key: e.routing_key.clone(),
+        timestamp: time(e.timestamp)?,
+        stored_at: time(e.stored_at)?,
+        payload: RawValue::from_string(e.payload.clone()).map_err(unavailable)?,
+        session_id: e.session_id.clone(),
+        correlation_id: e.correlation_id.clone(),
+        storage_latency_ms: e.storage_latency_ms,
+    })
+}
+
+/// An event of the embedded store as the API answers it (see [`render`]).
+pub(crate) fn render_stored(e: &StoredEvent, raw_envelope: bool) -> Result<Vec<u8>, Problem> {
+    match (&e.envelope, raw_envelope) {
+        (Some((envelope, member)), true) => crate::model::envelope::rebuild(
+            envelope.as_bytes(),
+            e.payload.as_bytes(),
+            member.as_deref(),
+        )
+        .ok_or_else(|| unavailable(BadEnvelope(envelope.chars().take(40).collect()))),
+        _ => serde_json::to_vec(&stored_view(e)?).map_err(unavailable),
+    }
+}
+
+/// A stored time outside what a timestamp can be (never written by this service).
+#[derive(Debug, thiserror::Error)]
+#[error("stored time {0} µs is out of range")]
+struct BadTime(i64);
 
 /// Events as the API shows them.
 pub(crate) fn views(rows: &[Row]) -> Result<Vec<EventView>, Problem> {

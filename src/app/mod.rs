@@ -17,15 +17,16 @@ use tokio_util::sync::CancellationToken;
 
 use self::supervise::Supervisor;
 use crate::api::{self, ApiState, Lifecycle};
-use crate::config::{Settings, redact_url};
+use crate::config::{Database, Settings, redact_url};
 use crate::db;
 use crate::jobs;
 use crate::metrics::Metrics;
 use crate::model::replay_mark;
 use crate::schema;
 use crate::sink::batch::Limits;
-use crate::sink::{self, SinkOptions, Writer};
+use crate::sink::{self, SinkOptions};
 use crate::source::amqp::{self, BrokerLink, BrokerStatus, SourceConfig};
+use crate::store::{self, Writer};
 
 /// Connections of the probes' own pool (`/health`, `/ready`).
 const PROBE_POOL_SIZE: usize = 2;
@@ -91,14 +92,11 @@ pub struct Running {
 /// public key is logged.
 pub fn signing_key(
     settings: &Settings,
-    pg: &db::PgTarget,
 ) -> Result<crate::audit::note::SigningKey, crate::config::ConfigError> {
-    let origin = settings.checkpoint_origin.clone().unwrap_or_else(|| {
-        format!(
-            "candystore/{}",
-            pg.config.get_dbname().unwrap_or("candystore")
-        )
-    });
+    let origin = settings
+        .checkpoint_origin
+        .clone()
+        .unwrap_or_else(|| format!("candystore/{}", store_name(settings)));
     let path = &settings.signing_key_file;
     let (key, created) = crate::audit::note::load_or_create(path, &origin).map_err(|e| {
         crate::config::ConfigError::Refused {
@@ -113,6 +111,32 @@ pub fn signing_key(
         "checkpoints are signed with this key (keep the file out of the database's reach; give verifiers the public key)"
     );
     Ok(key)
+}
+
+/// The store's name in the default checkpoint origin: the PostgreSQL database,
+/// or the embedded file's name without its extension.
+fn store_name(settings: &Settings) -> String {
+    match settings.database() {
+        Database::Postgres(url) => db::pg_config(url)
+            .ok()
+            .and_then(|pg| pg.config.get_dbname().map(str::to_owned))
+            .unwrap_or_else(|| "candystore".to_owned()),
+        Database::Sqlite(path) => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "candystore".to_owned()),
+    }
+}
+
+/// What start-up prepared of the store (one value, for the start-up only).
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    Postgres {
+        pg: db::PgTarget,
+        pool: deadpool_postgres::Pool,
+        probe_pool: deadpool_postgres::Pool,
+    },
+    Sqlite(store::sqlite::Sqlite),
 }
 
 /// The URL a person on this machine opens for a listening address (an
@@ -140,29 +164,55 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         settings = %changed.join(" "),
         "candystore starting; settings not at their default listed (all of them at LOG_LEVEL=debug)"
     );
-    let pg = db::pg_config(&settings.database_url)?;
     let keyring = crate::audit::attest::Keyring::new(&settings.audit_keys).map(Arc::new);
-    let (replay_key, signer) = {
-        let client = db::connect(&pg)
-            .await
-            .context("cannot connect to DATABASE_URL")?;
-        schema::check_schema(&client).await?;
-        let signer = Arc::new(signing_key(&settings, &pg)?);
-        if let Err(e) = crate::audit::trail::check_start(&client, &signer, keyring.is_some()).await
-        {
-            return Err(match e.variable() {
-                Some(name) => crate::config::ConfigError::Refused {
-                    name,
-                    reason: crate::telemetry::error_chain(&e),
-                }
-                .into(),
-                None => anyhow::Error::new(e),
-            });
+    let signer = Arc::new(signing_key(&settings)?);
+    let (prepared, replay_key) = match settings.database() {
+        Database::Postgres(url) => {
+            let pg = db::pg_config(url)?;
+            let client = db::connect(&pg)
+                .await
+                .context("cannot connect to DATABASE_URL")?;
+            schema::check_schema(&client).await?;
+            if let Err(e) =
+                crate::audit::trail::check_start(&client, &signer, keyring.is_some()).await
+            {
+                return Err(match e.variable() {
+                    Some(name) => crate::config::ConfigError::Refused {
+                        name,
+                        reason: crate::telemetry::error_chain(&e),
+                    }
+                    .into(),
+                    None => anyhow::Error::new(e),
+                });
+            }
+            let replay_key = replay_mark::load(&client)
+                .await
+                .context("cannot read the replay secret")?;
+            // The API may read as another (read-only) role, or from a replica.
+            let read_pg = match &settings.read_database_url {
+                Some(url) => db::pg_config(url)?,
+                None => pg.clone(),
+            };
+            let pool = db::read_pool(read_pg.clone(), settings.database_read_pool_size)?;
+            let probe_pool = db::read_pool(read_pg, PROBE_POOL_SIZE)?;
+            (
+                Prepared::Postgres {
+                    pg,
+                    pool,
+                    probe_pool,
+                },
+                replay_key,
+            )
         }
-        let replay_key = replay_mark::load(&client)
-            .await
-            .context("cannot read the replay secret")?;
-        (replay_key, signer)
+        Database::Sqlite(path) => {
+            let file = store::sqlite::Sqlite::own(path)
+                .with_context(|| format!("cannot use the embedded store {}", path.display()))?;
+            tracing::warn!(
+                file = %path.display(),
+                "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters and the probes; the rest of the API answers 501 and the background jobs (retention, the audit tree, the catalog) do not run on it yet (docs/embedded-store.md)"
+            );
+            (Prepared::Sqlite(file), None)
+        }
     };
     // Every instance derives the same ticket key from the installation's secret;
     // without one yet (migration 0017 pending), a key of this process.
@@ -170,18 +220,11 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         Some(k) => k.derive(b"stream tickets"),
         None => rand::random(),
     }));
-    if replay_key.is_none() {
+    if replay_key.is_none() && matches!(prepared, Prepared::Postgres { .. }) {
         tracing::warn!(
             "no replay secret yet (migration 0017 pending): replayed deliveries are stored and absorbed as duplicates"
         );
     }
-    // The API may read as another (read-only) role, or from a replica.
-    let read_pg = match &settings.read_database_url {
-        Some(url) => db::pg_config(url)?,
-        None => pg.clone(),
-    };
-    let pool = db::read_pool(read_pg.clone(), settings.database_read_pool_size)?;
-    let probe_pool = db::read_pool(read_pg, PROBE_POOL_SIZE)?;
     let metrics = Arc::new(Metrics::new());
     let broker = Arc::new(BrokerStatus::default());
     let lifecycle = Arc::new(Lifecycle::default());
@@ -205,13 +248,27 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     };
     // Writers wake the maintenance job when they leave rows in the default partition.
     let maintenance_wake = crate::jobs::Wake::default();
-    let writers = (0..settings.write_concurrency)
-        .map(|_| {
-            Writer::new(pg.clone())
-                .attesting(keyring.clone())
-                .making_partitions(settings.partition_layout(), maintenance_wake.clone())
-        })
-        .collect();
+    let writers: Vec<Writer> = match &prepared {
+        Prepared::Postgres { pg, .. } => (0..settings.write_concurrency)
+            .map(|_| {
+                Writer::Postgres(Box::new(
+                    store::postgres::write::Writer::new(pg.clone())
+                        .attesting(keyring.clone())
+                        .making_partitions(settings.partition_layout(), maintenance_wake.clone()),
+                ))
+            })
+            .collect(),
+        // One writer thread; each handle queues a batch at it, so the next
+        // batch is prepared while one commits.
+        Prepared::Sqlite(file) => {
+            let handle = store::sqlite::write::Handle::start(file)
+                .context("cannot start the embedded store's writer")?
+                .attesting(keyring.clone());
+            (0..settings.write_concurrency)
+                .map(|_| Writer::Sqlite(handle.clone()))
+                .collect()
+        }
+    };
     let supervisor = Arc::new(Supervisor::default());
     let sink = {
         let supervisor = supervisor.clone();
@@ -282,53 +339,71 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             async move { supervisor.watch(name, run).await },
         ));
     };
-    // Partitions ahead, the default partition drained, RETENTION: now and on schedule.
-    let maintenance = jobs::run_forever(
-        pg.clone(),
-        jobs_stop.clone(),
-        crate::storage::maintain::MaintenanceJob {
-            opts: crate::storage::maintain::Options {
-                layout: settings.partition_layout(),
-                retention: settings.retention,
-                archive_dir: settings.archive_dir.clone(),
-                keyring: keyring.clone(),
-            },
-            every: settings.maintenance_interval,
-            metrics: metrics.clone(),
-            wake: maintenance_wake,
-        },
-    );
-    supervise_job("maintenance", Box::pin(maintenance) as JobRun);
-    // The audit tree, appended behind ingest and signed every SEAL_INTERVAL.
-    {
-        let run = jobs::run_forever(
+    // The background jobs run on PostgreSQL (the embedded store has none yet).
+    if let Prepared::Postgres { pg, .. } = &prepared {
+        // Partitions ahead, the default partition drained, RETENTION: now and on schedule.
+        let maintenance = jobs::run_forever(
             pg.clone(),
             jobs_stop.clone(),
-            crate::audit::job::TreeJob {
-                #[cfg(feature = "fault-injection")]
-                panic_at_first_step: opts.injects(Fault::AuditTreePanics),
-                tree: crate::audit::job::Tree::new(signer.clone(), keyring.clone()),
-                every: settings.seal_interval,
-                publisher: crate::audit::publish::Publisher::new(
-                    settings.checkpoint_dir.clone(),
-                    settings.witness_urls.clone(),
-                ),
+            crate::storage::maintain::MaintenanceJob {
+                opts: crate::storage::maintain::Options {
+                    layout: settings.partition_layout(),
+                    retention: settings.retention,
+                    archive_dir: settings.archive_dir.clone(),
+                    keyring: keyring.clone(),
+                },
+                every: settings.maintenance_interval,
                 metrics: metrics.clone(),
+                wake: maintenance_wake,
             },
         );
-        supervise_job("audit-tree", Box::pin(run));
+        supervise_job("maintenance", Box::pin(maintenance) as JobRun);
+        // The audit tree, appended behind ingest and signed every SEAL_INTERVAL.
+        {
+            let run = jobs::run_forever(
+                pg.clone(),
+                jobs_stop.clone(),
+                crate::audit::job::TreeJob {
+                    #[cfg(feature = "fault-injection")]
+                    panic_at_first_step: opts.injects(Fault::AuditTreePanics),
+                    tree: crate::audit::job::Tree::new(signer.clone(), keyring.clone()),
+                    every: settings.seal_interval,
+                    publisher: crate::audit::publish::Publisher::new(
+                        settings.checkpoint_dir.clone(),
+                        settings.witness_urls.clone(),
+                    ),
+                    metrics: metrics.clone(),
+                },
+            );
+            supervise_job("audit-tree", Box::pin(run));
+        }
+        // The catalog of event types and sources, counted behind ingest.
+        supervise_job(
+            "catalog",
+            Box::pin(jobs::run_forever(
+                pg.clone(),
+                jobs_stop.clone(),
+                crate::storage::catalog::CatalogJob,
+            )),
+        );
     }
-    // The catalog of event types and sources, counted behind ingest.
-    supervise_job(
-        "catalog",
-        Box::pin(jobs::run_forever(
-            pg.clone(),
-            jobs_stop.clone(),
-            crate::storage::catalog::CatalogJob,
+    let store = match &prepared {
+        Prepared::Postgres {
+            pool, probe_pool, ..
+        } => api::Store::Postgres(api::Postgres {
+            tail: api::tail::TailHub::start(pool.clone(), tail_stop.clone()),
+            pool: pool.clone(),
+            probe_pool: probe_pool.clone(),
+            table_sizes: Arc::default(),
+            partitions: Arc::default(),
+        }),
+        Prepared::Sqlite(file) => api::Store::Sqlite(crate::store::sqlite::read::Reader::new(
+            file.clone(),
+            settings.database_read_pool_size,
         )),
-    );
+    };
     let state = ApiState {
-        tail: api::tail::TailHub::start(pool.clone(), tail_stop.clone()),
+        store: store.clone(),
         streams: Arc::new(api::stream::Streams::new(
             api::stream::StreamLimits {
                 max_clients: settings.stream_max_clients,
@@ -337,16 +412,12 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             },
             metrics.streams_open.clone(),
         )),
-        probe_pool: probe_pool.clone(),
         large_reads: Arc::new(api::large::LargeReads::default()),
-        pool: pool.clone(),
         broker,
         lifecycle: lifecycle.clone(),
         database_display: redact_url(&settings.database_url),
         public_key: signer.verifier().encode(),
         tickets,
-        table_sizes: Arc::default(),
-        partitions: Arc::default(),
     };
     let (api_server, api_addr) = api::serve_api(
         SocketAddr::new(settings.api_host, settings.api_port),
@@ -368,8 +439,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             SocketAddr::new(host, settings.metrics_port),
             metrics.clone(),
             api::MetricsEndpoint {
-                read_pool: pool,
-                probe_pool,
+                store,
                 auth: api::auth::Auth::new(&settings.metrics_tokens),
             },
         )

@@ -32,14 +32,16 @@ pub(crate) async fn check(settings: &Settings) -> anyhow::Result<ExitCode> {
             settings.redacted_changes().len()
         )),
     );
-    report(
-        "database",
-        database(&settings.database_url, "DATABASE_URL").await,
-    );
-    if let Some(url) = &settings.read_database_url {
-        report("read pool", database(url, "READ_DATABASE_URL").await);
+    match settings.database() {
+        candystore::config::Database::Postgres(url) => {
+            report("database", database(url, "DATABASE_URL").await);
+            if let Some(url) = &settings.read_database_url {
+                report("read pool", database(url, "READ_DATABASE_URL").await);
+            }
+            report("schema", schema_state(url).await);
+        }
+        candystore::config::Database::Sqlite(path) => report("database", embedded(path)),
     }
-    report("schema", schema_state(&settings.database_url).await);
     for (name, outcome) in broker(settings).await {
         report(name, outcome);
     }
@@ -74,6 +76,41 @@ async fn database(url: &str, variable: &str) -> Outcome {
         .map_err(|e| error_chain(&e))?
         .get(0);
     Ok(format!("PostgreSQL {version} at {}", redact_url(url)))
+}
+
+/// The embedded store's file: there (its schema) or to be made (its directory).
+fn embedded(path: &std::path::Path) -> Outcome {
+    if !path.exists() {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| format!("DATABASE_URL: {} cannot be made: {e}", dir.display()))?;
+        if meta.permissions().readonly() {
+            return Err(format!("DATABASE_URL: {} is read-only", dir.display()));
+        }
+        return Ok(format!(
+            "embedded store {} will be made at start",
+            path.display()
+        ));
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| format!("DATABASE_URL: cannot open {}: {e}", path.display()))?;
+    let pending = candystore::store::sqlite::schema::pending(&conn).map_err(|e| {
+        format!(
+            "DATABASE_URL: {} is not an embedded store: {e}",
+            path.display()
+        )
+    })?;
+    Ok(match pending {
+        0 => format!("embedded store {}, every migration applied", path.display()),
+        n => format!(
+            "embedded store {}; {n} migration(s) will be applied at start",
+            path.display()
+        ),
+    })
 }
 
 async fn schema_state(url: &str) -> Outcome {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use candystore::app::{self, AppOptions};
-use candystore::config::Settings;
+use candystore::config::{Database, Settings};
 use candystore::{db, storage};
 
 use super::exit::Exit;
@@ -48,6 +48,18 @@ pub(crate) async fn migrate(
     settings: &Settings,
     create_database: bool,
 ) -> anyhow::Result<ExitCode> {
+    if let Database::Sqlite(path) = settings.database() {
+        let file = candystore::store::sqlite::Sqlite::own(path)
+            .with_context(|| format!("cannot use the embedded store {}", path.display()))?;
+        match file.migrated() {
+            0 => println!("embedded store {} is up to date", path.display()),
+            n => println!(
+                "embedded store {}: applied {n} migration(s)",
+                path.display()
+            ),
+        }
+        return Ok(Exit::Clean.into());
+    }
     let config = db::pg_config(&settings.database_url)?;
     let mut client = match db::connect(&config).await {
         Err(e) if create_database && db::is_missing_database(&e) => {

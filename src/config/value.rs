@@ -128,6 +128,20 @@ impl<'a> Value<'a> {
     }
 
     pub(super) fn database_url(&self) -> Result<String, ConfigError> {
+        if let Some(path) = super::sqlite_path(self.text.trim()) {
+            if path.as_os_str().is_empty() {
+                return Err(self.invalid("expected sqlite:PATH, the embedded store's file"));
+            }
+            return Ok(self.text.trim().to_owned());
+        }
+        self.url(&["postgres://", "postgresql://"]).map_err(|_| {
+            self.invalid("expected postgres://… (PostgreSQL) or sqlite:PATH (an embedded file)")
+        })?;
+        self.pg_url()
+    }
+
+    /// A PostgreSQL URL (READ_DATABASE_URL: a read-only role, a replica).
+    pub(super) fn pg_url(&self) -> Result<String, ConfigError> {
         let v = self.url(&["postgres://", "postgresql://"])?;
         // The TLS parameters are ours (libpq's meanings); the rest is tokio-postgres's.
         crate::db::pg_config(&v).map_err(|e| {

@@ -20,7 +20,7 @@ pub fn decode(text: &str) -> Result<Vec<u8>, usize> {
         _ => Err(i),
     };
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(bytes.len());
     }
     bytes

@@ -1,5 +1,6 @@
 //! The sink: drains the bounded channel into batches, writes each batch in one
-//! transaction, and settles the batch's acks only after that COMMIT returned.
+//! transaction (through the store's [`Writer`], PostgreSQL or SQLite), and settles
+//! the batch's acks only after that COMMIT returned.
 //!
 //! It is the only place acks are settled. Retryable failures are retried with
 //! back-off forever (the channel and the prefetch stop intake meanwhile); a batch
@@ -7,10 +8,7 @@
 //! `dead_letter` while the rest is stored.
 
 pub(crate) mod batch;
-pub mod copy;
-pub mod partitions;
 pub mod progress;
-pub mod write;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +23,7 @@ use crate::model::envelope::{DeadLetter, Record};
 use crate::retry::Backoff;
 use crate::sink::batch::{Batch, Batcher, Limits};
 use crate::source::{self, AckToken, Inbound};
-pub use write::{WriteError, Writer, Written};
+use crate::store::{WriteError, Writer, Written};
 
 /// Knobs of the sink that are not settings.
 #[derive(Clone, Debug)]

@@ -434,7 +434,7 @@ fn value_from_json(v: &serde_json::Value) -> lapin::types::AMQPValue {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

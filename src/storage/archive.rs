@@ -316,7 +316,7 @@ pub async fn archive_partition(
         {
             break;
         }
-        if count % 10_000 == 0
+        if count.is_multiple_of(10_000)
             && let Some(p) = progress
         {
             p.advance(10_000);

@@ -395,7 +395,7 @@ pub struct MaintenanceJob {
     pub every: Duration,
     pub metrics: Arc<Metrics>,
     /// Rung by a writer that left rows in the default partition
-    /// (`sink::partitions`), so they are moved out in seconds, not at the next
+    /// (`store::postgres::partitions`), so they are moved out in seconds, not at the next
     /// scheduled run.
     pub wake: crate::jobs::Wake,
 }

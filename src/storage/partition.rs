@@ -352,7 +352,7 @@ pub(crate) fn pg_time(t: DateTime<Utc>) -> String {
 /// takes as long as the rows the default partition held for the range.
 ///
 /// Partitions are made by the maintenance job and, ahead of a batch that needs
-/// one, by the writers (`sink::partitions`): every creation takes the session
+/// one, by the writers (`store::postgres::partitions`): every creation takes the session
 /// advisory lock [`PARTITION_LOCK`] and looks at the partitions again under it,
 /// so `None` says another session made one overlapping `range` first.
 pub async fn create(

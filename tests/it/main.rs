@@ -23,6 +23,9 @@ mod raw_amqp;
 mod replay;
 mod restore;
 mod setup;
+mod sqlite_api;
+mod sqlite_contains;
+mod sqlite_writer;
 mod storage;
 #[path = "../support/mod.rs"]
 mod support;

@@ -21,6 +21,18 @@ async fn storage_client(app: &TestApp) -> Client {
         .unwrap()
 }
 
+/// Rows inserted by hand moved out of the default partition by the maintenance
+/// job (none left there, so pages take the walk over partitions), and the
+/// table analysed as a live one is (past the cap a total is then an estimate).
+async fn settle_into_partitions(app: &TestApp) {
+    let mut c = storage_client(app).await;
+    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    assert_eq!(app.count("events_default").await, 0);
+    app.db.batch_execute("ANALYZE events").await.unwrap();
+}
+
 fn opts(retention_days: Option<u64>) -> maintain::Options {
     maintain::Options {
         layout: partition::Layout::with_interval(PartitionInterval::Day),
@@ -1143,10 +1155,13 @@ async fn a_publisher_dating_events_in_many_years_gets_a_bounded_number_of_partit
     // One writer makes at most MAX_OUTSIDE_PER_HOUR of them; the rest wait in the
     // default partition for the maintenance job, which bounds its own runs.
     let made = partitions(&c, Table::Events).await.len() - before;
-    assert_eq!(made, candystore::sink::partitions::MAX_OUTSIDE_PER_HOUR);
+    assert_eq!(
+        made,
+        candystore::store::postgres::partitions::MAX_OUTSIDE_PER_HOUR
+    );
     assert_eq!(
         app.count("events_default").await,
-        (60 - candystore::sink::partitions::MAX_OUTSIDE_PER_HOUR) as i64
+        (60 - candystore::store::postgres::partitions::MAX_OUTSIDE_PER_HOUR) as i64
     );
 }
 
@@ -1758,12 +1773,7 @@ async fn a_document_sparse_today_is_counted_exactly_up_to_the_cap_and_estimated_
             .await
             .unwrap();
     }
-    let mut c = storage_client(&app).await;
-    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
-        .await
-        .unwrap();
-    // Analysed, as a live table is: past the cap the total is an estimate.
-    app.db.batch_execute("ANALYZE events").await.unwrap();
+    settle_into_partitions(&app).await;
     for (k, n) in documents {
         let want: Vec<String> = (1..=30).map(|i| format!("doc-{k}-{i}")).collect();
         let page = app
@@ -1808,12 +1818,7 @@ async fn documents_past_the_cap_are_paged_newest_first_through_every_match_once(
             .await
             .unwrap();
     }
-    let mut c = storage_client(&app).await;
-    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
-        .await
-        .unwrap();
-    assert_eq!(app.count("events_default").await, 0);
-    app.db.batch_execute("ANALYZE events").await.unwrap();
+    settle_into_partitions(&app).await;
     for k in [1, 2] {
         let every: Vec<String> = app
             .db
@@ -1890,13 +1895,7 @@ async fn a_table_under_the_cap_whose_page_fills_from_today_is_counted_exactly_at
         )
         .await
         .unwrap();
-    let mut c = storage_client(&app).await;
-    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
-        .await
-        .unwrap();
-    assert_eq!(app.count("events_default").await, 0);
-    // Analysed, as a live table is: the total comes from the statistics' path.
-    app.db.batch_execute("ANALYZE events").await.unwrap();
+    settle_into_partitions(&app).await;
     for filter in ["&payload_contains=%7B%7D", "&event_type=e"] {
         let page = app.get_json(&format!("/events?limit=9{filter}")).await;
         assert_eq!(page["total"], 240, "{filter}: {page}");

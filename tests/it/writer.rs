@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use candystore::metrics::Metrics;
 use candystore::model::envelope::Record;
-use candystore::sink::Writer;
 use candystore::source::decode::{Properties, RawDelivery, decode};
+use candystore::store::postgres::write::Writer;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};

@@ -118,3 +118,38 @@ impl TempDb {
             .expect("drop test database");
     }
 }
+
+/// A directory of its own for an embedded store's file, removed on drop.
+pub struct TempSqlite {
+    dir: std::path::PathBuf,
+    pub path: std::path::PathBuf,
+}
+
+impl TempSqlite {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique_name("cs_test_sqlite"));
+        std::fs::create_dir_all(&dir).expect("create the store's directory");
+        let path = dir.join("candystore.db");
+        Self { dir, path }
+    }
+
+    /// `DATABASE_URL` for the file.
+    pub fn url(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    /// A connection of the test's own to look at the file.
+    pub fn look(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open the store's file")
+    }
+}
+
+impl Drop for TempSqlite {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

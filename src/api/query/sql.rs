@@ -18,7 +18,7 @@ use crate::model::query::{JsonText, SqlParams};
 /// `has_more` and `next_cursor` stay exact.
 pub const MAX_PAGE_BYTES: usize = 8 << 20;
 /// Counted per event beside its payload, for its other fields.
-const EVENT_OVERHEAD_BYTES: usize = 512;
+pub(crate) const EVENT_OVERHEAD_BYTES: usize = 512;
 
 /// A table pages are read from: the columns a page selects, the time column that
 /// orders it (ties broken by `seq`), and what a row counts towards

@@ -17,6 +17,7 @@ use super::copy;
 use crate::audit::attest::Keyring;
 use crate::metrics::Metrics;
 use crate::model::envelope::{DeadLetter, Event, Record};
+use crate::store::{WriteError, Written};
 
 /// `inserted AS (…)`, moving the staged rows that pass `$filter` into `events`,
 /// then the new rows counted by event type: the part every move statement shares.
@@ -165,128 +166,53 @@ pub const GIN_PENDING_LIST_LIMIT: &str = "256kB";
 /// batch retried on a new one.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(45);
 
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    /// The database could not take the batch now; the same batch will succeed later.
-    #[error("database unavailable ({cause})")]
-    Unavailable {
-        cause: &'static str,
-        #[source]
-        source: Option<tokio_postgres::Error>,
-    },
-    /// PostgreSQL refused something in the data: retrying the same rows fails again.
-    #[error("database refused the batch")]
-    Refused(#[source] tokio_postgres::Error),
-    /// A row was routed by partitions that changed before it was written: the
-    /// statement sent it to the default partition while a partition for its time
-    /// was being attached, and once it had the default partition's lock PostgreSQL
-    /// checked that partition's new constraint and refused the row (a check
-    /// violation naming no constraint; a table's own CHECK constraints are named).
-    /// Written again, the rows are routed by the partitions as they are now.
-    #[error("the table's partitions changed while the batch was routed")]
-    Rerouted(#[source] tokio_postgres::Error),
-}
-
-impl WriteError {
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, WriteError::Unavailable { .. })
-    }
-
-    /// Worth writing again a few times, but not forever: see [`WriteError::Rerouted`]
-    /// (a row that fits no partition at all, with the default partition gone, fails
-    /// the same way every time).
-    pub fn is_rerouted(&self) -> bool {
-        matches!(self, WriteError::Rerouted(_))
-    }
-
-    /// A bounded label for the retries metric: one of
-    /// [`crate::metrics::WRITE_RETRY_CAUSES`].
-    pub fn cause(&self) -> &'static str {
-        match self {
-            WriteError::Unavailable { cause, .. } => cause,
-            WriteError::Refused(_) => "refused",
-            WriteError::Rerouted(_) => "rerouted",
-        }
-    }
-
-    fn from_pg(e: tokio_postgres::Error) -> Self {
-        let Some(code) = e.code() else {
-            let cause = if e.is_closed() {
-                "connection_closed"
-            } else {
-                "connection"
-            };
-            return WriteError::Unavailable {
-                cause,
-                source: Some(e),
-            };
+/// A PostgreSQL error, classified for the sink (see [`WriteError`]).
+pub(crate) fn from_pg(e: tokio_postgres::Error) -> WriteError {
+    let Some(code) = e.code() else {
+        let cause = if e.is_closed() {
+            "connection_closed"
+        } else {
+            "connection"
         };
-        // Data exception, integrity violation, program limit (e.g. index row size):
-        // something in the rows. Everything else (connection, shutdown, resources,
-        // serialization, missing schema) is a state of the server that can change.
-        // Lock and statement timeouts (ours) first: they say the server is busy
-        // or blocked, not that it is shutting down.
-        if *code == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE {
-            return WriteError::Unavailable {
-                cause: "lock_timeout",
-                source: Some(e),
-            };
-        }
-        if *code == tokio_postgres::error::SqlState::QUERY_CANCELED {
-            return WriteError::Unavailable {
-                cause: "timeout",
-                source: Some(e),
-            };
-        }
-        if *code == tokio_postgres::error::SqlState::CHECK_VIOLATION
-            && e.as_db_error().is_some_and(|d| d.constraint().is_none())
-        {
-            return WriteError::Rerouted(e);
-        }
-        let cause = match &code.code()[..2] {
-            "22" | "23" | "54" => return WriteError::Refused(e),
-            "08" => "connection",
-            "40" => "serialization",
-            "53" => "resources",
-            "57" => "server_shutdown",
-            "42" => "schema",
-            _ => "server",
-        };
-        WriteError::Unavailable {
+        return WriteError::Unavailable {
             cause,
-            source: Some(e),
-        }
+            source: Some(Box::new(e)),
+        };
+    };
+    // Data exception, integrity violation, program limit (e.g. index row size):
+    // something in the rows. Everything else (connection, shutdown, resources,
+    // serialization, missing schema) is a state of the server that can change.
+    // Lock and statement timeouts (ours) first: they say the server is busy
+    // or blocked, not that it is shutting down.
+    if *code == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE {
+        return WriteError::Unavailable {
+            cause: "lock_timeout",
+            source: Some(Box::new(e)),
+        };
     }
-}
-
-/// What one committed transaction did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Written {
-    /// New event rows, by event type.
-    pub stored: Vec<(String, u64)>,
-    /// Events whose (id, source) was already stored or repeated in the batch.
-    pub duplicates: u64,
-    /// New dead-letter rows.
-    pub dead_letters: u64,
-    /// Dead letters already stored (redeliveries).
-    pub dead_letter_duplicates: u64,
-}
-
-impl Written {
-    pub fn stored_total(&self) -> u64 {
-        self.stored.iter().map(|(_, n)| n).sum()
+    if *code == tokio_postgres::error::SqlState::QUERY_CANCELED {
+        return WriteError::Unavailable {
+            cause: "timeout",
+            source: Some(Box::new(e)),
+        };
     }
-
-    pub fn absorb(&mut self, other: Written) {
-        for (t, n) in other.stored {
-            match self.stored.iter_mut().find(|(s, _)| *s == t) {
-                Some((_, m)) => *m += n,
-                None => self.stored.push((t, n)),
-            }
-        }
-        self.duplicates += other.duplicates;
-        self.dead_letters += other.dead_letters;
-        self.dead_letter_duplicates += other.dead_letter_duplicates;
+    if *code == tokio_postgres::error::SqlState::CHECK_VIOLATION
+        && e.as_db_error().is_some_and(|d| d.constraint().is_none())
+    {
+        return WriteError::Rerouted(Box::new(e));
+    }
+    let cause = match &code.code()[..2] {
+        "22" | "23" | "54" => return WriteError::Refused(Box::new(e)),
+        "08" => "connection",
+        "40" => "serialization",
+        "53" => "resources",
+        "57" => "server_shutdown",
+        "42" => "schema",
+        _ => "server",
+    };
+    WriteError::Unavailable {
+        cause,
+        source: Some(Box::new(e)),
     }
 }
 
@@ -363,7 +289,7 @@ impl Writer {
                 .config
                 .connect(self.target.tls.clone())
                 .await
-                .map_err(WriteError::from_pg)?;
+                .map_err(from_pg)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "writer connection ended");
@@ -380,13 +306,13 @@ impl Writer {
                     copy::CREATE_STAGING
                 ))
                 .await
-                .map_err(WriteError::from_pg)?;
+                .map_err(from_pg)?;
             // The service runs while an online migration (and the plain ones after
             // it, 0019 among them) is pending: then rows have no leaves yet.
             let tree: bool = client
                 .query_one("SELECT to_regclass('audit_leaves') IS NOT NULL", &[])
                 .await
-                .map_err(WriteError::from_pg)?
+                .map_err(from_pg)?
                 .get(0);
             if !tree {
                 tracing::warn!(
@@ -398,15 +324,9 @@ impl Writer {
             } else {
                 (MOVE_STAGED_PLAIN, MOVE_OWN_TIME_PLAIN)
             };
-            let move_staged = client.prepare(staged).await.map_err(WriteError::from_pg)?;
-            let move_own_time = client
-                .prepare(own_time)
-                .await
-                .map_err(WriteError::from_pg)?;
-            let insert_dead_letter = client
-                .prepare(INSERT_DEAD_LETTER)
-                .await
-                .map_err(WriteError::from_pg)?;
+            let move_staged = client.prepare(staged).await.map_err(from_pg)?;
+            let move_own_time = client.prepare(own_time).await.map_err(from_pg)?;
+            let insert_dead_letter = client.prepare(INSERT_DEAD_LETTER).await.map_err(from_pg)?;
             tracing::debug!("writer connected");
             self.conn = Some(Conn {
                 _counted: crate::metrics::Raised::new(&metrics.writers_connected),
@@ -485,7 +405,7 @@ impl Writer {
             let tree: bool = client
                 .query_one("SELECT to_regclass('audit_leaves') IS NOT NULL", &[])
                 .await
-                .map_err(WriteError::from_pg)?
+                .map_err(from_pg)?
                 .get(0);
             if tree {
                 tracing::info!(
@@ -533,8 +453,8 @@ impl Writer {
                 sink.finish().await.map(drop)
             };
             let (begun, copied) = futures::join!(client.batch_execute("BEGIN"), copying);
-            begun.map_err(WriteError::from_pg)?;
-            copied.map_err(WriteError::from_pg)?;
+            begun.map_err(from_pg)?;
+            copied.map_err(from_pg)?;
             step("copy", t.elapsed().as_secs_f64());
             let t = Instant::now();
             let properties: Vec<String> = dead
@@ -583,16 +503,16 @@ impl Writer {
             // A statement that failed aborted the transaction, and the COMMIT after
             // it answered ROLLBACK without an error: the first error is the answer.
             let (rows, moved_at) = moved;
-            let rows = rows.map_err(WriteError::from_pg)?;
+            let rows = rows.map_err(from_pg)?;
             let mut written = Written::default();
             for n in dead_letters {
-                if n.map_err(WriteError::from_pg)? == 1 {
+                if n.map_err(from_pg)? == 1 {
                     written.dead_letters += 1;
                 } else {
                     written.dead_letter_duplicates += 1;
                 }
             }
-            committed.map_err(WriteError::from_pg)?;
+            committed.map_err(from_pg)?;
             step("insert", (moved_at - t).as_secs_f64());
             step("commit", moved_at.elapsed().as_secs_f64());
             for row in rows {

@@ -1,0 +1,282 @@
+//! `payload_contains` on the embedded store: PostgreSQL's jsonb containment
+//! (`@>`), computed in Rust over the stored payload (jsonb's canonical text,
+//! `audit::jsonb`).
+//!
+//! The rules, from `JsonbDeepContains` (PostgreSQL 12 to 17):
+//!
+//! - an object contains another when each of the other's keys is present and
+//!   its value is contained: scalars equal, objects and arrays contained
+//!   recursively, a scalar never contains a container nor an object an array;
+//! - an array contains another when each of the other's elements is found: a
+//!   scalar equal to one of its scalar elements, a container contained in one of
+//!   its containers of the same kind (order and repeats do not matter);
+//! - scalars are equal when of one type and one value: numbers as `numeric`
+//!   (`1.0` equals `1`, `1e2` equals `100`), strings after unescaping;
+//! - at the root, an object contains only an object; an array contains a bare
+//!   scalar it holds (`["a"] @> "a"`), and a bare scalar contains itself only.
+//!
+//! `tests/it/sqlite_contains.rs` checks these rules against the real server with
+//! generated documents.
+
+use crate::audit::jsonb::{JsonbError, canonical};
+
+/// A parsed jsonb document: numbers in a canonical text where equal numerics
+/// are equal strings, object keys unique and sorted (as jsonb keeps them).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    Null,
+    Bool(bool),
+    Number(String),
+    String(String),
+    Array(Vec<Json>),
+    Object(Vec<(String, Json)>),
+}
+
+/// Whether `doc` contains `pattern`, both any JSON text (`doc` usually the stored
+/// canonical text); `Err` when one is not a document jsonb could hold.
+pub fn contains_text(doc: &[u8], pattern: &[u8]) -> Result<bool, JsonbError> {
+    Ok(contains(&parse(doc)?, &parse(pattern)?))
+}
+
+/// A JSON text as jsonb holds it (duplicate keys: the last kept).
+pub fn parse(text: &[u8]) -> Result<Json, JsonbError> {
+    let canon = canonical(text)?;
+    let mut p = Parser { s: &canon, at: 0 };
+    Ok(p.value())
+}
+
+/// PostgreSQL's `doc @> pattern`.
+pub fn contains(doc: &Json, pattern: &Json) -> bool {
+    match (doc, pattern) {
+        (Json::Object(_), Json::Object(_)) | (Json::Array(_), Json::Array(_)) => deep(doc, pattern),
+        // A bare scalar is a one-element array that is marked raw: an array
+        // holds it, and it holds only itself.
+        (Json::Array(items), scalar) if !is_container(scalar) => items.iter().any(|i| i == scalar),
+        (a, b) if !is_container(a) && !is_container(b) => a == b,
+        _ => false,
+    }
+}
+
+fn is_container(j: &Json) -> bool {
+    matches!(j, Json::Array(_) | Json::Object(_))
+}
+
+/// Containment of two containers (of one kind, else false).
+fn deep(doc: &Json, pattern: &Json) -> bool {
+    match (doc, pattern) {
+        (Json::Object(have), Json::Object(want)) => want.iter().all(|(key, w)| {
+            match have.binary_search_by(|(k, _)| jsonb_key_order(k, key)) {
+                Err(_) => false,
+                Ok(i) => {
+                    let h = &have[i].1;
+                    match (is_container(h), is_container(w)) {
+                        (false, false) => h == w,
+                        (true, true) => deep(h, w),
+                        _ => false,
+                    }
+                }
+            }
+        }),
+        (Json::Array(have), Json::Array(want)) => want.iter().all(|w| {
+            if is_container(w) {
+                have.iter().any(|h| deep(h, w))
+            } else {
+                have.iter().any(|h| h == w)
+            }
+        }),
+        _ => false,
+    }
+}
+
+/// jsonb's key order: shorter first, then bytewise.
+fn jsonb_key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len()
+        .cmp(&b.len())
+        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+}
+
+/// A reader of canonical text (well formed: `canonical` wrote it).
+struct Parser<'a> {
+    s: &'a [u8],
+    at: usize,
+}
+
+impl Parser<'_> {
+    fn skip(&mut self, text: &[u8]) {
+        debug_assert_eq!(&self.s[self.at..self.at + text.len()], text);
+        self.at += text.len();
+    }
+
+    fn peek(&self) -> u8 {
+        self.s.get(self.at).copied().unwrap_or(0)
+    }
+
+    fn value(&mut self) -> Json {
+        match self.peek() {
+            b'n' => {
+                self.skip(b"null");
+                Json::Null
+            }
+            b't' => {
+                self.skip(b"true");
+                Json::Bool(true)
+            }
+            b'f' => {
+                self.skip(b"false");
+                Json::Bool(false)
+            }
+            b'"' => Json::String(self.string()),
+            b'[' => {
+                self.at += 1;
+                let mut items = Vec::new();
+                if self.peek() == b']' {
+                    self.at += 1;
+                    return Json::Array(items);
+                }
+                loop {
+                    items.push(self.value());
+                    match self.peek() {
+                        b',' => self.skip(b", "),
+                        _ => {
+                            self.skip(b"]");
+                            return Json::Array(items);
+                        }
+                    }
+                }
+            }
+            b'{' => {
+                self.at += 1;
+                let mut members = Vec::new();
+                if self.peek() == b'}' {
+                    self.at += 1;
+                    return Json::Object(members);
+                }
+                loop {
+                    let key = self.string();
+                    self.skip(b": ");
+                    members.push((key, self.value()));
+                    match self.peek() {
+                        b',' => self.skip(b", "),
+                        _ => {
+                            self.skip(b"}");
+                            return Json::Object(members);
+                        }
+                    }
+                }
+            }
+            _ => Json::Number(self.number()),
+        }
+    }
+
+    /// A number's value as text: `numeric`'s output without the zeros of its
+    /// scale (`15.0` and `15` are one number).
+    fn number(&mut self) -> String {
+        let start = self.at;
+        while matches!(self.peek(), b'-' | b'0'..=b'9' | b'.') {
+            self.at += 1;
+        }
+        let text = std::str::from_utf8(&self.s[start..self.at]).unwrap_or("0");
+        match text.contains('.') {
+            true => text.trim_end_matches('0').trim_end_matches('.').to_owned(),
+            false => text.to_owned(),
+        }
+    }
+
+    fn string(&mut self) -> String {
+        self.skip(b"\"");
+        let mut out = Vec::new();
+        loop {
+            match self.peek() {
+                b'"' => {
+                    self.at += 1;
+                    break;
+                }
+                b'\\' => {
+                    let e = self.s.get(self.at + 1).copied().unwrap_or(b'\\');
+                    self.at += 2;
+                    match e {
+                        b'b' => out.push(8),
+                        b'f' => out.push(12),
+                        b'n' => out.push(b'\n'),
+                        b'r' => out.push(b'\r'),
+                        b't' => out.push(b'\t'),
+                        b'u' => {
+                            // Canonical text escapes only control characters so.
+                            let hex = std::str::from_utf8(&self.s[self.at..self.at + 4])
+                                .ok()
+                                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                                .and_then(char::from_u32)
+                                .unwrap_or('\u{fffd}');
+                            self.at += 4;
+                            let mut buf = [0; 4];
+                            out.extend_from_slice(hex.encode_utf8(&mut buf).as_bytes());
+                        }
+                        other => out.push(other),
+                    }
+                }
+                0 if self.at >= self.s.len() => break,
+                b => {
+                    out.push(b);
+                    self.at += 1;
+                }
+            }
+        }
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(doc: &str, pattern: &str) -> bool {
+        contains_text(doc.as_bytes(), pattern.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn the_examples_of_postgresqls_manual_hold() {
+        assert!(c(r#"{"a":1, "b":2}"#, r#"{"b":2}"#));
+        assert!(c("[1, 2, 3]", "[1, 3]"));
+        assert!(c("[1, 2, 3]", "[3, 1]"));
+        assert!(c("[1, 2, 3]", "[1, 1]"));
+        assert!(c(
+            r#"{"product": "PostgreSQL", "version": 9.4, "jsonb": true}"#,
+            r#"{"version": 9.4}"#
+        ));
+        assert!(!c("[1, 2, [1, 3]]", "[1, 3]"));
+        assert!(c("[1, 2, [1, 3]]", "[[1, 3]]"));
+        assert!(!c(r#"{"foo": {"bar": "baz"}}"#, r#"{"bar": "baz"}"#));
+        assert!(c(r#"{"foo": {"bar": "baz"}}"#, r#"{"foo": {}}"#));
+        assert!(c(r#"["foo", "bar"]"#, r#""foo""#));
+        assert!(!c(r#""foo""#, r#"["foo"]"#));
+        assert!(c(r#""foo""#, r#""foo""#));
+    }
+
+    #[test]
+    fn numbers_compare_as_numeric_and_strings_after_unescaping() {
+        assert!(c(r#"{"n": 1.0}"#, r#"{"n": 1}"#));
+        assert!(c(r#"{"n": 1e2}"#, r#"{"n": 100.000}"#));
+        assert!(c(r#"{"n": -0.0}"#, r#"{"n": 0}"#));
+        assert!(!c(r#"{"n": 1.01}"#, r#"{"n": 1.1}"#));
+        assert!(!c(r#"{"n": 10}"#, r#"{"n": 1}"#));
+        assert!(!c(r#"{"n": "1"}"#, r#"{"n": 1}"#));
+        assert!(c(r#"{"s": "\u00e9\n"}"#, "{\"s\": \"é\\n\"}"));
+        assert!(c(r#"{"k": 1, "k": 2}"#, r#"{"k": 2}"#));
+        assert!(!c(r#"{"k": 1, "k": 2}"#, r#"{"k": 1}"#));
+    }
+
+    #[test]
+    fn kinds_must_match_at_every_level() {
+        assert!(!c(r#"{"a": []}"#, r#"{"a": {}}"#));
+        assert!(!c(r#"{"a": {}}"#, r#"{"a": []}"#));
+        assert!(!c(r#"{"a": 1}"#, r#"{"a": [1]}"#));
+        assert!(!c(r#"{"a": [1]}"#, r#"{"a": 1}"#));
+        assert!(!c("[1]", "{}"));
+        assert!(!c("{}", "[]"));
+        assert!(c(r#"{"a": [{"b": 1, "c": 2}, 3]}"#, r#"{"a": [{"c": 2}]}"#));
+        assert!(!c(r#"{"a": [{"b": 1}, [2]]}"#, r#"{"a": [[1]]}"#));
+        assert!(c(r#"{"a": null}"#, r#"{"a": null}"#));
+        assert!(!c(r#"{"a": false}"#, r#"{"a": null}"#));
+    }
+}

@@ -1,0 +1,609 @@
+//! The embedded store's reads: a small pool of read-only connections, each
+//! statement run on a blocking thread and bounded in time, and the queries the
+//! API asks (pages of events, one event).
+//!
+//! One table, no partitions: a page is one indexed walk newest first, with the
+//! cursor a row-value bound on the time index; `total` is counted up to the
+//! API's cap, then estimated from the time the counted matches span.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{Connection, ToSql};
+use tokio::sync::Semaphore;
+
+use super::{Role, Sqlite, SqliteError};
+use crate::model::query::{Cursor, EventQuery};
+
+/// No read runs longer than this (the API's statement timeout on PostgreSQL).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits for a free connection.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// Matches counted past the exact cap before the total is extrapolated.
+const ESTIMATE_COUNT: i64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("no read connection was free within {0:?}")]
+    Busy(Duration),
+    #[error("the read ran longer than {0:?} and was stopped")]
+    TimedOut(Duration),
+    #[error(transparent)]
+    Open(#[from] SqliteError),
+    #[error("embedded store read failed")]
+    Sqlite(#[source] rusqlite::Error),
+    #[error("embedded store read thread failed")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+/// The API's read connections on the file.
+#[derive(Clone)]
+pub struct Reader {
+    store: Sqlite,
+    idle: Arc<Mutex<Vec<Connection>>>,
+    permits: Arc<Semaphore>,
+    size: usize,
+}
+
+impl Reader {
+    pub fn new(store: Sqlite, size: usize) -> Self {
+        Reader {
+            store,
+            idle: Arc::default(),
+            permits: Arc::new(Semaphore::new(size.max(1))),
+            size: size.max(1),
+        }
+    }
+
+    /// (connections open, connections in use, pool size), for the metrics.
+    pub fn status(&self) -> (usize, usize, usize) {
+        let idle = self.idle.lock().map(|v| v.len()).unwrap_or(0);
+        let in_use = self.size - self.permits.available_permits();
+        (idle + in_use, in_use, self.size)
+    }
+
+    /// Runs `f` on a read connection on a blocking thread, stopped after
+    /// [`READ_TIMEOUT`].
+    pub async fn read<R, F>(&self, f: F) -> Result<R, ReadError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let permit = tokio::time::timeout(POOL_WAIT, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| ReadError::Busy(POOL_WAIT))?
+            .expect("the semaphore is never closed");
+        let idle = self.idle.clone();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut conn = match idle.lock().ok().and_then(|mut v| v.pop()) {
+                Some(c) => c,
+                None => open_reader(&store)?,
+            };
+            let started = Instant::now();
+            conn.progress_handler(10_000, Some(move || started.elapsed() > READ_TIMEOUT))
+                .map_err(ReadError::Sqlite)?;
+            let result = f(&conn);
+            conn.progress_handler(0, None::<fn() -> bool>)
+                .map_err(ReadError::Sqlite)?;
+            if let Ok(mut v) = idle.lock() {
+                v.push(conn);
+            }
+            result.map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::OperationInterrupted) => {
+                    ReadError::TimedOut(READ_TIMEOUT)
+                }
+                _ => ReadError::Sqlite(e),
+            })
+        })
+        .await
+        .map_err(ReadError::Join)?
+    }
+}
+
+/// A read connection with the functions the queries use.
+fn open_reader(store: &Sqlite) -> Result<Connection, SqliteError> {
+    let conn = store.connect(Role::Read)?;
+    conn.create_scalar_function(
+        "candystore_contains",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let failed =
+                |e: Box<dyn std::error::Error + Send + Sync>| rusqlite::Error::UserFunctionError(e);
+            let pattern = ctx.get_or_create_aux(1, |v| {
+                let text = v.as_bytes().map_err(|e| failed(Box::new(e)))?;
+                super::contains::parse(text).map_err(|e| failed(Box::new(e)))
+            })?;
+            let doc = ctx.get_raw(0).as_bytes().map_err(|e| failed(Box::new(e)))?;
+            // A stored payload is canonical text; one that is not matches nothing.
+            Ok(super::contains::parse(doc)
+                .map(|d| super::contains::contains(&d, &pattern))
+                .unwrap_or(false))
+        },
+    )
+    .map_err(|source| SqliteError::Open {
+        path: store.path().display().to_string(),
+        source,
+    })?;
+    Ok(conn)
+}
+
+/// An event as stored, with what the API shows of it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub id: String,
+    pub event_type: String,
+    pub source: String,
+    pub target: Option<String>,
+    pub routing_key: String,
+    /// Microseconds since the epoch, UTC.
+    pub timestamp: i64,
+    pub stored_at: i64,
+    /// jsonb's canonical text.
+    pub payload: String,
+    pub session_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub storage_latency_ms: Option<f64>,
+    /// The envelope without its payload and the member the payload came from
+    /// (only when asked for: the raw view).
+    pub envelope: Option<(String, Option<String>)>,
+}
+
+const COLUMNS: &str = "seq, id, event_type, source, target, routing_key, \"timestamp\", stored_at, \
+    payload, session_id, correlation_id, storage_latency_ms";
+
+fn stored(row: &rusqlite::Row<'_>, with_envelope: bool) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        event_type: row.get(2)?,
+        source: row.get(3)?,
+        target: row.get(4)?,
+        routing_key: row.get(5)?,
+        timestamp: row.get(6)?,
+        stored_at: row.get(7)?,
+        payload: row.get(8)?,
+        session_id: row.get(9)?,
+        correlation_id: row.get(10)?,
+        storage_latency_ms: row.get(11)?,
+        envelope: if with_envelope {
+            Some((row.get(12)?, row.get(13)?))
+        } else {
+            None
+        },
+    })
+}
+
+/// A page of `GET /events`.
+#[derive(Debug)]
+pub struct EventPage {
+    pub events: Vec<StoredEvent>,
+    pub has_more: bool,
+    pub next_cursor: Option<Cursor>,
+    pub total: i64,
+    pub total_is_estimate: bool,
+}
+
+/// What bounds a page, as the API sets it.
+#[derive(Debug, Clone, Copy)]
+pub struct PageBounds {
+    /// `total` is exact up to this many matches.
+    pub exact_up_to: i64,
+    /// Payload bytes a page holds at most (always at least one event), and what
+    /// each event counts beside its payload.
+    pub max_bytes: usize,
+    pub overhead_bytes: usize,
+}
+
+/// The WHERE clause of `q` (without paging) and its parameters.
+fn conditions(q: &EventQuery) -> (String, Vec<Box<dyn ToSql + Send>>) {
+    let mut clauses = Vec::new();
+    let mut params: Vec<Box<dyn ToSql + Send>> = Vec::new();
+    for (name, value) in &q.filters {
+        params.push(Box::new(value.clone()));
+        clauses.push(format!("{name} = ?{}", params.len()));
+    }
+    if let Some(doc) = &q.payload_contains {
+        params.push(Box::new(doc.to_string()));
+        clauses.push(format!("candystore_contains(payload, ?{})", params.len()));
+    }
+    if let Some(t) = q.start_time {
+        params.push(Box::new(t.timestamp_micros()));
+        clauses.push(format!("\"timestamp\" >= ?{}", params.len()));
+    }
+    if let Some(t) = q.end_time {
+        params.push(Box::new(t.timestamp_micros()));
+        clauses.push(format!("\"timestamp\" <= ?{}", params.len()));
+    }
+    let clause = if clauses.is_empty() {
+        "1".to_owned()
+    } else {
+        clauses.join(" AND ")
+    };
+    (clause, params)
+}
+
+/// Which way a page walks the (time, seq) order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// `GET /events`: newest first.
+    NewestFirst,
+    /// The timelines: oldest first.
+    OldestFirst,
+}
+
+/// A page of the rows `filter` selects, in `order`, from the cursor or offset:
+/// at most `limit` rows and `max_bytes` of payload (always one), `has_more`
+/// exact (one row past the page is read, never held).
+struct Walked {
+    events: Vec<StoredEvent>,
+    has_more: bool,
+    next_cursor: Option<Cursor>,
+}
+
+fn walk(
+    conn: &Connection,
+    filter: &str,
+    params: &mut Vec<Box<dyn ToSql + Send>>,
+    order: Order,
+    paging: &crate::model::query::Paging,
+    bounds: PageBounds,
+) -> rusqlite::Result<Walked> {
+    let (cmp, dir) = match order {
+        Order::NewestFirst => ("<", "DESC"),
+        Order::OldestFirst => (">", "ASC"),
+    };
+    let mut clause = filter.to_owned();
+    if let Some(c) = paging.cursor {
+        params.push(Box::new(c.timestamp_micros));
+        params.push(Box::new(c.seq));
+        let (t, s) = (params.len() - 1, params.len());
+        clause = format!("{clause} AND (\"timestamp\", seq) {cmp} (?{t}, ?{s})");
+    }
+    let limit = paging.limit;
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events WHERE {clause} ORDER BY \"timestamp\" {dir}, seq {dir} LIMIT {} OFFSET {}",
+        limit + 1,
+        paging.offset
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref() as &dyn ToSql).collect();
+    let mut rows = statement.query(&refs[..])?;
+    let mut events = Vec::new();
+    let mut bytes = 0;
+    let mut has_more = false;
+    while let Some(row) = rows.next()? {
+        let e = stored(row, false)?;
+        let size = e.payload.len() + bounds.overhead_bytes;
+        if events.len() as i64 == limit || (!events.is_empty() && bytes + size > bounds.max_bytes) {
+            has_more = true;
+            break;
+        }
+        bytes += size;
+        events.push(e);
+    }
+    let next_cursor = match (has_more, events.last()) {
+        (true, Some(last)) => Some(Cursor {
+            timestamp_micros: last.timestamp,
+            seq: last.seq,
+        }),
+        _ => None,
+    };
+    Ok(Walked {
+        events,
+        has_more,
+        next_cursor,
+    })
+}
+
+/// One page of `q`, newest first, and its total.
+pub fn page(conn: &Connection, q: &EventQuery, bounds: PageBounds) -> rusqlite::Result<EventPage> {
+    // One snapshot for the page and its count.
+    let tx = conn.unchecked_transaction()?;
+    let (filter, mut params) = conditions(q);
+    let n_filter = params.len();
+    let Walked {
+        events,
+        has_more,
+        next_cursor,
+    } = walk(
+        &tx,
+        &filter,
+        &mut params,
+        Order::NewestFirst,
+        &q.paging,
+        bounds,
+    )?;
+    // The page is the whole of what matches: its length is the total.
+    let whole =
+        q.paging.cursor.is_none() && !has_more && (q.paging.offset == 0 || !events.is_empty());
+    let (total, total_is_estimate) = if whole {
+        (q.paging.offset + events.len() as i64, false)
+    } else {
+        let exact_at_any_size = matches!(q.filters.as_slice(), [("session_id", _)])
+            && q.payload_contains.is_none()
+            && q.start_time.is_none()
+            && q.end_time.is_none();
+        let cap = if exact_at_any_size {
+            i64::MAX - 1
+        } else {
+            bounds.exact_up_to
+        };
+        total(&tx, &filter, &params[..n_filter], cap)?
+    };
+    tx.finish()?;
+    Ok(EventPage {
+        events,
+        has_more,
+        next_cursor,
+        total,
+        total_is_estimate,
+    })
+}
+
+/// One session's (or correlation's) events, oldest first, and its summary.
+#[derive(Debug)]
+pub struct TimelinePage {
+    /// (event type, source, events), every event of the set counted.
+    pub groups: Vec<(String, String, i64)>,
+    /// The oldest and newest event's time (µs).
+    pub first: Option<i64>,
+    pub last: Option<i64>,
+    pub events: Vec<StoredEvent>,
+    pub has_more: bool,
+    pub next_cursor: Option<Cursor>,
+}
+
+/// The timeline of `column = value` (`session_id` or `correlation_id`): its
+/// summary from every one of its rows (through the column's index), and a page.
+pub fn timeline(
+    conn: &Connection,
+    column: &'static str,
+    value: &str,
+    paging: &crate::model::query::Paging,
+    bounds: PageBounds,
+) -> rusqlite::Result<TimelinePage> {
+    debug_assert!(matches!(column, "session_id" | "correlation_id"));
+    let tx = conn.unchecked_transaction()?;
+    let groups = tx
+        .prepare_cached(&format!(
+            "SELECT event_type, source, count(*) FROM events WHERE {column} = ?1 GROUP BY event_type, source"
+        ))?
+        .query_map([value], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let (first, last) = tx
+        .prepare_cached(&format!(
+            "SELECT min(\"timestamp\"), max(\"timestamp\") FROM events WHERE {column} = ?1"
+        ))?
+        .query_row([value], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut params: Vec<Box<dyn ToSql + Send>> = vec![Box::new(value.to_owned())];
+    let Walked {
+        events,
+        has_more,
+        next_cursor,
+    } = walk(
+        &tx,
+        &format!("{column} = ?1"),
+        &mut params,
+        Order::OldestFirst,
+        paging,
+        bounds,
+    )?;
+    tx.finish()?;
+    Ok(TimelinePage {
+        groups,
+        first,
+        last,
+        events,
+        has_more,
+        next_cursor,
+    })
+}
+
+/// The matches of `filter`: counted up to `cap` (exact), then up to
+/// [`ESTIMATE_COUNT`] more, and past those extrapolated by time (the counted
+/// newest matches span some time back from the newest; the rest are assumed
+/// as dense over the remaining span).
+fn total(
+    conn: &Connection,
+    filter: &str,
+    params: &[Box<dyn ToSql + Send>],
+    cap: i64,
+) -> rusqlite::Result<(i64, bool)> {
+    let refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref() as &dyn ToSql).collect();
+    let counted: i64 = conn
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {})",
+            cap.saturating_add(1)
+        ))?
+        .query_row(&refs[..], |r| r.get(0))?;
+    if counted <= cap {
+        return Ok((counted, false));
+    }
+    let far = cap.max(ESTIMATE_COUNT);
+    let (counted, oldest_counted): (i64, Option<i64>) = conn
+        .prepare_cached(&format!(
+            "SELECT count(*), min(\"timestamp\") FROM (SELECT \"timestamp\" FROM events WHERE {filter} \
+             ORDER BY \"timestamp\" DESC, seq DESC LIMIT {})",
+            far.saturating_add(1)
+        ))?
+        .query_row(&refs[..], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if counted <= far {
+        return Ok((counted, true));
+    }
+    let span: (Option<i64>, Option<i64>) = conn
+        .prepare_cached(&format!(
+            "SELECT (SELECT max(\"timestamp\") FROM events WHERE {filter}), \
+                    (SELECT min(\"timestamp\") FROM events WHERE {filter})"
+        ))?
+        .query_row(&refs[..], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let estimate = match (span, oldest_counted) {
+        ((Some(newest), Some(oldest)), Some(counted_to)) if newest > counted_to => {
+            let scale = (newest - oldest) as f64 / (newest - counted_to) as f64;
+            ((counted as f64) * scale).round() as i64
+        }
+        _ => counted,
+    };
+    Ok((estimate.max(counted), true))
+}
+
+/// The event with this id (when sources share an id, the first stored), with
+/// its envelope when `raw`.
+pub fn one(conn: &Connection, id: &str, raw: bool) -> rusqlite::Result<Option<StoredEvent>> {
+    let sql = if raw {
+        format!(
+            "SELECT {COLUMNS}, envelope, payload_member FROM events WHERE id = ?1 ORDER BY seq LIMIT 1"
+        )
+    } else {
+        format!("SELECT {COLUMNS} FROM events WHERE id = ?1 ORDER BY seq LIMIT 1")
+    };
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query([id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(stored(row, raw)?)),
+        None => Ok(None),
+    }
+}
+
+/// The filters of `GET /dead-letters`.
+#[derive(Debug, Default, Clone)]
+pub struct DeadLetterFilter {
+    pub reason: Option<&'static str>,
+    pub routing_key: Option<String>,
+    pub start: Option<chrono::DateTime<chrono::Utc>>,
+    pub end: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A dead letter as stored (its body only when asked for one).
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub seq: i64,
+    pub received_at: i64,
+    pub stored_at: i64,
+    pub exchange: String,
+    pub routing_key: String,
+    pub reason: String,
+    pub detail: String,
+    pub properties: String,
+    pub body_bytes: i64,
+    pub body: Option<Vec<u8>>,
+}
+
+const DEAD_LETTER_COLUMNS: &str =
+    "seq, received_at, stored_at, exchange, routing_key, reason, detail, properties, length(body)";
+
+fn stored_dead_letter(
+    row: &rusqlite::Row<'_>,
+    with_body: bool,
+) -> rusqlite::Result<StoredDeadLetter> {
+    Ok(StoredDeadLetter {
+        seq: row.get(0)?,
+        received_at: row.get(1)?,
+        stored_at: row.get(2)?,
+        exchange: row.get(3)?,
+        routing_key: row.get(4)?,
+        reason: row.get(5)?,
+        detail: row.get(6)?,
+        properties: row.get(7)?,
+        body_bytes: row.get(8)?,
+        body: if with_body { Some(row.get(9)?) } else { None },
+    })
+}
+
+/// A page of dead letters, newest first.
+#[derive(Debug)]
+pub struct DeadLetterPage {
+    pub dead_letters: Vec<StoredDeadLetter>,
+    pub has_more: bool,
+    pub next_cursor: Option<Cursor>,
+}
+
+/// One page of dead letters matching `f`, newest received first (ties by
+/// `seq`), from the cursor: at most `limit` and the page's bytes.
+pub fn dead_letters(
+    conn: &Connection,
+    f: &DeadLetterFilter,
+    paging: &crate::model::query::Paging,
+    bounds: PageBounds,
+) -> rusqlite::Result<DeadLetterPage> {
+    let mut clauses = vec!["1".to_owned()];
+    let mut params: Vec<Box<dyn ToSql + Send>> = Vec::new();
+    if let Some(r) = f.reason {
+        params.push(Box::new(r));
+        clauses.push(format!("reason = ?{}", params.len()));
+    }
+    if let Some(k) = &f.routing_key {
+        params.push(Box::new(k.clone()));
+        clauses.push(format!("routing_key = ?{}", params.len()));
+    }
+    if let Some(t) = f.start {
+        params.push(Box::new(t.timestamp_micros()));
+        clauses.push(format!("received_at >= ?{}", params.len()));
+    }
+    if let Some(t) = f.end {
+        params.push(Box::new(t.timestamp_micros()));
+        clauses.push(format!("received_at <= ?{}", params.len()));
+    }
+    if let Some(c) = paging.cursor {
+        params.push(Box::new(c.timestamp_micros));
+        params.push(Box::new(c.seq));
+        clauses.push(format!(
+            "(received_at, seq) < (?{}, ?{})",
+            params.len() - 1,
+            params.len()
+        ));
+    }
+    let sql = format!(
+        "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letter WHERE {} \
+         ORDER BY received_at DESC, seq DESC LIMIT {} OFFSET {}",
+        clauses.join(" AND "),
+        paging.limit + 1,
+        paging.offset
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref() as &dyn ToSql).collect();
+    let mut rows = statement.query(&refs[..])?;
+    let mut dead_letters = Vec::new();
+    let mut bytes = 0;
+    let mut has_more = false;
+    while let Some(row) = rows.next()? {
+        let d = stored_dead_letter(row, false)?;
+        let size = d.properties.len() + d.detail.len() + bounds.overhead_bytes;
+        if dead_letters.len() as i64 == paging.limit
+            || (!dead_letters.is_empty() && bytes + size > bounds.max_bytes)
+        {
+            has_more = true;
+            break;
+        }
+        bytes += size;
+        dead_letters.push(d);
+    }
+    let next_cursor = match (has_more, dead_letters.last()) {
+        (true, Some(last)) => Some(Cursor {
+            timestamp_micros: last.received_at,
+            seq: last.seq,
+        }),
+        _ => None,
+    };
+    Ok(DeadLetterPage {
+        dead_letters,
+        has_more,
+        next_cursor,
+    })
+}
+
+/// One dead letter with its body.
+pub fn dead_letter(conn: &Connection, seq: i64) -> rusqlite::Result<Option<StoredDeadLetter>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {DEAD_LETTER_COLUMNS}, body FROM dead_letter WHERE seq = ?1"
+    ))?;
+    let mut rows = statement.query([seq])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(stored_dead_letter(row, true)?)),
+        None => Ok(None),
+    }
+}
