@@ -76,6 +76,16 @@ pub enum Store {
     Sqlite(crate::store::sqlite::read::Reader),
 }
 
+impl Store {
+    /// Where the live tail reads.
+    pub fn tail_source(&self) -> tail::TailSource {
+        match self {
+            Store::Postgres(pg) => tail::TailSource::Postgres(pg.pool.clone()),
+            Store::Sqlite(reader) => tail::TailSource::Sqlite(reader.clone()),
+        }
+    }
+}
+
 /// What the API reads PostgreSQL with.
 #[derive(Clone)]
 pub struct Postgres {
@@ -83,8 +93,6 @@ pub struct Postgres {
     /// A small pool of its own for `/health` and `/ready`, so probes never wait
     /// behind API queries.
     pub probe_pool: Pool,
-    /// The one poller behind every live-tail stream.
-    pub tail: tail::TailHub,
     /// Rows per partition, for `total` estimates.
     pub table_sizes: Arc<sizes::TableSizes>,
     /// The partitions of `events`, read again when they change.
@@ -121,6 +129,8 @@ impl Store {
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
+    /// The one poller behind every live-tail stream.
+    pub tail: tail::TailHub,
     pub streams: Arc<stream::Streams>,
     /// Reads of single large events: bounded, and shared by concurrent clients.
     pub large_reads: Arc<large::LargeReads>,

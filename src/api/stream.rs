@@ -175,16 +175,6 @@ impl ClientSocket {
 }
 
 impl Feed {
-    /// The read pool (a stream is opened on PostgreSQL only).
-    fn pool(&self) -> Result<deadpool_postgres::Pool, Ended> {
-        Ok(self
-            .state
-            .postgres()
-            .map_err(|_| Ended::Database)?
-            .pool
-            .clone())
-    }
-
     async fn send(&mut self, chunk: Bytes) -> Result<(), Ended> {
         let timeout = self.state.streams.write_timeout;
         self.out
@@ -198,10 +188,14 @@ impl Feed {
     /// Sends every matching event with `last < position <= upto` from the database.
     async fn catch_up(&mut self, upto: Position) -> Result<(), Ended> {
         while self.last < upto {
-            let (events, cut_short) =
-                read_after(&self.pool()?, self.last, Some(upto), Some(&self.query))
-                    .await
-                    .map_err(|_| Ended::Database)?;
+            let (events, cut_short) = read_after(
+                self.state.tail.source(),
+                self.last,
+                Some(upto),
+                Some(&self.query),
+            )
+            .await
+            .map_err(|_| Ended::Database)?;
             let next = match (cut_short, events.last()) {
                 (true, Some(e)) => e.pos,
                 _ => upto,
@@ -254,7 +248,7 @@ impl Feed {
             .collect();
         let contained = match self.filter.pattern_text() {
             Some(pattern) if !ask.is_empty() => {
-                contained_in_database(&self.pool()?, &pattern, &ask)
+                contained_in_database(self.state.tail.source(), &pattern, &ask)
                     .await
                     .map_err(|_| Ended::Database)?
             }
@@ -372,9 +366,8 @@ pub async fn stream(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
         .response_with_retry_after(5));
     };
     // Subscribe before reading the head, so no batch falls between the two.
-    let pg = state.postgres()?;
-    let batches = pg.tail.subscribe();
-    let head = pg.tail.head(&pg.pool).await?;
+    let batches = state.tail.subscribe();
+    let head = state.tail.head().await?;
     // No stream sent an id past the newest position: such an id would make the
     // stream wait, silent, for events that may never come.
     let last = match resume {

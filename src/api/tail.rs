@@ -91,6 +91,24 @@ impl Position {
     }
 }
 
+/// Where the tail reads: PostgreSQL (positions are `(txid, seq)` below the
+/// horizon), or the embedded store, whose one writer commits in `seq` order, so
+/// every position is `(0, seq)` and everything stored is final.
+#[derive(Clone)]
+pub enum TailSource {
+    Postgres(Pool),
+    Sqlite(crate::store::sqlite::read::Reader),
+}
+
+impl std::fmt::Debug for TailSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TailSource::Postgres(_) => "TailSource::Postgres",
+            TailSource::Sqlite(_) => "TailSource::Sqlite",
+        })
+    }
+}
+
 /// One stored event as the tail needs it: what filters look at, and its frame.
 #[derive(Debug)]
 pub struct TailEvent {
@@ -127,6 +145,32 @@ impl TailEvent {
             correlation_id: row.get("correlation_id"),
             timestamp: row.get("timestamp"),
             payload: (payload.len() <= TREE_BYTES).then(|| String::from_utf8_lossy(payload).into()),
+            parsed: OnceLock::new(),
+            frame: Bytes::from(format!(
+                "id: {}\nevent: event\ndata: {data}\n\n",
+                pos.sse_id()
+            )),
+        })
+    }
+
+    /// An event of the embedded store (its position `(0, seq)`).
+    pub fn from_stored(
+        e: &crate::store::sqlite::read::StoredEvent,
+    ) -> Result<Self, super::problem::Problem> {
+        let pos = Position {
+            txid: 0,
+            seq: e.seq,
+        };
+        let data = serde_json::to_string(&super::view::stored_view(e)?).map_err(unavailable)?;
+        Ok(TailEvent {
+            pos,
+            event_type: e.event_type.clone(),
+            source: e.source.clone(),
+            target: e.target.clone(),
+            session_id: e.session_id.clone(),
+            correlation_id: e.correlation_id.clone(),
+            timestamp: DateTime::<Utc>::from_timestamp_micros(e.timestamp).unwrap_or_default(),
+            payload: (e.payload.len() <= TREE_BYTES).then(|| e.payload.as_str().into()),
             parsed: OnceLock::new(),
             frame: Bytes::from(format!(
                 "id: {}\nevent: event\ndata: {data}\n\n",
@@ -230,13 +274,28 @@ impl TailFilter {
 /// Of `events` (each with the verdict AskDatabase), the positions whose payload
 /// contains `pattern`, as PostgreSQL's `@>` says.
 pub async fn contained_in_database(
-    pool: &Pool,
+    source: &TailSource,
     pattern: &str,
     events: &[&TailEvent],
 ) -> Result<Vec<Position>, super::problem::Problem> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
+    let pool = match source {
+        TailSource::Postgres(pool) => pool,
+        TailSource::Sqlite(reader) => {
+            let seqs: Vec<i64> = events.iter().map(|e| e.pos.seq).collect();
+            let pattern = pattern.to_owned();
+            let held = reader
+                .read(move |c| crate::store::sqlite::read::containing(c, &seqs, &pattern))
+                .await
+                .map_err(unavailable)?;
+            return Ok(held
+                .into_iter()
+                .map(|seq| Position { txid: 0, seq })
+                .collect());
+        }
+    };
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.timestamp).collect();
     let txids: Vec<i64> = events.iter().map(|e| e.pos.txid).collect();
     let seqs: Vec<i64> = events.iter().map(|e| e.pos.seq).collect();
@@ -306,11 +365,18 @@ pub fn jsonb_contains_within(doc: &Value, pattern: &Value, steps: &mut u32) -> O
 /// The newest readable position now. Below a horizon, which may dip below a
 /// position read before (`db::horizon`): streams ask [`TailHub::head`], which
 /// never goes back.
-async fn head(pool: &Pool) -> Result<Position, super::problem::Problem> {
-    head_quiet(pool).await.map_err(unavailable)
+async fn head(source: &TailSource) -> Result<Position, super::problem::Problem> {
+    head_quiet(source).await.map_err(unavailable)
 }
 
-async fn head_quiet(pool: &Pool) -> Result<Position, HeadError> {
+async fn head_quiet(source: &TailSource) -> Result<Position, HeadError> {
+    let pool = match source {
+        TailSource::Postgres(pool) => pool,
+        TailSource::Sqlite(reader) => {
+            let seq = reader.read(crate::store::sqlite::read::newest_seq).await?;
+            return Ok(Position { txid: 0, seq });
+        }
+    };
     let mut client = pool.get().await?;
     // One plan for every call: the poller asks every interval, and planning the
     // query over every partition each time would cost more than running it.
@@ -338,6 +404,8 @@ enum HeadError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error(transparent)]
     Db(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Embedded(#[from] crate::store::sqlite::read::ReadError),
 }
 
 /// Reads events past `after` that are final (see the module's docs), the
@@ -355,11 +423,41 @@ enum HeadError {
 /// complete to a caller that goes on from `upto` (clean-clone run 7: a resumed
 /// stream skipped two events that way).
 pub async fn read_after(
-    pool: &Pool,
+    source: &TailSource,
     after: Position,
     upto: Option<Position>,
     filter: Option<&EventQuery>,
 ) -> Result<(Vec<TailEvent>, bool), super::problem::Problem> {
+    let pool = match source {
+        TailSource::Postgres(pool) => pool,
+        TailSource::Sqlite(reader) => {
+            let query = filter.map(|q| EventQuery {
+                filters: q.filters.clone(),
+                start_time: q.start_time,
+                end_time: q.end_time,
+                paging: q.paging,
+                payload_contains: q.payload_contains.clone(),
+            });
+            let (stored, cut_short) = reader
+                .read(move |c| {
+                    crate::store::sqlite::read::after(
+                        c,
+                        after.seq,
+                        upto.map(|u| u.seq),
+                        query.as_ref(),
+                        BATCH_EVENTS,
+                        BATCH_BYTES,
+                    )
+                })
+                .await
+                .map_err(unavailable)?;
+            let events = stored
+                .iter()
+                .map(TailEvent::from_stored)
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok((events, cut_short));
+        }
+    };
     let mut client = pool.get().await.map_err(unavailable)?;
     let mut params = SqlParams::default();
     let clause = match filter {
@@ -414,19 +512,26 @@ pub async fn read_after(
 pub struct TailHub {
     tx: broadcast::Sender<Arc<TailBatch>>,
     newest: Newest,
+    source: TailSource,
 }
 
 impl TailHub {
     /// Starts the poller; it stops with `stop`.
-    pub fn start(pool: Pool, stop: CancellationToken) -> Self {
+    pub fn start(source: TailSource, stop: CancellationToken) -> Self {
         let (tx, _) = broadcast::channel(BROADCAST_BATCHES);
         let newest = Newest::default();
         let hub = TailHub {
             tx: tx.clone(),
             newest: newest.clone(),
+            source: source.clone(),
         };
-        tokio::spawn(poll(pool, tx, newest, stop));
+        tokio::spawn(poll(source, tx, newest, stop));
         hub
+    }
+
+    /// Where the tail reads (a stream's catch-ups read there too).
+    pub fn source(&self) -> &TailSource {
+        &self.source
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<TailBatch>> {
@@ -435,8 +540,8 @@ impl TailHub {
 
     /// The newest final position: the head read now, or a newer one read before
     /// (the head can dip for a moment, see [`read_after`]; finality cannot).
-    pub async fn head(&self, pool: &Pool) -> Result<Position, super::problem::Problem> {
-        Ok(self.newest.raise(head(pool).await?))
+    pub async fn head(&self) -> Result<Position, super::problem::Problem> {
+        Ok(self.newest.raise(head(&self.source).await?))
     }
 }
 
@@ -457,8 +562,8 @@ impl Newest {
 }
 
 /// The head, for the poller (which logs failures itself, once per outage).
-async fn max_position(pool: &Pool) -> Result<Position, String> {
-    head_quiet(pool)
+async fn max_position(source: &TailSource) -> Result<Position, String> {
+    head_quiet(source)
         .await
         .map_err(|e| crate::telemetry::error_chain(&e))
 }
@@ -468,7 +573,7 @@ async fn max_position(pool: &Pool) -> Result<Position, String> {
 /// behind the first batch it receives by more than it catches up from the
 /// database. Its first position is broadcast as an empty batch for the same reason.
 async fn poll(
-    pool: Pool,
+    pool: TailSource,
     tx: broadcast::Sender<Arc<TailBatch>>,
     newest: Newest,
     stop: CancellationToken,
@@ -534,7 +639,10 @@ async fn poll(
 }
 
 /// [`read_after`] without a filter, its failure returned rather than logged.
-async fn read_after_quiet(pool: &Pool, after: Position) -> Result<(Vec<TailEvent>, bool), String> {
+async fn read_after_quiet(
+    pool: &TailSource,
+    after: Position,
+) -> Result<(Vec<TailEvent>, bool), String> {
     read_after(pool, after, None, None)
         .await
         .map_err(|p| p.detail)

@@ -209,7 +209,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                 .with_context(|| format!("cannot use the embedded store {}", path.display()))?;
             tracing::warn!(
                 file = %path.display(),
-                "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters and the probes; the rest of the API answers 501 and the background jobs (retention, the audit tree, the catalog) do not run on it yet (docs/embedded-store.md)"
+                "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters, the live tail and the probes; the rest of the API answers 501 and the background jobs (retention, the audit tree, the catalog) do not run on it yet (docs/embedded-store.md)"
             );
             (Prepared::Sqlite(file), None)
         }
@@ -391,7 +391,6 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         Prepared::Postgres {
             pool, probe_pool, ..
         } => api::Store::Postgres(api::Postgres {
-            tail: api::tail::TailHub::start(pool.clone(), tail_stop.clone()),
             pool: pool.clone(),
             probe_pool: probe_pool.clone(),
             table_sizes: Arc::default(),
@@ -403,6 +402,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         )),
     };
     let state = ApiState {
+        tail: api::tail::TailHub::start(store.tail_source(), tail_stop.clone()),
         store: store.clone(),
         streams: Arc::new(api::stream::Streams::new(
             api::stream::StreamLimits {

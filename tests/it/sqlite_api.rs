@@ -8,7 +8,7 @@ use std::time::Duration;
 use candystore::app::AppOptions;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{TestApp, read_sse, spawn_app_with};
 use crate::support::TempSqlite;
 
 fn rows(file: &TempSqlite, table: &str) -> i64 {
@@ -288,12 +288,7 @@ async fn the_event_api_answers_the_same_on_both_stores() {
 async fn what_the_embedded_store_does_not_serve_yet_is_a_501_problem_not_an_error() {
     let file = TempSqlite::new();
     let app = spawn_app_with(&[("DATABASE_URL", &file.url())], AppOptions::default()).await;
-    for path in [
-        "/event-types",
-        "/events/stream",
-        "/sources",
-        "/audit/checkpoint",
-    ] {
+    for path in ["/event-types", "/sources", "/audit/checkpoint"] {
         let res = app.http.get(app.api(path)).send().await.unwrap();
         assert_eq!(res.status(), 501, "{path}");
         assert_eq!(
@@ -302,4 +297,75 @@ async fn what_the_embedded_store_does_not_serve_yet_is_a_501_problem_not_an_erro
             "{path}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_live_tail_on_the_embedded_store_sends_each_event_once_in_order_and_resumes_after_its_last_id()
+ {
+    let file = TempSqlite::new();
+    let app = spawn_app_with(&[("DATABASE_URL", &file.url())], AppOptions::default()).await;
+    let bodies = deliveries();
+    // Stored before the stream opens: not sent (a stream starts at the head).
+    publish_all(&app, &bodies[..10]).await;
+    wait_for_file_rows(&app, &file, "events", 10).await;
+    let all = app
+        .http
+        .get(app.api("/events/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(all.status(), 200);
+    let filtered = app
+        .http
+        .get(app.api("/events/stream?event_type=t.b&payload_contains=%7B%22k%22%3A%22y%22%7D"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(filtered.status(), 200);
+    publish_all(&app, &bodies[10..40]).await;
+    let got = read_sse(all, 30).await;
+    let ids: Vec<&str> = got.iter().map(|(_, e)| e["id"].as_str().unwrap()).collect();
+    let want: Vec<String> = (10..40).map(|i| format!("e{i}")).collect();
+    assert_eq!(ids, want);
+    // Positions are (0, seq): one writer commits in seq order.
+    assert!(got.iter().all(|((txid, _), _)| *txid == 0));
+    assert!(got.windows(2).all(|w| w[0].0.1 < w[1].0.1));
+    // The filtered stream: t.b events (i % 3 == 1) whose k is "y" (i odd).
+    let want: Vec<String> = (10..40)
+        .filter(|i| i % 3 == 1 && i % 2 == 1)
+        .map(|i| format!("e{i}"))
+        .collect();
+    let got_filtered = read_sse(filtered, want.len()).await;
+    let ids: Vec<String> = got_filtered
+        .iter()
+        .map(|(_, e)| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, want);
+    // Resumed after the 20th event sent: the rest, then what comes next.
+    let (txid, seq) = got[19].0;
+    let resumed = app
+        .http
+        .get(app.api("/events/stream"))
+        .header("last-event-id", format!("{txid}-{seq}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    publish_all(&app, &bodies[40..45]).await;
+    let rest = read_sse(resumed, 15).await;
+    let ids: Vec<&str> = rest
+        .iter()
+        .map(|(_, e)| e["id"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (30..45).map(|i| format!("e{i}")).collect();
+    assert_eq!(ids, want);
+    // An id past the newest is refused, as on PostgreSQL.
+    let past = app
+        .http
+        .get(app.api("/events/stream"))
+        .header("last-event-id", "0-999999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(past.status(), 400);
 }

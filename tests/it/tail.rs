@@ -280,7 +280,7 @@ async fn store_state(app: &TestApp, short: &ShortStream, from: Option<SseId>) ->
 /// the horizon below the bound, as the dip does.
 #[tokio::test]
 async fn a_catch_up_to_a_final_position_reads_every_row_up_to_it_whatever_the_horizon_says_now() {
-    use candystore::api::tail::{Position, read_after};
+    use candystore::api::tail::{Position, TailSource, read_after};
     let app = spawn_app().await;
     insert(&app.db, "before").await;
     let open = connect(&app.db_url).await;
@@ -292,8 +292,9 @@ async fn a_catch_up_to_a_final_position_reads_every_row_up_to_it_whatever_the_ho
         position_of(&app, "before").await,
         position_of(&app, "after").await,
     );
-    let pool =
-        candystore::db::read_pool(candystore::db::pg_config(&app.db_url).unwrap(), 1).unwrap();
+    let pool = TailSource::Postgres(
+        candystore::db::read_pool(candystore::db::pg_config(&app.db_url).unwrap(), 1).unwrap(),
+    );
     let (events, cut_short) = read_after(&pool, Position::default(), Some(after), None)
         .await
         .unwrap();

@@ -607,3 +607,77 @@ pub fn dead_letter(conn: &Connection, seq: i64) -> rusqlite::Result<Option<Store
         None => Ok(None),
     }
 }
+
+/// The newest event's `seq` (0 when there is none): the live tail's head. One
+/// writer commits in `seq` order, so every row at or below it is committed.
+pub fn newest_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT coalesce(max(seq), 0) FROM events")?
+        .query_row([], |r| r.get(0))
+}
+
+/// The events past `after` (and at most `upto`), `q`'s filters applied, in
+/// `seq` order: at most `limit` events and, past the first, `max_bytes` of
+/// payload. The flag says whether a bound cut the read short.
+pub fn after(
+    conn: &Connection,
+    after: i64,
+    upto: Option<i64>,
+    q: Option<&EventQuery>,
+    limit: i64,
+    max_bytes: usize,
+) -> rusqlite::Result<(Vec<StoredEvent>, bool)> {
+    let (filter, mut params) = match q {
+        Some(q) => conditions(q),
+        None => ("1".to_owned(), Vec::new()),
+    };
+    params.push(Box::new(after));
+    let mut clause = format!("{filter} AND seq > ?{}", params.len());
+    if let Some(u) = upto {
+        params.push(Box::new(u));
+        clause = format!("{clause} AND seq <= ?{}", params.len());
+    }
+    let sql = format!("SELECT {COLUMNS} FROM events WHERE {clause} ORDER BY seq LIMIT {limit}");
+    let mut statement = conn.prepare_cached(&sql)?;
+    let refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref() as &dyn ToSql).collect();
+    let mut rows = statement.query(&refs[..])?;
+    let mut events = Vec::new();
+    let mut bytes = 0;
+    let mut cut_short = false;
+    while let Some(row) = rows.next()? {
+        if bytes >= max_bytes {
+            cut_short = true;
+            break;
+        }
+        let e = stored(row, false)?;
+        bytes += e.payload.len();
+        events.push(e);
+    }
+    let cut_short = cut_short || events.len() as i64 >= limit;
+    Ok((events, cut_short))
+}
+
+/// Of the events at `seqs`, those whose payload contains `pattern` (jsonb's
+/// `@>`, `super::contains`).
+pub fn containing(conn: &Connection, seqs: &[i64], pattern: &str) -> rusqlite::Result<Vec<i64>> {
+    let pattern = super::contains::parse(pattern.as_bytes())
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let mut statement = conn.prepare_cached("SELECT payload FROM events WHERE seq = ?1")?;
+    let mut held = Vec::new();
+    for &seq in seqs {
+        let payload: Option<String> =
+            statement
+                .query_row([seq], |r| r.get(0))
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })?;
+        if payload.is_some_and(|p| {
+            super::contains::parse(p.as_bytes())
+                .is_ok_and(|d| super::contains::contains(&d, &pattern))
+        }) {
+            held.push(seq);
+        }
+    }
+    Ok(held)
+}
