@@ -102,6 +102,13 @@ pub async fn event_types(
             _ => after = value,
         }
     }
+    if let super::Store::Sqlite(reader) = &state.store {
+        let types = reader
+            .read(move |c| crate::store::sqlite::catalog::event_types(c, &after, limit))
+            .await
+            .map_err(unavailable)?;
+        return Ok(HttpResponse::Ok().json(embedded_types(types, limit)));
+    }
     let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     let mut types = client
         .query(
@@ -173,6 +180,22 @@ pub async fn sources(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, Problem> {
     no_parameters(&req)?;
+    if let super::Store::Sqlite(reader) = &state.store {
+        let rows = reader
+            .read(crate::store::sqlite::catalog::sources)
+            .await
+            .map_err(unavailable)?;
+        let sources = rows
+            .into_iter()
+            .map(|(source, count, first, last)| Source {
+                source,
+                count,
+                first_seen: micros_text(first),
+                last_seen: micros_text(last),
+            })
+            .collect();
+        return Ok(HttpResponse::Ok().json(Sources { sources }));
+    }
     let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
     let rows = client
         .query(
@@ -191,4 +214,50 @@ pub async fn sources(
         })
         .collect();
     Ok(HttpResponse::Ok().json(Sources { sources }))
+}
+
+/// A time of the embedded store (µs) as the API shows times.
+fn micros_text(micros: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros)
+        .map(rfc3339)
+        .unwrap_or_default()
+}
+
+/// The embedded store's event types as `GET /event-types` answers them.
+fn embedded_types(
+    mut types: Vec<crate::store::sqlite::catalog::CatalogType>,
+    limit: i64,
+) -> EventTypes {
+    let has_more = types.len() as i64 > limit;
+    types.truncate(limit as usize);
+    let next_after = has_more
+        .then(|| types.last().map(|t| t.event_type.clone()))
+        .flatten();
+    let event_types = types
+        .into_iter()
+        .map(|t| EventType {
+            payload_keys: t
+                .keys
+                .into_iter()
+                .map(|(key, json_type, count, first, last)| PayloadKey {
+                    key,
+                    json_type,
+                    count,
+                    share: count as f64 / t.count.max(1) as f64,
+                    first_seen: micros_text(first),
+                    last_seen: micros_text(last),
+                })
+                .collect(),
+            event_type: t.event_type,
+            count: t.count,
+            first_seen: micros_text(t.first_seen),
+            last_seen: micros_text(t.last_seen),
+            payload_keys_capped: t.payload_keys_capped,
+        })
+        .collect();
+    EventTypes {
+        event_types,
+        has_more,
+        next_after,
+    }
 }

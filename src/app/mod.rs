@@ -209,7 +209,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                 .with_context(|| format!("cannot use the embedded store {}", path.display()))?;
             tracing::warn!(
                 file = %path.display(),
-                "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters, the live tail and the probes; the rest of the API answers 501 and the background jobs (retention, the audit tree, the catalog) do not run on it yet (docs/embedded-store.md)"
+                "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters, the live tail, the catalog and the probes; the audit endpoints answer 501 and retention and the audit tree do not run on it yet (docs/embedded-store.md)"
             );
             (Prepared::Sqlite(file), None)
         }
@@ -248,6 +248,8 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
     };
     // Writers wake the maintenance job when they leave rows in the default partition.
     let maintenance_wake = crate::jobs::Wake::default();
+    // The embedded store's writer thread, for its catalog job too.
+    let mut embedded_writer = None;
     let writers: Vec<Writer> = match &prepared {
         Prepared::Postgres { pg, .. } => (0..settings.write_concurrency)
             .map(|_| {
@@ -264,6 +266,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             let handle = store::sqlite::write::Handle::start(file)
                 .context("cannot start the embedded store's writer")?
                 .attesting(keyring.clone());
+            embedded_writer = Some(handle.clone());
             (0..settings.write_concurrency)
                 .map(|_| Writer::Sqlite(handle.clone()))
                 .collect()
@@ -339,7 +342,14 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             async move { supervisor.watch(name, run).await },
         ));
     };
-    // The background jobs run on PostgreSQL (the embedded store has none yet).
+    // The embedded store's catalog, counted on its writer thread between batches.
+    if let Some(handle) = embedded_writer {
+        supervise_job(
+            "catalog",
+            Box::pin(store::sqlite::write::catalog_job(handle, jobs_stop.clone())) as JobRun,
+        );
+    }
+    // The background jobs of PostgreSQL.
     if let Prepared::Postgres { pg, .. } = &prepared {
         // Partitions ahead, the default partition drained, RETENTION: now and on schedule.
         let maintenance = jobs::run_forever(

@@ -257,3 +257,71 @@ async fn the_same_deliveries_leave_the_same_rows_in_both_stores() {
     }
     assert_eq!(in_pg.len(), in_sqlite.len());
 }
+
+#[tokio::test]
+async fn the_catalog_counts_each_event_once_and_caps_a_types_keys_as_postgresql_does() {
+    use candystore::store::sqlite::{Role, catalog};
+    let file = TempSqlite::new();
+    let (store, mut w) = sqlite_writer(&file);
+    // One type with 105 distinct keys over three events (the first two share
+    // 60 keys; the third brings 45 new ones), one other type with two keys.
+    let keys = |range: std::ops::Range<i32>| -> serde_json::Map<String, serde_json::Value> {
+        range.map(|i| (format!("k{i:03}"), json!(i))).collect()
+    };
+    let records = vec![
+        record(
+            json!({"id": "a", "event_type": "wide", "source": "s1", "timestamp": "2026-12-01T10:00:00Z", "data": keys(0..60)}),
+        ),
+        record(
+            json!({"id": "b", "event_type": "wide", "source": "s1", "timestamp": "2026-12-01T11:00:00Z", "data": keys(0..60)}),
+        ),
+        record(
+            json!({"id": "c", "event_type": "narrow", "source": "s2", "timestamp": "2026-12-01T09:00:00Z", "data": {"x": "1", "y": [1]}}),
+        ),
+    ];
+    write(&mut w, &records).await.unwrap();
+    let mut conn = store.connect(Role::Write).unwrap();
+    assert_eq!(catalog::step(&mut conn).unwrap(), 3);
+    assert_eq!(
+        catalog::step(&mut conn).unwrap(),
+        0,
+        "nothing counted twice"
+    );
+    write(
+        &mut w,
+        &[record(json!({"id": "d", "event_type": "wide", "source": "s1", "timestamp": "2026-12-01T12:00:00Z", "data": keys(60..105)}))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(catalog::step(&mut conn).unwrap(), 1);
+    let types = catalog::event_types(&conn, "", 10).unwrap();
+    let wide = types.iter().find(|t| t.event_type == "wide").unwrap();
+    assert_eq!(wide.count, 3);
+    assert!(wide.payload_keys_capped);
+    // 100 keys kept (the first 60, then the 40 first by name of the new ones),
+    // the other 5 counted in one row.
+    assert_eq!(wide.keys.len(), 101);
+    let other = wide
+        .keys
+        .iter()
+        .find(|k| k.1 == catalog::OTHER_KEYS)
+        .unwrap();
+    assert_eq!((other.0.as_str(), other.2), ("", 5));
+    assert!(wide.keys.iter().any(|k| k.0 == "k099"));
+    assert!(!wide.keys.iter().any(|k| k.0 == "k100"));
+    let narrow = types.iter().find(|t| t.event_type == "narrow").unwrap();
+    let kinds: Vec<(&str, &str)> = narrow
+        .keys
+        .iter()
+        .map(|k| (k.0.as_str(), k.1.as_str()))
+        .collect();
+    assert_eq!(kinds, [("x", "string"), ("y", "array")]);
+    let sources = catalog::sources(&conn).unwrap();
+    assert_eq!(
+        sources
+            .iter()
+            .map(|s| (s.0.as_str(), s.1))
+            .collect::<Vec<_>>(),
+        [("s1", 3), ("s2", 1)]
+    );
+}

@@ -9,6 +9,7 @@
 //! that (the same promise as PostgreSQL's). Readers run beside the writer (WAL
 //! lets them), each on a blocking thread.
 
+pub mod catalog;
 pub mod contains;
 pub mod read;
 pub mod schema;

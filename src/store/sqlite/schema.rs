@@ -84,6 +84,37 @@ CREATE TABLE audit_leaves (
     leaf BLOB    NOT NULL
 ) STRICT;
 "#,
+    // 2: the catalog (`catalog.rs`): event types, sources, each type's top-level
+    // payload keys, counted behind ingest from a position.
+    r#"
+CREATE TABLE catalog_event_types (
+    event_type          TEXT    PRIMARY KEY,
+    count               INTEGER NOT NULL,
+    first_seen          INTEGER NOT NULL,
+    last_seen           INTEGER NOT NULL,
+    payload_keys_capped INTEGER NOT NULL DEFAULT 0
+) STRICT, WITHOUT ROWID;
+CREATE TABLE catalog_sources (
+    source     TEXT    PRIMARY KEY,
+    count      INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen  INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE TABLE catalog_payload_keys (
+    event_type TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    json_type  TEXT    NOT NULL,
+    count      INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen  INTEGER NOT NULL,
+    PRIMARY KEY (event_type, key, json_type)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE catalog_position (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq INTEGER NOT NULL
+) STRICT;
+INSERT INTO catalog_position VALUES (1, 0);
+"#,
 ];
 
 /// Migrations this binary knows and the file has not had.
@@ -156,7 +187,16 @@ mod tests {
             .unwrap();
         assert_eq!(
             tables,
-            ["audit_leaves", "dead_letter", "event_keys", "events"]
+            [
+                "audit_leaves",
+                "catalog_event_types",
+                "catalog_payload_keys",
+                "catalog_position",
+                "catalog_sources",
+                "dead_letter",
+                "event_keys",
+                "events"
+            ]
         );
     }
 

@@ -75,10 +75,17 @@ struct Job {
     answer: oneshot::Sender<Result<Written, WriteError>>,
 }
 
+/// What the thread is asked to do.
+enum Work {
+    Batch(Job),
+    /// A step of the catalog (`super::catalog`): how many events it counted.
+    Catalog(oneshot::Sender<rusqlite::Result<usize>>),
+}
+
 /// A sink writer on the embedded store's writer thread.
 #[derive(Clone)]
 pub struct Handle {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Work>,
     keyring: Option<Arc<Keyring>>,
 }
 
@@ -132,11 +139,11 @@ impl Handle {
             source: None,
         };
         self.jobs
-            .send(Job {
+            .send(Work::Batch(Job {
                 events,
                 dead,
                 answer,
-            })
+            }))
             .await
             .map_err(|_| gone())?;
         let mut written = answered.await.map_err(|_| gone())??;
@@ -146,6 +153,63 @@ impl Handle {
             .with_label_values(&["commit"])
             .observe(t.elapsed().as_secs_f64());
         Ok(written)
+    }
+}
+
+impl Handle {
+    /// Runs one step of the catalog on the writer thread, between batches;
+    /// returns how many events it counted.
+    pub async fn catalog_step(&self) -> Result<usize, CatalogError> {
+        let (answer, answered) = oneshot::channel();
+        self.jobs
+            .send(Work::Catalog(answer))
+            .await
+            .map_err(|_| CatalogError::Stopped)?;
+        answered
+            .await
+            .map_err(|_| CatalogError::Stopped)?
+            .map_err(CatalogError::Sqlite)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("the embedded store's writer has stopped")]
+    Stopped,
+    #[error("a catalog step failed")]
+    Sqlite(#[source] rusqlite::Error),
+}
+
+/// The catalog, counted behind ingest until `stop`: a step whenever the last
+/// one was full, else one a second.
+pub async fn catalog_job(handle: Handle, stop: tokio_util::sync::CancellationToken) {
+    let mut failing = false;
+    loop {
+        let rest = match handle.catalog_step().await {
+            Ok(n) => {
+                if failing {
+                    tracing::info!("embedded store catalog counting again");
+                    failing = false;
+                }
+                if n as i64 >= super::catalog::STEP_ROWS {
+                    std::time::Duration::ZERO
+                } else {
+                    std::time::Duration::from_secs(1)
+                }
+            }
+            Err(CatalogError::Stopped) => return,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "embedded store catalog step failed; retrying");
+                    failing = true;
+                }
+                std::time::Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(rest) => {}
+        }
     }
 }
 
@@ -197,12 +261,19 @@ fn dead_row(d: &DeadLetter) -> DeadRow {
 }
 
 /// The thread: one batch at a time, until every handle is gone.
-fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(job) = jobs.blocking_recv() {
-        let result = commit(&mut conn, &job.events, &job.dead).map_err(classify);
-        // The handle may have given up waiting (shutdown); the batch is
-        // committed or not all the same, and redelivered if not acked.
-        let _ = job.answer.send(result);
+fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Work>) {
+    while let Some(work) = jobs.blocking_recv() {
+        match work {
+            Work::Batch(job) => {
+                let result = commit(&mut conn, &job.events, &job.dead).map_err(classify);
+                // The handle may have given up waiting (shutdown); the batch is
+                // committed or not all the same, and redelivered if not acked.
+                let _ = job.answer.send(result);
+            }
+            Work::Catalog(answer) => {
+                let _ = answer.send(super::catalog::step(&mut conn));
+            }
+        }
     }
     tracing::debug!("embedded store writer stopped");
 }
