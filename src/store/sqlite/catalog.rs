@@ -60,13 +60,16 @@ fn count<K: Ord>(map: &mut BTreeMap<K, Seen>, key: K, t: i64) {
         .or_insert_with(|| Seen::new(t));
 }
 
+/// (event type, key, JSON type): one row of `catalog_payload_keys`.
+type KeyOf = (String, String, &'static str);
+
 /// Counts the next events past the catalog's position; returns how many.
 pub fn step(conn: &mut Connection) -> rusqlite::Result<usize> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let position: i64 = tx.query_row("SELECT seq FROM catalog_position", [], |r| r.get(0))?;
     let mut types: BTreeMap<String, Seen> = BTreeMap::new();
     let mut sources: BTreeMap<String, Seen> = BTreeMap::new();
-    let mut keys: BTreeMap<(String, String, &'static str), Seen> = BTreeMap::new();
+    let mut keys: BTreeMap<KeyOf, Seen> = BTreeMap::new();
     let mut last = position;
     let mut rows = 0;
     {
@@ -111,8 +114,7 @@ pub fn step(conn: &mut Connection) -> rusqlite::Result<usize> {
     }
     // New keys ranked by count, then key, then type; those past the room are
     // counted together.
-    let mut new_by_type: BTreeMap<&str, Vec<(&(String, String, &'static str), &Seen)>> =
-        BTreeMap::new();
+    let mut new_by_type: BTreeMap<&str, Vec<(&KeyOf, &Seen)>> = BTreeMap::new();
     let mut upserts: Vec<((String, String, String), Seen)> = Vec::new();
     for (k, seen) in &keys {
         let is_known = known
