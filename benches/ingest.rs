@@ -340,17 +340,8 @@ async fn drain_into(
     without_time: bool,
 ) -> Drain {
     let published = env.fill(events, without_time).await;
-    let running = app::start(env.settings(tuning), AppOptions::default())
-        .await
-        .unwrap();
-    let cpu_before = cpu_by_group();
-    let start = Instant::now();
-    wait_stored(&running, events).await;
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = cores_used(&cpu_before, &cpu_by_group(), secs);
-    let text = running.metrics.render();
-    let batch_rows = metric(&text, "candystore_batch_rows_sum")
-        / metric(&text, "candystore_batch_rows_count").max(1.0);
+    let (running, secs, cpu, text) = timed_drain(env.settings(tuning), events).await;
+    let batch_rows = mean_batch_rows(&text);
     let steps: Vec<String> = ["copy", "insert", "commit"]
         .iter()
         .map(|step| {
@@ -389,6 +380,25 @@ async fn drain_into(
     }
 }
 
+/// Starts a service with `settings` on a queue already holding `events` and
+/// times its drain: the running service, the seconds, the cores each process
+/// group used meanwhile, and the service's metrics at the end.
+async fn timed_drain(settings: Settings, events: u64) -> (app::Running, f64, String, String) {
+    let running = app::start(settings, AppOptions::default()).await.unwrap();
+    let cpu_before = cpu_by_group();
+    let start = Instant::now();
+    wait_stored(&running, events).await;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cores_used(&cpu_before, &cpu_by_group(), secs);
+    let text = running.metrics.render();
+    (running, secs, cpu, text)
+}
+
+/// Rows per committed batch, on average, from the metrics' text.
+fn mean_batch_rows(text: &str) -> f64 {
+    metric(text, "candystore_batch_rows_sum") / metric(text, "candystore_batch_rows_count").max(1.0)
+}
+
 /// A drain into the embedded store: the same events and settings as
 /// [`drain_into`], into a SQLite file of its own. Returns the rate and the
 /// file's bytes per event (after a checkpoint folds the log into it).
@@ -400,15 +410,8 @@ async fn drain_into_sqlite(env: &Env, events: u64, tuning: &[(&str, String)]) ->
     let mut pairs = env.pairs(tuning);
     pairs.push(("DATABASE_URL", format!("sqlite:{}", file.display())));
     let settings = Settings::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())));
-    let running = app::start(settings, AppOptions::default()).await.unwrap();
-    let cpu_before = cpu_by_group();
-    let start = Instant::now();
-    wait_stored(&running, events).await;
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = cores_used(&cpu_before, &cpu_by_group(), secs);
-    let text = running.metrics.render();
-    let batch_rows = metric(&text, "candystore_batch_rows_sum")
-        / metric(&text, "candystore_batch_rows_count").max(1.0);
+    let (running, secs, cpu, text) = timed_drain(settings, events).await;
+    let batch_rows = mean_batch_rows(&text);
     running.shutdown().await.unwrap();
     let conn = rusqlite::Connection::open(&file).unwrap();
     let rows: i64 = conn

@@ -141,19 +141,7 @@ async fn timeline(
         Some(groups) => groups,
         None => grouped(&tx, column, &value).await?,
     };
-    let count: i64 = groups.iter().map(|g| g.2).sum();
-    if count == 0 {
-        return Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            format!("no events with {column} {value:?}"),
-        ));
-    }
-    let mut by_event_type = BTreeMap::new();
-    let mut by_source = BTreeMap::new();
-    for (event_type, source, n) in groups {
-        *by_event_type.entry(event_type).or_insert(0) += n;
-        *by_source.entry(source).or_insert(0) += n;
-    }
+    let (count, by_event_type, by_source) = summed(groups, column, &value)?;
     // The first and last times: the oldest and newest partition holding one, from
     // each end of the index.
     let ends = reusable(
@@ -212,19 +200,7 @@ async fn embedded_timeline(
         .read(move |c| crate::store::sqlite::read::timeline(c, column, &asked, &paging, bounds))
         .await
         .map_err(unavailable)?;
-    let count: i64 = t.groups.iter().map(|g| g.2).sum();
-    if count == 0 {
-        return Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            format!("no events with {column} {value:?}"),
-        ));
-    }
-    let mut by_event_type = BTreeMap::new();
-    let mut by_source = BTreeMap::new();
-    for (event_type, source, n) in t.groups {
-        *by_event_type.entry(event_type).or_insert(0) += n;
-        *by_source.entry(source).or_insert(0) += n;
-    }
+    let (count, by_event_type, by_source) = summed(t.groups, column, &value)?;
     let time = |t: Option<i64>| {
         t.and_then(DateTime::<Utc>::from_timestamp_micros)
             .map(rfc3339)
@@ -250,6 +226,29 @@ async fn embedded_timeline(
         has_more: t.has_more,
         next_cursor: t.next_cursor.map(|c| c.encode()),
     }))
+}
+
+/// A timeline's groups summed: its count (none is a 404 naming the value), and
+/// its counts by event type and by source.
+fn summed(
+    groups: Groups,
+    column: &str,
+    value: &str,
+) -> Result<(i64, BTreeMap<String, i64>, BTreeMap<String, i64>), Problem> {
+    let count: i64 = groups.iter().map(|g| g.2).sum();
+    if count == 0 {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no events with {column} {value:?}"),
+        ));
+    }
+    let mut by_event_type = BTreeMap::new();
+    let mut by_source = BTreeMap::new();
+    for (event_type, source, n) in groups {
+        *by_event_type.entry(event_type).or_insert(0) += n;
+        *by_source.entry(source).or_insert(0) += n;
+    }
+    Ok((count, by_event_type, by_source))
 }
 
 /// (event type, source, events) of one session or correlation.

@@ -199,32 +199,49 @@ pub struct PageBounds {
     pub overhead_bytes: usize,
 }
 
+/// A WHERE clause being built: its conditions, each `?` numbered as its
+/// parameter is pushed.
+#[derive(Default)]
+struct Where {
+    clauses: Vec<String>,
+    params: Vec<Box<dyn ToSql + Send>>,
+}
+
+impl Where {
+    /// Adds `clause`, whose `?` stands for `value`.
+    fn and(&mut self, clause: &str, value: impl ToSql + Send + 'static) {
+        self.params.push(Box::new(value));
+        let n = format!("?{}", self.params.len());
+        self.clauses.push(clause.replace('?', &n));
+    }
+
+    /// The conditions joined (`1` for none) and their parameters.
+    fn finish(self) -> (String, Vec<Box<dyn ToSql + Send>>) {
+        let clause = if self.clauses.is_empty() {
+            "1".to_owned()
+        } else {
+            self.clauses.join(" AND ")
+        };
+        (clause, self.params)
+    }
+}
+
 /// The WHERE clause of `q` (without paging) and its parameters.
 fn conditions(q: &EventQuery) -> (String, Vec<Box<dyn ToSql + Send>>) {
-    let mut clauses = Vec::new();
-    let mut params: Vec<Box<dyn ToSql + Send>> = Vec::new();
+    let mut w = Where::default();
     for (name, value) in &q.filters {
-        params.push(Box::new(value.clone()));
-        clauses.push(format!("{name} = ?{}", params.len()));
+        w.and(&format!("{name} = ?"), value.clone());
     }
     if let Some(doc) = &q.payload_contains {
-        params.push(Box::new(doc.to_string()));
-        clauses.push(format!("candystore_contains(payload, ?{})", params.len()));
+        w.and("candystore_contains(payload, ?)", doc.to_string());
     }
     if let Some(t) = q.start_time {
-        params.push(Box::new(t.timestamp_micros()));
-        clauses.push(format!("\"timestamp\" >= ?{}", params.len()));
+        w.and("\"timestamp\" >= ?", t.timestamp_micros());
     }
     if let Some(t) = q.end_time {
-        params.push(Box::new(t.timestamp_micros()));
-        clauses.push(format!("\"timestamp\" <= ?{}", params.len()));
+        w.and("\"timestamp\" <= ?", t.timestamp_micros());
     }
-    let clause = if clauses.is_empty() {
-        "1".to_owned()
-    } else {
-        clauses.join(" AND ")
-    };
-    (clause, params)
+    w.finish()
 }
 
 /// Which way a page walks the (time, seq) order.
@@ -272,32 +289,51 @@ fn walk(
     );
     let mut statement = conn.prepare_cached(&sql)?;
     let refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref() as &dyn ToSql).collect();
-    let mut rows = statement.query(&refs[..])?;
-    let mut events = Vec::new();
-    let mut bytes = 0;
-    let mut has_more = false;
-    while let Some(row) = rows.next()? {
-        let e = stored(row, false)?;
-        let size = e.payload.len() + bounds.overhead_bytes;
-        if events.len() as i64 == limit || (!events.is_empty() && bytes + size > bounds.max_bytes) {
-            has_more = true;
-            break;
-        }
-        bytes += size;
-        events.push(e);
-    }
-    let next_cursor = match (has_more, events.last()) {
-        (true, Some(last)) => Some(Cursor {
-            timestamp_micros: last.timestamp,
-            seq: last.seq,
-        }),
-        _ => None,
-    };
+    let rows = statement.query(&refs[..])?;
+    let (events, has_more, next_cursor) = take_page(
+        rows,
+        limit,
+        bounds,
+        |r| stored(r, false),
+        |e| (e.payload.len(), e.timestamp, e.seq),
+    )?;
     Ok(Walked {
         events,
         has_more,
         next_cursor,
     })
+}
+
+/// The rows of a page from a query that asked for `limit + 1`: at most `limit`
+/// and `bounds.max_bytes` (each row's size plus the overhead; always one),
+/// whether a row was left (read, never held), and then the cursor after the
+/// last row. `sized` gives a row's (size, time, seq).
+fn take_page<T>(
+    mut rows: rusqlite::Rows<'_>,
+    limit: i64,
+    bounds: PageBounds,
+    read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    sized: impl Fn(&T) -> (usize, i64, i64),
+) -> rusqlite::Result<(Vec<T>, bool, Option<Cursor>)> {
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    while let Some(row) = rows.next()? {
+        let item = read(row)?;
+        let n = sized(&item).0 + bounds.overhead_bytes;
+        if page.len() as i64 == limit || (!page.is_empty() && bytes + n > bounds.max_bytes) {
+            let next = page.last().map(|last| {
+                let (_, timestamp_micros, seq) = sized(last);
+                Cursor {
+                    timestamp_micros,
+                    seq,
+                }
+            });
+            return Ok((page, true, next));
+        }
+        bytes += n;
+        page.push(item);
+    }
+    Ok((page, false, None))
 }
 
 /// One page of `q`, newest first, and its total.
@@ -530,65 +566,45 @@ pub fn dead_letters(
     paging: &crate::model::query::Paging,
     bounds: PageBounds,
 ) -> rusqlite::Result<DeadLetterPage> {
-    let mut clauses = vec!["1".to_owned()];
-    let mut params: Vec<Box<dyn ToSql + Send>> = Vec::new();
+    let mut w = Where::default();
     if let Some(r) = f.reason {
-        params.push(Box::new(r));
-        clauses.push(format!("reason = ?{}", params.len()));
+        w.and("reason = ?", r);
     }
     if let Some(k) = &f.routing_key {
-        params.push(Box::new(k.clone()));
-        clauses.push(format!("routing_key = ?{}", params.len()));
+        w.and("routing_key = ?", k.clone());
     }
     if let Some(t) = f.start {
-        params.push(Box::new(t.timestamp_micros()));
-        clauses.push(format!("received_at >= ?{}", params.len()));
+        w.and("received_at >= ?", t.timestamp_micros());
     }
     if let Some(t) = f.end {
-        params.push(Box::new(t.timestamp_micros()));
-        clauses.push(format!("received_at <= ?{}", params.len()));
+        w.and("received_at <= ?", t.timestamp_micros());
     }
+    let (mut clause, mut params) = w.finish();
     if let Some(c) = paging.cursor {
         params.push(Box::new(c.timestamp_micros));
         params.push(Box::new(c.seq));
-        clauses.push(format!(
-            "(received_at, seq) < (?{}, ?{})",
+        clause = format!(
+            "{clause} AND (received_at, seq) < (?{}, ?{})",
             params.len() - 1,
             params.len()
-        ));
+        );
     }
     let sql = format!(
-        "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letter WHERE {} \
+        "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letter WHERE {clause} \
          ORDER BY received_at DESC, seq DESC LIMIT {} OFFSET {}",
-        clauses.join(" AND "),
         paging.limit + 1,
         paging.offset
     );
     let mut statement = conn.prepare_cached(&sql)?;
     let refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref() as &dyn ToSql).collect();
-    let mut rows = statement.query(&refs[..])?;
-    let mut dead_letters = Vec::new();
-    let mut bytes = 0;
-    let mut has_more = false;
-    while let Some(row) = rows.next()? {
-        let d = stored_dead_letter(row, false)?;
-        let size = d.properties.len() + d.detail.len() + bounds.overhead_bytes;
-        if dead_letters.len() as i64 == paging.limit
-            || (!dead_letters.is_empty() && bytes + size > bounds.max_bytes)
-        {
-            has_more = true;
-            break;
-        }
-        bytes += size;
-        dead_letters.push(d);
-    }
-    let next_cursor = match (has_more, dead_letters.last()) {
-        (true, Some(last)) => Some(Cursor {
-            timestamp_micros: last.received_at,
-            seq: last.seq,
-        }),
-        _ => None,
-    };
+    let rows = statement.query(&refs[..])?;
+    let (dead_letters, has_more, next_cursor) = take_page(
+        rows,
+        paging.limit,
+        bounds,
+        |r| stored_dead_letter(r, false),
+        |d| (d.properties.len() + d.detail.len(), d.received_at, d.seq),
+    )?;
     Ok(DeadLetterPage {
         dead_letters,
         has_more,
