@@ -141,7 +141,7 @@ async fn timeline(
         Some(groups) => groups,
         None => grouped(&tx, column, &value).await?,
     };
-    let (count, by_event_type, by_source) = summed(groups, column, &value)?;
+    let summary = summed(groups, column, &value)?;
     // The first and last times: the oldest and newest partition holding one, from
     // each end of the index.
     let ends = reusable(
@@ -168,11 +168,9 @@ async fn timeline(
         key: column,
         value,
         summary: Summary {
-            count,
             first_timestamp: first.map(rfc3339).unwrap_or_default(),
             last_timestamp: last.map(rfc3339).unwrap_or_default(),
-            by_event_type,
-            by_source,
+            ..summary
         },
         events: views(&rows)?,
         limit: paging.limit,
@@ -200,7 +198,7 @@ async fn embedded_timeline(
         .read(move |c| crate::store::sqlite::read::timeline(c, column, &asked, &paging, bounds))
         .await
         .map_err(unavailable)?;
-    let (count, by_event_type, by_source) = summed(t.groups, column, &value)?;
+    let summary = summed(t.groups, column, &value)?;
     let time = |t: Option<i64>| {
         t.and_then(DateTime::<Utc>::from_timestamp_micros)
             .map(rfc3339)
@@ -210,11 +208,9 @@ async fn embedded_timeline(
         key: column,
         value,
         summary: Summary {
-            count,
             first_timestamp: time(t.first),
             last_timestamp: time(t.last),
-            by_event_type,
-            by_source,
+            ..summary
         },
         events: t
             .events
@@ -229,12 +225,8 @@ async fn embedded_timeline(
 }
 
 /// A timeline's groups summed: its count (none is a 404 naming the value), and
-/// its counts by event type and by source.
-fn summed(
-    groups: Groups,
-    column: &str,
-    value: &str,
-) -> Result<(i64, BTreeMap<String, i64>, BTreeMap<String, i64>), Problem> {
+/// its counts by event type and by source (the times are left empty).
+fn summed(groups: Groups, column: &str, value: &str) -> Result<Summary, Problem> {
     let count: i64 = groups.iter().map(|g| g.2).sum();
     if count == 0 {
         return Err(Problem::new(
@@ -248,7 +240,13 @@ fn summed(
         *by_event_type.entry(event_type).or_insert(0) += n;
         *by_source.entry(source).or_insert(0) += n;
     }
-    Ok((count, by_event_type, by_source))
+    Ok(Summary {
+        count,
+        first_timestamp: String::new(),
+        last_timestamp: String::new(),
+        by_event_type,
+        by_source,
+    })
 }
 
 /// (event type, source, events) of one session or correlation.
