@@ -165,14 +165,16 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         "candystore starting; settings not at their default listed (all of them at LOG_LEVEL=debug)"
     );
     let keyring = crate::audit::attest::Keyring::new(&settings.audit_keys).map(Arc::new);
-    let signer = Arc::new(signing_key(&settings)?);
-    let (prepared, replay_key) = match settings.database() {
+    // The signing key is read once the store answers (a store that cannot be
+    // reached is the first thing to say).
+    let (prepared, replay_key, signer) = match settings.database() {
         Database::Postgres(url) => {
             let pg = db::pg_config(url)?;
             let client = db::connect(&pg)
                 .await
                 .context("cannot connect to DATABASE_URL")?;
             schema::check_schema(&client).await?;
+            let signer = Arc::new(signing_key(&settings)?);
             if let Err(e) =
                 crate::audit::trail::check_start(&client, &signer, keyring.is_some()).await
             {
@@ -202,6 +204,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                     probe_pool,
                 },
                 replay_key,
+                signer,
             )
         }
         Database::Sqlite(path) => {
@@ -211,7 +214,8 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                 file = %path.display(),
                 "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters, the live tail, the catalog and the probes; the audit endpoints answer 501 and retention and the audit tree do not run on it yet (docs/embedded-store.md)"
             );
-            (Prepared::Sqlite(file), None)
+            let signer = Arc::new(signing_key(&settings)?);
+            (Prepared::Sqlite(file), None, signer)
         }
     };
     // Every instance derives the same ticket key from the installation's secret;

@@ -21,15 +21,14 @@ async fn storage_client(app: &TestApp) -> Client {
         .unwrap()
 }
 
-/// Rows inserted by hand moved out of the default partition by the maintenance
-/// job (none left there, so pages take the walk over partitions), and the
-/// table analysed as a live one is (past the cap a total is then an estimate).
+/// Rows inserted by hand moved out of the default partition by one run of the
+/// maintenance job, and the table analysed as a live one is (past the cap a
+/// total is then an estimate).
 async fn settle_into_partitions(app: &TestApp) {
     let mut c = storage_client(app).await;
     maintain::run_once(&mut c, &opts(None), Utc::now(), None)
         .await
         .unwrap();
-    assert_eq!(app.count("events_default").await, 0);
     app.db.batch_execute("ANALYZE events").await.unwrap();
 }
 
@@ -1819,6 +1818,7 @@ async fn documents_past_the_cap_are_paged_newest_first_through_every_match_once(
             .unwrap();
     }
     settle_into_partitions(&app).await;
+    assert_eq!(app.count("events_default").await, 0);
     for k in [1, 2] {
         let every: Vec<String> = app
             .db
@@ -1896,6 +1896,7 @@ async fn a_table_under_the_cap_whose_page_fills_from_today_is_counted_exactly_at
         .await
         .unwrap();
     settle_into_partitions(&app).await;
+    assert_eq!(app.count("events_default").await, 0);
     for filter in ["&payload_contains=%7B%7D", "&event_type=e"] {
         let page = app.get_json(&format!("/events?limit=9{filter}")).await;
         assert_eq!(page["total"], 240, "{filter}: {page}");

@@ -107,7 +107,7 @@ impl Reader {
 fn open_reader(store: &Sqlite) -> Result<Connection, SqliteError> {
     let conn = store.connect(Role::Read)?;
     conn.create_scalar_function(
-        "candystore_contains",
+        "jsonb_contains",
         2,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
         |ctx| {
@@ -233,7 +233,7 @@ fn conditions(q: &EventQuery) -> (String, Vec<Box<dyn ToSql + Send>>) {
         w.and(&format!("{name} = ?"), value.clone());
     }
     if let Some(doc) = &q.payload_contains {
-        w.and("candystore_contains(payload, ?)", doc.to_string());
+        w.and("jsonb_contains(payload, ?)", doc.to_string());
     }
     if let Some(t) = q.start_time {
         w.and("\"timestamp\" >= ?", t.timestamp_micros());
