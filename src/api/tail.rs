@@ -38,7 +38,7 @@ use super::query::sql::{generic_plans, reusable};
 use super::view::{COLUMNS, JsonText, view};
 use crate::db::HORIZON;
 use crate::model::query::SqlParams;
-use crate::store::sqlite::contains::{self, Json};
+use crate::store::contains::{self, Json};
 
 /// How often the newest events are read while a stream listens.
 pub const POLL_EVERY: Duration = Duration::from_millis(200);

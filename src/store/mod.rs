@@ -4,6 +4,7 @@
 //! [`Writer`] records and gets back what was [`Written`] or a classified
 //! [`WriteError`]; it does not know which store it talks to.
 
+pub mod contains;
 pub mod postgres;
 pub mod sqlite;
 

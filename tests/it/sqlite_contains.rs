@@ -1,9 +1,9 @@
-//! The embedded store's `payload_contains` (`store::sqlite::contains`) against
+//! The embedded store's `payload_contains` (`store::contains`) against
 //! PostgreSQL's `@>` on the real server: generated pairs of documents from a
 //! small vocabulary (so that about half contain each other), numbers in several
 //! spellings, nested arrays and objects, repeated keys, escapes.
 
-use candystore::store::sqlite::contains::contains_text;
+use candystore::store::contains::contains_text;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;

@@ -16,7 +16,7 @@ use rusqlite::{Connection, params};
 
 pub use crate::storage::catalog::{MAX_KEYS_PER_TYPE, OTHER_KEYS, STEP_ROWS};
 
-use super::contains::{Json, parse};
+use crate::store::contains::{Json, parse};
 
 /// jsonb_typeof's name of a value's type.
 fn json_type(v: &Json) -> &'static str {

@@ -10,7 +10,6 @@
 //! lets them), each on a blocking thread.
 
 pub mod catalog;
-pub mod contains;
 pub mod read;
 pub mod schema;
 pub mod write;

@@ -115,12 +115,12 @@ fn open_reader(store: &Sqlite) -> Result<Connection, SqliteError> {
                 |e: Box<dyn std::error::Error + Send + Sync>| rusqlite::Error::UserFunctionError(e);
             let pattern = ctx.get_or_create_aux(1, |v| {
                 let text = v.as_bytes().map_err(|e| failed(Box::new(e)))?;
-                super::contains::parse(text).map_err(|e| failed(Box::new(e)))
+                crate::store::contains::parse(text).map_err(|e| failed(Box::new(e)))
             })?;
             let doc = ctx.get_raw(0).as_bytes().map_err(|e| failed(Box::new(e)))?;
             // A stored payload is canonical text; one that is not matches nothing.
-            Ok(super::contains::parse(doc)
-                .map(|d| super::contains::contains(&d, &pattern))
+            Ok(crate::store::contains::parse(doc)
+                .map(|d| crate::store::contains::contains(&d, &pattern))
                 .unwrap_or(false))
         },
     )
@@ -675,7 +675,7 @@ pub fn after(
 /// Of the events at `seqs`, those whose payload contains `pattern` (jsonb's
 /// `@>`, `super::contains`).
 pub fn containing(conn: &Connection, seqs: &[i64], pattern: &str) -> rusqlite::Result<Vec<i64>> {
-    let pattern = super::contains::parse(pattern.as_bytes())
+    let pattern = crate::store::contains::parse(pattern.as_bytes())
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     let mut statement = conn.prepare_cached("SELECT payload FROM events WHERE seq = ?1")?;
     let mut held = Vec::new();
@@ -689,8 +689,8 @@ pub fn containing(conn: &Connection, seqs: &[i64], pattern: &str) -> rusqlite::R
                     e => Err(e),
                 })?;
         if payload.is_some_and(|p| {
-            super::contains::parse(p.as_bytes())
-                .is_ok_and(|d| super::contains::contains(&d, &pattern))
+            crate::store::contains::parse(p.as_bytes())
+                .is_ok_and(|d| crate::store::contains::contains(&d, &pattern))
         }) {
             held.push(seq);
         }

@@ -1,6 +1,6 @@
-//! `payload_contains` on the embedded store: PostgreSQL's jsonb containment
-//! (`@>`), computed in Rust over the stored payload (jsonb's canonical text,
-//! `audit::jsonb`).
+//! PostgreSQL's jsonb containment (`@>`) computed in Rust over a payload's
+//! canonical text (`audit::jsonb`): `payload_contains` on the embedded store
+//! (a SQL function), and the live tail's in-memory filter on both stores.
 //!
 //! The rules, from `JsonbDeepContains` (PostgreSQL 12 to 17):
 //!
