@@ -342,7 +342,17 @@ pub struct Sealed {
 /// refuses the row too, and it is never stored) is committed to as it is.
 pub fn seal(event: &Event, keyring: Option<&Keyring>) -> Sealed {
     let canonical = super::jsonb::canonical(&event.payload);
-    let payload = canonical.as_deref().unwrap_or(&event.payload);
+    seal_stored(
+        event,
+        canonical.as_deref().unwrap_or(&event.payload),
+        keyring,
+    )
+}
+
+/// [`seal`] of an event whose payload's stored text (`payload`, jsonb's
+/// canonical text) the caller already has: the embedded store writes that text
+/// and commits to it, computing it once.
+pub fn seal_stored(event: &Event, payload: &[u8], keyring: Option<&Keyring>) -> Sealed {
     let salt = salt();
     let commitment = Content::of(event, payload).commitment(&salt);
     Sealed {

@@ -222,7 +222,7 @@ fn micros(t: DateTime<Utc>) -> i64 {
 fn row(e: &Event, keyring: Option<&Keyring>) -> Result<Row, WriteError> {
     let payload = crate::audit::jsonb::canonical(&e.payload)
         .map_err(|err| WriteError::Refused(Box::new(err)))?;
-    let sealed = crate::audit::leaf::seal(e, keyring);
+    let sealed = crate::audit::leaf::seal_stored(e, &payload, keyring);
     Ok(Row {
         id: e.id.clone(),
         event_type: e.event_type.clone(),
