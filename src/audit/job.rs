@@ -72,6 +72,29 @@ impl Tree {
         }
     }
 
+    /// The right edge kept from the last step, when the stored tree is still
+    /// the one it ends (`size` leaves); else it is read back.
+    pub fn cached_frontier(&mut self, size: u64) -> Option<Frontier> {
+        match self.frontier.take() {
+            Some(f) if f.size() == size => Some(f),
+            cached => {
+                if let Some(f) = cached.filter(|f| f.size() > size) {
+                    tracing::error!(
+                        signed = f.size(),
+                        stored = size,
+                        "the audit tree's newest checkpoint is smaller than one this instance signed: rolled back with SQL? (witnesses and saved checkpoints will refuse what follows)"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Keeps the right edge for the next step.
+    pub fn keep_frontier(&mut self, frontier: Frontier) {
+        self.frontier = Some(frontier);
+    }
+
     /// One step: append what was committed, store its subtrees, sign.
     pub async fn step(&mut self, client: &mut Client) -> Result<Appended, JobError> {
         let legacy = finish_legacy_chain(client, self.keyring.as_deref()).await?;
@@ -96,16 +119,9 @@ impl Tree {
             Some(h) => (h.size, h.last),
             None => (0, (i64::MIN, i64::MIN)),
         };
-        let mut frontier = match self.frontier.take() {
-            Some(f) if f.size() == size => f,
-            cached => {
-                if let Some(f) = cached.filter(|f| f.size() > size) {
-                    tracing::error!(
-                        signed = f.size(),
-                        stored = size,
-                        "the audit tree's newest checkpoint is smaller than one this instance signed: rolled back with SQL? (witnesses and saved checkpoints will refuse what follows)"
-                    );
-                }
+        let frontier = match self.cached_frontier(size) {
+            Some(f) => f,
+            None => {
                 let dropped = store::truncate_to(&tx, size).await?;
                 if dropped > 0 {
                     tracing::warn!(
@@ -119,7 +135,7 @@ impl Tree {
         };
         // Read before the leaves' stream: a query sent while it is open would
         // wait behind rows nobody reads.
-        let mut attested_from: Option<i64> = tx
+        let attested_from: Option<i64> = tx
             .query_one("SELECT attested_from FROM audit_trail", &[])
             .await?
             .get(0);
@@ -137,83 +153,47 @@ impl Tree {
             )
             .await?;
         futures::pin_mut!(rows);
-        let mut anchors: (Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
-        let mut tiles: Vec<(u8, u64, Hash)> = Vec::new();
-        let mut appended = Appended::default();
-        let mut newest = last;
+        let mut growth = Growth::new(frontier, attested_from, last, self.keyring.as_deref());
         while let Some(row) = rows.try_next().await? {
-            let (txid, seq, bytes): (i64, i64, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
-            let index = frontier.size();
-            if let Some(k) = &self.keyring {
-                // From the first attested leaf on, every leaf must be.
-                match Leaf::parse(&bytes).map_or(Check::Invalid, |l| l.check(k)) {
-                    Check::Valid => {
-                        attested_from.get_or_insert(index as i64);
-                    }
-                    Check::Missing if attested_from.is_none() => {}
-                    Check::Missing | Check::Invalid => appended.unattested.push((txid, seq)),
-                }
-            }
-            if index % WIDTH == 0 {
-                anchors.0.push(index as i64);
-                anchors.1.push(txid);
-                anchors.2.push(seq);
-            }
-            frontier.append(leaf_hash(&bytes), |node, hash| {
-                if node.level >= HEIGHT && node.level % HEIGHT == 0 {
-                    tiles.push((node.level / HEIGHT, node.index, *hash));
-                }
-            });
-            newest = (txid, seq);
-            appended.leaves += 1;
+            growth.push((row.get(0), row.get(1)), row.get(2));
         }
-        if appended.leaves == 0 && head.is_some() {
+        if growth.unchanged() && head.is_some() {
+            let (frontier, appended) = growth.into_parts();
             self.frontier = Some(frontier);
             return Ok(appended);
         }
-        if !anchors.0.is_empty() {
+        if !growth.anchors.is_empty() {
+            let (idx, (txid, seq)): (Vec<i64>, (Vec<i64>, Vec<i64>)) = growth
+                .anchors
+                .iter()
+                .map(|&(i, (t, s))| (i as i64, (t, s)))
+                .unzip();
             tx.execute(
                 "INSERT INTO audit_anchors (idx, txid, seq) \
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])",
-                &[&anchors.0, &anchors.1, &anchors.2],
+                &[&idx, &txid, &seq],
             )
             .await?;
         }
-        store_tiles(&tx, &tiles).await?;
-        if attested_from != began {
+        store_tiles(&tx, &growth.tiles).await?;
+        if growth.attested_from != began {
             tx.execute(
                 "UPDATE audit_trail SET attested_from = $1",
-                &[&attested_from],
+                &[&growth.attested_from],
             )
             .await?;
         }
-        let size = frontier.size();
-        let root = frontier.root();
-        let note = self.signer.sign(
-            &Checkpoint {
-                origin: self.signer.name().to_string(),
-                size,
-                root,
-            }
-            .body(),
-        );
-        // An empty tree's "last leaf" sits before every place.
+        let (head, frontier, mut appended) = growth.sign(&self.signer);
         tx.execute(
             "INSERT INTO audit_heads (size, root, last_txid, last_seq, note) VALUES ($1, $2, $3, $4, $5)",
-            &[&(size as i64), &root.as_slice(), &newest.0, &newest.1, &note],
+            &[&(head.size as i64), &head.root.as_slice(), &head.last.0, &head.last.1, &head.note],
         )
         .await?;
         tx.commit().await?;
         self.frontier = Some(frontier);
-        appended.head = Some(store::Head {
-            size,
-            root,
-            last: newest,
-            note,
-        });
+        appended.head = Some(head);
         Ok(appended)
     }
-
     /// Adds a key leaf for each AUDIT_KEY the trail has none of yet, so a leaf
     /// attested with a key later retired or lost is told from a forged one.
     async fn introduce_keys(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), JobError> {
@@ -276,49 +256,166 @@ async fn store_tiles(
     tx: &tokio_postgres::Transaction<'_>,
     entries: &[(u8, u64, Hash)],
 ) -> Result<(), JobError> {
-    let mut i = 0;
-    while i < entries.len() {
-        let (level, index, _) = entries[i];
-        let tile = index / WIDTH;
-        let mut bytes = Vec::new();
-        let mut j = i;
-        while j < entries.len() && entries[j].0 == level && entries[j].1 / WIDTH == tile {
-            bytes.extend_from_slice(&entries[j].2);
-            j += 1;
-        }
-        let offset = ((index % WIDTH) * 32) as i32;
+    for t in tile_appends(entries) {
+        let offset = t.offset as i32;
+        let (level, tile) = (i16::from(t.level), t.tile as i64);
         let n = tx
             .execute(
                 "INSERT INTO audit_tiles (level, idx, hashes) SELECT $1, $2, $3 WHERE $4 = 0 \
                  ON CONFLICT (level, idx) DO UPDATE SET hashes = audit_tiles.hashes || EXCLUDED.hashes \
                  WHERE length(audit_tiles.hashes) = $4",
-                &[&i16::from(level), &(tile as i64), &bytes, &offset],
+                &[&level, &tile, &t.bytes, &offset],
             )
             .await?;
-        if n == 0 && offset != 0 {
+        let n = if n == 0 && offset != 0 {
             // Not there to append to: insert can't run (offset ≠ 0).
-            let n = tx
-                .execute(
-                    "UPDATE audit_tiles SET hashes = hashes || $3 \
-                     WHERE level = $1 AND idx = $2 AND length(hashes) = $4",
-                    &[&i16::from(level), &(tile as i64), &bytes, &offset],
-                )
-                .await?;
-            if n != 1 {
-                return Err(StoreError::Inconsistent(format!(
-                    "tile ({level}, {tile}) does not end where entry {index} goes"
-                ))
-                .into());
-            }
-        } else if n != 1 {
-            return Err(StoreError::Inconsistent(format!(
-                "tile ({level}, {tile}) does not end where entry {index} goes"
-            ))
-            .into());
+            tx.execute(
+                "UPDATE audit_tiles SET hashes = hashes || $3 \
+                 WHERE level = $1 AND idx = $2 AND length(hashes) = $4",
+                &[&level, &tile, &t.bytes, &offset],
+            )
+            .await?
+        } else {
+            n
+        };
+        if n != 1 {
+            return Err(t.misplaced().into());
         }
-        i = j;
     }
     Ok(())
+}
+
+/// Entries appended to one tile: `bytes` go at byte `offset` of tile
+/// `(level, tile)`.
+pub struct TileAppend {
+    pub level: u8,
+    pub tile: u64,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+    /// The first entry's index at its level.
+    first: u64,
+}
+
+impl TileAppend {
+    /// The error when the stored tile does not end at `offset`.
+    pub fn misplaced(&self) -> StoreError {
+        StoreError::Inconsistent(format!(
+            "tile ({}, {}) does not end where entry {} goes",
+            self.level, self.tile, self.first
+        ))
+    }
+}
+
+/// The tile entries of completed subtrees, grouped by the tile they extend.
+pub fn tile_appends(entries: &[(u8, u64, Hash)]) -> Vec<TileAppend> {
+    let mut out: Vec<TileAppend> = Vec::new();
+    for &(level, index, hash) in entries {
+        let tile = index / WIDTH;
+        match out.last_mut() {
+            Some(t) if t.level == level && t.tile == tile => t.bytes.extend_from_slice(&hash),
+            _ => out.push(TileAppend {
+                level,
+                tile,
+                offset: (index % WIDTH) * 32,
+                bytes: hash.to_vec(),
+                first: index,
+            }),
+        }
+    }
+    out
+}
+
+/// The leaves of one step, appended in order: the tree they make, and what
+/// they add to the tables (anchors, tile entries, the first attested leaf).
+pub struct Growth<'k> {
+    keyring: Option<&'k Keyring>,
+    frontier: Frontier,
+    pub attested_from: Option<i64>,
+    /// `(index, place)` of every leaf that starts a block.
+    pub anchors: Vec<(u64, (i64, i64))>,
+    /// `(tile level, index at that level, hash)` of every completed subtree a
+    /// tile keeps.
+    pub tiles: Vec<(u8, u64, Hash)>,
+    pub appended: Appended,
+    newest: (i64, i64),
+}
+
+impl<'k> Growth<'k> {
+    /// Growth from the tree `frontier` ends, whose last leaf is at `last`.
+    pub fn new(
+        frontier: Frontier,
+        attested_from: Option<i64>,
+        last: (i64, i64),
+        keyring: Option<&'k Keyring>,
+    ) -> Self {
+        Growth {
+            keyring,
+            frontier,
+            attested_from,
+            anchors: Vec::new(),
+            tiles: Vec::new(),
+            appended: Appended::default(),
+            newest: last,
+        }
+    }
+
+    /// Appends the leaf at `place`, checking its attestation with AUDIT_KEY.
+    pub fn push(&mut self, place: (i64, i64), bytes: Vec<u8>) {
+        let index = self.frontier.size();
+        if let Some(k) = self.keyring {
+            // From the first attested leaf on, every leaf must be.
+            match Leaf::parse(&bytes).map_or(Check::Invalid, |l| l.check(k)) {
+                Check::Valid => {
+                    self.attested_from.get_or_insert(index as i64);
+                }
+                Check::Missing if self.attested_from.is_none() => {}
+                Check::Missing | Check::Invalid => self.appended.unattested.push(place),
+            }
+        }
+        if index % WIDTH == 0 {
+            self.anchors.push((index, place));
+        }
+        let tiles = &mut self.tiles;
+        self.frontier.append(leaf_hash(&bytes), |node, hash| {
+            if node.level >= HEIGHT && node.level % HEIGHT == 0 {
+                tiles.push((node.level / HEIGHT, node.index, *hash));
+            }
+        });
+        self.newest = place;
+        self.appended.leaves += 1;
+    }
+
+    /// The grown tree's edge, when nothing was appended.
+    pub fn unchanged(&self) -> bool {
+        self.appended.leaves == 0
+    }
+
+    /// The checkpoint of the grown tree, signed; the edge and what was appended.
+    pub fn sign(self, signer: &SigningKey) -> (store::Head, Frontier, Appended) {
+        let size = self.frontier.size();
+        let root = self.frontier.root();
+        let note = signer.sign(
+            &Checkpoint {
+                origin: signer.name().to_string(),
+                size,
+                root,
+            }
+            .body(),
+        );
+        // An empty tree's "last leaf" sits before every place.
+        let head = store::Head {
+            size,
+            root,
+            last: self.newest,
+            note,
+        };
+        (head, self.frontier, self.appended)
+    }
+
+    /// The edge, when the step ends without signing.
+    pub fn into_parts(self) -> (Frontier, Appended) {
+        (self.frontier, self.appended)
+    }
 }
 
 /// Before the tree's first checkpoint, on a database that holds rows stored

@@ -16,7 +16,7 @@ use tokio_postgres::GenericClient;
 
 use super::leaf::{Content, Leaf};
 use super::note::{Checkpoint, NoteError, VerifierKey};
-use super::store::{self, StoreError};
+use super::store::{self, StoreError, Tables};
 use super::tree::{self, Hash, ProofError};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ fn b64s(hashes: &[Hash]) -> Vec<String> {
 
 /// The inclusion proof of the leaf at `index` against the newest checkpoint.
 pub async fn inclusion_of_index(
-    client: &impl GenericClient,
+    client: &impl Tables,
     index: u64,
 ) -> Result<Option<Inclusion>, ProveError> {
     let Some(head) = store::head(client).await? else {
@@ -87,7 +87,7 @@ pub async fn inclusion_of_index(
 /// The inclusion proof of the leaf at `place` (`(txid, seq)`), when the newest
 /// checkpoint holds it.
 pub async fn inclusion_of_place(
-    client: &impl GenericClient,
+    client: &impl Tables,
     place: (i64, i64),
 ) -> Result<Option<Inclusion>, ProveError> {
     let Some(head) = store::head(client).await? else {
@@ -105,7 +105,7 @@ pub async fn inclusion_of_place(
 /// The consistency proof from the checkpoint of `from` leaves to that of `to`
 /// (the newest when `None`).
 pub async fn consistency(
-    client: &impl GenericClient,
+    client: &impl Tables,
     from: u64,
     to: Option<u64>,
 ) -> Result<Option<Consistency>, ProveError> {
@@ -326,7 +326,7 @@ pub enum NoBundle {
 }
 
 /// The bundle of the event at `place`.
-pub async fn bundle(client: &impl GenericClient, place: (i64, i64)) -> Result<Bundle, NoBundle> {
+pub async fn bundle(client: &(impl GenericClient + Sync), place: (i64, i64)) -> Result<Bundle, NoBundle> {
     let row = client
         .query_opt(
             &format!(

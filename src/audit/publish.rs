@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use tokio_postgres::GenericClient;
 
-use super::store::{self, Head};
+use super::store::{self, Head, Tables};
 use super::tree::consistency_spans;
 use crate::metrics::Metrics;
 
@@ -93,7 +92,7 @@ impl Publisher {
     }
 
     /// Writes `head` to the directory and sends it to every witness.
-    pub async fn publish(&mut self, client: &impl GenericClient, head: &Head, metrics: &Metrics) {
+    pub async fn publish(&mut self, tables: &impl Tables, head: &Head, metrics: &Metrics) {
         if let Some(dir) = &self.dir
             && let Err(e) = write_checkpoint(dir, head).await
         {
@@ -101,7 +100,7 @@ impl Publisher {
             tracing::error!(dir = %dir.display(), size = head.size, error = %e, "cannot write the checkpoint to CHECKPOINT_DIR");
         }
         for url in self.witnesses.clone() {
-            let outcome = self.send(client, &url, head).await;
+            let outcome = self.send(tables, &url, head).await;
             match &outcome {
                 Outcome::Cosigned(_) => {
                     tracing::debug!(witness = %url, size = head.size, "witness cosigned");
@@ -137,11 +136,11 @@ impl Publisher {
     }
 
     /// Sends `head` to one witness, once more from the size it says it knows.
-    pub async fn send(&mut self, client: &impl GenericClient, url: &str, head: &Head) -> Outcome {
+    pub async fn send(&mut self, tables: &impl Tables, url: &str, head: &Head) -> Outcome {
         let mut old = self.known.get(url).copied().unwrap_or(0).min(head.size);
         for _ in 0..2 {
             let proof =
-                match store::proof(client, &consistency_spans(old, head.size), head.size).await {
+                match store::proof(tables, &consistency_spans(old, head.size), head.size).await {
                     Ok(p) => p,
                     Err(e) => return Outcome::Unreachable(format!("cannot read the proof: {e}")),
                 };

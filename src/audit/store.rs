@@ -27,6 +27,9 @@ pub const HEIGHT: u8 = 8;
 pub enum StoreError {
     #[error("database")]
     Db(#[from] tokio_postgres::Error),
+    /// A store other than PostgreSQL (the embedded one) could not answer.
+    #[error("event store")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// What the tables hold does not make the tree they claim (rows removed,
     /// added or changed with SQL).
     #[error("the stored tree is inconsistent: {0}")]
@@ -35,7 +38,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Db(_))
+        matches!(self, StoreError::Db(_) | StoreError::Other(_))
     }
 }
 
@@ -48,32 +51,148 @@ pub struct Head {
     pub note: String,
 }
 
-fn hash32(bytes: &[u8], what: &str) -> Result<Hash, StoreError> {
+/// A place in the tail's order, `(txid, seq)`.
+pub type Place = (i64, i64);
+
+/// The reads of the tree's tables every store answers (PostgreSQL through any
+/// client; the embedded store through its own). Everything above them (nodes,
+/// the frontier, proofs, indexes) is computed here once, for every store.
+pub trait Tables {
+    /// The newest checkpoint.
+    fn newest_head(&self) -> impl Future<Output = Result<Option<Head>, StoreError>> + Send;
+    /// The checkpoint of a tree of `size` leaves, when one was signed.
+    fn head_of(&self, size: u64) -> impl Future<Output = Result<Option<Head>, StoreError>> + Send;
+    /// The place of leaf `idx` (a multiple of [`WIDTH`]).
+    fn anchor(&self, idx: u64) -> impl Future<Output = Result<Option<Place>, StoreError>> + Send;
+    /// The newest anchor at or before `place`: its index and place.
+    fn anchor_before(
+        &self,
+        place: Place,
+    ) -> impl Future<Output = Result<Option<(u64, Place)>, StoreError>> + Send;
+    /// Up to `n` leaves, skipping `skip`, from `from` on in order.
+    fn leaves_from(
+        &self,
+        from: Place,
+        skip: u64,
+        n: u64,
+    ) -> impl Future<Output = Result<Vec<(Place, Vec<u8>)>, StoreError>> + Send;
+    /// How many leaves lie in `[from, to)`, counted up to `cap`.
+    fn count_between(
+        &self,
+        from: Place,
+        to: Place,
+        cap: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// The stored tiles of `keys` (`(level, idx)`) there are.
+    fn tiles(
+        &self,
+        keys: &[(i16, i64)],
+    ) -> impl Future<Output = Result<Vec<((i16, i64), Vec<u8>)>, StoreError>> + Send;
+}
+
+/// PostgreSQL's tables, through any client.
+impl<C: GenericClient + Sync> Tables for C {
+    async fn newest_head(&self) -> Result<Option<Head>, StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT size, root, last_txid, last_seq, note FROM audit_heads ORDER BY size DESC LIMIT 1",
+                &[],
+            )
+            .await?;
+        row.as_ref().map(head_row).transpose()
+    }
+
+    async fn head_of(&self, size: u64) -> Result<Option<Head>, StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT size, root, last_txid, last_seq, note FROM audit_heads WHERE size = $1",
+                &[&(size as i64)],
+            )
+            .await?;
+        row.as_ref().map(head_row).transpose()
+    }
+
+    async fn anchor(&self, idx: u64) -> Result<Option<Place>, StoreError> {
+        Ok(self
+            .query_opt(
+                "SELECT txid, seq FROM audit_anchors WHERE idx = $1",
+                &[&(idx as i64)],
+            )
+            .await?
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn anchor_before(&self, place: Place) -> Result<Option<(u64, Place)>, StoreError> {
+        Ok(self
+            .query_opt(
+                "SELECT idx, txid, seq FROM audit_anchors WHERE (txid, seq) <= ($1, $2) \
+                 ORDER BY txid DESC, seq DESC LIMIT 1",
+                &[&place.0, &place.1],
+            )
+            .await?
+            .map(|r| (r.get::<_, i64>(0) as u64, (r.get(1), r.get(2)))))
+    }
+
+    async fn leaves_from(
+        &self,
+        from: Place,
+        skip: u64,
+        n: u64,
+    ) -> Result<Vec<(Place, Vec<u8>)>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT txid, seq, leaf FROM audit_leaves WHERE (txid, seq) >= ($1, $2) \
+                 ORDER BY txid, seq OFFSET $3 LIMIT $4",
+                &[&from.0, &from.1, &(skip as i64), &(n as i64)],
+            )
+            .await?
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect())
+    }
+
+    async fn count_between(&self, from: Place, to: Place, cap: u64) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .query_one(
+                "SELECT count(*) FROM (SELECT 1 FROM audit_leaves WHERE (txid, seq) >= ($1, $2) \
+                 AND (txid, seq) < ($3, $4) ORDER BY txid, seq LIMIT $5) l",
+                &[&from.0, &from.1, &to.0, &to.1, &(cap as i64)],
+            )
+            .await?
+            .get(0);
+        Ok(n as u64)
+    }
+
+    async fn tiles(&self, keys: &[(i16, i64)]) -> Result<Vec<((i16, i64), Vec<u8>)>, StoreError> {
+        let (levels, idxs): (Vec<i16>, Vec<i64>) = keys.iter().copied().unzip();
+        Ok(self
+            .query(
+                "SELECT level, idx, hashes FROM audit_tiles \
+                 WHERE (level, idx) IN (SELECT * FROM unnest($1::smallint[], $2::bigint[]))",
+                &[&levels, &idxs],
+            )
+            .await?
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect())
+    }
+}
+
+/// A stored hash, checked for its length.
+pub fn hash32(bytes: &[u8], what: &str) -> Result<Hash, StoreError> {
     bytes
         .try_into()
         .map_err(|_| StoreError::Inconsistent(format!("{what} is not 32 bytes")))
 }
 
 /// The newest checkpoint.
-pub async fn head(client: &impl GenericClient) -> Result<Option<Head>, StoreError> {
-    let row = client
-        .query_opt(
-            "SELECT size, root, last_txid, last_seq, note FROM audit_heads ORDER BY size DESC LIMIT 1",
-            &[],
-        )
-        .await?;
-    row.as_ref().map(head_row).transpose()
+pub async fn head(tables: &impl Tables) -> Result<Option<Head>, StoreError> {
+    tables.newest_head().await
 }
 
 /// The checkpoint of a tree of `size` leaves, when one was signed.
-pub async fn head_of(client: &impl GenericClient, size: u64) -> Result<Option<Head>, StoreError> {
-    let row = client
-        .query_opt(
-            "SELECT size, root, last_txid, last_seq, note FROM audit_heads WHERE size = $1",
-            &[&(size as i64)],
-        )
-        .await?;
-    row.as_ref().map(head_row).transpose()
+pub async fn head_of(tables: &impl Tables, size: u64) -> Result<Option<Head>, StoreError> {
+    tables.head_of(size).await
 }
 
 /// A row of `size, root, last_txid, last_seq, note`.
@@ -87,35 +206,21 @@ fn head_row(r: &tokio_postgres::Row) -> Result<Head, StoreError> {
 }
 
 /// The leaves `[start, start + n)` (within one block), read from their anchor.
-pub async fn leaves(
-    client: &impl GenericClient,
-    start: u64,
-    n: u64,
-) -> Result<Vec<Vec<u8>>, StoreError> {
+pub async fn leaves(tables: &impl Tables, start: u64, n: u64) -> Result<Vec<Vec<u8>>, StoreError> {
     let block = start / WIDTH * WIDTH;
     debug_assert!(start + n <= block + WIDTH);
-    let anchor = client
-        .query_opt(
-            "SELECT txid, seq FROM audit_anchors WHERE idx = $1",
-            &[&(block as i64)],
-        )
+    let anchor = tables
+        .anchor(block)
         .await?
         .ok_or_else(|| StoreError::Inconsistent(format!("no anchor for leaf {block}")))?;
-    let (txid, seq): (i64, i64) = (anchor.get(0), anchor.get(1));
-    let rows = client
-        .query(
-            "SELECT leaf FROM audit_leaves WHERE (txid, seq) >= ($1, $2) ORDER BY txid, seq \
-             OFFSET $3 LIMIT $4",
-            &[&txid, &seq, &((start - block) as i64), &(n as i64)],
-        )
-        .await?;
+    let rows = tables.leaves_from(anchor, start - block, n).await?;
     if rows.len() as u64 != n {
         return Err(StoreError::Inconsistent(format!(
             "{} of the {n} leaves from {start} are stored",
             rows.len()
         )));
     }
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows.into_iter().map(|(_, leaf)| leaf).collect())
 }
 
 /// The root of the complete binary tree over `hashes` (a power of two of them).
@@ -133,7 +238,7 @@ fn hash_up(hashes: &[Hash]) -> Hash {
 /// The hashes of `nodes` (complete subtrees of a tree of `size` leaves), read
 /// with one query per block of leaves and one for all the tiles.
 pub async fn nodes(
-    client: &impl GenericClient,
+    tables: &impl Tables,
     nodes: &[Node],
     size: u64,
 ) -> Result<HashMap<Node, Hash>, StoreError> {
@@ -157,22 +262,13 @@ pub async fn nodes(
     for b in blocks {
         let start = b * WIDTH;
         let n = WIDTH.min(size - start);
-        let leaves = leaves(client, start, n).await?;
+        let leaves = leaves(tables, start, n).await?;
         block_hashes.insert(b, leaves.iter().map(|l| leaf_hash(l)).collect());
     }
     let mut tile_hashes: BTreeMap<(i16, i64), Vec<u8>> = BTreeMap::new();
     if !tiles.is_empty() {
-        let (levels, idxs): (Vec<i16>, Vec<i64>) = tiles.iter().copied().unzip();
-        for r in client
-            .query(
-                "SELECT level, idx, hashes FROM audit_tiles \
-                 WHERE (level, idx) IN (SELECT * FROM unnest($1::smallint[], $2::bigint[]))",
-                &[&levels, &idxs],
-            )
-            .await?
-        {
-            tile_hashes.insert((r.get(0), r.get(1)), r.get(2));
-        }
+        let keys: Vec<(i16, i64)> = tiles.into_iter().collect();
+        tile_hashes.extend(tables.tiles(&keys).await?);
     }
     let mut out = HashMap::with_capacity(nodes.len());
     for &n in nodes {
@@ -206,16 +302,16 @@ pub async fn nodes(
 }
 
 /// The right edge of the stored tree of `size` leaves.
-pub async fn frontier(client: &impl GenericClient, size: u64) -> Result<Frontier, StoreError> {
+pub async fn frontier(tables: &impl Tables, size: u64) -> Result<Frontier, StoreError> {
     let edge = Frontier::edge(size);
-    let hashes = nodes(client, &edge, size).await?;
+    let hashes = nodes(tables, &edge, size).await?;
     Frontier::from_edge(size, edge.iter().map(|n| hashes[n]).collect())
         .ok_or_else(|| StoreError::Inconsistent("the edge does not match the size".into()))
 }
 
 /// The hashes a proof lists, for the leaf ranges `spans` of a tree of `size`.
 pub async fn proof(
-    client: &impl GenericClient,
+    tables: &impl Tables,
     spans: &[(u64, u64)],
     size: u64,
 ) -> Result<Vec<Hash>, StoreError> {
@@ -223,7 +319,7 @@ pub async fn proof(
         .iter()
         .flat_map(|&(a, b)| super::tree::decompose(a, b))
         .collect();
-    let hashes = nodes(client, &wanted, size).await?;
+    let hashes = nodes(tables, &wanted, size).await?;
     Ok(spans
         .iter()
         .map(|&(a, b)| super::tree::range_hash(a, b, |n| hashes[&n]))
@@ -232,60 +328,32 @@ pub async fn proof(
 
 /// The index of the leaf at `place` in the tree of `size` leaves, if it holds it.
 pub async fn index_of(
-    client: &impl GenericClient,
-    place: (i64, i64),
+    tables: &impl Tables,
+    place: Place,
     size: u64,
 ) -> Result<Option<u64>, StoreError> {
-    let Some(anchor) = client
-        .query_opt(
-            "SELECT idx, txid, seq FROM audit_anchors WHERE (txid, seq) <= ($1, $2) \
-             ORDER BY txid DESC, seq DESC LIMIT 1",
-            &[&place.0, &place.1],
-        )
-        .await?
-    else {
+    let Some((idx, anchor)) = tables.anchor_before(place).await? else {
         return Ok(None);
     };
-    let (idx, txid, seq): (i64, i64, i64) = (anchor.get(0), anchor.get(1), anchor.get(2));
-    let before: i64 = client
-        .query_one(
-            "SELECT count(*) FROM (SELECT 1 FROM audit_leaves WHERE (txid, seq) >= ($1, $2) \
-             AND (txid, seq) < ($3, $4) ORDER BY txid, seq LIMIT 257) l",
-            &[&txid, &seq, &place.0, &place.1],
-        )
-        .await?
-        .get(0);
-    let index = (idx + before) as u64;
-    Ok((before < WIDTH as i64 && index < size).then_some(index))
+    let before = tables.count_between(anchor, place, WIDTH + 1).await?;
+    let index = idx + before;
+    Ok((before < WIDTH && index < size).then_some(index))
 }
 
 /// One leaf, with its place, by index.
 pub async fn leaf_at(
-    client: &impl GenericClient,
+    tables: &impl Tables,
     index: u64,
-) -> Result<Option<((i64, i64), Vec<u8>)>, StoreError> {
+) -> Result<Option<(Place, Vec<u8>)>, StoreError> {
     let block = index / WIDTH * WIDTH;
-    let Some(anchor) = client
-        .query_opt(
-            "SELECT txid, seq FROM audit_anchors WHERE idx = $1",
-            &[&(block as i64)],
-        )
-        .await?
-    else {
+    let Some(anchor) = tables.anchor(block).await? else {
         return Ok(None);
     };
-    let row = client
-        .query_opt(
-            "SELECT txid, seq, leaf FROM audit_leaves WHERE (txid, seq) >= ($1, $2) \
-             ORDER BY txid, seq OFFSET $3 LIMIT 1",
-            &[
-                &anchor.get::<_, i64>(0),
-                &anchor.get::<_, i64>(1),
-                &((index - block) as i64),
-            ],
-        )
-        .await?;
-    Ok(row.map(|r| ((r.get(0), r.get(1)), r.get(2))))
+    Ok(tables
+        .leaves_from(anchor, index - block, 1)
+        .await?
+        .into_iter()
+        .next())
 }
 
 /// Drops what a larger tree left beyond `size` leaves (anchors, tile entries),
