@@ -10,6 +10,7 @@ use super::ApiState;
 use super::problem::{Problem, unavailable};
 use super::query::params::{DEFAULT_LIMIT, known_pairs, parse_limit};
 use super::view::rfc3339;
+use crate::audit::store::{Head, Place, StoreError, Tables, Tile};
 
 /// One sealed range of events, in the live tail's order.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -66,7 +67,14 @@ pub async fn checkpoints(
             }
         }
     }
-    let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
+    // The embedded store never had the chain the tree replaced.
+    let Ok(pg) = state.postgres() else {
+        return Ok(HttpResponse::Ok().json(Checkpoints {
+            checkpoints: Vec::new(),
+            next_before: None,
+        }));
+    };
+    let client = pg.pool.get().await.map_err(unavailable)?;
     let rows = client
         .query(
             "SELECT id, from_txid, from_seq, to_txid, to_seq, count, prev_hash, chain_hash, \
@@ -109,8 +117,8 @@ pub async fn checkpoints(
     (status = 503, description = "the event store cannot answer now", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn checkpoint(state: web::Data<ApiState>) -> Result<HttpResponse, Problem> {
-    let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
-    let head = crate::audit::store::head(&**client)
+    let tree = Tree::of(&state).await?;
+    let head = crate::audit::store::head(&tree)
         .await
         .map_err(unavailable)?
         .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "no checkpoint has been signed yet"))?;
@@ -146,21 +154,29 @@ fn parse_position(value: &str) -> Result<(i64, i64), Problem> {
 }
 
 /// Where the event an `id` (and `source`) names is, when exactly one does.
-pub(crate) async fn place_of(
-    client: &tokio_postgres::Client,
-    id: &str,
-    source: Option<&str>,
-) -> Result<(i64, i64), Problem> {
-    let rows = client
-        .query(
-            "SELECT txid, seq FROM events WHERE id = $1 AND ($2::text IS NULL OR source = $2) LIMIT 2",
-            &[&id, &source],
-        )
-        .await
-        .map_err(unavailable)?;
-    match rows.as_slice() {
+async fn place_of(tree: &Tree, id: &str, source: Option<&str>) -> Result<Place, Problem> {
+    let places: Vec<Place> = match tree {
+        Tree::Postgres(client) => client
+            .query(
+                "SELECT txid, seq FROM events WHERE id = $1 AND ($2::text IS NULL OR source = $2) LIMIT 2",
+                &[&id, &source],
+            )
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect(),
+        Tree::Sqlite(reader) => {
+            let (id, source) = (id.to_string(), source.map(str::to_string));
+            reader
+                .read(move |c| crate::store::sqlite::read::places_of(c, &id, source.as_deref()))
+                .await
+                .map_err(unavailable)?
+        }
+    };
+    match places.as_slice() {
         [] => Err(Problem::new(StatusCode::NOT_FOUND, "no such event")),
-        [r] => Ok((r.get(0), r.get(1))),
+        [p] => Ok(*p),
         _ => Err(Problem::bad_parameter(
             if source.is_some() {
                 "position"
@@ -169,6 +185,71 @@ pub(crate) async fn place_of(
             },
             "several events have this id: name its source, or its position",
         )),
+    }
+}
+
+/// The audit tree's tables of the store the service runs on.
+enum Tree {
+    Postgres(deadpool_postgres::Object),
+    Sqlite(crate::store::sqlite::read::Reader),
+}
+
+impl Tree {
+    async fn of(state: &ApiState) -> Result<Tree, Problem> {
+        Ok(match &state.store {
+            super::Store::Postgres(pg) => Tree::Postgres(pg.pool.get().await.map_err(unavailable)?),
+            super::Store::Sqlite(reader) => Tree::Sqlite(reader.clone()),
+        })
+    }
+}
+
+impl Tables for Tree {
+    async fn newest_head(&self) -> Result<Option<Head>, StoreError> {
+        match self {
+            Tree::Postgres(c) => (***c).newest_head().await,
+            Tree::Sqlite(r) => r.newest_head().await,
+        }
+    }
+    async fn head_of(&self, size: u64) -> Result<Option<Head>, StoreError> {
+        match self {
+            Tree::Postgres(c) => (***c).head_of(size).await,
+            Tree::Sqlite(r) => r.head_of(size).await,
+        }
+    }
+    async fn anchor(&self, idx: u64) -> Result<Option<Place>, StoreError> {
+        match self {
+            Tree::Postgres(c) => (***c).anchor(idx).await,
+            Tree::Sqlite(r) => r.anchor(idx).await,
+        }
+    }
+    async fn anchor_before(&self, place: Place) -> Result<Option<(u64, Place)>, StoreError> {
+        match self {
+            Tree::Postgres(c) => (***c).anchor_before(place).await,
+            Tree::Sqlite(r) => r.anchor_before(place).await,
+        }
+    }
+    async fn leaves_from(
+        &self,
+        from: Place,
+        skip: u64,
+        n: u64,
+    ) -> Result<Vec<(Place, Vec<u8>)>, StoreError> {
+        match self {
+            Tree::Postgres(c) => (***c).leaves_from(from, skip, n).await,
+            Tree::Sqlite(r) => r.leaves_from(from, skip, n).await,
+        }
+    }
+    async fn count_between(&self, from: Place, to: Place, cap: u64) -> Result<u64, StoreError> {
+        match self {
+            Tree::Postgres(c) => (***c).count_between(from, to, cap).await,
+            Tree::Sqlite(r) => r.count_between(from, to, cap).await,
+        }
+    }
+    async fn tiles(&self, keys: &[(i16, i64)]) -> Result<Vec<Tile>, StoreError> {
+        match self {
+            Tree::Postgres(c) => (***c).tiles(keys).await,
+            Tree::Sqlite(r) => r.tiles(keys).await,
+        }
     }
 }
 
@@ -211,17 +292,17 @@ pub async fn inclusion(
             }
         }
     }
-    let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
+    let tree = Tree::of(&state).await?;
     let proof = match (id, position, index) {
         (Some(id), None, None) => {
-            let place = place_of(&client, &id, source.as_deref()).await?;
-            crate::audit::proof::inclusion_of_place(&**client, place).await
+            let place = place_of(&tree, &id, source.as_deref()).await?;
+            crate::audit::proof::inclusion_of_place(&tree, place).await
         }
         (None, Some(place), None) if source.is_none() => {
-            crate::audit::proof::inclusion_of_place(&**client, place).await
+            crate::audit::proof::inclusion_of_place(&tree, place).await
         }
         (None, None, Some(index)) if source.is_none() => {
-            crate::audit::proof::inclusion_of_index(&**client, index).await
+            crate::audit::proof::inclusion_of_index(&tree, index).await
         }
         (None, None, None) => {
             return Err(Problem::bad_parameter(
@@ -278,8 +359,8 @@ pub async fn consistency(
     if to.is_some_and(|t| t < from) {
         return Err(Problem::bad_parameter("to", "to is smaller than from"));
     }
-    let client = state.postgres()?.pool.get().await.map_err(unavailable)?;
-    let proof = crate::audit::proof::consistency(&**client, from, to)
+    let tree = Tree::of(&state).await?;
+    let proof = crate::audit::proof::consistency(&tree, from, to)
         .await
         .map_err(unavailable)?
         .ok_or_else(|| {

@@ -212,7 +212,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                 .with_context(|| format!("cannot use the embedded store {}", path.display()))?;
             tracing::warn!(
                 file = %path.display(),
-                "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters, the live tail, the catalog and the probes; the audit endpoints answer 501 and retention and the audit tree do not run on it yet (docs/embedded-store.md)"
+                "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters, the live tail, the catalog, the audit tree with its checkpoints and proofs, and the probes; retention and verify do not run on it yet (docs/embedded-store.md)"
             );
             let signer = Arc::new(signing_key(&settings)?);
             (Prepared::Sqlite(file), None, signer)
@@ -346,11 +346,33 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             async move { supervisor.watch(name, run).await },
         ));
     };
-    // The embedded store's catalog, counted on its writer thread between batches.
-    if let Some(handle) = embedded_writer {
+    let after_tree_step = || crate::audit::job::AfterStep {
+        every: settings.seal_interval,
+        publisher: crate::audit::publish::Publisher::new(
+            settings.checkpoint_dir.clone(),
+            settings.witness_urls.clone(),
+        ),
+        metrics: metrics.clone(),
+    };
+    // The embedded store's catalog and audit tree, each a step on its writer
+    // thread between batches.
+    if let (Some(handle), Prepared::Sqlite(file)) = (embedded_writer, &prepared) {
         supervise_job(
             "catalog",
-            Box::pin(store::sqlite::write::catalog_job(handle, jobs_stop.clone())) as JobRun,
+            Box::pin(store::sqlite::write::catalog_job(
+                handle.clone(),
+                jobs_stop.clone(),
+            )) as JobRun,
+        );
+        supervise_job(
+            "audit-tree",
+            Box::pin(store::sqlite::write::tree_job(
+                handle,
+                crate::store::sqlite::read::Reader::new(file.clone(), 1),
+                crate::audit::job::Tree::new(signer.clone(), keyring.clone()),
+                after_tree_step(),
+                jobs_stop.clone(),
+            )),
         );
     }
     // The background jobs of PostgreSQL.
@@ -381,12 +403,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                     #[cfg(feature = "fault-injection")]
                     panic_at_first_step: opts.injects(Fault::AuditTreePanics),
                     tree: crate::audit::job::Tree::new(signer.clone(), keyring.clone()),
-                    every: settings.seal_interval,
-                    publisher: crate::audit::publish::Publisher::new(
-                        settings.checkpoint_dir.clone(),
-                        settings.witness_urls.clone(),
-                    ),
-                    metrics: metrics.clone(),
+                    after: after_tree_step(),
                 },
             );
             supervise_job("audit-tree", Box::pin(run));

@@ -372,7 +372,7 @@ impl<'k> Growth<'k> {
                 Check::Missing | Check::Invalid => self.appended.unattested.push(place),
             }
         }
-        if index % WIDTH == 0 {
+        if index.is_multiple_of(WIDTH) {
             self.anchors.push((index, place));
         }
         let tiles = &mut self.tiles;
@@ -507,25 +507,21 @@ pub struct TreeJob {
     #[cfg(feature = "fault-injection")]
     pub panic_at_first_step: bool,
     pub tree: Tree,
+    pub after: AfterStep,
+}
+
+/// What follows a step of the tree, whichever store took it.
+pub struct AfterStep {
     pub every: Duration,
     pub publisher: super::publish::Publisher,
     pub metrics: Arc<Metrics>,
 }
 
-impl crate::jobs::Job for TreeJob {
-    const NAME: &'static str = "audit-tree";
-    type Error = JobError;
-
-    fn retry_in(&self) -> Duration {
-        self.every
-    }
-
-    async fn step(&mut self, client: &mut Client) -> Result<Duration, JobError> {
-        #[cfg(feature = "fault-injection")]
-        if self.panic_at_first_step {
-            panic!("injected fault: the audit tree's job panicked");
-        }
-        let appended = self.tree.step(client).await?;
+impl AfterStep {
+    /// Counts and logs what the step appended, publishes its checkpoint (the
+    /// consistency proofs for witnesses read from `tables`); returns when the
+    /// next step is due.
+    pub async fn record(&mut self, appended: &Appended, tables: &impl store::Tables) -> Duration {
         self.metrics
             .audit_last_seal
             .set(chrono::Utc::now().timestamp() as f64);
@@ -548,12 +544,30 @@ impl crate::jobs::Job for TreeJob {
                 leaves = appended.leaves,
                 "checkpoint signed"
             );
-            self.publisher.publish(client, head, &self.metrics).await;
+            self.publisher.publish(tables, head, &self.metrics).await;
         }
-        Ok(if appended.leaves >= STEP_LEAVES as u64 {
+        if appended.leaves >= STEP_LEAVES as u64 {
             Duration::ZERO
         } else {
             self.every
-        })
+        }
+    }
+}
+
+impl crate::jobs::Job for TreeJob {
+    const NAME: &'static str = "audit-tree";
+    type Error = JobError;
+
+    fn retry_in(&self) -> Duration {
+        self.after.every
+    }
+
+    async fn step(&mut self, client: &mut Client) -> Result<Duration, JobError> {
+        #[cfg(feature = "fault-injection")]
+        if self.panic_at_first_step {
+            panic!("injected fault: the audit tree's job panicked");
+        }
+        let appended = self.tree.step(client).await?;
+        Ok(self.after.record(&appended, &*client).await)
     }
 }

@@ -326,7 +326,10 @@ pub enum NoBundle {
 }
 
 /// The bundle of the event at `place`.
-pub async fn bundle(client: &(impl GenericClient + Sync), place: (i64, i64)) -> Result<Bundle, NoBundle> {
+pub async fn bundle(
+    client: &(impl GenericClient + Sync),
+    place: (i64, i64),
+) -> Result<Bundle, NoBundle> {
     let row = client
         .query_opt(
             &format!(

@@ -54,6 +54,9 @@ pub struct Head {
 /// A place in the tail's order, `(txid, seq)`.
 pub type Place = (i64, i64);
 
+/// A stored tile: `(level, idx)` and its hashes.
+pub type Tile = ((i16, i64), Vec<u8>);
+
 /// The reads of the tree's tables every store answers (PostgreSQL through any
 /// client; the embedded store through its own). Everything above them (nodes,
 /// the frontier, proofs, indexes) is computed here once, for every store.
@@ -87,7 +90,7 @@ pub trait Tables {
     fn tiles(
         &self,
         keys: &[(i16, i64)],
-    ) -> impl Future<Output = Result<Vec<((i16, i64), Vec<u8>)>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Tile>, StoreError>> + Send;
 }
 
 /// PostgreSQL's tables, through any client.
@@ -163,7 +166,7 @@ impl<C: GenericClient + Sync> Tables for C {
         Ok(n as u64)
     }
 
-    async fn tiles(&self, keys: &[(i16, i64)]) -> Result<Vec<((i16, i64), Vec<u8>)>, StoreError> {
+    async fn tiles(&self, keys: &[(i16, i64)]) -> Result<Vec<Tile>, StoreError> {
         let (levels, idxs): (Vec<i16>, Vec<i64>) = keys.iter().copied().unzip();
         Ok(self
             .query(
@@ -366,14 +369,7 @@ pub async fn truncate_to(client: &impl GenericClient, size: u64) -> Result<u64, 
             &[&(size as i64)],
         )
         .await?;
-    let mut level: i16 = 1;
-    loop {
-        let shift = u32::from(HEIGHT) * level as u32;
-        if shift >= 64 {
-            break;
-        }
-        // Complete subtrees of 256^level leaves in the tree.
-        let count = (size >> shift) as i64;
+    for (level, count) in tile_counts(size) {
         dropped += client
             .execute(
                 "DELETE FROM audit_tiles WHERE level = $1 AND idx * 256 >= $2",
@@ -387,12 +383,29 @@ pub async fn truncate_to(client: &impl GenericClient, size: u64) -> Result<u64, 
                 &[&level, &count],
             )
             .await?;
+    }
+    Ok(dropped)
+}
+
+/// For each tile level a tree of `size` leaves may have stored, how many
+/// entries it holds at that level (complete subtrees of `256^level` leaves):
+/// what [`truncate_to`] keeps.
+pub fn tile_counts(size: u64) -> Vec<(i16, i64)> {
+    let mut out = Vec::new();
+    let mut level: i16 = 1;
+    loop {
+        let shift = u32::from(HEIGHT) * level as u32;
+        if shift >= 64 {
+            break;
+        }
+        let count = (size >> shift) as i64;
+        out.push((level, count));
         if count == 0 {
             break;
         }
         level += 1;
     }
-    Ok(dropped)
+    out
 }
 
 /// The tree's tables are there (migration 0019).

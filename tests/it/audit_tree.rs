@@ -13,6 +13,7 @@ use candystore::audit::tree;
 use serde_json::Value;
 
 use crate::helpers::{TestApp, gen1, spawn_app_with};
+use crate::support::TempSqlite;
 
 /// The served checkpoint, once it covers `n` leaves.
 pub async fn checkpoint_covering(app: &TestApp, key: &VerifierKey, n: u64) -> (String, Checkpoint) {
@@ -73,25 +74,101 @@ fn mth(leaves: &[Vec<u8>]) -> [u8; 32] {
     }
 }
 
+/// Where a test reads what the service stored.
+enum Stored<'a> {
+    Postgres,
+    Sqlite(&'a TempSqlite),
+}
+
+impl Stored<'_> {
+    /// Every leaf, in the tail's order.
+    async fn leaves(&self, app: &TestApp) -> Vec<Vec<u8>> {
+        match self {
+            Stored::Postgres => app
+                .db
+                .query("SELECT leaf FROM audit_leaves ORDER BY txid, seq", &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+            Stored::Sqlite(file) => {
+                let conn = file.look();
+                let mut st = conn
+                    .prepare("SELECT leaf FROM audit_leaves ORDER BY seq")
+                    .unwrap();
+                st.query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap()
+            }
+        }
+    }
+
+    /// The place of the event `id`, as the tail names it.
+    async fn place(&self, app: &TestApp, id: &str) -> String {
+        match self {
+            Stored::Postgres => {
+                let r = app
+                    .db
+                    .query_one("SELECT txid, seq FROM events WHERE id = $1", &[&id])
+                    .await
+                    .unwrap();
+                format!("{}-{}", r.get::<_, i64>(0), r.get::<_, i64>(1))
+            }
+            Stored::Sqlite(file) => {
+                let seq: i64 = file
+                    .look()
+                    .query_row("SELECT seq FROM events WHERE id = ?1", [id], |r| r.get(0))
+                    .unwrap();
+                format!("0-{seq}")
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn every_stored_event_is_proved_in_a_signed_checkpoint_that_extends_the_last() {
     let app = spawn_app_with(&[("SEAL_INTERVAL", "100ms")], AppOptions::default()).await;
-    let key = public_key(&app).await;
+    every_event_is_proved(&app, Stored::Postgres).await;
+}
+
+#[tokio::test]
+async fn on_the_embedded_store_every_event_is_proved_in_a_signed_checkpoint_that_extends_the_last()
+{
+    let file = TempSqlite::new();
+    // In the file's own directory, removed with it.
+    let dir = file.path.with_file_name("checkpoints");
+    let app = spawn_app_with(
+        &[
+            ("DATABASE_URL", &file.url()),
+            ("SEAL_INTERVAL", "100ms"),
+            ("CHECKPOINT_DIR", dir.to_str().unwrap()),
+        ],
+        AppOptions::default(),
+    )
+    .await;
+    let latest = every_event_is_proved(&app, Stored::Sqlite(&file)).await;
+    // Each checkpoint also left the file: the newest is in CHECKPOINT_DIR.
+    app.wait_until(Duration::from_secs(10), || async {
+        std::fs::read_to_string(dir.join("latest")).is_ok_and(|n| n == latest)
+    })
+    .await;
+}
+
+/// Publishes 700 events in two rounds and checks, through the API alone, that
+/// each round's checkpoint is the tree of the stored leaves, that events are
+/// proved in it by id, that the later tree extends the earlier, and that bad
+/// requests are named; returns the newest checkpoint's note.
+async fn every_event_is_proved(app: &TestApp, stored: Stored<'_>) -> String {
+    let key = public_key(app).await;
     for i in 0..40 {
         app.publish("audit", &gen1(&format!("t-{i}"), "audit"))
             .await;
     }
-    app.wait_for_rows("events", 40).await;
-    let (first_note, first) = checkpoint_covering(&app, &key, 40).await;
+    let (first_note, first) = checkpoint_covering(app, &key, 40).await;
     // The root is the tree of the stored leaves, in the tail's order.
-    let leaves: Vec<Vec<u8>> = app
-        .db
-        .query("SELECT leaf FROM audit_leaves ORDER BY txid, seq", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let leaves = stored.leaves(app).await;
     assert_eq!(leaves.len() as u64, first.size);
     assert_eq!(mth(&leaves), first.root);
 
@@ -99,8 +176,8 @@ async fn every_stored_event_is_proved_in_a_signed_checkpoint_that_extends_the_la
         app.publish("audit", &gen1(&format!("t-{i}"), "audit"))
             .await;
     }
-    app.wait_for_rows("events", 700).await;
-    let (_, latest) = checkpoint_covering(&app, &key, 700).await;
+    let (latest_note, latest) = checkpoint_covering(app, &key, 700).await;
+    assert_eq!(mth(&stored.leaves(app).await), latest.root);
 
     // Each event, by id: its leaf is in the newest tree.
     for id in ["t-0", "t-39", "t-255", "t-256", "t-511", "t-699"] {
@@ -126,15 +203,7 @@ async fn every_stored_event_is_proved_in_a_signed_checkpoint_that_extends_the_la
         )
         .unwrap_or_else(|e| panic!("{id}: {e}"));
         // The leaf is the event's own: at its row's place.
-        let (txid, seq): (i64, i64) = {
-            let r = app
-                .db
-                .query_one("SELECT txid, seq FROM events WHERE id = $1", &[&id])
-                .await
-                .unwrap();
-            (r.get(0), r.get(1))
-        };
-        assert_eq!(p.position, format!("{txid}-{seq}"));
+        assert_eq!(p.position, stored.place(app, id).await);
     }
 
     // The newest tree extends the first one.
@@ -182,6 +251,7 @@ async fn every_stored_event_is_proved_in_a_signed_checkpoint_that_extends_the_la
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
+    latest_note
 }
 
 /// Runs a command; returns its exit code and standard output.

@@ -306,21 +306,6 @@ async fn the_event_api_answers_the_same_on_both_stores() {
 }
 
 #[tokio::test]
-async fn what_the_embedded_store_does_not_serve_yet_is_a_501_problem_not_an_error() {
-    let file = TempSqlite::new();
-    let app = spawn_app_with(&[("DATABASE_URL", &file.url())], AppOptions::default()).await;
-    for path in ["/audit/checkpoint", "/audit/checkpoints"] {
-        let res = app.http.get(app.api(path)).send().await.unwrap();
-        assert_eq!(res.status(), 501, "{path}");
-        assert_eq!(
-            res.headers()["content-type"],
-            "application/problem+json",
-            "{path}"
-        );
-    }
-}
-
-#[tokio::test]
 async fn a_live_tail_on_the_embedded_store_sends_each_event_once_in_order_and_resumes_after_its_last_id()
  {
     let file = TempSqlite::new();

@@ -12,6 +12,7 @@
 pub mod catalog;
 pub mod read;
 pub mod schema;
+pub mod tree;
 pub mod write;
 
 use std::fs::File;

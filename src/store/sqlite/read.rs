@@ -624,6 +624,19 @@ pub fn dead_letter(conn: &Connection, seq: i64) -> rusqlite::Result<Option<Store
     }
 }
 
+/// The places of the events `id` (of `source`, when given) names; two at most.
+pub fn places_of(
+    conn: &Connection,
+    id: &str,
+    source: Option<&str>,
+) -> rusqlite::Result<Vec<(i64, i64)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT seq FROM events WHERE id = ?1 AND (?2 IS NULL OR source = ?2) LIMIT 2",
+    )?;
+    st.query_map(rusqlite::params![id, source], |r| Ok((0, r.get(0)?)))?
+        .collect()
+}
+
 /// The newest event's `seq` (0 when there is none): the live tail's head. One
 /// writer commits in `seq` order, so every row at or below it is committed.
 pub fn newest_seq(conn: &Connection) -> rusqlite::Result<i64> {

@@ -115,6 +115,36 @@ CREATE TABLE catalog_position (
 ) STRICT;
 INSERT INTO catalog_position VALUES (1, 0);
 "#,
+    // 3: the audit tree (`super::tree`): PostgreSQL's tables of the same names,
+    // at places `(0, seq)`.
+    r#"
+CREATE TABLE audit_anchors (
+    idx  INTEGER PRIMARY KEY,
+    txid INTEGER NOT NULL,
+    seq  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX audit_anchors_place ON audit_anchors (txid, seq);
+CREATE TABLE audit_tiles (
+    level  INTEGER NOT NULL,
+    idx    INTEGER NOT NULL,
+    hashes BLOB    NOT NULL,
+    PRIMARY KEY (level, idx)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE audit_heads (
+    size      INTEGER PRIMARY KEY,
+    root      BLOB    NOT NULL,
+    last_txid INTEGER NOT NULL,
+    last_seq  INTEGER NOT NULL,
+    note      TEXT    NOT NULL
+) STRICT;
+CREATE TABLE audit_trail (
+    one           INTEGER PRIMARY KEY CHECK (one = 1),
+    origin        TEXT    NOT NULL,
+    public_key    TEXT    NOT NULL,
+    attested_from INTEGER,
+    keys          TEXT    NOT NULL DEFAULT '[]'
+) STRICT;
+"#,
 ];
 
 /// Migrations this binary knows and the file has not had.

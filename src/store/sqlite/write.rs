@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::{Role, Sqlite};
 use crate::audit::attest::Keyring;
+use crate::audit::job::{AfterStep, Appended, JobError, Tree};
 use crate::metrics::Metrics;
 use crate::model::envelope::{DeadLetter, Event, Record};
 use crate::store::{WriteError, Written};
@@ -80,6 +81,12 @@ enum Work {
     Batch(Job),
     /// A step of the catalog (`super::catalog`): how many events it counted.
     Catalog(oneshot::Sender<rusqlite::Result<usize>>),
+    /// A step of the audit tree (`super::tree`), with the tree's state, which
+    /// comes back with the answer.
+    Tree(
+        Box<Tree>,
+        oneshot::Sender<(Box<Tree>, Result<Appended, JobError>)>,
+    ),
 }
 
 /// A sink writer on the embedded store's writer thread.
@@ -169,6 +176,55 @@ impl Handle {
             .await
             .map_err(|_| CatalogError::Stopped)?
             .map_err(CatalogError::Sqlite)
+    }
+}
+
+/// The audit tree, appended behind ingest until `stop`: a step on the writer
+/// thread every SEAL_INTERVAL (at once again while steps are full), each
+/// checkpoint published after its commit. Ends on a fault a retry cannot mend
+/// (another signing key), so the supervisor stops the process.
+pub async fn tree_job(
+    handle: Handle,
+    reader: super::read::Reader,
+    tree: Tree,
+    mut after: AfterStep,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tree = Box::new(tree);
+    let mut failing = false;
+    loop {
+        let (answer, answered) = oneshot::channel();
+        if handle.jobs.send(Work::Tree(tree, answer)).await.is_err() {
+            return;
+        }
+        let Ok((back, result)) = answered.await else {
+            return;
+        };
+        tree = back;
+        let rest = match result {
+            Ok(appended) => {
+                if failing {
+                    tracing::info!("embedded store audit tree appending again");
+                    failing = false;
+                }
+                after.record(&appended, &reader).await
+            }
+            Err(e) if !crate::jobs::Failure::is_retryable(&e) => {
+                tracing::error!(error = %crate::telemetry::error_chain(&e), "the audit tree cannot go on");
+                return;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "embedded store audit tree step failed; retrying");
+                    failing = true;
+                }
+                after.every
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(rest) => {}
+        }
     }
 }
 
@@ -272,6 +328,10 @@ fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Work>) {
             }
             Work::Catalog(answer) => {
                 let _ = answer.send(super::catalog::step(&mut conn));
+            }
+            Work::Tree(mut tree, answer) => {
+                let result = super::tree::step(&mut conn, &mut tree);
+                let _ = answer.send((tree, result));
             }
         }
     }
