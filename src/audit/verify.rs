@@ -20,23 +20,26 @@
 //! 4. Rows stored before the tree (no salt, at or before the legacy chain's
 //!    end) are judged by the legacy chain (`ops::verify`), and reported as such.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
+use futures::{Stream, TryStreamExt};
 use sha2::Digest;
 use tokio_postgres::Client;
 
 use super::attest::{Check, Keyring};
 use super::leaf::{CONTENT_COLUMNS, Content, Kind, Leaf};
 use super::note::{Checkpoint, VerifierKey};
-use super::store::{HEIGHT, WIDTH};
-use super::tree::{Frontier, Hash, leaf_hash};
+use super::store::{HEIGHT, Head, Place, WIDTH};
+use super::tree::{Frontier, leaf_hash};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("database")]
     Db(#[from] tokio_postgres::Error),
+    /// A store other than PostgreSQL (the embedded one) could not answer.
+    #[error("event store")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the saved checkpoint: {0}")]
     Saved(String),
 }
@@ -207,22 +210,60 @@ impl Report {
     }
 }
 
-struct HeadRow {
-    size: u64,
-    root: Hash,
-    last: (i64, i64),
-    note: String,
+/// What `verify` reads of a store besides its two walks.
+#[derive(Default)]
+pub struct Trail {
+    /// Every signed checkpoint, smallest tree first.
+    pub heads: Vec<Head>,
+    pub tiles: HashMap<(i16, i64), Vec<u8>>,
+    /// The index of the trail's first attested leaf.
+    pub attested_from: Option<i64>,
+    /// Where the legacy chain ends (PostgreSQL databases older than the tree).
+    pub legacy_end: Option<Place>,
+    /// Time ranges retention dropped that the tree holds a leaf of.
+    pub dropped: Vec<(i64, i64)>,
+    /// Leaves whose event was redacted, with a receipt the tree holds.
+    pub redacted: HashSet<u64>,
+    /// AUDIT_KEY ids the trail introduced with a signed key leaf.
+    pub introduced: HashSet<[u8; 4]>,
+    /// The newest transaction: no leaf can sit after it.
+    pub newest_txid: i64,
 }
 
-/// Verifies the trail. `rows` is a second connection the rows are read on,
-/// side by side with the leaves.
+/// An event row as `verify` reads it, from whichever store.
+pub trait EventRow {
+    fn place(&self) -> Place;
+    fn id(&self) -> &str;
+    fn salt(&self) -> Option<&[u8]>;
+    /// The columns its leaf commits to.
+    fn content(&self) -> Content<'_>;
+}
+
+/// A row read with `txid, seq, CONTENT_COLUMNS, salt`.
+impl EventRow for tokio_postgres::Row {
+    fn place(&self) -> Place {
+        (self.get(0), self.get(1))
+    }
+    fn id(&self) -> &str {
+        self.get("id")
+    }
+    fn salt(&self) -> Option<&[u8]> {
+        self.get("salt")
+    }
+    fn content(&self) -> Content<'_> {
+        content(self)
+    }
+}
+
+/// Verifies the trail in PostgreSQL. `rows` is a second connection the rows
+/// are read on, side by side with the leaves.
 pub async fn verify(
     client: &Client,
     rows: &Client,
     opts: Options<'_>,
 ) -> Result<Report, VerifyError> {
     let mut report = Report::default();
-    let heads: Vec<HeadRow> = client
+    let heads: Vec<Head> = client
         .query(
             "SELECT size, root, last_txid, last_seq, note FROM audit_heads ORDER BY size",
             &[],
@@ -231,7 +272,7 @@ pub async fn verify(
         .iter()
         .map(|r| {
             let root: Vec<u8> = r.get(1);
-            HeadRow {
+            Head {
                 size: r.get::<_, i64>(0) as u64,
                 root: root.try_into().unwrap_or([0; 32]),
                 last: (r.get(2), r.get(3)),
@@ -239,23 +280,7 @@ pub async fn verify(
             }
         })
         .collect();
-    check_notes(&heads, opts.key, &mut report);
-    let saved = match opts.saved {
-        Some(note) => Some(saved_checkpoint(note, opts.key)?),
-        None => None,
-    };
-    let newest = heads.last();
-    report.tree_size = newest.map_or(0, |h| h.size);
-    let last_in_tree = newest.map_or((i64::MIN, i64::MIN), |h| h.last);
-    if let Some(s) = &saved
-        && s.size > report.tree_size
-    {
-        report.find(Finding::Rollback {
-            seen: s.size,
-            size: report.tree_size,
-            reason: "the tree is smaller now".into(),
-        });
-    }
+    let saved = begin(&heads, &opts, &mut report)?;
     let tiles: HashMap<(i16, i64), Vec<u8>> = client
         .query("SELECT level, idx, hashes FROM audit_tiles", &[])
         .await?
@@ -273,21 +298,32 @@ pub async fn verify(
         )
         .await?
         .map(|r| (r.get(0), r.get(1)));
-    let dropped_ranges = dropped_ranges(client, &mut report).await?;
-    let redactions = redactions(client, &mut report).await?;
+    let dropped = dropped_ranges(client, &mut report).await?;
+    let redacted = redactions(client, &mut report).await?;
     let introduced = introduced_keys(client, opts.key).await?;
-    let current_txid: i64 = client
+    let newest_txid: i64 = client
         .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
         .await?
         .get(0);
+    let trail = Trail {
+        heads,
+        tiles,
+        attested_from,
+        legacy_end,
+        dropped,
+        redacted,
+        introduced,
+        newest_txid,
+    };
 
     let leaves = client
         .query_raw(
             "SELECT txid, seq, leaf FROM audit_leaves ORDER BY txid, seq",
             std::iter::empty::<i64>(),
         )
-        .await?;
-    futures::pin_mut!(leaves);
+        .await?
+        .map_ok(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .map_err(VerifyError::from);
     let events = if opts.tree_only {
         None
     } else {
@@ -298,137 +334,17 @@ pub async fn verify(
                 ),
                 std::iter::empty::<i64>(),
             )
-            .await?,
+            .await?
+            .map_err(VerifyError::from),
         )
     };
-    let mut events = events.map(Box::pin);
-    let mut next_row = match &mut events {
-        Some(s) => s.try_next().await?,
-        None => None,
-    };
-    let mut frontier = Frontier::default();
-    let mut heads_iter = heads.iter().peekable();
-    let mut seen_valid = false;
-    let mut legacy_rows: i64 = 0;
-    // The empty tree's checkpoint, if one was signed.
-    check_size(&frontier, &mut heads_iter, saved.as_ref(), &mut report);
-    while let Some(leaf_row) = leaves.try_next().await? {
-        let place: (i64, i64) = (leaf_row.get(0), leaf_row.get(1));
-        let bytes: Vec<u8> = leaf_row.get(2);
-        report.leaves += 1;
-        let in_tree = place <= last_in_tree;
-        let index = in_tree.then(|| frontier.size());
-        if !in_tree {
-            report.pending += 1;
-            if place.0 > current_txid {
-                report.find(Finding::Impossible { position: place });
-            }
-        }
-        let parsed = Leaf::parse(&bytes).ok();
-        // The attestation.
-        if let Some(k) = opts.keyring {
-            let check = parsed.map_or(Check::Invalid, |l| l.check(k));
-            let required = seen_valid
-                || attested_from.is_some_and(|from| index.is_none_or(|i| i as i64 >= from));
-            let retired = parsed
-                .and_then(|l| l.attested_by())
-                .is_some_and(|id| !k.ids().contains(&id) && introduced.contains(&id));
-            match check {
-                Check::Valid => {
-                    seen_valid = true;
-                    report.attestations += 1;
-                }
-                Check::Missing if !required => {}
-                Check::Invalid if retired => report.retired_key += 1,
-                _ => report.find(Finding::Unattested {
-                    position: place,
-                    index,
-                }),
-            }
-        }
-        // The rows before this leaf have none.
-        while let Some(row) = &next_row {
-            let at: (i64, i64) = (row.get(0), row.get(1));
-            if at >= place {
-                break;
-            }
-            judge_leafless(row, at, legacy_end, &mut report, &mut legacy_rows);
-            next_row = events.as_mut().expect("rows are read").try_next().await?;
-        }
-        // The row at this leaf's place, if any.
-        let row = match &next_row {
-            Some(r) if (r.get::<_, i64>(0), r.get::<_, i64>(1)) == place => {
-                let r = next_row.take();
-                next_row = events.as_mut().expect("rows are read").try_next().await?;
-                r
-            }
-            _ => None,
-        };
-        if let (Some(leaf), false) = (parsed, opts.tree_only) {
-            judge_event(
-                leaf,
-                row.as_ref(),
-                (place, index),
-                &dropped_ranges,
-                &redactions,
-                &mut report,
-            );
-        }
-        if in_tree {
-            frontier.append(leaf_hash(&bytes), |node, hash| {
-                if node.level >= HEIGHT && node.level % HEIGHT == 0 {
-                    let key = (i16::from(node.level / HEIGHT), (node.index / WIDTH) as i64);
-                    let at = (node.index % WIDTH) as usize * 32;
-                    if tiles.get(&key).and_then(|t| t.get(at..at + 32)) != Some(&hash[..]) {
-                        report.find(Finding::TreeRewritten {
-                            size: node.end(),
-                            reason: format!(
-                                "the stored subtree of leaves {}..{} is not the one the leaves make (tiles altered)",
-                                node.start(),
-                                node.end()
-                            ),
-                        });
-                    }
-                }
-            });
-            check_size(&frontier, &mut heads_iter, saved.as_ref(), &mut report);
-        }
-    }
-    while let Some(row) = &next_row {
-        let at: (i64, i64) = (row.get(0), row.get(1));
-        judge_leafless(row, at, legacy_end, &mut report, &mut legacy_rows);
-        next_row = events.as_mut().expect("rows are read").try_next().await?;
-    }
-    // Heads of sizes the leaves never reached.
-    for h in heads_iter {
-        report.find(Finding::TreeRewritten {
-            size: h.size,
-            reason: format!(
-                "only {} leaves are stored before its last place: leaves were deleted",
-                frontier.size()
-            ),
-        });
-    }
-    if let Some(s) = &saved
-        && frontier.size() < s.size
-        && report.tree_size >= s.size
-    {
-        report.find(Finding::Rollback {
-            seen: s.size,
-            size: frontier.size(),
-            reason: "fewer leaves are stored than it covered".into(),
-        });
-    }
+    let legacy_rows = walk(&trail, leaves, events, saved.as_ref(), &opts, &mut report).await?;
     if !opts.tree_only {
         let rows_stored: i64 = client
             .query_one("SELECT count(*) FROM events", &[])
             .await?
             .get(0);
-        if report.leaves == 0 && rows_stored > legacy_rows {
-            report.find(Finding::Emptied {
-                rows: rows_stored - legacy_rows,
-            });
-        }
+        emptied(&mut report, rows_stored, legacy_rows);
         if legacy_end.is_some() {
             let legacy = crate::audit::legacy::verify::verify(client, None, opts.keyring)
                 .await
@@ -444,6 +360,173 @@ pub async fn verify(
         }
     }
     Ok(report)
+}
+
+/// Before the walk, whichever store: every stored note checked, the saved
+/// checkpoint read, and a tree smaller than it named.
+pub fn begin(
+    heads: &[Head],
+    opts: &Options<'_>,
+    report: &mut Report,
+) -> Result<Option<Checkpoint>, VerifyError> {
+    check_notes(heads, opts.key, report);
+    let saved = match opts.saved {
+        Some(note) => Some(saved_checkpoint(note, opts.key)?),
+        None => None,
+    };
+    report.tree_size = heads.last().map_or(0, |h| h.size);
+    if let Some(s) = &saved
+        && s.size > report.tree_size
+    {
+        report.find(Finding::Rollback {
+            seen: s.size,
+            size: report.tree_size,
+            reason: "the tree is smaller now".into(),
+        });
+    }
+    Ok(saved)
+}
+
+/// After the walk: rows stored that the tree reaches none of.
+pub fn emptied(report: &mut Report, rows_stored: i64, legacy_rows: i64) {
+    if report.leaves == 0 && rows_stored > legacy_rows {
+        report.find(Finding::Emptied {
+            rows: rows_stored - legacy_rows,
+        });
+    }
+}
+
+/// The leaves and (unless `tree_only`) the rows, each in the tail's order,
+/// walked side by side: every leaf's attestation, every row against its leaf,
+/// the tree recomputed at every signed size and against the stored tiles.
+/// Returns how many rows the legacy chain covers.
+pub async fn walk<E: EventRow>(
+    trail: &Trail,
+    leaves: impl Stream<Item = Result<(Place, Vec<u8>), VerifyError>>,
+    events: Option<impl Stream<Item = Result<E, VerifyError>>>,
+    saved: Option<&Checkpoint>,
+    opts: &Options<'_>,
+    report: &mut Report,
+) -> Result<i64, VerifyError> {
+    let last_in_tree = trail.heads.last().map_or((i64::MIN, i64::MIN), |h| h.last);
+    futures::pin_mut!(leaves);
+    let mut events = events.map(Box::pin);
+    let mut next_row = match &mut events {
+        Some(s) => s.try_next().await?,
+        None => None,
+    };
+    let mut frontier = Frontier::default();
+    let mut heads_iter = trail.heads.iter().peekable();
+    let mut seen_valid = false;
+    let mut legacy_rows: i64 = 0;
+    // The empty tree's checkpoint, if one was signed.
+    check_size(&frontier, &mut heads_iter, saved, report);
+    while let Some((place, bytes)) = leaves.try_next().await? {
+        report.leaves += 1;
+        let in_tree = place <= last_in_tree;
+        let index = in_tree.then(|| frontier.size());
+        if !in_tree {
+            report.pending += 1;
+            if place.0 > trail.newest_txid {
+                report.find(Finding::Impossible { position: place });
+            }
+        }
+        let parsed = Leaf::parse(&bytes).ok();
+        // The attestation.
+        if let Some(k) = opts.keyring {
+            let check = parsed.map_or(Check::Invalid, |l| l.check(k));
+            let required = seen_valid
+                || trail
+                    .attested_from
+                    .is_some_and(|from| index.is_none_or(|i| i as i64 >= from));
+            let retired = parsed
+                .and_then(|l| l.attested_by())
+                .is_some_and(|id| !k.ids().contains(&id) && trail.introduced.contains(&id));
+            match check {
+                Check::Valid => {
+                    seen_valid = true;
+                    report.attestations += 1;
+                }
+                Check::Missing if !required => {}
+                Check::Invalid if retired => report.retired_key += 1,
+                _ => report.find(Finding::Unattested {
+                    position: place,
+                    index,
+                }),
+            }
+        }
+        // The rows before this leaf have none.
+        while let Some(row) = &next_row {
+            if row.place() >= place {
+                break;
+            }
+            judge_leafless(row, trail.legacy_end, report, &mut legacy_rows);
+            next_row = events.as_mut().expect("rows are read").try_next().await?;
+        }
+        // The row at this leaf's place, if any.
+        let row = match &next_row {
+            Some(r) if r.place() == place => {
+                let r = next_row.take();
+                next_row = events.as_mut().expect("rows are read").try_next().await?;
+                r
+            }
+            _ => None,
+        };
+        if let (Some(leaf), false) = (parsed, opts.tree_only) {
+            judge_event(
+                leaf,
+                row.as_ref(),
+                (place, index),
+                &trail.dropped,
+                &trail.redacted,
+                report,
+            );
+        }
+        if in_tree {
+            frontier.append(leaf_hash(&bytes), |node, hash| {
+                if node.level >= HEIGHT && node.level % HEIGHT == 0 {
+                    let key = (i16::from(node.level / HEIGHT), (node.index / WIDTH) as i64);
+                    let at = (node.index % WIDTH) as usize * 32;
+                    if trail.tiles.get(&key).and_then(|t| t.get(at..at + 32)) != Some(&hash[..]) {
+                        report.find(Finding::TreeRewritten {
+                            size: node.end(),
+                            reason: format!(
+                                "the stored subtree of leaves {}..{} is not the one the leaves make (tiles altered)",
+                                node.start(),
+                                node.end()
+                            ),
+                        });
+                    }
+                }
+            });
+            check_size(&frontier, &mut heads_iter, saved, report);
+        }
+    }
+    while let Some(row) = &next_row {
+        judge_leafless(row, trail.legacy_end, report, &mut legacy_rows);
+        next_row = events.as_mut().expect("rows are read").try_next().await?;
+    }
+    // Heads of sizes the leaves never reached.
+    for h in heads_iter {
+        report.find(Finding::TreeRewritten {
+            size: h.size,
+            reason: format!(
+                "only {} leaves are stored before its last place: leaves were deleted",
+                frontier.size()
+            ),
+        });
+    }
+    if let Some(s) = saved
+        && frontier.size() < s.size
+        && report.tree_size >= s.size
+    {
+        report.find(Finding::Rollback {
+            seen: s.size,
+            size: frontier.size(),
+            reason: "fewer leaves are stored than it covered".into(),
+        });
+    }
+    Ok(legacy_rows)
 }
 
 /// The time ranges retention dropped that excuse a missing event: those the tree
@@ -542,7 +625,7 @@ async fn redactions(
 
 /// Each stored note: its body must be the row's size and root, signed by the
 /// key from outside when there is one.
-fn check_notes(heads: &[HeadRow], key: Option<&VerifierKey>, report: &mut Report) {
+fn check_notes(heads: &[Head], key: Option<&VerifierKey>, report: &mut Report) {
     for h in heads {
         let body = match key {
             Some(k) => match k.open(&h.note) {
@@ -592,7 +675,7 @@ fn saved_checkpoint(note: &str, key: Option<&VerifierKey>) -> Result<Checkpoint,
 /// At every signed size (and the saved checkpoint's), the recomputed root.
 fn check_size(
     frontier: &Frontier,
-    heads: &mut std::iter::Peekable<std::slice::Iter<'_, HeadRow>>,
+    heads: &mut std::iter::Peekable<std::slice::Iter<'_, Head>>,
     saved: Option<&Checkpoint>,
     report: &mut Report,
 ) {
@@ -626,19 +709,18 @@ fn check_size(
 
 /// A row with no leaf: stored before the tree, or written out of band.
 fn judge_leafless(
-    row: &tokio_postgres::Row,
-    at: (i64, i64),
-    legacy_end: Option<(i64, i64)>,
+    row: &impl EventRow,
+    legacy_end: Option<Place>,
     report: &mut Report,
     legacy_rows: &mut i64,
 ) {
-    let salt: Option<Vec<u8>> = row.get("salt");
-    if salt.is_none() && legacy_end.is_some_and(|end| at <= end) {
+    let at = row.place();
+    if row.salt().is_none() && legacy_end.is_some_and(|end| at <= end) {
         *legacy_rows += 1;
         return;
     }
     report.find(Finding::NotInTree {
-        id: row.get("id"),
+        id: row.id().to_string(),
         position: at,
     });
 }
@@ -646,7 +728,7 @@ fn judge_leafless(
 /// An event leaf against its row (or its absence).
 fn judge_event(
     leaf: Leaf<'_>,
-    row: Option<&tokio_postgres::Row>,
+    row: Option<&impl EventRow>,
     (place, index): ((i64, i64), Option<u64>),
     dropped: &[(i64, i64)],
     redacted: &std::collections::HashSet<u64>,
@@ -656,7 +738,7 @@ fn judge_event(
         if let Some(r) = row {
             // A row at a place only a job's own leaf may have.
             report.find(Finding::NotInTree {
-                id: r.get("id"),
+                id: r.id().to_string(),
                 position: place,
             });
         }
@@ -675,16 +757,15 @@ fn judge_event(
         return;
     };
     report.events += 1;
-    let id: String = row.get("id");
-    let salt: Option<Vec<u8>> = row.get("salt");
+    let salt = row.salt();
     if salt.is_none() && index.is_some_and(|i| redacted.contains(&i)) {
         report.redacted += 1;
         return;
     }
-    let made = salt.map(|salt| content(row).commitment(&salt));
+    let made = salt.map(|salt| row.content().commitment(salt));
     if made != Some(commitment) {
         report.find(Finding::Modified {
-            id,
+            id: row.id().to_string(),
             position: place,
             index,
         });

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use candystore::config::Settings;
+use candystore::config::{Database, Settings};
 use candystore::db;
 
 use super::args::public_key_arg;
@@ -17,9 +17,6 @@ pub(crate) async fn verify(
     checkpoint: Option<PathBuf>,
     public_key: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let target = db::pg_config(&settings.database_url)?;
-    let client = db::connect(&target).await?;
-    let rows = db::connect(&target).await?;
     let started = std::time::Instant::now();
     let keyring = candystore::audit::attest::Keyring::new(&settings.audit_keys);
     let (key, key_from) = match &public_key {
@@ -45,17 +42,21 @@ pub(crate) async fn verify(
         ),
         None => None,
     };
-    let report = candystore::audit::verify::verify(
-        &client,
-        &rows,
-        candystore::audit::verify::Options {
-            keyring: keyring.as_ref().filter(|_| checkpoint.is_none()),
-            key: key.as_ref(),
-            saved: saved.as_deref(),
-            tree_only: checkpoint.is_some(),
-        },
-    )
-    .await?;
+    let opts = candystore::audit::verify::Options {
+        keyring: keyring.as_ref().filter(|_| checkpoint.is_none()),
+        key: key.as_ref(),
+        saved: saved.as_deref(),
+        tree_only: checkpoint.is_some(),
+    };
+    let report = match settings.database() {
+        Database::Postgres(url) => {
+            let target = db::pg_config(url)?;
+            let client = db::connect(&target).await?;
+            let rows = db::connect(&target).await?;
+            candystore::audit::verify::verify(&client, &rows, opts).await?
+        }
+        Database::Sqlite(path) => candystore::store::sqlite::verify::verify(path, opts).await?,
+    };
     let secs = started.elapsed().as_secs_f64();
     let signatures = match &key {
         Some(_) => format!("{} checkpoint signature(s) checked with the key from {key_from}", report.signatures),

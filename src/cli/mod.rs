@@ -308,6 +308,7 @@ pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<
                 | Command::Migrate { .. }
                 | Command::Publish { .. }
                 | Command::Send { .. }
+                | Command::Verify { .. }
                 | Command::VerifyProof { .. }
                 | Command::Witness { .. }
         )

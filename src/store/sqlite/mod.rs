@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod read;
 pub mod schema;
 pub mod tree;
+pub mod verify;
 pub mod write;
 
 use std::fs::File;

@@ -1,0 +1,235 @@
+//! The audit trail of the embedded store against whoever can write its file:
+//! the attacks `audit.rs` tries on PostgreSQL, made with SQL on the SQLite file
+//! while the service runs, each named by `verify` (the library call and the
+//! command).
+
+use std::process::Command;
+
+use candystore::app::AppOptions;
+use candystore::audit::attest::Keyring;
+use candystore::audit::note::VerifierKey;
+use candystore::audit::verify::{Finding, Options, Report};
+use candystore::store::sqlite::verify::verify;
+
+use crate::audit::{KEY, outside_key};
+use crate::audit_tree::checkpoint_covering;
+use crate::helpers::{TestApp, gen1, spawn_app_with};
+use crate::support::TempSqlite;
+
+fn ring() -> Keyring {
+    Keyring::new(&[KEY.to_string()]).unwrap()
+}
+
+async fn run_verify(file: &TempSqlite, keyring: Option<&Keyring>, key: &VerifierKey) -> Report {
+    verify(
+        &file.path,
+        Options {
+            keyring,
+            key: Some(key),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn verify_saved(file: &TempSqlite, key: &VerifierKey, saved: &str) -> Report {
+    verify(
+        &file.path,
+        Options {
+            key: Some(key),
+            saved: Some(saved),
+            tree_only: true,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A writing connection of the attacker's on the service's file.
+fn attacker(file: &TempSqlite) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(&file.path).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    conn
+}
+
+fn seq(file: &TempSqlite, id: &str) -> i64 {
+    file.look()
+        .query_row("SELECT seq FROM events WHERE id = ?1", [id], |r| r.get(0))
+        .unwrap()
+}
+
+async fn publish_n(app: &TestApp, prefix: &str, range: std::ops::Range<usize>) {
+    for i in range {
+        app.publish("audit", &gen1(&format!("{prefix}-{i}"), "audit"))
+            .await;
+    }
+}
+
+/// `candystore verify` on the file: its exit code and what it printed.
+fn verify_command(app: &TestApp, file: &TempSqlite) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_candystore"))
+        .arg("verify")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", file.url())
+        .env("SIGNING_KEY_FILE", app.key_file())
+        .env("AUDIT_KEY", KEY)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn on_the_embedded_store_every_rewrite_of_rows_leaves_tiles_or_checkpoints_is_named() {
+    let file = TempSqlite::new();
+    let app = spawn_app_with(
+        &[
+            ("DATABASE_URL", &file.url()),
+            ("SEAL_INTERVAL", "100ms"),
+            ("AUDIT_KEY", KEY),
+        ],
+        AppOptions::default(),
+    )
+    .await;
+    let key = outside_key(&app);
+    // Past 256 leaves, so a tile is stored.
+    publish_n(&app, "a", 0..300).await;
+    let (saved, first) = checkpoint_covering(&app, &key, 301).await;
+    assert_eq!(first.size, 301, "300 events and the key leaf");
+    let clean = run_verify(&file, Some(&ring()), &key).await;
+    assert!(clean.ok(), "{:?}", clean.findings);
+    assert_eq!(
+        (clean.leaves, clean.events, clean.attestations),
+        (301, 300, 301)
+    );
+    assert!(clean.checkpoints >= 1 && clean.signatures == clean.checkpoints);
+    let (code, out) = verify_command(&app, &file);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("verified the tree of 301 leaves"), "{out}");
+
+    let w = attacker(&file);
+    // A payload changed; an event deleted; a row copied in without a leaf; a
+    // row with a leaf of the attacker's making (no AUDIT_KEY).
+    w.execute(
+        "UPDATE events SET payload = json_set(payload, '$.amount', 1000000) WHERE id = 'a-7'",
+        [],
+    )
+    .unwrap();
+    let deleted = seq(&file, "a-3");
+    w.execute("DELETE FROM events WHERE id = 'a-3'", [])
+        .unwrap();
+    let copy = |id: &str| {
+        w.execute(
+            "INSERT INTO events (id, event_type, source, target, routing_key, exchange, \"timestamp\", \
+             received_at, stored_at, payload, session_id, correlation_id, storage_latency_ms, generation, \
+             envelope, payload_member, properties, sanitized, original_body, salt) \
+             SELECT ?2, event_type, source, target, routing_key, exchange, \"timestamp\", received_at, \
+             stored_at, payload, session_id, correlation_id, storage_latency_ms, generation, envelope, \
+             payload_member, properties, sanitized, original_body, salt FROM events WHERE id = ?1",
+            ["a-5", id],
+        )
+        .unwrap();
+    };
+    copy("forged-0");
+    copy("forged-1");
+    let forged1 = seq(&file, "forged-1");
+    // Its leaf: the copied event's, without the attestation only AUDIT_KEY
+    // makes (kind and body: 41 bytes); it commits to the other row.
+    w.execute(
+        "INSERT INTO audit_leaves (seq, leaf) SELECT ?1, substr(leaf, 1, 41) FROM audit_leaves WHERE seq = ?2",
+        [forged1, seq(&file, "a-5")],
+    )
+    .unwrap();
+    let (_, grown) = checkpoint_covering(&app, &key, 302).await;
+    assert_eq!(grown.size, 302, "the forged leaf is appended by the job");
+
+    let report = run_verify(&file, Some(&ring()), &key).await;
+    let f = &report.findings;
+    let modified = seq(&file, "a-7");
+    assert!(
+        f.iter().any(|f| matches!(f, Finding::Modified { id, position, index: Some(_) } if id == "a-7" && *position == (0, modified))),
+        "{f:?}"
+    );
+    assert!(
+        f.iter()
+            .any(|f| matches!(f, Finding::Deleted { position, .. } if *position == (0, deleted))),
+        "{f:?}"
+    );
+    assert!(
+        f.iter()
+            .any(|f| matches!(f, Finding::NotInTree { id, .. } if id == "forged-0")),
+        "{f:?}"
+    );
+    assert!(
+        f.iter()
+            .any(|f| matches!(f, Finding::Modified { id, .. } if id == "forged-1")),
+        "{f:?}"
+    );
+    assert!(
+        f.iter().any(
+            |f| matches!(f, Finding::Unattested { position, .. } if *position == (0, forged1))
+        ),
+        "{f:?}"
+    );
+    let (code, out) = verify_command(&app, &file);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("NOT VERIFIED: event \"a-7\""), "{out}");
+
+    // A stored subtree altered: named, though the leaves are intact.
+    w.execute(
+        "UPDATE audit_tiles SET hashes = CAST(zeroblob(32) || substr(hashes, 33) AS BLOB) WHERE level = 1 AND idx = 0",
+        [],
+    )
+    .unwrap();
+    let report = run_verify(&file, None, &key).await;
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::TreeRewritten { size: 256, .. })),
+        "{:?}",
+        report.findings
+    );
+    // A checkpoint's note changed: its signature no longer holds.
+    w.execute(
+        "UPDATE audit_heads SET note = substr(note, 1, length(note) - 8) || \
+         CASE substr(note, length(note) - 7, 4) WHEN 'AAAA' THEN 'BBBB' ELSE 'AAAA' END || \
+         substr(note, length(note) - 3) WHERE size = ?1",
+        [first.size as i64],
+    )
+    .unwrap();
+    let report = run_verify(&file, None, &key).await;
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::BadSignature { size, .. } if *size == first.size)),
+        "{:?}",
+        report.findings
+    );
+
+    // A leaf deleted with every checkpoint after it: the job signs a smaller
+    // tree, which the checkpoint saved outside shows as a rollback.
+    let gone = seq(&file, "a-100");
+    w.execute_batch(&format!(
+        "BEGIN IMMEDIATE; DELETE FROM audit_leaves WHERE seq = {gone}; \
+         DELETE FROM audit_heads WHERE last_seq >= {gone}; COMMIT"
+    ))
+    .unwrap();
+    checkpoint_covering(&app, &key, 301).await;
+    let report = verify_saved(&file, &key, &saved).await;
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::Rollback { seen: 301, .. })),
+        "{:?}",
+        report.findings
+    );
+}
