@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         archived_at: from,
         max_seq: Some(1_000),
         max_txid: None,
+        store: None,
     };
     for table in [Table::Events, Table::DeadLetter] {
         if let Ok(at) = check_line(line, table, &entry, 5_000) {

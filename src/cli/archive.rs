@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use candystore::config::Settings;
+use candystore::config::{Database, Settings};
 use candystore::{db, storage};
 
-use super::exit::Exit;
+use super::exit::{Exit, Usage};
 use super::progress::Bar;
 
 pub(crate) async fn archive(
@@ -15,19 +15,34 @@ pub(crate) async fn archive(
     dir: &std::path::Path,
     drop: bool,
 ) -> anyhow::Result<ExitCode> {
-    let target = db::pg_config(&settings.database_url)?;
-    let mut client = storage::connect(&target).await?;
     let bar = Bar::new();
     let started = std::time::Instant::now();
-    let done = storage::archive::archive_before(
-        &mut client,
-        before,
-        dir,
-        drop,
-        candystore::audit::attest::Keyring::new(&settings.audit_keys).as_ref(),
-        Some(&bar),
-    )
-    .await?;
+    let done = match settings.database() {
+        Database::Postgres(url) => {
+            let target = db::pg_config(url)?;
+            let mut client = storage::connect(&target).await?;
+            storage::archive::archive_before(
+                &mut client,
+                before,
+                dir,
+                drop,
+                candystore::audit::attest::Keyring::new(&settings.audit_keys).as_ref(),
+                Some(&bar),
+            )
+            .await?
+        }
+        Database::Sqlite(_) if drop => {
+            return Err(Usage(
+                "--drop is not built on the embedded store yet: archive without it (the rows stay)"
+                    .into(),
+            )
+            .into());
+        }
+        Database::Sqlite(path) => storage::archive::Archived {
+            entries: candystore::store::sqlite::archive::archive_before(path, before, dir).await?,
+            ..Default::default()
+        },
+    };
     let rows: u64 = done.entries.iter().map(|e| e.rows).sum();
     for e in &done.entries {
         println!(
@@ -63,12 +78,20 @@ pub(crate) async fn archive(
 }
 
 pub(crate) async fn restore(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let target = db::pg_config(&settings.database_url)?;
-    let mut client = storage::connect(&target).await?;
     let bar = Bar::new();
     let started = std::time::Instant::now();
     let files = storage::archive::archive_files(files)?;
-    let done = storage::archive::restore(&mut client, &files, Some(&bar)).await?;
+    let keyring = candystore::audit::attest::Keyring::new(&settings.audit_keys);
+    let done = match settings.database() {
+        Database::Postgres(url) => {
+            let target = db::pg_config(url)?;
+            let mut client = storage::connect(&target).await?;
+            storage::archive::restore(&mut client, &files, keyring.as_ref(), Some(&bar)).await?
+        }
+        Database::Sqlite(path) => {
+            candystore::store::sqlite::archive::restore(path, &files, keyring.as_ref()).await?
+        }
+    };
     let mut rows = 0;
     for r in &done {
         rows += r.rows;

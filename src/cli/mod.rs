@@ -309,6 +309,8 @@ pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<
                 | Command::Publish { .. }
                 | Command::Send { .. }
                 | Command::Verify { .. }
+                | Command::Archive { .. }
+                | Command::Restore { .. }
                 | Command::VerifyProof { .. }
                 | Command::Witness { .. }
         )

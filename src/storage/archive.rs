@@ -30,6 +30,7 @@ use tokio_postgres::types::Type;
 
 use super::partition::{self, Partition};
 use super::{StorageError, Table};
+use crate::audit::attest::Keyring;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const FORMAT: &str = "candystore-archive/1";
@@ -123,6 +124,12 @@ pub struct Entry {
     pub max_seq: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_txid: Option<i64>,
+    /// The identity of the store the file was written from (`store_identity`;
+    /// absent in archives written before it was recorded). A restore into that
+    /// store puts each row back at its place, where the tree holds its leaf;
+    /// into another, each row is a new write with a new leaf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -241,35 +248,12 @@ pub async fn archive_partition(
     let range = partition
         .range
         .ok_or_else(|| archive_err(dir, "the default partition is never archived"))?;
-    std::fs::create_dir_all(dir)?;
-    let file_name = free_name(dir, &partition.name);
-    let path = dir.join(&file_name);
-    let part_path = dir.join(format!("{file_name}.part"));
     let expected = super::estimated_rows(client, &partition.name).await?;
     if let Some(p) = progress {
         p.start(&partition.name, expected as u64);
     }
-
-    // PostgreSQL renders each row; a blocking thread compresses and hashes, fed
-    // through an async channel (the runtime's workers never wait on it). The
-    // `.part` file goes away if this future is dropped before the rename.
-    let part = PartFile(Some(part_path.clone()));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-    let writer_path = part_path.clone();
-    let writer = in_background(
-        "archive-write",
-        move || -> std::io::Result<(u64, String)> {
-            let file = HashingWriter::new(File::create(&writer_path)?);
-            let mut enc = zstd::stream::write::Encoder::new(file, ZSTD_LEVEL)?;
-            while let Some(chunk) = rx.blocking_recv() {
-                enc.write_all(&chunk)?;
-            }
-            let mut file = enc.finish()?;
-            file.flush()?;
-            file.inner.sync_all()?;
-            Ok((file.written, hex(&file.hasher.finalize())))
-        },
-    );
+    // PostgreSQL renders each row; the file's thread compresses and hashes.
+    let mut file = FileWriter::create(dir, &partition.name)?;
     let txid = match table {
         Table::Events => "txid",
         Table::DeadLetter => "NULL::int8",
@@ -282,10 +266,7 @@ pub async fn archive_partition(
         ))
         .await?;
     let rows = BinaryCopyOutStream::new(copy, &[Type::TEXT, Type::INT8, Type::INT8]);
-    let (mut max_seq, mut max_txid) = (None::<i64>, None::<i64>);
     futures::pin_mut!(rows);
-    let mut buf = Vec::with_capacity(1 << 20);
-    let mut count = 0u64;
     let mut pacer = Pacer::new(pace);
     let mut streamed: Result<(), StorageError> = Ok(());
     while let Some(row) = rows.next().await {
@@ -297,75 +278,179 @@ pub async fn archive_partition(
             }
         };
         let line: &str = row.get(0);
-        max_seq = max_seq.max(row.get::<Option<i64>>(1));
-        max_txid = max_txid.max(row.get::<Option<i64>>(2));
-        buf.extend_from_slice(line.as_bytes());
-        buf.push(b'\n');
-        count += 1;
+        if !file
+            .line(line, row.get::<Option<i64>>(1), row.get::<Option<i64>>(2))
+            .await
+        {
+            break;
+        }
         // Rows arrive faster than they can be taken: without this the loop would
         // hold its runtime worker for as long as the server keeps it fed.
         tokio::task::consume_budget().await;
         if let Some(due) = pacer.read(line.len() + 1) {
             tokio::time::sleep_until(due).await;
         }
-        if buf.len() >= 1 << 20
-            && tx
-                .send(std::mem::replace(&mut buf, Vec::with_capacity(1 << 20)))
-                .await
-                .is_err()
-        {
-            break;
-        }
-        if count.is_multiple_of(10_000)
+        if file.count.is_multiple_of(10_000)
             && let Some(p) = progress
         {
             p.advance(10_000);
         }
     }
-    if !buf.is_empty() {
-        let _ = tx.send(buf).await;
-    }
-    drop(tx);
-    let written = writer
-        .await
-        .ok_or_else(|| archive_err(&part_path, "the compressing thread panicked"))?;
-    // An error here leaves `part` to remove the file.
-    streamed?;
-    let (bytes, sha256) = written?;
-    std::fs::rename(&part_path, &path)?;
-    part.kept();
-
-    // Read it back before anyone relies on it (decompressing it all: a blocking thread).
-    let (lines, check) = {
-        let path = path.clone();
-        in_background("archive-check", move || verify_file(&path))
-            .await
-            .ok_or_else(|| archive_err(dir, "the reading-back thread panicked"))??
-    };
-    if lines != count || check != sha256 {
-        return Err(archive_err(
-            &path,
-            format!("read back {lines} rows with SHA-256 {check}, wrote {count} with {sha256}"),
-        ));
-    }
+    let entry = file
+        .finish(
+            streamed,
+            table,
+            &partition.name,
+            range.start..range.end,
+            identity(client).await?,
+        )
+        .await?;
     if let Some(p) = progress {
         p.finish();
     }
-    let entry = Entry {
-        table: table.name().to_owned(),
-        partition: partition.name.clone(),
-        file: file_name,
-        from: range.start,
-        to: range.end,
-        rows: count,
-        bytes,
-        sha256,
-        archived_at: Utc::now(),
-        max_seq,
-        max_txid,
-    };
-    record(dir, &entry)?;
     Ok(entry)
+}
+
+/// The compressing thread's answer: bytes written and SHA-256, once it is done.
+type Written =
+    std::pin::Pin<Box<dyn Future<Output = Option<std::io::Result<(u64, String)>>> + Send>>;
+
+/// An archive file being written, whichever store its rows come from: lines
+/// in, compressed and hashed on a thread of its own (fed through an async
+/// channel: the runtime's workers never wait on it), then renamed from its
+/// `.part` name, read back whole and recorded in the manifest.
+pub struct FileWriter {
+    dir: PathBuf,
+    file_name: String,
+    part_path: PathBuf,
+    part: PartFile,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    writer: Written,
+    buf: Vec<u8>,
+    pub count: u64,
+    max_seq: Option<i64>,
+    max_txid: Option<i64>,
+}
+
+impl FileWriter {
+    /// A new file in `dir` for the rows of `partition` (under the next free
+    /// name, when one of that name is there).
+    pub fn create(dir: &Path, partition: &str) -> Result<FileWriter, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let file_name = free_name(dir, partition);
+        let part_path = dir.join(format!("{file_name}.part"));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let writer_path = part_path.clone();
+        let writer = in_background(
+            "archive-write",
+            move || -> std::io::Result<(u64, String)> {
+                let file = HashingWriter::new(File::create(&writer_path)?);
+                let mut enc = zstd::stream::write::Encoder::new(file, ZSTD_LEVEL)?;
+                while let Some(chunk) = rx.blocking_recv() {
+                    enc.write_all(&chunk)?;
+                }
+                let mut file = enc.finish()?;
+                file.flush()?;
+                file.inner.sync_all()?;
+                Ok((file.written, hex(&file.hasher.finalize())))
+            },
+        );
+        Ok(FileWriter {
+            dir: dir.to_owned(),
+            file_name,
+            part: PartFile(Some(part_path.clone())),
+            part_path,
+            tx,
+            writer: Box::pin(writer),
+            buf: Vec::with_capacity(1 << 20),
+            count: 0,
+            max_seq: None,
+            max_txid: None,
+        })
+    }
+
+    /// One row's line, with its `seq` and `txid`; false when the writing
+    /// thread has stopped (its error comes from [`FileWriter::finish`]).
+    pub async fn line(&mut self, line: &str, seq: Option<i64>, txid: Option<i64>) -> bool {
+        self.max_seq = self.max_seq.max(seq);
+        self.max_txid = self.max_txid.max(txid);
+        self.buf.extend_from_slice(line.as_bytes());
+        self.buf.push(b'\n');
+        self.count += 1;
+        if self.buf.len() >= 1 << 20 {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 20));
+            return self.tx.send(full).await.is_ok();
+        }
+        true
+    }
+
+    /// Closes the file (`streamed`: whether every row was read), checks it by
+    /// reading it back, and records it in the manifest as the rows of `table`
+    /// in `range`, written from the store `store`.
+    pub async fn finish(
+        mut self,
+        streamed: Result<(), StorageError>,
+        table: Table,
+        partition: &str,
+        range: std::ops::Range<DateTime<Utc>>,
+        store: Option<String>,
+    ) -> Result<Entry, StorageError> {
+        if !self.buf.is_empty() {
+            let _ = self.tx.send(std::mem::take(&mut self.buf)).await;
+        }
+        let FileWriter {
+            dir,
+            file_name,
+            part_path,
+            part,
+            tx,
+            writer,
+            count,
+            max_seq,
+            max_txid,
+            ..
+        } = self;
+        drop(tx);
+        let written = writer
+            .await
+            .ok_or_else(|| archive_err(&part_path, "the compressing thread panicked"))?;
+        // An error here leaves `part` to remove the file.
+        streamed?;
+        let (bytes, sha256) = written?;
+        let path = dir.join(&file_name);
+        std::fs::rename(&part_path, &path)?;
+        part.kept();
+        // Read it back before anyone relies on it (decompressing it all: a
+        // blocking thread).
+        let (lines, check) = {
+            let path = path.clone();
+            in_background("archive-check", move || verify_file(&path))
+                .await
+                .ok_or_else(|| archive_err(&dir, "the reading-back thread panicked"))??
+        };
+        if lines != count || check != sha256 {
+            return Err(archive_err(
+                &path,
+                format!("read back {lines} rows with SHA-256 {check}, wrote {count} with {sha256}"),
+            ));
+        }
+        let entry = Entry {
+            table: table.name().to_owned(),
+            partition: partition.to_owned(),
+            file: file_name,
+            from: range.start,
+            to: range.end,
+            rows: count,
+            bytes,
+            sha256,
+            archived_at: Utc::now(),
+            max_seq,
+            max_txid,
+            store,
+        };
+        record(&dir, &entry)?;
+        Ok(entry)
+    }
 }
 
 /// A `.part` file being written: removed when dropped before [`PartFile::kept`]
@@ -477,6 +562,21 @@ fn next_line(
                 format!("line {line} is not UTF-8"),
             )
         })
+}
+
+/// This store's identity (`store_identity`), when its migration has run.
+pub async fn identity(client: &Client) -> Result<Option<String>, StorageError> {
+    let has: bool = client
+        .query_one("SELECT to_regclass('store_identity') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !has {
+        return Ok(None);
+    }
+    Ok(client
+        .query_opt("SELECT id FROM store_identity", &[])
+        .await?
+        .map(|r| r.get(0)))
 }
 
 fn record(dir: &Path, entry: &Entry) -> Result<(), StorageError> {
@@ -754,66 +854,41 @@ pub struct Restored {
 pub async fn restore(
     client: &mut Client,
     files: &[PathBuf],
+    keyring: Option<&Keyring>,
     progress: Option<&dyn Progress>,
 ) -> Result<Vec<Restored>, StorageError> {
     let mut out = Vec::new();
+    let ours = identity(client).await?;
     for path in files {
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let table = Table::of_partition(&file_name).ok_or_else(|| {
-            archive_err(
-                path,
-                format!(
-                    "not an archive file name (events_p….ndjson.zst or dead_letter_p….ndjson.zst); a directory or its {MANIFEST} restores every file the manifest lists"
-                ),
-            )
-        })?;
+        let (table, entry) = checked_entry(path)?;
         if !super::is_partitioned(client, table).await? {
             return Err(StorageError::NotPartitioned {
                 table: table.name(),
             });
         }
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let entry = read_manifest(dir)?
-            .and_then(|m| m.files.into_iter().find(|e| e.file == file_name))
-            .ok_or_else(|| {
-                archive_err(
-                    path,
-                    format!("no entry for it in {MANIFEST} beside it: its range, rows and SHA-256 are what a restore checks it against"),
-                )
-            })?;
-        if entry.table != table.name() || entry.from >= entry.to {
-            return Err(archive_err(
-                path,
-                format!(
-                    "its manifest entry does not describe a partition of {}",
-                    table.name()
-                ),
-            ));
-        }
-        let (lines, sha) = verify_file(path)?;
-        if sha != entry.sha256 || lines != entry.rows {
-            return Err(archive_err(
-                path,
-                format!(
-                    "{lines} rows with SHA-256 {sha}, the manifest says {} rows with {}",
-                    entry.rows, entry.sha256
-                ),
-            ));
-        }
+        let file_name = entry.file.clone();
+        // From another store (its identity named and not ours), the rows join
+        // this trail as new writes; otherwise they come home to their places.
+        let adopt = table == Table::Events
+            && entry.store.is_some()
+            && ours.is_some()
+            && entry.store != ours;
+        let adopt = adopt.then_some(Adopt { keyring });
         // Every row checked before any is loaded, so a file that fails leaves
-        // nothing behind (the load checks each row again as it goes).
+        // nothing behind (the load checks each row again as it goes). A row
+        // that joins as a new write takes a new `txid`: its own is not checked.
         let (check_path, check_entry) = (path.clone(), entry.clone());
-        let xmax = xmax(client).await?;
+        let xmax = match adopt {
+            Some(_) => i64::MAX,
+            None => xmax(client).await?,
+        };
         tokio::task::spawn_blocking(move || check_file(&check_path, table, &check_entry, xmax))
             .await
             .map_err(|_| archive_err(path, "the checking thread panicked"))??;
         if let Some(p) = progress {
             p.start(&file_name, entry.rows);
         }
-        let r = restore_file(client, table, path, &entry, progress).await?;
+        let r = restore_file(client, table, path, &entry, adopt, progress).await?;
         if r.rows > r.skipped {
             // Filled in bulk: analysed now, not whenever autovacuum gets to it.
             for p in partition::list(client, table).await? {
@@ -837,6 +912,88 @@ pub async fn restore(
         out.push(r);
     }
     Ok(out)
+}
+
+/// The table and manifest entry of the archive file at `path`, once the file
+/// is shown to be the one its entry describes (rows, SHA-256): what every
+/// restore, into either store, starts from.
+pub fn checked_entry(path: &Path) -> Result<(Table, Entry), StorageError> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let table = Table::of_partition(&file_name).ok_or_else(|| {
+        archive_err(
+            path,
+            format!(
+                "not an archive file name (events_p….ndjson.zst or dead_letter_p….ndjson.zst); a directory or its {MANIFEST} restores every file the manifest lists"
+            ),
+        )
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let entry = read_manifest(dir)?
+        .and_then(|m| m.files.into_iter().find(|e| e.file == file_name))
+        .ok_or_else(|| {
+            archive_err(
+                path,
+                format!("no entry for it in {MANIFEST} beside it: its range, rows and SHA-256 are what a restore checks it against"),
+            )
+        })?;
+    if entry.table != table.name() || entry.from >= entry.to {
+        return Err(archive_err(
+            path,
+            format!(
+                "its manifest entry does not describe a partition of {}",
+                table.name()
+            ),
+        ));
+    }
+    let (lines, sha) = verify_file(path)?;
+    if sha != entry.sha256 || lines != entry.rows {
+        return Err(archive_err(
+            path,
+            format!(
+                "{lines} rows with SHA-256 {sha}, the manifest says {} rows with {}",
+                entry.rows, entry.sha256
+            ),
+        ));
+    }
+    Ok((table, entry))
+}
+
+/// An archive file's lines, read in chunks of at most [`RESTORE_CHUNK`] lines
+/// or [`RESTORE_CHUNK_BYTES`], each line with a length limit.
+pub struct Lines {
+    file: BufReader<zstd::stream::read::Decoder<'static, BufReader<File>>>,
+    buf: Vec<u8>,
+    number: u64,
+}
+
+impl Lines {
+    pub fn open(path: &Path) -> std::io::Result<Lines> {
+        let file = File::open(path).and_then(zstd::stream::read::Decoder::new)?;
+        Ok(Lines {
+            file: BufReader::with_capacity(1 << 20, file),
+            buf: Vec::new(),
+            number: 0,
+        })
+    }
+
+    /// The next chunk; empty at the end.
+    pub fn chunk(&mut self) -> std::io::Result<Vec<String>> {
+        let (mut chunk, mut bytes) = (Vec::new(), 0usize);
+        while chunk.len() < RESTORE_CHUNK && bytes < RESTORE_CHUNK_BYTES {
+            self.number += 1;
+            match next_line(&mut self.file, &mut self.buf, self.number)? {
+                Some(l) => {
+                    bytes += l.len();
+                    chunk.push(l);
+                }
+                None => break,
+            }
+        }
+        Ok(chunk)
+    }
 }
 
 /// What a restore checks of each line before PostgreSQL parses it. serde refuses
@@ -864,7 +1021,7 @@ async fn xmax(client: &Client) -> Result<i64, StorageError> {
 }
 
 /// Reads `path` through and checks every row as [`refusal`] does.
-fn check_file(path: &Path, table: Table, entry: &Entry, xmax: i64) -> Result<(), StorageError> {
+pub fn check_file(path: &Path, table: Table, entry: &Entry, xmax: i64) -> Result<(), StorageError> {
     let mut file = File::open(path)
         .and_then(zstd::stream::read::Decoder::new)
         .map(|d| BufReader::with_capacity(1 << 20, d))
@@ -928,54 +1085,51 @@ fn refusal(row: &Checked, table: Table, entry: &Entry, xmax: i64) -> Result<Date
     Ok(at)
 }
 
+/// Rows of another store, restored as new writes of this one: a new place
+/// (`txid`, `seq`) each, and a new leaf committing to the row as it came (its
+/// salt kept, or a new one for a row stored before the tree), attested with
+/// `keyring`'s first key.
+#[derive(Clone, Copy)]
+struct Adopt<'k> {
+    keyring: Option<&'k Keyring>,
+}
+
 async fn restore_file(
     client: &mut Client,
     table: Table,
     path: &Path,
     entry: &Entry,
+    adopt: Option<Adopt<'_>>,
     progress: Option<&dyn Progress>,
 ) -> Result<Restored, StorageError> {
     let counting = table == Table::Events && super::catalog::has_session_counts(client).await?;
-    let insert = client.prepare(&restore_sql(table, counting)).await?;
-    let xmax = xmax(client).await?;
+    let insert = client
+        .prepare(&restore_sql(table, counting, adopt.is_some()))
+        .await?;
+    let xmax = match adopt {
+        Some(_) => i64::MAX,
+        None => xmax(client).await?,
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<String>>>(2);
     let reader_path = path.to_owned();
     let reader = tokio::task::spawn_blocking(move || {
-        let send = |chunk| tx.blocking_send(chunk).is_ok();
-        let mut file = match File::open(&reader_path).and_then(zstd::stream::read::Decoder::new) {
-            Ok(d) => BufReader::with_capacity(1 << 20, d),
+        let mut lines = match Lines::open(&reader_path) {
+            Ok(l) => l,
             Err(e) => {
-                send(Err(e));
+                let _ = tx.blocking_send(Err(e));
                 return;
             }
         };
-        let (mut chunk, mut bytes) = (Vec::new(), 0usize);
-        let mut buf = Vec::new();
-        let mut number = 0u64;
         loop {
-            number += 1;
-            match next_line(&mut file, &mut buf, number) {
-                Ok(None) => break,
-                Ok(Some(l)) => {
-                    bytes += l.len();
-                    chunk.push(l);
-                    if (chunk.len() == RESTORE_CHUNK || bytes >= RESTORE_CHUNK_BYTES)
-                        && !send(Ok(std::mem::take(&mut chunk)))
-                    {
+            match lines.chunk() {
+                Ok(c) if c.is_empty() => return,
+                chunk => {
+                    let failed = chunk.is_err();
+                    if tx.blocking_send(chunk).is_err() || failed {
                         return;
                     }
-                    if chunk.is_empty() {
-                        bytes = 0;
-                    }
-                }
-                Err(e) => {
-                    send(Err(e));
-                    return;
                 }
             }
-        }
-        if !chunk.is_empty() {
-            send(Ok(chunk));
         }
     });
     let mut rows = 0u64;
@@ -1000,19 +1154,26 @@ async fn restore_file(
             }
         }
         // The lines travel as one text[] parameter: no staging table to write.
-        let row = if counting {
+        let tx = client.transaction().await?;
+        if counting {
             // Under the catalog's turn: the rows it has passed are counted here,
             // the others by it, none twice.
-            let tx = client.transaction().await?;
             super::catalog::hold(&tx).await?;
-            let row = tx.query_one(&insert, &[&chunk]).await?;
-            tx.commit().await?;
-            row
+        }
+        if let Some(adopt) = adopt {
+            let salts: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|_| crate::audit::leaf::salt().to_vec())
+                .collect();
+            let rows = tx.query(&insert, &[&chunk, &salts]).await?;
+            inserted += rows.len() as u64;
+            add_leaves(&tx, &rows, adopt.keyring).await?;
         } else {
-            client.query_one(&insert, &[&chunk]).await?
-        };
-        inserted += row.get::<_, i64>(0) as u64;
-        max_seq = max_seq.max(row.get::<_, Option<i64>>(1).unwrap_or(0));
+            let row = tx.query_one(&insert, &[&chunk]).await?;
+            inserted += row.get::<_, i64>(0) as u64;
+            max_seq = max_seq.max(row.get::<_, Option<i64>>(1).unwrap_or(0));
+        }
+        tx.commit().await?;
         if let Some(p) = progress {
             p.advance(chunk.len() as u64);
         }
@@ -1020,7 +1181,9 @@ async fn restore_file(
     let _ = reader.await;
     // Restored rows keep their seq; new rows must be numbered above them. Each
     // was checked against the manifest's highest seq and MAX_RESTORED_SEQ.
-    client
+    // (Rows that joined as new writes were numbered by the sequence.)
+    if adopt.is_none() {
+        client
         .execute(
             &format!(
                 "SELECT setval(pg_get_serial_sequence('{0}', 'seq'), greatest($1, (SELECT last_value FROM pg_sequences \
@@ -1030,6 +1193,7 @@ async fn restore_file(
             &[&max_seq],
         )
         .await?;
+    }
     Ok(Restored {
         file: path.to_owned(),
         table: table.name(),
@@ -1041,7 +1205,12 @@ async fn restore_file(
 /// One statement: parse the staged lines, insert the rows that are not there yet
 /// and their redelivery keys (and, `counting`, their session counts), and answer
 /// (rows inserted, highest seq).
-fn restore_sql(table: Table, counting: bool) -> String {
+///
+/// `adopt` (events of another store): each row gets a new place and keeps its
+/// salt (or takes the one given beside its line, `$2`), and the statement
+/// answers the inserted rows as `txid, seq, CONTENT_COLUMNS, salt`, for their
+/// leaves.
+fn restore_sql(table: Table, counting: bool, adopt: bool) -> String {
     let name = table.name();
     let columns = table.columns();
     let parsed = format!(
@@ -1084,16 +1253,71 @@ fn restore_sql(table: Table, counting: bool) -> String {
         ),
         Table::DeadLetter => (columns.to_owned(), parsed),
     };
+    let (columns, parsed, returned, answer) = if adopt {
+        (
+            columns.replacen("seq, ", "", 1).replace(", txid,", ","),
+            parsed
+                .replacen("r.seq, ", "", 1)
+                .replace(", coalesce(r.txid, 0),", ",")
+                .replace("decode(r.salt, 'hex')", "coalesce(decode(r.salt, 'hex'), l.fresh)")
+                .replace("unnest($1::text[]) AS l(line)", "unnest($1::text[], $2::bytea[]) AS l(line, fresh)"),
+            format!(
+                "{returned}, target, routing_key, exchange, payload::text AS payload_text, \
+                 envelope::text AS envelope_text, payload_member, properties::text AS properties_text, \
+                 correlation_id, generation, sanitized, original_body, salt"
+            ),
+            "SELECT txid, seq, id, source, \"timestamp\", event_type, target, routing_key, exchange, \
+             received_at, payload_text, envelope_text, payload_member, properties_text, session_id, \
+             correlation_id, generation, sanitized, original_body, salt FROM ins"
+                .to_string(),
+        )
+    } else {
+        (
+            columns,
+            parsed,
+            returned.to_string(),
+            "SELECT count(*), max(seq) FROM ins".to_string(),
+        )
+    };
     format!(
         "WITH ins AS (INSERT INTO {name} ({columns}) {parsed} ON CONFLICT DO NOTHING RETURNING {returned}), \
          k AS ({keys}){sessions} \
-         SELECT count(*), max(seq) FROM ins",
+         {answer}",
         sessions = if counting {
             format!(", {}", super::catalog::SESSION_COUNT_RESTORED)
         } else {
             String::new()
         }
     )
+}
+
+/// The leaves of rows that joined as new writes, each committing to the row as
+/// stored (`txid, seq, CONTENT_COLUMNS, salt`), at its place, in the rows'
+/// transaction.
+async fn add_leaves(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &[tokio_postgres::Row],
+    keyring: Option<&Keyring>,
+) -> Result<(), StorageError> {
+    let (mut txids, mut seqs, mut leaves) = (Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        let content = crate::audit::verify::content(row);
+        let salt: &[u8] = row.get(19);
+        txids.push(row.get::<_, i64>(0));
+        seqs.push(row.get::<_, i64>(1));
+        leaves.push(crate::audit::leaf::event(
+            content.timestamp,
+            &content.commitment(salt),
+            keyring,
+        ));
+    }
+    tx.execute(
+        "INSERT INTO audit_leaves (txid, seq, leaf) \
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+        &[&txids, &seqs, &leaves],
+    )
+    .await?;
+    Ok(())
 }
 
 struct HashingWriter {

@@ -568,7 +568,7 @@ async fn events_gone_with_retention_are_counted_a_restore_is_judged_again_and_a_
         .unwrap()
         .unwrap();
     let files: Vec<std::path::PathBuf> = manifest.files.iter().map(|e| dir.join(&e.file)).collect();
-    candystore::storage::archive::restore(&mut c, &files, None)
+    candystore::storage::archive::restore(&mut c, &files, None, None)
         .await
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);

@@ -24,6 +24,7 @@ mod replay;
 mod restore;
 mod setup;
 mod sqlite_api;
+mod sqlite_archive;
 mod sqlite_audit;
 mod sqlite_contains;
 mod sqlite_writer;

@@ -57,6 +57,7 @@ fn archive_of(lines: &[Vec<u8>], max_seq: Option<i64>) -> (PathBuf, PathBuf) {
             archived_at: Utc::now(),
             max_seq,
             max_txid: None,
+            store: None,
         }],
     };
     std::fs::write(
@@ -70,7 +71,7 @@ fn archive_of(lines: &[Vec<u8>], max_seq: Option<i64>) -> (PathBuf, PathBuf) {
 async fn restore(app: &TestApp, path: &Path) -> Result<(), String> {
     let target = candystore::db::pg_config(&app.db_url).unwrap();
     let mut c = candystore::storage::connect(&target).await.unwrap();
-    archive::restore(&mut c, &[path.to_owned()], None)
+    archive::restore(&mut c, &[path.to_owned()], None, None)
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())

@@ -25,7 +25,7 @@ async fn wait_for_file_rows(app: &TestApp, file: &TempSqlite, table: &str, n: i6
 /// Sixty events of three envelope generations over two days, every time
 /// distinct (the stores number rows each in its own order; a tie would be
 /// broken by that number).
-fn deliveries() -> Vec<Value> {
+pub(crate) fn deliveries() -> Vec<Value> {
     let start = chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z").unwrap();
     (0..60)
         .map(|i| {
@@ -58,7 +58,7 @@ fn deliveries() -> Vec<Value> {
         .collect()
 }
 
-async fn publish_all(app: &TestApp, bodies: &[Value]) {
+pub(crate) async fn publish_all(app: &TestApp, bodies: &[Value]) {
     for b in bodies {
         app.publish("k.x", &serde_json::to_vec(b).unwrap()).await;
     }
@@ -67,7 +67,7 @@ async fn publish_all(app: &TestApp, bodies: &[Value]) {
 /// An answer without what differs by store and moment: each event's
 /// `stored_at` and `storage_latency_ms`, and the cursor's text (it holds the
 /// store's row number).
-fn comparable(mut page: Value) -> Value {
+pub(crate) fn comparable(mut page: Value) -> Value {
     if let Some(events) = page.get_mut("events").and_then(Value::as_array_mut) {
         for e in events {
             let o = e.as_object_mut().unwrap();

@@ -429,7 +429,7 @@ async fn archive_then_drop_then_restore_gives_back_the_same_events_and_dead_lett
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&paths[0], &bytes).unwrap();
-    let err = archive::restore(&mut c, &paths[..1], None)
+    let err = archive::restore(&mut c, &paths[..1], None, None)
         .await
         .unwrap_err();
     assert!(
@@ -530,7 +530,7 @@ async fn archive_day(c: &mut Client, day: DateTime<Utc>) -> (archive::Archived, 
 
 /// Restores `paths`: (rows read, rows already stored) per file.
 async fn restore_counts(c: &mut Client, paths: &[std::path::PathBuf]) -> Vec<(u64, u64)> {
-    archive::restore(c, paths, None)
+    archive::restore(c, paths, None, None)
         .await
         .unwrap()
         .iter()
@@ -1687,7 +1687,7 @@ async fn a_session_summary_matches_its_stored_events_through_counting_retention_
     // Restored: counted again, once, however often it is restored.
     let file = dir.join(partition::partition_name(Table::Events, old_day) + ".ndjson.zst");
     for _ in 0..2 {
-        archive::restore(&mut c, std::slice::from_ref(&file), None)
+        archive::restore(&mut c, std::slice::from_ref(&file), None, None)
             .await
             .unwrap();
         let (summary, truth) = summary_and_truth(&app, "sess-sum").await;
@@ -2055,6 +2055,7 @@ async fn archive_says_what_waits_in_the_default_partition_and_restore_takes_the_
     let restored = archive::restore(
         &mut c,
         &archive::archive_files(std::slice::from_ref(&dir)).unwrap(),
+        None,
         None,
     )
     .await

@@ -9,6 +9,7 @@
 //! that (the same promise as PostgreSQL's). Readers run beside the writer (WAL
 //! lets them), each on a blocking thread.
 
+pub mod archive;
 pub mod catalog;
 pub mod read;
 pub mod schema;

@@ -116,7 +116,7 @@ CREATE TABLE catalog_position (
 INSERT INTO catalog_position VALUES (1, 0);
 "#,
     // 3: the audit tree (`super::tree`): PostgreSQL's tables of the same names,
-    // at places `(0, seq)`.
+    // at places `(0, seq)`; the store's identity.
     r#"
 CREATE TABLE audit_anchors (
     idx  INTEGER PRIMARY KEY,
@@ -137,6 +137,12 @@ CREATE TABLE audit_heads (
     last_seq  INTEGER NOT NULL,
     note      TEXT    NOT NULL
 ) STRICT;
+-- The store's identity, named by its archives (PostgreSQL's 0023).
+CREATE TABLE store_identity (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    id  TEXT    NOT NULL
+) STRICT;
+INSERT INTO store_identity VALUES (1, lower(hex(randomblob(16))));
 CREATE TABLE audit_trail (
     one           INTEGER PRIMARY KEY CHECK (one = 1),
     origin        TEXT    NOT NULL,

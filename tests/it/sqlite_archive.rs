@@ -1,0 +1,207 @@
+//! Archives between the stores: the embedded store's events archived in
+//! PostgreSQL's format, restored into PostgreSQL, archived from there and
+//! restored into a new embedded file; every event intact at each step (its raw
+//! view compared with what was published) and `verify` passing on each far
+//! side, where the restored events joined the trail as new writes.
+
+use candystore::app::AppOptions;
+use candystore::audit::attest::Keyring;
+use candystore::audit::verify::Options;
+use serde_json::Value;
+
+use crate::audit::{KEY, outside_key};
+use crate::audit_tree::checkpoint_covering;
+use crate::helpers::{TestApp, connect, spawn_app_with};
+use crate::sqlite_api::{comparable, deliveries, publish_all};
+use crate::support::TempSqlite;
+
+/// `candystore ARGS` against `database_url`: its exit code and output.
+async fn cli(database_url: &str, args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env("AUDIT_KEY", KEY)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Every published event's raw view, as `app` serves it.
+async fn raw_views(app: &TestApp) -> Vec<Value> {
+    let mut out = Vec::new();
+    for b in deliveries() {
+        let id = b
+            .get("id")
+            .or_else(|| b.get("event_id"))
+            .and_then(Value::as_str)
+            .unwrap();
+        out.push(app.get_json(&format!("/events/{id}/raw")).await);
+    }
+    out
+}
+
+fn ring() -> Keyring {
+    Keyring::new(&[KEY.to_string()]).unwrap()
+}
+
+#[tokio::test]
+async fn events_move_from_the_embedded_store_to_postgresql_and_back_intact_and_verified_on_each_side()
+ {
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    let bodies = deliveries();
+    let settings = [("SEAL_INTERVAL", "100ms"), ("AUDIT_KEY", KEY)];
+
+    // 1. Stored in an embedded file, with a dead letter.
+    let first = TempSqlite::new();
+    let lite = spawn_app_with(
+        &[&settings[..], &[("DATABASE_URL", &first.url())]].concat(),
+        AppOptions::default(),
+    )
+    .await;
+    publish_all(&lite, &bodies).await;
+    lite.publish("k.x", b"{\"id\": 1, \"broken").await;
+    checkpoint_covering(&lite, &outside_key(&lite), 61).await;
+    let published = raw_views(&lite).await;
+    assert_eq!(
+        published, bodies,
+        "the embedded store serves what was published"
+    );
+    let page = comparable(lite.get_json("/events?limit=100").await);
+    let dead = lite.get_json("/dead-letters").await;
+
+    // 2. Archived beside the running service, in PostgreSQL's format.
+    let to_pg = first.path.with_file_name("to-postgres");
+    let (code, out) = cli(
+        &first.url(),
+        &[
+            "archive",
+            "--before",
+            &tomorrow,
+            "--to",
+            to_pg.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("events_p20261201.ndjson.zst: "), "{out}");
+
+    // 3. Restored into PostgreSQL: every event as it was, verified there.
+    let pg = spawn_app_with(&settings, AppOptions::default()).await;
+    let (code, out) = cli(&pg.db_url, &["restore", to_pg.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(raw_views(&pg).await, bodies);
+    assert_eq!(comparable(pg.get_json("/events?limit=100").await), page);
+    let dead_pg = pg.get_json("/dead-letters").await;
+    assert_eq!(dead_pg["total"], dead["total"]);
+    assert_eq!(
+        dead_pg["dead_letters"][0]["body_base64"],
+        dead["dead_letters"][0]["body_base64"]
+    );
+    let key = outside_key(&pg);
+    checkpoint_covering(&pg, &key, 61).await;
+    let rows = connect(&pg.db_url).await;
+    let report = candystore::audit::verify::verify(
+        &pg.db,
+        &rows,
+        Options {
+            keyring: Some(&ring()),
+            key: Some(&key),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.events, 60, "{report:?}");
+    // A second restore adds nothing.
+    let (code, out) = cli(&pg.db_url, &["restore", to_pg.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("(0 new, ").count(), 3, "{out}");
+
+    // 4. Archived from PostgreSQL, restored into a new embedded file.
+    let back = first.path.with_file_name("to-sqlite");
+    let (code, out) = cli(
+        &pg.db_url,
+        &[
+            "archive",
+            "--before",
+            &tomorrow,
+            "--to",
+            back.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let second = TempSqlite::new();
+    let (code, out) = cli(&second.url(), &["restore", back.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    let report = candystore::store::sqlite::verify::verify(
+        &second.path,
+        Options {
+            keyring: Some(&ring()),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.events, report.leaves), (60, 60), "{report:?}");
+    let lite2 = spawn_app_with(
+        &[&settings[..], &[("DATABASE_URL", &second.url())]].concat(),
+        AppOptions::default(),
+    )
+    .await;
+    assert_eq!(raw_views(&lite2).await, bodies);
+    assert_eq!(comparable(lite2.get_json("/events?limit=100").await), page);
+    assert_eq!(
+        lite2.get_json("/dead-letters").await["total"],
+        dead["total"]
+    );
+
+    // 5. Home again: events deleted from the first file come back from its own
+    // archive at their places, where its tree holds their leaves.
+    let mut lite = lite;
+    lite.stop().await;
+    let places = |file: &TempSqlite| -> Vec<(i64, String)> {
+        let conn = file.look();
+        let mut st = conn
+            .prepare("SELECT seq, id FROM events ORDER BY seq")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let before = places(&first);
+    rusqlite::Connection::open(&first.path)
+        .unwrap()
+        .execute("DELETE FROM events WHERE id IN ('e3', 'e17', 'e44')", [])
+        .unwrap();
+    let (code, out) = cli(&first.url(), &["restore", to_pg.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("(2 new, 29 already stored)"), "{out}");
+    assert_eq!(places(&first), before);
+    let report = candystore::store::sqlite::verify::verify(
+        &first.path,
+        Options {
+            keyring: Some(&ring()),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.events, 60);
+}
