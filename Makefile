@@ -1,16 +1,16 @@
 # Candystore. `make run` and `make test` do all set-up on a fresh machine.
 SHELL := /bin/bash
-PGHOST ?= 127.0.0.1
-PGUSER ?= postgres
-DB_NAME ?= candystore
-export DATABASE_URL ?= postgres://$(PGUSER)@$(PGHOST):5432/$(DB_NAME)
+## the store `make run` serves: the embedded file by default (the binary's own
+## default); PostgreSQL with DATABASE_URL=postgres://…
+export DATABASE_URL ?= sqlite:candystore.db
 export LOG_FORMAT ?= console
 BIN := target/release/candystore
 
 .PHONY: run build services services-test migrate test browser pynacl lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost loadtest-operations test-faults fuzz schemathesis test-all loadtest-memory loadtest-backlog loadtest-archive
 
-## build, create the database if missing, migrate, serve (Ctrl-C stops cleanly); a given
-## DATABASE_URL is used whole (its host, port, user and database)
+## build, prepare the store (the embedded file, or PostgreSQL's database created if
+## missing and migrated), serve (Ctrl-C stops cleanly); a given DATABASE_URL is used
+## whole (its host, port, user and database)
 run: build services migrate
 	$(BIN) serve
 

@@ -49,7 +49,7 @@ has_apt() {
 
 needs_postgresql() {
   [ "$purpose" = test ] && return 0
-  case "${DATABASE_URL:-postgres://}" in
+  case "${DATABASE_URL:-sqlite:candystore.db}" in
     sqlite:*) return 1 ;;
     *) return 0 ;;
   esac
@@ -136,6 +136,6 @@ ensure() { # name port
 if needs_postgresql; then
   ensure postgresql 5432
 elif [ "$plan" = yes ]; then
-  echo "postgresql: not needed (DATABASE_URL=${DATABASE_URL})"
+  echo "postgresql: not needed (DATABASE_URL=${DATABASE_URL:-sqlite:candystore.db})"
 fi
 ensure rabbitmq 5672

@@ -131,7 +131,7 @@ settings! {
     }
     database_url: String {
         name: "DATABASE_URL",
-        default: "postgres://postgres@localhost:5432/candystore",
+        default: "sqlite:candystore.db",
         meaning: "the store: postgres://… (sslmode, sslrootcert for TLS), or sqlite:PATH (one embedded file)",
         secret: Url,
         parse: |v| v.database_url(),
@@ -707,7 +707,14 @@ mod tests {
             let s = Settings::from_sources(None, env(&[("DATABASE_URL", url)])).unwrap();
             assert_eq!(s.database(), Database::Sqlite(Path::new(path)), "{url}");
         }
+        // The built-in store is an embedded file; a postgres URL names the server.
         let s = Settings::from_sources(None, env(&[])).unwrap();
+        assert_eq!(s.database(), Database::Sqlite(Path::new("candystore.db")));
+        let s = Settings::from_sources(
+            None,
+            env(&[("DATABASE_URL", "postgres://postgres@localhost/candystore")]),
+        )
+        .unwrap();
         assert!(matches!(s.database(), Database::Postgres(_)));
         let err = Settings::from_sources(None, env(&[("DATABASE_URL", "sqlite:")]))
             .unwrap_err()

@@ -39,6 +39,8 @@ fn plan(
         .collect()
 }
 
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/candystore";
+
 #[test]
 fn a_machine_with_both_services_running_gets_nothing() {
     assert_eq!(
@@ -53,7 +55,7 @@ fn a_machine_with_both_services_running_gets_nothing() {
 #[test]
 fn installed_services_that_are_down_are_started_not_installed() {
     assert_eq!(
-        plan("run", None, "", "postgresql rabbitmq", true),
+        plan("run", Some(PG_URL), "", "postgresql rabbitmq", true),
         [
             "postgresql: installed, start it",
             "rabbitmq: installed, start it"
@@ -63,18 +65,21 @@ fn installed_services_that_are_down_are_started_not_installed() {
 
 #[test]
 fn a_fresh_debian_machine_installs_what_the_store_and_the_purpose_need() {
-    // The default store is PostgreSQL: both.
+    // The default store is the embedded file: only the broker.
     assert_eq!(
         plan("run", None, "", "", true),
+        [
+            "postgresql: not needed (DATABASE_URL=sqlite:candystore.db)",
+            "rabbitmq: install with apt-get, then start it"
+        ]
+    );
+    // A PostgreSQL URL given whole: both.
+    assert_eq!(
+        plan("run", Some("postgres://me@127.0.0.1/events"), "", "", true),
         [
             "postgresql: install with apt-get, then start it",
             "rabbitmq: install with apt-get, then start it"
         ]
-    );
-    // A PostgreSQL URL given whole: the same.
-    assert_eq!(
-        plan("run", Some("postgres://me@127.0.0.1/events"), "", "", true)[0],
-        "postgresql: install with apt-get, then start it"
     );
     // An embedded store runs without PostgreSQL: only the broker.
     assert_eq!(
@@ -103,7 +108,7 @@ fn a_fresh_debian_machine_installs_what_the_store_and_the_purpose_need() {
 #[test]
 fn a_machine_without_apt_is_told_the_one_command_that_gets_a_missing_service() {
     assert_eq!(
-        plan("run", None, "5432", "postgresql", false),
+        plan("run", Some(PG_URL), "5432", "postgresql", false),
         [
             "postgresql: running on 127.0.0.1:5432",
             "rabbitmq: missing, and no apt-get here: docker compose -f ops/compose.yaml up -d rabbitmq"

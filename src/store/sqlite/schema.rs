@@ -224,14 +224,19 @@ mod tests {
         assert_eq!(
             tables,
             [
+                "audit_anchors",
+                "audit_heads",
                 "audit_leaves",
+                "audit_tiles",
+                "audit_trail",
                 "catalog_event_types",
                 "catalog_payload_keys",
                 "catalog_position",
                 "catalog_sources",
                 "dead_letter",
                 "event_keys",
-                "events"
+                "events",
+                "store_identity"
             ]
         );
     }
