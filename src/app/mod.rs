@@ -212,7 +212,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                 .with_context(|| format!("cannot use the embedded store {}", path.display()))?;
             tracing::warn!(
                 file = %path.display(),
-                "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters, the live tail, the catalog, the audit tree with its checkpoints and proofs, and the probes; retention and the operators' commands other than verify do not run on it yet (docs/embedded-store.md)"
+                "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters, the live tail, the catalog, the audit tree with its checkpoints and proofs, retention and the probes; replay, dead-letters, prove and redact do not run on it yet (docs/embedded-store.md)"
             );
             let signer = Arc::new(signing_key(&settings)?);
             (Prepared::Sqlite(file), None, signer)
@@ -354,8 +354,8 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         ),
         metrics: metrics.clone(),
     };
-    // The embedded store's catalog and audit tree, each a step on its writer
-    // thread between batches.
+    // The embedded store's catalog, retention and audit tree, each in steps on
+    // its writer thread between batches.
     if let (Some(handle), Prepared::Sqlite(file)) = (embedded_writer, &prepared) {
         supervise_job(
             "catalog",
@@ -363,6 +363,20 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                 handle.clone(),
                 jobs_stop.clone(),
             )) as JobRun,
+        );
+        supervise_job(
+            "maintenance",
+            Box::pin(store::sqlite::retention::retention_job(
+                handle.clone(),
+                store::sqlite::retention::Options {
+                    path: file.path().to_owned(),
+                    retention: settings.retention,
+                    archive_dir: settings.archive_dir.clone(),
+                    keyring: keyring.clone(),
+                },
+                settings.maintenance_interval,
+                jobs_stop.clone(),
+            )),
         );
         supervise_job(
             "audit-tree",

@@ -197,7 +197,8 @@ pub struct Report {
 }
 
 impl Report {
-    fn find(&mut self, f: Finding) {
+    /// Records a finding (named up to [`MAX_FINDINGS`], then counted).
+    pub fn find(&mut self, f: Finding) {
         if self.findings.len() < MAX_FINDINGS {
             self.findings.push(f);
         } else {

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use candystore::config::{Database, Settings};
 use candystore::{db, storage};
 
-use super::exit::{Exit, Usage};
+use anyhow::Context;
+
+use super::exit::Exit;
 use super::progress::Bar;
 
 pub(crate) async fn archive(
@@ -31,17 +33,45 @@ pub(crate) async fn archive(
             )
             .await?
         }
-        Database::Sqlite(_) if drop => {
-            return Err(Usage(
-                "--drop is not built on the embedded store yet: archive without it (the rows stay)"
-                    .into(),
-            )
-            .into());
+        Database::Sqlite(path) => {
+            // Dropping writes: the file is this process's meanwhile (taken
+            // before anything is archived, so a running service is named first).
+            let owner = if drop {
+                let file = candystore::store::sqlite::Sqlite::own(path).with_context(|| {
+                    format!("cannot drop from the embedded store {}", path.display())
+                })?;
+                let handle = candystore::store::sqlite::write::Handle::start(&file)?;
+                Some((file, handle))
+            } else {
+                None
+            };
+            let entries =
+                candystore::store::sqlite::archive::archive_before(path, before, dir).await?;
+            let mut dropped = Vec::new();
+            if let Some((_file, handle)) = &owner {
+                let keyring = candystore::audit::attest::Keyring::new(&settings.audit_keys)
+                    .map(std::sync::Arc::new);
+                for e in &entries {
+                    let table =
+                        storage::Table::of_partition(&e.file).expect("an archive file's name");
+                    let d = candystore::store::sqlite::retention::drop_day(
+                        handle,
+                        path,
+                        table,
+                        e.from.timestamp_micros(),
+                        e.max_seq.unwrap_or(0),
+                        keyring.clone(),
+                    )
+                    .await?;
+                    dropped.push(format!("{} ({} rows)", d.partition, d.rows));
+                }
+            }
+            storage::archive::Archived {
+                entries,
+                dropped,
+                ..Default::default()
+            }
         }
-        Database::Sqlite(path) => storage::archive::Archived {
-            entries: candystore::store::sqlite::archive::archive_before(path, before, dir).await?,
-            ..Default::default()
-        },
     };
     let rows: u64 = done.entries.iter().map(|e| e.rows).sum();
     for e in &done.entries {

@@ -311,6 +311,7 @@ pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<
                 | Command::Verify { .. }
                 | Command::Archive { .. }
                 | Command::Restore { .. }
+                | Command::Maintain
                 | Command::VerifyProof { .. }
                 | Command::Witness { .. }
         )

@@ -83,6 +83,26 @@ pub(crate) async fn migrate(
 }
 
 pub(crate) async fn maintain(settings: &Settings) -> anyhow::Result<ExitCode> {
+    if let Database::Sqlite(path) = settings.database() {
+        let file = candystore::store::sqlite::Sqlite::own(path)
+            .with_context(|| format!("cannot use the embedded store {}", path.display()))?;
+        let handle = candystore::store::sqlite::write::Handle::start(&file)?;
+        let opts = candystore::store::sqlite::retention::Options {
+            path: path.to_owned(),
+            retention: settings.retention,
+            archive_dir: settings.archive_dir.clone(),
+            keyring: candystore::audit::attest::Keyring::new(&settings.audit_keys)
+                .map(std::sync::Arc::new),
+        };
+        let dropped =
+            candystore::store::sqlite::retention::run_once(&handle, &opts, chrono::Utc::now())
+                .await?;
+        println!("dropped {} day(s) (RETENTION)", dropped.len());
+        for d in dropped {
+            println!("dropped {} ({} rows)", d.partition, d.rows);
+        }
+        return Ok(Exit::Clean.into());
+    }
     let target = db::pg_config(&settings.database_url)?;
     let mut client = storage::connect(&target).await?;
     let opts = storage::maintain::Options {

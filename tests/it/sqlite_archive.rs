@@ -205,3 +205,191 @@ async fn events_move_from_the_embedded_store_to_postgresql_and_back_intact_and_v
     assert!(report.ok(), "{:?}", report.findings);
     assert_eq!(report.events, 60);
 }
+
+#[tokio::test]
+async fn retention_on_the_embedded_store_archives_and_drops_old_days_and_verify_counts_what_it_took()
+ {
+    let file = TempSqlite::new();
+    let archive = file.path.with_file_name("archive");
+    let app = spawn_app_with(
+        &[
+            ("DATABASE_URL", &file.url()),
+            ("SEAL_INTERVAL", "100ms"),
+            ("AUDIT_KEY", KEY),
+            ("RETENTION", "2d"),
+            ("ARCHIVE_DIR", archive.to_str().unwrap()),
+            ("MAINTENANCE_INTERVAL", "200ms"),
+        ],
+        AppOptions::default(),
+    )
+    .await;
+    let bodies = deliveries();
+    publish_all(&app, &bodies).await;
+    // Three events of now, which retention keeps.
+    let now = chrono::Utc::now().to_rfc3339();
+    for i in 0..3 {
+        app.publish(
+            "k.x",
+            &serde_json::to_vec(
+                &serde_json::json!({"id": format!("now-{i}"), "event_type": "t.now",
+                "source": "s1", "timestamp": now, "data": {"i": i}}),
+            )
+            .unwrap(),
+        )
+        .await;
+    }
+    let count = |file: &TempSqlite| -> i64 {
+        file.look()
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap()
+    };
+    // Every old day archived, then dropped; the new events stay.
+    app.wait_until(std::time::Duration::from_secs(30), || async {
+        count(&file) == 3 && app.get_json("/events/now-2").await["id"] == "now-2"
+    })
+    .await;
+    let key = outside_key(&app);
+    // 63 events, the key leaf and the two days' retention leaves.
+    checkpoint_covering(&app, &key, 66).await;
+    let report = candystore::store::sqlite::verify::verify(
+        &file.path,
+        Options {
+            keyring: Some(&ring()),
+            key: Some(&key),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.events, report.dropped), (3, 60), "{report:?}");
+
+    // What was archived restores elsewhere whole.
+    let pg = spawn_app_with(&[("AUDIT_KEY", KEY)], AppOptions::default()).await;
+    let (code, out) = cli(&pg.db_url, &["restore", archive.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(raw_views(&pg).await, bodies);
+
+    // A drop recorded with SQL excuses nothing, and is named.
+    let w = rusqlite::Connection::open(&file.path).unwrap();
+    w.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    w.execute(
+        "INSERT INTO dropped_ranges (table_name, partition, from_time, to_time, rows, dropped_at) \
+         SELECT 'events', 'events_p20990101', 0, 9000000000000000, 1, 0",
+        [],
+    )
+    .unwrap();
+    w.execute("DELETE FROM events WHERE id = 'now-1'", [])
+        .unwrap();
+    let report = candystore::store::sqlite::verify::verify(
+        &file.path,
+        Options {
+            key: Some(&key),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    use candystore::audit::verify::Finding;
+    assert!(
+        report.findings.iter().any(|f| matches!(f, Finding::ForgedRetention { partition } if partition == "events_p20990101")),
+        "{:?}",
+        report.findings
+    );
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::Deleted { .. })),
+        "{:?}",
+        report.findings
+    );
+}
+
+#[tokio::test]
+async fn archive_with_drop_empties_the_embedded_store_s_old_days_and_a_restore_brings_them_home() {
+    let file = TempSqlite::new();
+    let mut app = spawn_app_with(
+        &[("DATABASE_URL", &file.url()), ("AUDIT_KEY", KEY)],
+        AppOptions::default(),
+    )
+    .await;
+    publish_all(&app, &deliveries()).await;
+    app.wait_until(std::time::Duration::from_secs(20), || async {
+        app.get_json("/events?limit=1").await["total"] == 60
+    })
+    .await;
+    let places = |file: &TempSqlite| -> Vec<(i64, String)> {
+        let conn = file.look();
+        let mut st = conn
+            .prepare("SELECT seq, id FROM events ORDER BY seq")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let stored = places(&file);
+    let dir = file.path.with_file_name("archive");
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    // While the service owns the file, dropping is refused, naming it.
+    let (code, out) = cli(
+        &file.url(),
+        &[
+            "archive",
+            "--before",
+            &tomorrow,
+            "--to",
+            dir.to_str().unwrap(),
+            "--drop",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("in use by another candystore process"),
+        "{out}"
+    );
+    app.stop().await;
+    let (code, out) = cli(
+        &file.url(),
+        &[
+            "archive",
+            "--before",
+            &tomorrow,
+            "--to",
+            dir.to_str().unwrap(),
+            "--drop",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("dropped events_p20261201 (31 rows)"), "{out}");
+    assert!(places(&file).is_empty());
+    let verified = |file: &TempSqlite| {
+        let path = file.path.clone();
+        async move {
+            candystore::store::sqlite::verify::verify(
+                &path,
+                Options {
+                    keyring: Some(&ring()),
+                    ..Options::default()
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let report = verified(&file).await;
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.events, report.dropped), (0, 60));
+    // Home again, at the same places; each row meets its leaf.
+    let (code, out) = cli(&file.url(), &["restore", dir.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(places(&file), stored);
+    let report = verified(&file).await;
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.events, 60);
+}

@@ -29,7 +29,7 @@ use crate::model::hex;
 use crate::storage::archive::{self as format, Entry, FileWriter, Restored};
 use crate::storage::{StorageError, Table};
 
-const DAY_MICROS: i64 = 86_400_000_000;
+pub(super) const DAY_MICROS: i64 = 86_400_000_000;
 
 fn sqlite_err(path: &Path, e: impl std::fmt::Display) -> StorageError {
     StorageError::Archive {
@@ -102,7 +102,7 @@ fn text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
 const EVENT_ROWS: &str = r#"SELECT seq, id, event_type, source, target, routing_key, exchange,
     "timestamp", received_at, stored_at, payload, session_id, correlation_id, storage_latency_ms,
     generation, envelope, payload_member, properties, sanitized, original_body, salt
-    FROM events WHERE "timestamp" >= ?1 AND "timestamp" < ?2 ORDER BY seq"#;
+    FROM events WHERE "timestamp" >= ?1 AND "timestamp" < ?2 AND seq <= ?3 ORDER BY seq"#;
 
 fn event_line(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64)> {
     let payload = text(r, 10)?;
@@ -140,7 +140,7 @@ fn event_line(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64)> {
 
 const DEAD_ROWS: &str = "SELECT seq, fingerprint, received_at, stored_at, exchange, routing_key,
     properties, body, reason, detail FROM dead_letter WHERE received_at >= ?1 AND received_at < ?2
-    ORDER BY seq";
+    AND seq <= ?3 ORDER BY seq";
 
 fn dead_line(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64)> {
     let line = DeadLine {
@@ -180,6 +180,52 @@ fn days(conn: &Connection, table: Table, before: i64) -> rusqlite::Result<Vec<i6
     st.query_map([before], |r| r.get(0))?.collect()
 }
 
+/// A read-only connection on the file at `path`, beside its owner.
+pub(super) fn look(path: &Path) -> Result<Connection, StorageError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| sqlite_err(path, e))?;
+    conn.busy_timeout(super::BUSY_TIMEOUT)
+        .map_err(|e| sqlite_err(path, e))?;
+    Ok(conn)
+}
+
+/// The first microsecond of the UTC day of `t`.
+pub(super) fn day_of(t: DateTime<Utc>) -> i64 {
+    let t = t.timestamp_micros();
+    t - ((t % DAY_MICROS) + DAY_MICROS) % DAY_MICROS
+}
+
+/// The UTC days (their first microsecond) holding rows of `table` before the
+/// day of `before`, oldest first.
+pub(super) fn days_before(
+    path: &Path,
+    table: Table,
+    before: DateTime<Utc>,
+) -> Result<Vec<i64>, StorageError> {
+    days(&look(path)?, table, day_of(before)).map_err(|e| sqlite_err(path, e))
+}
+
+/// The highest `seq` of `table`'s rows of `day`: what a drop of the day stops
+/// at, so a row arriving later for it stays (and goes with the next run).
+pub(super) fn max_seq_of(path: &Path, table: Table, day: i64) -> Result<i64, StorageError> {
+    let (name, column) = match table {
+        Table::Events => ("events", "\"timestamp\""),
+        Table::DeadLetter => ("dead_letter", "received_at"),
+    };
+    look(path)?
+        .query_row(
+            &format!(
+                "SELECT coalesce(max(seq), 0) FROM {name} WHERE {column} >= ?1 AND {column} < ?2"
+            ),
+            [day, day + DAY_MICROS],
+            |r| r.get(0),
+        )
+        .map_err(|e| sqlite_err(path, e))
+}
+
 /// Writes every whole UTC day before `before` of the file at `path` (events
 /// and dead letters) to `dir`, one file a day, read-only beside the service
 /// that owns it. Nothing is dropped.
@@ -188,80 +234,77 @@ pub async fn archive_before(
     before: DateTime<Utc>,
     dir: &Path,
 ) -> Result<Vec<Entry>, StorageError> {
-    // Whole days only, as PostgreSQL archives whole daily partitions.
-    let cutoff = before.timestamp_micros();
-    let cutoff = cutoff - ((cutoff % DAY_MICROS) + DAY_MICROS) % DAY_MICROS;
-    let open = || {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| sqlite_err(path, e))?;
-        conn.busy_timeout(super::BUSY_TIMEOUT)
-            .map_err(|e| sqlite_err(path, e))?;
-        Ok::<_, StorageError>(conn)
-    };
-    let conn = open()?;
-    let store = identity(&conn).map_err(|e| sqlite_err(path, e))?;
     let mut entries = Vec::new();
     for table in Table::ALL {
-        for day in days(&conn, table, cutoff).map_err(|e| sqlite_err(path, e))? {
-            let from = DateTime::from_timestamp_micros(day).expect("a stored day");
-            let to = from + chrono::Duration::days(1);
-            let partition = crate::storage::partition::partition_name(table, from);
-            let mut file = FileWriter::create(dir, &partition)?;
-            // The rows are read on a blocking thread, a line at a time.
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<rusqlite::Result<(String, i64)>>(256);
-            let reader_conn = open()?;
-            let reader = tokio::task::spawn_blocking(move || {
-                let (sql, line): (&str, fn(&rusqlite::Row<'_>) -> _) = match table {
-                    Table::Events => (EVENT_ROWS, event_line),
-                    Table::DeadLetter => (DEAD_ROWS, dead_line),
-                };
-                let mut st = match reader_conn.prepare(sql) {
-                    Ok(st) => st,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                };
-                let rows = match st.query_map(params![day, day + DAY_MICROS], line) {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                };
-                for row in rows {
-                    if tx.blocking_send(row).is_err() {
-                        return;
-                    }
-                }
-            });
-            let mut streamed = Ok(());
-            while let Some(row) = rx.recv().await {
-                match row {
-                    Ok((line, seq)) => {
-                        let txid = (table == Table::Events).then_some(0);
-                        if !file.line(&line, Some(seq), txid).await {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        streamed = Err(sqlite_err(path, e));
-                        break;
-                    }
-                }
-            }
-            drop(rx);
-            let _ = reader.await;
-            entries.push(
-                file.finish(streamed, table, &partition, from..to, Some(store.clone()))
-                    .await?,
-            );
+        // Whole days only, as PostgreSQL archives whole daily partitions.
+        for day in days_before(path, table, before)? {
+            entries.push(archive_day(path, table, day, i64::MAX, dir).await?);
         }
     }
     Ok(entries)
+}
+
+/// Writes `table`'s rows of the UTC `day` with a `seq` up to `max_seq` to a
+/// file in `dir`, recorded in its manifest.
+pub(super) async fn archive_day(
+    path: &Path,
+    table: Table,
+    day: i64,
+    max_seq: i64,
+    dir: &Path,
+) -> Result<Entry, StorageError> {
+    let store = identity(&look(path)?).map_err(|e| sqlite_err(path, e))?;
+    let from = DateTime::from_timestamp_micros(day).expect("a stored day");
+    let to = from + chrono::Duration::days(1);
+    let partition = crate::storage::partition::partition_name(table, from);
+    let mut file = FileWriter::create(dir, &partition)?;
+    // The rows are read on a blocking thread, a line at a time.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<rusqlite::Result<(String, i64)>>(256);
+    let reader_conn = look(path)?;
+    let reader = tokio::task::spawn_blocking(move || {
+        let (sql, line): (&str, fn(&rusqlite::Row<'_>) -> _) = match table {
+            Table::Events => (EVENT_ROWS, event_line),
+            Table::DeadLetter => (DEAD_ROWS, dead_line),
+        };
+        let mut st = match reader_conn.prepare(sql) {
+            Ok(st) => st,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        let rows = match st.query_map(params![day, day + DAY_MICROS, max_seq], line) {
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        for row in rows {
+            if tx.blocking_send(row).is_err() {
+                return;
+            }
+        }
+    });
+    let mut streamed = Ok(());
+    while let Some(row) = rx.recv().await {
+        match row {
+            Ok((line, seq)) => {
+                let txid = (table == Table::Events).then_some(0);
+                if !file.line(&line, Some(seq), txid).await {
+                    break;
+                }
+            }
+            Err(e) => {
+                streamed = Err(sqlite_err(path, e));
+                break;
+            }
+        }
+    }
+    drop(rx);
+    let _ = reader.await;
+    file.finish(streamed, table, &partition, from..to, Some(store))
+        .await
 }
 
 /// Loads archive files (of either store) into the file at `path`, which this

@@ -151,6 +151,20 @@ CREATE TABLE audit_trail (
     keys          TEXT    NOT NULL DEFAULT '[]'
 ) STRICT;
 "#,
+    // 4: the days retention dropped (`super::retention`; PostgreSQL's
+    // `dropped_partitions`): `verify` excuses an event leaf without its row when
+    // its time lies in a dropped day the tree holds the record of.
+    r#"
+CREATE TABLE dropped_ranges (
+    id         INTEGER PRIMARY KEY,
+    table_name TEXT    NOT NULL,
+    partition  TEXT    NOT NULL,
+    from_time  INTEGER NOT NULL,
+    to_time    INTEGER NOT NULL,
+    rows       INTEGER NOT NULL,
+    dropped_at INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 /// Migrations this binary knows and the file has not had.
@@ -234,6 +248,7 @@ mod tests {
                 "catalog_position",
                 "catalog_sources",
                 "dead_letter",
+                "dropped_ranges",
                 "event_keys",
                 "events",
                 "store_identity"

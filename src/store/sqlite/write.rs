@@ -87,6 +87,9 @@ enum Work {
         Box<Tree>,
         oneshot::Sender<(Box<Tree>, Result<Appended, JobError>)>,
     ),
+    /// Any other short piece of writing (retention's steps), between batches;
+    /// it answers through what it captured.
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
 }
 
 /// A sink writer on the embedded store's writer thread.
@@ -164,6 +167,22 @@ impl Handle {
 }
 
 impl Handle {
+    /// Runs `f` on the writer thread, between batches, and returns its answer.
+    /// Keep `f` short: ingest waits while it runs.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> R + Send + 'static,
+    ) -> Result<R, Stopped> {
+        let (answer, answered) = oneshot::channel();
+        self.jobs
+            .send(Work::Run(Box::new(move |conn| {
+                let _ = answer.send(f(conn));
+            })))
+            .await
+            .map_err(|_| Stopped)?;
+        answered.await.map_err(|_| Stopped)
+    }
+
     /// Runs one step of the catalog on the writer thread, between batches;
     /// returns how many events it counted.
     pub async fn catalog_step(&self) -> Result<usize, CatalogError> {
@@ -227,6 +246,11 @@ pub async fn tree_job(
         }
     }
 }
+
+/// The writer thread has stopped (the service is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the embedded store's writer has stopped")]
+pub struct Stopped;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -333,6 +357,7 @@ fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Work>) {
                 let result = super::tree::step(&mut conn, &mut tree);
                 let _ = answer.send((tree, result));
             }
+            Work::Run(f) => f(&mut conn),
         }
     }
     tracing::debug!("embedded store writer stopped");
