@@ -13,11 +13,15 @@
 //!    (delivery → commit) p50/p99, then the curve up to saturation (`reports/ingest-latency.svg`).
 //! 5. Peak RSS draining a 1,000,000-event backlog and 1,000 events of 1 MB.
 //! 6. The drains of 2. into the embedded store (a SQLite file), beside PostgreSQL's.
+//! 7. `defaults`: the drain on both stores for each PREFETCH_COUNT × BATCH_SIZE
+//!    of a grid, the rest as configured by default, beside
+//!    `config/high-throughput.toml`'s: what the built-in pipeline defaults are
+//!    chosen from.
 //!
 //! Writes `reports/ingest.md`. Knobs (environment, bench only): BENCH_EVENTS
 //! (200000), BENCH_RATE (1000), BENCH_STEADY_SECS (30), BENCH_BIG_ROWS (10000000),
 //! BENCH_BACKLOG (1000000), BENCH_ONLY (comma-separated: ceiling, drain, sqlite,
-//! big, steady, curve, rss).
+//! big, steady, curve, rss, defaults).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -330,6 +334,56 @@ fn settings_file(path: &str) -> Vec<(&'static str, String)> {
             (key, v.trim().trim_matches('"').to_owned())
         })
         .collect()
+}
+
+/// The drain on both stores for each PREFETCH_COUNT × BATCH_SIZE of a grid
+/// (everything else as configured by default) and with `high`: a table of
+/// rates, each beside `high`'s on the same store.
+async fn pipeline_defaults(events: u64, high: &[(&'static str, String)]) -> String {
+    let mut grid: Vec<(String, Vec<(&'static str, String)>)> =
+        vec![("config/high-throughput.toml".into(), high.to_vec())];
+    for (prefetch, batch) in [
+        (100, 50),
+        (500, 50),
+        (1000, 100),
+        (1000, 250),
+        (2000, 250),
+        (2000, 500),
+    ] {
+        grid.push((
+            format!("PREFETCH_COUNT={prefetch} BATCH_SIZE={batch}"),
+            vec![
+                ("PREFETCH_COUNT", prefetch.to_string()),
+                ("BATCH_SIZE", batch.to_string()),
+            ],
+        ));
+    }
+    let mut out = format!(
+        "\n## Pipeline defaults: PREFETCH_COUNT × BATCH_SIZE ({events} events, each drain once)\n\n\
+         | settings | PostgreSQL | of high-throughput | SQLite | of high-throughput |\n|---|---|---|---|---|\n"
+    );
+    let mut high_rates = (f64::NAN, f64::NAN);
+    for (label, tuning) in &grid {
+        println!("defaults grid, {label}: PostgreSQL...");
+        let env = Env::new("grid").await;
+        let pg = drain_into(&env, events, tuning, 0, false).await.rate;
+        env.drop_all().await;
+        println!("  {pg:.0} events/s; SQLite...");
+        let env = Env::new("gridlite").await;
+        let (lite, _) = drain_into_sqlite(&env, events, tuning).await;
+        env.drop_all().await;
+        println!("  {:.0} events/s", lite.rate);
+        if high_rates.0.is_nan() {
+            high_rates = (pg, lite.rate);
+        }
+        out += &format!(
+            "| {label} | {pg:.0} events/s | {:.2} | {:.0} events/s | {:.2} |\n",
+            pg / high_rates.0,
+            lite.rate,
+            lite.rate / high_rates.1
+        );
+    }
+    out
 }
 
 async fn drain_into(
@@ -983,6 +1037,9 @@ async fn main() {
             cpu_notes.push(format!("- drain into SQLite, {label}: {}", d.cpu));
             env.drop_all().await;
         }
+    }
+    if only.split(',').any(|p| p.trim() == "defaults") {
+        report += &pipeline_defaults(events, &high).await;
     }
     if run("big") {
         println!("drain into a table of {big_rows} events (config/high-throughput.toml)...");

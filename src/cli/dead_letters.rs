@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use candystore::config::Settings;
+use candystore::config::{Database, Settings};
 use candystore::db;
 use candystore::ops::dead_letters::Filter;
 
@@ -15,8 +15,10 @@ pub(crate) async fn dead_letters(
     command: DeadLetterCommand,
 ) -> anyhow::Result<ExitCode> {
     use candystore::ops::dead_letters as dl;
-    let target = db::pg_config(&settings.database_url)?;
-    let mut client = db::connect(&target).await?;
+    let mut client = match settings.database() {
+        Database::Postgres(url) => dl::Store::Postgres(db::connect(&db::pg_config(url)?).await?),
+        Database::Sqlite(path) => dl::Store::sqlite(path)?,
+    };
     let selected = |filter: &Filter, all: bool| {
         if filter.is_empty() && !all {
             return Err(anyhow::Error::from(Usage(

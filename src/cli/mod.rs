@@ -312,6 +312,7 @@ pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<
                 | Command::Archive { .. }
                 | Command::Restore { .. }
                 | Command::Maintain
+                | Command::DeadLetters { .. }
                 | Command::VerifyProof { .. }
                 | Command::Witness { .. }
         )

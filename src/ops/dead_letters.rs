@@ -6,7 +6,10 @@
 //! when and how often. Purge deletes dead letters (and their fingerprints, so a
 //! later identical delivery is kept again); it never touches `events`.
 
+use std::sync::{Arc, Mutex};
+
 use chrono::{DateTime, Utc};
+use rusqlite::OptionalExtension;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
@@ -29,6 +32,35 @@ impl Filter {
             && self.routing_key.is_none()
             && self.since.is_none()
             && self.until.is_none()
+    }
+
+    /// The WHERE clause and its parameters, for the embedded store (times in
+    /// microseconds, ids as a JSON array).
+    fn sqlite_clause(&self) -> (String, Vec<rusqlite::types::Value>) {
+        use rusqlite::types::Value;
+        let mut clauses = vec!["1".to_owned()];
+        let mut params: Vec<Value> = Vec::new();
+        let mut push = |sql: &str, v: Value| {
+            params.push(v);
+            clauses.push(sql.replace('?', &format!("?{}", params.len())));
+        };
+        if !self.ids.is_empty() {
+            let ids = serde_json::to_string(&self.ids).expect("numbers serialize");
+            push("seq IN (SELECT value FROM json_each(?))", Value::Text(ids));
+        }
+        if let Some(r) = &self.reason {
+            push("reason = ?", Value::Text(r.clone()));
+        }
+        if let Some(k) = &self.routing_key {
+            push("routing_key = ?", Value::Text(k.clone()));
+        }
+        if let Some(t) = self.since {
+            push("received_at >= ?", Value::Integer(t.timestamp_micros()));
+        }
+        if let Some(t) = self.until {
+            push("received_at <= ?", Value::Integer(t.timestamp_micros()));
+        }
+        (clauses.join(" AND "), params)
     }
 
     /// The WHERE clause and its parameters.
@@ -62,6 +94,10 @@ impl Filter {
 pub enum OpsError {
     #[error("database")]
     Database(#[from] tokio_postgres::Error),
+    #[error("embedded store")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("embedded store: its thread failed")]
+    Join(#[from] tokio::task::JoinError),
     #[error("dead letter {id}")]
     Publish {
         id: i64,
@@ -110,8 +146,56 @@ fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
         .collect()
 }
 
+/// Where the dead letters are: PostgreSQL, or the embedded file, written beside
+/// its service through SQLite's own lock (these commands touch `dead_letter`
+/// alone: no event, no leaf, nothing the service's one writer orders).
+pub enum Store {
+    Postgres(Client),
+    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+}
+
+impl Store {
+    /// The embedded file at `path`, which must exist.
+    pub fn sqlite(path: &std::path::Path) -> Result<Store, OpsError> {
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(crate::store::sqlite::BUSY_TIMEOUT)?;
+        Ok(Store::Sqlite(Arc::new(Mutex::new(conn))))
+    }
+}
+
+/// Runs `f` on the embedded file's connection, on a blocking thread.
+async fn on_file<R: Send + 'static>(
+    conn: &Arc<Mutex<rusqlite::Connection>>,
+    f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
+) -> Result<R, OpsError> {
+    let conn = conn.clone();
+    Ok(tokio::task::spawn_blocking(move || {
+        let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut c)
+    })
+    .await??)
+}
+
 /// The dead letters matching `filter`, newest first, at most `limit`.
-pub async fn list(client: &Client, filter: &Filter, limit: i64) -> Result<Vec<Listed>, OpsError> {
+pub async fn list(store: &Store, filter: &Filter, limit: i64) -> Result<Vec<Listed>, OpsError> {
+    let client = match store {
+        Store::Postgres(c) => c,
+        Store::Sqlite(conn) => {
+            let (clause, params) = filter.sqlite_clause();
+            return on_file(conn, move |c| {
+                let mut st = c.prepare(&format!(
+                    "SELECT {LISTED_SQLITE} FROM dead_letter WHERE {clause} \
+                     ORDER BY received_at DESC, seq DESC LIMIT {limit}"
+                ))?;
+                st.query_map(rusqlite::params_from_iter(params), listed_sqlite)?
+                    .collect()
+            })
+            .await;
+        }
+    };
     let (clause, params) = filter.clause();
     let rows = client
         .query(
@@ -133,7 +217,32 @@ pub struct Shown {
     pub body: Vec<u8>,
 }
 
-pub async fn show(client: &Client, id: i64) -> Result<Shown, OpsError> {
+pub async fn show(store: &Store, id: i64) -> Result<Shown, OpsError> {
+    let client = match store {
+        Store::Postgres(c) => c,
+        Store::Sqlite(conn) => {
+            let shown = on_file(conn, move |c| {
+                c.query_row(
+                    &format!(
+                        "SELECT {LISTED_SQLITE}, properties, body FROM dead_letter WHERE seq = ?1"
+                    ),
+                    [id],
+                    |r| {
+                        let properties: String = r.get(9)?;
+                        Ok(Shown {
+                            listed: listed_sqlite(r)?,
+                            properties: serde_json::from_str(&properties)
+                                .unwrap_or(serde_json::Value::String(properties)),
+                            body: r.get(10)?,
+                        })
+                    },
+                )
+                .optional()
+            })
+            .await?;
+            return shown.ok_or(OpsError::NotFound(id));
+        }
+    };
     let row = client
         .query_opt(
             &format!("SELECT {LISTED}, properties, body FROM dead_letter WHERE seq = $1"),
@@ -164,12 +273,18 @@ pub struct Replayed {
 /// Holds one body at a time: the selection is read without bodies, and each body
 /// is read just before it is published.
 pub async fn replay(
-    client: &Client,
+    store: &Store,
     publisher: &Republisher,
     filter: &Filter,
     exchange: Option<&str>,
     force: bool,
 ) -> Result<Replayed, OpsError> {
+    let client = match store {
+        Store::Postgres(c) => c,
+        Store::Sqlite(conn) => {
+            return replay_sqlite(conn, publisher, filter, exchange, force).await;
+        }
+    };
     let (clause, params) = filter.clause();
     let rows = client
         .query(
@@ -223,10 +338,35 @@ pub async fn replay(
 /// Deletes the selected dead letters and their fingerprints in one transaction
 /// (or, with `dry_run`, only lists them). Returns what was (or would be) deleted.
 pub async fn purge(
-    client: &mut Client,
+    store: &mut Store,
     filter: &Filter,
     dry_run: bool,
 ) -> Result<Vec<Listed>, OpsError> {
+    let client = match store {
+        Store::Postgres(c) => c,
+        Store::Sqlite(conn) => {
+            let (clause, params) = filter.sqlite_clause();
+            return on_file(conn, move |c| {
+                let tx = c.transaction()?;
+                let listed: Vec<Listed> = tx
+                    .prepare(&format!(
+                        "SELECT {LISTED_SQLITE} FROM dead_letter WHERE {clause} ORDER BY received_at, seq"
+                    ))?
+                    .query_map(rusqlite::params_from_iter(params.iter()), listed_sqlite)?
+                    .collect::<rusqlite::Result<_>>()?;
+                if !dry_run {
+                    // The fingerprint is the row's own column here: it goes with it.
+                    tx.execute(
+                        &format!("DELETE FROM dead_letter WHERE {clause}"),
+                        rusqlite::params_from_iter(params.iter()),
+                    )?;
+                }
+                tx.commit()?;
+                Ok(listed)
+            })
+            .await;
+        }
+    };
     let (clause, params) = filter.clause();
     if dry_run {
         let rows = client
@@ -253,4 +393,84 @@ pub async fn purge(
         .await?;
     tx.commit().await?;
     Ok(rows.iter().map(listed).collect())
+}
+
+const LISTED_SQLITE: &str = "seq, received_at, exchange, routing_key, reason, detail, \
+                             length(body), replay_count, replayed_at";
+
+fn micros(t: i64) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(t).ok_or(rusqlite::Error::IntegralValueOutOfRange(1, t))
+}
+
+/// A row of [`LISTED_SQLITE`].
+fn listed_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Listed> {
+    Ok(Listed {
+        id: r.get(0)?,
+        received_at: micros(r.get(1)?)?,
+        exchange: r.get(2)?,
+        routing_key: r.get(3)?,
+        reason: r.get(4)?,
+        detail: r.get(5)?,
+        body_bytes: r.get(6)?,
+        replay_count: r.get(7)?,
+        replayed_at: r.get::<_, Option<i64>>(8)?.map(micros).transpose()?,
+    })
+}
+
+/// [`replay`] on the embedded store: the same steps, each read and record on
+/// the file's connection off the runtime.
+async fn replay_sqlite(
+    conn: &Arc<Mutex<rusqlite::Connection>>,
+    publisher: &Republisher,
+    filter: &Filter,
+    exchange: Option<&str>,
+    force: bool,
+) -> Result<Replayed, OpsError> {
+    let (clause, params) = filter.sqlite_clause();
+    let rows: Vec<(i64, String, String, String, i32)> = on_file(conn, move |c| {
+        c.prepare(&format!(
+            "SELECT seq, exchange, routing_key, properties, replay_count \
+             FROM dead_letter WHERE {clause} ORDER BY received_at, seq"
+        ))?
+        .query_map(rusqlite::params_from_iter(params), |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect()
+    })
+    .await?;
+    for id in &filter.ids {
+        if !rows.iter().any(|r| r.0 == *id) {
+            return Err(OpsError::NotFound(*id));
+        }
+    }
+    let mut done = Replayed::default();
+    for (id, from, routing_key, properties, count) in rows {
+        if count > 0 && !force {
+            done.skipped.push(id);
+            continue;
+        }
+        let properties: serde_json::Value =
+            serde_json::from_str(&properties).unwrap_or(serde_json::Value::Null);
+        let to = exchange.map_or(from, str::to_owned);
+        let body: Vec<u8> = on_file(conn, move |c| {
+            c.query_row("SELECT body FROM dead_letter WHERE seq = ?1", [id], |r| {
+                r.get(0)
+            })
+        })
+        .await?;
+        publisher
+            .publish(&to, &routing_key, &body, &properties, None)
+            .await
+            .map_err(|source| OpsError::Publish { id, source })?;
+        drop(body);
+        on_file(conn, move |c| {
+            c.execute(
+                "UPDATE dead_letter SET replay_count = replay_count + 1, replayed_at = ?2 WHERE seq = ?1",
+                rusqlite::params![id, Utc::now().timestamp_micros()],
+            )
+        })
+        .await?;
+        done.replayed.push(id);
+    }
+    Ok(done)
 }

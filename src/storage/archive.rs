@@ -868,11 +868,10 @@ pub async fn restore(
         }
         let file_name = entry.file.clone();
         // From another store (its identity named and not ours), the rows join
-        // this trail as new writes; otherwise they come home to their places.
-        let adopt = table == Table::Events
-            && entry.store.is_some()
-            && ours.is_some()
-            && entry.store != ours;
+        // this store as new writes (events with new leaves; each row with a
+        // new `seq`, which another store's rows may hold here); otherwise they
+        // come home to their places.
+        let adopt = entry.store.is_some() && ours.is_some() && entry.store != ours;
         let adopt = adopt.then_some(Adopt { keyring });
         // Every row checked before any is loaded, so a file that fails leaves
         // nothing behind (the load checks each row again as it goes). A row
@@ -1160,7 +1159,7 @@ async fn restore_file(
             // the others by it, none twice.
             super::catalog::hold(&tx).await?;
         }
-        if let Some(adopt) = adopt {
+        if let (Some(adopt), Table::Events) = (adopt, table) {
             let salts: Vec<Vec<u8>> = chunk
                 .iter()
                 .map(|_| crate::audit::leaf::salt().to_vec())
@@ -1253,7 +1252,14 @@ fn restore_sql(table: Table, counting: bool, adopt: bool) -> String {
         ),
         Table::DeadLetter => (columns.to_owned(), parsed),
     };
-    let (columns, parsed, returned, answer) = if adopt {
+    let (columns, parsed, returned, answer) = if adopt && table == Table::DeadLetter {
+        (
+            columns.replacen("seq, ", "", 1),
+            parsed.replacen("r.seq, ", "", 1),
+            returned.to_string(),
+            "SELECT count(*), max(seq) FROM ins".to_string(),
+        )
+    } else if adopt {
         (
             columns.replacen("seq, ", "", 1).replace(", txid,", ","),
             parsed

@@ -187,7 +187,8 @@ async fn a_dead_letter_replayed_after_its_cause_was_fixed_is_stored_once() {
         ids: vec![id],
         ..Filter::default()
     };
-    let done = dl::replay(&app.db, &publisher, &only, None, false)
+    let store = dl::Store::Postgres(crate::helpers::connect(&app.db_url).await);
+    let done = dl::replay(&store, &publisher, &only, None, false)
         .await
         .unwrap();
     assert_eq!((done.replayed, done.skipped), (vec![id], vec![]));
@@ -204,11 +205,11 @@ async fn a_dead_letter_replayed_after_its_cause_was_fixed_is_stored_once() {
     assert_eq!(stored.get::<_, String>(1), "fixed-1");
 
     // Once replayed, again only with force; and a second copy is still one event.
-    let again = dl::replay(&app.db, &publisher, &only, None, false)
+    let again = dl::replay(&store, &publisher, &only, None, false)
         .await
         .unwrap();
     assert_eq!((again.replayed, again.skipped), (vec![], vec![id]));
-    let forced = dl::replay(&app.db, &publisher, &only, None, true)
+    let forced = dl::replay(&store, &publisher, &only, None, true)
         .await
         .unwrap();
     assert_eq!(forced.replayed, vec![id]);
@@ -232,7 +233,7 @@ async fn a_dead_letter_replayed_after_its_cause_was_fixed_is_stored_once() {
 #[tokio::test]
 async fn purge_deletes_only_the_selected_dead_letters_and_never_events() {
     use candystore::ops::dead_letters::{self as dl, Filter};
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     poison(&app).await;
     app.publish("ok", &crate::helpers::gen1("kept-1", "ok"))
         .await;
@@ -241,14 +242,15 @@ async fn purge_deletes_only_the_selected_dead_letters_and_never_events() {
         reason: Some("invalid_json".into()),
         ..Filter::default()
     };
-    let would = dl::purge(&mut app.db, &json, true).await.unwrap();
+    let mut store = dl::Store::Postgres(crate::helpers::connect(&app.db_url).await);
+    let would = dl::purge(&mut store, &json, true).await.unwrap();
     assert_eq!(would.len(), 2);
     assert_eq!(
         app.count("dead_letter").await,
         5,
         "a dry run deletes nothing"
     );
-    let gone = dl::purge(&mut app.db, &json, false).await.unwrap();
+    let gone = dl::purge(&mut store, &json, false).await.unwrap();
     let mut ids: Vec<i64> = gone.iter().map(|d| d.id).collect();
     let mut expected: Vec<i64> = would.iter().map(|d| d.id).collect();
     ids.sort_unstable();

@@ -375,3 +375,109 @@ async fn a_live_tail_on_the_embedded_store_sends_each_event_once_in_order_and_re
         .unwrap();
     assert_eq!(past.status(), 400);
 }
+
+/// `candystore ARGS` on the embedded file: (exit code, stdout, stderr).
+async fn cli(file: &TempSqlite, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", file.url())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_dead_letter_commands_list_show_replay_and_purge_the_embedded_store_beside_its_service()
+{
+    let file = TempSqlite::new();
+    let app = spawn_app_with(&[("DATABASE_URL", &file.url())], AppOptions::default()).await;
+    app.publish("k.bad", b"{\"id\": 1, \"broken").await;
+    app.publish("k.worse", b"\xff\xfe not even text").await;
+    wait_for_file_rows(&app, &file, "dead_letter", 2).await;
+
+    let (code, out, err) = cli(&file, &["dead-letters", "list"]).await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two: {out}");
+    assert!(
+        lines[1].ends_with("k.worse") && lines[2].ends_with("k.bad"),
+        "newest first: {out}"
+    );
+    let id = |line: &str| line.split_whitespace().next().unwrap().to_owned();
+    let (bad, worse) = (id(lines[2]), id(lines[1]));
+
+    let (code, out, err) = cli(&file, &["dead-letters", "show", &bad]).await;
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["body_text"], "{\"id\": 1, \"broken");
+    assert_eq!(shown["routing_key"], "k.bad");
+    let (code, out, _) = cli(&file, &["dead-letters", "show", &worse]).await;
+    assert_eq!(code, 0);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        shown["body_hex"].as_str().unwrap().starts_with("fffe"),
+        "{shown}"
+    );
+    let (code, _, err) = cli(&file, &["dead-letters", "show", "999"]).await;
+    assert_eq!(code, 2, "{err}");
+
+    // Replayed to the service's own exchange: the same delivery again (kept
+    // once), and the replay recorded in the file beside the running service.
+    let (code, out, err) = cli(
+        &file,
+        &["dead-letters", "replay", &bad, "--exchange", &app.exchange],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 1 dead letter(s)"), "{out}");
+    let (code, out, _) = cli(
+        &file,
+        &["dead-letters", "replay", &bad, "--exchange", &app.exchange],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("skipped"), "replayed before: {out}");
+    let count: i64 = file
+        .look()
+        .query_row(
+            "SELECT replay_count FROM dead_letter WHERE seq = ?1",
+            [bad.parse::<i64>().unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(count, 1);
+
+    // Purged by reason: the other stays; a dry run deletes nothing.
+    let (code, out, _) = cli(
+        &file,
+        &[
+            "dead-letters",
+            "purge",
+            "--routing-key",
+            "k.worse",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("would delete 1 dead letter(s)"), "{out}");
+    assert_eq!(rows(&file, "dead_letter"), 2);
+    let (code, out, _) = cli(
+        &file,
+        &["dead-letters", "purge", "--routing-key", "k.worse"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("deleted 1 dead letter(s)"), "{out}");
+    assert_eq!(rows(&file, "dead_letter"), 1);
+    // The service goes on storing into the file.
+    app.publish("k.third", b"nope").await;
+    wait_for_file_rows(&app, &file, "dead_letter", 2).await;
+}

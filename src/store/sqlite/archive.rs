@@ -411,8 +411,11 @@ fn fallback_timed(row: &EventLine) -> bool {
     let Ok(props) = serde_json::from_str::<serde_json::Value>(&row.properties) else {
         return false;
     };
-    let Some(t) = props.get("timestamp").and_then(|t| t.as_str()) else {
-        return false;
+    // `->>` in PostgreSQL's rule: a string's text, or a number's.
+    let t = match props.get("timestamp") {
+        Some(serde_json::Value::String(t)) => t.clone(),
+        Some(n @ serde_json::Value::Number(_)) => n.to_string(),
+        _ => return false,
     };
     if t.is_empty() || t.len() > 15 || !t.bytes().all(|b| b.is_ascii_digit()) {
         return false;

@@ -124,7 +124,7 @@ pub async fn verify(path: &Path, opts: Options<'_>) -> Result<Report, VerifyErro
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(other)?;
+    .map_err(|e| VerifyError::Other(format!("cannot open {}: {e}", path.display()).into()))?;
     conn.busy_timeout(super::BUSY_TIMEOUT).map_err(other)?;
     let pending = super::schema::pending(&conn).map_err(other)?;
     if pending > 0 {
