@@ -379,6 +379,16 @@ pub async fn bundle(
         original_body: row.get::<_, Option<Vec<u8>>>(16).map(|b| B64.encode(b)),
         salt: B64.encode(&salt),
     };
+    bundle_of(event, client, place).await
+}
+
+/// The bundle of `event`, stored at `place`, against the newest checkpoint of
+/// `tables`: whichever store holds them.
+pub async fn bundle_of(
+    event: EventColumns,
+    tables: &impl Tables,
+    place: (i64, i64),
+) -> Result<Bundle, NoBundle> {
     let raw = crate::model::envelope::rebuild(
         event.envelope.as_bytes(),
         event.payload.as_bytes(),
@@ -386,7 +396,7 @@ pub async fn bundle(
     )
     .map(|r| String::from_utf8_lossy(&r).into_owned())
     .unwrap_or_default();
-    let inclusion = inclusion_of_place(client, place)
+    let inclusion = inclusion_of_place(tables, place)
         .await?
         .ok_or(NoBundle::NotYet)?;
     Ok(Bundle {

@@ -96,23 +96,8 @@ pub async fn redact(
     let leaf_index = store::index_of(&tx, place, head.size)
         .await?
         .ok_or(RedactError::NotYet)?;
-    let receipt = serde_json::to_string(&Receipt {
-        format: "candystore-redaction/v1",
-        leaf_index,
-        position: format!("{}-{}", place.0, place.1),
-        id: &id,
-        source: &source,
-        by,
-        at: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        reason,
-    })
-    .expect("a receipt serializes");
-    let marker = serde_json::json!({
-        "candystore_redacted": {
-            "at": now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            "leaf_index": leaf_index,
-        }
-    });
+    let receipt = receipt(leaf_index, place, &id, &source, by, reason, now);
+    let marker = marker(leaf_index, now);
     tx.execute(
         "UPDATE events SET payload = $3, original_body = NULL, salt = NULL WHERE txid = $1 AND seq = $2",
         &[&place.0, &place.1, &marker],
@@ -148,6 +133,39 @@ pub async fn redact(
         leaf_index,
         receipt,
         dead_letters,
+    })
+}
+
+/// The receipt of a redaction, as stored and hashed into its leaf.
+pub fn receipt(
+    leaf_index: u64,
+    place: (i64, i64),
+    id: &str,
+    source: &str,
+    by: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> String {
+    serde_json::to_string(&Receipt {
+        format: "candystore-redaction/v1",
+        leaf_index,
+        position: format!("{}-{}", place.0, place.1),
+        id,
+        source,
+        by,
+        at: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        reason,
+    })
+    .expect("a receipt serializes")
+}
+
+/// What replaces a redacted event's payload.
+pub fn marker(leaf_index: u64, at: DateTime<Utc>) -> serde_json::Value {
+    serde_json::json!({
+        "candystore_redacted": {
+            "at": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "leaf_index": leaf_index,
+        }
     })
 }
 

@@ -104,29 +104,25 @@ pub(crate) async fn verify(
     Ok(Exit::Tampered.into())
 }
 
-/// The event an id (with its source) or a position names.
-pub(crate) async fn place_of(
-    client: &tokio_postgres::Client,
+/// The event an id (with its source) or a position names; `lookup` finds the
+/// places of an id in the store.
+pub(crate) async fn place_of<F>(
+    lookup: F,
     id: Option<String>,
     source: Option<String>,
     position: Option<String>,
-) -> anyhow::Result<(i64, i64)> {
+) -> anyhow::Result<(i64, i64)>
+where
+    F: AsyncFnOnce(&str, Option<&str>) -> anyhow::Result<Vec<(i64, i64)>>,
+{
     Ok(match (id, position) {
-        (Some(id), None) => {
-            let rows = client
-                .query(
-                    "SELECT txid, seq FROM events WHERE id = $1 AND ($2::text IS NULL OR source = $2) LIMIT 2",
-                    &[&id, &source],
-                )
-                .await?;
-            match rows.as_slice() {
-                [] => anyhow::bail!("no event {id:?}"),
-                [r] => (r.get(0), r.get(1)),
-                _ => {
-                    anyhow::bail!("several events have the id {id:?}: give --source or --position")
-                }
+        (Some(id), None) => match lookup(&id, source.as_deref()).await?.as_slice() {
+            [] => anyhow::bail!("no event {id:?}"),
+            [p] => *p,
+            _ => {
+                anyhow::bail!("several events have the id {id:?}: give --source or --position")
             }
-        }
+        },
         (None, Some(p)) => p
             .split_once('-')
             .and_then(|(t, s)| Some((t.parse().ok()?, s.parse().ok()?)))
@@ -135,16 +131,54 @@ pub(crate) async fn place_of(
     })
 }
 
+/// The places of an id in PostgreSQL.
+async fn places_in(
+    client: &tokio_postgres::Client,
+    id: &str,
+    source: Option<&str>,
+) -> anyhow::Result<Vec<(i64, i64)>> {
+    Ok(client
+        .query(
+            "SELECT txid, seq FROM events WHERE id = $1 AND ($2::text IS NULL OR source = $2) LIMIT 2",
+            &[&id, &source],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 pub(crate) async fn prove(
     settings: &Settings,
     id: Option<String>,
     source: Option<String>,
     position: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let target = db::pg_config(&settings.database_url)?;
-    let client = db::connect(&target).await?;
-    let place = place_of(&client, id, source, position).await?;
-    let bundle = candystore::audit::proof::bundle(&client, place).await?;
+    let bundle = match settings.database() {
+        Database::Postgres(url) => {
+            let client = db::connect(&db::pg_config(url)?).await?;
+            let place = place_of(
+                async |id: &str, source: Option<&str>| places_in(&client, id, source).await,
+                id,
+                source,
+                position,
+            )
+            .await?;
+            candystore::audit::proof::bundle(&client, place).await?
+        }
+        Database::Sqlite(path) => {
+            let place = place_of(
+                async |id: &str, source: Option<&str>| {
+                    Ok(candystore::store::sqlite::tree::places_of(path, id, source).await?)
+                },
+                id,
+                source,
+                position,
+            )
+            .await?;
+            candystore::store::sqlite::tree::bundle(path, place).await?
+        }
+    };
     println!("{}", serde_json::to_string_pretty(&bundle)?);
     Ok(Exit::Clean.into())
 }
@@ -157,20 +191,49 @@ pub(crate) async fn redact(
     reason: &str,
     by: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let target = db::pg_config(&settings.database_url)?;
-    let mut client = db::connect(&target).await?;
-    let place = place_of(&client, id, source, position).await?;
     let by = by.unwrap_or_else(|| "unknown".to_string());
     let keyring = candystore::audit::attest::Keyring::new(&settings.audit_keys);
-    let done = candystore::audit::redact::redact(
-        &mut client,
-        place,
-        &by,
-        reason,
-        keyring.as_ref(),
-        chrono::Utc::now(),
-    )
-    .await?;
+    let done = match settings.database() {
+        Database::Postgres(url) => {
+            let mut client = db::connect(&db::pg_config(url)?).await?;
+            let place = place_of(
+                async |id: &str, source: Option<&str>| places_in(&client, id, source).await,
+                id,
+                source,
+                position,
+            )
+            .await?;
+            candystore::audit::redact::redact(
+                &mut client,
+                place,
+                &by,
+                reason,
+                keyring.as_ref(),
+                chrono::Utc::now(),
+            )
+            .await?
+        }
+        Database::Sqlite(path) => {
+            let place = place_of(
+                async |id: &str, source: Option<&str>| {
+                    Ok(candystore::store::sqlite::tree::places_of(path, id, source).await?)
+                },
+                id,
+                source,
+                position,
+            )
+            .await?;
+            candystore::store::sqlite::redact::redact(
+                path,
+                place,
+                &by,
+                reason,
+                keyring.as_ref(),
+                chrono::Utc::now(),
+            )
+            .await?
+        }
+    };
     println!(
         "redacted the event at leaf {} ({} dead letter(s) of the same delivery emptied); receipt: {}",
         done.leaf_index, done.dead_letters, done.receipt

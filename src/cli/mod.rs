@@ -313,6 +313,8 @@ pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<
                 | Command::Restore { .. }
                 | Command::Maintain
                 | Command::DeadLetters { .. }
+                | Command::Prove { .. }
+                | Command::Redact { .. }
                 | Command::VerifyProof { .. }
                 | Command::Witness { .. }
         )

@@ -233,3 +233,169 @@ async fn on_the_embedded_store_every_rewrite_of_rows_leaves_tiles_or_checkpoints
         report.findings
     );
 }
+
+#[tokio::test]
+async fn an_event_of_the_embedded_store_is_proved_to_a_third_party_by_its_bundle() {
+    let file = TempSqlite::new();
+    let app = spawn_app_with(
+        &[("DATABASE_URL", &file.url()), ("SEAL_INTERVAL", "100ms")],
+        AppOptions::default(),
+    )
+    .await;
+    let key = outside_key(&app);
+    publish_n(&app, "p", 0..5).await;
+    checkpoint_covering(&app, &key, 5).await;
+    let prove = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_candystore"))
+            .arg("prove")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", file.url())
+            .output()
+            .unwrap()
+    };
+    // Beside the running service, read-only.
+    let out = prove(&["p-2"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bundle: candystore::audit::proof::Bundle = serde_json::from_slice(&out.stdout).unwrap();
+    let proved = candystore::audit::proof::check_bundle(&bundle, &key).unwrap();
+    assert_eq!(bundle.event.id, "p-2");
+    assert_eq!(
+        bundle.inclusion.position,
+        format!("0-{}", seq(&file, "p-2"))
+    );
+    let raw: serde_json::Value = serde_json::from_str(&bundle.raw).unwrap();
+    assert_eq!(raw, app.get_json("/events/p-2/raw").await);
+    assert!(proved.checkpoint.size >= 5);
+    // By position too; an id that names nothing is said so.
+    let out = prove(&["--position", &bundle.inclusion.position]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = prove(&["nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no event \"nope\""));
+}
+
+#[tokio::test]
+async fn a_redacted_event_of_the_embedded_store_verifies_as_redacted_even_after_a_restore_of_an_older_archive()
+ {
+    let file = TempSqlite::new();
+    let mut app = spawn_app_with(
+        &[
+            ("DATABASE_URL", &file.url()),
+            ("SEAL_INTERVAL", "100ms"),
+            ("AUDIT_KEY", KEY),
+        ],
+        AppOptions::default(),
+    )
+    .await;
+    let key = outside_key(&app);
+    publish_n(&app, "r", 0..5).await;
+    checkpoint_covering(&app, &key, 6).await;
+    app.stop().await;
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_candystore"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", file.url())
+            .env("AUDIT_KEY", KEY)
+            .output()
+            .unwrap()
+    };
+    // An archive from before the redaction.
+    let dir = file.path.with_file_name("archive");
+    let out = run(&[
+        "archive",
+        "--before",
+        "2099-01-01",
+        "--to",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = run(&[
+        "redact",
+        "r-3",
+        "--reason",
+        "erasure request 42",
+        "--by",
+        "ops",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("erasure request 42"));
+    let (payload, salt): (String, Option<Vec<u8>>) = file
+        .look()
+        .query_row(
+            "SELECT payload, salt FROM events WHERE id = 'r-3'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        payload.starts_with("{\"candystore_redacted\": {\"at\": "),
+        "{payload}"
+    );
+    assert!(salt.is_none());
+    let report = run_verify(&file, Some(&ring()), &key).await;
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.redacted, report.events), (1, 5), "{report:?}");
+    // Twice is refused.
+    let out = run(&["redact", "r-3", "--reason", "again"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // The older archive restored home: the event comes back redacted.
+    rusqlite::Connection::open(&file.path)
+        .unwrap()
+        .execute("DELETE FROM events WHERE id IN ('r-3', 'r-4')", [])
+        .unwrap();
+    let out = run(&["restore", dir.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored: String = file
+        .look()
+        .query_row("SELECT payload FROM events WHERE id = 'r-3'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(restored, payload);
+    let report = run_verify(&file, Some(&ring()), &key).await;
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.redacted, report.events), (1, 5), "{report:?}");
+
+    // A receipt written with SQL excuses nothing, and is named.
+    let w = attacker(&file);
+    w.execute(
+        "INSERT INTO audit_redactions VALUES (2, 0, ?1, '{}', 0)",
+        [seq(&file, "r-1")],
+    )
+    .unwrap();
+    let report = run_verify(&file, None, &key).await;
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::ForgedRedaction { leaf_index: 2 })),
+        "{:?}",
+        report.findings
+    );
+}

@@ -385,6 +385,11 @@ fn load(
         }
         tx.commit().map_err(|e| sqlite_err(file, e))?;
     }
+    if table == Table::Events {
+        // An archive written before a redaction brings the content back:
+        // redacted again at once.
+        super::redact::redact_restored(conn).map_err(|e| sqlite_err(file, e))?;
+    }
     Ok(Restored {
         file: file.to_owned(),
         table: table.name(),

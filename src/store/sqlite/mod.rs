@@ -12,6 +12,7 @@
 pub mod archive;
 pub mod catalog;
 pub mod read;
+pub mod redact;
 pub mod retention;
 pub mod schema;
 pub mod tree;

@@ -165,6 +165,16 @@ CREATE TABLE dropped_ranges (
     dropped_at INTEGER NOT NULL
 ) STRICT;
 "#,
+    // 5: redaction receipts (`super::redact`; PostgreSQL's `audit_redactions`).
+    r#"
+CREATE TABLE audit_redactions (
+    leaf_index  INTEGER PRIMARY KEY,
+    txid        INTEGER NOT NULL,
+    seq         INTEGER NOT NULL UNIQUE,
+    receipt     TEXT    NOT NULL,
+    redacted_at INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 /// Migrations this binary knows and the file has not had.
@@ -241,6 +251,7 @@ mod tests {
                 "audit_anchors",
                 "audit_heads",
                 "audit_leaves",
+                "audit_redactions",
                 "audit_tiles",
                 "audit_trail",
                 "catalog_event_types",

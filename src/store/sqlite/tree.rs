@@ -13,7 +13,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::read::Reader;
 use crate::audit::job::{Appended, Growth, JobError, STEP_LEAVES, Tree, tile_appends};
+use base64::Engine;
+
 use crate::audit::leaf;
+use crate::audit::proof::{self, Bundle, EventColumns, NoBundle, ProveError};
 use crate::audit::store::{self, Head, Place, StoreError, Tile, hash32, tile_counts};
 
 /// The tree's tables on one connection (the writer's, or a reader's).
@@ -442,6 +445,107 @@ fn introduce_keys(conn: &Connection, tree: &Tree) -> Result<(), JobError> {
         tracing::info!(key_id = %hex, "AUDIT_KEY introduced to the audit trail");
     }
     Ok(())
+}
+
+/// A read-only connection on the file at `path`, beside its owner.
+fn look(path: &std::path::Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Other(format!("cannot open {}: {e}", path.display()).into()))?;
+    conn.busy_timeout(super::BUSY_TIMEOUT).map_err(other)?;
+    Ok(conn)
+}
+
+/// The places of the events `id` (of `source`, when given) names in the file
+/// at `path`; two at most.
+pub async fn places_of(
+    path: &std::path::Path,
+    id: &str,
+    source: Option<&str>,
+) -> Result<Vec<Place>, StoreError> {
+    let (path, id, source) = (path.to_owned(), id.to_owned(), source.map(str::to_owned));
+    tokio::task::spawn_blocking(move || {
+        super::read::places_of(&look(&path)?, &id, source.as_deref()).map_err(other)
+    })
+    .await
+    .map_err(other)?
+}
+
+/// The proof bundle (`candystore prove`) of the event at `place` in the file at
+/// `path`, read beside its owner: its committed columns and salt, and its
+/// inclusion in the newest checkpoint.
+pub async fn bundle(path: &std::path::Path, place: Place) -> Result<Bundle, NoBundle> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let conn = look(&path).map_err(ProveError::from)?;
+        let event = event_columns(&conn, place)?;
+        futures::executor::block_on(proof::bundle_of(event, &Tables(&conn), place))
+    })
+    .await
+    .map_err(|e| NoBundle::Prove(ProveError::Store(other(e))))?
+}
+
+/// The committed columns of the event at `place`.
+fn event_columns(conn: &Connection, place: Place) -> Result<EventColumns, NoBundle> {
+    let at = |e: rusqlite::Error| NoBundle::Prove(ProveError::Store(other(e)));
+    if place.0 != 0 {
+        return Err(NoBundle::NoEvent);
+    }
+    let text = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<String> {
+        Ok(String::from_utf8_lossy(r.get_ref(i)?.as_bytes()?).into_owned())
+    };
+    let row = conn
+        .query_row(
+            r#"SELECT id, source, "timestamp", event_type, target, routing_key, exchange,
+                received_at, payload, envelope, payload_member, properties, session_id,
+                correlation_id, generation, sanitized, original_body, salt
+            FROM events WHERE seq = ?1"#,
+            [place.1],
+            |r| {
+                let micros: i64 = r.get(2)?;
+                let salt: Option<Vec<u8>> = r.get(17)?;
+                Ok((
+                    EventColumns {
+                        id: r.get(0)?,
+                        source: r.get(1)?,
+                        timestamp: micros,
+                        timestamp_text: chrono::DateTime::from_timestamp_micros(micros)
+                            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                            .unwrap_or_default(),
+                        event_type: r.get(3)?,
+                        target: r.get(4)?,
+                        routing_key: r.get(5)?,
+                        exchange: r.get(6)?,
+                        received_at: r.get(7)?,
+                        payload: text(r, 8)?,
+                        envelope: text(r, 9)?,
+                        payload_member: r.get(10)?,
+                        properties: text(r, 11)?,
+                        session_id: r.get(12)?,
+                        correlation_id: r.get(13)?,
+                        generation: r.get(14)?,
+                        sanitized: r.get(15)?,
+                        original_body: r
+                            .get::<_, Option<Vec<u8>>>(16)?
+                            .map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+                        salt: String::new(),
+                    },
+                    salt,
+                ))
+            },
+        )
+        .optional()
+        .map_err(at)?;
+    let Some((mut event, salt)) = row else {
+        return Err(NoBundle::NoEvent);
+    };
+    let Some(salt) = salt else {
+        return Err(NoBundle::Legacy);
+    };
+    event.salt = base64::engine::general_purpose::STANDARD.encode(salt);
+    Ok(event)
 }
 
 #[cfg(test)]

@@ -173,9 +173,10 @@ async fn judge(conn: &Connection, opts: &Options<'_>) -> Result<Report, VerifyEr
             .map_err(other)?,
         introduced: introduced_keys(conn, opts.key).map_err(other)?,
         dropped: dropped_ranges(conn, &mut report).map_err(other)?,
+        redacted: redactions(conn, &mut report).map_err(other)?,
         // Places are `(0, seq)`: none is after transaction 0.
         newest_txid: 0,
-        // No legacy chain or redaction on the embedded store.
+        // No legacy chain on the embedded store.
         ..Trail::default()
     };
     let mut leaves_st = conn
@@ -249,6 +250,38 @@ fn dropped_ranges(conn: &Connection, report: &mut Report) -> rusqlite::Result<Ve
         }
     }
     Ok(ranges)
+}
+
+/// The leaves whose events were redacted: those whose receipt's SHA-256 the
+/// tree holds in a redaction leaf. A receipt without one is named.
+fn redactions(
+    conn: &Connection,
+    report: &mut Report,
+) -> rusqlite::Result<std::collections::HashSet<u64>> {
+    let mut st = conn.prepare(
+        "SELECT substr(leaf, 2, 8), substr(leaf, 10, 32) FROM audit_leaves WHERE substr(leaf, 1, 1) = ?1",
+    )?;
+    let in_tree: std::collections::HashSet<(u64, Vec<u8>)> = st
+        .query_map([vec![Kind::Redaction as u8]], |r| {
+            let index: Vec<u8> = r.get(0)?;
+            let index = <[u8; 8]>::try_from(index.as_slice()).map_or(u64::MAX, u64::from_be_bytes);
+            Ok((index, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut st = conn.prepare("SELECT leaf_index, receipt FROM audit_redactions")?;
+    let receipts = st
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out = std::collections::HashSet::new();
+    for (index, receipt) in receipts {
+        let digest = sha2::Sha256::digest(receipt.as_bytes()).to_vec();
+        if in_tree.contains(&(index as u64, digest)) {
+            out.insert(index as u64);
+        } else {
+            report.find(crate::audit::verify::Finding::ForgedRedaction { leaf_index: index });
+        }
+    }
+    Ok(out)
 }
 
 fn tiles(conn: &Connection) -> rusqlite::Result<HashMap<(i16, i64), Vec<u8>>> {
