@@ -961,7 +961,7 @@ async fn main() {
         let at_100 = broker_ceiling(events, 100, 28).await;
         println!("  {at_100:.0} events/s");
         report += &format!(
-            "| the same at the default prefetch: prefetch 100, an ack per 28 (the defaults' batch) | **{at_100:.0} events/s** | the most the defaults could drain |\n"
+            "| the same at prefetch 100, an ack per 28 (the defaults' batch before 2026-12-07) | **{at_100:.0} events/s** | the most the old defaults could drain |\n"
         );
     }
     let mut cpu_notes = Vec::new();
@@ -1144,7 +1144,7 @@ async fn main() {
         );
     }
     report += &format!(
-        "\nconfig/high-throughput.toml: {}. Defaults: PREFETCH_COUNT=100 BATCH_SIZE=50 and the README's table. \
+        "\nconfig/high-throughput.toml: {}. Defaults: the README's table (PREFETCH_COUNT=2000 BATCH_SIZE=500 since 2026-12-07; earlier reports: 100 and 50). \
          Storage latency from the histogram `candystore_storage_latency_seconds` (delivery → commit) is \
          interpolated within its bucket, as `histogram_quantile` does.\n",
         high_text.join(" ")

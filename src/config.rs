@@ -206,7 +206,7 @@ settings! {
     /// AMQP QoS: the most unacknowledged deliveries the broker hands us.
     prefetch_count: u16 {
         name: "PREFETCH_COUNT",
-        default: "100",
+        default: "2000",
         meaning: "AMQP QoS: unacked deliveries in hand at most",
         secret: No,
         parse: |v| Ok(v.positive(65_535)? as u16),
@@ -214,7 +214,7 @@ settings! {
     /// Rows per COPY batch at most (capped at `prefetch_count`, see [`Settings::batch_rows`]).
     batch_size: usize {
         name: "BATCH_SIZE",
-        default: "50",
+        default: "500",
         meaning: "rows per COPY batch at most",
         secret: No,
         parse: |v| v.positive(100_000),
@@ -687,8 +687,8 @@ mod tests {
         assert_eq!(s.rabbit_bindings, vec!["#"]);
         assert_eq!(s.api_port, 8683);
         assert_eq!(s.metrics_port, 9090);
-        assert_eq!(s.prefetch_count, 100);
-        assert_eq!(s.batch_size, 50);
+        assert_eq!(s.prefetch_count, 2000);
+        assert_eq!(s.batch_size, 500);
         assert_eq!(s.flush_interval, Duration::from_millis(50));
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.rabbit_queue_type, QueueType::Classic);

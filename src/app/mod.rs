@@ -212,7 +212,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
                 .with_context(|| format!("cannot use the embedded store {}", path.display()))?;
             tracing::warn!(
                 file = %path.display(),
-                "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters, the live tail, the catalog, the audit tree with its checkpoints and proofs, retention and the probes; replay, dead-letters, prove and redact do not run on it yet (docs/embedded-store.md)"
+                "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters, the live tail, the catalog, the audit tree with its checkpoints and proofs, retention and the probes; `replay` does not run on it yet (docs/embedded-store.md)"
             );
             let signer = Arc::new(signing_key(&settings)?);
             (Prepared::Sqlite(file), None, signer)

@@ -308,9 +308,11 @@ async fn a_byte_budget_smaller_than_one_event_still_stores_everything() {
 
 #[tokio::test]
 async fn large_deliveries_lower_the_prefetch_and_small_ones_raise_it_again() {
-    let app =
-        crate::helpers::spawn_app_with(&[("MAX_INFLIGHT_BYTES", "1000000")], Default::default())
-            .await;
+    let app = crate::helpers::spawn_app_with(
+        &[("MAX_INFLIGHT_BYTES", "1000000"), ("PREFETCH_COUNT", "100")],
+        Default::default(),
+    )
+    .await;
     assert_eq!(
         app.metric("candystore_prefetch").await,
         f64::from(candystore::source::prefetch::SLOW_START),

@@ -309,7 +309,12 @@ async fn poison_bodies_land_in_dead_letter_while_everything_else_is_stored() {
 
 #[tokio::test]
 async fn a_row_postgres_refuses_goes_to_dead_letter_and_the_rest_is_stored() {
-    let app = spawn_app_with(&[("BATCH_SIZE", "40")], AppOptions::default()).await;
+    // A prefetch of 100 (the slow start's end is known).
+    let app = spawn_app_with(
+        &[("BATCH_SIZE", "40"), ("PREFETCH_COUNT", "100")],
+        AppOptions::default(),
+    )
+    .await;
     // A rule PostgreSQL enforces that decode cannot know about.
     crate::helpers::refuse_event_type(&app, "refused").await;
     // Past the prefetch's slow start first, so 40 deliveries can be in hand at once.
