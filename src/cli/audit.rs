@@ -131,6 +131,24 @@ where
     })
 }
 
+/// The event an id or a position names in the embedded file at `path`.
+async fn place_in_file(
+    path: &std::path::Path,
+    id: Option<String>,
+    source: Option<String>,
+    position: Option<String>,
+) -> anyhow::Result<(i64, i64)> {
+    place_of(
+        async |id: &str, source: Option<&str>| {
+            Ok(candystore::store::sqlite::tree::places_of(path, id, source).await?)
+        },
+        id,
+        source,
+        position,
+    )
+    .await
+}
+
 /// The places of an id in PostgreSQL.
 async fn places_in(
     client: &tokio_postgres::Client,
@@ -167,15 +185,7 @@ pub(crate) async fn prove(
             candystore::audit::proof::bundle(&client, place).await?
         }
         Database::Sqlite(path) => {
-            let place = place_of(
-                async |id: &str, source: Option<&str>| {
-                    Ok(candystore::store::sqlite::tree::places_of(path, id, source).await?)
-                },
-                id,
-                source,
-                position,
-            )
-            .await?;
+            let place = place_in_file(path, id, source, position).await?;
             candystore::store::sqlite::tree::bundle(path, place).await?
         }
     };
@@ -214,15 +224,7 @@ pub(crate) async fn redact(
             .await?
         }
         Database::Sqlite(path) => {
-            let place = place_of(
-                async |id: &str, source: Option<&str>| {
-                    Ok(candystore::store::sqlite::tree::places_of(path, id, source).await?)
-                },
-                id,
-                source,
-                position,
-            )
-            .await?;
+            let place = place_in_file(path, id, source, position).await?;
             candystore::store::sqlite::redact::redact(
                 path,
                 place,

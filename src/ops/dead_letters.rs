@@ -96,6 +96,8 @@ pub enum OpsError {
     Database(#[from] tokio_postgres::Error),
     #[error("embedded store")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Open(#[from] crate::store::sqlite::SqliteError),
     #[error("embedded store: its thread failed")]
     Join(#[from] tokio::task::JoinError),
     #[error("dead letter {id}")]
@@ -157,11 +159,7 @@ pub enum Store {
 impl Store {
     /// The embedded file at `path`, which must exist.
     pub fn sqlite(path: &std::path::Path) -> Result<Store, OpsError> {
-        let conn = rusqlite::Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(crate::store::sqlite::BUSY_TIMEOUT)?;
+        let conn = crate::store::sqlite::beside(path, true)?;
         Ok(Store::Sqlite(Arc::new(Mutex::new(conn))))
     }
 }

@@ -50,6 +50,18 @@ async fn raw_views(app: &TestApp) -> Vec<Value> {
     out
 }
 
+/// Every stored event's `seq` and id, in `seq` order.
+fn places(file: &TempSqlite) -> Vec<(i64, String)> {
+    let conn = file.look();
+    let mut st = conn
+        .prepare("SELECT seq, id FROM events ORDER BY seq")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 fn ring() -> Keyring {
     Keyring::new(&[KEY.to_string()]).unwrap()
 }
@@ -182,16 +194,6 @@ async fn events_move_from_the_embedded_store_to_postgresql_and_back_intact_and_v
     // archive at their places, where its tree holds their leaves.
     let mut lite = lite;
     lite.stop().await;
-    let places = |file: &TempSqlite| -> Vec<(i64, String)> {
-        let conn = file.look();
-        let mut st = conn
-            .prepare("SELECT seq, id FROM events ORDER BY seq")
-            .unwrap();
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
     let before = places(&first);
     rusqlite::Connection::open(&first.path)
         .unwrap()
@@ -327,16 +329,6 @@ async fn archive_with_drop_empties_the_embedded_store_s_old_days_and_a_restore_b
         app.get_json("/events?limit=1").await["total"] == 60
     })
     .await;
-    let places = |file: &TempSqlite| -> Vec<(i64, String)> {
-        let conn = file.look();
-        let mut st = conn
-            .prepare("SELECT seq, id FROM events ORDER BY seq")
-            .unwrap();
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
     let stored = places(&file);
     let dir = file.path.with_file_name("archive");
     let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))

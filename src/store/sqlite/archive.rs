@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -182,14 +182,7 @@ fn days(conn: &Connection, table: Table, before: i64) -> rusqlite::Result<Vec<i6
 
 /// A read-only connection on the file at `path`, beside its owner.
 pub(super) fn look(path: &Path) -> Result<Connection, StorageError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| sqlite_err(path, e))?;
-    conn.busy_timeout(super::BUSY_TIMEOUT)
-        .map_err(|e| sqlite_err(path, e))?;
-    Ok(conn)
+    super::beside(path, false).map_err(|e| sqlite_err(path, crate::telemetry::error_chain(&e)))
 }
 
 /// The first microsecond of the UTC day of `t`.

@@ -142,6 +142,25 @@ impl Sqlite {
     }
 }
 
+/// A connection of a command beside the file's owner, the file not taken:
+/// read-only, or `writing` through SQLite's own lock (for what no order of the
+/// owner's writer depends on). The file must exist.
+pub fn beside(path: &Path, writing: bool) -> Result<Connection, SqliteError> {
+    let failed = |source| SqliteError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let access = if writing {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    };
+    let conn = Connection::open_with_flags(path, access | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(failed)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(failed)?;
+    Ok(conn)
+}
+
 /// `PATH.lock`, locked for this process (its pid written in it for the
 /// message a second process gets).
 fn lock(path: &Path) -> Result<File, SqliteError> {

@@ -449,13 +449,7 @@ fn introduce_keys(conn: &Connection, tree: &Tree) -> Result<(), JobError> {
 
 /// A read-only connection on the file at `path`, beside its owner.
 fn look(path: &std::path::Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| StoreError::Other(format!("cannot open {}: {e}", path.display()).into()))?;
-    conn.busy_timeout(super::BUSY_TIMEOUT).map_err(other)?;
-    Ok(conn)
+    super::beside(path, false).map_err(other)
 }
 
 /// The places of the events `id` (of `source`, when given) names in the file

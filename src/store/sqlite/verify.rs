@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use sha2::Digest;
 
 use crate::audit::leaf::{Content, Kind, Leaf};
@@ -120,12 +120,7 @@ const ROWS: &str = r#"SELECT seq, id, source, "timestamp", event_type, target, r
 
 /// Verifies the trail in the file at `path`, read-only, beside its owner.
 pub async fn verify(path: &Path, opts: Options<'_>) -> Result<Report, VerifyError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| VerifyError::Other(format!("cannot open {}: {e}", path.display()).into()))?;
-    conn.busy_timeout(super::BUSY_TIMEOUT).map_err(other)?;
+    let conn = super::beside(path, false).map_err(other)?;
     let pending = super::schema::pending(&conn).map_err(other)?;
     if pending > 0 {
         return Err(VerifyError::Other(
