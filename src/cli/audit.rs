@@ -149,6 +149,22 @@ async fn place_in_file(
     .await
 }
 
+/// The event an id or a position names in PostgreSQL.
+async fn place_in_database(
+    client: &tokio_postgres::Client,
+    id: Option<String>,
+    source: Option<String>,
+    position: Option<String>,
+) -> anyhow::Result<(i64, i64)> {
+    place_of(
+        async |id: &str, source: Option<&str>| places_in(client, id, source).await,
+        id,
+        source,
+        position,
+    )
+    .await
+}
+
 /// The places of an id in PostgreSQL.
 async fn places_in(
     client: &tokio_postgres::Client,
@@ -175,13 +191,7 @@ pub(crate) async fn prove(
     let bundle = match settings.database() {
         Database::Postgres(url) => {
             let client = db::connect(&db::pg_config(url)?).await?;
-            let place = place_of(
-                async |id: &str, source: Option<&str>| places_in(&client, id, source).await,
-                id,
-                source,
-                position,
-            )
-            .await?;
+            let place = place_in_database(&client, id, source, position).await?;
             candystore::audit::proof::bundle(&client, place).await?
         }
         Database::Sqlite(path) => {
@@ -206,13 +216,7 @@ pub(crate) async fn redact(
     let done = match settings.database() {
         Database::Postgres(url) => {
             let mut client = db::connect(&db::pg_config(url)?).await?;
-            let place = place_of(
-                async |id: &str, source: Option<&str>| places_in(&client, id, source).await,
-                id,
-                source,
-                position,
-            )
-            .await?;
+            let place = place_in_database(&client, id, source, position).await?;
             candystore::audit::redact::redact(
                 &mut client,
                 place,

@@ -93,11 +93,9 @@ fn time(micros: i64) -> rusqlite::Result<DateTime<Utc>> {
         .ok_or(rusqlite::Error::IntegralValueOutOfRange(0, micros))
 }
 
-/// A TEXT or BLOB column as text (the writer keeps text that is not UTF-8 as
-/// a BLOB; the archive's lines are JSON, so such bytes are replaced).
-fn text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
-    Ok(String::from_utf8_lossy(r.get_ref(i)?.as_bytes()?).into_owned())
-}
+// The archive's lines are JSON: a column's bytes that are not UTF-8 are
+// replaced (`super::column_text`).
+use super::column_text as text;
 
 const EVENT_ROWS: &str = r#"SELECT seq, id, event_type, source, target, routing_key, exchange,
     "timestamp", received_at, stored_at, payload, session_id, correlation_id, storage_latency_ms,

@@ -142,6 +142,18 @@ impl Sqlite {
     }
 }
 
+/// A TEXT or BLOB column's bytes: the writer keeps text that is not UTF-8 as a
+/// BLOB (`write::text`), so every reader of such a column takes either.
+pub fn column_bytes(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Vec<u8>> {
+    Ok(r.get_ref(i)?.as_bytes()?.to_vec())
+}
+
+/// The same column as text, bytes that are not UTF-8 replaced (for JSON and
+/// the bundle's strings).
+pub fn column_text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
+    Ok(String::from_utf8_lossy(r.get_ref(i)?.as_bytes()?).into_owned())
+}
+
 /// A connection of a command beside the file's owner, the file not taken:
 /// read-only, or `writing` through SQLite's own lock (for what no order of the
 /// owner's writer depends on). The file must exist.

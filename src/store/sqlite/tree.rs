@@ -487,9 +487,7 @@ fn event_columns(conn: &Connection, place: Place) -> Result<EventColumns, NoBund
     if place.0 != 0 {
         return Err(NoBundle::NoEvent);
     }
-    let text = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<String> {
-        Ok(String::from_utf8_lossy(r.get_ref(i)?.as_bytes()?).into_owned())
-    };
+    let text = super::column_text;
     let row = conn
         .query_row(
             r#"SELECT id, source, "timestamp", event_type, target, routing_key, exchange,

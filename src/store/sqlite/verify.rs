@@ -84,11 +84,7 @@ fn time(micros: i64) -> rusqlite::Result<DateTime<Utc>> {
         .ok_or(rusqlite::Error::IntegralValueOutOfRange(0, micros))
 }
 
-/// A TEXT or BLOB column's bytes (the writer stores text that is not UTF-8 as
-/// a BLOB).
-fn bytes(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Vec<u8>> {
-    Ok(r.get_ref(i)?.as_bytes()?.to_vec())
-}
+use super::column_bytes as bytes;
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
