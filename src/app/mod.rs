@@ -210,12 +210,14 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         Database::Sqlite(path) => {
             let file = store::sqlite::Sqlite::own(path)
                 .with_context(|| format!("cannot use the embedded store {}", path.display()))?;
-            tracing::warn!(
-                file = %path.display(),
-                "the embedded store serves ingest, /events, one event and its raw view, timelines, dead letters, the live tail, the catalog, the audit tree with its checkpoints and proofs, retention and the probes; `replay` does not run on it yet (docs/embedded-store.md)"
-            );
+            let secret = store::sqlite::replay::secret(&file.connect(store::sqlite::Role::Read)?)
+                .context("cannot read the replay secret")?;
             let signer = Arc::new(signing_key(&settings)?);
-            (Prepared::Sqlite(file), None, signer)
+            (
+                Prepared::Sqlite(file),
+                secret.map(|s| replay_mark::ReplayKey::new(&s)),
+                signer,
+            )
         }
     };
     // Every instance derives the same ticket key from the installation's secret;

@@ -17,7 +17,7 @@ pub(crate) async fn dead_letters(
     use candystore::ops::dead_letters as dl;
     let mut client = match settings.database() {
         Database::Postgres(url) => dl::Store::Postgres(db::connect(&db::pg_config(url)?).await?),
-        Database::Sqlite(path) => dl::Store::sqlite(path)?,
+        Database::Sqlite(path) => dl::Store::sqlite(path, true)?,
     };
     let selected = |filter: &Filter, all: bool| {
         if filter.is_empty() && !all {

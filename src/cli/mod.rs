@@ -298,33 +298,6 @@ pub(crate) enum DeadLetterCommand {
 
 /// Runs one command.
 pub(crate) async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
-    // The embedded store serves, migrates and checks; the operators' commands
-    // read and write PostgreSQL's tables.
-    if let candystore::config::Database::Sqlite(path) = settings.database()
-        && !matches!(
-            command,
-            Command::Serve
-                | Command::Check
-                | Command::Migrate { .. }
-                | Command::Publish { .. }
-                | Command::Send { .. }
-                | Command::Verify { .. }
-                | Command::Archive { .. }
-                | Command::Restore { .. }
-                | Command::Maintain
-                | Command::DeadLetters { .. }
-                | Command::Prove { .. }
-                | Command::Redact { .. }
-                | Command::VerifyProof { .. }
-                | Command::Witness { .. }
-        )
-    {
-        return Err(Usage(format!(
-            "this command works on PostgreSQL only for now; DATABASE_URL names an embedded store ({})",
-            path.display()
-        ))
-        .into());
-    }
     match command {
         Command::Serve => service::serve(settings).await,
         Command::Check => check::check(&settings).await,

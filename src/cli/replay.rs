@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use candystore::config::Settings;
+use candystore::config::{Database, Settings};
+use candystore::ops::store::Store;
 use candystore::{db, storage};
 
 use super::exit::{Exit, Usage};
@@ -27,8 +28,11 @@ pub(crate) async fn replay(
             })
         })
         .transpose()?;
-    let target = db::pg_config(&settings.database_url)?;
-    let client = db::connect(&target).await?;
+    // The embedded file is read beside its service, read-only.
+    let store = match settings.database() {
+        Database::Postgres(url) => Store::Postgres(db::connect(&db::pg_config(url)?).await?),
+        Database::Sqlite(path) => Store::sqlite(path, false)?,
+    };
     let publisher = candystore::source::publish::Republisher::connect(&settings.rabbit_url)
         .await
         .context("cannot connect to the broker")?;
@@ -40,11 +44,11 @@ pub(crate) async fn replay(
         resume,
     };
     let bar = Bar::new();
-    storage::archive::Progress::start(&bar, "replaying", replay::count(&client, &job).await?);
+    storage::archive::Progress::start(&bar, "replaying", replay::count(&store, &job).await?);
     let mut progress = Progress::default();
     let started = std::time::Instant::now();
     let outcome = tokio::select! {
-        r = replay::run(&client, &publisher, &job, &mut progress, |_| bar.0.inc(1)) => Some(r),
+        r = replay::run(&store, &publisher, &job, &mut progress, |_| bar.0.inc(1)) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
     };
     bar.0.finish_and_clear();

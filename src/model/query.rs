@@ -75,7 +75,7 @@ impl Paging {
 }
 
 /// The validated parameters of `GET /events` (and, without paging, of the live tail).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct EventQuery {
     pub filters: Vec<(&'static str, String)>,
     pub start_time: Option<DateTime<Utc>>,

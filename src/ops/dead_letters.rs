@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use rusqlite::OptionalExtension;
-use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
+pub use super::store::Store;
+use super::store::on_file;
 use crate::source::publish::{RepublishError, Republisher};
 
 /// Which dead letters a command acts on. Empty selects all.
@@ -148,35 +149,6 @@ fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
         .collect()
 }
 
-/// Where the dead letters are: PostgreSQL, or the embedded file, written beside
-/// its service through SQLite's own lock (these commands touch `dead_letter`
-/// alone: no event, no leaf, nothing the service's one writer orders).
-pub enum Store {
-    Postgres(Client),
-    Sqlite(Arc<Mutex<rusqlite::Connection>>),
-}
-
-impl Store {
-    /// The embedded file at `path`, which must exist.
-    pub fn sqlite(path: &std::path::Path) -> Result<Store, OpsError> {
-        let conn = crate::store::sqlite::beside(path, true)?;
-        Ok(Store::Sqlite(Arc::new(Mutex::new(conn))))
-    }
-}
-
-/// Runs `f` on the embedded file's connection, on a blocking thread.
-async fn on_file<R: Send + 'static>(
-    conn: &Arc<Mutex<rusqlite::Connection>>,
-    f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
-) -> Result<R, OpsError> {
-    let conn = conn.clone();
-    Ok(tokio::task::spawn_blocking(move || {
-        let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut c)
-    })
-    .await??)
-}
-
 /// The dead letters matching `filter`, newest first, at most `limit`.
 pub async fn list(store: &Store, filter: &Filter, limit: i64) -> Result<Vec<Listed>, OpsError> {
     let client = match store {
@@ -219,7 +191,7 @@ pub async fn show(store: &Store, id: i64) -> Result<Shown, OpsError> {
     let client = match store {
         Store::Postgres(c) => c,
         Store::Sqlite(conn) => {
-            let shown = on_file(conn, move |c| {
+            let shown = on_file::<_, OpsError>(conn, move |c| {
                 c.query_row(
                     &format!(
                         "SELECT {LISTED_SQLITE}, properties, body FROM dead_letter WHERE seq = ?1"
@@ -425,7 +397,7 @@ async fn replay_sqlite(
     force: bool,
 ) -> Result<Replayed, OpsError> {
     let (clause, params) = filter.sqlite_clause();
-    let rows: Vec<(i64, String, String, String, i32)> = on_file(conn, move |c| {
+    let rows: Vec<(i64, String, String, String, i32)> = on_file::<_, OpsError>(conn, move |c| {
         c.prepare(&format!(
             "SELECT seq, exchange, routing_key, properties, replay_count \
              FROM dead_letter WHERE {clause} ORDER BY received_at, seq"
@@ -450,7 +422,7 @@ async fn replay_sqlite(
         let properties: serde_json::Value =
             serde_json::from_str(&properties).unwrap_or(serde_json::Value::Null);
         let to = exchange.map_or(from, str::to_owned);
-        let body: Vec<u8> = on_file(conn, move |c| {
+        let body: Vec<u8> = on_file::<_, OpsError>(conn, move |c| {
             c.query_row("SELECT body FROM dead_letter WHERE seq = ?1", [id], |r| {
                 r.get(0)
             })
@@ -461,7 +433,7 @@ async fn replay_sqlite(
             .await
             .map_err(|source| OpsError::Publish { id, source })?;
         drop(body);
-        on_file(conn, move |c| {
+        on_file::<_, OpsError>(conn, move |c| {
             c.execute(
                 "UPDATE dead_letter SET replay_count = replay_count + 1, replayed_at = ?2 WHERE seq = ?1",
                 rusqlite::params![id, Utc::now().timestamp_micros()],

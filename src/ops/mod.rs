@@ -4,3 +4,4 @@
 
 pub mod dead_letters;
 pub mod replay;
+pub mod store;

@@ -5,15 +5,19 @@
 //! replayed delivery without storing it again.
 //!
 //! The walk is keyset-paged on (timestamp, seq), so it can stop anywhere and
-//! resume from the last position published (an `/events` cursor).
+//! resume from the last position published (an `/events` cursor). It reads
+//! either store (`super::store::Store`); the embedded file is read beside its
+//! service, read-only.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
+use super::store::{Store, on_file};
 use crate::model::envelope::rebuild;
 use crate::model::query::{Cursor, EventQuery, JsonText, SqlParams};
+use crate::model::replay_mark::ReplayKey;
 use crate::source::publish::{RepublishError, Republisher};
 
 /// Events read per query.
@@ -31,6 +35,10 @@ const CONFIRM_WINDOW: usize = 256;
 pub enum ReplayError {
     #[error("database")]
     Database(#[from] tokio_postgres::Error),
+    #[error("embedded store")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("embedded store: its thread failed")]
+    Join(#[from] tokio::task::JoinError),
     #[error("event seq {seq}")]
     Publish {
         seq: i64,
@@ -39,9 +47,13 @@ pub enum ReplayError {
     },
     #[error("event seq {0}: its stored envelope is not a JSON object")]
     BadEnvelope(i64),
+    #[error("event seq {0}: its stored properties are not JSON")]
+    BadProperties(i64),
     #[error("invalid --resume: not a position this command printed")]
     BadResume,
-    #[error("the database has no replay secret (table replay_secret): run `candystore migrate`")]
+    #[error(
+        "the store has no replay secret (table replay_secret): run `candystore migrate` (PostgreSQL) or start `serve` once (the embedded store)"
+    )]
     NoReplaySecret,
 }
 
@@ -74,18 +86,42 @@ impl Progress {
 }
 
 /// How many events the replay selects (for a progress bar).
-pub async fn count(client: &Client, replay: &Replay<'_>) -> Result<u64, ReplayError> {
-    let mut params = SqlParams::default();
-    let mut filter = replay.query.conditions(&mut params);
-    after(&mut filter, &mut params, replay.resume)?;
-    let n: i64 = client
-        .query_one(
-            &format!("SELECT count(*) FROM events WHERE {filter}"),
-            &params.all(),
-        )
-        .await?
-        .get(0);
-    Ok(n as u64)
+pub async fn count(store: &Store, replay: &Replay<'_>) -> Result<u64, ReplayError> {
+    match store {
+        Store::Postgres(client) => {
+            let mut params = SqlParams::default();
+            let mut filter = replay.query.conditions(&mut params);
+            after(&mut filter, &mut params, replay.resume)?;
+            let n: i64 = client
+                .query_one(
+                    &format!("SELECT count(*) FROM events WHERE {filter}"),
+                    &params.all(),
+                )
+                .await?
+                .get(0);
+            Ok(n as u64)
+        }
+        Store::Sqlite(conn) => {
+            let (query, resume) = (replay.query.clone(), replay.resume);
+            on_file(conn, move |c| {
+                crate::store::sqlite::replay::count(c, &query, resume)
+            })
+            .await
+        }
+    }
+}
+
+/// The installation's replay secret, which marks each publish as authentic.
+async fn key(store: &Store) -> Result<ReplayKey, ReplayError> {
+    let secret = match store {
+        Store::Postgres(client) => crate::model::replay_mark::load(client).await?,
+        Store::Sqlite(conn) => {
+            on_file::<_, ReplayError>(conn, |c| crate::store::sqlite::replay::secret(c))
+                .await?
+                .map(|s| ReplayKey::new(&s))
+        }
+    };
+    secret.ok_or(ReplayError::NoReplaySecret)
 }
 
 fn after(
@@ -108,57 +144,39 @@ fn after(
 /// `progress` moves with the confirms, so a caller that stops the future (Ctrl-C)
 /// still knows where to resume; `on_event` is called after each confirm.
 pub async fn run(
-    client: &Client,
+    store: &Store,
     publisher: &Republisher,
     replay: &Replay<'_>,
     progress: &mut Progress,
     mut on_event: impl FnMut(&Progress),
 ) -> Result<(), ReplayError> {
-    let key = crate::model::replay_mark::load(client)
-        .await?
-        .ok_or(ReplayError::NoReplaySecret)?;
+    let key = key(store).await?;
     let started = Instant::now();
     let mut position = replay.resume;
     let mut sent: u64 = 0;
     let mut waiting: std::collections::VecDeque<(Cursor, i64, usize, Confirm)> =
         std::collections::VecDeque::new();
     loop {
-        let mut params = SqlParams::default();
-        let mut filter = replay.query.conditions(&mut params);
-        after(&mut filter, &mut params, position)?;
-        let rows = page(client, &filter, &params).await?;
-        let full = rows.len() as i64 == PAGE || rows.bytes >= PAGE_BYTES;
-        for row in &rows.rows {
-            let seq: i64 = row.get("seq");
-            let envelope: JsonText = row.get("envelope");
-            let payload: JsonText = row.get("payload");
-            let member: Option<&str> = row.get("payload_member");
-            let body =
-                rebuild(envelope.0, payload.0, member).ok_or(ReplayError::BadEnvelope(seq))?;
-            let properties: serde_json::Value = row.get("properties");
+        let Page { events, full } = page(store, replay.query, position).await?;
+        for event in events {
             if replay.rate > 0 {
                 let due = started + Duration::from_secs_f64(sent as f64 / replay.rate as f64);
                 tokio::time::sleep_until(due).await;
             }
-            let routing_key: String = row.get("routing_key");
+            let seq = event.at.seq;
             let confirm = publisher
                 .start(
                     replay.exchange,
-                    &routing_key,
-                    &body,
-                    &properties,
+                    &event.routing_key,
+                    &event.body,
+                    &event.properties,
                     Some((&key, seq)),
                 )
                 .await
                 .map_err(|source| ReplayError::Publish { seq, source })?;
             sent += 1;
-            let t: chrono::DateTime<chrono::Utc> = row.get("timestamp");
-            let at = Cursor {
-                timestamp_micros: t.timestamp_micros(),
-                seq,
-            };
-            position = Some(at);
-            waiting.push_back((at, seq, body.len(), Box::pin(confirm)));
+            position = Some(event.at);
+            waiting.push_back((event.at, seq, event.body.len(), Box::pin(confirm)));
             // Unconfirmed publishes may still sit in the client's send buffer:
             // bounded in count and in bytes.
             while waiting.len() >= CONFIRM_WINDOW
@@ -176,20 +194,75 @@ pub async fn run(
     }
 }
 
-/// One page of the walk: at most [`PAGE`] events and about [`PAGE_BYTES`].
-struct Page {
-    rows: Vec<tokio_postgres::Row>,
-    bytes: usize,
+/// A stored event as it is published again.
+struct Event {
+    at: Cursor,
+    routing_key: String,
+    /// The envelope as published (`rebuild`).
+    body: Vec<u8>,
+    properties: serde_json::Value,
 }
 
-impl Page {
-    fn len(&self) -> usize {
-        self.rows.len()
+/// One page of the walk: at most [`PAGE`] events and about [`PAGE_BYTES`];
+/// `full` when a bound closed it (more may follow).
+struct Page {
+    events: Vec<Event>,
+    full: bool,
+}
+
+/// Reads the page after `position` from either store.
+async fn page(
+    store: &Store,
+    query: &EventQuery,
+    position: Option<Cursor>,
+) -> Result<Page, ReplayError> {
+    match store {
+        Store::Postgres(client) => {
+            let mut params = SqlParams::default();
+            let mut filter = query.conditions(&mut params);
+            after(&mut filter, &mut params, position)?;
+            postgres_page(client, &filter, &params).await
+        }
+        Store::Sqlite(conn) => {
+            let query = query.clone();
+            let (stored, full) = on_file::<_, ReplayError>(conn, move |c| {
+                crate::store::sqlite::replay::page(c, &query, position, PAGE as usize, PAGE_BYTES)
+            })
+            .await?;
+            let events = stored
+                .into_iter()
+                .map(|e| {
+                    let body = rebuild(
+                        e.envelope.as_bytes(),
+                        e.payload.as_bytes(),
+                        e.payload_member.as_deref(),
+                    )
+                    .ok_or(ReplayError::BadEnvelope(e.seq))?;
+                    let properties = serde_json::from_str(&e.properties)
+                        .map_err(|_| ReplayError::BadProperties(e.seq))?;
+                    Ok(Event {
+                        at: Cursor {
+                            timestamp_micros: e.timestamp,
+                            seq: e.seq,
+                        },
+                        routing_key: e.routing_key,
+                        body,
+                        properties,
+                    })
+                })
+                .collect::<Result<_, ReplayError>>()?;
+            Ok(Page { events, full })
+        }
     }
 }
 
-/// Reads the next page, streaming rows and stopping once they hold PAGE_BYTES.
-async fn page(client: &Client, filter: &str, params: &SqlParams) -> Result<Page, ReplayError> {
+/// Reads PostgreSQL's next page, streaming rows and stopping once they hold
+/// PAGE_BYTES.
+async fn postgres_page(
+    client: &Client,
+    filter: &str,
+    params: &SqlParams,
+) -> Result<Page, ReplayError> {
     let stream = client
         .query_raw(
             &format!(
@@ -200,20 +273,31 @@ async fn page(client: &Client, filter: &str, params: &SqlParams) -> Result<Page,
         )
         .await?;
     futures::pin_mut!(stream);
-    let mut page = Page {
-        rows: Vec::new(),
-        bytes: 0,
-    };
+    let (mut events, mut bytes) = (Vec::new(), 0);
     while let Some(row) = futures::StreamExt::next(&mut stream).await {
         let row = row?;
-        let size = |name: &str| row.get::<_, JsonText>(name).0.len();
-        page.bytes += size("envelope") + size("payload");
-        page.rows.push(row);
-        if page.bytes >= PAGE_BYTES {
-            break;
+        let seq: i64 = row.get("seq");
+        let envelope: JsonText = row.get("envelope");
+        let payload: JsonText = row.get("payload");
+        bytes += envelope.0.len() + payload.0.len();
+        let body = rebuild(envelope.0, payload.0, row.get("payload_member"))
+            .ok_or(ReplayError::BadEnvelope(seq))?;
+        let t: chrono::DateTime<chrono::Utc> = row.get("timestamp");
+        events.push(Event {
+            at: Cursor {
+                timestamp_micros: t.timestamp_micros(),
+                seq,
+            },
+            routing_key: row.get("routing_key"),
+            body,
+            properties: row.get("properties"),
+        });
+        if bytes >= PAGE_BYTES {
+            return Ok(Page { events, full: true });
         }
     }
-    Ok(page)
+    let full = events.len() as i64 == PAGE;
+    Ok(Page { events, full })
 }
 
 type Confirm =

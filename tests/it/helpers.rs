@@ -12,7 +12,33 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio_postgres::Client;
 
 pub use crate::support::proxy::{Mode, Proxy};
-pub use crate::support::{AMQP, AMQP_ADDR, PG, PG_ADDR, TempDb, connect};
+pub use crate::support::{AMQP, AMQP_ADDR, PG, PG_ADDR, TempDb, TempSqlite, connect};
+
+/// The store a test runs the service on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    Postgres,
+    /// A file of the test's own (`DATABASE_URL=sqlite:PATH`).
+    Sqlite,
+}
+
+/// `both_stores!(name)`: the async fn `name(On)` run as two tests,
+/// `name::on_postgres` and `name::on_sqlite`.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn on_postgres() {
+                super::$name($crate::helpers::On::Postgres).await
+            }
+            #[tokio::test]
+            async fn on_sqlite() {
+                super::$name($crate::helpers::On::Sqlite).await
+            }
+        }
+    )+};
+}
 
 pub struct TestApp {
     pub name: String,
@@ -23,6 +49,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub running: Option<Running>,
     pub publisher: candystore::source::publish::Publisher,
+    /// The embedded store's file, when the service runs on one (`spawn_app_on`).
+    pub sqlite: Option<TempSqlite>,
     extra: Vec<(String, String)>,
 }
 
@@ -34,6 +62,22 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the service with some settings changed.
 pub async fn spawn_app_with(settings: &[(&str, &str)], opts: AppOptions) -> TestApp {
     spawn_app_prepared(settings, opts, i64::MAX, "").await
+}
+
+/// Starts the service on `on`, with some settings changed.
+pub async fn spawn_app_on(on: On, settings: &[(&str, &str)], opts: AppOptions) -> TestApp {
+    match on {
+        On::Postgres => spawn_app_with(settings, opts).await,
+        On::Sqlite => {
+            let file = TempSqlite::new();
+            let url = file.url();
+            let mut all = settings.to_vec();
+            all.push(("DATABASE_URL", &url));
+            let mut app = spawn_app_prepared(&all, opts, i64::MAX, "").await;
+            app.sqlite = Some(file);
+            app
+        }
+    }
 }
 
 /// The deliveries a service losing its acks stores at most (see below).
@@ -93,6 +137,7 @@ pub async fn spawn_app_prepared(
         http: reqwest::Client::new(),
         running: None,
         publisher,
+        sqlite: None,
         extra: settings
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -174,6 +219,16 @@ impl TestApp {
         }
     }
 
+    /// The operators' handle on the service's store (the embedded file read
+    /// beside the service).
+    pub async fn ops_store(&self) -> candystore::ops::store::Store {
+        use candystore::ops::store::Store;
+        match &self.sqlite {
+            Some(file) => Store::sqlite(&file.path, false).expect("open the file"),
+            None => Store::Postgres(connect(&self.db_url).await),
+        }
+    }
+
     pub fn running(&self) -> &Running {
         self.running.as_ref().expect("the app is running")
     }
@@ -236,12 +291,30 @@ impl TestApp {
         (t, stream.status().as_u16())
     }
 
+    /// Rows in `table` of the service's store.
     pub async fn count(&self, table: &str) -> i64 {
+        if let Some(file) = &self.sqlite {
+            return file
+                .look()
+                .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .expect("count rows");
+        }
         self.db
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
             .await
             .expect("count rows")
             .get(0)
+    }
+
+    /// The one text value `sql` selects from the service's store.
+    pub async fn text(&self, sql: &str) -> String {
+        if let Some(file) = &self.sqlite {
+            return file
+                .look()
+                .query_row(sql, [], |r| r.get(0))
+                .expect("one text value");
+        }
+        self.db.query_one(sql, &[]).await.expect(sql).get(0)
     }
 
     /// Waits until `table` holds at least `n` rows; returns the count.

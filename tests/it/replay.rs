@@ -8,8 +8,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 
-use crate::helpers::{AMQP, TestApp, spawn_app};
+use crate::both_stores;
+use crate::helpers::{AMQP, On, TestApp, spawn_app_on};
 use candystore::api::query::{Cursor, EventQuery};
+use candystore::app::AppOptions;
 use candystore::ops::replay::{self, Progress, Replay};
 
 /// An exchange and a queue bound to it with `#`, deleted on drop of the test.
@@ -33,9 +35,15 @@ async fn replay_all(app: &TestApp, exchange: &str) -> Progress {
         resume: None,
     };
     let mut progress = Progress::default();
-    replay::run(&app.db, &publisher, &job, &mut progress, |_| {})
-        .await
-        .unwrap();
+    replay::run(
+        &app.ops_store().await,
+        &publisher,
+        &job,
+        &mut progress,
+        |_| {},
+    )
+    .await
+    .unwrap();
     progress
 }
 
@@ -139,9 +147,8 @@ async fn raw(app: &TestApp, id: &str) -> Value {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_replay_publishes_every_stored_envelope_as_published_in_time_order() {
-    let app = spawn_app().await;
+async fn a_replay_publishes_every_stored_envelope_as_published_in_time_order(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     publish_mix(&app, 30).await;
     let sink = Sink::new(&app).await;
     let publisher = candystore::source::publish::Republisher::connect(AMQP)
@@ -154,12 +161,19 @@ async fn a_replay_publishes_every_stored_envelope_as_published_in_time_order() {
         rate: 0,
         resume: None,
     };
-    assert_eq!(replay::count(&app.db, &job).await.unwrap(), 30);
+    assert_eq!(
+        replay::count(&app.ops_store().await, &job).await.unwrap(),
+        30
+    );
     let mut positions: Vec<Cursor> = Vec::new();
     let mut progress = Progress::default();
-    replay::run(&app.db, &publisher, &job, &mut progress, |p| {
-        positions.push(p.position.unwrap())
-    })
+    replay::run(
+        &app.ops_store().await,
+        &publisher,
+        &job,
+        &mut progress,
+        |p| positions.push(p.position.unwrap()),
+    )
     .await
     .unwrap();
     assert_eq!(progress.published, 30);
@@ -204,9 +218,15 @@ async fn a_replay_publishes_every_stored_envelope_as_published_in_time_order() {
         ..job
     };
     let mut again = Progress::default();
-    replay::run(&app.db, &publisher, &resumed, &mut again, |_| {})
-        .await
-        .unwrap();
+    replay::run(
+        &app.ops_store().await,
+        &publisher,
+        &resumed,
+        &mut again,
+        |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(again.published, 20);
     let rest = sink.drain().await;
     let bodies = |ms: &[lapin::message::BasicGetMessage]| -> Vec<Vec<u8>> {
@@ -216,9 +236,8 @@ async fn a_replay_publishes_every_stored_envelope_as_published_in_time_order() {
     sink.remove().await;
 }
 
-#[tokio::test]
-async fn candystore_ingests_its_own_replay_without_adding_a_row() {
-    let app = spawn_app().await;
+async fn candystore_ingests_its_own_replay_without_adding_a_row(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     publish_mix(&app, 12).await;
     let publisher = candystore::source::publish::Republisher::connect(AMQP)
         .await
@@ -231,9 +250,15 @@ async fn candystore_ingests_its_own_replay_without_adding_a_row() {
         resume: None,
     };
     let mut progress = Progress::default();
-    replay::run(&app.db, &publisher, &job, &mut progress, |_| {})
-        .await
-        .unwrap();
+    replay::run(
+        &app.ops_store().await,
+        &publisher,
+        &job,
+        &mut progress,
+        |_| {},
+    )
+    .await
+    .unwrap();
     assert!(progress.published > 0);
     app.wait_until(std::time::Duration::from_secs(10), || async {
         app.metric("candystore_replays_ignored_total").await == progress.published as f64
@@ -247,9 +272,8 @@ async fn candystore_ingests_its_own_replay_without_adding_a_row() {
     );
 }
 
-#[tokio::test]
-async fn a_publisher_that_sets_the_replay_header_itself_has_its_events_stored() {
-    let app = spawn_app().await;
+async fn a_publisher_that_sets_the_replay_header_itself_has_its_events_stored(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     // Any value a publisher may choose, the old plain seq among them.
     let values = [
         AMQPValue::LongLongInt(42),
@@ -274,9 +298,8 @@ async fn a_publisher_that_sets_the_replay_header_itself_has_its_events_stored() 
     assert_eq!(app.metric("candystore_replays_ignored_total").await, 0.0);
 }
 
-#[tokio::test]
-async fn a_real_replay_mark_copied_onto_another_body_does_not_hide_it() {
-    let app = spawn_app().await;
+async fn a_real_replay_mark_copied_onto_another_body_does_not_hide_it(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     publish_mix(&app, 3).await;
     // What a consumer of the exchange sees of a real replay: its mark.
     let sink = Sink::new(&app).await;
@@ -315,10 +338,9 @@ async fn a_real_replay_mark_copied_onto_another_body_does_not_hide_it() {
     sink.remove().await;
 }
 
-#[tokio::test]
-async fn a_replay_publishes_what_was_received_types_and_routing_key_exact_and_no_cc_or_bcc() {
+async fn a_replay_publishes_what_was_received_types_and_routing_key_exact_and_no_cc_or_bcc(on: On) {
     use lapin::types::{ByteArray, DecimalValue, FieldArray, LongString};
-    let app = spawn_app().await;
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     let sink = Sink::new(&app).await;
     // A second queue on the target exchange, bound to the key CC names.
     let cc_queue = format!("{}_cc_q", app.name);
@@ -368,12 +390,7 @@ async fn a_replay_publishes_what_was_received_types_and_routing_key_exact_and_no
     )
     .await;
     app.wait_for_rows("events", 1).await;
-    let stored_key: String = app
-        .db
-        .query_one("SELECT routing_key FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let stored_key = app.text("SELECT routing_key FROM events").await;
     assert_eq!(stored_key, "typed.nulkey", "stored without NUL");
 
     replay_all(&app, &sink.exchange).await;
@@ -416,9 +433,8 @@ async fn a_replay_publishes_what_was_received_types_and_routing_key_exact_and_no
     sink.remove().await;
 }
 
-#[tokio::test]
-async fn cli_replays_of_a_large_selection_hold_a_bounded_number_of_bytes() {
-    let app = spawn_app().await;
+async fn cli_replays_of_a_large_selection_hold_a_bounded_number_of_bytes(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     // 48 events of ~2 MB (96 MB selected), and 24 dead letters of 2 MB.
     let n = 48;
     for i in 0..n {
@@ -468,9 +484,8 @@ async fn cli_replays_of_a_large_selection_hold_a_bounded_number_of_bytes() {
     sink.remove().await;
 }
 
-#[tokio::test]
-async fn a_replay_to_a_missing_or_unbound_exchange_says_so_once_without_dumping_messages() {
-    let app = spawn_app().await;
+async fn a_replay_to_a_missing_or_unbound_exchange_says_so_once_without_dumping_messages(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     publish_mix(&app, 3).await;
     app.wait_for_rows("events", 3).await;
     let settings = app.settings();
@@ -530,3 +545,13 @@ async fn a_replay_to_a_missing_or_unbound_exchange_says_so_once_without_dumping_
     assert!(!stderr.contains("BasicReturnMessage"), "{stderr}");
     sink.remove().await;
 }
+
+both_stores!(
+    a_replay_publishes_every_stored_envelope_as_published_in_time_order,
+    candystore_ingests_its_own_replay_without_adding_a_row,
+    a_publisher_that_sets_the_replay_header_itself_has_its_events_stored,
+    a_real_replay_mark_copied_onto_another_body_does_not_hide_it,
+    a_replay_publishes_what_was_received_types_and_routing_key_exact_and_no_cc_or_bcc,
+    cli_replays_of_a_large_selection_hold_a_bounded_number_of_bytes,
+    a_replay_to_a_missing_or_unbound_exchange_says_so_once_without_dumping_messages,
+);

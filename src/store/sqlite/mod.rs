@@ -13,6 +13,7 @@ pub mod archive;
 pub mod catalog;
 pub mod read;
 pub mod redact;
+pub mod replay;
 pub mod retention;
 pub mod schema;
 pub mod tree;

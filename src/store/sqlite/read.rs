@@ -227,7 +227,7 @@ impl Where {
 }
 
 /// The WHERE clause of `q` (without paging) and its parameters.
-fn conditions(q: &EventQuery) -> (String, Vec<Box<dyn ToSql + Send>>) {
+pub(super) fn conditions(q: &EventQuery) -> (String, Vec<Box<dyn ToSql + Send>>) {
     let mut w = Where::default();
     for (name, value) in &q.filters {
         w.and(&format!("{name} = ?"), value.clone());

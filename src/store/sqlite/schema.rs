@@ -175,6 +175,16 @@ CREATE TABLE audit_redactions (
     redacted_at INTEGER NOT NULL
 ) STRICT;
 "#,
+    // 6: the installation's replay secret (`super::replay`; PostgreSQL's 0017):
+    // the key of the replay marks and the stream tickets. `randomblob` is
+    // SQLite's ChaCha20 generator, seeded from the operating system.
+    r#"
+CREATE TABLE replay_secret (
+    one    INTEGER PRIMARY KEY CHECK (one = 1),
+    secret BLOB    NOT NULL CHECK (length(secret) = 32)
+) STRICT;
+INSERT INTO replay_secret VALUES (1, randomblob(32));
+"#,
 ];
 
 /// Migrations this binary knows and the file has not had.
@@ -262,9 +272,19 @@ mod tests {
                 "dropped_ranges",
                 "event_keys",
                 "events",
+                "replay_secret",
                 "store_identity"
             ]
         );
+        // Each file its own replay secret, of 32 bytes.
+        let mut other = Connection::open_in_memory().unwrap();
+        migrate(&mut other).unwrap();
+        let secret = |c: &Connection| -> Vec<u8> {
+            c.query_row("SELECT secret FROM replay_secret", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(secret(&conn).len(), 32);
+        assert_ne!(secret(&conn), secret(&other));
     }
 
     #[test]
