@@ -197,6 +197,10 @@ metric_set! {
             "candystore_metric_labels_capped_total",
             "Event types or sources counted as \"other\" because they were too long or too many distinct values were already known",
         ),
+        large_reads: IntCounter = counter(
+            "candystore_api_large_reads_total",
+            "Reads of one large event or dead letter (over 256 KiB stored) run for the API, each shared by every client asking for it at that moment; at most 4 at once",
+        ),
         streams_open: IntGauge = int_gauge(
             "candystore_streams_open",
             "Live-tail (SSE) streams open now; at most STREAM_MAX_CLIENTS",

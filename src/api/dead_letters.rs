@@ -280,13 +280,34 @@ pub async fn one(
         return Err(not_found());
     };
     if let super::Store::Sqlite(reader) = &state.store {
-        let found = reader
-            .read(move |c| crate::store::sqlite::read::dead_letter(c, id))
+        use crate::store::sqlite::read;
+        let size = reader
+            .read(move |c| read::dead_letter_size(c, id))
             .await
             .map_err(unavailable)?
             .ok_or_else(not_found)?;
-        let body = serde_json::to_vec(&stored_view(&found)?).map_err(unavailable)?;
-        return Ok(json(bytes::Bytes::from(body)));
+        let reader = reader.clone();
+        let read_it = async move {
+            let found = reader
+                .read(move |c| read::dead_letter(c, id))
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "the dead letter is gone"))?;
+            serde_json::to_vec(&stored_view(&found)?)
+                .map(bytes::Bytes::from)
+                .map_err(unavailable)
+        };
+        // A large body: read once for every client asking at the same moment,
+        // under one of the large-read permits, as on PostgreSQL.
+        let body = if size <= i64::from(large::LARGE_STORED_BYTES) {
+            read_it.await?
+        } else {
+            state
+                .large_reads
+                .read((large::Kind::DeadLetter, id), read_it)
+                .await?
+        };
+        return Ok(json(body));
     }
     // One query: the whole row when its body is small (the common case), only
     // its place when it is large. Its size as received (octet_length reads the

@@ -352,14 +352,32 @@ async fn find_rendered(
     if !could_be_stored(id) {
         return Err(not_found(id));
     }
+    let kind = if raw_envelope {
+        large::Kind::RawEnvelope
+    } else {
+        large::Kind::EventView
+    };
     if let super::Store::Sqlite(reader) = &state.store {
+        use crate::store::sqlite::read;
         let owned = id.to_owned();
-        let found = reader
-            .read(move |c| crate::store::sqlite::read::one(c, &owned, raw_envelope))
+        let (seq, size) = reader
+            .read(move |c| read::one_place(c, &owned, raw_envelope))
             .await
             .map_err(unavailable)?
             .ok_or_else(|| not_found(id))?;
-        return render_stored(&found, raw_envelope).map(bytes::Bytes::from);
+        let reader = reader.clone();
+        let read_it = async move {
+            let found = reader
+                .read(move |c| read::one_at(c, seq, raw_envelope))
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "the event is gone"))?;
+            render_stored(&found, raw_envelope).map(bytes::Bytes::from)
+        };
+        if size <= i64::from(large::LARGE_STORED_BYTES) {
+            return read_it.await;
+        }
+        return state.large_reads.read((kind, seq), read_it).await;
     }
     // One query: the whole row when it is small (the common case), only its
     // place and size when it is large.
@@ -393,11 +411,6 @@ async fn find_rendered(
     let seq: i64 = row.get("seq");
     let time: chrono::DateTime<chrono::Utc> = row.get("timestamp");
     drop(client);
-    let kind = if raw_envelope {
-        large::Kind::RawEnvelope
-    } else {
-        large::Kind::EventView
-    };
     let pool = state.postgres()?.pool.clone();
     state
         .large_reads

@@ -45,18 +45,20 @@ pub enum Kind {
 pub struct LargeReads {
     permits: Arc<Semaphore>,
     inflight: Mutex<HashMap<Key, Shared<BoxFuture<'static, Outcome>>>>,
-}
-
-impl Default for LargeReads {
-    fn default() -> Self {
-        LargeReads {
-            permits: Arc::new(Semaphore::new(LARGE_READS_AT_ONCE)),
-            inflight: Mutex::new(HashMap::new()),
-        }
-    }
+    /// Reads run (`candystore_api_large_reads_total`): one per key at a time,
+    /// however many clients joined it.
+    runs: prometheus::IntCounter,
 }
 
 impl LargeReads {
+    pub fn new(runs: prometheus::IntCounter) -> Self {
+        LargeReads {
+            permits: Arc::new(Semaphore::new(LARGE_READS_AT_ONCE)),
+            inflight: Mutex::new(HashMap::new()),
+            runs,
+        }
+    }
+
     /// Runs `read` for `key`, or joins the read already running for it.
     pub async fn read(
         self: &Arc<Self>,
@@ -71,6 +73,7 @@ impl LargeReads {
                     // A task of its own: it runs to the end (and gives its permit and
                     // its entry back) even if every client waiting for it goes away.
                     let this = self.clone();
+                    self.runs.inc();
                     let task = tokio::spawn(async move {
                         let outcome = this.run(read).await;
                         this.inflight

@@ -459,7 +459,7 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
             },
             metrics.streams_open.clone(),
         )),
-        large_reads: Arc::new(api::large::LargeReads::default()),
+        large_reads: Arc::new(api::large::LargeReads::new(metrics.large_reads.clone())),
         broker,
         lifecycle: lifecycle.clone(),
         database_display: redact_url(&settings.database_url),

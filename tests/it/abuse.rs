@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{TestApp, gen1, spawn_app, spawn_app_with};
+use crate::both_stores;
+use crate::helpers::{On, TestApp, gen1, spawn_app, spawn_app_on, spawn_app_with};
+use candystore::app::AppOptions;
 
 async fn get(app: &TestApp, path: &str) -> (u16, Value) {
     let res = app.http.get(app.api(path)).send().await.unwrap();
@@ -205,9 +207,11 @@ async fn bad_path_ids_and_cursors_get_client_errors_not_503() {
     assert_eq!(get(&app, "/events?offset=100000").await.0, 200);
 }
 
-#[tokio::test]
-async fn many_clients_reading_one_large_event_share_one_read() {
-    let app = spawn_app().await;
+/// Twenty clients reading one ~2 MB event (ten the view, ten the raw envelope),
+/// and four one 2 MB dead letter: every answer whole, read through the shared
+/// large reads (`candystore_api_large_reads_total`), which small rows never use.
+async fn many_clients_reading_one_large_event_share_one_read(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     // About 2 MB that compresses poorly, so it is stored large.
     let noise: Vec<String> = (0..40_000)
         .map(|i| {
@@ -223,17 +227,33 @@ async fn many_clients_reading_one_large_event_share_one_read() {
     )
     .unwrap();
     app.publish("large", &body).await;
-    app.wait_for_rows("events", 1).await;
-    let stored: i32 = app
-        .db
-        .query_one("SELECT pg_column_size(payload) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
+    app.publish(
+        "small",
+        br#"{"id": "small-1", "event_type": "small", "data": {}}"#,
+    )
+    .await;
+    let mut junk = vec![b'x'; 2 << 20];
+    junk[0] = b'{';
+    app.publish("junk", &junk).await;
+    app.wait_for_rows("events", 2).await;
+    app.wait_for_rows("dead_letter", 1).await;
+    let stored = app
+        .int(match on {
+            On::Postgres => {
+                "SELECT pg_column_size(payload)::bigint FROM events WHERE id = 'large-1'"
+            }
+            On::Sqlite => "SELECT octet_length(payload) FROM events WHERE id = 'large-1'",
+        })
+        .await;
     assert!(
         stored > 256 << 10,
         "stored in {stored} bytes: the large path"
     );
+    let reads = || app.metric("candystore_api_large_reads_total");
+    for path in ["/events/small-1", "/events/small-1/raw"] {
+        assert_eq!(get(&app, path).await.0, 200);
+    }
+    assert_eq!(reads().await, 0.0, "small rows are read directly");
     let fetches = (0..20).map(|i| {
         let url = app.api(if i % 2 == 0 {
             "/events/large-1/raw"
@@ -257,7 +277,23 @@ async fn many_clients_reading_one_large_event_share_one_read() {
             assert_eq!(v["payload"], published["data"]);
         }
     }
+    let after_events = reads().await;
+    assert!(
+        (2.0..=20.0).contains(&after_events),
+        "each kind read through the shared reads at least once: {after_events}"
+    );
+    let (_, listed) = get(&app, "/dead-letters").await;
+    let id = listed["dead_letters"][0]["id"].clone();
+    let path = format!("/dead-letters/{id}");
+    let dead = (0..4).map(|_| get(&app, &path));
+    for (status, d) in futures::future::join_all(dead).await {
+        assert_eq!(status, 200, "{d}");
+        assert_eq!(d["body_text"].as_str().map(str::len), Some(junk.len()));
+    }
+    assert!(reads().await > after_events, "the dead letter too");
 }
+
+both_stores!(many_clients_reading_one_large_event_share_one_read);
 
 #[tokio::test]
 async fn the_openapi_document_states_the_bounds_and_error_answers() {

@@ -317,6 +317,17 @@ impl TestApp {
         self.db.query_one(sql, &[]).await.expect(sql).get(0)
     }
 
+    /// The one integer `sql` selects from the service's store.
+    pub async fn int(&self, sql: &str) -> i64 {
+        if let Some(file) = &self.sqlite {
+            return file
+                .look()
+                .query_row(sql, [], |r| r.get(0))
+                .expect("one integer");
+        }
+        self.db.query_one(sql, &[]).await.expect(sql).get(0)
+    }
+
     /// Waits until `table` holds at least `n` rows; returns the count.
     pub async fn wait_for_rows(&self, table: &str, n: i64) -> i64 {
         let mut last = 0;

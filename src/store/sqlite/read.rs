@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::functions::FunctionFlags;
-use rusqlite::{Connection, ToSql};
+use rusqlite::{Connection, OptionalExtension, ToSql};
 use tokio::sync::Semaphore;
 
 use super::{Role, Sqlite, SqliteError};
@@ -487,22 +487,34 @@ fn total(
     Ok((estimate.max(counted), true))
 }
 
-/// The event with this id (when sources share an id, the first stored), with
-/// its envelope when `raw`.
-pub fn one(conn: &Connection, id: &str, raw: bool) -> rusqlite::Result<Option<StoredEvent>> {
-    let sql = if raw {
-        format!(
-            "SELECT {COLUMNS}, envelope, payload_member FROM events WHERE id = ?1 ORDER BY seq LIMIT 1"
-        )
+/// Where the event with this id is (when sources share an id, the first
+/// stored) and the bytes its answer reads: the payload, and the envelope when
+/// `raw` (`octet_length` reads a value's size without its content).
+pub fn one_place(conn: &Connection, id: &str, raw: bool) -> rusqlite::Result<Option<(i64, i64)>> {
+    let size = if raw {
+        "octet_length(payload) + octet_length(envelope)"
     } else {
-        format!("SELECT {COLUMNS} FROM events WHERE id = ?1 ORDER BY seq LIMIT 1")
+        "octet_length(payload)"
     };
-    let mut statement = conn.prepare_cached(&sql)?;
-    let mut rows = statement.query([id])?;
-    match rows.next()? {
-        Some(row) => Ok(Some(stored(row, raw)?)),
-        None => Ok(None),
-    }
+    conn.prepare_cached(&format!(
+        "SELECT seq, {size} FROM events WHERE id = ?1 ORDER BY seq LIMIT 1"
+    ))?
+    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
+}
+
+/// The event at `seq`, with its envelope when `raw`.
+pub fn one_at(conn: &Connection, seq: i64, raw: bool) -> rusqlite::Result<Option<StoredEvent>> {
+    let extra = if raw {
+        ", envelope, payload_member"
+    } else {
+        ""
+    };
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS}{extra} FROM events WHERE seq = ?1"
+    ))?
+    .query_row([seq], |row| stored(row, raw))
+    .optional()
 }
 
 /// The filters of `GET /dead-letters`.
@@ -610,6 +622,13 @@ pub fn dead_letters(
         has_more,
         next_cursor,
     })
+}
+
+/// The size of a dead letter's body as received, without reading it.
+pub fn dead_letter_size(conn: &Connection, seq: i64) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT octet_length(body) FROM dead_letter WHERE seq = ?1")?
+        .query_row([seq], |r| r.get(0))
+        .optional()
 }
 
 /// One dead letter with its body.
