@@ -37,7 +37,7 @@ pub const FORMAT: &str = "candystore-archive/1";
 /// zstd's default level: ~300 MB/s per core, a third to a tenth of the JSON's size.
 const ZSTD_LEVEL: i32 = 3;
 /// Lines per restore transaction.
-const RESTORE_CHUNK: usize = 10_000;
+pub const RESTORE_CHUNK: usize = 10_000;
 /// Bytes of lines per restore transaction (a chunk closes at either bound).
 const RESTORE_CHUNK_BYTES: usize = 64 << 20;
 /// The longest line an archive may hold: one event's row, whose payload,

@@ -198,3 +198,84 @@ async fn an_archive_holding_one_line_longer_than_the_limit_is_refused_without_re
     assert_eq!(app.count("events").await, 0);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Lines that pass every check of the file and its manifest but that the
+/// embedded store's own parser cannot take: refused with the file and line
+/// named, wherever they are, and nothing of the file loaded.
+#[tokio::test]
+async fn crafted_lines_reaching_the_embedded_stores_parser_are_refused_and_leave_nothing() {
+    let file = crate::support::TempSqlite::new();
+    let line = |v: Value| serde_json::to_vec(&v).unwrap();
+    let at = day() + chrono::Duration::hours(5);
+    let with = |seq: i64, key: &str, value: Value| {
+        let mut r = row(seq, 1, at);
+        r["salt"] = json!("00".repeat(16));
+        r[key] = value;
+        line(r)
+    };
+    let good = || with(1, "sanitized", json!(false));
+    let restore = |path: PathBuf| {
+        let db = file.path.clone();
+        async move {
+            candystore::store::sqlite::archive::restore(&db, &[path], None)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let events = || -> i64 {
+        file.look()
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap_or(0)
+    };
+    for (bad, want) in [
+        // jsonb refuses a NUL in text, and a lone surrogate.
+        (
+            line({
+                let mut r = row(2, 1, at);
+                r["payload"] = json!({"t": "a\u{0}b"});
+                r
+            }),
+            "payload",
+        ),
+        (
+            {
+                let mut l = with(2, "payload", json!({"t": "x"}));
+                let text = String::from_utf8(l.clone()).unwrap();
+                l = text.replace(r#""t":"x""#, r#""t":"\ud800""#).into_bytes();
+                l
+            },
+            "payload",
+        ),
+        (
+            with(2, "original_body", json!("not base64!")),
+            "original_body",
+        ),
+        (with(2, "salt", json!("zz")), "salt is not hex"),
+    ] {
+        let (dir, path) = archive_of(&[good(), bad], None);
+        let err = match restore(path).await {
+            Ok(()) => panic!("loaded: {want}; {} event(s)", events()),
+            Err(e) => e,
+        };
+        assert!(err.contains("line 2") && err.contains(want), "{err}");
+        assert!(err.contains("events_p20260101.ndjson.zst"), "{err}");
+        assert_eq!(events(), 0, "nothing of the file loaded: {err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    // Past the first chunk read: still nothing of the file.
+    let mut long: Vec<Vec<u8>> = (1..=archive::RESTORE_CHUNK as i64 + 1)
+        .map(|seq| with(seq, "sanitized", json!(false)))
+        .collect();
+    long.push(with(20_000, "salt", json!("zz")));
+    let (dir, path) = archive_of(&long, None);
+    let err = restore(path).await.unwrap_err();
+    assert!(err.contains("line 10002: salt is not hex"), "{err}");
+    assert_eq!(events(), 0, "nothing of the file loaded: {err}");
+    std::fs::remove_dir_all(dir).unwrap();
+    // The good line alone restores.
+    let (dir, path) = archive_of(&[good()], None);
+    restore(path).await.unwrap();
+    assert_eq!(events(), 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -339,7 +339,11 @@ pub async fn restore(
     Ok(out)
 }
 
-/// Loads one checked file, a chunk of lines per transaction.
+/// Loads one checked file in one transaction (read a chunk of lines at a
+/// time): a line this store cannot take (a payload jsonb refuses, a body that
+/// is not base64, a salt that is not hex), wherever it is in the file, leaves
+/// nothing of the file behind. The file is owned meanwhile, so the long
+/// transaction holds up no one; its pages spill to the log, not to memory.
 fn load(
     conn: &mut Connection,
     table: Table,
@@ -350,14 +354,14 @@ fn load(
 ) -> Result<Restored, StorageError> {
     let mut lines = format::Lines::open(file)?;
     let (mut rows, mut inserted) = (0u64, 0u64);
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| sqlite_err(file, e))?;
     loop {
         let chunk = lines.chunk()?;
         if chunk.is_empty() {
             break;
         }
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| sqlite_err(file, e))?;
         for line in &chunk {
             rows += 1;
             let at = |e: &dyn std::fmt::Display| sqlite_err(file, format!("line {rows}: {e}"));
@@ -374,8 +378,8 @@ fn load(
             };
             inserted += u64::from(added);
         }
-        tx.commit().map_err(|e| sqlite_err(file, e))?;
     }
+    tx.commit().map_err(|e| sqlite_err(file, e))?;
     if table == Table::Events {
         // An archive written before a redaction brings the content back:
         // redacted again at once.
