@@ -269,9 +269,10 @@ pub async fn start(settings: Settings, opts: AppOptions) -> anyhow::Result<Runni
         // One writer thread; each handle queues a batch at it, so the next
         // batch is prepared while one commits.
         Prepared::Sqlite(file) => {
-            let handle = store::sqlite::write::Handle::start(file)
-                .context("cannot start the embedded store's writer")?
-                .attesting(keyring.clone());
+            let handle =
+                store::sqlite::write::Handle::start_counted(file, Some(&metrics.writers_connected))
+                    .context("cannot start the embedded store's writer")?
+                    .attesting(keyring.clone());
             embedded_writer = Some(handle.clone());
             (0..settings.write_concurrency)
                 .map(|_| Writer::Sqlite(handle.clone()))

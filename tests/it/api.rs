@@ -5,7 +5,9 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, event_ids, read_sse, spawn_app, walk_cursors};
+use crate::both_stores;
+use crate::helpers::{On, TestApp, event_ids, read_sse, spawn_app, spawn_app_on, walk_cursors};
+use candystore::app::AppOptions;
 
 /// Publishes `n` generation-1 events: sessions s0..s2, types t0..t1, and pairs of
 /// events sharing one timestamp so the tie-break matters.
@@ -42,9 +44,8 @@ async fn get(app: &TestApp, path: &str) -> (u16, Value, String) {
     )
 }
 
-#[tokio::test]
-async fn events_come_newest_first_with_a_stable_tie_break_and_the_contract_fields() {
-    let app = spawn_app().await;
+async fn events_come_newest_first_with_a_stable_tie_break_and_the_contract_fields(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     seed(&app, 20).await;
     let (status, page, _) = get(&app, "/events?limit=5").await;
     assert_eq!(status, 200);
@@ -101,9 +102,8 @@ async fn events_come_newest_first_with_a_stable_tie_break_and_the_contract_field
     assert_eq!(event_ids(&page), event_ids(&again));
 }
 
-#[tokio::test]
-async fn offset_walks_and_cursor_walks_visit_every_event_exactly_once() {
-    let app = spawn_app().await;
+async fn offset_walks_and_cursor_walks_visit_every_event_exactly_once(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     seed(&app, 41).await;
     let mut by_offset = Vec::new();
     for offset in (0..41).step_by(6) {
@@ -151,9 +151,8 @@ async fn offset_walks_and_cursor_walks_visit_every_event_exactly_once() {
     );
 }
 
-#[tokio::test]
-async fn every_filter_selects_what_it_names() {
-    let app = spawn_app().await;
+async fn every_filter_selects_what_it_names(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     seed(&app, 30).await;
     let count = |q: &'static str| {
         let app = &app;
@@ -516,9 +515,8 @@ async fn a_page_of_large_events_stops_at_the_byte_cap_and_the_walk_still_visits_
     assert_eq!(tail, expected.iter().rev().cloned().collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn one_event_by_id_and_a_problem_when_unknown() {
-    let app = spawn_app().await;
+async fn one_event_by_id_and_a_problem_when_unknown(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     seed(&app, 3).await;
     let (status, event, _) = get(&app, "/events/e-001").await;
     assert_eq!(status, 200);
@@ -530,9 +528,8 @@ async fn one_event_by_id_and_a_problem_when_unknown() {
     assert!(problem["detail"].as_str().unwrap().contains("nope"));
 }
 
-#[tokio::test]
-async fn the_raw_envelope_comes_back_as_published_for_every_generation() {
-    let app = spawn_app().await;
+async fn the_raw_envelope_comes_back_as_published_for_every_generation(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     let published = [
         json!({"id": "g1", "event_type": "a.b", "source": "s", "timestamp": "2026-11-20T14:03:11.482+02:00", "data": {"x": [1, 2.5, null]}, "extra": true}),
         json!({"event_id": "g2", "event_type": "c.d", "timestamp": "2026-03-02T09:15:00+00:00", "version": "1.0.0",
@@ -558,9 +555,8 @@ async fn the_raw_envelope_comes_back_as_published_for_every_generation() {
     }
 }
 
-#[tokio::test]
-async fn every_bad_parameter_gets_a_problem_naming_it() {
-    let app = spawn_app().await;
+async fn every_bad_parameter_gets_a_problem_naming_it(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     for (query, name) in [
         ("limit=0", "limit"),
         ("limit=5000", "limit"),
@@ -580,9 +576,8 @@ async fn every_bad_parameter_gets_a_problem_naming_it() {
     }
 }
 
-#[tokio::test]
-async fn a_session_timeline_is_in_time_order_with_a_summary_and_pages() {
-    let app = spawn_app().await;
+async fn a_session_timeline_is_in_time_order_with_a_summary_and_pages(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     seed(&app, 30).await;
     let (status, t, _) = get(&app, "/sessions/s1?limit=4").await;
     assert_eq!(status, 200);
@@ -623,10 +618,9 @@ async fn a_session_timeline_is_in_time_order_with_a_summary_and_pages() {
 
 const TOKEN: &str = "candybar-token-0123456789";
 
-#[tokio::test]
-async fn with_api_token_set_everything_but_the_probes_needs_the_bearer_token() {
-    use candystore::app::AppOptions;
-    let app = crate::helpers::spawn_app_with(
+async fn with_api_token_set_everything_but_the_probes_needs_the_bearer_token(on: On) {
+    let app = spawn_app_on(
+        on,
         &[("API_TOKEN", &format!("other-token-9876543210,{TOKEN}"))],
         AppOptions::default(),
     )
@@ -679,16 +673,14 @@ async fn with_api_token_set_everything_but_the_probes_needs_the_bearer_token() {
     assert_eq!(ok.status(), 200);
 }
 
-#[tokio::test]
-async fn without_api_token_the_api_is_open() {
-    let app = spawn_app().await;
+async fn without_api_token_the_api_is_open(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     assert_eq!(get(&app, "/events").await.0, 200);
 }
 
-#[tokio::test]
-async fn cors_allows_the_configured_origins_only() {
-    use candystore::app::AppOptions;
-    let app = crate::helpers::spawn_app_with(
+async fn cors_allows_the_configured_origins_only(on: On) {
+    let app = spawn_app_on(
+        on,
         &[
             ("CORS_ALLOWED_ORIGINS", "http://candybar.local:3000"),
             ("API_TOKEN", TOKEN),
@@ -735,9 +727,8 @@ async fn cors_allows_the_configured_origins_only() {
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
 
-#[tokio::test]
-async fn the_live_tail_resumes_with_last_event_id_without_gaps_or_repeats() {
-    let app = spawn_app().await;
+async fn the_live_tail_resumes_with_last_event_id_without_gaps_or_repeats(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     // Stored before the tail starts. A stream starts at the newest event whose
     // transaction is older than every one still running on the server, so these
     // are sent too when another database's long write was running when it
@@ -804,9 +795,8 @@ async fn the_live_tail_resumes_with_last_event_id_without_gaps_or_repeats() {
     );
 }
 
-#[tokio::test]
-async fn the_live_tail_applies_the_filters() {
-    let app = spawn_app().await;
+async fn the_live_tail_applies_the_filters(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     let res = app
         .http
         .get(app.api("/events/stream?session_id=s1&last_event_id=0"))
@@ -842,9 +832,8 @@ async fn the_live_tail_applies_the_filters() {
     assert_eq!(res.status(), 400);
 }
 
-#[tokio::test]
-async fn the_openapi_document_describes_every_route_and_the_docs_page_is_self_contained() {
-    let app = spawn_app().await;
+async fn the_openapi_document_describes_every_route_and_the_docs_page_is_self_contained(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     seed(&app, 1).await;
     let (status, spec, _) = get(&app, "/openapi.json").await;
     assert_eq!(status, 200);
@@ -937,3 +926,19 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_is_self_co
         );
     }
 }
+
+both_stores!(
+    events_come_newest_first_with_a_stable_tie_break_and_the_contract_fields,
+    offset_walks_and_cursor_walks_visit_every_event_exactly_once,
+    every_filter_selects_what_it_names,
+    one_event_by_id_and_a_problem_when_unknown,
+    the_raw_envelope_comes_back_as_published_for_every_generation,
+    every_bad_parameter_gets_a_problem_naming_it,
+    a_session_timeline_is_in_time_order_with_a_summary_and_pages,
+    without_api_token_the_api_is_open,
+    the_live_tail_resumes_with_last_event_id_without_gaps_or_repeats,
+    the_live_tail_applies_the_filters,
+    the_openapi_document_describes_every_route_and_the_docs_page_is_self_contained,
+    with_api_token_set_everything_but_the_probes_needs_the_bearer_token,
+    cors_allows_the_configured_origins_only,
+);

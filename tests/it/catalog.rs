@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::both_stores;
+use crate::helpers::{On, TestApp, spawn_app_on};
+use candystore::app::AppOptions;
 
 async fn get(app: &TestApp, path: &str) -> Value {
     let res = app.http.get(app.api(path)).send().await.unwrap();
@@ -13,9 +15,8 @@ async fn get(app: &TestApp, path: &str) -> Value {
     res.json().await.unwrap()
 }
 
-#[tokio::test]
-async fn the_catalog_counts_types_sources_and_payload_keys_of_a_mixed_stream() {
-    let app = spawn_app().await;
+async fn the_catalog_counts_types_sources_and_payload_keys_of_a_mixed_stream(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     let mut stream: Vec<(&str, Value)> = Vec::new();
     for i in 0..5 {
         stream.push((
@@ -132,9 +133,8 @@ async fn the_catalog_counts_types_sources_and_payload_keys_of_a_mixed_stream() {
     assert_eq!(get(&app, "/event-types").await, types);
 }
 
-#[tokio::test]
-async fn catalog_endpoints_refuse_unknown_and_bad_parameters_naming_them() {
-    let app = spawn_app().await;
+async fn catalog_endpoints_refuse_unknown_and_bad_parameters_naming_them(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     for (path, name) in [
         ("/event-types?x=1", "x"),
         ("/event-types?limit=0", "limit"),
@@ -155,20 +155,15 @@ async fn catalog_endpoints_refuse_unknown_and_bad_parameters_naming_them() {
 /// Waits until the catalog has counted `n` events.
 async fn counted(app: &TestApp, n: i64) {
     app.wait_until(Duration::from_secs(20), || async {
-        let c: Option<i64> = app
-            .db
-            .query_one("SELECT sum(count)::int8 FROM catalog_event_types", &[])
+        app.int("SELECT CAST(coalesce(sum(count), 0) AS BIGINT) FROM catalog_event_types")
             .await
-            .unwrap()
-            .get(0);
-        c == Some(n)
+            == n
     })
     .await;
 }
 
-#[tokio::test]
-async fn an_event_with_fifty_thousand_keys_adds_a_bounded_catalog_and_answer() {
-    let app = spawn_app().await;
+async fn an_event_with_fifty_thousand_keys_adds_a_bounded_catalog_and_answer(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     let known =
         json!({"id": "k-0", "event_type": "wide", "source": "s", "data": {"a": 1, "b": "x"}});
     app.publish("wide", &serde_json::to_vec(&known).unwrap())
@@ -187,15 +182,9 @@ async fn an_event_with_fifty_thousand_keys_adds_a_bounded_catalog_and_answer() {
         .await;
     counted(&app, 3).await;
 
-    let rows: i64 = app
-        .db
-        .query_one(
-            "SELECT count(*) FROM catalog_payload_keys WHERE event_type = 'wide'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let rows = app
+        .int("SELECT count(*) FROM catalog_payload_keys WHERE event_type = 'wide'")
+        .await;
     assert_eq!(rows, 101, "100 keys and the other bucket");
     let res = app.http.get(app.api("/event-types")).send().await.unwrap();
     let bytes = res.bytes().await.unwrap();
@@ -216,9 +205,8 @@ async fn an_event_with_fifty_thousand_keys_adds_a_bounded_catalog_and_answer() {
     assert_eq!(find("zzz", "boolean"), None);
 }
 
-#[tokio::test]
-async fn event_types_come_in_pages_by_name() {
-    let app = spawn_app().await;
+async fn event_types_come_in_pages_by_name(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     for t in ["t.c", "t.a", "t.b"] {
         let e = json!({"id": t, "event_type": t, "source": "s", "data": {}});
         app.publish(t, &serde_json::to_vec(&e).unwrap()).await;
@@ -240,3 +228,10 @@ async fn event_types_come_in_pages_by_name() {
     assert_eq!(rest["has_more"], false);
     assert_eq!(rest["next_after"], Value::Null);
 }
+
+both_stores!(
+    the_catalog_counts_types_sources_and_payload_keys_of_a_mixed_stream,
+    catalog_endpoints_refuse_unknown_and_bad_parameters_naming_them,
+    an_event_with_fifty_thousand_keys_adds_a_bounded_catalog_and_answer,
+    event_types_come_in_pages_by_name,
+);

@@ -3,7 +3,9 @@
 
 use serde_json::Value;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::both_stores;
+use crate::helpers::{On, TestApp, spawn_app, spawn_app_on};
+use candystore::app::AppOptions;
 
 async fn get(app: &TestApp, path: &str) -> (u16, Value) {
     let res = app.http.get(app.api(path)).send().await.unwrap();
@@ -29,9 +31,8 @@ async fn poison(app: &TestApp) -> Vec<(&'static str, &'static [u8])> {
     bodies
 }
 
-#[tokio::test]
-async fn dead_letters_are_listed_newest_first_and_each_shows_its_body() {
-    let app = spawn_app().await;
+async fn dead_letters_are_listed_newest_first_and_each_shows_its_body(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     let bodies = poison(&app).await;
     let (status, page) = get(&app, "/dead-letters").await;
     assert_eq!(status, 200, "{page}");
@@ -63,9 +64,8 @@ async fn dead_letters_are_listed_newest_first_and_each_shows_its_body() {
     }
 }
 
-#[tokio::test]
-async fn dead_letters_filter_and_page_by_cursor() {
-    let app = spawn_app().await;
+async fn dead_letters_filter_and_page_by_cursor(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     poison(&app).await;
     let (_, page) = get(&app, "/dead-letters?reason=invalid_json").await;
     let keys: Vec<&str> = page["dead_letters"]
@@ -105,9 +105,8 @@ async fn dead_letters_filter_and_page_by_cursor() {
     assert_eq!(ids.len(), 5);
 }
 
-#[tokio::test]
-async fn a_bad_dead_letter_request_names_its_parameter() {
-    let app = spawn_app().await;
+async fn a_bad_dead_letter_request_names_its_parameter(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     for (query, name) in [
         ("reason=nope", "reason"),
         ("routing_key=", "routing_key"),
@@ -262,3 +261,9 @@ async fn purge_deletes_only_the_selected_dead_letters_and_never_events() {
     app.publish("dl.json", b"{not json").await;
     app.wait_for_rows("dead_letter", 4).await;
 }
+
+both_stores!(
+    dead_letters_are_listed_newest_first_and_each_shows_its_body,
+    dead_letters_filter_and_page_by_cursor,
+    a_bad_dead_letter_request_names_its_parameter,
+);

@@ -8,7 +8,8 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::json;
 
-use crate::helpers::{gen1, spawn_app, spawn_app_with};
+use crate::both_stores;
+use crate::helpers::{On, gen1, spawn_app, spawn_app_on, spawn_app_with};
 
 #[tokio::test]
 async fn every_published_event_is_stored_exactly_once() {
@@ -218,9 +219,8 @@ async fn missing_members_fall_back_to_amqp_properties() {
     assert_eq!(r.get::<_, i32>(1), 36, "a derived id is a UUID");
 }
 
-#[tokio::test]
-async fn the_same_event_published_twice_gives_one_row() {
-    let app = spawn_app().await;
+async fn the_same_event_published_twice_gives_one_row(on: On) {
+    let app = spawn_app_on(on, &[], AppOptions::default()).await;
     let body = gen1("dup-1", "a.b");
     app.publish("a.b", &body).await;
     app.publish("a.b", &body).await;
@@ -407,3 +407,5 @@ async fn health_reports_database_and_broker_without_credentials() {
         "application/problem+json"
     );
 }
+
+both_stores!(the_same_event_published_twice_gives_one_row,);

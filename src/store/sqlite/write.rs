@@ -103,11 +103,24 @@ impl Handle {
     /// Starts the writer thread on `store`'s file; it ends when the last handle
     /// is dropped.
     pub fn start(store: &Sqlite) -> Result<Handle, super::SqliteError> {
+        Self::start_counted(store, None)
+    }
+
+    /// As [`Handle::start`], the thread's connection counted in `connections`
+    /// (`candystore_writer_connections`) while the thread lives.
+    pub fn start_counted(
+        store: &Sqlite,
+        connections: Option<&prometheus::IntGauge>,
+    ) -> Result<Handle, super::SqliteError> {
         let conn = store.connect(Role::Write)?;
+        let counted = connections.map(crate::metrics::Raised::new);
         let (jobs, rx) = mpsc::channel(QUEUED);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || {
+                let _counted = counted;
+                run(conn, rx)
+            })
             .map_err(super::SqliteError::Thread)?;
         Ok(Handle {
             jobs,
