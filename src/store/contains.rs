@@ -45,6 +45,63 @@ pub fn parse(text: &[u8]) -> Result<Json, JsonbError> {
     Ok(p.value())
 }
 
+/// A pattern ready to be tested against many stored documents: parsed once,
+/// with the texts every document that contains it must hold in its canonical
+/// text, looked for (memmem) before the document is parsed. A key or string
+/// appears quoted as jsonb writes it; a number as its canonical digits without
+/// trailing fractional zeros, a prefix of every equal number's text (`1.5` of
+/// `1.50`; numeric's output has no exponent). Most documents that do not
+/// contain a rare value are refused without being parsed.
+#[derive(Debug)]
+pub struct Pattern {
+    json: Json,
+    needles: Vec<memchr::memmem::Finder<'static>>,
+}
+
+impl Pattern {
+    pub fn new(text: &[u8]) -> Result<Self, JsonbError> {
+        let json = parse(text)?;
+        let mut texts = Vec::new();
+        needles_of(&json, &mut texts);
+        texts.sort();
+        texts.dedup();
+        let needles = texts
+            .into_iter()
+            .map(|t| memchr::memmem::Finder::new(&t).into_owned())
+            .collect();
+        Ok(Pattern { json, needles })
+    }
+
+    /// Whether the stored document (canonical text) contains the pattern.
+    pub fn matches(&self, doc: &[u8]) -> bool {
+        if !self.needles.iter().all(|n| n.find(doc).is_some()) {
+            return false;
+        }
+        // A stored payload is canonical text; one that is not matches nothing.
+        parse(doc).is_ok_and(|d| contains(&d, &self.json))
+    }
+}
+
+/// The texts a document containing `j` must hold (see [`Pattern`]).
+fn needles_of(j: &Json, out: &mut Vec<Vec<u8>>) {
+    let quoted = |s: &str| {
+        let text = serde_json::to_vec(s).expect("a string serializes");
+        canonical(&text).unwrap_or(text)
+    };
+    match j {
+        Json::String(s) => out.push(quoted(s)),
+        Json::Number(n) => out.push(n.clone().into_bytes()),
+        Json::Array(items) => items.iter().for_each(|i| needles_of(i, out)),
+        Json::Object(members) => {
+            for (k, v) in members {
+                out.push(quoted(k));
+                needles_of(v, out);
+            }
+        }
+        Json::Null | Json::Bool(_) => {}
+    }
+}
+
 /// PostgreSQL's `doc @> pattern`.
 pub fn contains(doc: &Json, pattern: &Json) -> bool {
     let mut unbounded = u32::MAX;
