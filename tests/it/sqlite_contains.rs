@@ -97,3 +97,70 @@ async fn containment_agrees_with_postgresql_on_generated_documents() {
         cases * 2
     );
 }
+
+/// A `payload_contains` page examines at most `CONTAINS_SCAN_ROWS` rows: past
+/// them it ends early with a cursor where the next page goes on, so a rare
+/// match far back is reached by following cursors, each request bounded; a
+/// total past what was examined says it is an estimate.
+#[test]
+fn a_containment_page_is_a_bounded_scan_and_its_cursor_goes_on_where_it_stopped() {
+    use candystore::api::query::EventQuery;
+    use candystore::store::sqlite::read::{CONTAINS_SCAN_ROWS, PageBounds, page};
+    let file = crate::support::TempSqlite::new();
+    let store = candystore::store::sqlite::Sqlite::own(&file.path).unwrap();
+    let mut conn = store
+        .connect(candystore::store::sqlite::Role::Write)
+        .unwrap();
+    let n = CONTAINS_SCAN_ROWS as i64 + 5_000;
+    let tx = conn.transaction().unwrap();
+    for i in 0..n {
+        // The oldest row holds the rare document; one row in ten the common one.
+        let payload = match i {
+            0 => r#"{"rare": true}"#.to_owned(),
+            i if i % 10 == 0 => format!(r#"{{"i": {i}, "k": "common"}}"#),
+            i => format!(r#"{{"i": {i}, "k": "other"}}"#),
+        };
+        tx.execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", \
+             received_at, stored_at, payload, generation, envelope, properties) \
+             VALUES (?1, 't', 's', 'k', 'x', ?2, ?2, ?2, ?3, 1, '{}', '{}')",
+            rusqlite::params![
+                format!("e{i}"),
+                1_700_000_000_000_000i64 + i * 1_000_000,
+                payload
+            ],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let bounds = PageBounds {
+        exact_up_to: 1000,
+        max_bytes: 8 << 20,
+        overhead_bytes: 0,
+    };
+    let ask = |query: &str| page(&conn, &EventQuery::parse(query).unwrap(), bounds).unwrap();
+
+    let first = ask("payload_contains={\"rare\":true}&limit=10");
+    assert!(first.events.is_empty());
+    assert!(first.has_more, "more rows than one scan examines");
+    let cursor = first.next_cursor.expect("a cursor past the rows examined");
+    let next = ask(&format!(
+        "payload_contains={{\"rare\":true}}&limit=10&cursor={}",
+        cursor.encode()
+    ));
+    let ids: Vec<&str> = next.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e0"], "found where the first page stopped");
+    assert!(!next.has_more);
+
+    let common = ask("payload_contains={\"k\":\"common\"}&limit=10");
+    assert_eq!(common.events.len(), 10);
+    assert!(common.has_more);
+    assert_eq!(common.events[0].id, format!("e{}", (n - 1) / 10 * 10));
+    assert!(common.total_is_estimate);
+    let want = n / 10;
+    assert!(
+        (want * 8 / 10..=want * 12 / 10).contains(&common.total),
+        "{} estimated, {want} held",
+        common.total
+    );
+}

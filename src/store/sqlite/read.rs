@@ -336,8 +336,166 @@ fn take_page<T>(
     Ok((page, false, None))
 }
 
+/// Rows one `payload_contains` request examines at most, newest first from
+/// where its page starts (and, for its total, from the newest): no index
+/// answers containment here, so this bounds each request's work
+/// (docs/embedded-store.md states the cost). A page that meets no more
+/// matches within it ends early, with `has_more` and a cursor past the last
+/// row examined, where the next page goes on.
+pub const CONTAINS_SCAN_ROWS: usize = 20_000;
+
+/// What a bounded containment scan saw.
+#[derive(Default)]
+struct Scanned {
+    examined: usize,
+    matched: i64,
+    /// The last row examined.
+    last: Option<Cursor>,
+}
+
+impl Scanned {
+    fn window_full(&self) -> bool {
+        self.examined == CONTAINS_SCAN_ROWS
+    }
+}
+
+/// Walks the rows `filter` selects, newest first, from `from` (exclusive),
+/// at most [`CONTAINS_SCAN_ROWS`]; `on_match` gets each row whose payload
+/// contains `pattern` and the matches so far, and says whether to go on.
+fn scan_containing(
+    conn: &Connection,
+    filter: &str,
+    params: &[Box<dyn ToSql + Send>],
+    from: Option<Cursor>,
+    pattern: &crate::store::contains::Pattern,
+    mut on_match: impl FnMut(&rusqlite::Row<'_>, i64) -> rusqlite::Result<bool>,
+) -> rusqlite::Result<Scanned> {
+    let mut refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref() as &dyn ToSql).collect();
+    let mut clause = filter.to_owned();
+    let position;
+    if let Some(c) = from {
+        position = [c.timestamp_micros, c.seq];
+        refs.extend(position.iter().map(|p| p as &dyn ToSql));
+        clause = format!(
+            "{clause} AND (\"timestamp\", seq) < (?{}, ?{})",
+            refs.len() - 1,
+            refs.len()
+        );
+    }
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE {clause} \
+         ORDER BY \"timestamp\" DESC, seq DESC LIMIT {CONTAINS_SCAN_ROWS}"
+    ))?;
+    let mut rows = statement.query(&refs[..])?;
+    let mut seen = Scanned::default();
+    while let Some(row) = rows.next()? {
+        seen.examined += 1;
+        seen.last = Some(Cursor {
+            timestamp_micros: row.get(6)?,
+            seq: row.get(0)?,
+        });
+        let payload = row.get_ref(8)?.as_bytes()?;
+        if !pattern.matches(payload) {
+            continue;
+        }
+        seen.matched += 1;
+        if !on_match(row, seen.matched)? {
+            break;
+        }
+    }
+    Ok(seen)
+}
+
+/// One page of `q` with `payload_contains`, newest first, by a bounded scan
+/// (see [`CONTAINS_SCAN_ROWS`]), and its total: exact while every match was
+/// seen and no more than the exact cap; else extrapolated from the share of
+/// rows that matched, over the rows the other filters select.
+fn contains_page(
+    conn: &Connection,
+    q: &EventQuery,
+    bounds: PageBounds,
+) -> rusqlite::Result<EventPage> {
+    let doc = q
+        .payload_contains
+        .as_ref()
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    let pattern = crate::store::contains::Pattern::new(doc.as_bytes())
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let tx = conn.unchecked_transaction()?;
+    let mut others = q.clone();
+    others.payload_contains = None;
+    let (filter, params) = conditions(&others);
+    let (limit, offset, cap) = (q.paging.limit, q.paging.offset, bounds.exact_up_to);
+    let from_top = q.paging.cursor.is_none();
+    let (mut events, mut bytes) = (Vec::new(), 0usize);
+    let mut closed: Option<Option<Cursor>> = None;
+    let page_scan = scan_containing(
+        &tx,
+        &filter,
+        &params,
+        q.paging.cursor,
+        &pattern,
+        |row, n| {
+            if n <= offset {
+                return Ok(true);
+            }
+            if closed.is_none() {
+                let e = stored(row, false)?;
+                let size = e.payload.len() + bounds.overhead_bytes;
+                if events.len() as i64 == limit
+                    || (!events.is_empty() && bytes + size > bounds.max_bytes)
+                {
+                    closed = Some(events.last().map(|l: &StoredEvent| Cursor {
+                        timestamp_micros: l.timestamp,
+                        seq: l.seq,
+                    }));
+                } else {
+                    bytes += size;
+                    events.push(e);
+                    return Ok(true);
+                }
+            }
+            // The page is full: from the newest, go on counting for the total.
+            Ok(from_top && n <= offset + cap)
+        },
+    )?;
+    let (has_more, next_cursor) = match closed {
+        Some(cursor) => (true, cursor),
+        // No more matches within the rows examined: go on past them.
+        None if page_scan.window_full() => (true, page_scan.last),
+        None => (false, None),
+    };
+    let counted = if from_top {
+        page_scan
+    } else {
+        scan_containing(&tx, &filter, &params, None, &pattern, |_, n| Ok(n <= cap))?
+    };
+    let (total, total_is_estimate) = if !counted.window_full() && counted.matched <= cap + offset {
+        (counted.matched, false)
+    } else {
+        let others_total = total(&tx, &filter, &params, cap)?.0;
+        let share = counted.matched as f64 / counted.examined.max(1) as f64;
+        (
+            ((share * others_total as f64).round() as i64).max(counted.matched),
+            true,
+        )
+    };
+    tx.finish()?;
+    Ok(EventPage {
+        events,
+        has_more,
+        next_cursor,
+        total,
+        total_is_estimate,
+    })
+}
+
 /// One page of `q`, newest first, and its total.
 pub fn page(conn: &Connection, q: &EventQuery, bounds: PageBounds) -> rusqlite::Result<EventPage> {
+    if q.payload_contains.is_some() {
+        return contains_page(conn, q, bounds);
+    }
     // One snapshot for the page and its count.
     let tx = conn.unchecked_transaction()?;
     let (filter, mut params) = conditions(q);
