@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Peak RSS (VmHWM) of a separate `candystore serve` draining a backlog of COUNT
 # events of SIZE bytes, published while it is stopped (SIGSTOP), with the settings
-# of the caller's environment (e.g. MAX_INFLIGHT_BYTES). Prints one line.
+# of the caller's environment (e.g. MAX_INFLIGHT_BYTES; STORE=sqlite for the
+# embedded store). Prints one line.
 # Defaults: COUNT=1000 SIZE=1048576 (issue 10's "1,000 events of 1 MB").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,7 +14,7 @@ $BIN publish --count "$COUNT" --size "$SIZE" --generation 1 >/dev/null
 echo 5 > "/proc/$pid/clear_refs"   # reset the high-water mark
 kill -CONT "$pid"
 start=$(date +%s.%N)
-until [ "$(psql -h 127.0.0.1 -U postgres -d "$DB" -tAc "SELECT count(*) FROM events")" -ge "$COUNT" ]; do
+until [ "$(store_query "SELECT count(*) FROM events")" -ge "$COUNT" ]; do
   sleep 0.5
 done
-echo "drained $COUNT x $SIZE B in $(echo "$(date +%s.%N) - $start" | bc) s; peak RSS $(awk '/VmHWM/ {print int($2/1024)}' "/proc/$pid/status") MB; MAX_INFLIGHT_BYTES=${MAX_INFLIGHT_BYTES:-default}"
+echo "drained $COUNT x $SIZE B in $(echo "$(date +%s.%N) - $start" | bc) s; peak RSS $(awk '/VmHWM/ {print int($2/1024)}' "/proc/$pid/status") MB; MAX_INFLIGHT_BYTES=${MAX_INFLIGHT_BYTES:-default}; store ${STORE:-postgres}"
