@@ -182,18 +182,62 @@ fn record_type(table: Table) -> &'static str {
 }
 
 /// The columns of the table, computed from the typed record `r`.
-fn restore_select(table: Table) -> &'static str {
-    match table {
-        Table::Events => {
-            "r.seq, r.id, r.event_type, r.source, r.target, r.routing_key, r.exchange, r.\"timestamp\", r.received_at, \
-             r.stored_at, r.payload, r.session_id, r.correlation_id, r.storage_latency_ms, r.generation, r.envelope::json, \
-             r.payload_member, r.properties::json, r.sanitized, decode(r.original_body, 'base64')"
-        }
-        Table::DeadLetter => {
-            "r.seq, decode(r.fingerprint, 'hex'), r.received_at, r.stored_at, r.exchange, r.routing_key, \
-             r.properties::json, decode(r.body, 'base64'), r.reason, r.detail"
+/// What a restore inserts: each column with the expression that fills it from
+/// the archive line (`r`, the line parsed by `jsonb_to_record`; `l.fresh`, a
+/// new salt). At home (`adopt` false) a row goes back to its place, `seq` and
+/// (events) `txid`, its legacy attestation and its leaf's salt with it (NULL
+/// in archives of before migrations 0015 and 0019; `txid` 0 before archives
+/// kept it). As a new write (`adopt`) it takes this store's next `seq` and
+/// `txid`, and keeps its salt (a new one for a row stored before the tree).
+fn restore_columns(table: Table, adopt: bool) -> Vec<(&'static str, &'static str)> {
+    let mut pairs = match table {
+        Table::Events => vec![
+            ("seq", "r.seq"),
+            ("id", "r.id"),
+            ("event_type", "r.event_type"),
+            ("source", "r.source"),
+            ("target", "r.target"),
+            ("routing_key", "r.routing_key"),
+            ("exchange", "r.exchange"),
+            ("\"timestamp\"", "r.\"timestamp\""),
+            ("received_at", "r.received_at"),
+            ("stored_at", "r.stored_at"),
+            ("payload", "r.payload"),
+            ("session_id", "r.session_id"),
+            ("correlation_id", "r.correlation_id"),
+            ("storage_latency_ms", "r.storage_latency_ms"),
+            ("generation", "r.generation"),
+            ("envelope", "r.envelope::json"),
+            ("payload_member", "r.payload_member"),
+            ("properties", "r.properties::json"),
+            ("sanitized", "r.sanitized"),
+            ("original_body", "decode(r.original_body, 'base64')"),
+            ("txid", "coalesce(r.txid, 0)"),
+            ("attestation", "decode(r.attestation, 'hex')"),
+            ("salt", "decode(r.salt, 'hex')"),
+        ],
+        Table::DeadLetter => vec![
+            ("seq", "r.seq"),
+            ("fingerprint", "decode(r.fingerprint, 'hex')"),
+            ("received_at", "r.received_at"),
+            ("stored_at", "r.stored_at"),
+            ("exchange", "r.exchange"),
+            ("routing_key", "r.routing_key"),
+            ("properties", "r.properties::json"),
+            ("body", "decode(r.body, 'base64')"),
+            ("reason", "r.reason"),
+            ("detail", "r.detail"),
+        ],
+    };
+    if adopt {
+        pairs.retain(|(column, _)| !matches!(*column, "seq" | "txid"));
+        for (column, expression) in &mut pairs {
+            if *column == "salt" {
+                *expression = "coalesce(decode(r.salt, 'hex'), l.fresh)";
+            }
         }
     }
+    pairs
 }
 
 fn archive_err(path: &Path, reason: impl Into<String>) -> StorageError {
@@ -1211,10 +1255,16 @@ async fn restore_file(
 /// leaves.
 fn restore_sql(table: Table, counting: bool, adopt: bool) -> String {
     let name = table.name();
-    let columns = table.columns();
+    let pairs = restore_columns(table, adopt);
+    let columns = pairs.iter().map(|p| p.0).collect::<Vec<_>>().join(", ");
+    let lines = if adopt && table == Table::Events {
+        "unnest($1::text[], $2::bytea[]) AS l(line, fresh)"
+    } else {
+        "unnest($1::text[]) AS l(line)"
+    };
     let parsed = format!(
-        "SELECT {} FROM unnest($1::text[]) AS l(line), jsonb_to_record(l.line::jsonb) AS r({})",
-        restore_select(table),
+        "SELECT {} FROM {lines}, jsonb_to_record(l.line::jsonb) AS r({})",
+        pairs.iter().map(|p| p.1).collect::<Vec<_>>().join(", "),
         record_type(table)
     );
     let returned = match table {
@@ -1225,48 +1275,23 @@ fn restore_sql(table: Table, counting: bool, adopt: bool) -> String {
     };
     let keys = match table {
         // The same rule as sql/0008: rows whose time looks like a fallback.
-        Table::Events => "INSERT INTO event_keys (id, source, \"timestamp\") SELECT id, source, \"timestamp\" FROM ins \
+        Table::Events => {
+            "INSERT INTO event_keys (id, source, \"timestamp\") SELECT id, source, \"timestamp\" FROM ins \
              WHERE \"timestamp\" = received_at OR ((properties->>'timestamp') ~ '^[0-9]{1,15}$' AND \"timestamp\" IN \
              (to_timestamp((properties->>'timestamp')::float8), to_timestamp((properties->>'timestamp')::float8 / 1000))) \
              ON CONFLICT DO NOTHING"
-            .to_owned(),
-        Table::DeadLetter => "INSERT INTO dead_letter_keys (fingerprint, received_at) SELECT fingerprint, received_at FROM ins \
+        }
+        Table::DeadLetter => {
+            "INSERT INTO dead_letter_keys (fingerprint, received_at) SELECT fingerprint, received_at FROM ins \
              ON CONFLICT DO NOTHING"
-            .to_owned(),
+        }
     };
-    // A restored event goes back to its place in the storage order, `(txid, seq)`:
-    // the audit chain sealed it there, so `verify` checks it against its digest
+    // A restored event at home goes back to its place in the storage order,
+    // `(txid, seq)`: the tree holds its leaf there, so `verify` checks it
     // again, and it sits behind every live-tail position, so no stream sends it
-    // (history, not news). Archives written before they kept `txid` restore at
-    // `txid` 0, before every position. The legacy writer attestation and the
-    // salt of the row's leaf travel with it too (NULL in archives written before
-    // migrations 0015 and 0019), so `verify` compares it with its leaf again.
-    let (columns, parsed) = match table {
-        Table::Events => (
-            format!("{columns}, txid, attestation, salt"),
-            parsed.replacen(
-                " FROM unnest",
-                ", coalesce(r.txid, 0), decode(r.attestation, 'hex'), decode(r.salt, 'hex') FROM unnest",
-                1,
-            ),
-        ),
-        Table::DeadLetter => (columns.to_owned(), parsed),
-    };
-    let (columns, parsed, returned, answer) = if adopt && table == Table::DeadLetter {
+    // (history, not news). A new write returns what its leaf commits to.
+    let (returned, answer) = if adopt && table == Table::Events {
         (
-            columns.replacen("seq, ", "", 1),
-            parsed.replacen("r.seq, ", "", 1),
-            returned.to_string(),
-            "SELECT count(*), max(seq) FROM ins".to_string(),
-        )
-    } else if adopt {
-        (
-            columns.replacen("seq, ", "", 1).replace(", txid,", ","),
-            parsed
-                .replacen("r.seq, ", "", 1)
-                .replace(", coalesce(r.txid, 0),", ",")
-                .replace("decode(r.salt, 'hex')", "coalesce(decode(r.salt, 'hex'), l.fresh)")
-                .replace("unnest($1::text[]) AS l(line)", "unnest($1::text[], $2::bytea[]) AS l(line, fresh)"),
             format!(
                 "{returned}, target, routing_key, exchange, payload::text AS payload_text, \
                  envelope::text AS envelope_text, payload_member, properties::text AS properties_text, \
@@ -1274,16 +1299,10 @@ fn restore_sql(table: Table, counting: bool, adopt: bool) -> String {
             ),
             "SELECT txid, seq, id, source, \"timestamp\", event_type, target, routing_key, exchange, \
              received_at, payload_text, envelope_text, payload_member, properties_text, session_id, \
-             correlation_id, generation, sanitized, original_body, salt FROM ins"
-                .to_string(),
+             correlation_id, generation, sanitized, original_body, salt FROM ins",
         )
     } else {
-        (
-            columns,
-            parsed,
-            returned.to_string(),
-            "SELECT count(*), max(seq) FROM ins".to_string(),
-        )
+        (returned.to_owned(), "SELECT count(*), max(seq) FROM ins")
     };
     format!(
         "WITH ins AS (INSERT INTO {name} ({columns}) {parsed} ON CONFLICT DO NOTHING RETURNING {returned}), \
@@ -1375,7 +1394,47 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use std::time::Duration;
 
-    use super::{Pace, Pacer, in_background};
+    use super::{Pace, Pacer, Table, in_background, restore_columns};
+
+    #[test]
+    fn a_restore_at_home_fills_every_column_of_the_table_and_a_new_write_all_but_its_place() {
+        let names = |table, adopt| {
+            restore_columns(table, adopt)
+                .iter()
+                .map(|p| p.0)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        use crate::storage::schema::{DEAD_LETTER_COLUMNS, EVENT_COLUMNS};
+        assert_eq!(
+            names(Table::Events, false),
+            format!("{EVENT_COLUMNS}, txid, attestation, salt")
+        );
+        assert_eq!(names(Table::DeadLetter, false), DEAD_LETTER_COLUMNS);
+        assert_eq!(
+            names(Table::Events, true),
+            format!(
+                "{}, attestation, salt",
+                EVENT_COLUMNS.strip_prefix("seq, ").unwrap()
+            )
+        );
+        assert_eq!(
+            names(Table::DeadLetter, true),
+            DEAD_LETTER_COLUMNS.strip_prefix("seq, ").unwrap()
+        );
+        let salt = |adopt| {
+            restore_columns(Table::Events, adopt)
+                .into_iter()
+                .find(|p| p.0 == "salt")
+                .unwrap()
+                .1
+        };
+        assert_eq!(salt(false), "decode(r.salt, 'hex')");
+        assert!(
+            salt(true).contains("l.fresh"),
+            "a new salt for a row without one"
+        );
+    }
 
     #[test]
     fn a_paced_reader_waits_until_its_bytes_are_due_and_a_full_one_never_waits() {
