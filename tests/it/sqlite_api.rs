@@ -378,19 +378,7 @@ async fn a_live_tail_on_the_embedded_store_sends_each_event_once_in_order_and_re
 
 /// `candystore ARGS` on the embedded file: (exit code, stdout, stderr).
 async fn cli(file: &TempSqlite, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", file.url())
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::support::run_candystore(args, &[("DATABASE_URL", &file.url())]).await
 }
 
 #[tokio::test]

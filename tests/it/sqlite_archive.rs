@@ -17,23 +17,10 @@ use crate::support::TempSqlite;
 
 /// `candystore ARGS` against `database_url`: its exit code and output.
 async fn cli(database_url: &str, args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_candystore"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", database_url)
-        .env("AUDIT_KEY", KEY)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (code, stdout, stderr) =
+        crate::support::run_candystore(args, &[("DATABASE_URL", database_url), ("AUDIT_KEY", KEY)])
+            .await;
+    (code, format!("{stdout}{stderr}"))
 }
 
 /// Every published event's raw view, as `app` serves it.

@@ -3,8 +3,6 @@
 //! while the service runs, each named by `verify` (the library call and the
 //! command).
 
-use std::process::Command;
-
 use candystore::app::AppOptions;
 use candystore::audit::attest::Keyring;
 use candystore::audit::note::VerifierKey;
@@ -14,7 +12,7 @@ use candystore::store::sqlite::verify::verify;
 use crate::audit::{KEY, outside_key};
 use crate::audit_tree::checkpoint_covering;
 use crate::helpers::{TestApp, gen1, spawn_app_with};
-use crate::support::TempSqlite;
+use crate::support::{TempSqlite, candystore};
 
 fn ring() -> Keyring {
     Keyring::new(&[KEY.to_string()]).unwrap()
@@ -70,15 +68,17 @@ async fn publish_n(app: &TestApp, prefix: &str, range: std::ops::Range<usize>) {
 
 /// `candystore verify` on the file: its exit code and what it printed.
 fn verify_command(app: &TestApp, file: &TempSqlite) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_candystore"))
-        .arg("verify")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", file.url())
-        .env("SIGNING_KEY_FILE", app.key_file())
-        .env("AUDIT_KEY", KEY)
-        .output()
-        .unwrap();
+    let key_file = app.key_file().display().to_string();
+    let out = candystore(
+        &["verify"],
+        &[
+            ("DATABASE_URL", &file.url()),
+            ("SIGNING_KEY_FILE", &key_file),
+            ("AUDIT_KEY", KEY),
+        ],
+    )
+    .output()
+    .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -245,13 +245,9 @@ async fn an_event_of_the_embedded_store_is_proved_to_a_third_party_by_its_bundle
     let key = outside_key(&app);
     publish_n(&app, "p", 0..5).await;
     checkpoint_covering(&app, &key, 5).await;
+    let url = file.url();
     let prove = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_candystore"))
-            .arg("prove")
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", file.url())
+        candystore(&[&["prove"], args].concat(), &[("DATABASE_URL", &url)])
             .output()
             .unwrap()
     };
@@ -298,13 +294,9 @@ async fn a_redacted_event_of_the_embedded_store_verifies_as_redacted_even_after_
     publish_n(&app, "r", 0..5).await;
     checkpoint_covering(&app, &key, 6).await;
     app.stop().await;
+    let url = file.url();
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_candystore"))
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", file.url())
-            .env("AUDIT_KEY", KEY)
+        candystore(args, &[("DATABASE_URL", &url), ("AUDIT_KEY", KEY)])
             .output()
             .unwrap()
     };

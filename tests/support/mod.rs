@@ -153,3 +153,28 @@ impl Drop for TempSqlite {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `candystore ARGS` with nothing of the test's own environment but PATH, and
+/// the settings in `env`.
+pub fn candystore(args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_candystore"));
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied());
+    command
+}
+
+/// [`candystore`] run to its end: (exit code, stdout, stderr).
+pub async fn run_candystore(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = tokio::process::Command::from(candystore(args, env))
+        .output()
+        .await
+        .expect("run candystore");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
