@@ -4,9 +4,11 @@ SHELL := /bin/bash
 ## default); PostgreSQL with DATABASE_URL=postgres://…
 export DATABASE_URL ?= sqlite:candystore.db
 export LOG_FORMAT ?= console
+## rustup's toolchain, where scripts/ensure-toolchain.sh installs it, before the system's
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 BIN := target/release/candystore
 
-.PHONY: run build services services-test migrate test browser pynacl lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost loadtest-operations test-faults fuzz schemathesis test-all loadtest-memory loadtest-backlog loadtest-archive
+.PHONY: run toolchain build services services-test migrate test browser pynacl lint ops-check bench loadtest loadtest-query loadtest-storage loadtest-write-cost loadtest-operations test-faults fuzz schemathesis test-all loadtest-memory loadtest-backlog loadtest-archive
 
 ## build, prepare the store (the embedded file, or PostgreSQL's database created if
 ## missing and migrated), serve (Ctrl-C stops cleanly); a given DATABASE_URL is used
@@ -14,7 +16,11 @@ BIN := target/release/candystore
 run: build services migrate
 	$(BIN) serve
 
-build:
+## Rust (Cargo.toml's rust-version) and a C compiler, installed when missing
+toolchain:
+	@bash scripts/ensure-toolchain.sh
+
+build: toolchain
 	cargo build --release --locked
 
 ## what DATABASE_URL's store needs (RabbitMQ; PostgreSQL unless the store is embedded),
@@ -31,7 +37,7 @@ migrate: build services
 
 ## everything CI checks: format, lints, ops files, unit, integration and property tests
 ## (with the independent Python check of the audit proofs, scripts/verify_proof.py)
-test: services-test lint ops-check browser pynacl
+test: toolchain services-test lint ops-check browser pynacl
 	cargo test --locked
 
 ## PyNaCl, for scripts/verify_proof.py (the proofs' second implementation)

@@ -139,3 +139,72 @@ fn every_production_file_the_project_ships_names_postgresql() {
         );
     }
 }
+
+/// `scripts/ensure-toolchain.sh --plan` for a machine with `rustc` (a version,
+/// or none), rustup, a C compiler, curl and apt-get or not: its lines.
+fn toolchain_plan(rustc: &str, rustup: bool, cc: bool, curl: bool, apt: bool) -> Vec<String> {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let out = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/ensure-toolchain.sh"
+        ))
+        .arg("--plan")
+        .env("ENSURE_RUSTC", rustc)
+        .env("ENSURE_RUSTUP", yes(rustup))
+        .env("ENSURE_CC", yes(cc))
+        .env("ENSURE_CURL", yes(curl))
+        .env("ENSURE_APT", yes(apt))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_toolchain_is_installed_on_a_machine_with_nothing_and_left_alone_where_it_suffices() {
+    let need = env!("CARGO_PKG_RUST_VERSION");
+    // A machine with nothing: curl and a C compiler from apt-get, then rustup.
+    assert_eq!(
+        toolchain_plan("none", false, false, false, true),
+        [
+            "rust: missing: curl with apt-get, then rustup's installer, stable, into ~/.cargo",
+            "cc: missing: build-essential with apt-get"
+        ]
+    );
+    // Rust new enough and a compiler: nothing.
+    assert_eq!(
+        toolchain_plan("1.95.0", true, true, true, true),
+        [
+            format!("rust: rustc 1.95.0 (at least {need})"),
+            "cc: present".to_owned()
+        ]
+    );
+    // An older rustup toolchain is updated; an older system rustc gets rustup beside it.
+    assert_eq!(
+        toolchain_plan("1.80.0", true, true, true, false)[0],
+        format!("rust: rustc 1.80.0 is older than {need}: rustup update stable")
+    );
+    assert_eq!(
+        toolchain_plan("1.63.0", false, true, true, true)[0],
+        format!(
+            "rust: rustc 1.63.0 is older than {need} and not rustup's: rustup's installer, stable, into ~/.cargo"
+        )
+    );
+    // No apt-get: what is missing is named, nothing guessed.
+    assert_eq!(
+        toolchain_plan("none", false, false, false, false),
+        [
+            "rust: missing: rustup's installer, stable, into ~/.cargo (needs curl)",
+            "cc: missing, and no apt-get here: install a C compiler (gcc or clang)"
+        ]
+    );
+}
