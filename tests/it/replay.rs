@@ -24,12 +24,17 @@ struct Sink {
 
 /// Replays every stored event to `exchange`, confirmed.
 async fn replay_all(app: &TestApp, exchange: &str) -> Progress {
+    replay_selected(app, "", exchange).await
+}
+
+/// Replays the events `query` (`GET /events`'s filters) selects to `exchange`.
+async fn replay_selected(app: &TestApp, query: &str, exchange: &str) -> Progress {
     let publisher = candystore::source::publish::Republisher::connect(AMQP)
         .await
         .unwrap();
-    let all = EventQuery::parse("").unwrap();
+    let selected = EventQuery::parse(query).unwrap();
     let job = Replay {
-        query: &all,
+        query: &selected,
         exchange,
         rate: 0,
         resume: None,
@@ -239,26 +244,7 @@ async fn a_replay_publishes_every_stored_envelope_as_published_in_time_order(on:
 async fn candystore_ingests_its_own_replay_without_adding_a_row(on: On) {
     let app = spawn_app_on(on, &[], AppOptions::default()).await;
     publish_mix(&app, 12).await;
-    let publisher = candystore::source::publish::Republisher::connect(AMQP)
-        .await
-        .unwrap();
-    let one_type = EventQuery::parse("event_type=agent.task.started").unwrap();
-    let job = Replay {
-        query: &one_type,
-        exchange: &app.exchange,
-        rate: 0,
-        resume: None,
-    };
-    let mut progress = Progress::default();
-    replay::run(
-        &app.ops_store().await,
-        &publisher,
-        &job,
-        &mut progress,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let progress = replay_selected(&app, "event_type=agent.task.started", &app.exchange).await;
     assert!(progress.published > 0);
     app.wait_until(std::time::Duration::from_secs(10), || async {
         app.metric("candystore_replays_ignored_total").await == progress.published as f64

@@ -26,6 +26,11 @@ fn plan(
     if let Some(url) = database_url {
         cmd.env("DATABASE_URL", url);
     }
+    lines(cmd)
+}
+
+/// The lines a script printed, once it succeeded.
+fn lines(mut cmd: Command) -> Vec<String> {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -144,29 +149,18 @@ fn every_production_file_the_project_ships_names_postgresql() {
 /// or none), rustup, a C compiler, curl and apt-get or not: its lines.
 fn toolchain_plan(rustc: &str, rustup: bool, cc: bool, curl: bool, apt: bool) -> Vec<String> {
     let yes = |b: bool| if b { "yes" } else { "no" };
-    let out = Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/ensure-toolchain.sh"
-        ))
-        .arg("--plan")
-        .env("ENSURE_RUSTC", rustc)
-        .env("ENSURE_RUSTUP", yes(rustup))
-        .env("ENSURE_CC", yes(cc))
-        .env("ENSURE_CURL", yes(curl))
-        .env("ENSURE_APT", yes(apt))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    let mut cmd = Command::new("bash");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/ensure-toolchain.sh"
+    ))
+    .arg("--plan")
+    .env("ENSURE_RUSTC", rustc)
+    .env("ENSURE_RUSTUP", yes(rustup))
+    .env("ENSURE_CC", yes(cc))
+    .env("ENSURE_CURL", yes(curl))
+    .env("ENSURE_APT", yes(apt));
+    lines(cmd)
 }
 
 #[test]
