@@ -30,6 +30,7 @@ serve_throwaway() {
   $BIN serve & pid=$!
   trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true
         rabbitmqctl -q delete_queue "$RABBIT_QUEUE" >/dev/null 2>&1 || true
+        rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$RABBIT_EXCHANGE\">>), false, <<\"cli\">>)." >/dev/null 2>&1 || true
         psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
         rm -f "$SIGNING_KEY_FILE" ${FILE:+"$FILE" "$FILE-wal" "$FILE-shm" "$FILE.lock"}' EXIT
   for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$API_PORT/health" >/dev/null && break; sleep 0.2; done
