@@ -20,6 +20,11 @@ impl Store {
     /// The embedded file at `path`, which must exist.
     pub fn sqlite(path: &std::path::Path, writing: bool) -> Result<Store, SqliteError> {
         let conn = crate::store::sqlite::beside(path, writing)?;
+        // `payload_contains` in a selection (replay's filters) is a SQL function.
+        crate::store::sqlite::read::with_functions(&conn).map_err(|source| SqliteError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
         Ok(Store::Sqlite(Arc::new(Mutex::new(conn))))
     }
 }

@@ -166,10 +166,15 @@ async fn a_replay_publishes_every_stored_envelope_as_published_in_time_order(on:
         rate: 0,
         resume: None,
     };
-    assert_eq!(
-        replay::count(&app.ops_store().await, &job).await.unwrap(),
-        30
-    );
+    let store = app.ops_store().await;
+    assert_eq!(replay::count(&store, &job).await.unwrap(), 30);
+    // A selection by payload (a SQL function on the embedded store).
+    let by_payload = EventQuery::parse("payload_contains={}").unwrap();
+    let selected = Replay {
+        query: &by_payload,
+        ..job
+    };
+    assert_eq!(replay::count(&store, &selected).await.unwrap(), 30);
     let mut positions: Vec<Cursor> = Vec::new();
     let mut progress = Progress::default();
     replay::run(

@@ -109,6 +109,16 @@ impl Reader {
 /// A read connection with the functions the queries use.
 fn open_reader(store: &Sqlite) -> Result<Connection, SqliteError> {
     let conn = store.connect(Role::Read)?;
+    with_functions(&conn).map_err(|source| SqliteError::Open {
+        path: store.path().display().to_string(),
+        source,
+    })?;
+    Ok(conn)
+}
+
+/// Gives `conn` the SQL functions the event queries use (`jsonb_contains`,
+/// for `payload_contains`).
+pub fn with_functions(conn: &Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function(
         "jsonb_contains",
         2,
@@ -124,11 +134,6 @@ fn open_reader(store: &Sqlite) -> Result<Connection, SqliteError> {
             Ok(pattern.matches(doc))
         },
     )
-    .map_err(|source| SqliteError::Open {
-        path: store.path().display().to_string(),
-        source,
-    })?;
-    Ok(conn)
 }
 
 /// An event as stored, with what the API shows of it.
