@@ -225,35 +225,46 @@ async fn page(
         }
         Store::Sqlite(conn) => {
             let query = query.clone();
-            let (stored, full) = on_file::<_, ReplayError>(conn, move |c| {
-                crate::store::sqlite::replay::page(c, &query, position, PAGE as usize, PAGE_BYTES)
+            // Each row becomes its event as it is read: the page holds the
+            // rebuilt bodies alone, not the stored columns beside them.
+            let (events, full) = on_file::<_, ReplayError>(conn, move |c| {
+                let mut events = Vec::new();
+                let full = crate::store::sqlite::replay::page(
+                    c,
+                    &query,
+                    position,
+                    PAGE as usize,
+                    PAGE_BYTES,
+                    |e| events.push(republished(e)),
+                )?;
+                Ok((events, full))
             })
             .await?;
-            let events = stored
-                .into_iter()
-                .map(|e| {
-                    let body = rebuild(
-                        e.envelope.as_bytes(),
-                        e.payload.as_bytes(),
-                        e.payload_member.as_deref(),
-                    )
-                    .ok_or(ReplayError::BadEnvelope(e.seq))?;
-                    let properties = serde_json::from_str(&e.properties)
-                        .map_err(|_| ReplayError::BadProperties(e.seq))?;
-                    Ok(Event {
-                        at: Cursor {
-                            timestamp_micros: e.timestamp,
-                            seq: e.seq,
-                        },
-                        routing_key: e.routing_key,
-                        body,
-                        properties,
-                    })
-                })
-                .collect::<Result<_, ReplayError>>()?;
+            let events = events.into_iter().collect::<Result<_, ReplayError>>()?;
             Ok(Page { events, full })
         }
     }
+}
+
+/// A stored event of the embedded file as it is published again.
+fn republished(e: crate::store::sqlite::replay::Stored) -> Result<Event, ReplayError> {
+    let body = rebuild(
+        e.envelope.as_bytes(),
+        e.payload.as_bytes(),
+        e.payload_member.as_deref(),
+    )
+    .ok_or(ReplayError::BadEnvelope(e.seq))?;
+    let properties =
+        serde_json::from_str(&e.properties).map_err(|_| ReplayError::BadProperties(e.seq))?;
+    Ok(Event {
+        at: Cursor {
+            timestamp_micros: e.timestamp,
+            seq: e.seq,
+        },
+        routing_key: e.routing_key,
+        body,
+        properties,
+    })
 }
 
 /// Reads PostgreSQL's next page, streaming rows and stopping once they hold

@@ -63,23 +63,25 @@ pub fn count(conn: &Connection, q: &EventQuery, after: Option<Cursor>) -> rusqli
     Ok(n as u64)
 }
 
-/// The next events `q` selects past `after`, oldest first: at most `limit`, and
-/// no more once they hold `max_bytes` of envelope and payload (one larger event
-/// is a page of its own). The flag says whether a bound closed the page.
+/// The next events `q` selects past `after`, oldest first, each handed to
+/// `each` as it is read (none held here): at most `limit`, and no more once they
+/// hold `max_bytes` of envelope and payload (one larger event is a page of its
+/// own). Says whether a bound closed the page.
 pub fn page(
     conn: &Connection,
     q: &EventQuery,
     after: Option<Cursor>,
     limit: usize,
     max_bytes: usize,
-) -> rusqlite::Result<(Vec<Stored>, bool)> {
+    mut each: impl FnMut(Stored),
+) -> rusqlite::Result<bool> {
     let (filter, params) = selected(q, after);
     let mut statement = conn.prepare_cached(&format!(
         "SELECT seq, \"timestamp\", routing_key, envelope, payload, payload_member, properties \
          FROM events WHERE {filter} ORDER BY \"timestamp\", seq LIMIT {limit}"
     ))?;
     let mut rows = statement.query(&refs(&params)[..])?;
-    let (mut page, mut bytes) = (Vec::new(), 0);
+    let (mut read, mut bytes) = (0, 0);
     while let Some(r) = rows.next()? {
         let event = Stored {
             seq: r.get(0)?,
@@ -91,11 +93,11 @@ pub fn page(
             properties: super::column_text(r, 6)?,
         };
         bytes += event.envelope.len() + event.payload.len();
-        page.push(event);
+        read += 1;
+        each(event);
         if bytes >= max_bytes {
-            return Ok((page, true));
+            return Ok(true);
         }
     }
-    let full = page.len() == limit;
-    Ok((page, full))
+    Ok(read == limit)
 }
