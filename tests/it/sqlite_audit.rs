@@ -85,18 +85,21 @@ fn verify_command(app: &TestApp, file: &TempSqlite) -> (i32, String) {
     )
 }
 
+/// The service on `file`, sealing every 100 ms, its rows attested with
+/// AUDIT_KEY when `attested`.
+async fn spawn_on_file(file: &TempSqlite, attested: bool) -> TestApp {
+    let url = file.url();
+    let mut settings = vec![("DATABASE_URL", url.as_str()), ("SEAL_INTERVAL", "100ms")];
+    if attested {
+        settings.push(("AUDIT_KEY", KEY));
+    }
+    spawn_app_with(&settings, AppOptions::default()).await
+}
+
 #[tokio::test]
 async fn on_the_embedded_store_every_rewrite_of_rows_leaves_tiles_or_checkpoints_is_named() {
     let file = TempSqlite::new();
-    let app = spawn_app_with(
-        &[
-            ("DATABASE_URL", &file.url()),
-            ("SEAL_INTERVAL", "100ms"),
-            ("AUDIT_KEY", KEY),
-        ],
-        AppOptions::default(),
-    )
-    .await;
+    let app = spawn_on_file(&file, true).await;
     let key = outside_key(&app);
     // Past 256 leaves, so a tile is stored.
     publish_n(&app, "a", 0..300).await;
@@ -237,11 +240,7 @@ async fn on_the_embedded_store_every_rewrite_of_rows_leaves_tiles_or_checkpoints
 #[tokio::test]
 async fn an_event_of_the_embedded_store_is_proved_to_a_third_party_by_its_bundle() {
     let file = TempSqlite::new();
-    let app = spawn_app_with(
-        &[("DATABASE_URL", &file.url()), ("SEAL_INTERVAL", "100ms")],
-        AppOptions::default(),
-    )
-    .await;
+    let app = spawn_on_file(&file, false).await;
     let key = outside_key(&app);
     publish_n(&app, "p", 0..5).await;
     checkpoint_covering(&app, &key, 5).await;
@@ -281,15 +280,7 @@ async fn an_event_of_the_embedded_store_is_proved_to_a_third_party_by_its_bundle
 async fn a_redacted_event_of_the_embedded_store_verifies_as_redacted_even_after_a_restore_of_an_older_archive()
  {
     let file = TempSqlite::new();
-    let mut app = spawn_app_with(
-        &[
-            ("DATABASE_URL", &file.url()),
-            ("SEAL_INTERVAL", "100ms"),
-            ("AUDIT_KEY", KEY),
-        ],
-        AppOptions::default(),
-    )
-    .await;
+    let mut app = spawn_on_file(&file, true).await;
     let key = outside_key(&app);
     publish_n(&app, "r", 0..5).await;
     checkpoint_covering(&app, &key, 6).await;

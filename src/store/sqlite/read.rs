@@ -231,6 +231,27 @@ impl Where {
     }
 }
 
+/// Borrows boxed parameters as rusqlite takes them.
+pub(super) fn refs(params: &[Box<dyn ToSql + Send>]) -> Vec<&dyn ToSql> {
+    params.iter().map(|p| p.as_ref() as &dyn ToSql).collect()
+}
+
+/// `clause` narrowed to the rows past `c` in the (`time`, seq) order (`cmp`:
+/// `<` walking newest first, `>` oldest first), its two values pushed to
+/// `params`.
+pub(super) fn past(
+    clause: &str,
+    params: &mut Vec<Box<dyn ToSql + Send>>,
+    time: &str,
+    cmp: &str,
+    c: Cursor,
+) -> String {
+    params.push(Box::new(c.timestamp_micros));
+    params.push(Box::new(c.seq));
+    let (t, s) = (params.len() - 1, params.len());
+    format!("{clause} AND ({time}, seq) {cmp} (?{t}, ?{s})")
+}
+
 /// The WHERE clause of `q` (without paging) and its parameters.
 pub(super) fn conditions(q: &EventQuery) -> (String, Vec<Box<dyn ToSql + Send>>) {
     let mut w = Where::default();
@@ -281,10 +302,7 @@ fn walk(
     };
     let mut clause = filter.to_owned();
     if let Some(c) = paging.cursor {
-        params.push(Box::new(c.timestamp_micros));
-        params.push(Box::new(c.seq));
-        let (t, s) = (params.len() - 1, params.len());
-        clause = format!("{clause} AND (\"timestamp\", seq) {cmp} (?{t}, ?{s})");
+        clause = past(&clause, params, "\"timestamp\"", cmp, c);
     }
     let limit = paging.limit;
     let sql = format!(
@@ -293,7 +311,7 @@ fn walk(
         paging.offset
     );
     let mut statement = conn.prepare_cached(&sql)?;
-    let refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref() as &dyn ToSql).collect();
+    let refs = refs(params);
     let rows = statement.query(&refs[..])?;
     let (events, has_more, next_cursor) = take_page(
         rows,
@@ -375,7 +393,7 @@ fn scan_containing(
     pattern: &crate::store::contains::Pattern,
     mut on_match: impl FnMut(&rusqlite::Row<'_>, i64) -> rusqlite::Result<bool>,
 ) -> rusqlite::Result<Scanned> {
-    let mut refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref() as &dyn ToSql).collect();
+    let mut refs = refs(params);
     let mut clause = filter.to_owned();
     let position;
     if let Some(c) = from {
@@ -613,7 +631,7 @@ fn total(
     params: &[Box<dyn ToSql + Send>],
     cap: i64,
 ) -> rusqlite::Result<(i64, bool)> {
-    let refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref() as &dyn ToSql).collect();
+    let refs = refs(params);
     let counted: i64 = conn
         .prepare_cached(&format!(
             "SELECT count(*) FROM (SELECT 1 FROM events WHERE {filter} LIMIT {})",
@@ -756,13 +774,7 @@ pub fn dead_letters(
     }
     let (mut clause, mut params) = w.finish();
     if let Some(c) = paging.cursor {
-        params.push(Box::new(c.timestamp_micros));
-        params.push(Box::new(c.seq));
-        clause = format!(
-            "{clause} AND (received_at, seq) < (?{}, ?{})",
-            params.len() - 1,
-            params.len()
-        );
+        clause = past(&clause, &mut params, "received_at", "<", c);
     }
     let sql = format!(
         "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letter WHERE {clause} \
@@ -771,7 +783,7 @@ pub fn dead_letters(
         paging.offset
     );
     let mut statement = conn.prepare_cached(&sql)?;
-    let refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref() as &dyn ToSql).collect();
+    let refs = refs(&params);
     let rows = statement.query(&refs[..])?;
     let (dead_letters, has_more, next_cursor) = take_page(
         rows,
@@ -849,7 +861,7 @@ pub fn after(
     }
     let sql = format!("SELECT {COLUMNS} FROM events WHERE {clause} ORDER BY seq LIMIT {limit}");
     let mut statement = conn.prepare_cached(&sql)?;
-    let refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref() as &dyn ToSql).collect();
+    let refs = refs(&params);
     let mut rows = statement.query(&refs[..])?;
     let mut events = Vec::new();
     let mut bytes = 0;

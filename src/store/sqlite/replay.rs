@@ -40,16 +40,9 @@ pub struct Stored {
 fn selected(q: &EventQuery, after: Option<Cursor>) -> (String, Vec<Box<dyn ToSql + Send>>) {
     let (mut filter, mut params) = super::read::conditions(q);
     if let Some(c) = after {
-        params.push(Box::new(c.timestamp_micros));
-        params.push(Box::new(c.seq));
-        let (t, s) = (params.len() - 1, params.len());
-        filter = format!("{filter} AND (\"timestamp\", seq) > (?{t}, ?{s})");
+        filter = super::read::past(&filter, &mut params, "\"timestamp\"", ">", c);
     }
     (filter, params)
-}
-
-fn refs(params: &[Box<dyn ToSql + Send>]) -> Vec<&dyn ToSql> {
-    params.iter().map(|p| p.as_ref() as &dyn ToSql).collect()
 }
 
 /// How many events `q` selects past `after`.
@@ -57,7 +50,7 @@ pub fn count(conn: &Connection, q: &EventQuery, after: Option<Cursor>) -> rusqli
     let (filter, params) = selected(q, after);
     let n: i64 = conn.query_row(
         &format!("SELECT count(*) FROM events WHERE {filter}"),
-        &refs(&params)[..],
+        &super::read::refs(&params)[..],
         |r| r.get(0),
     )?;
     Ok(n as u64)
@@ -80,7 +73,7 @@ pub fn page(
         "SELECT seq, \"timestamp\", routing_key, envelope, payload, payload_member, properties \
          FROM events WHERE {filter} ORDER BY \"timestamp\", seq LIMIT {limit}"
     ))?;
-    let mut rows = statement.query(&refs(&params)[..])?;
+    let mut rows = statement.query(&super::read::refs(&params)[..])?;
     let (mut read, mut bytes) = (0, 0);
     while let Some(r) = rows.next()? {
         let event = Stored {
