@@ -281,11 +281,16 @@ pub async fn one(
     };
     if let super::Store::Sqlite(reader) = &state.store {
         use crate::store::sqlite::read;
-        let size = reader
-            .read(move |c| read::dead_letter_size(c, id))
+        let limit = i64::from(large::LARGE_STORED_BYTES);
+        match reader
+            .read(move |c| read::dead_letter_or_place(c, id, limit))
             .await
             .map_err(unavailable)?
-            .ok_or_else(not_found)?;
+            .ok_or_else(not_found)?
+        {
+            read::Single::Small(d) => return Ok(json(rendered_stored(&d)?)),
+            read::Single::Large(_) => {}
+        }
         let reader = reader.clone();
         let read_it = async move {
             let found = reader
@@ -293,20 +298,14 @@ pub async fn one(
                 .await
                 .map_err(unavailable)?
                 .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "the dead letter is gone"))?;
-            serde_json::to_vec(&stored_view(&found)?)
-                .map(bytes::Bytes::from)
-                .map_err(unavailable)
+            rendered_stored(&found)
         };
         // A large body: read once for every client asking at the same moment,
         // under one of the large-read permits, as on PostgreSQL.
-        let body = if size <= i64::from(large::LARGE_STORED_BYTES) {
-            read_it.await?
-        } else {
-            state
-                .large_reads
-                .read((large::Kind::DeadLetter, id), read_it)
-                .await?
-        };
+        let body = state
+            .large_reads
+            .read((large::Kind::DeadLetter, id), read_it)
+            .await?;
         return Ok(json(body));
     }
     // One query: the whole row when its body is small (the common case), only
@@ -353,6 +352,15 @@ pub async fn one(
         })
         .await?;
     Ok(json(body))
+}
+
+/// A dead letter of the embedded store, rendered.
+fn rendered_stored(
+    d: &crate::store::sqlite::read::StoredDeadLetter,
+) -> Result<bytes::Bytes, Problem> {
+    serde_json::to_vec(&stored_view(d)?)
+        .map(bytes::Bytes::from)
+        .map_err(unavailable)
 }
 
 fn rendered(row: &Row) -> Result<bytes::Bytes, Problem> {

@@ -360,11 +360,18 @@ async fn find_rendered(
     if let super::Store::Sqlite(reader) = &state.store {
         use crate::store::sqlite::read;
         let owned = id.to_owned();
-        let (seq, size) = reader
-            .read(move |c| read::one_place(c, &owned, raw_envelope))
+        let limit = i64::from(large::LARGE_STORED_BYTES);
+        let seq = match reader
+            .read(move |c| read::one_or_place(c, &owned, raw_envelope, limit))
             .await
             .map_err(unavailable)?
-            .ok_or_else(|| not_found(id))?;
+            .ok_or_else(|| not_found(id))?
+        {
+            read::Single::Small(e) => {
+                return render_stored(&e, raw_envelope).map(bytes::Bytes::from);
+            }
+            read::Single::Large(seq) => seq,
+        };
         let reader = reader.clone();
         let read_it = async move {
             let found = reader
@@ -374,9 +381,6 @@ async fn find_rendered(
                 .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "the event is gone"))?;
             render_stored(&found, raw_envelope).map(bytes::Bytes::from)
         };
-        if size <= i64::from(large::LARGE_STORED_BYTES) {
-            return read_it.await;
-        }
         return state.large_reads.read((kind, seq), read_it).await;
     }
     // One query: the whole row when it is small (the common case), only its

@@ -671,7 +671,7 @@ fn total(
 /// Where the event with this id is (when sources share an id, the first
 /// stored) and the bytes its answer reads: the payload, and the envelope when
 /// `raw` (`octet_length` reads a value's size without its content).
-pub fn one_place(conn: &Connection, id: &str, raw: bool) -> rusqlite::Result<Option<(i64, i64)>> {
+fn one_place(conn: &Connection, id: &str, raw: bool) -> rusqlite::Result<Option<(i64, i64)>> {
     let size = if raw {
         "octet_length(payload) + octet_length(envelope)"
     } else {
@@ -682,6 +682,29 @@ pub fn one_place(conn: &Connection, id: &str, raw: bool) -> rusqlite::Result<Opt
     ))?
     .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
     .optional()
+}
+
+/// A single row asked for by the API: the row when it is at most the
+/// large-read size, else only its `seq` (then read through the shared large
+/// reads, `api::large`).
+pub enum Single<T> {
+    Small(T),
+    Large(i64),
+}
+
+/// The event with this id (see [`one_place`]), whole when it reads at most
+/// `limit` bytes: one trip to the reader for the common case.
+pub fn one_or_place(
+    conn: &Connection,
+    id: &str,
+    raw: bool,
+    limit: i64,
+) -> rusqlite::Result<Option<Single<StoredEvent>>> {
+    Ok(match one_place(conn, id, raw)? {
+        Some((seq, size)) if size <= limit => one_at(conn, seq, raw)?.map(Single::Small),
+        Some((seq, _)) => Some(Single::Large(seq)),
+        None => None,
+    })
 }
 
 /// The event at `seq`, with its envelope when `raw`.
@@ -800,10 +823,23 @@ pub fn dead_letters(
 }
 
 /// The size of a dead letter's body as received, without reading it.
-pub fn dead_letter_size(conn: &Connection, seq: i64) -> rusqlite::Result<Option<i64>> {
+fn dead_letter_size(conn: &Connection, seq: i64) -> rusqlite::Result<Option<i64>> {
     conn.prepare_cached("SELECT octet_length(body) FROM dead_letter WHERE seq = ?1")?
         .query_row([seq], |r| r.get(0))
         .optional()
+}
+
+/// The dead letter at `seq`, whole when its body is at most `limit` bytes.
+pub fn dead_letter_or_place(
+    conn: &Connection,
+    seq: i64,
+    limit: i64,
+) -> rusqlite::Result<Option<Single<StoredDeadLetter>>> {
+    Ok(match dead_letter_size(conn, seq)? {
+        Some(size) if size <= limit => dead_letter(conn, seq)?.map(Single::Small),
+        Some(_) => Some(Single::Large(seq)),
+        None => None,
+    })
 }
 
 /// One dead letter with its body.
