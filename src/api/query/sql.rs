@@ -293,9 +293,15 @@ pub(crate) async fn generic_plans_at(
         .start()
         .await
         .map_err(unavailable)?;
-    tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        .await
-        .map_err(unavailable)?;
+    // No parallel workers either: the read pool's sessions plan none
+    // (`db::read_pool`), and said again here because some pages depend on it
+    // (`walk::newest_matches`). One round trip for both.
+    tx.batch_execute(
+        "SET LOCAL plan_cache_mode = force_generic_plan; \
+         SET LOCAL max_parallel_workers_per_gather = 0",
+    )
+    .await
+    .map_err(unavailable)?;
     Ok(tx)
 }
 
