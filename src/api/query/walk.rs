@@ -140,18 +140,26 @@ pub(crate) async fn newest_first(
             .collect();
         // A round holds at most a page's bytes, whatever its partitions return.
         let budget = MAX_PAGE_BYTES / spans.len();
-        // Each statement unnamed and typed here: one message each way, no separate
-        // prepare (and, in `generic_plans`, planned without the values).
+        // The first round of a plain page (no cursor, no time bounds) is the same
+        // statement for every document all day: prepared once per connection, its
+        // plan kept (~0.7 ms of planning a request). The others, whose text
+        // follows the cursor's partition, unnamed and typed here: one message each
+        // way, no separate prepare (and, in `generic_plans`, planned without the
+        // values).
+        let plain = first && cursor.is_none() && lower.is_none() && q.end_time.is_none();
         let pages = try_join_all(statements.iter().map(|(sql, params, types)| async move {
-            let typed = params
-                .all()
-                .into_iter()
-                .zip(types.iter().cloned())
-                .collect::<Vec<(&(dyn ToSql + Sync), Type)>>();
-            let stream = client
-                .query_typed_raw(sql, typed)
-                .await
-                .map_err(unavailable)?;
+            let stream = if plain {
+                let statement = reusable(tx, sql).await?;
+                client.query_raw(&statement, params.all()).await
+            } else {
+                let typed = params
+                    .all()
+                    .into_iter()
+                    .zip(types.iter().cloned())
+                    .collect::<Vec<(&(dyn ToSql + Sync), Type)>>();
+                client.query_typed_raw(sql, typed).await
+            }
+            .map_err(unavailable)?;
             read_page(&EVENTS, stream, want, budget).await
         }))
         .await?;
