@@ -1803,8 +1803,17 @@ async fn documents_past_the_cap_are_paged_newest_first_through_every_match_once(
     // k=1, 600 events 25 a day from two days back (the newer half of the
     // partitions holds more than the cap of 250); k=2, 40 events in the newest
     // days and 500 from 60 days back (the newer half holds 40, the older half
-    // more than the cap).
-    for (k, n, from_days, per_day) in [(1, 600, 2, 25), (2, 40, 2, 10), (2, 500, 60, 25)] {
+    // more than the cap); k=3, five in the newest seconds (the first round holds
+    // them) and 300 within five minutes three days back (the newer half's first
+    // partition holds more than the cap: nothing of it is known to be its
+    // newest, and the walk goes on from the first round's five).
+    for (k, n, from_days, per_day) in [
+        (1, 600, 2, 25),
+        (2, 40, 2, 10),
+        (2, 500, 60, 25),
+        (3, 5, 0, 86_400),
+        (3, 300, 3, 86_400),
+    ] {
         app.db
             .execute(
                 "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
@@ -1819,7 +1828,7 @@ async fn documents_past_the_cap_are_paged_newest_first_through_every_match_once(
     }
     settle_into_partitions(&app).await;
     assert_eq!(app.count("events_default").await, 0);
-    for k in [1, 2] {
+    for k in [1, 2, 3] {
         let every: Vec<String> = app
             .db
             .query(

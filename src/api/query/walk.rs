@@ -21,8 +21,9 @@
 //! connection), and rounds double: 1, 2, 4, 8, … partitions.
 //!
 //! A plain "where is this document" page (no cursor, no time bounds) that the
-//! first round does not fill reads the matches of every partition at once
-//! instead, newest first, up to the document cap ([`every_match`]): under the
+//! first round does not fill reads the matches of every partition below that
+//! round at once instead, newest first, up to the document cap
+//! ([`every_match`]; the first round's rows lead the page): under the
 //! cap that is the page and the exact total in one read; past it, the
 //! partitions read whole usually hold the page, and no round is needed.
 
@@ -147,7 +148,7 @@ pub(crate) async fn newest_first(
         // way, no separate prepare (and, in `generic_plans`, planned without the
         // values).
         let plain = first && cursor.is_none() && lower.is_none() && q.end_time.is_none();
-        let pages = try_join_all(statements.iter().map(|(sql, params, types)| async move {
+        let mut pages = try_join_all(statements.iter().map(|(sql, params, types)| async move {
             let stream = if plain {
                 let statement = reusable(tx, sql).await?;
                 client.query_raw(&statement, params.all()).await
@@ -175,7 +176,7 @@ pub(crate) async fn newest_first(
             && q.end_time.is_none()
         {
             let cap = super::totals::exact_up_to(q);
-            match every_match(tx, pool, &todo, q, cap).await? {
+            match every_match(tx, pool, pages, &todo[next..], q, cap).await? {
                 Everything::Counted(page, total) => {
                     return Ok(Some(Walked {
                         page,
@@ -199,9 +200,13 @@ pub(crate) async fn newest_first(
                         matches: Matches::MoreThan(cap),
                     }));
                 }
-                // More than the cap: the walk goes on for the page; the total is
-                // an estimate, and nothing counts these matches again.
-                Everything::Unknown => matches = Matches::MoreThan(cap),
+                // More than the cap: the walk goes on for the page (from the
+                // first round's rows, handed back); the total is an estimate, and
+                // nothing counts these matches again.
+                Everything::Unknown(first) => {
+                    matches = Matches::MoreThan(cap);
+                    pages = first;
+                }
             }
         }
         for (part, span) in pages.into_iter().zip(&spans) {
@@ -229,12 +234,14 @@ enum Everything {
     /// read whole hold it).
     PastTheCap(FetchedPage),
     /// More than the cap match, and the partitions read whole do not hold the
-    /// page: the walk goes on for it.
-    Unknown,
+    /// page: the walk goes on for it, from the first round's rows (given back).
+    Unknown(Vec<FetchedPage>),
 }
 
 /// A page of `q` (no cursor, no time bounds) and its exact total, read from every
-/// match at once when there are at most `cap`: the matches' rows fetched once for
+/// match at once when there are at most `cap`: `first`, every match of the
+/// newest partitions (the walk's first round, which held less than a page), then
+/// those of `todo`, the partitions below them, fetched once for
 /// both the page and the count (a GIN probe of each partition), where rounds of
 /// partitions and then a count would read them twice. The newer and the older
 /// half of the partitions are read at once on two connections (a thousand
@@ -248,6 +255,7 @@ enum Everything {
 async fn every_match(
     tx: &deadpool_postgres::Transaction<'_>,
     pool: &deadpool_postgres::Pool,
+    first: Vec<FetchedPage>,
     todo: &[&(String, Range)],
     q: &EventQuery,
     cap: i64,
@@ -266,10 +274,16 @@ async fn every_match(
             (a, Some(b))
         }
     };
-    let total = newer.matches + older.as_ref().map_or(0, |o| o.matches);
+    let ahead: i64 = first.iter().map(|p| p.rows.len() as i64).sum();
+    let total = ahead + newer.matches + older.as_ref().map_or(0, |o| o.matches);
     let counted = newer.matches <= cap && older.as_ref().is_none_or(|o| o.matches <= cap);
-    // The halves do not overlap in time: the newer one's rows come first.
+    // The first round's partitions come first, then the halves, which do not
+    // overlap in time: the newer one's rows come first.
     let mut page = PageBuilder::new(&EVENTS, q.paging.limit, MAX_PAGE_BYTES);
+    for part in first {
+        // Less than a page in all, nothing more in them: never full here.
+        page.append(part)?;
+    }
     let mut known = true;
     for half in std::iter::once(newer).chain(older) {
         let (part, whole) = half.known(cap);
@@ -286,7 +300,17 @@ async fn every_match(
     Ok(match (counted && total <= cap, known) {
         (true, _) => Everything::Counted(page, total),
         (false, true) => Everything::PastTheCap(page),
-        (false, false) => Everything::Unknown,
+        // The first round's rows lead the page whole (fewer than a page, within
+        // its bytes: that round's budget was the page's): handed back as read.
+        (false, false) => {
+            let mut rows = page.rows;
+            rows.truncate(ahead as usize);
+            Everything::Unknown(vec![FetchedPage {
+                rows,
+                has_more: false,
+                next_cursor: None,
+            }])
+        }
     })
 }
 
