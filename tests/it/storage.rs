@@ -2076,6 +2076,76 @@ async fn archive_says_what_waits_in_the_default_partition_and_restore_takes_the_
 }
 
 #[tokio::test]
+async fn a_document_dense_among_the_newest_rows_is_read_on_in_order_then_found_below_on_its_index()
+{
+    let app = spawn_app().await;
+    let now = Utc::now();
+    // Today's newest rows, 10 ms apart, newest first: in the first 1,000 every
+    // 100th holds the document (10: dense, short of a page), in the next 2,000
+    // every 50th (40, read on in order), then 11,000 without it (the read in
+    // order stops within them), then 200 that all hold it (found on the index
+    // below what was read).
+    app.db
+        .execute(
+            "INSERT INTO events (id, event_type, source, routing_key, exchange, \"timestamp\", received_at, \
+             payload, generation, envelope, properties) \
+             SELECT 'dense-' || i, 'd', 'svc', 'd', 'x', $1::timestamptz - i * interval '10 milliseconds', now(), \
+             jsonb_build_object('k', CASE WHEN i <= 1000 AND i % 100 = 0 THEN 7 \
+                                          WHEN i > 1000 AND i <= 3000 AND i % 50 = 0 THEN 7 \
+                                          WHEN i > 14000 THEN 7 ELSE 0 END), 1, '{}', '{}' \
+             FROM generate_series(1, 14200) i",
+            &[&now],
+        )
+        .await
+        .unwrap();
+    settle_into_partitions(&app).await;
+    assert_eq!(app.count("events_default").await, 0);
+    let every: Vec<String> = app
+        .db
+        .query(
+            "SELECT id FROM events WHERE payload @> '{\"k\": 7}' ORDER BY \"timestamp\" DESC, seq DESC",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(every.len(), 250);
+    for limit in [30, 100] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = app
+                .get_json(&format!(
+                    "/events?limit={limit}&payload_contains=%7B%22k%22%3A7%7D{}",
+                    cursor
+                        .as_ref()
+                        .map_or(String::new(), |c| format!("&cursor={c}"))
+                ))
+                .await;
+            if cursor.is_none() && page["total_is_estimate"] == false {
+                assert_eq!(page["total"], 250, "limit {limit}");
+            }
+            let ids = crate::helpers::event_ids(&page);
+            assert_eq!(
+                ids,
+                every[seen.len()..(seen.len() + limit).min(every.len())],
+                "limit {limit}: the page after {} events",
+                seen.len()
+            );
+            seen.extend(ids);
+            assert_eq!(page["has_more"], seen.len() < every.len(), "limit {limit}");
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, every, "limit {limit}");
+    }
+}
+
+#[tokio::test]
 async fn a_document_dated_ahead_leads_its_pages_and_every_match_is_walked_once() {
     let app = spawn_app().await;
     // The partitions made ahead hold three documents a publisher dated tomorrow;
