@@ -47,13 +47,9 @@ use crate::storage::partition::Range;
 /// one event in ten holds.
 const NEWEST_ROWS: i64 = 1_000;
 
-/// Matches among the newest rows from which a document counts as dense there
-/// (1 in 200 of them), so the rows below are read on in order (at most
-/// [`FURTHER_ROWS`]) before its index is asked (see [`statement`]).
-const DENSE_HITS: i64 = 5;
-
 /// The most rows read on in order below the newest ones, for a document dense
-/// among them that has not filled the page.
+/// enough among them to fill the page within these rows at that density (see
+/// [`statement`]).
 const FURTHER_ROWS: i64 = 10_000;
 
 /// What a walk read.
@@ -427,11 +423,12 @@ async fn newest_matches(
 /// rows hold less than the page. A common document costs `n` rows, never a bitmap
 /// of every match; a document absent from the newest rows (time and document are
 /// correlated: yesterday's, not today's) costs `n` rows and one probe, never a
-/// walk of the whole partition in order. Between the two, a document dense among
-/// the newest rows (at least [`DENSE_HITS`]) that did not fill the page is read on
-/// in order, streamed, as far as its density there says the page needs (twice
-/// that, at most [`FURTHER_ROWS`] rows), and the index is asked only below what
-/// was read: a document in 2% of the rows costs ~5,000 rows, where the index's
+/// walk of the whole partition in order. Between the two, a document that did
+/// not fill the page but is dense enough among the newest rows to fill it within
+/// [`FURTHER_ROWS`] more at that density (a page of 100: 10 of 1,000) is read on
+/// in order, streamed, as far as that density says the page needs (twice that,
+/// at most [`FURTHER_ROWS`] rows), and the index is asked only below what was
+/// read: a document in 2% of the rows costs ~5,000 rows, where the index's
 /// bitmap would be every match in the partition (3,700 in a partition of
 /// 178,000 rows; 1.7M in a day of 1,000 events/s).
 fn statement(
@@ -490,7 +487,8 @@ fn statement(
         // judged once, before the probe below runs at all, and `newest` is read
         // only as far as `hits` needs when the page fills there.
         // `further`'s LIMIT is 0 (its scan never starts) unless the newest rows
-        // held at least DENSE_HITS matches and less than the page. The index is
+        // held less than the page, and enough to fill it within FURTHER_ROWS
+        // more at their density. The index is
         // asked below the oldest row read in order: between the oldest match
         // `further` found and the last row it read there is none.
         Some(n) => format!(
@@ -500,7 +498,8 @@ fn statement(
                     AND (\"timestamp\", seq) < (SELECT \"timestamp\", seq FROM newest \
                                                ORDER BY \"timestamp\", seq LIMIT 1) \
                     AND \"timestamp\" <= (SELECT min(\"timestamp\") FROM newest) {order} \
-                    LIMIT (SELECT CASE WHEN count(*) >= {DENSE_HITS} AND count(*) < {want} \
+                    LIMIT (SELECT CASE WHEN count(*) < {want} \
+                           AND count(*) * ({n} + {FURTHER_ROWS}) >= {want} * {n} \
                            THEN least({FURTHER_ROWS}, 2 * {want} * {n} / count(*)) ELSE 0 END FROM hits)) r \
                     WHERE {filter} LIMIT {want}) \
              SELECT {COLUMNS} FROM (SELECT * FROM hits UNION ALL SELECT * FROM further \
