@@ -24,6 +24,69 @@ async fn storage_client(app: &TestApp) -> Client {
 /// Rows inserted by hand moved out of the default partition by one run of the
 /// maintenance job, and the table analysed as a live one is (past the cap a
 /// total is then an estimate).
+/// The ids of the events whose payload holds `document` (from `from` on), in
+/// the API's order: newest first, ties by storage order.
+async fn stored_order(
+    app: &TestApp,
+    document: serde_json::Value,
+    from: Option<DateTime<Utc>>,
+) -> Vec<String> {
+    app.db
+        .query(
+            "SELECT id FROM events WHERE payload @> $1 \
+             AND \"timestamp\" >= coalesce($2::timestamptz, '-infinity') \
+             ORDER BY \"timestamp\" DESC, seq DESC",
+            &[&document, &from],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Pages through `path` (a query without `cursor`) with the cursors it gives,
+/// asserting each page is the next `limit` of `every` (newest first) and says
+/// whether more follow, and that the pages together are `every`; the first
+/// page's answer is returned (for its total).
+async fn pages_match(
+    app: &TestApp,
+    path: &str,
+    limit: usize,
+    every: &[String],
+) -> serde_json::Value {
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut first = None;
+    loop {
+        let page = app
+            .get_json(&format!(
+                "{path}{}",
+                cursor
+                    .as_ref()
+                    .map_or(String::new(), |c| format!("&cursor={c}"))
+            ))
+            .await;
+        let ids = crate::helpers::event_ids(&page);
+        assert_eq!(
+            ids,
+            every[seen.len()..(seen.len() + limit).min(every.len())],
+            "{path}: the page after {} events",
+            seen.len()
+        );
+        seen.extend(ids);
+        assert_eq!(page["has_more"], seen.len() < every.len(), "{path}");
+        let next = page["next_cursor"].as_str().map(str::to_owned);
+        first.get_or_insert(page);
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, every, "{path}");
+    first.expect("at least one page")
+}
+
 async fn settle_into_partitions(app: &TestApp) {
     let mut c = storage_client(app).await;
     maintain::run_once(&mut c, &opts(None), Utc::now(), None)
@@ -1829,48 +1892,16 @@ async fn documents_past_the_cap_are_paged_newest_first_through_every_match_once(
     settle_into_partitions(&app).await;
     assert_eq!(app.count("events_default").await, 0);
     for k in [1, 2, 3] {
-        let every: Vec<String> = app
-            .db
-            .query(
-                "SELECT id FROM events WHERE payload @> jsonb_build_object('k', $1::int) \
-                 ORDER BY \"timestamp\" DESC, seq DESC",
-                &[&k],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let mut seen = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = app
-                .get_json(&format!(
-                    "/events?limit=100&payload_contains=%7B%22k%22%3A{k}%7D{}",
-                    cursor
-                        .as_ref()
-                        .map_or(String::new(), |c| format!("&cursor={c}"))
-                ))
-                .await;
-            if cursor.is_none() {
-                assert!(page["total"].as_i64().unwrap() > 250, "k={k}: {page}");
-                assert_eq!(page["total_is_estimate"], true, "k={k}");
-            }
-            let ids = crate::helpers::event_ids(&page);
-            assert_eq!(
-                ids,
-                every[seen.len()..(seen.len() + 100).min(every.len())],
-                "k={k}: the page after {} events",
-                seen.len()
-            );
-            seen.extend(ids);
-            assert_eq!(page["has_more"], seen.len() < every.len(), "k={k}");
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
-                None => break,
-            }
-        }
-        assert_eq!(seen, every, "k={k}");
+        let every = stored_order(&app, serde_json::json!({ "k": k }), None).await;
+        let first = pages_match(
+            &app,
+            &format!("/events?limit=100&payload_contains=%7B%22k%22%3A{k}%7D"),
+            100,
+            &every,
+        )
+        .await;
+        assert!(first["total"].as_i64().unwrap() > 250, "k={k}: {first}");
+        assert_eq!(first["total_is_estimate"], true, "k={k}");
     }
 }
 
@@ -2100,48 +2131,19 @@ async fn a_document_dense_among_the_newest_rows_is_read_on_in_order_then_found_b
         .unwrap();
     settle_into_partitions(&app).await;
     assert_eq!(app.count("events_default").await, 0);
-    let every: Vec<String> = app
-        .db
-        .query(
-            "SELECT id FROM events WHERE payload @> '{\"k\": 7}' ORDER BY \"timestamp\" DESC, seq DESC",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let every = stored_order(&app, serde_json::json!({ "k": 7 }), None).await;
     assert_eq!(every.len(), 250);
     for limit in [30, 100] {
-        let mut seen = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = app
-                .get_json(&format!(
-                    "/events?limit={limit}&payload_contains=%7B%22k%22%3A7%7D{}",
-                    cursor
-                        .as_ref()
-                        .map_or(String::new(), |c| format!("&cursor={c}"))
-                ))
-                .await;
-            if cursor.is_none() && page["total_is_estimate"] == false {
-                assert_eq!(page["total"], 250, "limit {limit}");
-            }
-            let ids = crate::helpers::event_ids(&page);
-            assert_eq!(
-                ids,
-                every[seen.len()..(seen.len() + limit).min(every.len())],
-                "limit {limit}: the page after {} events",
-                seen.len()
-            );
-            seen.extend(ids);
-            assert_eq!(page["has_more"], seen.len() < every.len(), "limit {limit}");
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
-                None => break,
-            }
+        let first = pages_match(
+            &app,
+            &format!("/events?limit={limit}&payload_contains=%7B%22k%22%3A7%7D"),
+            limit,
+            &every,
+        )
+        .await;
+        if first["total_is_estimate"] == false {
+            assert_eq!(first["total"], 250, "limit {limit}");
         }
-        assert_eq!(seen, every, "limit {limit}");
     }
 }
 
@@ -2200,19 +2202,7 @@ async fn a_document_dated_ahead_leads_its_pages_and_every_match_is_walked_once()
             Some(since),
         ),
     ] {
-        let want: Vec<String> = app
-            .db
-            .query(
-                "SELECT id FROM events WHERE payload @> '{\"ahead\": 1}' \
-                 AND \"timestamp\" >= coalesce($1::timestamptz, '-infinity') \
-                 ORDER BY \"timestamp\" DESC, seq DESC",
-                &[&from],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let want = stored_order(&app, serde_json::json!({ "ahead": 1 }), from).await;
         assert_eq!(&want[..3], ["doc-2", "doc-1", "doc-0"]);
         for limit in [2, 4, 100] {
             let path =
