@@ -2,8 +2,8 @@
 //! exchange of the test's own, compared with what the API serves as `/raw`.
 
 use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
@@ -14,7 +14,7 @@ use candystore::api::query::{Cursor, EventQuery};
 use candystore::app::AppOptions;
 use candystore::ops::replay::{self, Progress, Replay};
 
-/// An exchange and a queue bound to it with `#`, deleted on drop of the test.
+/// An exchange and a queue bound to it with `#`, deleted when dropped.
 struct Sink {
     channel: lapin::Channel,
     exchange: String,
@@ -113,19 +113,12 @@ impl Sink {
         }
         out
     }
+}
 
-    async fn remove(self) {
-        let _ = self
-            .channel
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-        let _ = self
-            .channel
-            .exchange_delete(
-                self.exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
+impl Drop for Sink {
+    /// Also when the test panics: nothing is left on the broker.
+    fn drop(&mut self) {
+        crate::support::remove_queue_and_exchange(&self.exchange, &self.queue);
     }
 }
 
@@ -243,7 +236,6 @@ async fn a_replay_publishes_every_stored_envelope_as_published_in_time_order(on:
         ms.iter().map(|m| m.delivery.data.clone()).collect()
     };
     assert_eq!(bodies(&rest), bodies(&got[10..]));
-    sink.remove().await;
 }
 
 async fn candystore_ingests_its_own_replay_without_adding_a_row(on: On) {
@@ -326,7 +318,6 @@ async fn a_real_replay_mark_copied_onto_another_body_does_not_hide_it(on: On) {
     })
     .await;
     assert_eq!(app.count("events").await, 4);
-    sink.remove().await;
 }
 
 async fn a_replay_publishes_what_was_received_types_and_routing_key_exact_and_no_cc_or_bcc(on: On) {
@@ -421,7 +412,6 @@ async fn a_replay_publishes_what_was_received_types_and_routing_key_exact_and_no
         .channel
         .queue_delete(cc_queue.as_str().into(), QueueDeleteOptions::default())
         .await;
-    sink.remove().await;
 }
 
 async fn cli_replays_of_a_large_selection_hold_a_bounded_number_of_bytes(on: On) {
@@ -472,7 +462,6 @@ async fn cli_replays_of_a_large_selection_hold_a_bounded_number_of_bytes(on: On)
     }
     let got = sink.drain().await;
     assert_eq!(got.len(), n as usize + 24);
-    sink.remove().await;
 }
 
 async fn a_replay_to_a_missing_or_unbound_exchange_says_so_once_without_dumping_messages(on: On) {
@@ -534,7 +523,6 @@ async fn a_replay_to_a_missing_or_unbound_exchange_says_so_once_without_dumping_
         "{stderr}"
     );
     assert!(!stderr.contains("BasicReturnMessage"), "{stderr}");
-    sink.remove().await;
 }
 
 both_stores!(

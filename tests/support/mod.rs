@@ -57,34 +57,48 @@ pub async fn create_database(name: &str, upto: Option<i64>) -> Client {
 /// a `Drop` may run on a runtime thread, or while unwinding.
 pub fn remove_everything(database: &str, exchange: &str, queue: &str) {
     let (database, exchange, queue) = (database.to_owned(), exchange.to_owned(), queue.to_owned());
+    on_a_thread_of_its_own(async move {
+        remove_from_the_broker(&exchange, &queue).await;
+        if let Ok((admin, conn)) = tokio_postgres::connect(&format!("{PG}/postgres"), NoTls).await {
+            tokio::spawn(conn);
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                .await;
+        }
+    });
+}
+
+/// Removes a queue (and its `.parked` queue) and an exchange a test declared,
+/// whatever state they are in; blocking, like [`remove_everything`].
+pub fn remove_queue_and_exchange(exchange: &str, queue: &str) {
+    let (exchange, queue) = (exchange.to_owned(), queue.to_owned());
+    on_a_thread_of_its_own(async move { remove_from_the_broker(&exchange, &queue).await });
+}
+
+async fn remove_from_the_broker(exchange: &str, queue: &str) {
+    if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
+        && let Ok(ch) = conn.create_channel().await
+    {
+        for q in [queue.to_owned(), format!("{queue}.parked")] {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = ch
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
+        let _ = conn.close(200, "bye".into()).await;
+    }
+}
+
+/// Runs `work` to its end on a runtime of its own, on a thread of its own.
+fn on_a_thread_of_its_own(work: impl std::future::Future<Output = ()> + Send + 'static) {
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
-                && let Ok(ch) = conn.create_channel().await
-            {
-                for q in [queue.clone(), format!("{queue}.parked")] {
-                    let _ = ch
-                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                let _ = ch
-                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-                let _ = conn.close(200, "bye".into()).await;
-            }
-            if let Ok((admin, conn)) =
-                tokio_postgres::connect(&format!("{PG}/postgres"), NoTls).await
-            {
-                tokio::spawn(conn);
-                let _ = admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                    .await;
-            }
-        });
+            .expect("runtime")
+            .block_on(work)
     })
     .join()
     .ok();
