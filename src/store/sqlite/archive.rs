@@ -244,14 +244,15 @@ pub(super) async fn archive_day(
     max_seq: i64,
     dir: &Path,
 ) -> Result<Entry, StorageError> {
-    let store = identity(&look(path)?).map_err(|e| sqlite_err(path, e))?;
+    // One connection: the store's identity, then the rows.
+    let reader_conn = look(path)?;
+    let store = identity(&reader_conn).map_err(|e| sqlite_err(path, e))?;
     let from = DateTime::from_timestamp_micros(day).expect("a stored day");
     let to = from + chrono::Duration::days(1);
     let partition = crate::storage::partition::partition_name(table, from);
     let mut file = FileWriter::create(dir, &partition)?;
     // The rows are read on a blocking thread, a line at a time.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<rusqlite::Result<(String, i64)>>(256);
-    let reader_conn = look(path)?;
     let reader = tokio::task::spawn_blocking(move || {
         let (sql, line): (&str, fn(&rusqlite::Row<'_>) -> _) = match table {
             Table::Events => (EVENT_ROWS, event_line),
