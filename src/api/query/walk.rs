@@ -488,9 +488,9 @@ fn statement(
         // only as far as `hits` needs when the page fills there.
         // `further`'s LIMIT is 0 (its scan never starts) unless the newest rows
         // held less than the page, and enough to fill it within FURTHER_ROWS
-        // more at their density. The index is
-        // asked below the oldest row read in order: between the oldest match
-        // `further` found and the last row it read there is none.
+        // more at their density (its CASE divides only then). The index is asked
+        // below the oldest row read in order: between the oldest match `further`
+        // found and the last row it read there is none.
         Some(n) => format!(
             "WITH newest AS MATERIALIZED (SELECT {COLUMNS} FROM {part} AND {cuts} {order} LIMIT {n}), \
                   hits AS MATERIALIZED (SELECT * FROM newest WHERE {filter} LIMIT {want}), \
