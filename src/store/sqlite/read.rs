@@ -382,29 +382,17 @@ impl Scanned {
     }
 }
 
-/// Walks the rows `filter` selects, newest first, from `from` (exclusive),
-/// at most [`CONTAINS_SCAN_ROWS`]; `on_match` gets each row whose payload
+/// Walks the rows `clause` selects (a cursor, if any, in it: [`past`]), newest
+/// first, at most [`CONTAINS_SCAN_ROWS`]; `on_match` gets each row whose payload
 /// contains `pattern` and the matches so far, and says whether to go on.
 fn scan_containing(
     conn: &Connection,
-    filter: &str,
+    clause: &str,
     params: &[Box<dyn ToSql + Send>],
-    from: Option<Cursor>,
     pattern: &crate::store::contains::Pattern,
     mut on_match: impl FnMut(&rusqlite::Row<'_>, i64) -> rusqlite::Result<bool>,
 ) -> rusqlite::Result<Scanned> {
-    let mut refs = refs(params);
-    let mut clause = filter.to_owned();
-    let position;
-    if let Some(c) = from {
-        position = [c.timestamp_micros, c.seq];
-        refs.extend(position.iter().map(|p| p as &dyn ToSql));
-        clause = format!(
-            "{clause} AND (\"timestamp\", seq) < (?{}, ?{})",
-            refs.len() - 1,
-            refs.len()
-        );
-    }
+    let refs = refs(params);
     let mut statement = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM events WHERE {clause} \
          ORDER BY \"timestamp\" DESC, seq DESC LIMIT {CONTAINS_SCAN_ROWS}"
@@ -449,40 +437,38 @@ fn contains_page(
     let mut others = q.clone();
     others.payload_contains = None;
     let (filter, params) = conditions(&others);
+    // The page's scan starts past its cursor; the count and the total, from the top.
+    let (mut from_cursor, mut cursor_params) = conditions(&others);
+    if let Some(c) = q.paging.cursor {
+        from_cursor = past(&from_cursor, &mut cursor_params, "\"timestamp\"", "<", c);
+    }
     let (limit, offset, cap) = (q.paging.limit, q.paging.offset, bounds.exact_up_to);
     let from_top = q.paging.cursor.is_none();
     let (mut events, mut bytes) = (Vec::new(), 0usize);
     let mut closed: Option<Option<Cursor>> = None;
-    let page_scan = scan_containing(
-        &tx,
-        &filter,
-        &params,
-        q.paging.cursor,
-        &pattern,
-        |row, n| {
-            if n <= offset {
+    let page_scan = scan_containing(&tx, &from_cursor, &cursor_params, &pattern, |row, n| {
+        if n <= offset {
+            return Ok(true);
+        }
+        if closed.is_none() {
+            let e = stored(row, false)?;
+            let size = e.payload.len() + bounds.overhead_bytes;
+            if events.len() as i64 == limit
+                || (!events.is_empty() && bytes + size > bounds.max_bytes)
+            {
+                closed = Some(events.last().map(|l: &StoredEvent| Cursor {
+                    timestamp_micros: l.timestamp,
+                    seq: l.seq,
+                }));
+            } else {
+                bytes += size;
+                events.push(e);
                 return Ok(true);
             }
-            if closed.is_none() {
-                let e = stored(row, false)?;
-                let size = e.payload.len() + bounds.overhead_bytes;
-                if events.len() as i64 == limit
-                    || (!events.is_empty() && bytes + size > bounds.max_bytes)
-                {
-                    closed = Some(events.last().map(|l: &StoredEvent| Cursor {
-                        timestamp_micros: l.timestamp,
-                        seq: l.seq,
-                    }));
-                } else {
-                    bytes += size;
-                    events.push(e);
-                    return Ok(true);
-                }
-            }
-            // The page is full: from the newest, go on counting for the total.
-            Ok(from_top && n <= offset + cap)
-        },
-    )?;
+        }
+        // The page is full: from the newest, go on counting for the total.
+        Ok(from_top && n <= offset + cap)
+    })?;
     let (has_more, next_cursor) = match closed {
         Some(cursor) => (true, cursor),
         // No more matches within the rows examined: go on past them.
@@ -492,7 +478,7 @@ fn contains_page(
     let counted = if from_top {
         page_scan
     } else {
-        scan_containing(&tx, &filter, &params, None, &pattern, |_, n| Ok(n <= cap))?
+        scan_containing(&tx, &filter, &params, &pattern, |_, n| Ok(n <= cap))?
     };
     let (total, total_is_estimate) = if !counted.window_full() && counted.matched <= cap + offset {
         (counted.matched, false)
