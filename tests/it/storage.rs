@@ -24,6 +24,14 @@ async fn storage_client(app: &TestApp) -> Client {
 /// Rows inserted by hand moved out of the default partition by one run of the
 /// maintenance job, and the table analysed as a live one is (past the cap a
 /// total is then an estimate).
+async fn settle_into_partitions(app: &TestApp) {
+    let mut c = storage_client(app).await;
+    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
+        .await
+        .unwrap();
+    app.db.batch_execute("ANALYZE events").await.unwrap();
+}
+
 /// The ids of the events whose payload holds `document` (from `from` on), in
 /// the API's order: newest first, ties by storage order.
 async fn stored_order(
@@ -85,14 +93,6 @@ async fn pages_match(
     }
     assert_eq!(seen, every, "{path}");
     first.expect("at least one page")
-}
-
-async fn settle_into_partitions(app: &TestApp) {
-    let mut c = storage_client(app).await;
-    maintain::run_once(&mut c, &opts(None), Utc::now(), None)
-        .await
-        .unwrap();
-    app.db.batch_execute("ANALYZE events").await.unwrap();
 }
 
 fn opts(retention_days: Option<u64>) -> maintain::Options {
